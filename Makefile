@@ -1,0 +1,72 @@
+# govml: every target depends on `setup`, which builds both environments from
+# the committed lock files (idempotent: it only reinstalls when a lock changes).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+ROOT := $(abspath .)
+TOOLS := $(ROOT)/.venv-tools
+UV := $(TOOLS)/bin/uv
+VENV := $(ROOT)/.venv
+SVENV := $(ROOT)/.venv-serving
+PY := $(VENV)/bin/python
+GOVML := $(VENV)/bin/govml
+UV_VERSION := 0.13.8
+export UV_LINK_MODE := copy
+
+.PHONY: setup demo test test-unit test-integration lint bench up down status lock clean data
+
+setup: $(VENV)/.installed $(SVENV)/.installed
+
+$(UV):
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install -q uv==$(UV_VERSION)
+
+$(VENV)/.installed: requirements/orchestration.lock setup.cfg pyproject.toml | $(UV)
+	[ -x $(PY) ] || $(UV) venv -q --python $(PYTHON) $(VENV)
+	$(UV) pip sync -q --python $(PY) requirements/orchestration.lock
+	$(UV) pip install -q --python $(PY) --no-deps -e .
+	touch $@
+
+$(SVENV)/.installed: requirements/serving.lock setup.cfg pyproject.toml | $(UV)
+	[ -x $(SVENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(SVENV)
+	$(UV) pip sync -q --python $(SVENV)/bin/python requirements/serving.lock
+	$(UV) pip install -q --python $(SVENV)/bin/python --no-deps -e .
+	touch $@
+
+# Re-resolve both lock files (needs the package index); commit the result.
+lock: | $(UV)
+	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/orchestration.in -o requirements/orchestration.lock
+	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/serving.in -o requirements/serving.lock
+
+data: setup
+	$(GOVML) data generate --all
+
+demo: setup
+	$(GOVML) demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -q tests
+
+test-unit: setup
+	$(PY) -m pytest -q tests/unit
+
+test-integration: setup
+	$(PY) -m pytest -q tests/integration
+
+bench: setup
+	$(PY) benchmarks/run_all.py
+
+up: setup
+	$(GOVML) stack up
+
+down: setup
+	$(GOVML) stack down
+
+status: setup
+	$(GOVML) stack status
+
+clean: down
+	rm -rf var

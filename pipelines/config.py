@@ -1,0 +1,170 @@
+"""The one place that reads settings: every URL, port and path of the stack.
+
+Defaults give the embedded stack (SQLite files and local folders under ``var/``
+in the project root, services on 127.0.0.1). Any value can be overridden by the
+environment variable named beside it, for example
+``GOVML_GOVERNANCE_URL=postgresql+psycopg://user@db/governance``.
+
+| setting | variable | default |
+| --- | --- | --- |
+| project root | ``GOVML_HOME`` | the checkout this file lives in |
+| state folder | ``GOVML_VAR_DIR`` | ``$GOVML_HOME/var`` |
+| generated data | ``GOVML_DATA_DIR`` | ``$GOVML_VAR_DIR/data`` |
+| lifecycle run folders | ``GOVML_RUNS_DIR`` | ``$GOVML_VAR_DIR/runs`` |
+| pid files and service logs | ``GOVML_RUN_DIR`` | ``$GOVML_VAR_DIR/run`` |
+| model specs | ``GOVML_SPECS_DIR`` | ``$GOVML_HOME/specs`` |
+| Airflow home | ``AIRFLOW_HOME`` | ``$GOVML_VAR_DIR/airflow`` |
+| Airflow metadata DB | ``GOVML_AIRFLOW_DB_URL`` | ``sqlite:///$AIRFLOW_HOME/airflow.db`` |
+| Airflow API/UI | ``GOVML_AIRFLOW_HOST`` / ``GOVML_AIRFLOW_PORT`` | ``127.0.0.1`` / ``8080`` |
+| Airflow users | ``GOVML_AIRFLOW_USERS`` | ``admin:admin,reviewer:admin,operator:op`` |
+| MLflow backend store | ``GOVML_MLFLOW_BACKEND_URL`` | ``sqlite:///$GOVML_VAR_DIR/mlflow/mlflow.db`` |
+| MLflow artifacts | ``GOVML_MLFLOW_ARTIFACTS`` | ``$GOVML_VAR_DIR/mlflow/artifacts`` |
+| MLflow server | ``GOVML_MLFLOW_HOST`` / ``GOVML_MLFLOW_PORT`` | ``127.0.0.1`` / ``5000`` |
+| MLflow tracking URI (clients) | ``MLFLOW_TRACKING_URI`` | ``http://$GOVML_MLFLOW_HOST:$GOVML_MLFLOW_PORT`` |
+| governance store | ``GOVML_GOVERNANCE_URL`` | ``sqlite:///$GOVML_VAR_DIR/governance.db`` |
+| model server | ``GOVML_SERVING_HOST`` / ``GOVML_SERVING_PORT`` | ``127.0.0.1`` / ``8090`` |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pipelines.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+_DB_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved settings; build with :func:`load_settings`."""
+
+    home: Path
+    var_dir: Path
+    data_dir: Path
+    runs_dir: Path
+    run_dir: Path
+    specs_dir: Path
+    airflow_home: Path
+    airflow_db_url: str
+    airflow_host: str
+    airflow_port: int
+    airflow_users: tuple[tuple[str, str], ...]
+    mlflow_backend_url: str
+    mlflow_artifacts: Path
+    mlflow_host: str
+    mlflow_port: int
+    mlflow_tracking_uri: str
+    governance_url: str
+    serving_host: str
+    serving_port: int
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://{self.airflow_host}:{self.airflow_port}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://{self.mlflow_host}:{self.mlflow_port}"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://{self.serving_host}:{self.serving_port}"
+
+    @property
+    def database_urls(self) -> dict[str, str]:
+        """The three stores, by name."""
+        return {
+            "airflow": self.airflow_db_url,
+            "mlflow": self.mlflow_backend_url,
+            "governance": self.governance_url,
+        }
+
+
+def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    return Path(raw).expanduser().resolve()
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a port number") from None
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"{name}={raw!r}: a port must be between 1 and 65535")
+    return port
+
+
+def _db_url(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name) or default
+    scheme = urlsplit(raw).scheme
+    if scheme not in _DB_SCHEMES:
+        raise ConfigError(
+            f"{name}={raw!r}: unsupported database URL scheme {scheme!r} "
+            f"(use one of {', '.join(_DB_SCHEMES)})"
+        )
+    return raw
+
+
+def _users(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, str], ...]:
+    raw = env.get(name) or default
+    users: list[tuple[str, str]] = []
+    for item in raw.split(","):
+        user, sep, role = item.strip().partition(":")
+        if not sep or not user or role not in ("viewer", "user", "op", "admin"):
+            raise ConfigError(
+                f"{name}: {item.strip()!r} must be USER:ROLE with ROLE one of "
+                "viewer, user, op, admin"
+            )
+        users.append((user, role))
+    return tuple(users)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from ``environ`` (default: ``os.environ``) over the defaults."""
+    env = os.environ if environ is None else environ
+    home = _path(env, "GOVML_HOME", PROJECT_ROOT)
+    var_dir = _path(env, "GOVML_VAR_DIR", home / "var")
+    airflow_home = _path(env, "AIRFLOW_HOME", var_dir / "airflow")
+    mlflow_host = env.get("GOVML_MLFLOW_HOST") or "127.0.0.1"
+    mlflow_port = _port(env, "GOVML_MLFLOW_PORT", 5000)
+    return Settings(
+        home=home,
+        var_dir=var_dir,
+        data_dir=_path(env, "GOVML_DATA_DIR", var_dir / "data"),
+        runs_dir=_path(env, "GOVML_RUNS_DIR", var_dir / "runs"),
+        run_dir=_path(env, "GOVML_RUN_DIR", var_dir / "run"),
+        specs_dir=_path(env, "GOVML_SPECS_DIR", home / "specs"),
+        airflow_home=airflow_home,
+        airflow_db_url=_db_url(
+            env, "GOVML_AIRFLOW_DB_URL", f"sqlite:///{airflow_home / 'airflow.db'}"
+        ),
+        airflow_host=env.get("GOVML_AIRFLOW_HOST") or "127.0.0.1",
+        airflow_port=_port(env, "GOVML_AIRFLOW_PORT", 8080),
+        airflow_users=_users(
+            env, "GOVML_AIRFLOW_USERS", "admin:admin,reviewer:admin,operator:op"
+        ),
+        mlflow_backend_url=_db_url(
+            env, "GOVML_MLFLOW_BACKEND_URL", f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
+        ),
+        mlflow_artifacts=_path(env, "GOVML_MLFLOW_ARTIFACTS", var_dir / "mlflow" / "artifacts"),
+        mlflow_host=mlflow_host,
+        mlflow_port=mlflow_port,
+        mlflow_tracking_uri=env.get("MLFLOW_TRACKING_URI") or f"http://{mlflow_host}:{mlflow_port}",
+        governance_url=_db_url(
+            env, "GOVML_GOVERNANCE_URL", f"sqlite:///{var_dir / 'governance.db'}"
+        ),
+        serving_host=env.get("GOVML_SERVING_HOST") or "127.0.0.1",
+        serving_port=_port(env, "GOVML_SERVING_PORT", 8090),
+    )
