@@ -24,13 +24,13 @@ $(UV):
 $(VENV)/.installed: requirements/orchestration.lock setup.cfg pyproject.toml | $(UV)
 	[ -x $(PY) ] || $(UV) venv -q --python $(PYTHON) $(VENV)
 	$(UV) pip sync -q --python $(PY) requirements/orchestration.lock
-	$(UV) pip install -q --python $(PY) --no-deps -e .
+	$(UV) pip install -q --python $(PY) --no-deps --config-setting editable_mode=compat -e .
 	touch $@
 
 $(SVENV)/.installed: requirements/serving.lock setup.cfg pyproject.toml | $(UV)
 	[ -x $(SVENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(SVENV)
 	$(UV) pip sync -q --python $(SVENV)/bin/python requirements/serving.lock
-	$(UV) pip install -q --python $(SVENV)/bin/python --no-deps -e .
+	$(UV) pip install -q --python $(SVENV)/bin/python --no-deps --config-setting editable_mode=compat -e .
 	touch $@
 
 # Re-resolve both lock files (needs the package index); commit the result.

@@ -1,0 +1,1 @@
+"""Operator tooling: the govml CLI, the embedded stack supervisor, the demo."""

@@ -1,0 +1,420 @@
+"""The embedded stack: Airflow and MLflow as supervised local processes.
+
+``up`` prepares the stores (creating PostgreSQL databases if missing), migrates
+Airflow's metadata database and starts each service in its own process group with
+a pid file and a log in the run folder (``GOVML_RUN_DIR``). Every process carries a
+``GOVML_STACK_ID`` marker in its environment, so ``down`` finds and stops all of
+them, including children that left their parent's process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from pipelines.config import Settings
+from pipelines.errors import StackError
+
+log = logging.getLogger(__name__)
+
+MARKER = "GOVML_STACK_ID"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One long-running process of the stack."""
+
+    name: str
+    argv: list[str]
+    url: str | None = None
+    health_url: str | None = None
+    port: int | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    name: str
+    pid: int | None
+    running: bool
+    healthy: bool | None
+    url: str | None
+    detail: str = ""
+
+
+def stack_id(settings: Settings) -> str:
+    """A stable id for this stack (its run folder), used to find its processes."""
+    return hashlib.sha256(str(settings.run_dir).encode()).hexdigest()[:16]
+
+
+def _bin(name: str) -> str:
+    """An executable of the running environment (``.venv/bin/airflow``...)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def _airflow_secrets(settings: Settings) -> dict[str, str]:
+    """JWT and API secrets shared by every Airflow component, made once, kept 0600."""
+    path = settings.airflow_home / "govml-secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"jwt_secret": secrets.token_urlsafe(32), "api_secret": secrets.token_urlsafe(32)}
+    _write_private(path, json.dumps(values))
+    return values
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def airflow_passwords(settings: Settings) -> dict[str, str]:
+    """Passwords of the local Airflow users, generated on first use and kept 0600."""
+    path = settings.airflow_home / "passwords.json"
+    current: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    changed = False
+    for user, _role in settings.airflow_users:
+        if user not in current:
+            current[user] = secrets.token_urlsafe(12)
+            changed = True
+    if changed or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_private(path, json.dumps(current, indent=2, sort_keys=True))
+    return current
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment variables that configure every Airflow component and CLI call."""
+    sec = _airflow_secrets(settings)
+    users = ",".join(f"{u}:{r}" for u, r in settings.airflow_users)
+    return {
+        "AIRFLOW_HOME": str(settings.airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_db_url,
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
+        "AIRFLOW__API__HOST": settings.airflow_host,
+        "AIRFLOW__API__PORT": str(settings.airflow_port),
+        "AIRFLOW__API__BASE_URL": settings.airflow_url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API__SECRET_KEY": sec["api_secret"],
+        "AIRFLOW__API_AUTH__JWT_SECRET": sec["jwt_secret"],
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
+            settings.airflow_home / "passwords.json"
+        ),
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.airflow_home / "logs"),
+        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "GOVML_HOME": str(settings.home),
+        "GOVML_VAR_DIR": str(settings.var_dir),
+        "GOVML_GOVERNANCE_URL": settings.governance_url,
+    }
+
+
+def services(settings: Settings) -> list[Service]:
+    """The stack's processes, in start order."""
+    airflow = _bin("airflow")
+    af_env = airflow_env(settings)
+    mlflow = [
+        _bin("mlflow"), "server",
+        "--backend-store-uri", settings.mlflow_backend_url,
+        "--artifacts-destination", str(settings.mlflow_artifacts),
+        "--host", settings.mlflow_host,
+        "--port", str(settings.mlflow_port),
+        "--workers", "1",
+    ]  # fmt: skip
+    return [
+        Service(
+            "mlflow",
+            mlflow,
+            url=settings.mlflow_url,
+            health_url=f"{settings.mlflow_url}/health",
+            port=settings.mlflow_port,
+            env={"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
+        ),
+        Service(
+            "airflow-api-server",
+            [airflow, "api-server", "--host", settings.airflow_host,
+             "--port", str(settings.airflow_port)],
+            url=settings.airflow_url,
+            health_url=f"{settings.airflow_url}/api/v2/monitor/health",
+            port=settings.airflow_port,
+            env=af_env,
+        ),  # fmt: skip
+        Service("airflow-scheduler", [airflow, "scheduler"], env=af_env),
+        Service("airflow-dag-processor", [airflow, "dag-processor"], env=af_env),
+        Service("airflow-triggerer", [airflow, "triggerer"], env=af_env),
+    ]
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.pid"
+
+
+def log_file(settings: Settings, name: str) -> Path:
+    return settings.run_dir / f"{name}.log"
+
+
+def _read_pid(settings: Settings, name: str) -> int | None:
+    path = _pid_file(settings, name)
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def http_ok(url: str, timeout: float = 2.0) -> tuple[bool, str]:
+    """GET ``url``; True when it answers 2xx. Returns the body's first bytes too."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback)
+            body = resp.read(4096).decode("utf-8", "replace")
+            return 200 <= resp.status < 300, body
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return False, str(exc)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def _base_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env[MARKER] = stack_id(settings)
+    env["PYTHONUNBUFFERED"] = "1"
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def prepare_stores(settings: Settings) -> None:
+    """Create folders and PostgreSQL databases, then migrate Airflow's database."""
+    from registry.databases import ensure_database
+
+    for path in (settings.run_dir, settings.airflow_home, settings.mlflow_artifacts,
+                 settings.data_dir, settings.runs_dir):  # fmt: skip
+        path.mkdir(parents=True, exist_ok=True)
+    for url in settings.database_urls.values():
+        ensure_database(url)
+    airflow_passwords(settings)
+    env = _base_env(settings) | airflow_env(settings)
+    migrate_log = log_file(settings, "airflow-db-migrate")
+    with migrate_log.open("w") as out:
+        result = subprocess.run(
+            [_bin("airflow"), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT,
+            timeout=900, check=False,
+        )  # fmt: skip
+    if result.returncode != 0:
+        raise StackError(
+            f"airflow db migrate failed (exit {result.returncode}); see {migrate_log}:\n"
+            + _tail(migrate_log)
+        )
+
+
+def start_service(settings: Settings, svc: Service) -> int:
+    """Start one service in a new process group; return its pid."""
+    pid = _read_pid(settings, svc.name)
+    if _alive(pid):
+        log.info("%s already running (pid %s)", svc.name, pid)
+        assert pid is not None
+        return pid
+    if svc.port is not None and port_in_use("127.0.0.1", svc.port):
+        raise StackError(
+            f"{svc.name}: port {svc.port} is already in use by another process; "
+            "stop it or choose another port (see pipelines/config.py for the variable)"
+        )
+    env = _base_env(settings) | svc.env
+    out = log_file(settings, svc.name).open("ab")
+    proc = subprocess.Popen(  # noqa: S603 (our own binaries)
+        svc.argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True, cwd=settings.home,
+    )  # fmt: skip
+    out.close()
+    _pid_file(settings, svc.name).write_text(f"{proc.pid}\n")
+    log.info("started %s (pid %s)", svc.name, proc.pid)
+    return proc.pid
+
+
+def wait_healthy(
+    settings: Settings,
+    svc: Service,
+    timeout: float = 240.0,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Wait until the service answers its health URL, or fail with its log tail."""
+    deadline = clock() + timeout
+    while True:
+        if not _alive(_read_pid(settings, svc.name)):
+            raise StackError(
+                f"{svc.name} exited during start-up; last lines of "
+                f"{log_file(settings, svc.name)}:\n{_tail(log_file(settings, svc.name))}"
+            )
+        if svc.health_url is None:
+            return
+        ok, _ = http_ok(svc.health_url)
+        if ok:
+            return
+        if clock() > deadline:
+            raise StackError(
+                f"{svc.name} did not answer {svc.health_url} within {timeout:.0f}s; "
+                f"see {log_file(settings, svc.name)}"
+            )
+        time.sleep(1.0)
+
+
+def up(settings: Settings, only: list[str] | None = None) -> list[ServiceStatus]:
+    """Start the stack (or the named services) and wait until each is healthy."""
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [s for s in services(settings) if only is None or s.name in only]
+    if any(s.name.startswith("airflow") for s in chosen):
+        prepare_stores(settings)
+    else:
+        from registry.databases import ensure_database
+
+        settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        ensure_database(settings.mlflow_backend_url)
+    try:
+        for svc in chosen:
+            start_service(settings, svc)
+        for svc in chosen:
+            wait_healthy(settings, svc)
+        # the non-HTTP components: give them a moment to fail on bad config
+        time.sleep(2.0)
+        for svc in chosen:
+            wait_healthy(settings, svc, timeout=0)
+    except BaseException:
+        down(settings)
+        raise
+    return status(settings)
+
+
+def _stack_processes(settings: Settings) -> list[psutil.Process]:
+    """Every live process carrying this stack's marker (any process group)."""
+    marker = stack_id(settings)
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(MARKER) == marker:
+                found.append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def down(settings: Settings, grace: float = 10.0) -> int:
+    """Stop every process of the stack; return how many were stopped."""
+    victims: dict[int, psutil.Process] = {}
+    groups: set[int] = set()
+    for svc in services(settings):
+        pid = _read_pid(settings, svc.name)
+        if _alive(pid):
+            assert pid is not None
+            with contextlib.suppress(psutil.Error):
+                proc = psutil.Process(pid)
+                victims[pid] = proc
+                for child in proc.children(recursive=True):
+                    victims[child.pid] = child
+            with contextlib.suppress(OSError):
+                groups.add(os.getpgid(pid))
+    for proc in _stack_processes(settings):
+        victims.setdefault(proc.pid, proc)
+    for pgid in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGTERM)
+    for proc in victims.values():
+        with contextlib.suppress(psutil.Error):
+            proc.terminate()
+    _, alive = psutil.wait_procs(list(victims.values()), timeout=grace)
+    for pgid in groups:
+        with contextlib.suppress(OSError):
+            os.killpg(pgid, signal.SIGKILL)
+    for proc in alive:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=5)
+    # a child forked while we were stopping its parent
+    for proc in _stack_processes(settings):
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    for svc in services(settings):
+        _pid_file(settings, svc.name).unlink(missing_ok=True)
+    return len(victims)
+
+
+def status(settings: Settings) -> list[ServiceStatus]:
+    """Each service: pid, whether it runs, whether it answers, and its URL."""
+    result = []
+    airflow_health: dict[str, dict[str, str]] = {}
+    api_pid = _read_pid(settings, "airflow-api-server")
+    if _alive(api_pid):
+        ok, body = http_ok(f"{settings.airflow_url}/api/v2/monitor/health")
+        if ok:
+            with contextlib.suppress(ValueError):
+                airflow_health = json.loads(body)
+    component = {
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag_processor",
+        "airflow-triggerer": "triggerer",
+        "airflow-api-server": "metadatabase",
+    }
+    for svc in services(settings):
+        pid = _read_pid(settings, svc.name)
+        running = _alive(pid)
+        healthy: bool | None = None
+        detail = ""
+        if running and svc.health_url:
+            healthy, body = http_ok(svc.health_url)
+            detail = "" if healthy else body[:120]
+        if running and svc.name in component and airflow_health:
+            state = airflow_health.get(component[svc.name], {}).get("status")
+            if state:
+                detail = f"{component[svc.name]}: {state}"
+                if svc.health_url is None:
+                    healthy = state == "healthy"
+        result.append(ServiceStatus(svc.name, pid if running else None, running, healthy,
+                                    svc.url, detail))  # fmt: skip
+    return result
