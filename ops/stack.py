@@ -30,6 +30,7 @@ import psutil
 
 from pipelines.config import Settings
 from pipelines.errors import StackError
+from registry.databases import ensure_database, normalise_url
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,13 @@ def airflow_passwords(settings: Settings) -> dict[str, str]:
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment variables that configure every Airflow component and CLI call."""
     sec = _airflow_secrets(settings)
+    extra: dict[str, str] = {}
+    db_url = normalise_url(settings.airflow_db_url)
+    if db_url.startswith("postgresql+psycopg://"):
+        # Airflow's API server also needs an async driver: psycopg 3 is both.
+        extra["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = db_url.replace(
+            "postgresql+psycopg://", "postgresql+psycopg_async://", 1
+        )
     users = ",".join(f"{u}:{r}" for u, r in settings.airflow_users)
     return {
         "AIRFLOW_HOME": str(settings.airflow_home),
@@ -111,7 +119,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "4",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": settings.airflow_db_url,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
         "AIRFLOW__API__HOST": settings.airflow_host,
         "AIRFLOW__API__PORT": str(settings.airflow_port),
@@ -131,7 +139,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "GOVML_HOME": str(settings.home),
         "GOVML_VAR_DIR": str(settings.var_dir),
         "GOVML_GOVERNANCE_URL": settings.governance_url,
-    }
+    } | extra
 
 
 def services(settings: Settings) -> list[Service]:
@@ -140,7 +148,7 @@ def services(settings: Settings) -> list[Service]:
     af_env = airflow_env(settings)
     mlflow = [
         _bin("mlflow"), "server",
-        "--backend-store-uri", settings.mlflow_backend_url,
+        "--backend-store-uri", normalise_url(settings.mlflow_backend_url),
         "--artifacts-destination", str(settings.mlflow_artifacts),
         "--host", settings.mlflow_host,
         "--port", str(settings.mlflow_port),
@@ -230,8 +238,6 @@ def _base_env(settings: Settings) -> dict[str, str]:
 
 def prepare_stores(settings: Settings) -> None:
     """Create folders and PostgreSQL databases, then migrate Airflow's database."""
-    from registry.databases import ensure_database
-
     for path in (settings.run_dir, settings.airflow_home, settings.mlflow_artifacts,
                  settings.data_dir, settings.runs_dir):  # fmt: skip
         path.mkdir(parents=True, exist_ok=True)
@@ -310,8 +316,6 @@ def up(settings: Settings, only: list[str] | None = None) -> list[ServiceStatus]
     if any(s.name.startswith("airflow") for s in chosen):
         prepare_stores(settings)
     else:
-        from registry.databases import ensure_database
-
         settings.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
         ensure_database(settings.mlflow_backend_url)
     try:

@@ -478,7 +478,7 @@ def _location(loc: tuple[int | str, ...]) -> str:
             out += f"[{part}]"
         else:
             out += f".{part}" if out else str(part)
-    return out or "(top level)"
+    return out
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
@@ -495,7 +495,7 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
             msg = "required field is missing"
         elif err["type"] in ("enum", "literal_error"):
             msg = f"{msg}, got {err.get('input')!r}"
-        problems.append(f"{_location(loc)}: {msg}")
+        problems.append(f"{_location(loc)}: {msg}" if loc else msg)
     return f"{source}: " + "; ".join(problems)
 
 

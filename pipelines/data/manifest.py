@@ -194,9 +194,7 @@ def write_parquet_with_manifest(
             return
         merged = pa.concat_tables(pending)
         offset = 0
-        while merged.num_rows - offset >= row_group_rows or (
-            final and offset < merged.num_rows
-        ):
+        while merged.num_rows - offset >= row_group_rows or (final and offset < merged.num_rows):
             piece = merged.slice(offset, row_group_rows)
             writer.write_table(piece, row_group_size=row_group_rows)
             offset += piece.num_rows
