@@ -72,8 +72,10 @@ def cmd_data_generate(args: argparse.Namespace, settings: Settings) -> int:
         spec = load_spec(_spec_path(name, settings))
         out = Path(args.out) if args.out else settings.data_dir / spec.name
         manifest = materialise(spec, out, overrides)
-        print(f"{spec.name}: {manifest.rows:,} rows -> {out / manifest.path} "
-              f"(sha256 {manifest.sha256[:16]}...)")  # fmt: skip
+        print(
+            f"{spec.name}: {manifest.rows:,} rows -> {out / manifest.path} "
+            f"(sha256 {manifest.sha256[:16]}...)"
+        )
     return 0
 
 
@@ -221,8 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db_init)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
-    p.add_argument("--rows", type=_positive_int, default=None,
-                   help="fraud transactions to generate (default: the spec's)")  # fmt: skip
+    p.add_argument(
+        "--rows",
+        type=_positive_int,
+        default=None,
+        help="fraud transactions to generate (default: the spec's)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

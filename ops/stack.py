@@ -147,13 +147,19 @@ def services(settings: Settings) -> list[Service]:
     airflow = _bin("airflow")
     af_env = airflow_env(settings)
     mlflow = [
-        _bin("mlflow"), "server",
-        "--backend-store-uri", normalise_url(settings.mlflow_backend_url),
-        "--artifacts-destination", str(settings.mlflow_artifacts),
-        "--host", settings.mlflow_host,
-        "--port", str(settings.mlflow_port),
-        "--workers", "1",
-    ]  # fmt: skip
+        _bin("mlflow"),
+        "server",
+        "--backend-store-uri",
+        normalise_url(settings.mlflow_backend_url),
+        "--artifacts-destination",
+        str(settings.mlflow_artifacts),
+        "--host",
+        settings.mlflow_host,
+        "--port",
+        str(settings.mlflow_port),
+        "--workers",
+        "1",
+    ]
     return [
         Service(
             "mlflow",
@@ -165,13 +171,19 @@ def services(settings: Settings) -> list[Service]:
         ),
         Service(
             "airflow-api-server",
-            [airflow, "api-server", "--host", settings.airflow_host,
-             "--port", str(settings.airflow_port)],
+            [
+                airflow,
+                "api-server",
+                "--host",
+                settings.airflow_host,
+                "--port",
+                str(settings.airflow_port),
+            ],
             url=settings.airflow_url,
             health_url=f"{settings.airflow_url}/api/v2/monitor/health",
             port=settings.airflow_port,
             env=af_env,
-        ),  # fmt: skip
+        ),
         Service("airflow-scheduler", [airflow, "scheduler"], env=af_env),
         Service("airflow-dag-processor", [airflow, "dag-processor"], env=af_env),
         Service("airflow-triggerer", [airflow, "triggerer"], env=af_env),
@@ -238,8 +250,13 @@ def _base_env(settings: Settings) -> dict[str, str]:
 
 def prepare_stores(settings: Settings) -> None:
     """Create folders and PostgreSQL databases, then migrate Airflow's database."""
-    for path in (settings.run_dir, settings.airflow_home, settings.mlflow_artifacts,
-                 settings.data_dir, settings.runs_dir):  # fmt: skip
+    for path in (
+        settings.run_dir,
+        settings.airflow_home,
+        settings.mlflow_artifacts,
+        settings.data_dir,
+        settings.runs_dir,
+    ):
         path.mkdir(parents=True, exist_ok=True)
     for url in settings.database_urls.values():
         ensure_database(url)
@@ -248,9 +265,13 @@ def prepare_stores(settings: Settings) -> None:
     migrate_log = log_file(settings, "airflow-db-migrate")
     with migrate_log.open("w") as out:
         result = subprocess.run(
-            [_bin("airflow"), "db", "migrate"], env=env, stdout=out, stderr=subprocess.STDOUT,
-            timeout=900, check=False,
-        )  # fmt: skip
+            [_bin("airflow"), "db", "migrate"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=900,
+            check=False,
+        )
     if result.returncode != 0:
         raise StackError(
             f"airflow db migrate failed (exit {result.returncode}); see {migrate_log}:\n"
@@ -273,9 +294,14 @@ def start_service(settings: Settings, svc: Service) -> int:
     env = _base_env(settings) | svc.env
     out = log_file(settings, svc.name).open("ab")
     proc = subprocess.Popen(  # noqa: S603 (our own binaries)
-        svc.argv, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True, cwd=settings.home,
-    )  # fmt: skip
+        svc.argv,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=settings.home,
+    )
     out.close()
     _pid_file(settings, svc.name).write_text(f"{proc.pid}\n")
     log.info("started %s (pid %s)", svc.name, proc.pid)
@@ -419,6 +445,7 @@ def status(settings: Settings) -> list[ServiceStatus]:
                 detail = f"{component[svc.name]}: {state}"
                 if svc.health_url is None:
                     healthy = state == "healthy"
-        result.append(ServiceStatus(svc.name, pid if running else None, running, healthy,
-                                    svc.url, detail))  # fmt: skip
+        result.append(
+            ServiceStatus(svc.name, pid if running else None, running, healthy, svc.url, detail)
+        )
     return result

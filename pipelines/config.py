@@ -8,7 +8,7 @@ environment variable named beside it, for example
 | setting | variable | default |
 | --- | --- | --- |
 | project root | ``GOVML_HOME`` | the checkout this file lives in |
-| state folder | ``GOVML_VAR_DIR`` | ``$GOVML_HOME/var`` |
+| state folder ($VAR) | ``GOVML_VAR_DIR`` | ``$GOVML_HOME/var`` |
 | generated data | ``GOVML_DATA_DIR`` | ``$GOVML_VAR_DIR/data`` |
 | lifecycle run folders | ``GOVML_RUNS_DIR`` | ``$GOVML_VAR_DIR/runs`` |
 | pid files and service logs | ``GOVML_RUN_DIR`` | ``$GOVML_VAR_DIR/run`` |
@@ -17,10 +17,10 @@ environment variable named beside it, for example
 | Airflow metadata DB | ``GOVML_AIRFLOW_DB_URL`` | ``sqlite:///$AIRFLOW_HOME/airflow.db`` |
 | Airflow API/UI | ``GOVML_AIRFLOW_HOST`` / ``GOVML_AIRFLOW_PORT`` | ``127.0.0.1`` / ``8080`` |
 | Airflow users | ``GOVML_AIRFLOW_USERS`` | ``admin:admin,reviewer:admin,operator:op`` |
-| MLflow backend store | ``GOVML_MLFLOW_BACKEND_URL`` | ``sqlite:///$GOVML_VAR_DIR/mlflow/mlflow.db`` |
+| MLflow backend store | ``GOVML_MLFLOW_BACKEND_URL`` | ``sqlite:///$VAR/mlflow/mlflow.db`` |
 | MLflow artifacts | ``GOVML_MLFLOW_ARTIFACTS`` | ``$GOVML_VAR_DIR/mlflow/artifacts`` |
 | MLflow server | ``GOVML_MLFLOW_HOST`` / ``GOVML_MLFLOW_PORT`` | ``127.0.0.1`` / ``5000`` |
-| MLflow tracking URI (clients) | ``MLFLOW_TRACKING_URI`` | ``http://$GOVML_MLFLOW_HOST:$GOVML_MLFLOW_PORT`` |
+| MLflow tracking URI | ``MLFLOW_TRACKING_URI`` | ``http://$MLFLOW_HOST:$MLFLOW_PORT`` |
 | governance store | ``GOVML_GOVERNANCE_URL`` | ``sqlite:///$GOVML_VAR_DIR/governance.db`` |
 | model server | ``GOVML_SERVING_HOST`` / ``GOVML_SERVING_PORT`` | ``127.0.0.1`` / ``8090`` |
 """
@@ -152,9 +152,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         airflow_host=env.get("GOVML_AIRFLOW_HOST") or "127.0.0.1",
         airflow_port=_port(env, "GOVML_AIRFLOW_PORT", 8080),
-        airflow_users=_users(
-            env, "GOVML_AIRFLOW_USERS", "admin:admin,reviewer:admin,operator:op"
-        ),
+        airflow_users=_users(env, "GOVML_AIRFLOW_USERS", "admin:admin,reviewer:admin,operator:op"),
         mlflow_backend_url=_db_url(
             env, "GOVML_MLFLOW_BACKEND_URL", f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
         ),

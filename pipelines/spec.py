@@ -420,7 +420,9 @@ class ModelSpec(_Strict):
         for i, name in enumerate(self.features.raw):
             where = f"features.raw[{i}]"
             if name in protected:
-                errors.append(f"{where}: {name!r} is a protected attribute and may never be a feature")
+                errors.append(
+                    f"{where}: {name!r} is a protected attribute and may never be a feature"
+                )
             need(name, where)
             if name in (self.data.target, self.data.label_time_column):
                 errors.append(f"{where}: {name!r} is the target or its label time (leakage)")
@@ -452,9 +454,8 @@ class ModelSpec(_Strict):
                     f"gates.fairness[{i}].attribute: {gate.attribute!r} is not listed in "
                     "protected_attributes"
                 )
-        for i, agg in enumerate(self.features.aggregates):
-            if self.data.time_column is None:
-                errors.append(f"features.aggregates[{i}]: windowed aggregates need data.time_column")
+        if self.features.aggregates and self.data.time_column is None:
+            errors.append("features.aggregates: windowed aggregates need data.time_column")
         for code in self.reason_codes:
             if code not in names:
                 errors.append(f"reason_codes: {code!r} is not a feature")

@@ -160,6 +160,7 @@ _CITY_CENTERS = np.array(
     dtype=float,
 )  # fmt: skip
 _RURAL_SHARE = 0.15
+_VILLAGE_SPREAD_KM = 2.5
 _USUAL_TERMINALS = 10
 _USUAL_RADIUS_KM = 5.0  # spread of the points around home where usual terminals are sought
 _TERMINAL_SPREAD_KM = 3.0  # terminals are placed this close to a random customer's home
@@ -338,10 +339,14 @@ class _World:
 def _draw_locations(
     rng: np.random.Generator, n: int, centers: np.ndarray, spread: np.ndarray, cdf: np.ndarray
 ) -> np.ndarray:
+    """Homes: mostly around the cities, the rest in villages of about 15 households."""
     city = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(cdf) - 1)
     xy = centers[city] + rng.normal(size=(n, 2)) * spread[city, None]
     rural = rng.random(n) < _RURAL_SHARE
-    xy[rural] = rng.uniform(0.0, _MAP_KM, size=(int(rural.sum()), 2))
+    n_rural = int(rural.sum())
+    villages = rng.uniform(0.0, _MAP_KM, size=(max(10, n // 100), 2))
+    village = rng.integers(0, villages.shape[0], size=n_rural)
+    xy[rural] = villages[village] + rng.normal(0.0, _VILLAGE_SPREAD_KM, size=(n_rural, 2))
     return np.clip(xy, 0.0, _MAP_KM)
 
 
@@ -421,17 +426,20 @@ def _usual_terminals(
     rng: np.random.Generator, home_xy: np.ndarray, phys_xy: np.ndarray, phys_key: np.ndarray
 ) -> np.ndarray:
     """About ten terminals near each home: in the 10 km cell of a point a few km from
-    home, else in the 40 km cell of home, else spatial neighbours (remote customers)."""
+    home, else in the 40 km or 125 km cell of home, else spatial neighbours."""
     n_c, n_phys = home_xy.shape[0], phys_xy.shape[0]
     shape = (n_c, _USUAL_TERMINALS)
     near = home_xy[:, None, :] + rng.normal(0.0, _USUAL_RADIUS_KM, size=(*shape, 2))
     fine, fine_ok = _CellIndex(phys_xy, 10.0).pick(near, rng.random(shape))
     home = np.broadcast_to(home_xy[:, None, :], (*shape, 2))
     coarse, coarse_ok = _CellIndex(phys_xy, 40.0).pick(home, rng.random(shape))
+    wide, wide_ok = _CellIndex(phys_xy, 125.0).pick(home, rng.random(shape))
     pos = np.searchsorted(phys_key, _spatial_key(home_xy))
     offsets = rng.integers(-_USUAL_SPREAD, _USUAL_SPREAD + 1, size=shape)
     fallback = np.clip(pos[:, None] + offsets, 0, n_phys - 1)
-    usual = np.where(fine_ok, fine, np.where(coarse_ok, coarse, fallback))
+    usual = np.where(wide_ok, wide, fallback)
+    usual = np.where(coarse_ok, coarse, usual)
+    usual = np.where(fine_ok, fine, usual)
     return usual.astype(np.int32)
 
 
@@ -921,13 +929,21 @@ def _to_table(
     return pa.Table.from_arrays(list(arrays.values()), schema=FRAUD_SCHEMA)
 
 
+def _check_chunk_rows(chunk_rows: Any) -> None:
+    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
+        raise DataValidationError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+
+
 def iter_fraud_tables(cfg: FraudConfig, chunk_rows: int = 1_000_000) -> Iterator[pa.Table]:
     """Yield the data set as Arrow tables of whole hours, each about ``chunk_rows`` rows.
 
     The rows (and their order) do not depend on ``chunk_rows``.
     """
-    if not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows < 1:
-        raise DataValidationError(f"chunk_rows must be a positive integer, got {chunk_rows!r}")
+    _check_chunk_rows(chunk_rows)
+    return _iter_tables(cfg, chunk_rows)
+
+
+def _iter_tables(cfg: FraudConfig, chunk_rows: int) -> Iterator[pa.Table]:
     world = _build_world(cfg)
     fraud = _plan_fraud(cfg, world)
     weights = _hour_weights(cfg)
@@ -975,6 +991,7 @@ def write_fraud(
     At most about two chunks are in memory at once; the manifest params are the
     resolved config plus ``chunk_rows`` (the row-group size, which the bytes depend on).
     """
+    _check_chunk_rows(chunk_rows)
     params = {**cfg.to_params(), "chunk_rows": chunk_rows}
     return write_parquet_with_manifest(
         iter_fraud_tables(cfg, chunk_rows=chunk_rows),

@@ -97,17 +97,24 @@ def _check_services(env: dict[str, str]) -> None:
 def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
     env = _env(tmp_path)
     try:
-        up = subprocess.run(["make", "-s", "up"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+        up = subprocess.run(
+            ["make", "-s", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         settings = load_settings(env)
         assert settings.airflow_url in up.stdout and settings.mlflow_url in up.stdout
         assert "user 'admin' (admin) password" in up.stdout
-        status = subprocess.run(["make", "-s", "status"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        status = subprocess.run(
+            ["make", "-s", "status"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
         assert status.returncode == 0, status.stdout + status.stderr
-        for name in ("mlflow", "airflow-api-server", "airflow-scheduler",
-                     "airflow-dag-processor", "airflow-triggerer"):  # fmt: skip
+        for name in (
+            "mlflow",
+            "airflow-api-server",
+            "airflow-scheduler",
+            "airflow-dag-processor",
+            "airflow-triggerer",
+        ):
             line = next(ln for ln in status.stdout.splitlines() if ln.startswith(name))
             assert "running" in line and "healthy" in line and "NOT" not in line, line
         for log_name in ("mlflow.log", "airflow-scheduler.log", "airflow-api-server.pid"):
@@ -115,13 +122,15 @@ def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
         _check_services(env)
         assert len(_stack_processes(env)) >= 5
     finally:
-        down = subprocess.run(["make", "-s", "down"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        down = subprocess.run(
+            ["make", "-s", "down"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+        )
     assert down.returncode == 0, down.stdout + down.stderr
     assert _stack_processes(env) == []
     assert not list(load_settings(env).run_dir.glob("*.pid"))
-    after = subprocess.run(["make", "-s", "status"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120)  # fmt: skip
+    after = subprocess.run(
+        ["make", "-s", "status"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert after.stdout.count("stopped") == 5
 
 
@@ -131,8 +140,14 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         env = _env(tmp_path, GOVML_MLFLOW_PORT=str(port))
-        result = subprocess.run([str(ROOT / ".venv/bin/govml"), "stack", "up", "--only", "mlflow"],
-                                cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [str(ROOT / ".venv/bin/govml"), "stack", "up", "--only", "mlflow"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode != 0
     assert f"port {port} is already in use" in result.stderr
     assert "Traceback" not in result.stderr
@@ -146,14 +161,18 @@ def test_stack_on_postgresql(tmp_path: Path, pg_admin_url: str) -> None:
 
     names = {k: f"govml_it_{k}_{os.getpid()}" for k in ("airflow", "mlflow", "governance")}
     base = make_url(pg_admin_url)
-    urls = {k: base.set(database=v).render_as_string(hide_password=False)
-            for k, v in names.items()}  # fmt: skip
-    env = _env(tmp_path, GOVML_AIRFLOW_DB_URL=urls["airflow"],
-               GOVML_MLFLOW_BACKEND_URL=urls["mlflow"], GOVML_GOVERNANCE_URL=urls["governance"])  # fmt: skip
+    urls = {k: base.set(database=v).render_as_string(hide_password=False) for k, v in names.items()}
+    env = _env(
+        tmp_path,
+        GOVML_AIRFLOW_DB_URL=urls["airflow"],
+        GOVML_MLFLOW_BACKEND_URL=urls["mlflow"],
+        GOVML_GOVERNANCE_URL=urls["governance"],
+    )
     govml = str(ROOT / ".venv/bin/govml")
     try:
-        up = subprocess.run([govml, "stack", "up"], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=900)  # fmt: skip
+        up = subprocess.run(
+            [govml, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         _check_services(env)
         for key in ("airflow", "mlflow"):
@@ -166,8 +185,9 @@ def test_stack_on_postgresql(tmp_path: Path, pg_admin_url: str) -> None:
             assert conn.execute(text("SELECT current_database()")).scalar() == names["governance"]
         engine.dispose()
     finally:
-        subprocess.run([govml, "stack", "down"], cwd=ROOT, env=env, capture_output=True,
-                       timeout=300)  # fmt: skip
+        subprocess.run(
+            [govml, "stack", "down"], cwd=ROOT, env=env, capture_output=True, timeout=300
+        )
         admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:
             for name in names.values():

@@ -39,7 +39,8 @@ def test_postgres_database_is_created_once(pg_database: str) -> None:
     assert ensure_database(pg_database) is False
     engine = create_engine(pg_database)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT current_database()")).scalar() == pg_database.rsplit(
-            "/", 1
-        )[1]
+        assert (
+            conn.execute(text("SELECT current_database()")).scalar()
+            == pg_database.rsplit("/", 1)[1]
+        )
     engine.dispose()

@@ -33,8 +33,15 @@ def test_each_environment_has_its_stack() -> None:
     orch = _pins(REQ / "orchestration.lock")
     serving = _pins(REQ / "serving.lock")
     assert orch["apache-airflow"].startswith("3.3.")
-    for name in ("apache-airflow-providers-standard", "apache-airflow-providers-openlineage",
-                 "great-expectations", "fairlearn", "shap", "sqlalchemy", "psycopg"):
+    for name in (
+        "apache-airflow-providers-standard",
+        "apache-airflow-providers-openlineage",
+        "great-expectations",
+        "fairlearn",
+        "shap",
+        "sqlalchemy",
+        "psycopg",
+    ):
         assert name in orch, name
     assert orch["mlflow"].startswith("3.")
     assert orch["great-expectations"].startswith("1.")

@@ -96,9 +96,14 @@ def test_protected_attribute_as_feature_is_refused(tmp_path: Path) -> None:
 def test_protected_attribute_inside_an_aggregate_is_refused() -> None:
     data = _raw("fraud")
     data["features"]["aggregates"].append(
-        {"name": "x", "entity": "card_id", "window": "1h", "agg": "nunique",
-         "column": "customer_age_band"}
-    )  # fmt: skip
+        {
+            "name": "x",
+            "entity": "card_id",
+            "window": "1h",
+            "agg": "nunique",
+            "column": "customer_age_band",
+        }
+    )
     with pytest.raises(SpecError, match="customer_age_band.*protected attribute"):
         parse_spec(data, "fraud.yaml")
 

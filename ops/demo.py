@@ -1,0 +1,78 @@
+"""``make demo``: the fraud lifecycle as far as it exists, on the embedded stack.
+
+Today: validate every spec, generate the fraud and credit data sets and copy the
+German Credit data (Parquet + manifest, SHA-256), verify each manifest, and print a
+summary with where to look. Later stages (validation, training, gates, registry,
+approval, deployment) join here as they land.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from pipelines.config import Settings
+from pipelines.data.manifest import data_path, manifest_path_for, verify_manifest
+from pipelines.datasets import materialise
+from pipelines.spec import discover_specs, load_spec
+
+
+def run_demo(settings: Settings, rows: int | None = None) -> int:
+    console = Console()
+    console.rule("[bold]govml demo: fraud lifecycle (embedded stack)")
+    specs = {}
+    with console.status("validating specs"):
+        for name, path in discover_specs(settings.specs_dir).items():
+            specs[name] = load_spec(path)
+    console.print(f"[green]ok[/] {len(specs)} specs valid: {', '.join(sorted(specs))}")
+
+    table = Table(title="Data sets (Parquet + manifest)")
+    for col in ("spec", "rows", "label rate", "sha256", "seconds"):
+        table.add_column(col)
+    manifests: dict[str, Path] = {}
+    for name in ("fraud", "credit", "german_credit"):
+        if name not in specs:
+            continue
+        spec = specs[name]
+        out = settings.data_dir / name
+        started = time.perf_counter()
+        with console.status(f"writing {name} data"):
+            overrides = {"n_rows": rows} if rows and name == "fraud" else {}
+            manifest = materialise(spec, out, overrides)
+            manifest_file = manifest_path_for(out, manifest.name)
+            verify_manifest(manifest_file)
+        elapsed = time.perf_counter() - started
+        manifests[name] = manifest_file
+        target = pd.read_parquet(data_path(manifest_file, manifest), columns=[spec.data.target])
+        rate = float(target[spec.data.target].mean())
+        table.add_row(
+            name, f"{manifest.rows:,}", f"{rate:.3%}", manifest.sha256[:16] + "…", f"{elapsed:.1f}"
+        )
+    console.print(table)
+
+    fraud_file = manifests.get("fraud")
+    if fraud_file is not None:
+        manifest = verify_manifest(fraud_file)
+        frame = pd.read_parquet(
+            data_path(fraud_file, manifest), columns=["tx_time", "fraud_scenario", "is_fraud"]
+        )
+        scenarios = frame.loc[frame["is_fraud"] == 1, "fraud_scenario"].value_counts()
+        console.print(
+            f"fraud transactions {frame['tx_time'].min():%Y-%m-%d} → "
+            f"{frame['tx_time'].max():%Y-%m-%d}; fraud by scenario: "
+            + ", ".join(f"{k} {v:,}" for k, v in scenarios.items() if v)
+        )
+
+    console.rule("where to look")
+    console.print(f"data and manifests : {settings.data_dir}")
+    console.print(f"specs              : {settings.specs_dir}")
+    console.print(
+        f"verify a data set  : .venv/bin/govml data verify {manifests.get('fraud', '<manifest>')}"
+    )
+    console.print("Airflow and MLflow : make up   (prints the URLs and the Airflow login)")
+    console.print("[green]demo finished[/]")
+    return 0

@@ -1,0 +1,181 @@
+"""The KServe model server, started from .venv-serving on loopback, scores exactly
+like the booster it loads (protocol V1 and V2), answers bad input with 400 and an
+unknown model with 404, and refuses a model file whose SHA-256 is not the approved one."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _post(url: str, body: object) -> tuple[int, dict]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(0)
+    n = 2000
+    frame = pd.DataFrame(
+        {
+            "amount": rng.lognormal(3, 1, n),
+            "distance_km": rng.exponential(10, n),
+            "channel": pd.Categorical(
+                rng.choice(["card_present", "online"], n), categories=["card_present", "online"]
+            ),
+        }
+    )
+    y = ((frame["amount"] > 60) & (frame["channel"] == "online")).astype(int)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "seed": 1, "num_threads": 1},
+        lgb.Dataset(frame, y),
+        num_boost_round=20,
+    )
+    folder = tmp_path_factory.mktemp("model")
+    booster.save_model(str(folder / "model.txt"))
+    rows = frame.head(25).reset_index(drop=True)
+    expected = booster.predict(rows)
+    return folder, rows, expected
+
+
+def _start(folder: Path, port: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            str(SERVING_PY),
+            "-m",
+            "serving",
+            "--model_name",
+            "fraud",
+            "--model_uri",
+            str(folder),
+            "--http_port",
+            str(port),
+            "--enable_grpc",
+            "false",
+            *extra,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def server(trained: tuple[Path, pd.DataFrame, np.ndarray]) -> Iterator[str]:
+    folder, _, _ = trained
+    port = _free_port()
+    digest = hashlib.sha256((folder / "model.txt").read_bytes()).hexdigest()
+    proc = _start(folder, port, "--expected_sha256", digest)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                with urllib.request.urlopen(f"{base}/v1/models/fraud", timeout=1) as resp:
+                    if json.loads(resp.read()).get("ready"):
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        else:
+            pytest.fail("model server not ready in 60 s")
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_v1_scores_match_the_booster_exactly(server: str, trained) -> None:  # noqa: ANN001
+    _, rows, expected = trained
+    instances = [{**r, "channel": str(r["channel"])} for r in rows.to_dict(orient="records")]
+    code, body = _post(f"{server}/v1/models/fraud:predict", {"instances": instances})
+    assert code == 200, body
+    assert body["predictions"] == expected.tolist()
+
+
+def test_v2_infer_matches_too(server: str, trained) -> None:  # noqa: ANN001
+    _, rows, expected = trained
+    inputs = [
+        {
+            "name": "amount",
+            "shape": [len(rows)],
+            "datatype": "FP64",
+            "data": rows["amount"].tolist(),
+        },
+        {
+            "name": "distance_km",
+            "shape": [len(rows)],
+            "datatype": "FP64",
+            "data": rows["distance_km"].tolist(),
+        },
+        {
+            "name": "channel",
+            "shape": [len(rows)],
+            "datatype": "BYTES",
+            "data": [str(c) for c in rows["channel"]],
+        },
+    ]
+    code, body = _post(f"{server}/v2/models/fraud/infer", {"inputs": inputs})
+    assert code == 200, body
+    assert body["outputs"][0]["data"] == expected.tolist()
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"instances": [{"amount": 1.0, "channel": "online"}]}, "distance_km"),
+        ({"instances": [{"amount": "lots", "distance_km": 1, "channel": "online"}]}, "amount"),
+        ({"instances": [{"amount": 1, "distance_km": 1, "channel": "atm"}]}, "channel"),
+        ({"instances": []}, "instances"),
+        ({"rows": []}, "instances"),
+        (b"{not json", ""),
+    ],
+)
+def test_bad_input_is_400_never_500(server: str, body: object, needle: str) -> None:
+    code, answer = _post(f"{server}/v1/models/fraud:predict", body)
+    assert code == 400, answer
+    assert needle in json.dumps(answer)
+
+
+def test_unknown_model_is_404(server: str) -> None:
+    code, _ = _post(f"{server}/v1/models/credit:predict", {"instances": [[1, 2, "online"]]})
+    assert code == 404
+
+
+def test_changed_artifact_is_refused(trained, tmp_path: Path) -> None:  # noqa: ANN001
+    folder, _, _ = trained
+    proc = _start(folder, _free_port(), "--expected_sha256", "0" * 64)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert "does not match the approved" in out
