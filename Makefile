@@ -12,7 +12,8 @@ GOVML := $(VENV)/bin/govml
 UV_VERSION := 0.13.8
 export UV_LINK_MODE := copy
 
-.PHONY: setup demo test test-unit test-integration lint bench up down status lock clean data
+
+.PHONY: browser setup demo test test-unit test-integration lint bench up down status lock clean data
 
 setup: $(VENV)/.installed $(SVENV)/.installed
 
@@ -47,8 +48,20 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 
-test: setup lint
+test: setup lint browser
 	$(PY) -m pytest -q tests
+
+# Debian's Chromium for the browser tests (tests/e2e); Playwright drives it, and
+# never downloads a browser of its own. Without root the browser tests skip.
+browser:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: chromium missing and not root: browser tests will skip (apt-get install chromium)"; \
+	  fi; \
+	fi
 
 test-unit: setup
 	$(PY) -m pytest -q tests/unit

@@ -206,7 +206,7 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
     region = np.minimum((rng.random(n)[:, None] > region_cdf).sum(axis=1), len(REGIONS) - 1)
 
     # income and employment
-    career = 0.45 * (1.0 - ((age - 50.0) / 32.0) ** 2)
+    career = 0.12 * (1.0 - ((age - 50.0) / 32.0) ** 2)
     log_income = (
         np.log(38_000.0)
         + career
@@ -217,7 +217,8 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
     )
     income = np.maximum(np.round(np.exp(log_income), -2), 8_000.0)
     employment_years = np.round(np.minimum(rng.gamma(2.0, 3.5, size=n), age - 18.0), 1)
-    history = ((age - 18.0) * 12.0 * rng.beta(2.5, 1.5, size=n)).astype(np.int64)
+    file_age = np.minimum((age - 18.0) * 12.0 * rng.beta(3.0, 1.2, size=n), 790.0)
+    history = np.minimum(file_age, rng.lognormal(np.log(130.0), 0.7, size=n)).astype(np.int64)
     history = history + rng.integers(0, 6, size=n)
     home_score = 0.07 * (age - 38.0) + 1.2 * (log_income - np.log(38_000.0))
     home_score = home_score + rng.logistic(0.0, 1.0, size=n)
@@ -230,7 +231,7 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
     util = np.where(over, rng.uniform(1.0, 1.2, size=n), util)
     util = np.round(np.clip(util, 0.0, 1.2), 3)
     delinquencies = rng.poisson(0.12 + 0.6 * util**2)
-    inquiries = rng.poisson(np.where(age < 30, 1.5, 0.8))
+    inquiries = rng.poisson(np.where(age < 30, 1.1, 0.9))
 
     # the loan
     purpose = rng.choice(len(PURPOSES), size=n, p=_PURPOSE_P)
@@ -243,7 +244,7 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
     # postcode risk index: local economy, plus (with bias) a proxy for the group
     postcode_base = _REGION_POSTCODE[region] + rng.normal(0.0, 1.0, size=n)
     postcode_latent = postcode_base + _PROXY_SHIFT * cfg.bias * is_disadvantaged
-    postcode_index = np.round(100.0 * _sigmoid(0.9 * postcode_latent), 1)
+    postcode_index = np.round(_sigmoid(0.9 * postcode_latent), 4)
 
     # the outcome: features only, plus (with bias) a group shift of the recorded label
     logit = (
@@ -252,8 +253,8 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
         + 0.50 * delinquencies
         + 0.15 * inquiries
         - 0.50 * _z(log_income)
-        - 0.35 * _z(history.astype(float))
-        - 0.15 * _z(employment_years)
+        - 0.12 * _z(history.astype(float))
+        - 0.08 * _z(employment_years)
         + 0.30 * _z(np.log(loan_amount / income))
         + 0.10 * (term_idx - 2)
         + _PURPOSE_RISK[purpose]

@@ -112,7 +112,9 @@ def test_value_ranges(fair: pd.DataFrame) -> None:
     assert (fair[["delinquencies_2y", "inquiries_6m"]] >= 0).all().all()
     assert (fair["employment_years"] >= 0).all()
     assert (fair["loan_amount"] > 0).all()
-    assert fair["postcode_risk_index"].between(0, 100).all()
+    assert fair["postcode_risk_index"].between(0, 1).all()
+    assert fair["credit_history_months"].max() <= 800
+    assert fair["loan_amount"].between(100, 1_000_000).all()
 
 
 def test_label_time_is_twelve_months_later(fair: pd.DataFrame) -> None:

@@ -244,8 +244,7 @@ def test_compromised_terminal_fraud_is_concentrated(base: pd.DataFrame) -> None:
     overall = base["is_fraud"].mean()
     for terminal, row in per_terminal.iterrows():
         window = base[
-            (base["terminal_id"] == terminal)
-            & base["tx_time"].between(row["first"], row["last"])
+            (base["terminal_id"] == terminal) & base["tx_time"].between(row["first"], row["last"])
         ]
         assert window["is_fraud"].mean() >= 25 * overall
     # compromised-terminal fraud is at the customers' usual, nearby terminals

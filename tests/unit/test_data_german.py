@@ -82,9 +82,7 @@ def test_protected_attributes(german: pd.DataFrame) -> None:
 
 def test_dtypes(german: pd.DataFrame) -> None:
     categorical = [c for c in german.columns if str(german[c].dtype) == "category"]
-    assert {"checking_account_status", "purpose", "housing", "sex", "age_band"} <= set(
-        categorical
-    )
+    assert {"checking_account_status", "purpose", "housing", "sex", "age_band"} <= set(categorical)
     for col in ("duration_months", "credit_amount", "age_years", "application_id"):
         assert german[col].dtype == "int64", col
     assert german["credit_amount"].sum() > 0

@@ -1,0 +1,74 @@
+"""A person opens the UIs the README names: logs into Airflow with the password
+`make up` printed, and opens MLflow. Real servers on loopback, real Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipelines.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+GOVML = str(ROOT / ".venv" / "bin" / "govml")
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOVML_", "AIRFLOW"))}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(
+        GOVML_VAR_DIR=str(tmp_path_factory.mktemp("e2e") / "var"),
+        GOVML_AIRFLOW_PORT=str(_free_port()),
+        GOVML_MLFLOW_PORT=str(_free_port()),
+    )
+    try:
+        up = subprocess.run(
+            [GOVML, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield load_settings(env), up.stdout
+    finally:
+        subprocess.run([GOVML, "stack", "down"], cwd=ROOT, env=env, timeout=300, check=False)
+
+
+def test_airflow_login_with_printed_password(browser, stack, tmp_path: Path) -> None:  # noqa: ANN001
+    settings, up_output = stack
+    passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
+    assert f"user 'reviewer' (admin) password {passwords['reviewer']!r}" in up_output
+    page = browser.new_page()
+    page.goto(settings.airflow_url, wait_until="networkidle")
+    page.fill("input[name=username]", "reviewer")
+    page.fill("input[name=password]", "wrong-password")
+    page.click("button[type=submit]")
+    page.wait_for_timeout(1000)
+    assert page.locator("input[name=password]").count() == 1, "a wrong password must not log in"
+    page.fill("input[name=username]", "reviewer")
+    page.fill("input[name=password]", passwords["reviewer"])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{settings.airflow_url}/**", timeout=30_000)
+    page.get_by_role("link", name="Dags").first.wait_for(timeout=30_000)
+    assert page.locator("input[name=password]").count() == 0
+    page.screenshot(path=str(tmp_path / "airflow-home.png"))
+    page.close()
+
+
+def test_mlflow_ui_opens(browser, stack) -> None:  # noqa: ANN001
+    settings, _ = stack
+    page = browser.new_page()
+    page.goto(settings.mlflow_url, wait_until="load")
+    page.get_by_text("Experiments").first.wait_for(timeout=30_000)
+    assert "MLflow" in page.title()
+    page.close()
