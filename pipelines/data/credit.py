@@ -7,12 +7,13 @@ and the outcome ``default_12m`` observed twelve months later (``label_time``).
 With ``bias = 0`` the default label comes from a logistic model of the features
 only, and the protected attributes are only weakly related to the features (income
 varies a little by group and sex, credit history grows with age), so a model that
-does not see the protected attributes can treat the groups about equally.
+does not see the protected attributes can treat the groups about equally (young
+applicants default a little more, through thinner files and lower incomes).
 
 With ``bias > 0`` two things happen, both proportional to ``bias``:
 
-* ``postcode_risk_index`` shifts upwards for applicants in :data:`DISADVANTAGED_GROUP`,
-  so it becomes a strong proxy for ``race_ethnicity``;
+* ``postcode_risk_index`` (a score in [0, 1]) shifts upwards for applicants in
+  :data:`DISADVANTAGED_GROUP`, so it becomes a strong proxy for ``race_ethnicity``;
 * the *recorded* default label of that group is shifted upwards (historically biased
   outcomes: a group-dependent term in the label's log-odds).
 

@@ -72,15 +72,15 @@ SEGMENTS: tuple[str, ...] = (
     "bnpl",
 )
 MCC_BY_SEGMENT: dict[str, tuple[str, ...]] = {
-    "grocery": ("5411", "5499"),
-    "fuel": ("5541", "5542"),
-    "restaurant": ("5812", "5814"),
+    "grocery": ("5411",),
+    "fuel": ("5541",),
+    "restaurant": ("5812",),
     "electronics": ("5732",),
     "travel": ("4511", "7011"),
     "gambling": ("7995",),
-    "retail": ("5311", "5651", "5999"),
-    "online_marketplace": ("5262", "5964", "5815", "6051"),
-    "bnpl": ("6012", "6540"),
+    "retail": ("5310", "5311", "5944", "5999"),
+    "online_marketplace": ("5999", "4829", "6051"),  # misc. retail, money transfer, crypto
+    "bnpl": ("6012",),
 }
 MCCS: tuple[str, ...] = tuple(sorted({m for codes in MCC_BY_SEGMENT.values() for m in codes}))
 CHANNELS: tuple[str, ...] = ("card_present", "online")
@@ -167,6 +167,7 @@ _TERMINAL_SPREAD_KM = 3.0  # terminals are placed this close to a random custome
 _USUAL_SPREAD = 12  # fallback: +- neighbours in spatial order
 _TRAVEL_SHARE = 0.02
 _PRIMARY_CARD_SHARE = 0.7
+_MAX_AMOUNT = 25_000.0  # card limit: no single payment above this
 _SECONDS_PER_DAY = 86_400
 _NS = 1_000_000_000
 
@@ -195,7 +196,7 @@ _ONLINE_SEG_P = {
     "travel": 0.15,
     "gambling": 0.10,
 }
-_MARKETPLACE_MCC_P = np.array([0.45, 0.25, 0.20, 0.10])  # 5262, 5964, 5815, 6051
+_MARKETPLACE_MCC_P = np.array([0.70, 0.20, 0.10])  # 5999, 4829, 6051
 
 # hour-of-day profile (0..23) and day-of-week factor (Mon..Sun)
 _HOUR_PROFILE = np.array(
@@ -581,7 +582,7 @@ def _amounts(
     seg: np.ndarray, spend_mu: np.ndarray, z: np.ndarray, factor: float | np.ndarray = 1.0
 ) -> np.ndarray:
     raw = np.exp(_SEG_MU[seg] + spend_mu + _SEG_SIGMA[seg] * z) * factor
-    return np.maximum(np.round(raw, 2), 0.01)
+    return np.clip(np.round(raw, 2), 0.01, _MAX_AMOUNT)
 
 
 def _physical_distance(world: _World, cust: np.ndarray, term: np.ndarray) -> np.ndarray:
@@ -899,9 +900,7 @@ def _dictionary(codes: np.ndarray, column: str) -> pa.Array:
     )
 
 
-def _to_table(
-    cfg: FraudConfig, world: _World, rows: _Rows, first_id: int, start_ns: int
-) -> pa.Table:
+def _to_table(world: _World, rows: _Rows, first_id: int, start_ns: int) -> pa.Table:
     n = len(rows)
     tx_ns = start_ns + rows.sec * _NS
     has_cb = rows.chargeback >= 0
@@ -969,7 +968,7 @@ def _iter_tables(cfg: FraudConfig, chunk_rows: int) -> Iterator[pa.Table]:
         pending_rows += len(block)
         if pending_rows >= chunk_rows or hour == weights.shape[0] - 1:
             rows = _Rows.concat(pending)
-            yield _to_table(cfg, world, rows, next_id, start_ns)
+            yield _to_table(world, rows, next_id, start_ns)
             next_id += len(rows)
             pending, pending_rows = [], 0
 

@@ -6,7 +6,9 @@ importing the package (its ``__init__`` pulls in matplotlib and statsmodels), an
 never downloaded.
 
 :func:`load_german_credit` renames the columns to snake_case (see
-:data:`GERMAN_CREDIT_COLUMNS`), turns text columns into pandas categories, adds
+:data:`GERMAN_CREDIT_COLUMNS`), turns text columns into pandas categories in codebook
+order (:data:`GERMAN_CREDIT_CATEGORIES`), stores ``credit_amount`` as float64 and the
+other numbers as int64, adds
 ``application_id`` (1..1000), the target ``default`` (1 where creditability is
 ``bad``) and two protected attributes: ``sex`` (from ``personal_status_sex``, whose
 values look like ``"male : single"``) and ``age_band`` (from ``age_years``).
@@ -59,6 +61,73 @@ GERMAN_CREDIT_COLUMNS: dict[str, str] = {
     "telephone": "telephone",
     "foreign_worker": "foreign_worker",
 }
+#: category order of each text column: the order of the Statlog codebook (A11, A12, ...)
+GERMAN_CREDIT_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "checking_account_status": (
+        "... < 0 DM",
+        "0 <= ... < 200 DM",
+        "... >= 200 DM / salary assignments for at least 1 year",
+        "no checking account",
+    ),
+    "credit_history": (
+        "no credits taken/ all credits paid back duly",
+        "all credits at this bank paid back duly",
+        "existing credits paid back duly till now",
+        "delay in paying off in the past",
+        "critical account/ other credits existing (not at this bank)",
+    ),
+    "purpose": (
+        "car (new)",
+        "car (used)",
+        "furniture/equipment",
+        "radio/television",
+        "domestic appliances",
+        "repairs",
+        "education",
+        "retraining",
+        "business",
+        "others",
+    ),
+    "savings": (
+        "... < 100 DM",
+        "100 <= ... < 500 DM",
+        "500 <= ... < 1000 DM",
+        "... >= 1000 DM",
+        "unknown/ no savings account",
+    ),
+    "employment_since": (
+        "unemployed",
+        "... < 1 year",
+        "1 <= ... < 4 years",
+        "4 <= ... < 7 years",
+        "... >= 7 years",
+    ),
+    "personal_status_sex": (
+        "male : divorced/separated",
+        "female : divorced/separated/married",
+        "male : single",
+        "male : married/widowed",
+    ),
+    "other_debtors": ("none", "co-applicant", "guarantor"),
+    "property": (
+        "real estate",
+        "building society savings agreement/ life insurance",
+        "car or other, not in attribute Savings account/bonds",
+        "unknown / no property",
+    ),
+    "other_installment_plans": ("bank", "stores", "none"),
+    "housing": ("rent", "own", "for free"),
+    "job": (
+        "unemployed/ unskilled - non-resident",
+        "unskilled - resident",
+        "skilled employee / official",
+        "management/ self-employed/ highly qualified employee/ officer",
+    ),
+    "telephone": ("none", "yes, registered under the customers name"),
+    "foreign_worker": ("yes", "no"),
+}
+#: numeric columns stored as float64 (money); the other numeric columns are int64
+FLOAT_COLUMNS: tuple[str, ...] = ("credit_amount",)
 TARGET_SOURCE_COLUMN = "creditability"
 TARGET = "default"
 PROTECTED_ATTRIBUTES: tuple[str, ...] = ("sex", "age_band")
@@ -119,10 +188,20 @@ def load_german_credit(path: str | os.PathLike[str] | None = None) -> pd.DataFra
 
     df = raw[list(GERMAN_CREDIT_COLUMNS)].rename(columns=GERMAN_CREDIT_COLUMNS)
     for col in df.columns:
-        if df[col].dtype == object:
-            df[col] = pd.Categorical(df[col], categories=sorted(df[col].unique()))
+        if col in GERMAN_CREDIT_CATEGORIES:
+            categories = list(GERMAN_CREDIT_CATEGORIES[col])
+            unknown = sorted(set(df[col].dropna().astype(str)) - set(categories))
+            if unknown or df[col].isna().any():
+                raise DataValidationError(
+                    f"{csv}: column {col} has unexpected value(s) {unknown or ['<missing>']}"
+                )
+            df[col] = pd.Categorical(df[col], categories=categories)
         else:
-            df[col] = df[col].astype(np.int64)
+            try:
+                values = pd.to_numeric(df[col], errors="raise")
+            except (TypeError, ValueError) as exc:
+                raise DataValidationError(f"{csv}: column {col} is not numeric: {exc}") from exc
+            df[col] = values.astype(np.float64 if col in FLOAT_COLUMNS else np.int64)
     df.insert(0, "application_id", np.arange(1, len(df) + 1, dtype=np.int64))
     df["sex"] = pd.Categorical(status, categories=list(SEXES))
     df["age_band"] = _age_band(df["age_years"])

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,27 +11,16 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import Settings, load_settings
+from tests.support import stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 GOVML = str(ROOT / ".venv" / "bin" / "govml")
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOVML_", "AIRFLOW"))}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(
-        GOVML_VAR_DIR=str(tmp_path_factory.mktemp("e2e") / "var"),
-        GOVML_AIRFLOW_PORT=str(_free_port()),
-        GOVML_MLFLOW_PORT=str(_free_port()),
-    )
+    env = stack_env(tmp_path_factory.mktemp("e2e") / "var")
     try:
         up = subprocess.run(
             [GOVML, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import subprocess
 import time
 import urllib.error
@@ -19,15 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _post(url: str, body: object) -> tuple[int, dict]:
@@ -94,7 +89,7 @@ def _start(folder: Path, port: int, *extra: str) -> subprocess.Popen:
 @pytest.fixture(scope="module")
 def server(trained: tuple[Path, pd.DataFrame, np.ndarray]) -> Iterator[str]:
     folder, _, _ = trained
-    port = _free_port()
+    port = free_port()
     digest = hashlib.sha256((folder / "model.txt").read_bytes()).hexdigest()
     proc = _start(folder, port, "--expected_sha256", digest)
     base = f"http://127.0.0.1:{port}"
@@ -175,7 +170,7 @@ def test_unknown_model_is_404(server: str) -> None:
 
 def test_changed_artifact_is_refused(trained, tmp_path: Path) -> None:  # noqa: ANN001
     folder, _, _ = trained
-    proc = _start(folder, _free_port(), "--expected_sha256", "0" * 64)
+    proc = _start(folder, free_port(), "--expected_sha256", "0" * 64)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode != 0
     assert "does not match the approved" in out

@@ -16,29 +16,14 @@ import pytest
 
 from ops.stack import MARKER, stack_id
 from pipelines.config import load_settings
+from tests.support import stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOVML_", "AIRFLOW"))}
-    env.update(
-        {
-            "GOVML_VAR_DIR": str(tmp_path / "var"),
-            "GOVML_AIRFLOW_PORT": str(_free_port()),
-            "GOVML_MLFLOW_PORT": str(_free_port()),
-        }
-    )
-    env.update(extra)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return env
+    return stack_env(tmp_path / "var", **extra)
 
 
 def _stack_processes(env: dict[str, str]) -> list[psutil.Process]:

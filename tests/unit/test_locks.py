@@ -51,3 +51,13 @@ def test_each_environment_has_its_stack() -> None:
     # the reason for two environments
     assert int(serving["psutil"].split(".")[0]) < 6
     assert tuple(map(int, orch["psutil"].split(".")[:2])) >= (6, 1)
+
+
+def test_make_setup_is_idempotent() -> None:
+    """After `make setup` (every target runs it first), nothing is left to do."""
+    import subprocess
+
+    result = subprocess.run(["make", "-q", "setup"], cwd=ROOT, capture_output=True, timeout=60)
+    assert result.returncode == 0, "make setup would rebuild an environment that is current"
+    dry = subprocess.run(["make", "-n", "setup"], cwd=ROOT, capture_output=True, text=True)
+    assert "uv pip sync" not in dry.stdout
