@@ -226,13 +226,20 @@ class Metric(StrEnum):
 
 
 class MetricGate(_Strict):
-    """A metric threshold; exactly one of min/max. ``at`` parameterises @FPR metrics."""
+    """A metric threshold; exactly one of min/max. ``at`` parameterises @FPR metrics.
+
+    With ``relative_to`` the threshold applies to the difference candidate minus
+    reference (the baseline trained beside it, or the current champion scored on the
+    same test data): ``{metric: roc_auc, relative_to: champion, min: -0.005}`` means
+    "no more than 0.005 below the champion". Without a champion the check is skipped
+    and recorded as such.
+    """
 
     metric: Metric
     min: float | None = None
     max: float | None = None
     at: float | None = Field(None, gt=0, lt=1)
-    versus_baseline: bool = False
+    relative_to: Literal["baseline", "champion"] | None = None
     warn_margin: float = Field(0.0, ge=0)
 
     @model_validator(mode="after")
