@@ -164,6 +164,22 @@ def cmd_db_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.lifecycle_runner import run_lifecycle
+    from pipelines.spec import load_spec
+
+    path = _spec_path(args.spec, settings)
+    spec = load_spec(path)
+    conf = {
+        "data_path": str(Path(args.data).resolve()) if args.data else None,
+        "n_rows": args.rows,
+        "seed": args.seed,
+        "bias": args.bias,
+        "tuning_trials": args.tuning_trials,
+    }
+    return run_lifecycle(settings, spec, path, {k: v for k, v in conf.items() if v is not None})
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from ops.demo import run_demo
 
@@ -214,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = stack_sub.add_parser("env", help="print the Airflow environment (for `airflow` CLI use)")
     p.set_defaults(func=cmd_stack_env)
 
+    p = sub.add_parser("run", help="run a spec's lifecycle DAG now (dag.test, no scheduler)")
+    p.add_argument("spec", help="spec name (fraud, credit, german_credit) or path")
+    p.add_argument("--data", help="a Parquet or CSV file instead of the spec's data source")
+    p.add_argument("--rows", type=_positive_int, help="rows to generate (generated sources)")
+    p.add_argument("--seed", type=int, help="generator seed (generated sources)")
+    p.add_argument("--bias", type=_unit_float, help="credit generator bias knob in [0, 1]")
+    p.add_argument("--tuning-trials", type=int, help="LightGBM tuning budget")
+    p.set_defaults(func=cmd_run)
+
     p = sub.add_parser("config", help="show the resolved settings (URLs, ports, paths)")
     p.set_defaults(func=cmd_config)
 
@@ -240,6 +265,16 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be greater than zero")
+    return number
+
+
+def _unit_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be between 0 and 1")
     return number
 
 

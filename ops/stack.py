@@ -102,6 +102,11 @@ def airflow_passwords(settings: Settings) -> dict[str, str]:
     return current
 
 
+def openlineage_file(settings: Settings) -> Path:
+    """Where the OpenLineage provider's file transport appends its events (JSON lines)."""
+    return settings.var_dir / "openlineage" / "events.jsonl"
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment variables that configure every Airflow component and CLI call."""
     sec = _airflow_secrets(settings)
@@ -135,6 +140,10 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__OPENLINEAGE__NAMESPACE": "govml",
+        "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
+            {"type": "file", "log_file_path": str(openlineage_file(settings)), "append": True}
+        ),
         "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
         "GOVML_HOME": str(settings.home),
         "GOVML_VAR_DIR": str(settings.var_dir),
@@ -256,6 +265,7 @@ def prepare_stores(settings: Settings) -> None:
         settings.mlflow_artifacts,
         settings.data_dir,
         settings.runs_dir,
+        openlineage_file(settings).parent,
     ):
         path.mkdir(parents=True, exist_ok=True)
     for url in settings.database_urls.values():

@@ -1,0 +1,356 @@
+"""The only module that talks to MLflow: register candidates, find the champion.
+
+Conventions (MLflow 3): one registered model per spec (named like the spec), one
+experiment per spec (``<spec>_lifecycle``), aliases not stages (``candidate``,
+``challenger``, ``champion``), gate results, the artifact SHA-256 and the lifecycle
+run id as model-version tags, the model card as the version's description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import RegistryError
+from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+RUN_TAG = "govml.lifecycle_run_id"
+MODEL_FILES = ("model.lgb", "model.txt", "model.bst")
+CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    model_name: str
+    version: str
+    run_id: str
+    alias: str
+    artifact_sha256: str
+    model_uri: str
+    created: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def artifact_location_for(tracking_uri: str, artifacts: Path) -> str | None:
+    """Where new experiments keep artifacts when MLflow is used without its server.
+
+    A tracking server (``http://``) decides itself (it proxies the artifact store); a
+    database URI used directly needs an explicit location.
+    """
+    if tracking_uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return artifacts.resolve().as_uri()
+
+
+def _client(tracking_uri: str):  # noqa: ANN202 (mlflow is imported lazily)
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def find_model_file(folder: Path) -> Path:
+    for name in MODEL_FILES:
+        hits = sorted(folder.rglob(name))
+        if hits:
+            return hits[0]
+    raise RegistryError(f"no LightGBM model file under {folder}")
+
+
+def version_by_alias(tracking_uri: str, name: str, alias: str):  # noqa: ANN201
+    """The model version holding ``alias``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def fetch_champion(tracking_uri: str, name: str, dest: Path) -> dict[str, Path] | None:
+    """Download the champion's model file and data profile; None without a champion."""
+    import mlflow.artifacts
+
+    version = version_by_alias(tracking_uri, name, CHAMPION)
+    if version is None:
+        return None
+    dest.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}@{CHAMPION}",
+            dst_path=str(dest / "model"),
+            tracking_uri=tracking_uri,
+        )
+    )
+    found: dict[str, Path] = {"model": find_model_file(model_dir)}
+    try:
+        profile = mlflow.artifacts.download_artifacts(
+            run_id=version.run_id,
+            artifact_path="validate_data/profile.json",
+            dst_path=str(dest),
+            tracking_uri=tracking_uri,
+        )
+        found["profile"] = Path(profile)
+    except Exception:  # noqa: BLE001 (an older champion may have no profile)
+        log.warning("champion %s v%s has no data profile", name, version.version)
+    found["version"] = Path(str(version.version))
+    return found
+
+
+def _existing_version(client, name: str, run_id: str):  # noqa: ANN001, ANN202
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return None
+    for version in versions:
+        if (version.tags or {}).get(RUN_TAG) == run_id:
+            return version
+    return None
+
+
+def _flatten(prefix: str, data: Any, out: dict[str, float]) -> None:
+    if isinstance(data, dict):
+        for key, value in data.items():
+            _flatten(
+                f"{prefix}{key}." if not prefix.endswith(".") else f"{prefix}{key}.", value, out
+            )
+    elif isinstance(data, int | float) and not isinstance(data, bool):
+        out[prefix.rstrip(".").replace("@", "_")] = float(data)
+
+
+def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for role in ("candidate", "baseline", "champion"):
+        section = metrics.get(role) or {}
+        flat: dict[str, float] = {}
+        _flatten("", section, flat)
+        for key, value in flat.items():
+            out[key if role == "candidate" else f"{role}.{key}"] = value
+    business: dict[str, float] = {}
+    _flatten("business.", metrics.get("business") or {}, business)
+    out.update(business)
+    return {k: v for k, v in out.items() if v == v}  # drop NaN
+
+
+def _gate_tags(gates: dict[str, Any]) -> dict[str, str]:
+    tags = {
+        "gates.passed": str(bool(gates.get("passed"))).lower(),
+        "gates.high_risk": str(bool(gates.get("high_risk"))).lower(),
+    }
+    for check in gates.get("checks", []):
+        value = check.get("value")
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        threshold = check.get("threshold")
+        limit = f"{threshold:.4f}" if isinstance(threshold, float) else str(threshold)
+        tags[f"gate.{check['name']}"] = f"{check['status']}: {shown} {check.get('op', '')} {limit}"
+    return tags
+
+
+def register(
+    spec: ModelSpec,
+    run_dir: Path,
+    lifecycle_run_id: str,
+    tracking_uri: str,
+    out_dir: Path,
+    spec_sha256: str | None = None,
+    artifact_location: str | None = None,
+) -> RegisterResult:
+    """Log the run to MLflow and register the model as version with alias ``candidate``.
+
+    Idempotent: when a version of this model already carries the lifecycle run id,
+    it is returned (tags, description and alias refreshed) and nothing new is created.
+    """
+    import mlflow
+    import mlflow.lightgbm
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from pipelines.training import load_model, score
+
+    from registry.model_card import render_model_card
+
+    client = _client(tracking_uri)
+    name = spec.name
+    gates = json.loads((run_dir / "gates" / "gates.json").read_text())
+    if not gates.get("passed"):
+        raise RegistryError(
+            f"{name}: gates did not pass; refusing to register run {lifecycle_run_id}"
+        )
+    existing = _existing_version(client, name, lifecycle_run_id)
+    if existing is not None:
+        log.info(
+            "%s: run %s already registered as version %s", name, lifecycle_run_id, existing.version
+        )
+        return _finish(
+            client,
+            spec,
+            run_dir,
+            lifecycle_run_id,
+            existing,
+            out_dir,
+            created=False,
+            artifact_sha256=existing.tags.get("artifact_sha256", ""),
+        )
+
+    experiment = f"{name}_lifecycle"
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(
+            experiment, artifact_location=artifact_location, tags={"govml.spec": name}
+        )
+    mlflow.set_experiment(experiment)
+    # a half-finished earlier attempt of the same lifecycle run: mark it deleted
+    for stale in mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`{RUN_TAG}` = '{lifecycle_run_id}'",
+        output_format="list",
+    ):
+        client.delete_run(stale.info.run_id)
+
+    features = json.loads((run_dir / "features" / "features.json").read_text())
+    training = json.loads((run_dir / "train" / "training.json").read_text())
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    booster = load_model(run_dir / "train" / "model.txt")
+    feature_names = list(features["features"])
+    with mlflow.start_run(
+        run_name=f"{name} {lifecycle_run_id}", tags={RUN_TAG: lifecycle_run_id, "govml.spec": name}
+    ) as run:
+        params = {f"lgb.{k}": v for k, v in (training.get("params") or {}).items()}
+        params.update(
+            best_iteration=training.get("best_iteration"),
+            seed=training.get("seed"),
+            decision_threshold=spec.gates.decision_threshold,
+            features=",".join(feature_names),
+            spec_sha256=spec_sha256 or "",
+        )
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_metrics(_metrics(metrics))
+        for split, context in (
+            ("train", "training"),
+            ("validation", "validation"),
+            ("test", "testing"),
+        ):
+            path = run_dir / "features" / f"{split}.parquet"
+            frame = pd.read_parquet(path)
+            dataset = mlflow.data.from_pandas(
+                frame,
+                source=str(path),
+                name=f"{name}-{split}",
+                targets=spec.data.target,
+                digest=(features.get("sha256") or {}).get(split, "")[:36] or None,
+            )
+            mlflow.log_input(dataset, context=context)
+        test = pd.read_parquet(run_dir / "features" / "test.parquet")
+        example = test[feature_names].head(5)
+        signature = infer_signature(example, score(booster, example))
+        info = mlflow.lightgbm.log_model(
+            booster, name="model", signature=signature, input_example=example
+        )
+        for stage in (
+            "validate_data",
+            "evaluate",
+            "fairness",
+            "explain",
+            "gates",
+            "lineage",
+            "train",
+        ):
+            folder = run_dir / stage
+            if folder.is_dir():
+                for item in sorted(folder.iterdir()):
+                    if item.suffix in (".parquet", ".joblib") or item.name == "model.txt":
+                        continue
+                    if item.is_dir():
+                        mlflow.log_artifacts(str(item), artifact_path=f"{stage}/{item.name}")
+                    else:
+                        mlflow.log_artifact(str(item), artifact_path=stage)
+        markdown, html = render_model_card(spec, run_dir, lifecycle_run_id)
+        mlflow.log_text(markdown, "model_card/model_card.md")
+        mlflow.log_text(html, "model_card/model_card.html")
+        run_id = run.info.run_id
+
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=tmp))
+        artifact_sha256 = sha256_file(find_model_file(local))
+    version = mlflow.register_model(
+        info.model_uri, name, tags={RUN_TAG: lifecycle_run_id, "artifact_sha256": artifact_sha256}
+    )
+    return _finish(
+        client,
+        spec,
+        run_dir,
+        lifecycle_run_id,
+        version,
+        out_dir,
+        created=True,
+        artifact_sha256=artifact_sha256,
+        mlflow_run_id=run_id,
+    )
+
+
+def _finish(
+    client,  # noqa: ANN001
+    spec: ModelSpec,
+    run_dir: Path,
+    lifecycle_run_id: str,
+    version,  # noqa: ANN001
+    out_dir: Path,
+    created: bool,
+    artifact_sha256: str,
+    mlflow_run_id: str | None = None,
+) -> RegisterResult:
+    from registry.model_card import render_model_card
+
+    name = spec.name
+    gates = json.loads((run_dir / "gates" / "gates.json").read_text())
+    markdown, _ = render_model_card(spec, run_dir, lifecycle_run_id, version=str(version.version))
+    client.update_model_version(name, version.version, description=markdown)
+    tags = _gate_tags(gates) | {
+        RUN_TAG: lifecycle_run_id,
+        "artifact_sha256": artifact_sha256,
+        "use_case": spec.use_case,
+        "owner": spec.owner,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version.version, key, value)
+    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    result = RegisterResult(
+        model_name=name,
+        version=str(version.version),
+        run_id=mlflow_run_id or version.run_id,
+        alias=CANDIDATE,
+        artifact_sha256=artifact_sha256,
+        model_uri=f"models:/{name}/{version.version}",
+        created=created,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {k: v for k, v in result.to_dict().items() if k != "created"}
+    tmp = out_dir / "register.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
+    tmp.replace(out_dir / "register.json")
+    return result
+
+
+def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
+    """Move an alias (``champion``, ``challenger``...) to a version."""
+    _client(tracking_uri).set_registered_model_alias(name, alias, version)
