@@ -86,6 +86,13 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
                 maximum=1,
                 description="credit generator bias knob",
             ),
+            "fraud_rate": Param(
+                None,
+                type=["null", "number"],
+                minimum=0.001,
+                maximum=0.01,
+                description="fraud generator target fraud rate",
+            ),
             "tuning_trials": Param(
                 None, type=["null", "integer"], minimum=0, description="LightGBM tuning budget"
             ),

@@ -1,9 +1,10 @@
 """``make demo``: the fraud lifecycle as far as it exists, on the embedded stack.
 
-Today: validate every spec, generate the fraud and credit data sets and copy the
-German Credit data (Parquet + manifest, SHA-256), verify each manifest, and print a
-summary with where to look. Later stages (validation, training, gates, registry,
-approval, deployment) join here as they land.
+Validates every spec, generates the fraud and credit data sets and copies the German
+Credit data (Parquet + manifest, SHA-256), then runs the fraud lifecycle DAG end to
+end (ingest, data validation, lineage, features, training, evaluation, fairness,
+SHAP, gates, MLflow registration as ``candidate``) and prints where to look. Later
+stages (approval, deployment, monitoring) join here as they land.
 """
 
 from __future__ import annotations
@@ -67,12 +68,21 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
             + ", ".join(f"{k} {v:,}" for k, v in scenarios.items() if v)
         )
 
+    console.rule("fraud lifecycle DAG (dag.test, embedded stack)")
+    from ops.lifecycle_runner import run_lifecycle
+
+    conf = {"n_rows": rows} if rows else {}
+    code = run_lifecycle(settings, specs["fraud"], settings.specs_dir / "fraud.yaml", conf, console)
+
     console.rule("where to look")
     console.print(f"data and manifests : {settings.data_dir}")
     console.print(f"specs              : {settings.specs_dir}")
     console.print(
         f"verify a data set  : .venv/bin/govml data verify {manifests.get('fraud', '<manifest>')}"
     )
-    console.print("Airflow and MLflow : make up   (prints the URLs and the Airflow login)")
-    console.print("[green]demo finished[/]")
-    return 0
+    console.print("Airflow and MLflow : make up   (prints the URLs and the Airflow login);")
+    console.print("                     the registered candidate is under Models → fraud")
+    console.print("run it again       : .venv/bin/govml run fraud   (or trigger it in Airflow)")
+    if code == 0:
+        console.print("[green]demo finished[/]")
+    return code

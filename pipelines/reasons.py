@@ -29,6 +29,14 @@ from pipelines.errors import DataValidationError
 log = logging.getLogger(__name__)
 
 DEFAULT_REASONS = 4
+# LightGBM's names for the categorical-feature parameter (after loading: categorical_feature)
+_CATEGORICAL_KEYS = (
+    "categorical_feature",
+    "categorical_column",
+    "cat_feature",
+    "cat_column",
+    "categorical_features",
+)
 
 
 class Reason(NamedTuple):
@@ -39,7 +47,9 @@ class Reason(NamedTuple):
     contribution: float
 
 
-def categorical_features(booster: lgb.Booster, frame: pd.DataFrame | None = None) -> dict[str, list]:
+def categorical_features(
+    booster: lgb.Booster, frame: pd.DataFrame | None = None
+) -> dict[str, list]:
     """The booster's categorical features and their training categories, in feature order.
 
     The indices come from the booster's parameters (``categorical_feature`` after loading
@@ -54,7 +64,7 @@ def categorical_features(booster: lgb.Booster, frame: pd.DataFrame | None = None
     if not pandas_cats:
         return {}
     params = booster.params or {}
-    raw = params.get("categorical_feature", params.get("categorical_column"))
+    raw = next((params[k] for k in _CATEGORICAL_KEYS if params.get(k) not in (None, "", [])), None)
     indices = _indices(raw, names)
     if len(indices) != len(pandas_cats) and frame is not None:
         indices = [
@@ -111,7 +121,10 @@ def model_frame(booster: lgb.Booster, frame: pd.DataFrame) -> pd.DataFrame:
                 f"{name}: a category column, but the model treats it as numeric"
             )
         else:
-            out[name] = col.to_numpy()
+            try:
+                out[name] = col.to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                raise DataValidationError(f"{name}: expected a numeric column") from None
     return pd.DataFrame(out, index=frame.index)
 
 

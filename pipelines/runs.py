@@ -33,6 +33,7 @@ PARAMS = {
     "n_rows": "rows to generate (generated sources only)",
     "seed": "generator seed (generated sources only)",
     "bias": "credit generator bias knob in [0, 1] (generated credit only)",
+    "fraud_rate": "fraud generator target fraud rate (generated fraud only)",
     "tuning_trials": "LightGBM tuning budget (default: the spec's)",
 }
 
@@ -79,7 +80,7 @@ class RunContext:
         return path
 
     def generator_overrides(self) -> dict[str, Any]:
-        keys = ("n_rows", "seed", "bias")
+        keys = ("n_rows", "seed", "bias", "fraud_rate")
         return {k: self.params[k] for k in keys if k in self.params}
 
 

@@ -249,9 +249,14 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
 
     # the outcome: features only, plus (with bias) a group shift of the recorded label
     logit = (
-        0.85 * _z(dti)
-        + 0.95 * _z(util)
-        + 0.50 * delinquencies
+        # non-linear, as in real bureau data: risk jumps past the 43% DTI line and for
+        # maxed-out revolving credit, and delinquencies weigh more on a thin file
+        0.45 * _z(dti)
+        + 1.10 * (dti > 0.43)
+        + 0.40 * _z(util)
+        + 1.40 * np.clip((util - 0.8) / 0.2, 0.0, 2.0)
+        + 0.50 * delinquencies * (1.0 + 0.8 * (history < 36))
+        + 0.60 * (history < 24)
         + 0.15 * inquiries
         - 0.50 * _z(log_income)
         - 0.12 * _z(history.astype(float))

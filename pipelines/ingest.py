@@ -1,0 +1,526 @@
+"""Ingest: read a Parquet or CSV file, check it against the spec, write it typed.
+
+``ingest(spec, source, out_dir)`` is the first lifecycle stage (see
+``docs/lifecycle.md``). It enforces the *structural* contract of the data only:
+
+* every column of ``spec.data.columns`` is present, and
+* every value can be cast to the column's spec type (a string in a float column,
+  an unparseable datetime, a fraction in an int column, ``"maybe"`` in a bool column
+  are errors).
+
+Everything else (ranges, category lists, nulls in ``missing: forbid`` columns,
+duplicate ids, row counts, label rates) is the job of
+``validation.data_quality.validate_data`` so that all such problems are reported
+together, with the Data Docs. When the structural contract is broken ingest raises
+one :class:`DataValidationError` naming the file and listing *every* problem.
+
+Interpretations of the contract, chosen and documented here:
+
+* **Unexpected columns** (in the file, not in the spec) are not an error: they are
+  dropped from ``data.parquet``, logged, and listed in ``result.json`` under
+  ``extra_columns``.
+* **Category values outside the spec's list** are kept: the pandas categories are the
+  spec's categories in spec order followed by every extra observed value, sorted, so
+  validation can report them. They are listed under ``extra_categories``.
+* **Nulls** never fail ingest. An int column with nulls becomes pandas ``Int64``
+  (nullable) and a bool column with nulls pandas ``boolean``, whatever its missing
+  policy; validation's not-null check then rejects them for ``missing: forbid``
+  columns. Without nulls they are ``int64`` / ``bool``.
+* **Datetimes** become ``datetime64[ns]``, naive UTC: time-zone aware values are
+  converted to UTC, naive values are taken as UTC. Strings must be ISO 8601. Numbers
+  are refused (the unit would be a guess).
+* **CSV** is read with every field as text (only an empty field is null, so a
+  category value such as ``"NA"`` or ``"none"`` stays a value) and parsed per spec
+  type; in float, int, bool and datetime columns the tokens ``nan``, ``null``,
+  ``none``, ``na``, ``n/a``, ``nat`` and ``<na>`` (any case) are also nulls.
+* **Category and string** columns accept any value (it is turned into text);
+  integral floats print without ``.0``.
+
+``data.parquet`` is written with pyarrow (zstd, no index, fixed row-group size) and
+*keeps* the pandas metadata so that ``pd.read_parquet`` restores ``Int64``,
+``boolean`` and ``category`` dtypes; reruns in the same environment are
+byte-identical. ``fingerprint.json`` holds ``source`` (the resolved path),
+``sha256`` of the source file, ``rows`` and ``schema`` (the source's own schema:
+Arrow types for Parquet, ``string`` for every CSV column).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.data.manifest import schema_to_list, sha256_file
+from pipelines.errors import DataValidationError
+from pipelines.spec import Column, ColumnType, ModelSpec
+
+log = logging.getLogger(__name__)
+
+DATA_FILE = "data.parquet"
+FINGERPRINT_FILE = "fingerprint.json"
+RESULT_FILE = "result.json"
+
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv",)
+
+_ROW_GROUP_ROWS = 1_048_576
+_COMPRESSION = "zstd"
+_COMPRESSION_LEVEL = 3
+_EXAMPLES = 3  # bad values quoted per problem
+_NULL_TOKENS = frozenset({"", "nan", "null", "none", "na", "n/a", "nat", "<na>"})
+_TRUE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
+_FALSE_TOKENS = frozenset({"false", "f", "no", "n", "0"})
+# a time of day followed by a time-zone designator (Z, +02, +0200, +02:00) at the end
+_TZ_SUFFIX = r"\d{2}:\d{2}(?::\d{2}(?:[.,]\d+)?)?\s*(?:[zZ]|[+-]\d{2}(?::?\d{2})?)$"
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What ingest wrote (also written to ``result.json``)."""
+
+    spec: str
+    source: str
+    format: str
+    sha256: str
+    rows: int
+    columns: list[str]
+    dtypes: dict[str, str]
+    extra_columns: list[str]
+    extra_categories: dict[str, list[str]]
+    data: str
+    data_sha256: str
+    fingerprint: str
+    nulls: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "columns": list(self.columns),
+            "data": self.data,
+            "data_sha256": self.data_sha256,
+            "dtypes": dict(self.dtypes),
+            "extra_categories": {k: list(v) for k, v in self.extra_categories.items()},
+            "extra_columns": list(self.extra_columns),
+            "fingerprint": self.fingerprint,
+            "format": self.format,
+            "nulls": dict(self.nulls),
+            "rows": self.rows,
+            "sha256": self.sha256,
+            "source": self.source,
+            "spec": self.spec,
+        }
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write canonical JSON (sorted keys, indent 2, trailing newline) via tmp + replace."""
+    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _examples(values: pd.Series) -> str:
+    uniq = list(dict.fromkeys(str(v) for v in values.tolist()))
+    shown = ", ".join(repr(v) for v in uniq[:_EXAMPLES])
+    return f"e.g. {shown}" if shown else ""
+
+
+def _problem(name: str, col: Column, bad: pd.Series, what: str) -> str:
+    return f"column {name!r} ({col.type.value}): {len(bad)} {what} ({_examples(bad)})"
+
+
+def _as_text(s: pd.Series) -> pd.Series:
+    """Object series of stripped strings (nulls as None)."""
+    out = s.astype(object)
+    mask = out.notna()
+    out = out.where(~mask, out[mask].map(lambda v: str(v).strip()))
+    return out.where(mask, None)
+
+
+def _text_nulls(s: pd.Series) -> pd.Series:
+    """A textual series with the null tokens (for non-text types) turned into None."""
+    text = _as_text(s)
+    is_null_token = text.map(lambda v: v is None or v.lower() in _NULL_TOKENS)
+    return text.where(~is_null_token.astype(bool), None)
+
+
+def _is_bool_dtype(s: pd.Series) -> bool:
+    return pd.api.types.is_bool_dtype(s.dtype)
+
+
+def _is_numeric(s: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(s.dtype) and not _is_bool_dtype(s)
+
+
+def _is_datetime(s: pd.Series) -> bool:
+    return pd.api.types.is_datetime64_any_dtype(s.dtype)
+
+
+# ----------------------------------------------------------------------------- casts
+# Each cast returns (typed series, problems). Nulls are never a problem here.
+
+
+def _to_number(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    if _is_numeric(s):
+        return s.astype("float64"), []
+    if _is_bool_dtype(s):
+        return None, [f"column {name!r} ({col.type.value}): holds booleans, not numbers"]
+    if _is_datetime(s):
+        return None, [f"column {name!r} ({col.type.value}): holds datetimes, not numbers"]
+    text = _text_nulls(s)
+    parsed = pd.to_numeric(text, errors="coerce")
+    bad = text[text.notna() & parsed.isna()]
+    if len(bad):
+        return None, [_problem(name, col, bad, f"value(s) not parseable as {col.type.value}")]
+    return parsed.astype("float64"), []
+
+
+def _cast_float(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    out, problems = _to_number(name, col, s)
+    return (None if out is None else out.astype("float64")), problems
+
+
+def _cast_int(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    if pd.api.types.is_integer_dtype(s.dtype) and not _is_bool_dtype(s):
+        if s.isna().any():
+            return s.astype("Int64"), []
+        try:
+            return s.astype("int64"), []
+        except (OverflowError, TypeError, ValueError):
+            return None, [f"column {name!r} (int): values outside the int64 range"]
+    if pd.api.types.is_object_dtype(s.dtype) or pd.api.types.is_string_dtype(s.dtype):
+        # Parse integers exactly (no float round trip) when the text allows it.
+        text = _text_nulls(s)
+        parsed = pd.to_numeric(text, errors="coerce")
+        bad = text[text.notna() & parsed.isna()]
+        if len(bad):
+            return None, [_problem(name, col, bad, "value(s) not parseable as int")]
+        if pd.api.types.is_integer_dtype(parsed.dtype):
+            return parsed.astype("int64"), []
+        numbers = parsed
+        original = text
+    else:
+        numbers, problems = _to_number(name, col, s)
+        if numbers is None:
+            return None, problems
+        original = s
+    finite = numbers.notna() & np.isfinite(numbers.fillna(0.0))
+    fractional = numbers.notna() & (~finite | (numbers != np.round(numbers.fillna(0.0))))
+    if fractional.any():
+        return None, [_problem(name, col, original[fractional], "non-integer value(s)")]
+    limit = float(np.iinfo(np.int64).max)
+    outside = numbers.notna() & (numbers.abs() >= limit)
+    if outside.any():
+        return None, [_problem(name, col, original[outside], "value(s) outside the int64 range")]
+    if numbers.isna().any():
+        return numbers.astype("Int64"), []
+    return numbers.astype("int64"), []
+
+
+def _cast_bool(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    if _is_bool_dtype(s):
+        out = s
+    elif _is_numeric(s):
+        ok = s.isna() | s.isin([0, 1])
+        if not ok.all():
+            return None, [_problem(name, col, s[~ok], "value(s) that are not 0/1")]
+        out = s.map(lambda v: None if pd.isna(v) else bool(v))
+    elif _is_datetime(s):
+        return None, [f"column {name!r} (bool): holds datetimes, not booleans"]
+    else:
+        text = _text_nulls(s)
+        lower = text.map(lambda v: None if v is None else v.lower())
+        ok = lower.isna() | lower.isin(_TRUE_TOKENS | _FALSE_TOKENS)
+        if not ok.all():
+            return None, [_problem(name, col, text[~ok], "value(s) not parseable as bool")]
+        out = lower.map(lambda v: None if v is None else v in _TRUE_TOKENS)
+    if out.isna().any():
+        return out.astype("boolean"), []
+    return out.astype(bool), []
+
+
+def _cast_datetime(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    if _is_datetime(s):
+        values = s
+        if isinstance(values.dtype, pd.DatetimeTZDtype):
+            values = values.dt.tz_convert("UTC").dt.tz_localize(None)
+        try:
+            return values.astype("datetime64[ns]"), []
+        except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:
+            return None, [f"column {name!r} (datetime): values out of the supported range ({exc})"]
+    if _is_numeric(s) or _is_bool_dtype(s):
+        return None, [
+            f"column {name!r} (datetime): holds {s.dtype} numbers, not datetimes "
+            "(write ISO 8601 text or a timestamp type)"
+        ]
+    if pd.api.types.is_object_dtype(s.dtype):
+        # Python date/datetime objects (for example a Parquet date32 column).
+        dated = s.map(lambda v: isinstance(v, pd.Timestamp | np.datetime64) or hasattr(v, "year"))
+        if dated.any() and bool((dated | s.isna()).all()):
+            try:
+                parsed = pd.to_datetime(s, utc=True)
+                return parsed.dt.tz_localize(None).astype("datetime64[ns]"), []
+            except (ValueError, TypeError, OverflowError):
+                pass
+    text = _text_nulls(s)
+    parsed = _parse_iso8601(text)
+    bad = text[text.notna() & parsed.isna()]
+    if len(bad):
+        return None, [_problem(name, col, bad, "value(s) not parseable as ISO 8601 datetimes")]
+    return parsed, []
+
+
+def _parse_iso8601(text: pd.Series) -> pd.Series:
+    """ISO 8601 text to naive-UTC datetime64[ns]; unparseable values become NaT.
+
+    Values with an offset (``Z``, ``+02:00``) and naive values are parsed separately:
+    pandas applies the offset of an aware value to the naive values parsed with it.
+    """
+    out = pd.Series(pd.NaT, index=text.index, dtype="datetime64[ns]")
+    present = text.notna()
+    aware = present & text.str.contains(_TZ_SUFFIX, regex=True, na=False)
+    naive = present & ~aware
+    if aware.any():
+        values = pd.to_datetime(text[aware], errors="coerce", utc=True, format="ISO8601")
+        out[aware] = values.dt.tz_localize(None).astype("datetime64[ns]")
+    if naive.any():
+        values = pd.to_datetime(text[naive], errors="coerce", format="ISO8601")
+        out[naive] = values.astype("datetime64[ns]")
+    return out
+
+
+def _format_text(v: Any) -> str:
+    if isinstance(v, float | np.floating) and float(v).is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _cast_category(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    mask = s.notna()
+    values = s.astype(object)
+    values = values.where(~mask, values[mask].map(_format_text)).where(mask, None)
+    spec_categories = list(col.categories or [])
+    known = set(spec_categories)
+    extra = sorted({v for v in values[mask].unique() if v not in known})
+    categorical = pd.Categorical(values, categories=spec_categories + extra, ordered=False)
+    return pd.Series(categorical, index=s.index, name=s.name), []
+
+
+def _cast_string(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    mask = s.notna()
+    values = s.astype(object)
+    return values.where(~mask, values[mask].map(_format_text)).where(mask, None), []
+
+
+_CASTS: dict[ColumnType, Callable[[str, Column, pd.Series], tuple[pd.Series | None, list[str]]]] = {
+    ColumnType.FLOAT: _cast_float,
+    ColumnType.INT: _cast_int,
+    ColumnType.BOOL: _cast_bool,
+    ColumnType.DATETIME: _cast_datetime,
+    ColumnType.CATEGORY: _cast_category,
+    ColumnType.STRING: _cast_string,
+}
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _file_format(source: Path) -> str:
+    suffix = source.suffix.lower()
+    if suffix in PARQUET_SUFFIXES:
+        return "parquet"
+    if suffix in CSV_SUFFIXES:
+        return "csv"
+    raise DataValidationError(
+        f"{source}: unsupported file type {source.suffix!r}; "
+        f"use {', '.join(PARQUET_SUFFIXES + CSV_SUFFIXES)}"
+    )
+
+
+def _read_parquet(source: Path) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    try:
+        table = pq.read_table(source)
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise DataValidationError(f"{source}: not a readable Parquet file: {exc}") from exc
+    schema = schema_to_list(table.schema)
+    try:
+        frame = table.to_pandas()
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise DataValidationError(
+            f"{source}: Parquet file cannot be converted to a table: {exc}"
+        ) from exc
+    return frame, schema
+
+
+def _read_csv(source: Path) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    try:
+        frame = pd.read_csv(
+            source,
+            dtype=str,
+            keep_default_na=False,
+            na_values=[""],
+            skipinitialspace=False,
+        )
+    except pd.errors.EmptyDataError as exc:
+        raise DataValidationError(f"{source}: CSV file has no header and no data") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as exc:
+        raise DataValidationError(f"{source}: not a readable CSV file: {exc}") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    schema = [{"name": str(c), "dtype": "string"} for c in frame.columns]
+    return frame, schema
+
+
+def _read(source: Path) -> tuple[str, pd.DataFrame, list[dict[str, str]]]:
+    if not source.exists():
+        raise DataValidationError(f"{source}: data file not found")
+    if not source.is_file():
+        raise DataValidationError(f"{source}: not a regular file")
+    fmt = _file_format(source)
+    try:
+        size = source.stat().st_size
+    except OSError as exc:
+        raise DataValidationError(f"{source}: cannot read data file ({exc.strerror})") from exc
+    if size == 0:
+        raise DataValidationError(f"{source}: data file is empty (0 bytes)")
+    if not os.access(source, os.R_OK):
+        raise DataValidationError(f"{source}: data file is not readable (permission denied)")
+    frame, schema = _read_parquet(source) if fmt == "parquet" else _read_csv(source)
+    if len(frame) == 0:
+        raise DataValidationError(f"{source}: data file has no rows")
+    return fmt, frame, schema
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        pq.write_table(
+            table,
+            tmp,
+            compression=_COMPRESSION,
+            compression_level=_COMPRESSION_LEVEL,
+            row_group_size=_ROW_GROUP_ROWS,
+            use_dictionary=True,
+            write_statistics=True,
+            version="2.6",
+        )
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+# ----------------------------------------------------------------------------- stage
+
+
+def conform(
+    spec: ModelSpec, frame: pd.DataFrame, where: str
+) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
+    """Type ``frame`` per spec: (typed frame in spec order, extra columns, extra categories).
+
+    Raises DataValidationError naming ``where`` and every structural problem.
+    """
+    problems: list[str] = []
+    names = [str(c) for c in frame.columns]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        problems.append(f"duplicate column name(s) {', '.join(repr(d) for d in dupes)}")
+    missing = [name for name in spec.data.columns if name not in names]
+    if missing:
+        problems.append(f"missing column(s) {', '.join(repr(m) for m in missing)}")
+    extra_columns = [n for n in names if n not in spec.data.columns]
+
+    typed: dict[str, pd.Series] = {}
+    extra_categories: dict[str, list[str]] = {}
+    for name, col in spec.data.columns.items():
+        if name not in names or name in dupes:
+            continue
+        series = frame[name].reset_index(drop=True)
+        out, col_problems = _CASTS[col.type](name, col, series)
+        problems.extend(col_problems)
+        if out is None:
+            continue
+        typed[name] = out.rename(name)
+        if col.type == ColumnType.CATEGORY:
+            extra = [c for c in out.cat.categories if c not in set(col.categories or [])]
+            if extra:
+                extra_categories[name] = [str(c) for c in extra]
+    if problems:
+        n = len(problems)
+        raise DataValidationError(
+            f"{where}: does not match spec {spec.name!r} ({n} problem{'s' if n > 1 else ''}): "
+            + "; ".join(problems)
+        )
+    out_frame = pd.DataFrame({name: typed[name] for name in spec.data.columns})
+    return out_frame, extra_columns, extra_categories
+
+
+def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
+    """Read ``source`` (Parquet or CSV), check and type it per spec, write the run folder.
+
+    Writes ``data.parquet``, ``fingerprint.json`` and ``result.json`` into ``out_dir``
+    (atomically; reruns give identical bytes). Raises DataValidationError naming the
+    file and every structural problem (missing columns, values that cannot be cast).
+    """
+    source = Path(source)
+    out_dir = Path(out_dir)
+    fmt, frame, source_schema = _read(source)
+    digest = sha256_file(source)
+    typed, extra_columns, extra_categories = conform(spec, frame, str(source))
+    if extra_columns:
+        log.warning(
+            "%s: ignoring %d column(s) not in spec %r: %s",
+            source,
+            len(extra_columns),
+            spec.name,
+            ", ".join(extra_columns),
+        )
+    for name, values in extra_categories.items():
+        log.info("%s: column %r has values outside the spec's categories: %s", source, name, values)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_path = out_dir / DATA_FILE
+    _write_parquet(typed, data_path)
+    resolved = str(source.resolve())
+    fingerprint = {
+        "rows": len(typed),
+        "schema": source_schema,
+        "sha256": digest,
+        "source": resolved,
+    }
+    fingerprint_path = out_dir / FINGERPRINT_FILE
+    write_json_atomic(fingerprint_path, fingerprint)
+    result = IngestResult(
+        spec=spec.name,
+        source=resolved,
+        format=fmt,
+        sha256=digest,
+        rows=len(typed),
+        columns=list(typed.columns),
+        dtypes={name: str(dtype) for name, dtype in typed.dtypes.items()},
+        extra_columns=extra_columns,
+        extra_categories=extra_categories,
+        data=str(data_path),
+        data_sha256=sha256_file(data_path),
+        fingerprint=str(fingerprint_path),
+        nulls={name: int(n) for name, n in typed.isna().sum().items()},
+    )
+    write_json_atomic(out_dir / RESULT_FILE, result.to_dict())
+    log.info(
+        "ingested %s (%d rows, sha256 %s) into %s", source, result.rows, digest[:12], data_path
+    )
+    return result

@@ -1,0 +1,255 @@
+"""Training stage: reproducible LightGBM, early stopping, baseline, scoring helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from pipelines.errors import DataValidationError
+from pipelines.features import build_features, read_split, sha256_file
+from pipelines.spec import ModelSpec
+from pipelines.training import (
+    booster_categories,
+    load_baseline,
+    load_model,
+    score,
+    score_baseline,
+    train,
+)
+from tests.unit.test_features import credit_data, fraud_data, spec_of, with_training
+
+TRAINING_KEYS = {
+    "best_iteration",
+    "num_boost_round",
+    "params",
+    "seed",
+    "features",
+    "categorical",
+    "model_sha256",
+    "baseline_sha256",
+    "tuning",
+    "lightgbm_version",
+    "sklearn_version",
+    "train_rows",
+    "scale_pos_weight",
+}
+
+
+@pytest.fixture(scope="module")
+def fraud(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path, Path]:
+    root = tmp_path_factory.mktemp("fraud")
+    spec = with_training(spec_of("fraud"), num_boost_round=150, early_stopping_rounds=20)
+    build_features(spec, fraud_data(root / "ingest"), root / "features")
+    train(spec, root / "features", root / "train")
+    return spec, root / "features", root / "train"
+
+
+@pytest.fixture(scope="module")
+def credit(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path]:
+    root = tmp_path_factory.mktemp("credit")
+    spec = spec_of("credit")
+    build_features(spec, credit_data(root / "ingest"), root / "features")
+    return spec, root / "features"
+
+
+def _training_json(folder: Path) -> dict:
+    return json.loads((folder / "training.json").read_text())
+
+
+def test_training_writes_the_contract(fraud: tuple[ModelSpec, Path, Path]) -> None:
+    spec, _, out = fraud
+    meta = _training_json(out)
+    assert set(meta) == TRAINING_KEYS
+    assert meta["model_sha256"] == sha256_file(out / "model.txt")
+    assert meta["baseline_sha256"] == sha256_file(out / "baseline.joblib")
+    assert meta["features"] == spec.features.names
+    assert meta["categorical"] == ["channel", "merchant_segment", "mcc"]
+    assert meta["params"]["deterministic"] is True and meta["params"]["seed"] == 7
+    assert meta["tuning"] == {
+        "trials": 0,
+        "metric": "auc",
+        "best_trial": None,
+        "best_params": None,
+        "history": [],
+    }
+    result = json.loads((out / "result.json").read_text())
+    assert result["model_sha256"] == meta["model_sha256"]
+    assert result["best_iteration"] == meta["best_iteration"]
+
+
+def test_training_is_bit_for_bit_reproducible(
+    fraud: tuple[ModelSpec, Path, Path], tmp_path: Path
+) -> None:
+    spec, features, out = fraud
+    again = train(spec, features, tmp_path / "again")
+    assert sha256_file(tmp_path / "again" / "model.txt") == sha256_file(out / "model.txt")
+    assert again.model_sha256 == _training_json(out)["model_sha256"]
+    assert again.baseline_sha256 == _training_json(out)["baseline_sha256"]
+    assert (tmp_path / "again" / "training.json").read_bytes() == (
+        out / "training.json"
+    ).read_bytes()
+
+
+def test_the_model_beats_chance_on_fraud(fraud: tuple[ModelSpec, Path, Path]) -> None:
+    spec, features, out = fraud
+    test = read_split(spec, features, "test")
+    assert test["is_fraud"].sum() >= 20
+    auc = roc_auc_score(test["is_fraud"], score(load_model(out / "model.txt"), test))
+    assert auc > 0.85
+    baseline = score_baseline(load_baseline(out / "baseline.joblib"), test, spec.features.names)
+    assert ((baseline >= 0) & (baseline <= 1)).all()
+    assert roc_auc_score(test["is_fraud"], baseline) > 0.7
+
+
+def test_reloaded_model_scores_exactly_like_the_in_memory_booster(
+    fraud: tuple[ModelSpec, Path, Path], tmp_path: Path
+) -> None:
+    spec, features, _ = fraud
+    result = train(spec, features, tmp_path / "t")
+    assert result.booster is not None
+    test = read_split(spec, features, "test")
+    in_memory = result.booster.predict(test[spec.features.names])
+    reloaded = load_model(result.model_path)
+    scores = score(reloaded, test)  # test holds extra columns (id, target, passthrough)
+    assert scores.dtype == np.float64
+    np.testing.assert_array_equal(scores, in_memory)
+    np.testing.assert_array_equal(score(result.booster, test), in_memory)
+    # the saved file holds exactly the best iteration's trees
+    assert reloaded.num_trees() == result.best_iteration
+
+
+def test_score_retypes_categoricals_from_the_booster(fraud: tuple[ModelSpec, Path, Path]) -> None:
+    spec, features, out = fraud
+    booster = load_model(out / "model.txt")
+    cats = booster_categories(booster)
+    assert cats["channel"] == ["card_present", "online"]
+    assert cats["mcc"] == spec.data.columns["mcc"].categories
+    test = read_split(spec, features, "test").head(500)
+    expected = score(booster, test)
+    as_text = test.copy()
+    for column in cats:
+        as_text[column] = as_text[column].astype(object)  # plain strings (as from JSON)
+    reordered = test.copy()
+    reordered["merchant_segment"] = reordered["merchant_segment"].cat.reorder_categories(
+        list(reversed(reordered["merchant_segment"].cat.categories))
+    )
+    np.testing.assert_array_equal(score(booster, as_text), expected)
+    np.testing.assert_array_equal(score(booster, reordered), expected)
+    with pytest.raises(DataValidationError, match="amount"):
+        score(booster, test.drop(columns=["amount"]))
+
+
+def test_baseline_handles_unseen_and_missing_categories(
+    fraud: tuple[ModelSpec, Path, Path],
+) -> None:
+    spec, features, out = fraud
+    pipeline = load_baseline(out / "baseline.joblib")
+    test = read_split(spec, features, "test").head(50).copy()
+    test["mcc"] = pd.Categorical([None] * 25 + ["6051"] * 25, categories=["6051"])
+    scores = score_baseline(pipeline, test, spec.features.names)
+    assert scores.shape == (50,) and np.isfinite(scores).all()
+    assert pipeline.named_steps["model"].class_weight == "balanced"
+
+
+def test_early_stopping_stops_before_num_boost_round(
+    credit: tuple[ModelSpec, Path], tmp_path: Path
+) -> None:
+    spec, features = credit
+    fast = with_training(
+        spec,
+        num_boost_round=500,
+        early_stopping_rounds=10,
+        params={"learning_rate": 0.3, "num_leaves": 31, "min_child_samples": 20},
+    )
+    result = train(fast, features, tmp_path)
+    assert result.early_stopped
+    assert result.best_iteration < 100
+    assert load_model(result.model_path).num_trees() == result.best_iteration
+    assert _training_json(tmp_path)["best_iteration"] == result.best_iteration
+
+
+def test_the_model_beats_chance_on_credit(credit: tuple[ModelSpec, Path], tmp_path: Path) -> None:
+    spec, features = credit
+    result = train(spec, features, tmp_path)
+    test = read_split(spec, features, "test")
+    assert roc_auc_score(test["default_12m"], score(load_model(result.model_path), test)) > 0.75
+    assert result.metric == "binary_logloss"  # imbalance none: early stopping on log-loss
+
+
+@pytest.mark.parametrize("imbalance", ["scale_pos_weight", "is_unbalance", "none"])
+def test_imbalance_setting_is_reflected_in_params(
+    credit: tuple[ModelSpec, Path], tmp_path: Path, imbalance: str
+) -> None:
+    spec, features = credit
+    result = train(with_training(spec, imbalance=imbalance, num_boost_round=20), features, tmp_path)
+    meta = _training_json(tmp_path)
+    booster_params = load_model(result.model_path).params
+    y = read_split(spec, features, "train")["default_12m"]
+    if imbalance == "scale_pos_weight":
+        expected = float((y == 0).sum() / (y == 1).sum())
+        assert meta["scale_pos_weight"] == pytest.approx(expected)
+        assert meta["params"]["scale_pos_weight"] == meta["scale_pos_weight"]
+        assert float(booster_params["scale_pos_weight"]) == pytest.approx(expected)
+        assert "is_unbalance" not in meta["params"]
+    elif imbalance == "is_unbalance":
+        assert meta["scale_pos_weight"] is None
+        assert meta["params"]["is_unbalance"] is True
+        assert booster_params["is_unbalance"] in (True, "1", 1)
+    else:
+        assert meta["scale_pos_weight"] is None
+        assert "scale_pos_weight" not in meta["params"] and "is_unbalance" not in meta["params"]
+    class_weight = load_baseline(result.baseline_path).named_steps["model"].class_weight
+    assert class_weight == (None if imbalance == "none" else "balanced")
+
+
+def test_tuning_with_a_budget_is_deterministic_and_recorded(
+    credit: tuple[ModelSpec, Path], tmp_path: Path
+) -> None:
+    spec, features = credit
+    small = with_training(spec, num_boost_round=60, early_stopping_rounds=10)
+    first = train(small, features, tmp_path / "a", tuning_trials=3)
+    second = train(small, features, tmp_path / "b", tuning_trials=3)
+    assert first.model_sha256 == second.model_sha256
+    tuning_a = _training_json(tmp_path / "a")["tuning"]
+    assert tuning_a == _training_json(tmp_path / "b")["tuning"]
+    assert tuning_a["trials"] == 3
+    assert [h["trial"] for h in tuning_a["history"]] == [0, 1, 2, 3]
+    assert [h["source"] for h in tuning_a["history"]] == ["spec", "random", "random", "random"]
+    for entry in tuning_a["history"][1:]:
+        assert set(entry["params"]) == {
+            "num_leaves",
+            "learning_rate",
+            "min_child_samples",
+            "feature_fraction",
+            "lambda_l2",
+        }
+    scores = [h["score"] for h in tuning_a["history"]]
+    best = tuning_a["history"][tuning_a["best_trial"]]
+    assert best["score"] == min(scores)  # log-loss: lower is better
+    assert tuning_a["best_params"] == best["params"]
+    params = _training_json(tmp_path / "a")["params"]
+    assert all(params[k] == v for k, v in best["params"].items())
+
+
+def test_one_class_training_data_is_refused(credit: tuple[ModelSpec, Path], tmp_path: Path) -> None:
+    spec, features = credit
+    copy = tmp_path / "features"
+    copy.mkdir()
+    for name in ("validation.parquet", "test.parquet", "features.json"):
+        (copy / name).write_bytes((features / name).read_bytes())
+    train_df = pd.read_parquet(features / "train.parquet")
+    train_df[train_df["default_12m"] == 0].to_parquet(copy / "train.parquet", index=False)
+    with pytest.raises(DataValidationError, match="one class"):
+        train(spec, copy, tmp_path / "train")
+
+
+def test_load_model_reports_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(DataValidationError, match="not found"):
+        load_model(tmp_path / "model.txt")
+    assert isinstance(lgb.__version__, str)
