@@ -12,7 +12,9 @@ keep the reason in the task log and in the stage's files in the run folder.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import time
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -30,18 +32,37 @@ SETTINGS = load_settings()
 
 
 def _no_retry(func: Callable[..., T]) -> Callable[..., T]:
-    """A project error is a decision, not a glitch: fail the task without retries."""
+    """A project error is a decision, not a glitch: fail the task without retries.
+
+    Also records the stage's own time in ``<run folder>/timings/<task>.json``, so the
+    orchestration overhead (run time outside the stage functions) can be measured.
+    """
 
     @wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> T:
         from airflow.sdk.exceptions import AirflowFailException
 
+        started = time.perf_counter()
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except GovMLError as exc:
             raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+        _record_timing(func.__name__, time.perf_counter() - started)
+        return result
 
     return wrapper
+
+
+def _record_timing(task_id: str, seconds: float) -> None:
+    from airflow.sdk import get_current_context
+
+    from pipelines.runs import safe_run_id
+
+    context = get_current_context()
+    spec_name = context["dag"].dag_id.removesuffix("_lifecycle")
+    folder = load_settings().runs_dir / spec_name / safe_run_id(context["run_id"]) / "timings"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{task_id}.json").write_text(json.dumps({"task": task_id, "seconds": seconds}))
 
 
 def _run(spec_path: Path):  # noqa: ANN202

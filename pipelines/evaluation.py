@@ -51,15 +51,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from pipelines.artifacts import write_bytes_atomic, write_json
 from pipelines.errors import DataValidationError
-from pipelines.features import (
-    RESULT_JSON,
-    read_features_json,
-    read_split,
-    write_bytes_atomic,
-    write_json,
-    write_parquet,
-)
+from pipelines.features import RESULT_JSON, read_features_json, read_split, write_parquet
 from pipelines.spec import Metric, ModelSpec
 from pipelines.training import (
     BASELINE_FILE,

@@ -35,12 +35,9 @@ feature tables that the later stages share.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +49,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sklearn.model_selection import train_test_split
 
+from pipelines.artifacts import (
+    sha256_file,
+    temporary_beside,
+    write_json,
+)
 from pipelines.errors import DataValidationError
 from pipelines.spec import AggregateFeature, Aggregation, ColumnType, ModelSpec, SplitMethod
 
@@ -69,70 +71,13 @@ _COMPRESSION_LEVEL = 3
 # ----------------------------------------------------------------------------- file helpers
 
 
-def sha256_file(path: Path) -> str:
-    """SHA-256 hex digest of a file."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _atomic_target(path: Path) -> Path:
-    """A fresh temporary name beside ``path`` (created later with the usual umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and ``os.replace``."""
-    tmp = _atomic_target(path)
-    try:
-        with tmp.open("xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def to_jsonable(value: Any) -> Any:
-    """Plain JSON types: numpy scalars to Python, NaN/inf to None, paths to strings."""
-    if isinstance(value, Mapping):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return [to_jsonable(v) for v in value.tolist()]
-    if isinstance(value, bool | np.bool_):
-        return bool(value)
-    if isinstance(value, int | np.integer):
-        return int(value)
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def json_text(obj: Any) -> str:
-    """Canonical JSON: sorted keys, indent 2, no NaN, trailing newline."""
-    return json.dumps(to_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write canonical JSON atomically."""
-    write_bytes_atomic(path, json_text(obj).encode("utf-8"))
-
-
 def write_parquet(frame: pd.DataFrame, path: Path) -> str:
     """Write ``frame`` atomically with fixed settings (no index, no pandas metadata).
 
     Returns the SHA-256 of the written file. The same frame always gives the same bytes.
     """
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    tmp = _atomic_target(path)
+    tmp = temporary_beside(path)
     try:
         pq.write_table(
             table,

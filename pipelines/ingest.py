@@ -46,7 +46,6 @@ Arrow types for Parquet, ``string`` for every CSV column).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -59,6 +58,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.artifacts import write_json
 from pipelines.data.manifest import schema_to_list, sha256_file
 from pipelines.errors import DataValidationError
 from pipelines.spec import Column, ColumnType, ModelSpec
@@ -120,14 +120,6 @@ class IngestResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write canonical JSON (sorted keys, indent 2, trailing newline) via tmp + replace."""
-    text = json.dumps(data, sort_keys=True, indent=2, allow_nan=False) + "\n"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _examples(values: pd.Series) -> str:
@@ -503,7 +495,7 @@ def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
         "source": resolved,
     }
     fingerprint_path = out_dir / FINGERPRINT_FILE
-    write_json_atomic(fingerprint_path, fingerprint)
+    write_json(fingerprint_path, fingerprint)
     result = IngestResult(
         spec=spec.name,
         source=resolved,
@@ -519,7 +511,7 @@ def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
         fingerprint=str(fingerprint_path),
         nulls={name: int(n) for name, n in typed.isna().sum().items()},
     )
-    write_json_atomic(out_dir / RESULT_FILE, result.to_dict())
+    write_json(out_dir / RESULT_FILE, result.to_dict())
     log.info(
         "ingested %s (%d rows, sha256 %s) into %s", source, result.rows, digest[:12], data_path
     )

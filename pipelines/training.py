@@ -42,15 +42,9 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
+from pipelines.artifacts import sha256_file, write_bytes_atomic, write_json
 from pipelines.errors import DataValidationError
-from pipelines.features import (
-    RESULT_JSON,
-    read_features_json,
-    read_split,
-    sha256_file,
-    write_bytes_atomic,
-    write_json,
-)
+from pipelines.features import RESULT_JSON, read_features_json, read_split
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ run id as model-version tags, the model card as the version's description.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
@@ -16,13 +15,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines import artifacts
 from pipelines.errors import RegistryError
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
 
 RUN_TAG = "govml.lifecycle_run_id"
-MODEL_FILES = ("model.lgb", "model.txt", "model.bst")
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
 
 
@@ -60,20 +59,11 @@ def _client(tracking_uri: str):  # noqa: ANN202 (mlflow is imported lazily)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_model_file(folder: Path) -> Path:
-    for name in MODEL_FILES:
-        hits = sorted(folder.rglob(name))
-        if hits:
-            return hits[0]
-    raise RegistryError(f"no LightGBM model file under {folder}")
+    found = artifacts.find_model_file(folder)
+    if found is None:
+        raise RegistryError(f"no LightGBM model file under {folder}")
+    return found
 
 
 def version_by_alias(tracking_uri: str, name: str, alias: str):  # noqa: ANN201
@@ -186,8 +176,8 @@ def register(
     import mlflow.lightgbm
     import pandas as pd
     from mlflow.models import infer_signature
-    from pipelines.training import load_model, score
 
+    from pipelines.training import load_model, score
     from registry.model_card import render_model_card
 
     client = _client(tracking_uri)
@@ -291,7 +281,7 @@ def register(
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=tmp))
-        artifact_sha256 = sha256_file(find_model_file(local))
+        artifact_sha256 = artifacts.sha256_file(find_model_file(local))
     version = mlflow.register_model(
         info.model_uri, name, tags={RUN_TAG: lifecycle_run_id, "artifact_sha256": artifact_sha256}
     )

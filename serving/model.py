@@ -8,7 +8,6 @@ Bad input maps to 400 through KServe's ``InvalidInput``; unknown models are KSer
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import uuid
 from pathlib import Path
@@ -21,26 +20,18 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from pipelines import artifacts
+from pipelines.artifacts import MODEL_FILES
+
 log = logging.getLogger(__name__)
-
-MODEL_FILES = ("model.txt", "model.bst", "model.lgb")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def find_model_file(folder: Path) -> Path:
     """The LightGBM model file in a folder (searched recursively, MLflow layout too)."""
-    for name in MODEL_FILES:
-        hits = sorted(folder.rglob(name))
-        if hits:
-            return hits[0]
-    raise FileNotFoundError(f"no LightGBM model file ({', '.join(MODEL_FILES)}) under {folder}")
+    found = artifacts.find_model_file(folder)
+    if found is None:
+        raise FileNotFoundError(f"no LightGBM model file ({', '.join(MODEL_FILES)}) under {folder}")
+    return found
 
 
 def resolve_model_dir(model_uri: str) -> Path:
@@ -67,7 +58,7 @@ class LightGBMModel(Model):
 
     def load(self) -> bool:
         model_file = find_model_file(resolve_model_dir(self.model_uri))
-        digest = _sha256(model_file)
+        digest = artifacts.sha256_file(model_file)
         if self.expected_sha256 and digest != self.expected_sha256:
             log.error(
                 "refusing to load %s: SHA-256 %s does not match the approved %s",

@@ -88,9 +88,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from pipelines.artifacts import write_json
 from pipelines.data.manifest import sha256_file
 from pipelines.errors import DataValidationError
-from pipelines.ingest import write_json_atomic
 from pipelines.spec import ColumnType, MissingPolicy, ModelSpec
 
 log = logging.getLogger(__name__)
@@ -758,8 +758,8 @@ def validate_data(
     }
     validation_path = out_dir / VALIDATION_FILE
     profile_path = out_dir / PROFILE_FILE
-    write_json_atomic(validation_path, validation)
-    write_json_atomic(profile_path, profile)
+    write_json(validation_path, validation)
+    write_json(profile_path, profile)
     outcome = DataValidationResult(
         spec=spec.name,
         data=str(data),
@@ -777,7 +777,7 @@ def validate_data(
         reference_profile=None if reference_profile is None else str(reference_profile),
         checks=validation["statistics"],
     )
-    write_json_atomic(out_dir / RESULT_FILE, outcome.to_dict())
+    write_json(out_dir / RESULT_FILE, outcome.to_dict())
     for text in warnings:
         log.warning("%s: data check warning: %s", data, text)
     if failed:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.artifacts import to_jsonable, write_bytes_atomic, write_json
 from pipelines.errors import DataValidationError
 from pipelines.reasons import DEFAULT_REASONS, contributions, reason_codes
 from pipelines.spec import ModelSpec
@@ -68,37 +68,7 @@ class ExplainResult:
     stage: str = field(default="explain")
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
-
-
-# ----------------------------------------------------------------------------- io helpers
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    _write_bytes(path, text.encode("utf-8"))
+        return to_jsonable(dataclasses.asdict(self))
 
 
 def _load_booster(path: Path) -> Any:
@@ -196,7 +166,7 @@ def summary_plot(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
-    _write_bytes(path, buffer.getvalue())
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def reason_code_frame(
@@ -303,9 +273,9 @@ def explain(
     )
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
-    _write_bytes(out_dir / "reason_codes.parquet", buffer.getvalue())
+    write_bytes_atomic(out_dir / "reason_codes.parquet", buffer.getvalue())
 
-    _write_json(
+    write_json(
         out_dir / "shap_importance.json",
         {
             "mean_abs_shap": importance,
@@ -324,7 +294,7 @@ def explain(
         top10_overlap=overlap,
         warnings=tuple(notes),
     )
-    _write_json(out_dir / "result.json", result.to_dict())
+    write_json(out_dir / "result.json", result.to_dict())
     for note in notes:
         log.warning("%s: %s", spec.name, note)
     log.info(

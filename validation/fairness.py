@@ -53,7 +53,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import logging
 import os
 import warnings
@@ -66,6 +65,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.artifacts import to_jsonable, write_bytes_atomic, write_json
 from pipelines.errors import DataValidationError
 from pipelines.spec import ModelSpec
 
@@ -124,43 +124,7 @@ class FairnessResult:
     stage: str = field(default="fairness")
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(dataclasses.asdict(self))
-
-
-# ----------------------------------------------------------------------------- io helpers
-
-
-def _jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy scalars unwrapped, NaN/inf as null, tuples as lists."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    _write_bytes(path, text.encode("utf-8"))
-
-
-# ----------------------------------------------------------------------------- groups
+        return to_jsonable(dataclasses.asdict(self))
 
 
 def group_labels(values: pd.Series) -> np.ndarray:
@@ -624,10 +588,10 @@ def assess_fairness(
         seed=seed,
         warnings=tuple(notes),
     )
-    _write_json(out_dir / "fairness.json", report)
+    write_json(out_dir / "fairness.json", report)
     markdown = render_markdown(spec, report, result)
-    _write_bytes(out_dir / "fairness.md", markdown.encode("utf-8"))
-    _write_json(out_dir / "result.json", result.to_dict())
+    write_bytes_atomic(out_dir / "fairness.md", markdown.encode("utf-8"))
+    write_json(out_dir / "result.json", result.to_dict())
     for note in notes:
         log.warning("%s: %s", spec.name, note)
     log.info(

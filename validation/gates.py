@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.artifacts import to_jsonable, write_json
 from pipelines.errors import GateFailedError
 from pipelines.spec import FairnessGate, Metric, MetricGate, ModelSpec
 
@@ -103,35 +104,11 @@ class GateReport:
         out["counts"] = {
             s: sum(c.status == s for c in self.checks) for s in ("pass", "warn", "fail", "skipped")
         }
-        return _jsonable(out)
+        return to_jsonable(out)
 
 
 class _Unavailable(Exception):
     """A gate's input is missing; the message says which (the gate then fails)."""
-
-
-# ----------------------------------------------------------------------------- io helpers
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -389,8 +366,8 @@ def check_gates(
         explain=explain,
         notes=tuple(notes),
     )
-    _write_json(out / "gates.json", report.gates_json())
-    _write_json(out / "result.json", report.to_dict())
+    write_json(out / "gates.json", report.gates_json())
+    write_json(out / "result.json", report.to_dict())
     for check in checks:
         level = {"fail": logging.ERROR, "warn": logging.WARNING}.get(check.status, logging.INFO)
         log.log(level, "%s: gate %s: %s", spec.name, check.status, check.message)

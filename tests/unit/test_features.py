@@ -16,6 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.artifacts import sha256_file
 from pipelines.data.credit import CreditConfig, generate_credit
 from pipelines.data.fraud import FraudConfig, generate_fraud
 from pipelines.data.german_credit import load_german_credit
@@ -25,7 +26,6 @@ from pipelines.features import (
     compute_aggregates,
     passthrough_columns,
     read_split,
-    sha256_file,
 )
 from pipelines.spec import AggregateFeature, ColumnType, ModelSpec, load_spec
 

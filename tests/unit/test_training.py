@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from pipelines.artifacts import sha256_file
 from pipelines.errors import DataValidationError
-from pipelines.features import build_features, read_split, sha256_file
+from pipelines.features import build_features, read_split
 from pipelines.spec import ModelSpec
 from pipelines.training import (
     booster_categories,
