@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from ops import stack
@@ -137,9 +138,9 @@ def run_lifecycle(
     )
     if not ok:
         reason = _failure_reason(log_text)
-        console.print(f"failed stage(s): {', '.join(failed) or 'unknown'}")
+        console.print(f"failed stage(s): {escape(', '.join(failed)) or 'unknown'}")
         if reason:
-            console.print(f"reason: {reason}")
+            console.print(f"reason: {escape(reason)}")
     console.print(f"run folder   : {run_dir}")
     console.print(f"log          : {log_path}")
     if (run_dir / "validate_data" / "data_docs" / "index.html").exists():

@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 import urllib.request
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def _request(url: str, data: dict | None = None, token: str | None = None) -> tu
     if token:
         req.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
+        with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, {}
@@ -79,6 +80,68 @@ def _check_services(env: dict[str, str]) -> None:
     assert code == 200 and got["experiment"]["name"] == "stack-smoke"
 
 
+def _token(env: dict[str, str]) -> str:
+    settings = load_settings(env)
+    passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
+    _, body = _request(
+        f"{settings.airflow_url}/auth/token",
+        {"username": "operator", "password": passwords["operator"]},
+    )
+    return body["access_token"]
+
+
+def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
+    """The scheduler and LocalExecutor run the German Credit lifecycle, triggered via REST."""
+    settings = load_settings(env)
+    token = _token(env)
+    dag = "german_credit_lifecycle"
+    deadline = time.monotonic() + 180
+    while True:  # the dag-processor parses dags/ after start-up
+        code, _ = _request(f"{settings.airflow_url}/api/v2/dags/{dag}", token=token)
+        if code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert code == 200, f"{dag} not parsed by the dag-processor"
+    code, run = _request(
+        f"{settings.airflow_url}/api/v2/dags/{dag}/dagRuns",
+        {"logical_date": None, "conf": {"tuning_trials": 0}},
+        token=token,
+    )
+    assert code == 200, run
+    run_id = run["dag_run_id"]
+    deadline = time.monotonic() + 420
+    state = run["state"]
+    while state in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(3)
+        _, run = _request(
+            f"{settings.airflow_url}/api/v2/dags/{dag}/dagRuns/{run_id}", token=_token(env)
+        )
+        state = run["state"]
+    assert state == "success", (state, _tail_logs(settings))
+    _, tis = _request(
+        f"{settings.airflow_url}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances",
+        token=_token(env),
+    )
+    assert {t["task_id"] for t in tis["task_instances"] if t["state"] == "success"} >= {
+        "ingest",
+        "validate_data",
+        "train",
+        "gates",
+        "register",
+    }
+    # registered through the MLflow tracking server of the stack
+    code, found = _request(
+        f"{settings.mlflow_url}/api/2.0/mlflow/registered-models/alias"
+        f"?name=german_credit&alias=candidate"
+    )
+    assert code == 200 and found["model_version"]["version"] == "1"
+
+
+def _tail_logs(settings) -> str:  # noqa: ANN001
+    logs = sorted((settings.airflow_home / "logs").rglob("*.log"))
+    return "\n".join(p.read_text(errors="replace")[-1500:] for p in logs[-3:])
+
+
 def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
     env = _env(tmp_path)
     try:
@@ -105,6 +168,7 @@ def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
         for log_name in ("mlflow.log", "airflow-scheduler.log", "airflow-api-server.pid"):
             assert (settings.run_dir / log_name).exists()
         _check_services(env)
+        _trigger_lifecycle_over_rest(env)
         assert len(_stack_processes(env)) >= 5
     finally:
         down = subprocess.run(
