@@ -129,12 +129,19 @@ def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
         "gates",
         "register",
     }
-    # registered through the MLflow tracking server of the stack
+    # registered through the MLflow tracking server of the stack (the scheduler may
+    # also have started the DAG's latest scheduled run: catchup is off, not scheduling)
     code, found = _request(
-        f"{settings.mlflow_url}/api/2.0/mlflow/registered-models/alias"
-        f"?name=german_credit&alias=candidate"
+        f"{settings.mlflow_url}/api/2.0/mlflow/model-versions/search"
+        f"?filter=name%3D%27german_credit%27"
     )
-    assert code == 200 and found["model_version"]["version"] == "1"
+    assert code == 200
+    ours = [
+        v
+        for v in found["model_versions"]
+        if {"key": "govml.lifecycle_run_id", "value": run_id} in v.get("tags", [])
+    ]
+    assert len(ours) == 1, found
 
 
 def _tail_logs(settings) -> str:  # noqa: ANN001
