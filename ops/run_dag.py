@@ -13,8 +13,6 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -64,10 +62,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    # Every result is on disk and committed by now; skip the interpreter's slow
-    # teardown (thread pools and atexit hooks of MLflow, GX, Airflow: ~4 s).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(code)
+    sys.exit(main())

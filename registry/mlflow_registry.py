@@ -121,13 +121,12 @@ def _existing_version(client, name: str, run_id: str):  # noqa: ANN001, ANN202
 
 
 def _flatten(prefix: str, data: Any, out: dict[str, float]) -> None:
+    """Nested numbers as dotted MLflow metric keys (``recall_at_fpr.0.01``)."""
     if isinstance(data, dict):
         for key, value in data.items():
-            _flatten(
-                f"{prefix}{key}." if not prefix.endswith(".") else f"{prefix}{key}.", value, out
-            )
+            _flatten(f"{prefix}{key}.", value, out)
     elif isinstance(data, int | float) and not isinstance(data, bool):
-        out[prefix.rstrip(".").replace("@", "_")] = float(data)
+        out[prefix.rstrip(".")] = float(data)
 
 
 def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
