@@ -125,6 +125,7 @@ def run_lifecycle(
             if finished:
                 break
             time.sleep(0.5)
+    console.print()
     log_text = log_path.read_text(errors="replace")
     summary: dict[str, Any] = {}
     for line in log_text.splitlines():
