@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from airflow.sdk import Param, dag, task
 
+from ops.approval_gate import GovernedApprovalOperator
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, discover_specs, load_spec
@@ -63,6 +64,19 @@ def _record_timing(task_id: str, seconds: float) -> None:
     folder = load_settings().runs_dir / spec_name / safe_run_id(context["run_id"]) / "timings"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{task_id}.json").write_text(json.dumps({"task": task_id, "seconds": seconds}))
+
+
+def _triggered_by() -> str | None:
+    """Who triggered the run: the Airflow user, or for ``govml run`` the CLI's user."""
+    import getpass
+    import os
+
+    from airflow.sdk import get_current_context
+
+    user = get_current_context()["dag_run"].triggering_user_name
+    if user == "dag_test":  # dag.test(): `govml run` passes its user in the environment
+        return os.environ.get("GOVML_TRIGGERED_BY") or getpass.getuser()
+    return user
 
 
 def _run(spec_path: Path):  # noqa: ANN202
@@ -117,6 +131,11 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             "tuning_trials": Param(
                 None, type=["null", "integer"], minimum=0, description="LightGBM tuning budget"
             ),
+            "author": Param(
+                None,
+                type=["null", "string"],
+                description="who developed this model change (may not approve it)",
+            ),
         },
     )
     def lifecycle() -> None:
@@ -144,12 +163,17 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def validate_data(data: str, champ: dict[str, str]) -> str:
+            from registry.governance import record_data_validation
             from validation.data_quality import validate_data as run_validation
 
             run = _run(spec_path)
             profile = Path(champ["profile"]) if champ.get("profile") else None
-            run_validation(run.spec, Path(data), run.stage_dir("validate_data"), profile)
-            return str(run.stage_dir("validate_data"))
+            folder = run.stage_dir("validate_data")
+            try:
+                run_validation(run.spec, Path(data), folder, profile)
+            finally:
+                record_data_validation(run.settings.governance_url, run.spec, run.run_id, folder)
+            return str(folder)
 
         @task
         @_no_retry
@@ -240,28 +264,28 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         def gates(
             eval_dir: str, fairness_dir: str, explain_dir: str, _lineage: str, _validated: str
         ) -> str:
+            from registry.governance import record_gate_results
             from validation.gates import check_gates
 
             run = _run(spec_path)
-            check_gates(
-                run.spec,
-                Path(eval_dir),
-                Path(fairness_dir),
-                Path(explain_dir),
-                run.stage_dir("gates"),
-            )
-            return str(run.stage_dir("gates"))
+            folder = run.stage_dir("gates")
+            try:
+                check_gates(run.spec, Path(eval_dir), Path(fairness_dir), Path(explain_dir), folder)
+            finally:
+                record_gate_results(run.settings.governance_url, run.spec, run.run_id, folder)
+            return str(folder)
 
         @task
         @_no_retry
         def register(_gates: str) -> dict[str, Any]:
             from pipelines.spec import spec_hash
+            from registry.governance import record_registration
             from registry.mlflow_registry import artifact_location_for
             from registry.mlflow_registry import register as run_register
 
             run = _run(spec_path)
             uri = run.settings.mlflow_tracking_uri
-            return run_register(
+            result = run_register(
                 run.spec,
                 run.run_dir,
                 run.run_id,
@@ -270,6 +294,50 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
                 spec_sha256=spec_hash(run.spec_path),
                 artifact_location=artifact_location_for(uri, run.settings.mlflow_artifacts),
             ).to_dict()
+            record_registration(run.settings.governance_url, run.run_id, result)
+            return result
+
+        @task
+        @_no_retry
+        def request_approval(registered: dict[str, Any], champ: dict[str, str]) -> dict[str, Any]:
+            from registry.governance import open_approval
+
+            run = _run(spec_path)
+            return open_approval(
+                run.settings.governance_url,
+                run.settings.mlflow_tracking_uri,
+                run.spec,
+                run.run_dir,
+                registered,
+                run_id=run.run_id,
+                dag_id=spec.name + "_lifecycle",
+                triggered_by=_triggered_by(),
+                author=run.params.get("author"),
+                champion_model=Path(champ["model"]) if champ.get("model") else None,
+                out_dir=run.stage_dir("approval"),
+            )
+
+        approval = GovernedApprovalOperator(
+            task_id="approval",
+            response_timeout=dt.timedelta(seconds=spec.approval.timeout_seconds),
+            doc_md="Four-eyes approval: answer under Browse -> Required Actions.",
+        )
+
+        @task
+        @_no_retry
+        def deploy(approved: dict[str, Any]) -> dict[str, Any]:
+            from registry.governance import release_approved
+
+            run = _run(spec_path)
+            return release_approved(
+                run.settings.governance_url,
+                run.settings.mlflow_tracking_uri,
+                approved["model_name"],
+                approved["model_version"],
+                actor="govml-lifecycle",
+                run_id=run.run_id,
+                out_dir=run.stage_dir("deploy"),
+            )
 
         data = ingest()
         champ = champion()
@@ -281,7 +349,10 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         evaluated = evaluate(feats, model, champ)
         fair = fairness(feats, evaluated)
         explained = explain(feats, model, evaluated, champ)
-        register(gates(evaluated, fair, explained, lineage_path, validated))
+        registered = register(gates(evaluated, fair, explained, lineage_path, validated))
+        requested = request_approval(registered, champ)
+        requested >> approval
+        deploy(approval.output)
 
     return lifecycle()
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ops.cli_audit import add_audit_commands
+from ops.cli_governance import add_governance_commands
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError, SpecError
 
@@ -157,10 +160,13 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_db_init(args: argparse.Namespace, settings: Settings) -> int:
     from registry.databases import ensure_database
+    from registry.store import upgrade
 
     for store, url in settings.database_urls.items():
         created = ensure_database(url)
         print(f"{store:<11} {'created' if created else 'exists '} {url.split('@')[-1]}")
+    revision = upgrade(settings.governance_url)
+    print(f"{'governance':<11} schema at revision {revision}")
     return 0
 
 
@@ -176,8 +182,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         "seed": args.seed,
         "bias": args.bias,
         "tuning_trials": args.tuning_trials,
+        "author": args.author,
     }
-    return run_lifecycle(settings, spec, path, {k: v for k, v in conf.items() if v is not None})
+    return run_lifecycle(
+        settings,
+        spec,
+        path,
+        {k: v for k, v in conf.items() if v is not None},
+        until=args.until,
+    )
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
@@ -237,6 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="generator seed (generated sources)")
     p.add_argument("--bias", type=_unit_float, help="credit generator bias knob in [0, 1]")
     p.add_argument("--tuning-trials", type=int, help="LightGBM tuning budget")
+    p.add_argument("--author", help="who developed this model change (may not approve it)")
+    p.add_argument(
+        "--until",
+        choices=["register", "request_approval", "deploy"],
+        default="request_approval",
+        help="last stage (default request_approval; 'deploy' waits for the human approval, "
+        "which needs `make up`)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="show the resolved settings (URLs, ports, paths)")
@@ -246,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = db_sub.add_parser("init", help="create the databases if missing (PostgreSQL)")
     p.set_defaults(func=cmd_db_init)
+
+    add_audit_commands(sub)
+    add_governance_commands(sub)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
     p.add_argument(
@@ -285,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # MLflow's download progress bars are noise in a command's output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         settings = load_settings()
         return int(args.func(args, settings) or 0)

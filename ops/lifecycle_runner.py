@@ -9,6 +9,7 @@ directly (the same store, so the MLflow UI shows the run once ``make up`` runs).
 from __future__ import annotations
 
 import datetime as dt
+import getpass
 import json
 import os
 import subprocess
@@ -23,7 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ops import stack
-from ops.run_dag import lifecycle_run_id
+from ops.run_dag import DEFAULT_UNTIL, lifecycle_run_id
 from pipelines.config import Settings
 from pipelines.runs import safe_run_id
 from pipelines.spec import ModelSpec
@@ -41,6 +42,8 @@ MARKERS = {
     "explain": "explain/result.json",
     "gates": "gates/result.json",
     "register": "register/register.json",
+    "request_approval": "approval/request.json",
+    "deploy": "deploy/deploy.json",
 }
 
 
@@ -56,15 +59,18 @@ def run_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ) | stack.airflow_env(settings)
     env["MLFLOW_TRACKING_URI"] = tracking_uri(settings)
     env["PYTHONUNBUFFERED"] = "1"
+    # who triggered a `govml run` (dag.test() itself only says "dag_test"); four-eyes
+    # keeps this person from approving the version the run registers
+    env.setdefault("GOVML_TRIGGERED_BY", getpass.getuser())
     return env
 
 
-def _table(spec: ModelSpec, states: dict[str, tuple[str, float]]) -> Table:
+def _table(spec: ModelSpec, states: dict[str, tuple[str, float]], stages: list[str]) -> Table:
     table = Table(title=f"{spec.name} lifecycle")
     table.add_column("stage")
     table.add_column("status")
     table.add_column("seconds", justify="right")
-    for stage in MARKERS:
+    for stage in stages:
         status, seconds = states.get(stage, ("waiting", 0.0))
         colour = {"done": "green", "FAILED": "red", "running": "yellow"}.get(status, "dim")
         table.add_row(stage, f"[{colour}]{status}[/]", f"{seconds:.1f}" if seconds else "")
@@ -84,8 +90,10 @@ def run_lifecycle(
     spec_path: Path,
     conf: dict[str, Any],
     console: Console | None = None,
+    until: str = DEFAULT_UNTIL,
 ) -> int:
     console = console or Console()
+    stages = list(MARKERS)[: list(MARKERS).index(until) + 1] if until in MARKERS else list(MARKERS)
     with console.status("preparing the stores (Airflow metadata migration)"):
         stack.prepare_stores(settings)
     run_after = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -103,25 +111,28 @@ def run_lifecycle(
         json.dumps(conf),
         "--run-after",
         run_after.isoformat(),
+        "--until",
+        until,
     ]
     started = time.monotonic()
     states: dict[str, tuple[str, float]] = {}
     last = started
     with (
         log_path.open("w") as log,
-        Live(_table(spec, states), console=console, refresh_per_second=4) as live,
+        Live(_table(spec, states, stages), console=console, refresh_per_second=4) as live,
     ):
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=settings.home
         )
         while True:
             finished = proc.poll() is not None
-            for stage, marker in MARKERS.items():
+            for stage in stages:
+                marker = MARKERS[stage]
                 if stage not in states and (run_dir / marker).exists():
                     now = time.monotonic()
                     states[stage] = ("done", now - last)
                     last = now
-            live.update(_table(spec, states))
+            live.update(_table(spec, states, stages))
             if finished:
                 break
             time.sleep(0.5)
@@ -155,4 +166,23 @@ def run_lifecycle(
             f"registered   : {reg['model_name']} version {reg['version']} "
             f"(alias {reg['alias']}), MLflow UI {settings.mlflow_url}"
         )
+    request_file = run_dir / "approval" / "request.json"
+    if request_file.exists():
+        req = json.loads(request_file.read_text())
+        console.print(
+            f"approval     : request {req['id']} is {req['status']}, needs "
+            f"{req['required_approvers']} approver(s) with role "
+            f"{' or '.join(req['approver_roles'])}"
+        )
+        if req["status"] == "pending":
+            console.print(
+                "               approve in the Airflow UI "
+                f"({settings.airflow_url}/required_actions)"
+                f" or: govml approve {req['model_name']} {req['model_version']} --as USER "
+                '--reason "..."'
+            )
+    deploy_file = run_dir / "deploy" / "deploy.json"
+    if deploy_file.exists():
+        dep = json.loads(deploy_file.read_text())
+        console.print(f"released     : version {dep['model_version']} as {dep['alias']}")
     return 0 if ok else 1

@@ -5,6 +5,11 @@
 Used by ``govml run`` (which adds the progress display) and by the tests. The
 Airflow configuration comes from the environment (``govml stack env``); the exit
 code is 0 when the run succeeded. The final line is a JSON summary.
+
+``--until TASK`` runs the DAG up to that task (default ``request_approval``: the
+version is registered and its approval requested). ``--until deploy`` includes the
+human approval gate: ``dag.test()`` then waits until a reviewer answers the Required
+Action, which needs an api-server on the same metadata database (``make up``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from pathlib import Path
 
 from pipelines.config import load_settings
 from pipelines.spec import load_spec
+
+DEFAULT_UNTIL = "request_approval"
 
 
 def lifecycle_run_id(run_after: dt.datetime) -> str:
@@ -41,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("spec", type=Path)
     parser.add_argument("--conf", default="{}", help="run parameters as JSON")
     parser.add_argument("--run-after", default=None, help="ISO timestamp (UTC) of the run")
+    parser.add_argument(
+        "--until",
+        default=DEFAULT_UNTIL,
+        help=f"last task to run (default {DEFAULT_UNTIL}; 'deploy' waits for approval)",
+    )
     args = parser.parse_args(argv)
     conf = json.loads(args.conf)
     run_after = (
@@ -49,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         else dt.datetime.now(dt.UTC).replace(microsecond=0)
     )
     dag = load_dag(args.spec)
+    if args.until not in dag.task_dict:
+        parser.error(f"--until {args.until!r}: no such task; tasks: {sorted(dag.task_dict)}")
+    if dag.task_dict[args.until].downstream_task_ids:
+        dag = dag.partial_subset(task_ids=[args.until], include_upstream=True)
     dag_run = dag.test(run_after=run_after, logical_date=run_after, run_conf=conf)
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
     summary = {

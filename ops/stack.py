@@ -257,6 +257,17 @@ def _base_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def bootstrap_governance(settings: Settings) -> None:
+    """Migrate the governance store; grant the configured approver roles (audited)."""
+    from registry.approvals import grant_role
+    from registry.store import engine_for
+
+    engine_for(settings.governance_url)
+    for user, role in settings.approver_roles:
+        if grant_role(settings.governance_url, user, role, granted_by="stack-bootstrap"):
+            log.info("granted approver role %s to %s", role, user)
+
+
 def prepare_stores(settings: Settings) -> None:
     """Create folders and PostgreSQL databases, then migrate Airflow's database."""
     for path in (
@@ -270,6 +281,7 @@ def prepare_stores(settings: Settings) -> None:
         path.mkdir(parents=True, exist_ok=True)
     for url in settings.database_urls.values():
         ensure_database(url)
+    bootstrap_governance(settings)
     airflow_passwords(settings)
     env = _base_env(settings) | airflow_env(settings)
     migrate_log = log_file(settings, "airflow-db-migrate")

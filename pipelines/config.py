@@ -16,13 +16,18 @@ environment variable named beside it, for example
 | Airflow home | ``AIRFLOW_HOME`` | ``$GOVML_VAR_DIR/airflow`` |
 | Airflow metadata DB | ``GOVML_AIRFLOW_DB_URL`` | ``sqlite:///$AIRFLOW_HOME/airflow.db`` |
 | Airflow API/UI | ``GOVML_AIRFLOW_HOST`` / ``GOVML_AIRFLOW_PORT`` | ``127.0.0.1`` / ``8080`` |
-| Airflow users | ``GOVML_AIRFLOW_USERS`` | ``admin:admin,reviewer:admin,operator:op`` |
+| Airflow users | ``GOVML_AIRFLOW_USERS`` | ``admin:admin,reviewer:admin,`` ... (1) |
+| approver roles at stack start | ``GOVML_APPROVER_ROLES`` | ``reviewer:model_risk,...`` (2) |
 | MLflow backend store | ``GOVML_MLFLOW_BACKEND_URL`` | ``sqlite:///$VAR/mlflow/mlflow.db`` |
 | MLflow artifacts | ``GOVML_MLFLOW_ARTIFACTS`` | ``$GOVML_VAR_DIR/mlflow/artifacts`` |
 | MLflow server | ``GOVML_MLFLOW_HOST`` / ``GOVML_MLFLOW_PORT`` | ``127.0.0.1`` / ``5000`` |
 | MLflow tracking URI | ``MLFLOW_TRACKING_URI`` | ``http://$MLFLOW_HOST:$MLFLOW_PORT`` |
 | governance store | ``GOVML_GOVERNANCE_URL`` | ``sqlite:///$GOVML_VAR_DIR/governance.db`` |
 | model server | ``GOVML_SERVING_HOST`` / ``GOVML_SERVING_PORT`` | ``127.0.0.1`` / ``8090`` |
+
+(1) ``admin:admin,reviewer:admin,validator:admin,operator:op``: Airflow's own roles.
+(2) ``reviewer:model_risk,validator:model_risk``: approver roles (``govml roles``)
+granted in the governance store when the stack starts; each grant is audited.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Settings:
     airflow_host: str
     airflow_port: int
     airflow_users: tuple[tuple[str, str], ...]
+    approver_roles: tuple[tuple[str, str], ...]
     mlflow_backend_url: str
     mlflow_artifacts: Path
     mlflow_host: str
@@ -131,6 +137,17 @@ def _users(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, 
     return tuple(users)
 
 
+def _pairs(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, str], ...]:
+    raw = env.get(name, default)
+    pairs: list[tuple[str, str]] = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        user, sep, role = item.partition(":")
+        if not sep or not user.strip() or not role.strip():
+            raise ConfigError(f"{name}: {item!r} must be USER:ROLE")
+        pairs.append((user.strip(), role.strip()))
+    return tuple(pairs)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``environ`` (default: ``os.environ``) over the defaults."""
     env = os.environ if environ is None else environ
@@ -152,7 +169,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         airflow_host=env.get("GOVML_AIRFLOW_HOST") or "127.0.0.1",
         airflow_port=_port(env, "GOVML_AIRFLOW_PORT", 8080),
-        airflow_users=_users(env, "GOVML_AIRFLOW_USERS", "admin:admin,reviewer:admin,operator:op"),
+        airflow_users=_users(
+            env, "GOVML_AIRFLOW_USERS", "admin:admin,reviewer:admin,validator:admin,operator:op"
+        ),
+        approver_roles=_pairs(
+            env, "GOVML_APPROVER_ROLES", "reviewer:model_risk,validator:model_risk"
+        ),
         mlflow_backend_url=_db_url(
             env, "GOVML_MLFLOW_BACKEND_URL", f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
         ),

@@ -25,6 +25,8 @@ STAGES = (
     "explain",
     "gates",
     "register",
+    "approval",
+    "deploy",
 )
 
 # Run parameters a user may pass when triggering a run (Airflow params / CLI flags).
@@ -35,6 +37,7 @@ PARAMS = {
     "bias": "credit generator bias knob in [0, 1] (generated credit only)",
     "fraud_rate": "fraud generator target fraud rate (generated fraud only)",
     "tuning_trials": "LightGBM tuning budget (default: the spec's)",
+    "author": "who developed this model change (four-eyes: may not approve it)",
 }
 
 

@@ -36,6 +36,14 @@ _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _DURATION_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+def duration_seconds(value: str) -> int:
+    """``30m``, ``24h``, ``7d`` as seconds."""
+    match = _DURATION.match(value)
+    if match is None:
+        raise ValueError(f"{value!r} must look like 30s, 30m, 24h, 7d")
+    return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+
+
 class _Strict(BaseModel):
     """Base for every spec section: unknown fields are errors, values are frozen."""
 
@@ -184,9 +192,7 @@ class AggregateFeature(_Strict):
 
     @property
     def window_seconds(self) -> int:
-        match = _DURATION.match(self.window)
-        assert match is not None
-        return int(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+        return duration_seconds(self.window)
 
 
 class Features(_Strict):
@@ -359,6 +365,22 @@ class Approval(_Strict):
         if not _DURATION.match(value):
             raise ValueError(f"{value!r} must look like 30m, 24h, 7d")
         return value
+
+    @model_validator(mode="after")
+    def _counts(self) -> Approval:
+        if self.high_risk_approvers < self.min_approvers:
+            raise ValueError("high_risk_approvers must be at least min_approvers")
+        return self
+
+    @property
+    def timeout_seconds(self) -> int:
+        """How long a reviewer has to answer; no answer counts as a rejection."""
+        return duration_seconds(self.timeout)
+
+    @property
+    def expires_after_seconds(self) -> int:
+        """How long a granted approval stays valid for a deployment."""
+        return duration_seconds(self.expires_after)
 
 
 class Training(_Strict):

@@ -5,7 +5,8 @@ version (git SHA), the spec hash and the run's parameters. Recording is idempote
 a rerun of the lineage task updates the same rows instead of adding new ones.
 
 The table lives in the governance database (``GOVML_GOVERNANCE_URL``: SQLite by
-default, PostgreSQL supported).
+default, PostgreSQL supported); its model and schema migrations are in
+``registry.store``.
 """
 
 from __future__ import annotations
@@ -18,53 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    DateTime,
-    Integer,
-    String,
-    UniqueConstraint,
-    create_engine,
-    select,
-)
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from registry.databases import ensure_database, normalise_url
+from registry.store import Base, LineageRecord, engine_for, read_only
+
+__all__ = [
+    "Base",
+    "LineageEntry",
+    "LineageRecord",
+    "capture_run_lineage",
+    "code_version",
+    "engine_for",
+    "lineage_for_run",
+    "record_lineage",
+]
 
 log = logging.getLogger(__name__)
-
-
-class Base(DeclarativeBase):
-    """Declarative base of the governance store."""
-
-
-class LineageRecord(Base):
-    __tablename__ = "lineage"
-    __table_args__ = (UniqueConstraint("run_id", "kind", "name", name="uq_lineage_run_kind_name"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    spec_name: Mapped[str] = mapped_column(String(100), index=True)
-    run_id: Mapped[str] = mapped_column(String(250), index=True)
-    kind: Mapped[str] = mapped_column(String(40))  # dataset | code | spec | parameters | model
-    name: Mapped[str] = mapped_column(String(250))
-    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    recorded_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
-
-
-_ENGINES: dict[str, Engine] = {}
-
-
-def engine_for(url: str) -> Engine:
-    """One engine per governance URL; the database and tables are created if missing."""
-    url = normalise_url(url)
-    if url not in _ENGINES:
-        ensure_database(url)
-        engine = create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(engine)
-        _ENGINES[url] = engine
-    return _ENGINES[url]
 
 
 def code_version(repo: Path) -> str:
@@ -124,7 +95,7 @@ def record_lineage(
 
 
 def lineage_for_run(url: str, run_id: str) -> list[LineageEntry]:
-    engine = engine_for(url)
+    engine = read_only(engine_for(url))
     with Session(engine) as session:
         rows = session.scalars(
             select(LineageRecord)

@@ -81,7 +81,7 @@ def fetch_champion(tracking_uri: str, name: str, dest: Path) -> dict[str, Path] 
     """Download the champion's model file and data profile; None without a champion."""
     import mlflow.artifacts
 
-    version = version_by_alias(tracking_uri, name, CHAMPION)
+    version = version_by_alias(tracking_uri, name, CHAMPION)  # also sets the registry URI
     if version is None:
         return None
     dest.mkdir(parents=True, exist_ok=True)
@@ -343,3 +343,111 @@ def _finish(
 def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
     """Move an alias (``champion``, ``challenger``...) to a version."""
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
+
+
+def tag_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set model-version tags (approval decisions, deployment state)."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
+    return dict(_client(tracking_uri).get_model_version(name, str(version)).tags or {})
+
+
+def artifact_sha256_of(tracking_uri: str, name: str, version: str) -> str:
+    """SHA-256 of a registered version's model file, downloaded from the registry now."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    _client(tracking_uri)  # sets the registry URI that resolves models:/ URIs
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"models:/{name}/{version}",
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                )
+            )
+        except MlflowException as exc:
+            raise RegistryError(f"cannot download {name} version {version}: {exc}") from None
+        return artifacts.sha256_file(find_model_file(local))
+
+
+# --------------------------------------------------------------------------- evidence (read-only)
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def version_record(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
+    """A registered version as plain data (tags, description, aliases, MLflow run).
+
+    Raises :class:`RegistryError` naming the model or version when MLflow does not
+    know it, and the versions that do exist.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            raise RegistryError(f"no registered model named {name!r} in MLflow") from None
+        raise RegistryError(f"cannot read model {name!r} from MLflow: {exc}") from None
+    try:
+        found = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if not _not_found(exc) and getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
+            raise RegistryError(
+                f"cannot read {name} version {version} from MLflow: {exc}"
+            ) from None
+        known = sorted(
+            (str(v.version) for v in client.search_model_versions(f"name = '{name}'")),
+            key=lambda v: (len(v), v),
+        )
+        raise RegistryError(
+            f"{name} has no version {version!r} (versions: {', '.join(known) or 'none'})"
+        ) from None
+    aliases = sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(found.version))
+    return {
+        "name": name,
+        "version": str(found.version),
+        "run_id": found.run_id,
+        "source": found.source,
+        "status": found.status,
+        "user_id": found.user_id or None,
+        "created_ms": found.creation_timestamp,
+        "updated_ms": found.last_updated_timestamp,
+        "description": found.description or "",
+        "tags": dict(found.tags or {}),
+        "aliases": aliases,
+    }
+
+
+def download_run_folder(
+    tracking_uri: str, run_id: str, artifact_path: str, dest: Path
+) -> Path | None:
+    """Download one artifact folder of an MLflow run to ``dest``; None when it has none."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    _client(tracking_uri)
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    run_id=run_id,
+                    artifact_path=artifact_path,
+                    dst_path=tmp,
+                    tracking_uri=tracking_uri,
+                )
+            )
+        except (MlflowException, OSError) as exc:
+            log.info("run %s has no artifacts under %s: %s", run_id, artifact_path, exc)
+            return None
+        if not local.is_dir() or not any(local.iterdir()):
+            return None
+        local.replace(dest)
+    return dest

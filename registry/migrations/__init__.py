@@ -1,0 +1,1 @@
+"""Alembic migrations of the governance store (run through ``registry.store``)."""

@@ -1,0 +1,1 @@
+"""Revisions of the governance store (a package so that they ship with it)."""

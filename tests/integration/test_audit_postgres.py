@@ -1,0 +1,119 @@
+"""The audit chain on PostgreSQL: concurrent writers, append-only triggers, tamper detection."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from registry.audit import append_event, events, head, verify_chain
+from registry.databases import normalise_url
+from registry.store import RoleGrant, dispose_engines, engine_for
+from tests.unit.test_audit import (
+    TAMPERS,
+    append_in_processes,
+    assert_process_chain,
+    build_chain,
+    tamper,
+)
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> Iterator[None]:
+    yield
+    dispose_engines()
+
+
+@pytest.mark.timeout(180)
+def test_fifty_concurrent_writers_keep_one_chain(
+    pg_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Half append through the shared engine, half through their own engine and Session."""
+    engine_for(pg_database)
+    barrier = threading.Barrier(50)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            if i % 2:
+                own = create_engine(normalise_url(pg_database))
+                try:
+                    barrier.wait()
+                    with Session(own) as session, session.begin():
+                        session.add(RoleGrant(user_name=f"u{i}", role="approver", granted_by="a"))
+                        append_event(session, "role_granted", actor=f"w{i}", payload={"i": i})
+                finally:
+                    own.dispose()
+            else:
+                barrier.wait()
+                append_event(pg_database, "gate_result", actor=f"w{i}", payload={"i": i})
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(150)
+    assert errors == []
+    assert not [r for r in caplog.records if "raced" in r.getMessage()]  # the lock held
+    report = verify_chain(pg_database)
+    assert report.ok, report.problem
+    stored = events(pg_database)
+    assert [e.seq for e in stored] == list(range(1, 51))
+    assert len({e.hash for e in stored}) == 50
+    assert sorted(e.payload["i"] for e in stored) == list(range(50))
+    assert len(events(pg_database, kinds=["role_granted"])) == 25
+
+
+@pytest.mark.timeout(240)
+def test_four_processes_keep_one_chain(pg_database: str, tmp_path: Path) -> None:
+    append_in_processes(pg_database, tmp_path)
+    assert_process_chain(pg_database)
+
+
+def test_triggers_refuse_update_delete_and_truncate(pg_database: str) -> None:
+    build_chain(pg_database, 3)
+    engine = engine_for(pg_database)
+    for statement in (
+        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 2",
+        "DELETE FROM audit_events WHERE seq = 3",
+        "TRUNCATE audit_events",
+    ):
+        with pytest.raises(DBAPIError, match="audit_events is append-only"), engine.begin() as c:
+            c.execute(text(statement))
+    assert verify_chain(pg_database).ok and head(pg_database)[0] == 3
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["modify_payload", "delete_middle", "insert_forged", "swap_seqs", "change_last"],
+)
+def test_tampering_is_found_at_that_event(pg_database: str, how: str) -> None:
+    build_chain(pg_database, 10)
+    assert verify_chain(pg_database).ok
+    bad_seq = tamper(pg_database, TAMPERS[how])
+    report = verify_chain(pg_database)
+    assert not report.ok
+    assert report.first_bad_seq == bad_seq, report.problem
+    assert report.problem and f"seq {bad_seq}" in report.problem
+
+
+def test_timestamps_survive_a_non_utc_session(pg_database: str) -> None:
+    """PostgreSQL hands timestamptz back in the session's zone; hashes use UTC."""
+    build_chain(pg_database, 3)
+    name = make_url(pg_database).database
+    with engine_for(pg_database).begin() as conn:
+        conn.execute(text(f"ALTER DATABASE \"{name}\" SET timezone TO 'America/New_York'"))
+    dispose_engines()
+    report = verify_chain(pg_database)
+    assert report.ok, report.problem
+    assert events(pg_database)[0].occurred_at.utcoffset().total_seconds() == 0

@@ -1,0 +1,597 @@
+"""The hash-chained audit trail: canonical form, appends under concurrency, tamper detection.
+
+The tamper helpers here (``build_chain``, ``disable_append_only``, ``TAMPERS``) are
+also used by tests/integration/test_audit_postgres.py.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from ops.cli import main
+from registry.audit import (
+    EVENT_KINDS,
+    GENESIS,
+    AuditError,
+    append_event,
+    canonical_json,
+    events,
+    head,
+    verify_chain,
+)
+from registry.store import AuditEvent, RoleGrant, dispose_engines, engine_for, read_only
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> Iterator[None]:
+    yield
+    dispose_engines()
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'governance.db'}"
+
+
+# --------------------------------------------------------------------------- helpers
+def build_chain(url: str, n: int = 10) -> list[str]:
+    """``n`` events with payload ``{"i": seq}``; returns their hashes (index 0 = seq 1)."""
+    hashes = []
+    for i in range(1, n + 1):
+        record = append_event(
+            url,
+            "gate_result",
+            actor="pipeline",
+            payload={"i": i},
+            model_name="fraud",
+            model_version=str(1 + i % 2),
+            run_id=f"run-{i % 3}",
+        )
+        hashes.append(record.hash)
+    return hashes
+
+
+def disable_append_only(conn: Connection) -> None:
+    """What a DBA with full rights can do: switch off the append-only triggers."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
+        conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_delete"))
+    else:
+        conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
+
+
+def _shift(conn: Connection, where: str, delta: int) -> None:
+    """``seq = seq + delta`` for the rows ``where`` without tripping UNIQUE(seq) midway."""
+    conn.execute(text(f"UPDATE audit_events SET seq = -(seq + :d) WHERE {where}"), {"d": delta})
+    conn.execute(text("UPDATE audit_events SET seq = -seq WHERE seq < 0"))
+
+
+def _hash_of(conn: Connection, seq: int) -> str:
+    return conn.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": seq}).scalar()
+
+
+def _spec_hash(prev_hash: str, body: dict) -> str:
+    """The documented formula, written out independently of registry.audit."""
+    text_ = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((prev_hash + "\n" + text_).encode()).hexdigest()
+
+
+def _forge(conn: Connection, seq: int, prev_hash: str, digest: str | None) -> None:
+    occurred = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+    body = {
+        "seq": seq,
+        "occurred_at": "2026-11-28T12:00:00.000000Z",
+        "kind": "approval_granted",
+        "actor": "mallory",
+        "model_name": "fraud",
+        "model_version": "9",
+        "run_id": None,
+        "payload": {"forged": True},
+    }
+    conn.execute(
+        text(
+            "INSERT INTO audit_events (seq, occurred_at, kind, actor, model_name, model_version,"
+            " run_id, payload, prev_hash, hash) VALUES (:seq, :at, 'approval_granted', 'mallory',"
+            " 'fraud', '9', NULL, :payload, :prev, :hash)"
+        ),
+        {
+            "seq": seq,
+            "at": occurred if conn.dialect.name == "postgresql" else "2026-11-28 12:00:00.000000",
+            "payload": '{"forged":true}',
+            "prev": prev_hash,
+            "hash": digest or _spec_hash(prev_hash, body),
+        },
+    )
+
+
+def modify_payload(conn: Connection) -> int:
+    conn.execute(text("UPDATE audit_events SET payload = :p WHERE seq = 5"), {"p": '{"i":999}'})
+    return 5
+
+
+def reformat_payload(conn: Connection) -> int:
+    conn.execute(text("UPDATE audit_events SET payload = :p WHERE seq = 5"), {"p": '{"i": 5}'})
+    return 5
+
+
+def modify_and_rehash(conn: Connection) -> int:
+    """Change seq 5's actor and recompute its own hash: seq 6 still links to the old one."""
+    row = conn.execute(text("SELECT * FROM audit_events WHERE seq = 5")).mappings().one()
+    occurred = row["occurred_at"]
+    if isinstance(occurred, str):
+        occurred = dt.datetime.fromisoformat(occurred)
+    body = {
+        "seq": 5,
+        "occurred_at": occurred.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        if occurred.tzinfo
+        else occurred.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "kind": row["kind"],
+        "actor": "mallory",
+        "model_name": row["model_name"],
+        "model_version": row["model_version"],
+        "run_id": row["run_id"],
+        "payload": json.loads(row["payload"]),
+    }
+    conn.execute(
+        text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE seq = 5"),
+        {"h": _spec_hash(row["prev_hash"], body)},
+    )
+    return 5
+
+
+def delete_middle(conn: Connection) -> int:
+    conn.execute(text("DELETE FROM audit_events WHERE seq = 5"))
+    return 5
+
+
+def delete_first(conn: Connection) -> int:
+    conn.execute(text("DELETE FROM audit_events WHERE seq = 1"))
+    return 1
+
+
+def delete_and_renumber(conn: Connection) -> int:
+    conn.execute(text("DELETE FROM audit_events WHERE seq = 5"))
+    _shift(conn, "seq > 5", -1)
+    return 5
+
+
+def insert_forged(conn: Connection) -> int:
+    """A competent forger: correct prev_hash and own hash at seq 5, later seqs renumbered."""
+    prev = _hash_of(conn, 4)
+    _shift(conn, "seq >= 5", 1)
+    _forge(conn, 5, prev, None)
+    return 5
+
+
+def insert_forged_garbage(conn: Connection) -> int:
+    _shift(conn, "seq >= 5", 1)
+    _forge(conn, 5, "f" * 64, "e" * 64)
+    return 5
+
+
+def swap_seqs(conn: Connection) -> int:
+    conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = 3"))
+    conn.execute(text("UPDATE audit_events SET seq = 3 WHERE seq = 7"))
+    conn.execute(text("UPDATE audit_events SET seq = 7 WHERE seq = -1"))
+    return 3
+
+
+def swap_adjacent(conn: Connection) -> int:
+    conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = 5"))
+    conn.execute(text("UPDATE audit_events SET seq = 5 WHERE seq = 6"))
+    conn.execute(text("UPDATE audit_events SET seq = 6 WHERE seq = -1"))
+    return 5
+
+
+def change_last(conn: Connection) -> int:
+    conn.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 10"))
+    return 10
+
+
+def change_timestamp(conn: Connection) -> int:
+    conn.execute(text("UPDATE audit_events SET occurred_at = '2020-01-01 00:00:00' WHERE seq = 8"))
+    return 8
+
+
+def truncate_tail(seq: int) -> Callable[[Connection], int]:
+    """Delete every event from ``seq`` on: a clean cut that leaves a valid, shorter chain."""
+
+    def cut(conn: Connection) -> int:
+        conn.execute(text("DELETE FROM audit_events WHERE seq >= :s"), {"s": seq})
+        return seq
+
+    return cut
+
+
+TAMPERS: dict[str, Callable[[Connection], int]] = {
+    f.__name__: f
+    for f in (
+        modify_payload,
+        reformat_payload,
+        modify_and_rehash,
+        delete_middle,
+        delete_first,
+        delete_and_renumber,
+        insert_forged,
+        insert_forged_garbage,
+        swap_seqs,
+        swap_adjacent,
+        change_last,
+        change_timestamp,
+    )
+}
+
+
+def tamper(url: str, how: Callable[[Connection], int]) -> int:
+    with engine_for(url).begin() as conn:
+        disable_append_only(conn)
+        return how(conn)
+
+
+# --------------------------------------------------------------------------- canonical form
+def test_canonical_json_is_sorted_compact_and_utf8() -> None:
+    value = {"b": [1, 2.5, "é"], "a": {"z": None, "y": True}}
+    assert canonical_json(value) == '{"a":{"y":true,"z":null},"b":[1,2.5,"é"]}'
+    assert canonical_json({"b": 1, "a": 2}) == canonical_json({"a": 2, "b": 1})
+
+
+def test_canonical_json_normalises_times_numbers_and_nan() -> None:
+    berlin = dt.timezone(dt.timedelta(hours=1))
+    value = {
+        "at": dt.datetime(2026, 11, 28, 10, 30, tzinfo=berlin),
+        "naive": dt.datetime(2026, 11, 28, 9, 30),
+        "day": dt.date(2026, 11, 28),
+        "nan": float("nan"),
+        "inf": float("-inf"),
+        "np": np.float64(0.25),
+        "n": np.int64(3),
+        "arr": np.array([1, 2]),
+        "dec": Decimal("1.10"),
+        "tuple": (1, 2),
+        "path": Path("/data/x.parquet"),
+    }
+    assert json.loads(canonical_json(value)) == {
+        "at": "2026-11-28T09:30:00.000000Z",
+        "naive": "2026-11-28T09:30:00.000000Z",
+        "day": "2026-11-28",
+        "nan": None,
+        "inf": None,
+        "np": 0.25,
+        "n": 3,
+        "arr": [1, 2],
+        "dec": "1.10",
+        "tuple": [1, 2],
+        "path": "/data/x.parquet",
+    }
+
+
+def test_canonical_json_refuses_what_has_no_json_form() -> None:
+    with pytest.raises(AuditError, match=r"cannot store object at \$\.x"):
+        canonical_json({"x": object()})
+
+
+# --------------------------------------------------------------------------- append / read
+def test_empty_chain(url: str) -> None:
+    assert head(url) == (0, GENESIS)
+    report = verify_chain(url)
+    assert report.ok and report.events == 0 and report.head_seq == 0
+    assert report.head_hash == GENESIS and report.first_bad_seq is None
+
+
+def test_event_kinds_cover_the_lifecycle() -> None:
+    assert {
+        "data_validated",
+        "gate_result",
+        "model_registered",
+        "approval_requested",
+        "approval_granted",
+        "approval_rejected",
+        "approval_expired",
+        "approval_refused",
+        "approval_voided",
+        "deployed",
+        "traffic_shifted",
+        "promoted",
+        "rolled_back",
+        "drift_alarm",
+        "retrain_triggered",
+        "role_granted",
+        "role_revoked",
+        "evidence_exported",
+    } <= EVENT_KINDS
+
+
+def test_append_links_events_with_the_documented_hash(url: str) -> None:
+    first = append_event(url, "data_validated", actor="pipeline", payload={"rows": 10})
+    second = append_event(
+        url,
+        "model_registered",
+        actor="pipeline",
+        payload={"auc": 0.91, "when": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)},
+        model_name="fraud",
+        model_version="4",
+        run_id="run-9",
+    )
+    assert (first.seq, second.seq) == (1, 2)
+    assert first.prev_hash == GENESIS and second.prev_hash == first.hash
+    assert second.payload == {"auc": 0.91, "when": "2026-01-01T00:00:00.000000Z"}
+    body = {
+        "seq": 2,
+        "occurred_at": second.occurred_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "kind": "model_registered",
+        "actor": "pipeline",
+        "model_name": "fraud",
+        "model_version": "4",
+        "run_id": "run-9",
+        "payload": second.payload,
+    }
+    assert second.hash == _spec_hash(first.hash, body)
+    assert head(url) == (2, second.hash)
+    assert events(url) == [first, second]  # stored exactly as returned
+    with Session(engine_for(url)) as session:
+        stored = session.scalar(select(AuditEvent.payload).where(AuditEvent.seq == 2))
+    assert stored == '{"auc":0.91,"when":"2026-01-01T00:00:00.000000Z"}'
+
+
+def test_unknown_kind_and_missing_actor_are_refused(url: str) -> None:
+    with pytest.raises(AuditError, match="unknown audit event kind 'model_blessed'"):
+        append_event(url, "model_blessed", actor="x")
+    with pytest.raises(AuditError, match="needs an actor"):
+        append_event(url, "promoted", actor=" ")
+    assert head(url) == (0, GENESIS)
+
+
+def test_events_filters(url: str) -> None:
+    build_chain(url, 6)
+    assert [e.seq for e in events(url, model_version="1")] == [2, 4, 6]
+    assert [e.seq for e in events(url, model_name="fraud", run_id="run-0")] == [3, 6]
+    append_event(url, "drift_alarm", actor="monitor", model_name="credit")
+    assert [e.seq for e in events(url, kinds=["drift_alarm"])] == [7]
+    assert events(url, model_name="credit")[0].kind == "drift_alarm"
+    assert events(url, model_name="mortgage") == []
+
+
+def test_append_in_a_callers_transaction_commits_or_rolls_back_with_it(url: str) -> None:
+    engine = engine_for(url)
+    with Session(engine) as session:
+        session.begin()
+        session.add(RoleGrant(user_name="ana", role="approver", granted_by="admin"))
+        append_event(session, "role_granted", actor="admin", payload={"user": "ana"})
+        session.rollback()
+    assert head(url) == (0, GENESIS)
+    with Session(engine) as session, session.begin():
+        session.add(RoleGrant(user_name="ana", role="approver", granted_by="admin"))
+        record = append_event(session, "role_granted", actor="admin", payload={"user": "ana"})
+    assert head(url) == (1, record.hash)
+    with Session(engine) as session:
+        assert session.scalars(select(RoleGrant.user_name)).all() == ["ana"]
+    # A caller whose transaction began DEFERRED still gets the write lock first.
+    with Session(read_only(engine)) as session, session.begin():
+        append_event(session, "role_revoked", actor="admin", payload={"user": "ana"})
+    assert verify_chain(url).ok and head(url)[0] == 2
+
+
+# --------------------------------------------------------------------------- concurrency
+@pytest.mark.timeout(180)
+def test_fifty_concurrent_threads_keep_one_chain(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine_for(url)
+    barrier = threading.Barrier(50)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            barrier.wait()
+            append_event(url, "gate_result", actor=f"writer-{i}", payload={"i": i})
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert not [r for r in caplog.records if "raced" in r.getMessage()]  # the lock held
+    report = verify_chain(url)
+    assert report.ok, report.problem
+    stored = events(url)
+    assert [e.seq for e in stored] == list(range(1, 51))
+    assert len({e.hash for e in stored}) == 50
+    assert sorted(e.payload["i"] for e in stored) == list(range(50))
+
+
+_APPEND_WORKER = """
+import pathlib, sys, time
+from registry.audit import append_event
+from registry.store import engine_for
+url, worker = sys.argv[1], sys.argv[2]
+ready, go = pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+engine_for(url)
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+for i in range(10):
+    append_event(url, "gate_result", actor="worker-" + worker, payload={"w": worker, "i": i})
+"""
+
+
+def append_in_processes(url: str, tmp_path: Path, processes: int = 4) -> None:
+    """``processes`` processes start together (racing on the migration), then append 10 each."""
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{w}" for w in range(processes)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _APPEND_WORKER, url, str(w), str(r), str(go)],
+            cwd=ROOT,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w, r in enumerate(ready)
+    ]
+    deadline = time.monotonic() + 90
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        if any(p.poll() not in (None, 0) for p in procs):
+            break
+        time.sleep(0.02)
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+
+
+def assert_process_chain(url: str, processes: int = 4) -> None:
+    report = verify_chain(url)
+    assert report.ok, report.problem
+    stored = events(url)
+    assert [e.seq for e in stored] == list(range(1, 10 * processes + 1))
+    assert len({e.hash for e in stored}) == 10 * processes
+    for w in range(processes):  # each writer's events are in its own order
+        mine = [e.payload["i"] for e in stored if e.payload["w"] == str(w)]
+        assert mine == list(range(10))
+
+
+@pytest.mark.timeout(240)
+def test_four_processes_keep_one_chain_on_sqlite(url: str, tmp_path: Path) -> None:
+    append_in_processes(url, tmp_path)
+    assert_process_chain(url)
+
+
+# --------------------------------------------------------------------------- append-only
+def test_triggers_refuse_update_and_delete(url: str) -> None:
+    build_chain(url, 3)
+    engine = engine_for(url)
+    for statement in (
+        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 2",
+        "DELETE FROM audit_events WHERE seq = 3",
+        "DELETE FROM audit_events",
+    ):
+        with pytest.raises(DBAPIError, match="audit_events is append-only"), engine.begin() as c:
+            c.execute(text(statement))
+    with pytest.raises(DBAPIError, match="append-only"), Session(engine) as session:
+        session.begin()
+        row = session.scalars(select(AuditEvent).where(AuditEvent.seq == 1)).one()
+        row.payload = "{}"
+        session.commit()
+    assert verify_chain(url).ok and head(url)[0] == 3
+
+
+# --------------------------------------------------------------------------- tampering
+@pytest.mark.parametrize("how", list(TAMPERS))
+def test_tampering_is_found_at_that_event(url: str, how: str) -> None:
+    build_chain(url, 10)
+    assert verify_chain(url).ok
+    bad_seq = tamper(url, TAMPERS[how])
+    report = verify_chain(url)
+    assert not report.ok
+    assert report.first_bad_seq == bad_seq, report.problem
+    assert report.problem and f"seq {bad_seq}" in report.problem
+    assert "\n" not in report.problem
+
+
+@pytest.mark.parametrize(
+    ("how", "words"),
+    [
+        ("modify_payload", "event seq 5 was modified (stored hash"),
+        ("delete_middle", "event seq 5 is missing (deleted)"),
+        ("swap_seqs", "event at seq 3 was inserted or reordered: prev_hash does not match event 2"),
+        ("insert_forged", "event at seq 5 was inserted"),
+        ("modify_and_rehash", "event seq 5 was modified and re-hashed"),
+    ],
+)
+def test_problem_says_what_happened(url: str, how: str, words: str) -> None:
+    build_chain(url, 10)
+    tamper(url, TAMPERS[how])
+    assert verify_chain(url).problem.startswith(words)
+
+
+def test_anchor_catches_a_truncated_tail(url: str) -> None:
+    hashes = build_chain(url, 10)
+    assert verify_chain(url, anchor=hashes[-1]).anchor_ok is True
+    assert verify_chain(url, anchor=f"10 {hashes[-1]}").ok
+    assert verify_chain(url, anchor=hashes[3]).ok  # an older anchor is still in the chain
+    tamper(url, truncate_tail(10))
+    assert verify_chain(url).ok  # a clean cut at the end leaves a valid chain ...
+    report = verify_chain(url, anchor=hashes[-1])
+    assert not report.ok and report.anchor_ok is False  # ... but not the anchored head
+    assert "does not appear in the chain" in (report.problem or "")
+    report = verify_chain(url, anchor=f"10 {hashes[-1]}")
+    assert not report.ok and report.first_bad_seq == 10
+    for bad in ("abc", "z" * 64, f"x {hashes[0]}"):
+        with pytest.raises(AuditError, match="not a 64-hex hash"):
+            verify_chain(url, anchor=bad)
+
+
+# --------------------------------------------------------------------------- CLI
+@pytest.fixture
+def cli_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    for name in ("GOVML_GOVERNANCE_URL", "GOVML_AIRFLOW_DB_URL", "GOVML_MLFLOW_BACKEND_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("AIRFLOW_HOME", raising=False)
+    monkeypatch.setenv("GOVML_VAR_DIR", str(tmp_path / "var"))
+    return f"sqlite:///{tmp_path / 'var' / 'governance.db'}"
+
+
+def test_cli_verify_head_and_log(cli_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    hashes = build_chain(cli_url, 4)
+    assert main(["audit", "verify"]) == 0
+    assert capsys.readouterr().out.strip() == f"chain ok: 4 events, head seq 4 hash {hashes[-1]}"
+    assert main(["audit", "verify", "--anchor", hashes[1]]) == 0
+    assert capsys.readouterr().out.strip().endswith(", anchor found")
+    assert main(["audit", "head"]) == 0
+    assert capsys.readouterr().out.strip() == f"4 {hashes[-1]}"
+
+    assert main(["audit", "log", "--version", "1"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["2", "4"]
+    assert "gate_result" in lines[0] and "fraud:1" in lines[0] and '{"i":2}' in lines[0]
+
+    assert main(["audit", "log", "--model", "fraud", "--limit", "2", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [e["seq"] for e in listed] == [3, 4]
+    assert listed[1]["hash"] == hashes[-1] and listed[1]["payload"] == {"i": 4}
+    assert listed[1]["occurred_at"].endswith("Z")
+
+
+def test_cli_verify_reports_a_broken_chain(
+    cli_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    hashes = build_chain(cli_url, 10)
+    tamper(cli_url, modify_payload)
+    assert main(["audit", "verify"]) == 6
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err
+    assert err.startswith("error: chain BROKEN at seq 5: event seq 5 was modified")
+    tamper(cli_url, truncate_tail(9))
+    assert main(["audit", "verify", "--anchor", hashes[-1]]) == 6
+    assert "error: chain BROKEN at seq 5" in capsys.readouterr().err  # first problem first
+
+
+def test_cli_db_init_migrates_the_governance_store(
+    cli_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["db", "init"]) == 0
+    out = capsys.readouterr().out
+    assert "governance  schema at revision 0002_governance" in out
+    assert head(cli_url) == (0, GENESIS)
