@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ops.cli_audit import add_audit_commands
+from ops.cli_evidence import add_export_parser
 from ops.cli_governance import add_governance_commands
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError, SpecError
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = db_sub.add_parser("init", help="create the databases if missing (PostgreSQL)")
     p.set_defaults(func=cmd_db_init)
 
-    add_audit_commands(sub)
+    add_export_parser(add_audit_commands(sub))
     add_governance_commands(sub)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")

@@ -3,8 +3,9 @@
 Validates every spec, generates the fraud and credit data sets and copies the German
 Credit data (Parquet + manifest, SHA-256), then runs the fraud lifecycle DAG end to
 end (ingest, data validation, lineage, features, training, evaluation, fairness,
-SHAP, gates, MLflow registration as ``candidate``) and prints where to look. Later
-stages (approval, deployment, monitoring) join here as they land.
+SHAP, gates, MLflow registration as ``candidate``, audit events, and the approval
+request) and prints where to look. The run stops at the human approval gate: a
+reviewer approves in the Airflow UI (``make up``) or with ``govml approve``.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
     console.print("Airflow and MLflow : make up   (prints the URLs and the Airflow login);")
     console.print("                     the registered candidate is under Models → fraud")
     console.print("run it again       : .venv/bin/govml run fraud   (or trigger it in Airflow)")
+    console.print("approvals          : .venv/bin/govml approvals list --status pending")
+    console.print("audit trail        : .venv/bin/govml audit verify; .venv/bin/govml audit log")
     if code == 0:
         console.print("[green]demo finished[/]")
     return code

@@ -124,6 +124,11 @@ def _iso(value: dt.datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def iso_utc(value: dt.datetime) -> str:
+    """ISO-8601 with the UTC offset (SQLite returns naive datetimes)."""
+    return _iso(value) or ""
+
+
 def _state(session: Session, request: ApprovalRequest) -> ApprovalState:
     decisions = session.scalars(
         select(ApprovalDecision)

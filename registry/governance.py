@@ -242,7 +242,7 @@ def deployments(url: str, model_name: str, model_version: str | None = None) -> 
                 "traffic_percent": r.traffic_percent,
                 "approval_request_id": r.approval_request_id,
                 "actor": r.actor,
-                "occurred_at": r.occurred_at.isoformat(),
+                "occurred_at": approvals.iso_utc(r.occurred_at),
                 "details": dict(r.details or {}),
             }
             for r in rows

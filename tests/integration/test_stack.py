@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 
 from ops.stack import MARKER, stack_id
 from pipelines.config import load_settings
-from tests.support import stack_env
+from tests.support import AirflowAPI, single_spec_dir, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -80,57 +79,20 @@ def _check_services(env: dict[str, str]) -> None:
     assert code == 200 and got["experiment"]["name"] == "stack-smoke"
 
 
-def _token(env: dict[str, str]) -> str:
-    settings = load_settings(env)
-    passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
-    _, body = _request(
-        f"{settings.airflow_url}/auth/token",
-        {"username": "operator", "password": passwords["operator"]},
-    )
-    return body["access_token"]
-
-
 def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
-    """The scheduler and LocalExecutor run the German Credit lifecycle, triggered via REST."""
+    """The scheduler and LocalExecutor run the German Credit lifecycle, triggered via REST,
+    through registration up to the human approval gate (answered in tests/e2e)."""
     settings = load_settings(env)
-    token = _token(env)
+    api = AirflowAPI(settings)
     dag = "german_credit_lifecycle"
-    deadline = time.monotonic() + 180
-    while True:  # the dag-processor parses dags/ after start-up
-        code, _ = _request(f"{settings.airflow_url}/api/v2/dags/{dag}", token=token)
-        if code == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(2)
-    assert code == 200, f"{dag} not parsed by the dag-processor"
-    code, run = _request(
-        f"{settings.airflow_url}/api/v2/dags/{dag}/dagRuns",
-        {"logical_date": None, "conf": {"tuning_trials": 0}},
-        token=token,
-    )
-    assert code == 200, run
-    run_id = run["dag_run_id"]
-    deadline = time.monotonic() + 420
-    state = run["state"]
-    while state in ("queued", "running") and time.monotonic() < deadline:
-        time.sleep(3)
-        _, run = _request(
-            f"{settings.airflow_url}/api/v2/dags/{dag}/dagRuns/{run_id}", token=_token(env)
-        )
-        state = run["state"]
-    assert state == "success", (state, _tail_logs(settings))
-    _, tis = _request(
-        f"{settings.airflow_url}/api/v2/dags/{dag}/dagRuns/{run_id}/taskInstances",
-        token=_token(env),
-    )
-    assert {t["task_id"] for t in tis["task_instances"] if t["state"] == "success"} >= {
-        "ingest",
-        "validate_data",
-        "train",
-        "gates",
-        "register",
-    }
-    # registered through the MLflow tracking server of the stack (the scheduler may
-    # also have started the DAG's latest scheduled run: catchup is off, not scheduling)
+    run_id = api.trigger(dag, {"tuning_trials": 0}, user="operator")
+    try:
+        api.wait_awaiting_input(dag, run_id, "approval", timeout=600)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_tail_logs(settings)}") from None
+    for task in ("ingest", "validate_data", "train", "gates", "register", "request_approval"):
+        assert api.task_state(dag, run_id, task) == "success", task
+    # registered through the MLflow tracking server of the stack
     code, found = _request(
         f"{settings.mlflow_url}/api/2.0/mlflow/model-versions/search"
         f"?filter=name%3D%27german_credit%27"
@@ -142,6 +104,8 @@ def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
         if {"key": "govml.lifecycle_run_id", "value": run_id} in v.get("tags", [])
     ]
     assert len(ours) == 1, found
+    tags = {t["key"]: t["value"] for t in ours[0]["tags"]}
+    assert tags["govml.approval.status"] == "pending"
 
 
 def _tail_logs(settings) -> str:  # noqa: ANN001
@@ -150,7 +114,8 @@ def _tail_logs(settings) -> str:  # noqa: ANN001
 
 
 def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
-    env = _env(tmp_path)
+    specs = single_spec_dir(ROOT, tmp_path / "specs", "german_credit")
+    env = _env(tmp_path, GOVML_SPECS_DIR=str(specs))
     try:
         up = subprocess.run(
             ["make", "-s", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600

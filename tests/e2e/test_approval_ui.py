@@ -1,0 +1,249 @@
+"""The human approval gate in a real browser against `make up`'s Airflow.
+
+The German Credit lifecycle is triggered over REST by `operator`; it stops at the
+`approval` task (a Required Action). German Credit is a high-risk change (proxy
+warnings on protected attributes), so it needs two distinct approvers:
+
+* approve: `reviewer` approves in the Required Actions page (Chromium), the task
+  asks again; `validator` approves with `govml approve` (authenticated, answers the
+  same Required Action); the run goes on to `deploy`, which releases exactly that
+  version as `challenger`, and the browser shows the deploy task succeeded.
+* reject: `operator` (who triggered the run) tries to approve over REST and is
+  refused (the task asks again); `reviewer` rejects in the browser with a reason;
+  the run stops, the reason is recorded, nothing is deployed.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines.config import load_settings
+from tests.support import AirflowAPI, single_spec_dir, stack_env
+
+ROOT = Path(__file__).resolve().parents[2]
+GOVML = str(ROOT / ".venv" / "bin" / "govml")
+DAG = "german_credit_lifecycle"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    base = tmp_path_factory.mktemp("approval")
+    specs = single_spec_dir(ROOT, base / "specs", "german_credit")
+    env = stack_env(base / "var", GOVML_SPECS_DIR=str(specs))
+    try:
+        up = subprocess.run(
+            [GOVML, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        settings = load_settings(env)
+        yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings))
+    finally:
+        subprocess.run([GOVML, "stack", "down"], cwd=ROOT, env=env, timeout=300, check=False)
+
+
+def _login(browser, stack: SimpleNamespace, user: str):  # noqa: ANN001, ANN202
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(stack.settings.airflow_url, wait_until="networkidle")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", stack.api.passwords[user])
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{stack.settings.airflow_url}/**", timeout=30_000)
+    page.get_by_role("link", name="Dags").first.wait_for(timeout=30_000)
+    return context, page
+
+
+def _decide_in_browser(
+    browser,  # noqa: ANN001
+    stack: SimpleNamespace,
+    user: str,
+    run_id: str,
+    option: str,
+    reason: str,
+    shot: Path,
+) -> None:
+    """Log in, open the pending action from Browse -> Required Actions, answer it."""
+    context, page = _login(browser, stack, user)
+    try:
+        page.goto(f"{stack.settings.airflow_url}/required_actions", wait_until="networkidle")
+        row = page.locator("tr", has_text=run_id)
+        row.get_by_role("link", name="Approve german_credit").first.click(timeout=30_000)
+        page.get_by_text("neither may decide", exact=False).first.wait_for(timeout=30_000)
+        page.locator("#element_reason").wait_for(timeout=30_000)
+        approve = page.get_by_test_id(f"hitl-option-{option}")
+        assert approve.is_disabled(), "the reason is required before answering"
+        page.locator("#element_reason").fill(reason)
+        approve.click()
+        page.get_by_text("approval response successful", exact=False).wait_for(timeout=30_000)
+        page.screenshot(path=str(shot), full_page=True)
+    finally:
+        context.close()
+
+
+def _request(stack: SimpleNamespace, run_id: str):  # noqa: ANN202
+    from registry.approvals import list_requests
+
+    found = list_requests(stack.settings.governance_url, "german_credit")
+    ours = [r for r in found if r.run_id == run_id]
+    assert len(ours) == 1, found
+    return ours[0]
+
+
+def _until_recorded(stack: SimpleNamespace, run_id: str, kinds: int) -> None:
+    """Until the approval task processed the answer: a new event, then waiting again."""
+    import time
+
+    from registry.audit import events
+
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if len(events(stack.settings.governance_url, run_id=run_id)) >= kinds:
+            return
+        time.sleep(2)
+    raise AssertionError(f"no decision recorded for {run_id}")
+
+
+def _count(stack: SimpleNamespace, run_id: str) -> int:
+    from registry.audit import events
+
+    return len(events(stack.settings.governance_url, run_id=run_id))
+
+
+def test_approvers_approve_and_the_run_deploys_that_version(
+    browser,  # noqa: ANN001
+    stack: SimpleNamespace,
+    tmp_path: Path,
+) -> None:
+    api = stack.api
+    run_id = api.trigger(DAG, {"tuning_trials": 0}, user="operator")
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=600)
+    request = _request(stack, run_id)
+    assert request.triggered_by == "operator" and request.required_approvers == 2
+    assert request.risk_reasons, "German Credit's proxy warnings make it high-risk"
+
+    before = _count(stack, run_id)
+    _decide_in_browser(
+        browser,
+        stack,
+        "reviewer",
+        run_id,
+        "Approve",
+        "model card and SHAP reviewed",
+        tmp_path / "reviewer-approves.png",
+    )
+    _until_recorded(stack, run_id, before + 1)
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=180)  # asks the second approver
+    assert api.task_state(DAG, run_id, "deploy") is None  # not started
+    assert _request(stack, run_id).approvers == ["reviewer"]
+
+    cli = subprocess.run(
+        [
+            GOVML,
+            "approve",
+            "german_credit",
+            request.model_version,
+            "--as",
+            "validator",
+            "--reason",
+            "independent validation done",
+        ],
+        cwd=ROOT,
+        env=stack.env | {"GOVML_PASSWORD": api.passwords["validator"]},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    assert "request" in cli.stdout and "approved (2/2 approvals)" in cli.stdout
+    assert "answered the Required Action" in cli.stdout
+
+    assert api.wait_run(DAG, run_id, timeout=300) == "success"
+    assert api.task_state(DAG, run_id, "deploy") == "success"
+    final = _request(stack, run_id)
+    assert final.status == "approved" and final.consumed_at is not None
+    assert [(d.user, d.channel) for d in final.decisions] == [
+        ("reviewer", "ui"),
+        ("validator", "cli"),
+    ]
+
+    from registry.mlflow_registry import version_by_alias, version_tags
+
+    uri = stack.settings.mlflow_tracking_uri
+    assert version_by_alias(uri, "german_credit", "challenger").version == final.model_version
+    tags = version_tags(uri, "german_credit", final.model_version)
+    assert tags["govml.approval.status"] == "approved"
+    assert tags["govml.approval.approvers"] == "reviewer,validator"
+
+    # the reviewer sees the run continue to the deploy step in the UI
+    context, page = _login(browser, stack, "reviewer")
+    try:
+        page.goto(
+            f"{stack.settings.airflow_url}/dags/{DAG}/runs/{run_id}/tasks/deploy",
+            wait_until="networkidle",
+        )
+        page.get_by_text("Success", exact=True).first.wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "deploy-succeeded.png"), full_page=True)
+    finally:
+        context.close()
+    verify = subprocess.run(
+        [GOVML, "audit", "verify"], cwd=ROOT, env=stack.env, capture_output=True, text=True
+    )
+    assert verify.returncode == 0 and "chain ok" in verify.stdout, verify.stdout + verify.stderr
+
+
+def test_self_approval_is_refused_and_a_rejection_stops_the_run(
+    browser,  # noqa: ANN001
+    stack: SimpleNamespace,
+    tmp_path: Path,
+) -> None:
+    api = stack.api
+    run_id = api.trigger(DAG, {"tuning_trials": 0}, user="operator")
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=600)
+
+    # whoever triggered the run cannot approve it, even over REST
+    before = _count(stack, run_id)
+    code, body = api.answer(DAG, run_id, "approval", "Approve", "looks fine to me", "operator")
+    assert code == 200, body
+    _until_recorded(stack, run_id, before + 1)
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=180)
+    from registry.audit import events
+
+    refused = events(stack.settings.governance_url, run_id=run_id, kinds=["approval_refused"])
+    assert refused and refused[-1].actor == "operator"
+    assert "triggered this run" in refused[-1].payload["reason"]
+
+    _decide_in_browser(
+        browser,
+        stack,
+        "reviewer",
+        run_id,
+        "Reject",
+        "PSI on the age bands is unexplained",
+        tmp_path / "reviewer-rejects.png",
+    )
+    assert api.wait_run(DAG, run_id, timeout=300) == "failed"
+    assert api.task_state(DAG, run_id, "approval") == "failed"
+    assert api.task_state(DAG, run_id, "deploy") in ("upstream_failed", None)
+    final = _request(stack, run_id)
+    assert final.status == "rejected"
+    assert final.decisions[-1].reason == "PSI on the age bands is unexplained"
+    from registry.governance import deployments
+
+    assert all(
+        d["model_version"] != final.model_version
+        for d in deployments(stack.settings.governance_url, "german_credit")
+    )
+    # the reason is in the task's log for whoever opens the failed run
+    logs = [
+        p
+        for p in (stack.settings.airflow_home / "logs").rglob("attempt=*.log")
+        if f"run_id={run_id}" in str(p) and "task_id=approval" in str(p)
+    ]
+    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    assert "rejected by reviewer: PSI on the age bands is unexplained" in text
