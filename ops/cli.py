@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ops.cli_args import positive_int as _positive_int
 from ops.cli_audit import add_audit_commands
 from ops.cli_evidence import add_export_parser
 from ops.cli_governance import add_governance_commands
@@ -281,16 +282,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_demo)
     return parser
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be greater than zero")
-    return number
 
 
 def _unit_float(value: str) -> float:

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from ops.cli_args import positive_int as _positive_int
 from pipelines.config import Settings
 
 
@@ -64,16 +65,6 @@ def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> int:
             f"{_model(r):<24} {canonical_json(r.payload)}"
         )
     return 0
-
-
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"{value!r} must be greater than zero")
-    return number
 
 
 def add_audit_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:

@@ -78,6 +78,7 @@ class Lifecycle:
         from mlflow import MlflowClient
 
         mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)  # models:/ URIs resolve through it
         return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
 
     def versions(self, name: str) -> list:
