@@ -190,8 +190,8 @@ def main() -> int:
     task_sum = sum(airflow["tasks"].get(t, 0.0) for t in airflow["stages"])
     in_task = task_sum - stage_sum
     lines = [
-        f"Fraud lifecycle DAG on {args.rows:,} generated transactions "
-        f"(run state: {airflow['state']}).",
+        f"Fraud lifecycle DAG on {args.rows:,} generated transactions, every automated "
+        f"stage up to the human approval gate (run state: {airflow['state']}).",
         "",
         "| stage | stage function in the DAG (s) | plain script (s) |",
         "| --- | ---: | ---: |",

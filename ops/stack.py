@@ -141,6 +141,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
         "AIRFLOW__OPENLINEAGE__NAMESPACE": "govml",
+        # emit from a bounded thread, not a fork per event: forking a task process that
+        # holds a large frame costs time, and a forked emitter could outlive its parent
+        "AIRFLOW__OPENLINEAGE__EXECUTE_IN_THREAD": "True",
         "AIRFLOW__OPENLINEAGE__TRANSPORT": json.dumps(
             {"type": "file", "log_file_path": str(openlineage_file(settings)), "append": True}
         ),
