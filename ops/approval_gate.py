@@ -172,6 +172,13 @@ class GovernedApprovalOperator(HITLOperator):
 
         request = self._request(context)
         label = f"{request['model_name']} v{request['model_version']}"
+        settings = self._settings()
+        current = _current(settings.governance_url, request)
+        if current.status == APPROVED:
+            # enough approvals were recorded elsewhere (the CLI) before this answer
+            self._mirror(current)
+            log.info("%s approved by %s", label, ", ".join(current.approvers))
+            return current.to_dict()
         if event.get("error_type") == "timeout" or event.get("timedout"):
             self._expire(request)
             raise AirflowFailException(
@@ -185,7 +192,6 @@ class GovernedApprovalOperator(HITLOperator):
         user = str(responder.get("name") or responder.get("id") or "")
         if chosen not in ([APPROVE], [REJECT]) or not user:
             return self._ask(context, request, f"Ignored an invalid answer {chosen} by {user!r}.")
-        settings = self._settings()
         try:
             state = decide(
                 settings.governance_url,

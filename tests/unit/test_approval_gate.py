@@ -123,3 +123,15 @@ def test_a_cli_decision_woken_task_does_not_count_twice(gate) -> None:  # noqa: 
     result = gate.op.execute_complete(gate.context, _answer("reviewer", "Approve"))
     assert result["status"] == "approved"
     assert [d["channel"] for d in result["decisions"]] == ["cli"]
+
+
+def test_an_approval_completed_elsewhere_is_honoured_even_at_the_timeout(gate) -> None:  # noqa: ANN001
+    # the CLI recorded the decision but could not wake the task; the next resume
+    # (here: the scheduler's timeout event) must not turn an approval into a rejection
+    approvals.decide(
+        gate.url, SPEC.name, "3", user="validator", decision="approve", reason="ok", channel="cli"
+    )
+    event = {"error": "The Human-in-the-loop response timeout has passed", "error_type": "timeout"}
+    result = gate.op.execute_complete(gate.context, event)
+    assert result["status"] == "approved" and result["approvers"] == ["validator"]
+    assert approvals.get_request(gate.url, SPEC.name, "3").status == "approved"
