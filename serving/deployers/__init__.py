@@ -1,0 +1,42 @@
+"""Deployers: put an approved model version behind an endpoint (local processes, Kubernetes).
+
+Every deployer takes a :class:`Release` (which version, from where, with which approved
+artifact SHA-256) and returns an :class:`Endpoint`; the model server itself refuses an
+artifact whose SHA-256 differs from the release's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Release:
+    model_name: str
+    version: str
+    model_uri: str
+    artifact_sha256: str
+    approval_request_id: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The deployment's name: ``<model>-v<version>`` (a DNS-1035 label for Kubernetes)."""
+        return f"{self.model_name.replace('_', '-')}-v{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    model_name: str
+    version: str
+    url: str
+    artifact_sha256: str
+    deployer: str
+    details: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,231 @@
+"""The ``local`` deployer: one supervised model-server process per deployed version.
+
+``deploy`` starts ``python -m serving.supervise`` (detached, in its own session) from
+the serving environment; the supervisor runs the KServe model server on a free
+loopback port and restarts it if it dies. ``deploy`` returns once the model answers
+``/v2/models/NAME/ready``; a server that refuses the artifact (SHA-256 mismatch) or
+never becomes ready fails the deployment with the reason from the server's log, and
+leaves nothing running. State lives in ``<state root>/<model>-v<version>/``
+(``release.json``, ``endpoint.json``, ``supervisor.json``, ``server.log``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import DeploymentError
+from serving.deployers import Endpoint, Release
+
+log = logging.getLogger(__name__)
+
+REFUSED_EXIT = 3  # serving/__main__.py: the model was not loaded (e.g. SHA-256 mismatch)
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return True
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class LocalDeployer:
+    """Model servers as local processes (the embedded stack's deployment target)."""
+
+    kind = "local"
+
+    def __init__(
+        self,
+        state_root: Path,
+        python: Path,
+        *,
+        host: str = "127.0.0.1",
+        env: dict[str, str] | None = None,
+        ready_timeout: float = 120.0,
+    ) -> None:
+        self.state_root = Path(state_root)
+        self.python = Path(python)
+        self.host = host
+        self.env = dict(os.environ if env is None else env)
+        self.ready_timeout = ready_timeout
+
+    # ------------------------------------------------------------------ helpers
+    def _dir(self, name: str) -> Path:
+        return self.state_root / name
+
+    def _url(self, port: int) -> str:
+        return f"http://{self.host}:{port}"
+
+    def _ready(self, url: str, model: str) -> bool:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/models/{model}/ready", timeout=2) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def _endpoint(self, release: Release, port: int, state: dict[str, Any]) -> Endpoint:
+        return Endpoint(
+            name=release.name,
+            model_name=release.model_name,
+            version=release.version,
+            url=self._url(port),
+            artifact_sha256=release.artifact_sha256,
+            deployer=self.kind,
+            details={"port": port, "state_dir": str(self._dir(release.name)), **state},
+        )
+
+    # ------------------------------------------------------------------ interface
+    def deploy(self, release: Release, port: int | None = None) -> Endpoint:
+        """Start (or find running) the server of this release; return once it is ready."""
+        folder = self._dir(release.name)
+        current = self.status(release.name)
+        same = current.get("artifact_sha256") == release.artifact_sha256
+        if current.get("running") and same and self._ready(current["url"], release.model_name):
+            log.info("%s already serving at %s", release.name, current["url"])
+            return self._endpoint(release, int(current["port"]), current)
+        if current.get("running"):
+            self.stop(release.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in ("supervisor.json", "endpoint.json"):
+            (folder / stale).unlink(missing_ok=True)
+        port = port or _free_port(self.host)
+        (folder / "release.json").write_text(json.dumps(release.to_dict(), indent=2))
+        server = [
+            str(self.python), "-m", "serving",
+            "--model_name", release.model_name,
+            "--model_uri", release.model_uri,
+            "--expected_sha256", release.artifact_sha256,
+            "--http_port", str(port),
+            "--enable_grpc", "false",
+        ]  # fmt: skip
+        command = [
+            str(self.python), "-m", "serving.supervise",
+            "--state", str(folder),
+            "--permanent-exit", str(REFUSED_EXIT),
+            "--", *server,
+        ]  # fmt: skip
+        supervisor = subprocess.Popen(
+            command,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        url = self._url(port)
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self._ready(url, release.model_name):
+                break
+            state = _read_json(folder / "supervisor.json")
+            if supervisor.poll() is not None or state.get("gave_up"):
+                self._cleanup(folder, supervisor)
+                raise DeploymentError(
+                    f"{release.name}: the model server refused to start "
+                    f"(exit {state.get('last_exit_code', supervisor.returncode)}):\n"
+                    + _tail(folder / "server.log")
+                )
+            time.sleep(0.3)
+        else:
+            self._cleanup(folder, supervisor)
+            raise DeploymentError(
+                f"{release.name}: not ready within {self.ready_timeout:.0f} s:\n"
+                + _tail(folder / "server.log")
+            )
+        endpoint = {
+            "url": url,
+            "port": port,
+            "supervisor_pid": supervisor.pid,
+            "artifact_sha256": release.artifact_sha256,
+            "deployed_at": time.time(),
+        }
+        (folder / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
+        log.info("%s serving at %s (supervisor pid %d)", release.name, url, supervisor.pid)
+        return self._endpoint(release, port, self.status(release.name))
+
+    def _cleanup(self, folder: Path, supervisor: subprocess.Popen) -> None:
+        if supervisor.poll() is None:
+            os.killpg(supervisor.pid, signal.SIGTERM)
+            try:
+                supervisor.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(supervisor.pid, signal.SIGKILL)
+                supervisor.wait()
+        (folder / "endpoint.json").unlink(missing_ok=True)
+
+    def status(self, name: str) -> dict[str, Any]:
+        folder = self._dir(name)
+        endpoint = _read_json(folder / "endpoint.json")
+        state = _read_json(folder / "supervisor.json")
+        pid = endpoint.get("supervisor_pid") or state.get("supervisor_pid")
+        return {
+            **endpoint,
+            "running": _alive(pid),
+            "server_pid": state.get("server_pid"),
+            "restarts": state.get("restarts", 0),
+            "last_exit_code": state.get("last_exit_code"),
+        }
+
+    def stop(self, name: str, timeout: float = 30.0) -> bool:
+        """Stop the supervisor and its server; True if something was running."""
+        folder = self._dir(name)
+        state = _read_json(folder / "supervisor.json")
+        pid = _read_json(folder / "endpoint.json").get("supervisor_pid") or state.get(
+            "supervisor_pid"
+        )
+        if not _alive(pid):
+            (folder / "endpoint.json").unlink(missing_ok=True)
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _alive(pid):
+            os.killpg(pid, signal.SIGKILL)
+        (folder / "endpoint.json").unlink(missing_ok=True)
+        return True
+
+    def deployed(self) -> list[str]:
+        if not self.state_root.is_dir():
+            return []
+        return sorted(p.name for p in self.state_root.iterdir() if (p / "release.json").exists())
