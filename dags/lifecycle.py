@@ -326,6 +326,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def deploy(approved: dict[str, Any]) -> dict[str, Any]:
+            from ops.deploy import serve_release
             from registry.governance import release_approved
 
             run = _run(spec_path)
@@ -337,6 +338,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
                 actor="govml-lifecycle",
                 run_id=run.run_id,
                 out_dir=run.stage_dir("deploy"),
+                serve=lambda state: serve_release(run.settings, run.run_dir, state),
             )
 
         data = ingest()

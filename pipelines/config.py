@@ -24,6 +24,8 @@ environment variable named beside it, for example
 | MLflow tracking URI | ``MLFLOW_TRACKING_URI`` | ``http://$MLFLOW_HOST:$MLFLOW_PORT`` |
 | governance store | ``GOVML_GOVERNANCE_URL`` | ``sqlite:///$GOVML_VAR_DIR/governance.db`` |
 | model server | ``GOVML_SERVING_HOST`` / ``GOVML_SERVING_PORT`` | ``127.0.0.1`` / ``8090`` |
+| deployer, its state | ``GOVML_DEPLOYER`` / ``GOVML_SERVING_DIR`` | ``local`` / ``$VAR/serving`` |
+| serving env's Python | ``GOVML_SERVING_PYTHON`` | ``.venv-serving/bin/python`` |
 
 (1) ``admin:admin,reviewer:admin,validator:admin,operator:op``: Airflow's own roles.
 (2) ``reviewer:model_risk,validator:model_risk``: approver roles (``govml roles``)
@@ -69,6 +71,9 @@ class Settings:
     governance_url: str
     serving_host: str
     serving_port: int
+    deployer: str
+    serving_dir: Path
+    serving_python: Path
 
     @property
     def airflow_url(self) -> str:
@@ -137,6 +142,13 @@ def _users(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, 
     return tuple(users)
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = env.get(name) or default
+    if value not in allowed:
+        raise ConfigError(f"{name}={value!r}: must be one of {', '.join(allowed)}")
+    return value
+
+
 def _pairs(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, str], ...]:
     raw = env.get(name, default)
     pairs: list[tuple[str, str]] = []
@@ -187,4 +199,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         ),
         serving_host=env.get("GOVML_SERVING_HOST") or "127.0.0.1",
         serving_port=_port(env, "GOVML_SERVING_PORT", 8090),
+        deployer=_choice(env, "GOVML_DEPLOYER", "local", ("local", "kubernetes")),
+        serving_dir=_path(env, "GOVML_SERVING_DIR", var_dir / "serving"),
+        serving_python=_path(
+            env, "GOVML_SERVING_PYTHON", home / ".venv-serving" / "bin" / "python"
+        ),
     )

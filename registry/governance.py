@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -258,12 +259,15 @@ def release_approved(
     actor: str,
     run_id: str,
     out_dir: Path | None = None,
+    serve: Callable[[approvals.ApprovalState], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The deploy step: use a valid approval of exactly this version and release it.
 
     The artifact's SHA-256 is recomputed from the registry now, so an artifact
-    changed after approval voids the approval. The version gets the ``challenger``
-    alias (approved, on its way to shadow/canary) and a ``deployments`` row.
+    changed after approval voids the approval. ``serve`` (the orchestration's
+    deployer) then puts the version behind an endpoint and checks its answers; only
+    then does the version get the ``challenger`` alias and a ``deployments`` row
+    (using the approval), with the endpoint in the row's details.
     """
     from registry.mlflow_registry import CHALLENGER, artifact_sha256_of, set_alias, tag_version
 
@@ -275,14 +279,15 @@ def release_approved(
     state = approvals.authorise_deploy(
         url, model_name, str(model_version), sha, actor=actor, consume=False
     )
+    served = serve(state) if serve is not None else {}
     set_alias(tracking_uri, model_name, CHALLENGER, str(model_version))
     record_deployment(
         url,
         state,
-        environment="registry",
+        environment=str(served.get("deployer") or "registry"),
         action="deployed",
         actor=actor,
-        details={"alias": CHALLENGER, "lifecycle_run_id": run_id},
+        details={"alias": CHALLENGER, "lifecycle_run_id": run_id, **served},
         consume=True,
     )
     tag_version(
@@ -311,6 +316,8 @@ def _release_result(row: dict[str, Any], out_dir: Path | None) -> dict[str, Any]
         "artifact_sha256": row["artifact_sha256"],
         "approval_request_id": row["approval_request_id"],
         "lifecycle_run_id": row["details"].get("lifecycle_run_id"),
+        "endpoint": row["details"].get("endpoint"),
+        "environment": row["environment"],
         "actor": row["actor"],
         "occurred_at": row["occurred_at"],
     }

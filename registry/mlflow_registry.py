@@ -451,3 +451,21 @@ def download_run_folder(
             return None
         local.replace(dest)
     return dest
+
+
+def serving_uri(tracking_uri: str, name: str, version: str) -> str:
+    """Where a model server should load a version from.
+
+    A local artifact store gives its folder (a server needs no registry access); a
+    store behind the tracking server gives ``models:/NAME/VERSION`` (resolved by the
+    server through ``MLFLOW_TRACKING_URI``).
+    """
+    from urllib.parse import unquote, urlparse
+
+    uri = _client(tracking_uri).get_model_version_download_uri(name, str(version))
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme == "" and Path(uri).exists():
+        return uri
+    return f"models:/{name}/{version}"

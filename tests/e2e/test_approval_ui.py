@@ -16,6 +16,7 @@ warnings on protected attributes), so it needs two distinct approvers:
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -84,6 +85,16 @@ def _decide_in_browser(
         page.screenshot(path=str(shot), full_page=True)
     finally:
         context.close()
+
+
+def _task_logs(stack: SimpleNamespace, run_id: str, task: str) -> str:
+    """The task's log lines (for a failure message)."""
+    logs = [
+        p
+        for p in (stack.settings.airflow_home / "logs").rglob("attempt=*.log")
+        if f"run_id={run_id}" in str(p) and f"task_id={task}" in str(p)
+    ]
+    return "\n".join(p.read_text(errors="replace")[-3000:] for p in logs)
 
 
 def _request(stack: SimpleNamespace, run_id: str):  # noqa: ANN202
@@ -163,7 +174,8 @@ def test_approvers_approve_and_the_run_deploys_that_version(
     assert "request" in cli.stdout and "approved (2/2 approvals)" in cli.stdout
     assert "answered the Required Action" in cli.stdout
 
-    assert api.wait_run(DAG, run_id, timeout=300) == "success"
+    state = api.wait_run(DAG, run_id, timeout=420)
+    assert state == "success", _task_logs(stack, run_id, "deploy")
     assert api.task_state(DAG, run_id, "deploy") == "success"
     final = _request(stack, run_id)
     assert final.status == "approved" and final.consumed_at is not None
@@ -171,6 +183,14 @@ def test_approvers_approve_and_the_run_deploys_that_version(
         ("reviewer", "ui"),
         ("validator", "cli"),
     ]
+
+    from registry.governance import deployments
+
+    (deployed,) = deployments(stack.settings.governance_url, "german_credit", final.model_version)
+    endpoint = deployed["details"]["endpoint"]
+    assert deployed["environment"] == "local" and deployed["details"]["smoke_test"]["rows_checked"]
+    with urllib.request.urlopen(f"{endpoint}/v2/models/german_credit/ready", timeout=10) as r:
+        assert r.status == 200  # the approved version is being served
 
     from registry.mlflow_registry import version_by_alias, version_tags
 
@@ -240,10 +260,5 @@ def test_self_approval_is_refused_and_a_rejection_stops_the_run(
         for d in deployments(stack.settings.governance_url, "german_credit")
     )
     # the reason is in the task's log for whoever opens the failed run
-    logs = [
-        p
-        for p in (stack.settings.airflow_home / "logs").rglob("attempt=*.log")
-        if f"run_id={run_id}" in str(p) and "task_id=approval" in str(p)
-    ]
-    text = "\n".join(p.read_text(errors="replace") for p in logs)
+    text = _task_logs(stack, run_id, "approval")
     assert "rejected by reviewer: PSI on the age bands is unexplained" in text

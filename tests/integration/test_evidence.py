@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
@@ -43,6 +44,7 @@ class Released:
     version: str
     run_id: str
     reasons: dict[str, str]
+    release: dict
 
 
 def _reason(user: str) -> str:
@@ -85,7 +87,7 @@ def _run_lifecycle(var_dir: Path) -> tuple[Settings, str]:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
+def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Released]:
     import mlflow
 
     from registry import approvals, governance
@@ -113,10 +115,23 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Released:
     # models:/ URIs through MLflow's process-wide registry URI, so give it the same here.
     mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
     mlflow.set_registry_uri(settings.mlflow_tracking_uri)
-    governance.release_approved(
-        url, settings.mlflow_tracking_uri, MODEL, version, actor=DEPLOYER, run_id=run_id
+    from ops.deploy import deployer_for, serve_release
+    from pipelines.runs import safe_run_id
+
+    run_dir = settings.runs_dir / MODEL / safe_run_id(run_id)
+    release = governance.release_approved(
+        url,
+        settings.mlflow_tracking_uri,
+        MODEL,
+        version,
+        actor=DEPLOYER,
+        run_id=run_id,
+        serve=lambda state: serve_release(settings, run_dir, state),
     )
-    return Released(settings, version, run_id, reasons)
+    try:
+        yield Released(settings, version, run_id, reasons, release)
+    finally:
+        deployer_for(settings).stop(f"german-credit-v{version}")
 
 
 def _cli(argv: list[str], settings: Settings) -> int:
@@ -363,3 +378,36 @@ def test_a_tampered_audit_row_makes_the_pack_say_broken(
 
     exported = events(url, model_name=MODEL, kinds=["evidence_exported"])[-1]
     assert exported.payload["chain_ok"] is False and exported.payload["out_dir"] == str(out)
+
+
+def test_the_deploy_step_serves_exactly_the_approved_version(released: Released) -> None:
+    """The deploy step started the version's model server (local deployer), which loaded
+    the approved artifact and scored the run's test rows exactly like the pipeline."""
+    import urllib.request
+
+    import pandas as pd
+
+    from pipelines.runs import safe_run_id
+    from pipelines.training import load_model
+    from registry.governance import deployments
+
+    endpoint = released.release["endpoint"]
+    assert endpoint and endpoint.startswith("http://127.0.0.1:")
+    (row,) = deployments(released.settings.governance_url, MODEL, released.version)
+    assert row["environment"] == "local"
+    assert row["details"]["smoke_test"]["rows_checked"] > 0
+    run_dir = released.settings.runs_dir / MODEL / safe_run_id(released.run_id)
+    names = json.loads((run_dir / "features" / "features.json").read_text())["features"]
+    sample = pd.read_parquet(run_dir / "features" / "test.parquet", columns=names).dropna()
+    sample = sample.tail(5)
+    body = json.dumps({"instances": sample.to_dict(orient="records")}).encode()
+    req = urllib.request.Request(
+        f"{endpoint}/v1/models/{MODEL}:predict",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    expected = load_model(run_dir / "train" / "model.txt").predict(sample)
+    assert answer["predictions"] == expected.tolist()
+    assert answer["model_sha256"] == row["artifact_sha256"]

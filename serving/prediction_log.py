@@ -1,0 +1,730 @@
+"""The prediction log: one record per scored row, written off the request path.
+
+``PredictionLog.log(record)`` only copies the record into a bounded queue: it never blocks
+and never raises. A full queue drops the record (counted in ``dropped``); the caller's
+latency never depends on the disk. A background thread takes batches from the queue,
+pseudonymises the personal-data fields, and appends them to the current file; the file is
+finished and renamed into place when it reaches ``rotate_rows`` rows or ``rotate_seconds``
+of age, on ``flush()`` and on ``close()``.
+
+Files are written atomically: rows go to a hidden ``.<name>.tmp`` file, which is fsynced
+and renamed to its final name only once complete, so a reader listing ``*.parquet`` or
+``*.jsonl`` (or ``pyarrow.dataset``, which skips dot-files) never sees a partial file.
+Names sort by time: ``predictions-20261128T203000Z-000001-3f9a1c.parquet`` (UTC time the
+file was opened, sequence number, instance id so that replicas sharing a folder never
+collide).
+
+Personal data: every field named in ``personal_fields`` (normally
+``spec.personal_data_columns()``), whether a top-level record key or a feature, is
+replaced by ``HMAC-SHA256(hmac_key, str(value))`` in hex: the same customer always maps
+to the same pseudonym, and the raw value is never written. Only the key holder can link a
+pseudonym back to a known customer id.
+
+A record (a dict) has these keys; all but ``features`` are optional:
+
+========== ==========================================================
+request_id  text (a UUID is made up when missing)
+timestamp   UTC time of the prediction: ``datetime``, epoch seconds or ISO text;
+            the time of ``log()`` when missing
+model_name  text
+model_version  text
+features    dict of feature name to value (JSON-serialisable)
+score       number
+decision    text (other values are stored as their JSON text)
+latency_ms  number
+client      text: the calling system
+========== ==========================================================
+
+Any other key is kept, pseudonymised the same way, in ``extra`` (JSON). In Parquet,
+``features`` and ``extra`` are JSON text columns (the feature set differs per model and
+may change between versions); in JSONL they are nested objects. :func:`read_records`
+reads either format back into the same dicts.
+
+Counters: every ``log()`` call ends in exactly one of ``written`` (in a complete file),
+``dropped`` (queue full or log closed), ``errors`` (a bad record or a failed write; the
+error is logged, never raised, and the writer carries on with the next file).
+After ``close()``: ``written + dropped + errors`` equals the number of ``log()`` calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import queue
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.errors import ConfigError
+
+if TYPE_CHECKING:
+    from pipelines.spec import ModelSpec
+
+log = logging.getLogger(__name__)
+
+Format = Literal["parquet", "jsonl"]
+FORMAT_VERSION = "govml-prediction-log/1"
+FILE_PREFIX = "predictions-"
+MIN_KEY_BYTES = 16
+FIELDS = (
+    "request_id",
+    "timestamp",
+    "model_name",
+    "model_version",
+    "features",
+    "score",
+    "decision",
+    "latency_ms",
+    "client",
+)
+SCHEMA = pa.schema(
+    [
+        pa.field("request_id", pa.string(), nullable=False),
+        pa.field("timestamp", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("features", pa.string()),
+        pa.field("score", pa.float64()),
+        pa.field("decision", pa.string()),
+        pa.field("latency_ms", pa.float64()),
+        pa.field("client", pa.string()),
+        pa.field("extra", pa.string()),
+    ]
+)
+_EXTENSION: dict[str, str] = {"parquet": ".parquet", "jsonl": ".jsonl"}
+_ERROR_LOG_INTERVAL_S = 10.0
+
+
+class _Flush:
+    """Queue marker: finish the current file, then set ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
+_CLOSE = object()
+
+
+# --------------------------------------------------------------------------- sinks
+class ParquetSink:
+    """Appends row groups to one Parquet file; ``finish`` closes and fsyncs it."""
+
+    def __init__(self, path: Path, metadata: dict[str, str], compression: str = "zstd") -> None:
+        self.path = path
+        self._schema = SCHEMA.with_metadata(metadata)
+        self._compression = compression
+        self._writer: pq.ParquetWriter | None = None
+
+    def _open(self) -> pq.ParquetWriter:
+        return pq.ParquetWriter(self.path, self._schema, compression=self._compression)
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        table = pa.Table.from_pylist(rows, schema=self._schema)
+        if self._writer is None:
+            self._writer = self._open()
+        self._writer.write_table(table)
+
+    def finish(self) -> None:
+        if self._writer is None:  # nothing written: still a valid, empty file
+            self._writer = self._open()
+        self._writer.close()
+        _fsync(self.path)
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+
+
+class JsonlSink:
+    """Appends one JSON object per line; ``finish`` flushes, fsyncs and closes."""
+
+    def __init__(self, path: Path, metadata: dict[str, str], compression: str = "none") -> None:
+        self.path = path
+        self._file: Any = None
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
+        self._file.write("".join(_jsonl_line(row) for row in rows))
+
+    def finish(self) -> None:
+        if self._file is None:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def abort(self) -> None:
+        if self._file is not None:
+            with contextlib.suppress(Exception):
+                self._file.close()
+
+
+_SINKS: dict[str, type[ParquetSink] | type[JsonlSink]] = {
+    "parquet": ParquetSink,
+    "jsonl": JsonlSink,
+}
+
+
+def _codec_available(name: str) -> bool:
+    if name.lower() in ("none", "uncompressed"):
+        return True
+    try:
+        return pa.Codec.is_available(name)
+    except ValueError:  # not a codec pyarrow knows
+        return False
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _jsonl_line(row: dict[str, Any]) -> str:
+    """One JSON object; ``features``/``extra`` (already JSON text) are spliced in as objects."""
+    head = {k: v for k, v in row.items() if k not in ("features", "extra")}
+    head["timestamp"] = _iso(row["timestamp"])
+    for key in ("score", "latency_ms"):
+        if head[key] is not None and not math.isfinite(head[key]):
+            head[key] = None
+    line = _LINE_ENCODER.encode(head)[:-1] + ',"features":' + row["features"]
+    if row["extra"] is not None:
+        line += ',"extra":' + row["extra"]
+    return line + "}\n"
+
+
+_LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# --------------------------------------------------------------------------- values
+def _json_default(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy scalars
+    if callable(item):
+        return _finite(item())
+    if isinstance(value, datetime):
+        return _iso(value if value.tzinfo else value.replace(tzinfo=UTC))
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+def _finite(value: Any) -> Any:
+    """Non-finite floats become None: JSON has no NaN, and NaN means 'missing' here."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _to_json(mapping: dict[str, Any]) -> str:
+    try:
+        return _ENCODER.encode(mapping)
+    except (ValueError, TypeError):  # NaN/inf, or keys that are not text
+        clean = {str(k): _finite(v) for k, v in mapping.items()}
+        return _ENCODER.encode(clean)
+
+
+_ENCODER = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), default=_json_default, allow_nan=False
+)
+
+
+def _as_float(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value)
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(_finite(value), default=_json_default)
+
+
+def _as_timestamp(value: Any, fallback: float) -> datetime:
+    if value is None:
+        return datetime.fromtimestamp(fallback, UTC)
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.fromtimestamp(float(value), UTC)
+
+
+def _canonical_text(value: Any) -> str:
+    """One text per identifier: 123, 123.0, numpy.int64(123) and "123" all give "123"."""
+    item = getattr(value, "item", None)
+    if callable(item) and not isinstance(value, str):
+        value = item()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+class Pseudonymiser:
+    """HMAC-SHA256 of ``str(value)`` in hex; ``None`` stays ``None``."""
+
+    def __init__(self, key: bytes, fields: Iterable[str]) -> None:
+        self._key = key
+        self.fields = frozenset(fields)
+
+    def value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        text = _canonical_text(value)
+        return hmac.digest(self._key, text.encode("utf-8"), "sha256").hex()
+
+    def mapping(self, mapping: dict[str, Any]) -> dict[str, Any]:
+        if not self.fields.intersection(mapping):
+            return mapping
+        return {k: (self.value(v) if k in self.fields else v) for k, v in mapping.items()}
+
+    @property
+    def key_id(self) -> str:
+        """A non-secret fingerprint telling which key made the pseudonyms."""
+        return hmac.new(self._key, b"govml-key-id", hashlib.sha256).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- the log
+class PredictionLog:
+    """An asynchronous, rotating, pseudonymising prediction log (see the module doc).
+
+    ``rotate_rows``/``rotate_seconds``: finish a file at this many rows or this age.
+    ``queue_size``: records held for the writer before ``log()`` drops. ``batch_rows``:
+    records the writer takes per wake-up; ``row_group_rows``: Parquet row-group size.
+    ``poll_seconds``: how often an idle writer checks the file's age. ``compression``:
+    the Parquet codec (JSONL is plain text). ``clock``: wall time in epoch seconds, for
+    default timestamps, file names and rotation (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        fmt: Format = "parquet",
+        *,
+        rotate_rows: int = 100_000,
+        rotate_seconds: float = 300.0,
+        queue_size: int = 10_000,
+        personal_fields: Iterable[str] = (),
+        hmac_key: bytes | str | None = None,
+        batch_rows: int = 1_000,
+        row_group_rows: int = 10_000,
+        poll_seconds: float = 0.5,
+        compression: str = "zstd",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if fmt not in _SINKS:
+            raise ConfigError(f"prediction log fmt: {fmt!r} is not one of {sorted(_SINKS)}")
+        for name, value in (
+            ("rotate_rows", rotate_rows),
+            ("queue_size", queue_size),
+            ("batch_rows", batch_rows),
+            ("row_group_rows", row_group_rows),
+        ):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"prediction log {name}: must be a whole number >= 1")
+        if rotate_seconds <= 0 or poll_seconds <= 0:
+            raise ConfigError("prediction log rotate_seconds and poll_seconds: must be > 0")
+        if fmt == "parquet" and not _codec_available(compression):
+            raise ConfigError(f"prediction log compression: {compression!r} is not available")
+        if isinstance(personal_fields, str):
+            personal_fields = [personal_fields]
+        fields = sorted(set(personal_fields))
+        key = hmac_key.encode("utf-8") if isinstance(hmac_key, str) else hmac_key
+        if fields and (key is None or len(key) < MIN_KEY_BYTES):
+            raise ConfigError(
+                f"prediction log hmac_key: personal fields {fields} need a key of at least "
+                f"{MIN_KEY_BYTES} bytes to be pseudonymised"
+            )
+        self.directory = Path(directory)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"prediction log directory {self.directory}: {exc}") from None
+        self.fmt: Format = fmt
+        self.rotate_rows = rotate_rows
+        self.rotate_seconds = float(rotate_seconds)
+        self.personal_fields = tuple(fields)
+        self._pseudo = Pseudonymiser(key or b"", fields)
+        self._batch_rows = batch_rows
+        self._row_group_rows = min(row_group_rows, rotate_rows)
+        self._poll = poll_seconds
+        self._clock = clock
+        self._compression = compression
+        self._instance = secrets.token_hex(3)
+        self._metadata = {
+            "govml.format": FORMAT_VERSION,
+            "govml.personal_fields": ",".join(fields),
+            "govml.pseudonymisation": "hmac-sha256-hex",
+            "govml.hmac_key_id": self._pseudo.key_id if fields else "",
+        }
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        self._gate = threading.Lock()  # orders log() against close()
+        self._closed = False
+        self._dropped = 0
+        self._written = 0
+        self._errors = 0
+        self._files: list[Path] = []
+        # writer-thread state
+        self._seq = 0
+        self._sink: ParquetSink | JsonlSink | None = None
+        self._tmp: Path | None = None
+        self._final: Path | None = None
+        self._opened_at = 0.0
+        self._file_rows = 0  # rows in the current file (written to the sink or pending)
+        self._pending: list[dict[str, Any]] = []  # rows not yet handed to the sink
+        self._last_error_log = -math.inf
+        self._suppressed_errors = 0
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def for_spec(
+        cls,
+        spec: ModelSpec,
+        directory: str | os.PathLike[str],
+        hmac_key: bytes | str,
+        **kwargs: Any,
+    ) -> PredictionLog:
+        """A log pseudonymising the fields ``spec`` marks as personal data."""
+        fields = spec.personal_data_columns  # a property of ModelSpec
+        return cls(directory, personal_fields=fields, hmac_key=hmac_key, **kwargs)
+
+    # ------------------------------------------------------------------ caller side
+    def log(self, record: dict[str, Any]) -> bool:
+        """Queue one record; False (and counted in ``dropped``) when full or closed.
+
+        Never blocks, never raises. The record is copied (one level, and its
+        ``features``), so the caller may reuse its dicts.
+        """
+        try:
+            now = self._clock()
+            item = dict(record)
+            features = item.get("features")
+            if isinstance(features, dict):
+                item["features"] = dict(features)
+            with self._gate:
+                if not self._closed:
+                    self._queue.put_nowait((item, now))
+                    return True
+        except queue.Full:
+            pass
+        except Exception:  # noqa: BLE001 (a broken record or clock must not reach the caller)
+            pass
+        self._count_drop()
+        return False
+
+    def _count_drop(self) -> None:
+        with self._gate:
+            self._dropped += 1
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Write everything logged so far into complete files; False on timeout."""
+        if self._closed or not self._thread.is_alive():
+            return not self._thread.is_alive()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        marker = _Flush()
+        try:
+            self._queue.put(marker, timeout=timeout)
+        except queue.Full:
+            return False
+        while not marker.done.wait(0.05):
+            if not self._thread.is_alive():  # closed meanwhile: close() wrote everything
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop accepting records, write every queued one, finish the file. Idempotent.
+
+        Returns False when the writer did not finish within ``timeout`` seconds.
+        """
+        with self._gate:
+            already = self._closed
+            self._closed = True
+        if not already:
+            try:
+                self._queue.put(_CLOSE, timeout=timeout)
+            except queue.Full:
+                log.warning("prediction log: queue still full after %ss; not closed", timeout)
+                return False
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def __enter__(self) -> PredictionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ counters
+    @property
+    def written(self) -> int:
+        """Rows in complete files."""
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        """Records refused by ``log()``: queue full, or the log already closed."""
+        return self._dropped
+
+    @property
+    def errors(self) -> int:
+        """Rows lost to a bad record or a failed write (each logged)."""
+        return self._errors
+
+    @property
+    def buffered(self) -> int:
+        """Rows taken by the writer and not yet in a complete file."""
+        return self._file_rows
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    @property
+    def files(self) -> list[Path]:
+        """Complete files this log wrote, oldest first."""
+        return list(self._files)
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "written": self._written,
+            "dropped": self._dropped,
+            "errors": self._errors,
+            "buffered": self._file_rows,
+            "queued": self._queue.qsize(),
+        }
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._step():
+                    return
+            except Exception:  # noqa: BLE001 (the writer must survive anything)
+                log.exception("prediction log: unexpected writer failure; carrying on")
+
+    def _step(self) -> bool:
+        """One batch; True when the log is closed and fully written."""
+        try:
+            first = self._queue.get(timeout=self._poll)
+        except queue.Empty:
+            self._rotate_if_old()
+            return False
+        batch = [first]
+        while len(batch) < self._batch_rows:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        closing = False
+        rows: list[tuple[dict[str, Any], float]] = []
+        for item in batch:
+            if item is _CLOSE:
+                closing = True
+            elif isinstance(item, _Flush):
+                self._add(rows)
+                rows = []
+                self._finish()
+                item.done.set()
+            else:
+                rows.append(item)
+        self._add(rows)
+        if closing:
+            self._drain_after_close()
+            self._finish()
+            return True
+        self._rotate_if_old()
+        return False
+
+    def _drain_after_close(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Flush):
+                item.done.set()
+            elif item is not _CLOSE:
+                self._add([item])
+
+    def _add(self, items: list[tuple[dict[str, Any], float]]) -> None:
+        for record, logged_at in items:
+            if self._sink is not None and self._clock() - self._opened_at >= self.rotate_seconds:
+                self._finish()
+            try:
+                row = self._row(record, logged_at)
+            except Exception as exc:  # noqa: BLE001 (a bad record is counted, not raised)
+                self._failed(1, f"bad record skipped: {type(exc).__name__}: {exc}")
+                continue
+            if self._sink is None and not self._open():
+                continue
+            self._pending.append(row)
+            self._file_rows += 1
+            if len(self._pending) >= self._row_group_rows:
+                self._write_pending()
+            if self._file_rows >= self.rotate_rows:
+                self._finish()
+        if self._pending:
+            self._write_pending()
+
+    def _row(self, record: dict[str, Any], logged_at: float) -> dict[str, Any]:
+        features = record.get("features")
+        if features is None:
+            features = {}
+        if not isinstance(features, dict):
+            raise TypeError(f"features must be a dict, not {type(features).__name__}")
+        extra = {k: v for k, v in record.items() if k not in FIELDS}
+        request_id = record.get("request_id")
+        return {
+            "request_id": str(request_id) if request_id is not None else uuid.uuid4().hex,
+            "timestamp": _as_timestamp(record.get("timestamp"), logged_at),
+            "model_name": _as_text(self._field("model_name", record.get("model_name"))),
+            "model_version": _as_text(self._field("model_version", record.get("model_version"))),
+            "features": _to_json(self._pseudo.mapping(features)),
+            "score": _as_float(record.get("score")),
+            "decision": _as_text(self._field("decision", record.get("decision"))),
+            "latency_ms": _as_float(record.get("latency_ms")),
+            "client": _as_text(self._field("client", record.get("client"))),
+            "extra": _to_json(self._pseudo.mapping(extra)) if extra else None,
+        }
+
+    def _field(self, name: str, value: Any) -> Any:
+        return self._pseudo.value(value) if name in self._pseudo.fields else value
+
+    def _open(self) -> bool:
+        now = self._clock()
+        self._seq += 1
+        stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
+        name = f"{FILE_PREFIX}{stamp}-{self._seq:06d}-{self._instance}{_EXTENSION[self.fmt]}"
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp"
+        try:
+            sink = _SINKS[self.fmt](tmp, self._metadata, self._compression)
+        except Exception as exc:  # noqa: BLE001
+            self._failed(1, f"cannot open {tmp}: {type(exc).__name__}: {exc}")
+            return False
+        self._sink, self._tmp, self._final, self._opened_at = sink, tmp, final, now
+        self._file_rows = 0
+        return True
+
+    def _write_pending(self) -> None:
+        if self._sink is None or not self._pending:
+            return
+        try:
+            self._sink.write(self._pending)
+        except Exception as exc:  # noqa: BLE001
+            self._discard(f"write to {self._tmp} failed: {type(exc).__name__}: {exc}")
+            return
+        self._pending = []
+
+    def _finish(self) -> None:
+        """Complete the current file: last rows, close, fsync, rename into place."""
+        if self._sink is None:
+            return
+        self._write_pending()
+        if self._sink is None:  # the write failed and discarded the file
+            return
+        sink, tmp, final, rows = self._sink, self._tmp, self._final, self._file_rows
+        assert tmp is not None and final is not None
+        try:
+            sink.finish()
+            os.replace(tmp, final)
+        except Exception as exc:  # noqa: BLE001
+            self._discard(f"finishing {final} failed: {type(exc).__name__}: {exc}")
+            return
+        self._reset()
+        self._written += rows
+        self._files.append(final)
+
+    def _rotate_if_old(self) -> None:
+        if self._sink is not None and self._clock() - self._opened_at >= self.rotate_seconds:
+            self._finish()
+
+    def _discard(self, message: str) -> None:
+        """Give up on the current file: its rows count as errors, the .tmp is removed."""
+        lost = self._file_rows
+        if self._sink is not None:
+            self._sink.abort()
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+        self._reset()
+        self._failed(lost, message)
+
+    def _reset(self) -> None:
+        self._sink = self._tmp = self._final = None
+        self._pending = []
+        self._file_rows = 0
+
+    def _failed(self, rows: int, message: str) -> None:
+        self._errors += rows
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
+            more = (
+                f" ({self._suppressed_errors} similar errors not logged)"
+                if self._suppressed_errors
+                else ""
+            )
+            log.error("prediction log: %s; %d row(s) lost%s", message, rows, more)
+            self._last_error_log = now
+            self._suppressed_errors = 0
+        else:
+            self._suppressed_errors += 1
+
+
+# --------------------------------------------------------------------------- reading
+def complete_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The complete log files in a folder, oldest first (never a ``.tmp``)."""
+    folder = Path(directory)
+    found = [p for ext in _EXTENSION.values() for p in folder.glob(f"{FILE_PREFIX}*{ext}")]
+    return sorted(found, key=lambda p: p.name)
+
+
+def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """One log file's records: ``features``/``extra`` as dicts, ``timestamp`` a UTC datetime."""
+    return list(_iter_records(Path(path)))
+
+
+def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
+    if path.suffix == ".parquet":
+        for row in pq.read_table(path).to_pylist():
+            row["features"] = json.loads(row["features"]) if row["features"] else {}
+            extra = row.pop("extra")
+            if extra:
+                row.update(json.loads(extra))
+            yield row
+        return
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            row["timestamp"] = datetime.fromisoformat(row["timestamp"])
+            extra = row.pop("extra", None)
+            if extra:
+                row.update(extra)
+            yield row
