@@ -1,15 +1,53 @@
-"""Start the model server: ``python -m serving --model_name fraud --model_uri URI``."""
+"""Start the model server: ``python -m serving --model_name fraud --model_uri URI``.
+
+Options beyond KServe's own (``--http_port``, ``--workers``...):
+
+* ``--expected_sha256``: refuse any other model file (exit 3, never ready);
+* ``--spec``: strict input validation against the spec's feature schema, decisions at
+  its threshold, personal data of the spec pseudonymised in the prediction log;
+* ``--model_version``: reported in responses and metrics;
+* ``--prediction_log DIR`` (``--prediction_log_format parquet|jsonl``): the
+  asynchronous prediction log; the HMAC key for personal data comes from
+  ``GOVML_PREDICTION_LOG_KEY``;
+* ``--tokens FILE``: bearer tokens (hashed, :mod:`serving.auth`) required on
+  predict/explain/infer; without it the endpoint is open (a warning is logged);
+* ``--max_body_bytes``: larger request bodies get 413 (default 1 MiB).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import secrets
 import sys
 
 import kserve
 from kserve import model_server
 
 from serving.model import LightGBMModel
+
+log = logging.getLogger(__name__)
+REFUSED = 3
+
+
+def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
+    if not args.prediction_log:
+        return None
+    from pipelines.spec import load_spec
+    from serving.prediction_log import PredictionLog
+
+    key = os.environ.get("GOVML_PREDICTION_LOG_KEY")
+    if not key:
+        key = secrets.token_hex(32)
+        log.warning(
+            "GOVML_PREDICTION_LOG_KEY is not set: personal data is pseudonymised with a "
+            "random key, so pseudonyms change when the server restarts"
+        )
+    kwargs = {"fmt": args.prediction_log_format}
+    if args.spec:
+        return PredictionLog.for_spec(load_spec(args.spec), args.prediction_log, key, **kwargs)
+    return PredictionLog(args.prediction_log, hmac_key=key, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,14 +58,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--expected_sha256", default=None, help="refuse to load a model file with another SHA-256"
     )
+    parser.add_argument("--spec", default=None, help="the model's spec YAML (strict input)")
+    parser.add_argument("--model_version", default="", help="the registered version served")
+    parser.add_argument("--prediction_log", default=None, help="folder of the prediction log")
+    parser.add_argument("--prediction_log_format", default="parquet", choices=["parquet", "jsonl"])
+    parser.add_argument("--tokens", default=None, help="bearer token file (hashed tokens)")
+    parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
     args, _ = parser.parse_known_args(argv)
-    model = LightGBMModel(args.model_name, args.model_uri, args.expected_sha256)
+    prediction_log = _prediction_log(args)
+    model = LightGBMModel(
+        args.model_name,
+        args.model_uri,
+        args.expected_sha256,
+        spec_path=args.spec,
+        version=args.model_version,
+        prediction_log=prediction_log,
+    )
     if not model.load():
-        logging.getLogger(__name__).error("model %s not loaded; not serving", args.model_name)
-        return 3
-    kserve.ModelServer(
-        http_port=args.http_port, grpc_port=args.grpc_port, enable_grpc=args.enable_grpc, workers=1
-    ).start([model])
+        log.error("model %s not loaded; not serving", args.model_name)
+        return REFUSED
+    from serving.auth import TokenStore
+    from serving.http import GuardMiddleware
+
+    tokens = TokenStore.load(args.tokens) if args.tokens else None
+    if tokens is None:
+        log.warning("no --tokens: predict/explain are open to anyone who can reach the port")
+    model_server.app.add_middleware(
+        GuardMiddleware, max_body_bytes=args.max_body_bytes, tokens=tokens
+    )
+    try:
+        kserve.ModelServer(
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            enable_grpc=args.enable_grpc,
+            workers=1,
+        ).start([model])
+    finally:
+        if prediction_log is not None:
+            prediction_log.close()
     return 0
 
 

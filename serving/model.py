@@ -4,6 +4,13 @@ The model comes from a local folder or any MLflow artifact URI (``models:/fraud@
 ``runs:/...``, ``s3://...``). When an expected SHA-256 is given, the model file is
 checked before loading; on mismatch the model never becomes ready and the log says why.
 Bad input maps to 400 through KServe's ``InvalidInput``; unknown models are KServe's 404.
+
+With the model's spec (``spec_path``), input is validated strictly against the spec's
+feature schema (:mod:`serving.schema`: names, types, ranges, categories, missing-value
+policy; every problem named) and turned into the model's input matrix without pandas;
+the booster must match the spec (features, category lists) or it is refused. Each
+scored row then carries its decision at the spec's threshold, goes to the prediction
+log (asynchronous, personal data pseudonymised) and to the score metrics.
 """
 
 from __future__ import annotations
@@ -19,11 +26,22 @@ import pandas as pd
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from prometheus_client import Counter, Histogram
 
 from pipelines import artifacts
 from pipelines.artifacts import MODEL_FILES
 
 log = logging.getLogger(__name__)
+
+SCORES = Histogram(
+    "govml_score",
+    "Model scores served",
+    ["model", "version"],
+    buckets=(0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99),
+)
+DECISIONS = Counter(
+    "govml_decisions_total", "Scored rows by decision", ["model", "version", "decision"]
+)
 
 
 def find_model_file(folder: Path) -> Path:
@@ -47,10 +65,25 @@ def resolve_model_dir(model_uri: str) -> Path:
 class LightGBMModel(Model):
     """Scores rows with a LightGBM booster; returns the positive-class probability."""
 
-    def __init__(self, name: str, model_uri: str, expected_sha256: str | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        model_uri: str,
+        expected_sha256: str | None = None,
+        *,
+        spec_path: str | None = None,
+        version: str = "",
+        prediction_log: Any = None,
+    ) -> None:
         super().__init__(name)
         self.model_uri = model_uri
         self.expected_sha256 = expected_sha256
+        self.spec_path = spec_path
+        self.version = version
+        self.prediction_log = prediction_log
+        self.schema_: Any = None
+        self.threshold_: float | None = None
+        self.labels_ = ("positive", "negative")
         self.booster_: lgb.Booster | None = None
         self.feature_names_: list[str] = []
         self.categories_: dict[str, list[Any]] = {}
@@ -76,9 +109,76 @@ class LightGBMModel(Model):
         pandas_cats = getattr(booster, "pandas_categorical", None) or []
         cat_names = [self.feature_names_[i] for i in _indices(cat_idx)]
         self.categories_ = dict(zip(cat_names, pandas_cats, strict=False))
+        if self.spec_path and not self._load_schema(booster):
+            self.ready = False
+            return False
         self.ready = True
         log.info("loaded %s (sha256 %s, %d features)", model_file, digest, len(self.feature_names_))
         return True
+
+    def _load_schema(self, booster: lgb.Booster) -> bool:
+        from pipelines.errors import GovMLError
+        from pipelines.spec import load_spec
+        from pipelines.training import booster_categories
+        from serving.schema import FeatureSchema
+
+        try:
+            spec = load_spec(self.spec_path)
+            cats = booster_categories(booster)
+            schema = FeatureSchema.from_spec(
+                spec, categories={k: [str(c) for c in v] for k, v in cats.items()}
+            )
+            schema.check_model(booster.feature_name(), cats)
+        except GovMLError as exc:
+            log.error("refusing to serve %s: %s", self.name, exc)
+            return False
+        self.schema_ = schema
+        self.threshold_ = spec.gates.decision_threshold
+        # what a score at or above the threshold means for the bank's system
+        self.labels_ = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
+        return True
+
+    def _strict(self, instances: Any = None, columns: Any = None) -> np.ndarray:
+        from serving.schema import InputError, validate_columns, validate_rows
+
+        try:
+            if columns is not None:
+                return validate_columns(self.schema_, columns)
+            return validate_rows(self.schema_, instances)
+        except InputError as exc:
+            raise InvalidInput(str(exc)) from None
+
+    def _record(self, rows: list[dict[str, Any]], scores: np.ndarray, started: float) -> list:
+        """Decisions at the spec's threshold; metrics and the prediction log (never raise)."""
+        import time
+
+        threshold = self.threshold_ if self.threshold_ is not None else 0.5
+        decisions = [bool(s >= threshold) for s in scores]
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        try:
+            hist = SCORES.labels(self.name, self.version)
+            for score, flagged in zip(scores, decisions, strict=True):
+                hist.observe(float(score))
+                DECISIONS.labels(self.name, self.version, str(flagged).lower()).inc()
+            if self.prediction_log is not None:
+                request_id = str(uuid.uuid4())
+                for i, (row, score, flagged) in enumerate(
+                    zip(rows, scores, decisions, strict=True)
+                ):
+                    self.prediction_log.log(
+                        {
+                            "request_id": f"{request_id}:{i}",
+                            "model_name": self.name,
+                            "model_version": self.version,
+                            "features": row,
+                            "score": float(score),
+                            "decision": self.labels_[0] if flagged else self.labels_[1],
+                            "latency_ms": latency_ms,
+                        }
+                    )
+        except Exception:  # noqa: BLE001 (logging must never fail a request)
+            log.exception("recording predictions failed")
+        return decisions
 
     # ------------------------------------------------------------------ input
     def _frame(self, rows: Any) -> pd.DataFrame:
@@ -135,6 +235,8 @@ class LightGBMModel(Model):
         headers: dict[str, str] | None = None,
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
+        if self.schema_ is not None:
+            return self._predict_strict(payload)
         if isinstance(payload, InferRequest):
             try:
                 frame = payload.as_dataframe()
@@ -155,6 +257,47 @@ class LightGBMModel(Model):
             raise InvalidInput("the body must be a JSON object with 'instances'")
         scores = self._score(self._frame(payload["instances"]))
         return {"predictions": scores.tolist(), "model_sha256": self.model_sha256_}
+
+    def _predict_strict(self, payload: dict | InferRequest) -> dict | InferResponse:
+        import time
+
+        started = time.perf_counter()
+        assert self.booster_ is not None
+        if isinstance(payload, InferRequest):
+            columns: dict[str, Any] = {}
+            for item in payload.inputs:
+                try:
+                    columns[item.name] = item.as_numpy()
+                except Exception as exc:  # noqa: BLE001 (any decoding problem is bad input)
+                    raise InvalidInput(f"input {item.name!r}: cannot read it: {exc}") from None
+            matrix = self._strict(columns=columns)
+            scores = np.asarray(self.booster_.predict(matrix), dtype="float64")
+            rows = [dict(zip(self.schema_.names, r, strict=True)) for r in matrix.tolist()]
+            decisions = self._record(rows, scores, started)
+            score_out = InferOutput(name="score", shape=[len(scores)], datatype="FP64")
+            score_out.set_data_from_numpy(scores, binary_data=False)
+            decision_out = InferOutput(name="decision", shape=[len(scores)], datatype="BOOL")
+            decision_out.set_data_from_numpy(np.asarray(decisions, dtype=bool), binary_data=False)
+            return InferResponse(
+                model_name=self.name,
+                model_version=self.version or None,
+                infer_outputs=[score_out, decision_out],
+                response_id=payload.id or str(uuid.uuid4()),
+            )
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise InvalidInput("the body must be a JSON object with 'instances'")
+        instances = payload["instances"]
+        matrix = self._strict(instances=instances)
+        scores = np.asarray(self.booster_.predict(matrix), dtype="float64")
+        rows = instances if isinstance(instances, list) else [instances]
+        decisions = self._record(rows, scores, started)
+        return {
+            "predictions": scores.tolist(),
+            "decisions": decisions,
+            "threshold": self.threshold_,
+            "model_version": self.version,
+            "model_sha256": self.model_sha256_,
+        }
 
 
 def _indices(value: Any) -> list[int]:

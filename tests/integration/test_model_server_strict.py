@@ -1,0 +1,325 @@
+"""The model server with its spec, on loopback (.venv-serving): strict input, tokens,
+body limit, metrics, prediction log, and scores equal to the pipeline's.
+
+The German Credit model is trained by the real pipeline stages (features, training);
+the server validates each request against the spec's feature schema and scores the
+model input matrix without pandas.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipelines.data.german_credit import load_german_credit
+from pipelines.features import build_features, read_split
+from pipelines.training import load_model, score, train
+from serving.auth import generate_token, write_records
+from serving.prediction_log import complete_files, read_records
+from tests.support import free_port
+from tests.unit.test_features import spec_of, with_training, write_ingest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
+SPEC = ROOT / "specs" / "german_credit.yaml"
+MODEL = "german_credit"
+pytestmark = pytest.mark.slow
+
+
+def _call(
+    url: str, body: object | None = None, token: str | None = None, raw: bytes | None = None
+) -> tuple[int, Any, dict[str, str]]:
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            text = resp.read()
+            try:
+                return resp.status, json.loads(text), dict(resp.headers)
+            except ValueError:
+                return resp.status, text.decode(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        try:
+            return err.code, json.loads(text), dict(err.headers)
+        except ValueError:
+            return err.code, text.decode(errors="replace"), dict(err.headers)
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    values = frame.astype(object).where(frame.notna(), None)
+    return json.loads(json.dumps(values.to_dict("records"), default=lambda o: o.item()))
+
+
+def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    # output to a file: a pipe nobody reads fills up and blocks the server's logging
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(SERVING_PY), "-m", "serving", "--enable_grpc", "false", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    root = tmp_path_factory.mktemp("strict")
+    spec = with_training(spec_of(MODEL), num_boost_round=60, early_stopping_rounds=60)
+    build_features(
+        spec, write_ingest(spec, load_german_credit(), root / "ingest"), root / "features"
+    )
+    train(spec, root / "features", root / "train")
+    booster = load_model(root / "train" / "model.txt")
+    test = read_split(spec, root / "features", "test")
+    predict_token, predict_record = generate_token("core-banking", ["predict"])
+    explain_token, explain_record = generate_token("dashboards", ["explain"])
+    tokens = root / "tokens.json"
+    write_records(tokens, [predict_record, explain_record])
+    port = free_port()
+    env = dict(os.environ) | {"GOVML_PREDICTION_LOG_KEY": "k" * 32}
+    digest = hashlib.sha256((root / "train" / "model.txt").read_bytes()).hexdigest()
+    proc = _start(
+        env,
+        root / "server.log",
+        "--model_name", MODEL,
+        "--model_uri", str(root / "train"),
+        "--expected_sha256", digest,
+        "--spec", str(SPEC),
+        "--model_version", "7",
+        "--prediction_log", str(root / "predictions"),
+        "--prediction_log_format", "jsonl",
+        "--tokens", str(tokens),
+        "--max_body_bytes", "200000",
+        "--http_port", str(port),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (root / "server.log").read_text()
+        try:
+            if _call(f"{base}/v2/models/{MODEL}/ready")[0] == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("model server not ready in 90 s")
+    ns = SimpleNamespace(
+        base=base,
+        proc=proc,
+        token=predict_token,
+        explain_token=explain_token,
+        spec=spec,
+        booster=booster,
+        test=test,
+        rows=_records(test[list(booster.feature_name())]),
+        log_dir=root / "predictions",
+        root=root,
+        env=env,
+    )
+    try:
+        yield ns
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=60)
+
+
+def _predict(server: SimpleNamespace, body: object, token: str | None = "default") -> tuple:
+    token = server.token if token == "default" else token
+    return _call(f"{server.base}/v1/models/{MODEL}:predict", body, token)
+
+
+def test_v1_scores_and_decisions_equal_the_pipeline(server: SimpleNamespace) -> None:
+    code, body, _ = _predict(server, {"instances": server.rows})
+    assert code == 200, body
+    expected = score(server.booster, server.test)
+    assert body["predictions"] == expected.tolist()
+    threshold = server.spec.gates.decision_threshold
+    assert body["decisions"] == [bool(s >= threshold) for s in expected]
+    assert body["model_version"] == "7" and body["threshold"] == threshold
+
+
+def test_v2_infer_with_named_columns_equals_v1(server: SimpleNamespace) -> None:
+    rows = server.rows[:12]
+    names = list(server.booster.feature_name())
+    inputs = []
+    for name in names:
+        values = [r[name] for r in rows]
+        if all(isinstance(v, str) for v in values):
+            inputs.append({"name": name, "shape": [len(rows)], "datatype": "BYTES", "data": values})
+        else:
+            inputs.append({"name": name, "shape": [len(rows)], "datatype": "FP64", "data": values})
+    code, body, _ = _call(
+        f"{server.base}/v2/models/{MODEL}/infer", {"inputs": inputs}, server.token
+    )
+    assert code == 200, body
+    scores = next(o for o in body["outputs"] if o["name"] == "score")["data"]
+    assert scores == score(server.booster, server.test.head(12)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "needle"),
+    [
+        (lambda r: r.update(purpose="lottery"), "purpose: unknown category"),
+        (lambda r: r.pop("savings"), "savings"),
+        (lambda r: r.update(duration_months="12"), "duration_months"),
+        (lambda r: r.update(duration_months=500), "duration_months"),
+        (lambda r: r.update(credit_amount=None), "credit_amount"),
+        (lambda r: r.update(sex="female"), "sex"),  # a protected attribute is not a feature
+    ],
+)
+def test_each_bad_field_is_a_400_naming_it(server: SimpleNamespace, change, needle: str) -> None:  # noqa: ANN001
+    row = dict(server.rows[0])
+    change(row)
+    code, body, _ = _predict(server, {"instances": [row]})
+    assert code == 400, body
+    assert needle in json.dumps(body)
+
+
+def test_tokens_are_enforced_on_predict_and_health_stays_open(server: SimpleNamespace) -> None:
+    body = {"instances": server.rows[:1]}
+    code, _, headers = _predict(server, body, token=None)
+    assert code == 401 and "Bearer" in headers.get("www-authenticate", "")
+    assert _predict(server, body, token="gml_not-a-real-token")[0] == 401
+    assert _predict(server, body, token=server.explain_token)[0] == 403
+    assert _call(f"{server.base}/v2/models/{MODEL}/ready")[0] == 200
+    assert _call(f"{server.base}/v2/health/live")[0] == 200
+
+
+def test_an_oversized_body_is_413(server: SimpleNamespace) -> None:
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server.base)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+    # the server answers from the Content-Length alone, before reading the body
+    conn.putrequest("POST", f"/v1/models/{MODEL}:predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Authorization", f"Bearer {server.token}")
+    conn.putheader("Content-Length", str(5_000_000))
+    conn.endheaders()
+    response = conn.getresponse()
+    assert response.status == 413
+    assert "larger than 200000 bytes" in response.read().decode()
+    conn.close()
+    # a body without Content-Length (chunked) is counted as it arrives
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15)
+    chunk = b" " * 65536
+    conn.putrequest("POST", f"/v1/models/{MODEL}:predict")
+    conn.putheader("Content-Type", "application/json")
+    conn.putheader("Authorization", f"Bearer {server.token}")
+    conn.putheader("Transfer-Encoding", "chunked")
+    conn.endheaders()
+    try:
+        for _ in range(8):
+            conn.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        conn.send(b"0\r\n\r\n")
+    except OSError:
+        pass  # the server may answer and close before the client has sent everything
+    response = conn.getresponse()
+    assert response.status == 413
+    conn.close()
+
+
+def test_unknown_model_is_404(server: SimpleNamespace) -> None:
+    code, _, _ = _call(f"{server.base}/v1/models/nope:predict", {"instances": []}, server.token)
+    assert code == 404
+
+
+def test_a_thousand_mutated_requests_never_get_a_5xx(server: SimpleNamespace) -> None:
+    rng = random.Random(42)
+    names = list(server.booster.feature_name())
+    oddities: list[Any] = [None, "", "x" * 500, -1e308, 1e308, True, [], {}, [1, 2], "NaN", 0, -5]
+    codes: dict[int, int] = {}
+    for i in range(1000):
+        rows = [dict(r) for r in rng.sample(server.rows, k=rng.randint(1, 3))]
+        for row in rows:
+            for _ in range(rng.randint(0, 3)):
+                action = rng.random()
+                name = rng.choice(names)
+                if action < 0.5:
+                    row[name] = rng.choice(oddities)
+                elif action < 0.7:
+                    row.pop(name, None)
+                elif action < 0.85:
+                    row[f"extra_{i}"] = 1
+                else:
+                    row[name] = rng.uniform(-1e6, 1e6)
+        shape = rng.random()
+        body: Any = {"instances": rows}
+        if shape < 0.05:
+            body = {"rows": rows}
+        elif shape < 0.1:
+            body = rows
+        elif shape < 0.12:
+            body = {"instances": "nope"}
+        try:
+            code, answer, _ = _predict(server, body)
+        except OSError as exc:
+            pytest.fail(f"request {i} got no answer ({exc}): {json.dumps(body)[:2000]}")
+        codes[code] = codes.get(code, 0) + 1
+        assert code < 500, (body, answer)
+    assert codes.get(200) and codes.get(400), codes
+
+
+def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
+    code, text, _ = _call(f"{server.base}/metrics")
+    assert code == 200
+    assert 'govml_requests_total{code="200",kind="predict"}' in text
+    assert 'govml_requests_total{code="401",kind="predict"}' in text
+    assert "govml_request_seconds_bucket" in text
+    assert 'govml_score_count{model="german_credit",version="7"}' in text
+    assert "govml_decisions_total" in text
+    # the log is written asynchronously and completed when the server stops
+    server.proc.terminate()
+    server.proc.wait(timeout=60)
+    files = complete_files(server.log_dir)
+    assert files, list(server.log_dir.iterdir())
+    records = [r for f in files for r in read_records(f)]
+    first = server.rows[0]
+    ours = [r for r in records if r["features"] == first]
+    assert ours, records[:2]
+    record = ours[0]
+    assert record["model_version"] == "7" and record["model_name"] == MODEL
+    assert record["score"] == pytest.approx(score(server.booster, server.test.head(1))[0])
+    expected = score(server.booster, server.test.head(1))[0]
+    threshold = server.spec.gates.decision_threshold
+    assert record["decision"] == ("decline" if expected >= threshold else "approve")
+    assert record["latency_ms"] >= 0
+
+
+def test_a_model_that_does_not_match_its_spec_is_refused(server: SimpleNamespace) -> None:
+    log = server.root / "refused.log"
+    proc = _start(
+        server.env,
+        log,
+        "--model_name", MODEL,
+        "--model_uri", str(server.root / "train"),
+        "--spec", str(ROOT / "specs" / "credit.yaml"),
+        "--http_port", str(free_port()),
+    )  # fmt: skip
+    proc.wait(timeout=120)
+    out = log.read_text()
+    assert proc.returncode == 3
+    assert "does not match the spec" in out or "refusing to serve" in out
