@@ -338,7 +338,9 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
                 actor="govml-lifecycle",
                 run_id=run.run_id,
                 out_dir=run.stage_dir("deploy"),
-                serve=lambda state: serve_release(run.settings, run.run_dir, state),
+                serve=lambda state: serve_release(
+                    run.settings, run.run_dir, state, spec_path=run.spec_path
+                ),
             )
 
         data = ingest()

@@ -41,15 +41,24 @@ def deployer_for(settings: Settings):  # noqa: ANN201
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    return LocalDeployer(settings.serving_dir, settings.serving_python, env=env, ready_timeout=300)
+    tokens = os.environ.get("GOVML_SERVING_TOKENS")
+    return LocalDeployer(
+        settings.serving_dir,
+        settings.serving_python,
+        env=env,
+        ready_timeout=300,
+        tokens=Path(tokens) if tokens else None,
+    )
 
 
 def _score_remote(endpoint: Endpoint, rows: list[dict[str, Any]]) -> np.ndarray:
     body = json.dumps({"instances": rows}).encode()
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("GOVML_SERVING_TOKEN")  # when the endpoint requires tokens
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
-        f"{endpoint.url}/v1/models/{endpoint.model_name}:predict",
-        data=body,
-        headers={"Content-Type": "application/json"},
+        f"{endpoint.url}/v1/models/{endpoint.model_name}:predict", data=body, headers=headers
     )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -87,7 +96,9 @@ def _native(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def serve_release(settings: Settings, run_dir: Path, state: Any) -> dict[str, Any]:
+def serve_release(
+    settings: Settings, run_dir: Path, state: Any, spec_path: Path | None = None
+) -> dict[str, Any]:
     """Deploy the approved version and smoke-test it; the endpoint as a dict."""
     from registry.mlflow_registry import serving_uri
 
@@ -100,6 +111,7 @@ def serve_release(settings: Settings, run_dir: Path, state: Any) -> dict[str, An
         ),
         artifact_sha256=state.artifact_sha256,
         approval_request_id=state.id,
+        spec_path=str(spec_path) if spec_path else None,
     )
     deployer = deployer_for(settings)
     endpoint = deployer.deploy(release)

@@ -18,6 +18,7 @@ class Release:
     model_uri: str
     artifact_sha256: str
     approval_request_id: int | None = None
+    spec_path: str | None = None  # strict input, decisions, prediction log per the spec
 
     @property
     def name(self) -> str:

@@ -81,12 +81,14 @@ class LocalDeployer:
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
         ready_timeout: float = 120.0,
+        tokens: Path | None = None,
     ) -> None:
         self.state_root = Path(state_root)
         self.python = Path(python)
         self.host = host
         self.env = dict(os.environ if env is None else env)
         self.ready_timeout = ready_timeout
+        self.tokens = tokens
 
     # ------------------------------------------------------------------ helpers
     def _dir(self, name: str) -> Path:
@@ -136,7 +138,13 @@ class LocalDeployer:
             "--expected_sha256", release.artifact_sha256,
             "--http_port", str(port),
             "--enable_grpc", "false",
+            "--model_version", release.version,
+            "--prediction_log", str(folder / "predictions"),
         ]  # fmt: skip
+        if release.spec_path:
+            server += ["--spec", release.spec_path]
+        if self.tokens:
+            server += ["--tokens", str(self.tokens)]
         command = [
             str(self.python), "-m", "serving.supervise",
             "--state", str(folder),

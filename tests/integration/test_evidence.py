@@ -126,7 +126,9 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Released]:
         version,
         actor=DEPLOYER,
         run_id=run_id,
-        serve=lambda state: serve_release(settings, run_dir, state),
+        serve=lambda state: serve_release(
+            settings, run_dir, state, spec_path=ROOT / "specs" / f"{MODEL}.yaml"
+        ),
     )
     try:
         yield Released(settings, version, run_id, reasons, release)
