@@ -112,12 +112,25 @@ def _until_recorded(stack: SimpleNamespace, run_id: str, kinds: int) -> None:
 
     from registry.audit import events
 
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 360
     while time.monotonic() < deadline:
         if len(events(stack.settings.governance_url, run_id=run_id)) >= kinds:
             return
         time.sleep(2)
-    raise AssertionError(f"no decision recorded for {run_id}")
+    state = stack.api.task_state(DAG, run_id, "approval")
+    raise AssertionError(
+        f"no decision recorded for {run_id} (approval task {state}):\n"
+        + _task_logs(stack, run_id, "approval")[-4000:]
+        + "\n--- scheduler ---\n"
+        + _tail(stack.settings.run_dir / "airflow-scheduler.log")
+    )
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return f"({path} not readable)"
 
 
 def _count(stack: SimpleNamespace, run_id: str) -> int:
@@ -149,7 +162,7 @@ def test_approvers_approve_and_the_run_deploys_that_version(
         tmp_path / "reviewer-approves.png",
     )
     _until_recorded(stack, run_id, before + 1)
-    api.wait_awaiting_input(DAG, run_id, "approval", timeout=180)  # asks the second approver
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)  # asks the second approver
     assert api.task_state(DAG, run_id, "deploy") is None  # not started
     assert _request(stack, run_id).approvers == ["reviewer"]
 
@@ -231,7 +244,7 @@ def test_self_approval_is_refused_and_a_rejection_stops_the_run(
     code, body = api.answer(DAG, run_id, "approval", "Approve", "looks fine to me", "operator")
     assert code == 200, body
     _until_recorded(stack, run_id, before + 1)
-    api.wait_awaiting_input(DAG, run_id, "approval", timeout=180)
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)
     from registry.audit import events
 
     refused = events(stack.settings.governance_url, run_id=run_id, kinds=["approval_refused"])
