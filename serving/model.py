@@ -84,6 +84,7 @@ class LightGBMModel(Model):
         self.schema_: Any = None
         self.threshold_: float | None = None
         self.labels_ = ("positive", "negative")
+        self.reason_labels_: dict[str, str] = {}
         self.booster_: lgb.Booster | None = None
         self.feature_names_: list[str] = []
         self.categories_: dict[str, list[Any]] = {}
@@ -136,6 +137,7 @@ class LightGBMModel(Model):
         self.threshold_ = spec.gates.decision_threshold
         # what a score at or above the threshold means for the bank's system
         self.labels_ = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
+        self.reason_labels_ = dict(spec.reason_codes)
         return True
 
     def _strict(self, instances: Any = None, columns: Any = None) -> np.ndarray:
@@ -298,6 +300,37 @@ class LightGBMModel(Model):
             "model_version": self.version,
             "model_sha256": self.model_sha256_,
         }
+
+    async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict[str, Any]:
+        """Per row: score, decision, TreeSHAP contributions (log-odds) and, for a declined
+        or flagged row, up to four adverse factors labelled from the spec, exactly as
+        the pipeline's explain stage computes them (:mod:`pipelines.reasons`)."""
+        from pipelines.reasons import reason_codes
+
+        if self.schema_ is None:
+            raise InvalidInput("explanations need the model's spec (start with --spec)")
+        assert self.booster_ is not None
+        if not isinstance(payload, dict) or "instances" not in payload:
+            raise InvalidInput("the body must be a JSON object with 'instances'")
+        matrix = self._strict(instances=payload["instances"])
+        scores = np.asarray(self.booster_.predict(matrix), dtype="float64")
+        contribs = np.asarray(self.booster_.predict(matrix, pred_contrib=True), dtype="float64")
+        names = self.schema_.names
+        threshold = self.threshold_ if self.threshold_ is not None else 0.5
+        reasons = reason_codes(contribs, names, self.reason_labels_)
+        out = []
+        for score, row, row_reasons in zip(scores, contribs, reasons, strict=True):
+            adverse = bool(score >= threshold)
+            out.append(
+                {
+                    "score": float(score),
+                    "decision": self.labels_[0] if adverse else self.labels_[1],
+                    "contributions": dict(zip(names, map(float, row[:-1]), strict=True)),
+                    "expected_value": float(row[-1]),
+                    "reasons": [r._asdict() for r in row_reasons] if adverse else [],
+                }
+            )
+        return {"explanations": out, "model_version": self.version, "threshold": threshold}
 
 
 def _indices(value: Any) -> list[int]:

@@ -283,6 +283,38 @@ def test_a_thousand_mutated_requests_never_get_a_5xx(server: SimpleNamespace) ->
     assert codes.get(200) and codes.get(400), codes
 
 
+def test_explain_gives_the_pipelines_contributions_and_reason_codes(
+    server: SimpleNamespace,
+) -> None:
+    from pipelines.reasons import contributions, reason_codes
+
+    rows = server.rows[:30]
+    url = f"{server.base}/v1/models/{MODEL}:explain"
+    assert _call(url, {"instances": rows}, server.token)[0] == 403  # predict-only token
+    code, body, _ = _call(url, {"instances": rows}, server.explain_token)
+    assert code == 200, body
+    frame = server.test.head(30)
+    expected = contributions(server.booster, frame)
+    names = list(server.booster.feature_name())
+    codes = reason_codes(expected, names, server.spec.reason_codes)
+    threshold = server.spec.gates.decision_threshold
+    scores = score(server.booster, frame)
+    declined = 0
+    for i, item in enumerate(body["explanations"]):
+        assert [item["contributions"][n] for n in names] == expected[i, :-1].tolist()
+        assert item["expected_value"] == expected[i, -1]
+        if scores[i] >= threshold:
+            declined += 1
+            assert item["decision"] == "decline"
+            assert [(r["feature"], r["label"]) for r in item["reasons"]] == [
+                (r.feature, r.label) for r in codes[i]
+            ]
+            assert 0 < len(item["reasons"]) <= 4
+        else:
+            assert item["decision"] == "approve" and item["reasons"] == []
+    assert declined, "the sample should hold at least one decline"
+
+
 def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
     code, text, _ = _call(f"{server.base}/metrics")
     assert code == 200
