@@ -50,6 +50,52 @@ def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
     return PredictionLog(args.prediction_log, hmac_key=key, **kwargs)
 
 
+def _document_requests(app, model_name: str, schema) -> None:  # noqa: ANN001
+    """Make ``/openapi.json`` describe the real V1 request body of this model.
+
+    KServe's routes take a free-form body; the document gets the feature schema
+    (:func:`serving.schema.openapi_schema`) for ``:predict`` and ``:explain``, with
+    the model name fixed, and the bearer-token security scheme.
+    """
+    from serving.schema import openapi_schema
+
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        document = original()
+        body = openapi_schema(schema)
+        body.pop("$schema", None)
+        components = document.setdefault("components", {})
+        components.setdefault("schemas", {})[f"{model_name}_request"] = body
+        components.setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+        }
+        for verb in ("predict", "explain"):
+            operation = document["paths"].get(f"/v1/models/{{model_name}}:{verb}", {}).get("post")
+            if operation is None:
+                continue
+            operation["requestBody"] = {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{model_name}_request"}
+                    }
+                },
+            }
+            operation["security"] = [{"bearer": []}]
+            for name, code in (("bad input", "400"), ("no or bad token", "401")):
+                operation.setdefault("responses", {})[code] = {"description": name}
+            operation["responses"]["403"] = {"description": "token without this scope"}
+            operation["responses"]["413"] = {"description": "body too large"}
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
     parser.add_argument(
@@ -86,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     model_server.app.add_middleware(
         GuardMiddleware, max_body_bytes=args.max_body_bytes, tokens=tokens
     )
+    if model.schema_ is not None:
+        _document_requests(model_server.app, args.model_name, model.schema_)
     try:
         kserve.ModelServer(
             http_port=args.http_port,

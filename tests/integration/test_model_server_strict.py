@@ -315,6 +315,24 @@ def test_explain_gives_the_pipelines_contributions_and_reason_codes(
     assert declined, "the sample should hold at least one decline"
 
 
+def test_the_openapi_document_describes_the_real_request(server: SimpleNamespace) -> None:
+    import jsonschema
+
+    code, document, _ = _call(f"{server.base}/openapi.json")
+    assert code == 200
+    operation = document["paths"]["/v1/models/{model_name}:predict"]["post"]
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    row = body["properties"]["instances"]["items"]
+    assert set(row["required"]) == set(server.booster.feature_name())
+    assert row["additionalProperties"] is False
+    assert "lottery" not in row["properties"]["purpose"]["enum"]
+    assert operation["security"] == [{"bearer": []}]
+    jsonschema.validate({"instances": server.rows[:3]}, body)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"instances": [dict(server.rows[0], purpose="lottery")]}, body)
+
+
 def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
     code, text, _ = _call(f"{server.base}/metrics")
     assert code == 200
