@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -331,6 +332,117 @@ def test_the_openapi_document_describes_the_real_request(server: SimpleNamespace
     jsonschema.validate({"instances": server.rows[:3]}, body)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"instances": [dict(server.rows[0], purpose="lottery")]}, body)
+
+
+def _request_schema(server: SimpleNamespace) -> dict[str, Any]:
+    """The V1 request body schema from the server's own OpenAPI document."""
+    _, document, _ = _call(f"{server.base}/openapi.json")
+    operation = document["paths"]["/v1/models/{model_name}:predict"]["post"]
+    ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    body = json.loads(json.dumps(document["components"]["schemas"][ref.rsplit("/", 1)[1]]))
+    body["properties"]["instances"]["maxItems"] = 4  # keep generated requests small
+    return body
+
+
+def _strategy(schema: dict[str, Any]):  # noqa: ANN202
+    """A hypothesis strategy for the JSON Schema subset the feature schema uses
+    (objects with required properties, arrays, enums, bounded numbers, nullable types)."""
+    from hypothesis import strategies as st
+
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    types = schema.get("type")
+    if isinstance(types, list):
+        return st.one_of([_strategy(dict(schema, type=t)) for t in types])
+    low, high = schema.get("minimum"), schema.get("maximum")
+    if types == "null":
+        return st.none()
+    if types == "integer":
+        return st.integers(
+            None if low is None else math.ceil(low), None if high is None else math.floor(high)
+        )
+    if types == "number":
+        return st.floats(low, high, allow_nan=False, allow_infinity=False)
+    if types == "boolean":
+        return st.booleans()
+    if types == "array":
+        return st.lists(
+            _strategy(schema["items"]),
+            min_size=schema.get("minItems", 0),
+            max_size=schema.get("maxItems", 4),
+        )
+    if types == "object":
+        return st.fixed_dictionaries(
+            {k: _strategy(v) for k, v in schema["properties"].items() if k in schema["required"]}
+        )
+    raise AssertionError(f"unsupported schema {schema}")
+
+
+def test_property_requests_valid_per_the_openapi_document_are_scored(
+    server: SimpleNamespace,
+) -> None:
+    from hypothesis import HealthCheck, given, settings
+
+    seen: list[int] = []
+
+    @settings(
+        max_examples=500,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(_strategy(_request_schema(server)))
+    def check(body: dict[str, Any]) -> None:
+        code, answer, _ = _predict(server, body)
+        seen.append(code)
+        assert code == 200, (body, answer)
+        assert len(answer["predictions"]) == len(body["instances"])
+
+    check()
+    assert len(seen) >= 500
+
+
+def test_property_any_json_body_never_gets_a_5xx(server: SimpleNamespace) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    names = list(server.booster.feature_name())
+    scalars = (
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=30)
+    )
+    values = st.recursive(
+        scalars,
+        lambda inner: (
+            st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+        ),
+        max_leaves=6,
+    )
+    row = st.fixed_dictionaries(
+        {},
+        optional={name: values | st.sampled_from([server.rows[0][name]]) for name in names}
+        | {"unexpected": values},
+    )
+    bodies = st.fixed_dictionaries({"instances": st.lists(row, max_size=3)}) | values
+    codes: list[int] = []
+
+    @settings(
+        max_examples=600,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+    @given(bodies)
+    def check(body: Any) -> None:
+        code, answer, _ = _predict(server, body)
+        codes.append(code)
+        assert code < 500, (body, answer)
+
+    check()
+    assert len(codes) >= 600 and 400 in codes
 
 
 def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
