@@ -176,10 +176,9 @@ def run_lifecycle(
         )
         if req["status"] == "pending":
             console.print(
-                "               approve in the Airflow UI "
-                f"({settings.airflow_url}/required_actions)"
-                f" or: govml approve {req['model_name']} {req['model_version']} --as USER "
-                '--reason "..."'
+                f"               record decisions with: govml approve {req['model_name']} "
+                f'{req["model_version"]} --as USER --reason "..." (a run triggered in '
+                f"Airflow waits for them under {settings.airflow_url}/required_actions)"
             )
     deploy_file = run_dir / "deploy" / "deploy.json"
     if deploy_file.exists():
