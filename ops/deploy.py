@@ -4,9 +4,10 @@ Called by the DAG's ``deploy`` task through :func:`registry.governance.release_a
 (which checks the approval first and records the deployment after): starts the
 version's model server with the configured deployer (``local``: a supervised process
 from the serving environment), loading the version from the registry's artifact
-store with the approved artifact SHA-256 (the server refuses any other file), then scores
-rows of the run's out-of-time test set through the endpoint and requires exactly the
-scores of the model file the pipeline evaluated.
+store with the approved artifact SHA-256 (the server refuses any other file); or, with
+``GOVML_DEPLOYER=kubernetes``, applies the version's KServe InferenceService and waits
+until it is Ready. It then scores rows of the run's out-of-time test set through the
+endpoint and requires exactly the scores of the model file the pipeline evaluated.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ SMOKE_ROWS = 20
 
 
 def deployer_for(settings: Settings):  # noqa: ANN201
+    """The configured deployer (``GOVML_DEPLOYER``): local processes or KServe."""
+    if settings.deployer == "kubernetes":
+        return _kubernetes_deployer(settings)
     if settings.deployer != "local":
         raise DeploymentError(
-            f"deployer {settings.deployer!r} cannot serve from the lifecycle DAG yet; "
-            "use GOVML_DEPLOYER=local"
+            f"unknown deployer {settings.deployer!r}; use GOVML_DEPLOYER=local or kubernetes"
         )
     from serving.deployers.local import LocalDeployer
 
@@ -48,6 +51,31 @@ def deployer_for(settings: Settings):  # noqa: ANN201
         env=env,
         ready_timeout=300,
         tokens=Path(tokens) if tokens else None,
+    )
+
+
+def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
+    from serving.deployers.kubernetes import KubernetesDeployer
+
+    tracking = settings.kube_tracking_uri or settings.mlflow_tracking_uri
+    return KubernetesDeployer(
+        settings.serving_dir,
+        namespace=settings.kube_namespace,
+        kubeconfig=settings.kubeconfig,
+        context=settings.kube_context,
+        runtime=settings.kserve_runtime,  # type: ignore[arg-type]
+        image=settings.serving_image,
+        storage_uri=settings.kube_storage_uri,
+        tracking_uri=tracking if tracking.startswith(("http://", "https://")) else None,
+        min_replicas=settings.kube_min_replicas,
+        max_replicas=settings.kube_max_replicas,
+        scale_metric=settings.kube_scale_metric,  # type: ignore[arg-type]
+        scale_target=settings.kube_scale_target,
+        cpu_request=settings.kube_cpu_request,
+        cpu_limit=settings.kube_cpu_limit,
+        memory_request=settings.kube_memory_request,
+        memory_limit=settings.kube_memory_limit,
+        ready_timeout=settings.kube_ready_timeout,
     )
 
 

@@ -26,10 +26,25 @@ environment variable named beside it, for example
 | model server | ``GOVML_SERVING_HOST`` / ``GOVML_SERVING_PORT`` | ``127.0.0.1`` / ``8090`` |
 | deployer, its state | ``GOVML_DEPLOYER`` / ``GOVML_SERVING_DIR`` | ``local`` / ``$VAR/serving`` |
 | serving env's Python | ``GOVML_SERVING_PYTHON`` | ``.venv-serving/bin/python`` |
+| Kubernetes cluster | ``GOVML_KUBECONFIG`` / ``GOVML_KUBE_CONTEXT`` | none (3) |
+| Kubernetes namespace | ``GOVML_KUBE_NAMESPACE`` | ``govml`` |
+| KServe runtime | ``GOVML_KSERVE_RUNTIME`` | ``custom`` (the project's image) |
+| model-server image | ``GOVML_SERVING_IMAGE`` | ``govml-serving:latest`` |
+| model location seen by the cluster | ``GOVML_KUBE_STORAGE_URI`` | the release's URI (4) |
+| MLflow as the pods reach it | ``GOVML_KUBE_MLFLOW_TRACKING_URI`` | ``$MLFLOW_TRACKING_URI`` |
+| replicas | ``GOVML_KUBE_MIN_REPLICAS`` / ``GOVML_KUBE_MAX_REPLICAS`` | 1 / 3 |
+| autoscaling | ``GOVML_KUBE_SCALE_METRIC`` / ``GOVML_KUBE_SCALE_TARGET`` | concurrency / 10 |
+| CPU | ``GOVML_KUBE_CPU_REQUEST`` / ``GOVML_KUBE_CPU_LIMIT`` | 500m / 1 |
+| memory | ``GOVML_KUBE_MEMORY_REQUEST`` / ``GOVML_KUBE_MEMORY_LIMIT`` | 1Gi / 2Gi |
+| InferenceService readiness wait | ``GOVML_KUBE_READY_TIMEOUT`` (seconds) | 600 |
 
 (1) ``admin:admin,reviewer:admin,validator:admin,operator:op``: Airflow's own roles.
 (2) ``reviewer:model_risk,validator:model_risk``: approver roles (``govml roles``)
 granted in the governance store when the stack starts; each grant is audited.
+(3) Without ``GOVML_KUBECONFIG``, ``$KUBECONFIG``, ``~/.kube/config`` or an in-cluster
+service account, the ``kubernetes`` deployer writes the validated manifest and stops.
+(4) A template such as ``s3://models/{model}/{version}`` (also ``{name}``): where the
+cluster fetches a version the registry keeps in a local folder.
 """
 
 from __future__ import annotations
@@ -74,6 +89,22 @@ class Settings:
     deployer: str
     serving_dir: Path
     serving_python: Path
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    kube_namespace: str = "govml"
+    kserve_runtime: str = "custom"
+    serving_image: str = "govml-serving:latest"
+    kube_storage_uri: str | None = None
+    kube_tracking_uri: str | None = None
+    kube_min_replicas: int = 1
+    kube_max_replicas: int = 3
+    kube_scale_metric: str = "concurrency"
+    kube_scale_target: int = 10
+    kube_cpu_request: str = "500m"
+    kube_cpu_limit: str = "1"
+    kube_memory_request: str = "1Gi"
+    kube_memory_limit: str = "2Gi"
+    kube_ready_timeout: float = 600.0
 
     @property
     def airflow_url(self) -> str:
@@ -160,6 +191,24 @@ def _pairs(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, 
     return tuple(pairs)
 
 
+def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a whole number") from None
+    if value < low:
+        raise ConfigError(f"{name}={raw!r}: must be at least {low}")
+    return value
+
+
+def _optional_path(env: Mapping[str, str], name: str) -> Path | None:
+    raw = env.get(name)
+    return Path(raw).expanduser().resolve() if raw else None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read settings from ``environ`` (default: ``os.environ``) over the defaults."""
     env = os.environ if environ is None else environ
@@ -204,4 +253,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         serving_python=_path(
             env, "GOVML_SERVING_PYTHON", home / ".venv-serving" / "bin" / "python"
         ),
+        kubeconfig=_optional_path(env, "GOVML_KUBECONFIG"),
+        kube_context=env.get("GOVML_KUBE_CONTEXT") or None,
+        kube_namespace=env.get("GOVML_KUBE_NAMESPACE") or "govml",
+        kserve_runtime=_choice(env, "GOVML_KSERVE_RUNTIME", "custom", ("custom", "lightgbm")),
+        serving_image=env.get("GOVML_SERVING_IMAGE") or "govml-serving:latest",
+        kube_storage_uri=env.get("GOVML_KUBE_STORAGE_URI") or None,
+        kube_tracking_uri=env.get("GOVML_KUBE_MLFLOW_TRACKING_URI") or None,
+        kube_min_replicas=_int(env, "GOVML_KUBE_MIN_REPLICAS", 1),
+        kube_max_replicas=_int(env, "GOVML_KUBE_MAX_REPLICAS", 3, low=1),
+        kube_scale_metric=_choice(
+            env, "GOVML_KUBE_SCALE_METRIC", "concurrency", ("concurrency", "cpu", "rps")
+        ),
+        kube_scale_target=_int(env, "GOVML_KUBE_SCALE_TARGET", 10, low=1),
+        kube_cpu_request=env.get("GOVML_KUBE_CPU_REQUEST") or "500m",
+        kube_cpu_limit=env.get("GOVML_KUBE_CPU_LIMIT") or "1",
+        kube_memory_request=env.get("GOVML_KUBE_MEMORY_REQUEST") or "1Gi",
+        kube_memory_limit=env.get("GOVML_KUBE_MEMORY_LIMIT") or "2Gi",
+        kube_ready_timeout=float(_int(env, "GOVML_KUBE_READY_TIMEOUT", 600, low=1)),
     )

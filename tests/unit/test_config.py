@@ -49,6 +49,10 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ({"GOVML_GOVERNANCE_URL": "mysql://x/y"}, "unsupported database URL scheme 'mysql'"),
         ({"GOVML_AIRFLOW_USERS": "alice"}, "must be USER:ROLE"),
         ({"GOVML_AIRFLOW_USERS": "alice:superuser"}, "must be USER:ROLE"),
+        ({"GOVML_DEPLOYER": "docker"}, "GOVML_DEPLOYER='docker': must be one of local"),
+        ({"GOVML_KUBE_MAX_REPLICAS": "0"}, "GOVML_KUBE_MAX_REPLICAS='0': must be at least 1"),
+        ({"GOVML_KUBE_SCALE_TARGET": "ten"}, "GOVML_KUBE_SCALE_TARGET='ten': not a whole"),
+        ({"GOVML_KSERVE_RUNTIME": "onnx"}, "GOVML_KSERVE_RUNTIME='onnx': must be one of"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], expected: str) -> None:

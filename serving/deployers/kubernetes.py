@@ -1,0 +1,393 @@
+"""The ``kubernetes`` deployer: one KServe ``InferenceService`` per deployed version.
+
+Same interface as :class:`serving.deployers.local.LocalDeployer` (``deploy``, ``status``,
+``stop``, ``deployed``). ``deploy`` renders the version's InferenceService
+(:func:`serving.manifests.render_inference_service`), checks it against the real KServe
+CRD schema and refuses, naming every bad field, when it does not fit; writes it to
+``<state root>/<model>-v<version>/inferenceservice.yaml``; then, when a cluster is
+configured, applies it (server-side apply) and waits until its ``Ready`` condition is
+true for the applied generation, and returns the InferenceService's status URL.
+
+Without a cluster (no kubeconfig, no in-cluster service account) ``deploy`` fails with
+a :class:`DeploymentError` that says what to set and where the validated manifest is,
+so an operator can ``kubectl apply -f`` it.
+
+Where the model comes from: ``storageUri`` is the release's model URI when the cluster
+can fetch it (``s3://``, ``gs://``, ``pvc://``..., or ``models:/`` for the project's own
+server image, which resolves it through ``MLFLOW_TRACKING_URI``). A local folder (the
+embedded stack's artifact store) means nothing inside a cluster: ``storage_uri`` (a
+template such as ``s3://models/{model}/{version}``) says where the operator put it. The
+project's server image (``runtime="custom"``, the default) refuses any file whose
+SHA-256 is not the approved one, wherever it came from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipelines.errors import DeploymentError
+from serving import manifests
+from serving.deployers import Endpoint, Release
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "inferenceservice.yaml"
+MLFLOW_SCHEMES = ("models:/", "runs:/")
+# KServe's modelStatus.transitionStatus values that no amount of waiting fixes
+FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+NO_CLUSTER_HINT = (
+    "set GOVML_KUBECONFIG (and GOVML_KUBE_CONTEXT) or KUBECONFIG, or run inside a cluster"
+)
+
+
+def cluster_configured(
+    kubeconfig: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None
+) -> tuple[bool, str]:
+    """Whether a cluster is configured, and how (or what was looked at)."""
+    env = os.environ if env is None else env
+    if kubeconfig:
+        path = Path(kubeconfig).expanduser()
+        if path.is_file():
+            return True, f"kubeconfig {path}"
+        return False, f"GOVML_KUBECONFIG {path} does not exist"
+    if env.get("KUBERNETES_SERVICE_HOST"):
+        return True, "in-cluster service account"
+    if env.get("KUBECONFIG"):
+        found = [p for p in env["KUBECONFIG"].split(os.pathsep) if p and Path(p).is_file()]
+        if found:
+            return True, f"KUBECONFIG {found[0]}"
+        return False, f"KUBECONFIG={env['KUBECONFIG']} names no existing file"
+    home = Path(env.get("HOME") or Path.home()) / ".kube" / "config"
+    if home.is_file():
+        return True, f"kubeconfig {home}"
+    return False, f"no kubeconfig ({home} is absent) and not in a cluster"
+
+
+def _served_name(model_name: str) -> str:
+    """The name the model answers to: a DNS-1123 subdomain (``german_credit`` -> ``-``)."""
+    return model_name.replace("_", "-").lower()
+
+
+def _conditions(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    status = obj.get("status") or {}
+    return {c.get("type", "?"): dict(c) for c in status.get("conditions") or [] if c}
+
+
+def _not_found(exc: Exception) -> bool:
+    return getattr(exc, "status", None) == 404
+
+
+class KubernetesDeployer:
+    """Model versions as KServe InferenceServices (production's deployment target)."""
+
+    kind = "kubernetes"
+
+    def __init__(
+        self,
+        state_root: Path,
+        *,
+        namespace: str = "govml",
+        kubeconfig: str | os.PathLike[str] | None = None,
+        context: str | None = None,
+        runtime: manifests.Runtime = "custom",
+        image: str | None = "govml-serving:latest",
+        storage_uri: str | None = None,
+        tracking_uri: str | None = None,
+        min_replicas: int = 1,
+        max_replicas: int = 3,
+        scale_metric: manifests.ScaleMetric = "concurrency",
+        scale_target: int = 10,
+        cpu_request: str = "500m",
+        cpu_limit: str = "1",
+        memory_request: str = "1Gi",
+        memory_limit: str = "2Gi",
+        ready_timeout: float = 600.0,
+        poll_interval: float = 5.0,
+        crd_path: str | os.PathLike[str] | None = None,
+        api: manifests.CustomObjectsApiLike | None = None,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.state_root = Path(state_root)
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.runtime = runtime
+        self.image = image
+        self.storage_uri = storage_uri
+        self.tracking_uri = tracking_uri
+        self.scaling = {
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "scale_metric": scale_metric,
+            "scale_target": scale_target,
+        }
+        self.resources = {
+            "cpu_request": cpu_request,
+            "cpu_limit": cpu_limit,
+            "memory_request": memory_request,
+            "memory_limit": memory_limit,
+        }
+        self.ready_timeout = ready_timeout
+        self.poll_interval = poll_interval
+        self.crd_path = crd_path
+        self._api = api
+        self.env = dict(os.environ if env is None else env)
+        self.clock = clock
+        self.sleep = sleep
+
+    # ------------------------------------------------------------------ helpers
+    def _dir(self, name: str) -> Path:
+        return self.state_root / name
+
+    def manifest_path(self, name: str) -> Path:
+        return self._dir(name) / MANIFEST_FILE
+
+    def cluster(self) -> tuple[bool, str]:
+        if self._api is not None:
+            return True, "the given API client"
+        return cluster_configured(self.kubeconfig, self.env)
+
+    def api(self) -> manifests.CustomObjectsApiLike:
+        if self._api is None:
+            self._api = manifests._custom_objects_api(self.kubeconfig, self.context)
+        return self._api
+
+    def _storage_uri(self, release: Release) -> str:
+        if self.storage_uri:
+            try:
+                return self.storage_uri.format(
+                    model=release.model_name, version=release.version, name=release.name
+                )
+            except (KeyError, IndexError, ValueError) as exc:
+                raise DeploymentError(
+                    f"GOVML_KUBE_STORAGE_URI {self.storage_uri!r}: bad template ({exc}); "
+                    "use the placeholders {model}, {version}, {name}"
+                ) from None
+        uri = release.model_uri
+        if uri.startswith(manifests.STORAGE_SCHEMES) or uri.startswith(MLFLOW_SCHEMES):
+            return uri
+        raise DeploymentError(
+            f"{release.name}: the model is in {uri!r}, which a Kubernetes cluster cannot read; "
+            "copy it to object storage and set GOVML_KUBE_STORAGE_URI "
+            "(e.g. s3://models/{model}/{version}); the server checks its SHA-256"
+        )
+
+    def render(self, release: Release) -> dict[str, Any]:
+        """The release's InferenceService, checked against the KServe CRD; refuses otherwise."""
+        storage_uri = self._storage_uri(release)
+        env: dict[str, str] = {}
+        if self.runtime == "custom" and storage_uri.startswith(MLFLOW_SCHEMES):
+            if not self.tracking_uri:
+                raise DeploymentError(
+                    f"{release.name}: {storage_uri} is resolved by the model server through "
+                    "MLflow; set GOVML_KUBE_MLFLOW_TRACKING_URI to the tracking server as "
+                    "the pods reach it"
+                )
+            env["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        manifest = manifests.render_inference_service(
+            release.name,
+            self.namespace,
+            storage_uri,
+            runtime=self.runtime,
+            image=self.image if self.runtime == "custom" else None,
+            model_name=_served_name(release.model_name),
+            model_version=release.version,
+            artifact_sha256=release.artifact_sha256,
+            approval_request=(
+                str(release.approval_request_id)
+                if release.approval_request_id is not None
+                else None
+            ),
+            env=env or None,
+            **self.scaling,
+            **self.resources,
+        )
+        problems = manifests.validate_manifest(manifest, self.crd_path)
+        if problems:
+            raise DeploymentError(
+                f"{release.name}: the InferenceService does not fit the KServe CRD "
+                f"schema, refused: {'; '.join(problems)}"
+            )
+        return manifest
+
+    def write_manifest(self, release: Release, manifest: Mapping[str, Any]) -> Path:
+        folder = self._dir(release.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "release.json").write_text(json.dumps(release.to_dict(), indent=2))
+        path = folder / MANIFEST_FILE
+        path.write_text(manifests.to_yaml(manifest))
+        return path
+
+    def _get(self, name: str) -> dict[str, Any] | None:
+        try:
+            obj = self.api().get_namespaced_custom_object(
+                manifests.GROUP, manifests.VERSION, self.namespace, manifests.PLURAL, name
+            )
+        except Exception as exc:  # noqa: BLE001 (ApiException, urllib3 errors: all reported)
+            if _not_found(exc):
+                return None
+            raise DeploymentError(
+                f"cannot read {manifests.PLURAL}/{name} in namespace {self.namespace}: "
+                f"{manifests._api_error(exc)}"
+            ) from None
+        return dict(obj) if isinstance(obj, Mapping) else {}
+
+    def _wait_ready(self, name: str, generation: int | None) -> dict[str, Any]:
+        """Poll until Ready is True for ``generation``; fail on a load failure or timeout."""
+        deadline = self.clock() + self.ready_timeout
+        last: dict[str, Any] = {}
+        while True:
+            obj = self._get(name)
+            if obj is not None:
+                last = obj
+                status = obj.get("status") or {}
+                observed = status.get("observedGeneration")
+                current = generation is None or observed is None or observed >= generation
+                ready = _conditions(obj).get("Ready", {})
+                if current and str(ready.get("status")) == "True" and status.get("url"):
+                    return obj
+                model_status = status.get("modelStatus") or {}
+                if current and model_status.get("transitionStatus") in FAILED_TRANSITIONS:
+                    failure = model_status.get("lastFailureInfo") or {}
+                    why = " ".join(str(failure[k]) for k in ("reason", "message") if failure.get(k))
+                    raise DeploymentError(
+                        f"{name}: KServe could not load the model "
+                        f"({model_status['transitionStatus']}: {why or 'no details'})"
+                    )
+            if self.clock() >= deadline:
+                raise DeploymentError(
+                    f"{name}: InferenceService not Ready within {self.ready_timeout:.0f} s "
+                    f"in namespace {self.namespace}: {self._describe(last)}"
+                )
+            self.sleep(self.poll_interval)
+
+    @staticmethod
+    def _describe(obj: Mapping[str, Any]) -> str:
+        if not obj:
+            return "the object was not found"
+        conditions = _conditions(obj)
+        if not conditions:
+            return "no status conditions yet"
+        return "; ".join(
+            f"{kind}={c.get('status')}"
+            + (f" ({c.get('reason')}: {c.get('message')})" if c.get("message") else "")
+            for kind, c in sorted(conditions.items())
+        )
+
+    # ------------------------------------------------------------------ interface
+    def deploy(self, release: Release) -> Endpoint:
+        """Apply the release's InferenceService and return once it is Ready."""
+        manifest = self.render(release)
+        path = self.write_manifest(release, manifest)
+        configured, how = self.cluster()
+        if not configured:
+            raise DeploymentError(
+                f"no Kubernetes cluster configured: {NO_CLUSTER_HINT} ({how}). The validated "
+                f"InferenceService for {release.name} is in {path}: kubectl apply -f {path}"
+            )
+        try:
+            api = self.api()
+        except DeploymentError as exc:
+            raise DeploymentError(f"{exc}. The validated manifest is in {path}") from None
+        result = manifests.apply(manifest, api=api)
+        generation = (result.object.get("metadata") or {}).get("generation")
+        log.info("%s %s in namespace %s (%s)", release.name, result.action, self.namespace, how)
+        try:
+            obj = self._wait_ready(release.name, generation)
+        except DeploymentError:
+            if result.action == "created":  # leave nothing half-deployed that we made
+                self.stop(release.name)
+            raise
+        status = obj.get("status") or {}
+        url = str(status["url"]).rstrip("/")
+        endpoint = {
+            "url": url,
+            "namespace": self.namespace,
+            "action": result.action,
+            "generation": generation,
+            "artifact_sha256": release.artifact_sha256,
+            "manifest": str(path),
+            "deployed_at": time.time(),
+        }
+        (self._dir(release.name) / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
+        log.info("%s serving at %s", release.name, url)
+        return Endpoint(
+            name=release.name,
+            model_name=_served_name(release.model_name),
+            version=release.version,
+            url=url,
+            artifact_sha256=release.artifact_sha256,
+            deployer=self.kind,
+            details={k: v for k, v in endpoint.items() if k != "url"},
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        path = self.manifest_path(name)
+        base: dict[str, Any] = {"manifest": str(path) if path.exists() else None}
+        configured, how = self.cluster()
+        if not configured:
+            return {**base, "running": False, "cluster": False, "detail": how}
+        obj = self._get(name)
+        if obj is None:
+            return {**base, "running": False, "cluster": True, "exists": False}
+        status = obj.get("status") or {}
+        ready = str(_conditions(obj).get("Ready", {}).get("status")) == "True"
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        return {
+            **base,
+            "running": ready,
+            "cluster": True,
+            "exists": True,
+            "url": status.get("url"),
+            "artifact_sha256": annotations.get(manifests.ANNOTATION_SHA256),
+            "generation": (obj.get("metadata") or {}).get("generation"),
+            "observed_generation": status.get("observedGeneration"),
+            "conditions": self._describe(obj),
+        }
+
+    def stop(self, name: str) -> bool:
+        """Delete the InferenceService; True if there was one."""
+        (self._dir(name) / "endpoint.json").unlink(missing_ok=True)
+        if not self.cluster()[0]:
+            return False
+        try:
+            self.api().delete_namespaced_custom_object(  # type: ignore[attr-defined]
+                manifests.GROUP, manifests.VERSION, self.namespace, manifests.PLURAL, name
+            )
+        except Exception as exc:  # noqa: BLE001
+            if _not_found(exc):
+                return False
+            raise DeploymentError(
+                f"cannot delete {manifests.PLURAL}/{name} in namespace {self.namespace}: "
+                f"{manifests._api_error(exc)}"
+            ) from None
+        log.info("%s deleted from namespace %s", name, self.namespace)
+        return True
+
+    def deployed(self) -> list[str]:
+        """The InferenceServices this project made in the namespace (label ``govml/model``)."""
+        if not self.cluster()[0]:
+            return []
+        try:
+            found = self.api().list_namespaced_custom_object(  # type: ignore[attr-defined]
+                manifests.GROUP,
+                manifests.VERSION,
+                self.namespace,
+                manifests.PLURAL,
+                label_selector=manifests.LABEL_MODEL,
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise DeploymentError(
+                f"cannot list {manifests.PLURAL} in namespace {self.namespace}: "
+                f"{manifests._api_error(exc)}"
+            ) from None
+        items = found.get("items", []) if isinstance(found, Mapping) else []
+        return sorted(str(i["metadata"]["name"]) for i in items)

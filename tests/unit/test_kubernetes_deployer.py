@@ -1,0 +1,349 @@
+"""The kubernetes deployer: render, check against the real KServe CRD, apply, wait for
+Ready, stop. The Kubernetes API server is the one thing faked (no cluster here): a
+CustomObjectsApi stand-in that stores objects and plays KServe's status updates."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines.config import load_settings
+from pipelines.errors import DeploymentError
+from serving import manifests
+from serving.deployers import Release
+from serving.deployers.kubernetes import KubernetesDeployer, cluster_configured
+from tests.unit.test_manifests import FakeApiException, FakeCustomObjectsApi
+
+SHA = "5e" * 32
+URL = "http://fraud-v7.models.example.com"
+
+
+@pytest.fixture(scope="module")
+def crd_path() -> Path:
+    found = manifests.find_crd()
+    if found is None:
+        pytest.skip(f"KServe CRD not found; set {manifests.CRD_ENV} to run")
+    return found
+
+
+class FakeKServe(FakeCustomObjectsApi):
+    """The API server plus KServe's controller: Ready after ``ready_after`` reads."""
+
+    def __init__(self, ready_after: int | None = 2, url: str = URL) -> None:
+        super().__init__()
+        self.ready_after = ready_after
+        self.url = url
+        self.reads = 0
+        self.failure: dict[str, Any] | None = None
+
+    def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        obj = super().get_namespaced_custom_object(*args, **kwargs)
+        self.reads += 1
+        generation = obj["metadata"]["generation"]
+        ready = self.ready_after is not None and self.reads >= self.ready_after
+        status: dict[str, Any] = {
+            "observedGeneration": generation if ready else generation - 1,
+            "conditions": [
+                {"type": "PredictorReady", "status": "True" if ready else "Unknown"},
+                {
+                    "type": "Ready",
+                    "status": "True" if ready else "False",
+                    **({} if ready else {"reason": "RevisionMissing", "message": "pulling"}),
+                },
+            ],
+        }
+        if ready:
+            status["url"] = self.url
+        if self.failure is not None:
+            status["modelStatus"] = self.failure
+            status["observedGeneration"] = generation
+        obj["status"] = status
+        return obj
+
+    def delete_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, name: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        self.calls.append(("delete", {"namespace": namespace, "name": name}))
+        key = (group, version, namespace, plural, name)
+        if key not in self.objects:
+            raise FakeApiException(404, "Not Found")
+        return self.objects.pop(key)
+
+    def list_namespaced_custom_object(
+        self, group: str, version: str, namespace: str, plural: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        self.calls.append(("list", dict(kwargs)))
+        selector = kwargs.get("label_selector")
+        items = [
+            copy.deepcopy(obj)
+            for (g, v, ns, p, _), obj in self.objects.items()
+            if (g, v, ns, p) == (group, version, namespace, plural)
+            and (selector is None or selector in obj["metadata"].get("labels", {}))
+        ]
+        return {"items": items}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+def release(**overrides: Any) -> Release:
+    values: dict[str, Any] = {
+        "model_name": "fraud",
+        "version": "7",
+        "model_uri": "/var/mlflow/artifacts/1/models/m-abc/artifacts",  # a local folder
+        "artifact_sha256": SHA,
+        "approval_request_id": 42,
+    }
+    values.update(overrides)
+    return Release(**values)
+
+
+def deployer(tmp_path: Path, crd: Path, api: Any = None, **kwargs: Any) -> KubernetesDeployer:
+    clock = FakeClock()
+    options: dict[str, Any] = {
+        "namespace": "models",
+        "storage_uri": "s3://models/{model}/{version}",
+        "crd_path": crd,
+        "api": api,
+        "env": {"HOME": str(tmp_path / "home")},  # no kubeconfig, not in a cluster
+        "clock": clock,
+        "sleep": clock.sleep,
+        "poll_interval": 5.0,
+        "ready_timeout": 60.0,
+    }
+    options.update(kwargs)
+    return KubernetesDeployer(tmp_path / "serving", **options)
+
+
+def test_deploy_applies_the_validated_manifest_and_returns_the_status_url(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=3)
+    dep = deployer(tmp_path, crd_path, api, min_replicas=2, max_replicas=6, cpu_limit="2")
+    endpoint = dep.deploy(release())
+    assert endpoint.url == URL and endpoint.deployer == "kubernetes"
+    assert endpoint.model_name == "fraud" and endpoint.version == "7"
+    assert endpoint.details["action"] == "created" and endpoint.details["namespace"] == "models"
+    patches = [body for kind, body in api.calls if kind == "patch"]
+    assert len(patches) == 1
+    applied = patches[0]["body"]
+    # exactly the manifest written for operators, and it fits the real CRD
+    written = yaml.safe_load(dep.manifest_path("fraud-v7").read_text())
+    assert applied == written
+    assert manifests.validate_manifest(applied, crd_path) == []
+    assert patches[0]["field_manager"] == "govml" and patches[0]["force"] is True
+    assert applied["metadata"]["name"] == "fraud-v7"
+    assert applied["metadata"]["namespace"] == "models"
+    assert applied["metadata"]["annotations"][manifests.ANNOTATION_SHA256] == SHA
+    assert applied["metadata"]["annotations"][manifests.ANNOTATION_APPROVAL] == "42"
+    predictor = applied["spec"]["predictor"]
+    assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 6)
+    (container,) = predictor["containers"]
+    assert container["image"] == "govml-serving:latest"
+    assert container["resources"]["limits"]["cpu"] == "2"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["STORAGE_URI"] == "s3://models/fraud/7"  # the template, filled in
+    assert env["EXPECTED_SHA256"] == SHA  # the server refuses any other file
+    # polled until Ready: two reads not ready (one sleep each), then ready
+    assert api.reads == 3 and dep.clock.sleeps == [5.0, 5.0]  # type: ignore[attr-defined]
+    assert dep.status("fraud-v7")["running"] is True
+    assert dep.status("fraud-v7")["url"] == URL
+
+
+def test_a_ready_condition_of_an_older_generation_is_not_enough(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=1)
+    dep = deployer(tmp_path, crd_path, api)
+    dep.deploy(release())
+    # redeploy (generation 2): the controller reports generation 1 Ready for two reads
+    api.reads = 0
+    api.ready_after = 3
+    endpoint = dep.deploy(release())
+    assert endpoint.details["action"] == "configured" and endpoint.details["generation"] == 2
+    assert api.reads == 3
+
+
+def test_not_ready_in_time_is_an_error_and_a_created_service_is_removed(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=None)
+    dep = deployer(tmp_path, crd_path, api, ready_timeout=30.0)
+    with pytest.raises(DeploymentError, match="not Ready within 30 s") as info:
+        dep.deploy(release())
+    assert "Ready=False (RevisionMissing: pulling)" in str(info.value)
+    assert ("delete", {"namespace": "models", "name": "fraud-v7"}) in api.calls
+    assert api.objects == {}
+    assert dep.manifest_path("fraud-v7").exists()
+
+
+def test_a_model_kserve_cannot_load_fails_at_once(tmp_path: Path, crd_path: Path) -> None:
+    api = FakeKServe(ready_after=None)
+    api.failure = {
+        "transitionStatus": "BlockedByFailedLoad",
+        "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "sha256 does not match"},
+    }
+    dep = deployer(tmp_path, crd_path, api)
+    with pytest.raises(DeploymentError, match="BlockedByFailedLoad: ModelLoadFailed sha256"):
+        dep.deploy(release())
+    assert api.reads == 1
+
+
+def test_without_a_cluster_the_validated_manifest_is_left_for_kubectl(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    dep = deployer(tmp_path, crd_path, api=None)
+    with pytest.raises(DeploymentError) as info:
+        dep.deploy(release())
+    text = str(info.value)
+    assert text.startswith("no Kubernetes cluster configured: set GOVML_KUBECONFIG")
+    path = dep.manifest_path("fraud-v7")
+    assert f"kubectl apply -f {path}" in text
+    manifest = yaml.safe_load(path.read_text())
+    assert manifests.validate_manifest(manifest, crd_path) == []
+    assert manifest["metadata"]["labels"][manifests.LABEL_VERSION] == "7"
+    assert dep.status("fraud-v7") == {
+        "manifest": str(path),
+        "running": False,
+        "cluster": False,
+        "detail": f"no kubeconfig ({tmp_path / 'home' / '.kube' / 'config'} is absent) "
+        "and not in a cluster",
+    }
+    assert dep.stop("fraud-v7") is False and dep.deployed() == []
+
+
+def test_a_configured_kubeconfig_without_a_usable_client_names_the_manifest(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\n")
+    dep = deployer(tmp_path, crd_path, api=None, kubeconfig=kubeconfig)
+    assert dep.cluster() == (True, f"kubeconfig {kubeconfig}")
+    with pytest.raises(DeploymentError, match="The validated manifest is in .*inferenceservice"):
+        dep.deploy(release())
+
+
+def test_stop_deletes_the_inference_service_and_deployed_lists_ours(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=1)
+    dep = deployer(tmp_path, crd_path, api)
+    dep.deploy(release())
+    dep.deploy(release(version="8", artifact_sha256="ab" * 32))
+    assert dep.deployed() == ["fraud-v7", "fraud-v8"]
+    assert ("list", {"label_selector": manifests.LABEL_MODEL}) in api.calls
+    assert dep.stop("fraud-v7") is True
+    assert ("delete", {"namespace": "models", "name": "fraud-v7"}) in api.calls
+    assert dep.deployed() == ["fraud-v8"]
+    assert dep.stop("fraud-v7") is False  # already gone (404)
+    assert dep.status("fraud-v7")["exists"] is False
+
+
+def test_a_manifest_the_crd_does_not_accept_is_refused_naming_the_field(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    """An older KServe CRD without ``scaleMetric``: the API server would drop the field."""
+    crd = yaml.safe_load(crd_path.read_text())
+    for version in crd["spec"]["versions"]:
+        predictor = version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "predictor"
+        ]
+        predictor["properties"].pop("scaleMetric")
+    old = tmp_path / "old-crd.yaml"
+    old.write_text(yaml.safe_dump(crd))
+    api = FakeKServe()
+    dep = deployer(tmp_path, old, api)
+    with pytest.raises(DeploymentError, match="does not fit the KServe CRD schema") as info:
+        dep.deploy(release())
+    assert "spec.predictor: Additional properties are not allowed ('scaleMetric'" in str(info.value)
+    assert api.calls == []  # nothing applied
+    assert not dep.manifest_path("fraud-v7").exists()
+
+
+def test_bad_settings_are_named_before_anything_is_applied(tmp_path: Path, crd_path: Path) -> None:
+    api = FakeKServe()
+    with pytest.raises(DeploymentError, match="cannot render .*cpu_request: '2' is more than"):
+        deployer(tmp_path, crd_path, api, cpu_request="2", cpu_limit="1").deploy(release())
+    with pytest.raises(DeploymentError, match="a Kubernetes cluster cannot read"):
+        deployer(tmp_path, crd_path, api, storage_uri=None).deploy(release())
+    with pytest.raises(DeploymentError, match="GOVML_KUBE_MLFLOW_TRACKING_URI"):
+        deployer(tmp_path, crd_path, api, storage_uri=None).deploy(
+            release(model_uri="models:/fraud/7")
+        )
+    assert api.calls == []
+
+
+def test_mlflow_uris_are_resolved_by_the_server_and_names_become_dns_labels(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=1, url="http://german-credit-v3.models.example.com")
+    dep = deployer(
+        tmp_path, crd_path, api, storage_uri=None, tracking_uri="http://mlflow.internal:5000"
+    )
+    endpoint = dep.deploy(
+        release(model_name="german_credit", version="3", model_uri="models:/german_credit/3")
+    )
+    assert endpoint.name == "german-credit-v3" and endpoint.model_name == "german-credit"
+    body = next(b for k, b in api.calls if k == "patch")["body"]
+    env = {e["name"]: e["value"] for e in body["spec"]["predictor"]["containers"][0]["env"]}
+    assert env["MODEL_URI"] == "models:/german_credit/3" and "STORAGE_URI" not in env
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+
+
+def test_cluster_detection(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert cluster_configured(None, {"HOME": str(home)})[0] is False
+    assert cluster_configured(None, {"HOME": str(home), "KUBERNETES_SERVICE_HOST": "10.0.0.1"})[0]
+    assert cluster_configured(tmp_path / "missing", {})[1].endswith("does not exist")
+    (home / ".kube").mkdir(parents=True)
+    (home / ".kube" / "config").write_text("{}")
+    assert cluster_configured(None, {"HOME": str(home)}) == (
+        True,
+        f"kubeconfig {home / '.kube' / 'config'}",
+    )
+
+
+def test_govml_deployer_kubernetes_builds_it_from_the_settings(tmp_path: Path) -> None:
+    from ops.deploy import deployer_for
+
+    settings = load_settings(
+        {
+            "GOVML_VAR_DIR": str(tmp_path),
+            "GOVML_DEPLOYER": "kubernetes",
+            "GOVML_KUBE_NAMESPACE": "risk-models",
+            "GOVML_KUBE_MAX_REPLICAS": "8",
+            "GOVML_KUBE_SCALE_METRIC": "rps",
+            "GOVML_KUBE_MEMORY_LIMIT": "4Gi",
+            "GOVML_KUBECONFIG": str(tmp_path / "kubeconfig"),
+            "GOVML_KUBE_CONTEXT": "prod",
+            "GOVML_SERVING_IMAGE": "registry.bank/govml/serving:1.2",
+            "MLFLOW_TRACKING_URI": "http://mlflow.internal:5000",
+        }
+    )
+    dep = deployer_for(settings)
+    assert isinstance(dep, KubernetesDeployer)
+    assert dep.namespace == "risk-models" and dep.context == "prod"
+    assert dep.kubeconfig == tmp_path / "kubeconfig"
+    assert dep.scaling == {
+        "min_replicas": 1,
+        "max_replicas": 8,
+        "scale_metric": "rps",
+        "scale_target": 10,
+    }
+    assert dep.resources["memory_limit"] == "4Gi" and dep.image.endswith("serving:1.2")
+    assert dep.tracking_uri == "http://mlflow.internal:5000"
+    assert dep.state_root == tmp_path / "serving"
