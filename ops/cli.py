@@ -105,7 +105,7 @@ def _print_status(rows: list) -> None:
 def cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
     from ops import stack
 
-    rows = stack.up(settings, only=args.only or None)
+    rows = stack.up(settings, only=args.only or None, report=lambda line: print(f"model: {line}"))
     _print_status(rows)
     passwords = stack.airflow_passwords(settings)
     print()
@@ -113,6 +113,9 @@ def cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
     for user, role in settings.airflow_users:
         print(f"             user {user!r} ({role}) password {passwords[user]!r}")
     print(f"MLflow UI  : {settings.mlflow_url}")
+    for row in rows:
+        if row.name.startswith(stack.MODEL_PREFIX):
+            print(f"Model      : {row.url}   ({row.name[len(stack.MODEL_PREFIX) :]}, {row.detail})")
     print(f"Logs, pids : {settings.run_dir}")
     print("Stop with  : make down")
     return 0
@@ -131,7 +134,8 @@ def cmd_stack_status(args: argparse.Namespace, settings: Settings) -> int:
 
     rows = stack.status(settings)
     _print_status(rows)
-    return 0 if all(r.running for r in rows) or not any(r.running for r in rows) else 1
+    services = [r for r in rows if not r.name.startswith(stack.MODEL_PREFIX)]
+    return 0 if all(r.running for r in services) or not any(r.running for r in services) else 1
 
 
 def cmd_stack_env(args: argparse.Namespace, settings: Settings) -> int:

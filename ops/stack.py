@@ -5,6 +5,11 @@ Airflow's metadata database and starts each service in its own process group wit
 a pid file and a log in the run folder (``GOVML_RUN_DIR``). Every process carries a
 ``GOVML_STACK_ID`` marker in its environment, so ``down`` finds and stops all of
 them, including children that left their parent's process group.
+
+Once Airflow and MLflow are healthy, ``up`` starts the model server of each model's
+approved champion (or, without a champion, its most recently deployed approved
+version) with the configured deployer (:mod:`ops.endpoints`); ``status`` lists the
+running model servers with their URLs and ``down`` stops them first.
 """
 
 from __future__ import annotations
@@ -360,8 +365,16 @@ def wait_healthy(
         time.sleep(1.0)
 
 
-def up(settings: Settings, only: list[str] | None = None) -> list[ServiceStatus]:
-    """Start the stack (or the named services) and wait until each is healthy."""
+def up(
+    settings: Settings,
+    only: list[str] | None = None,
+    report: Callable[[str], None] | None = None,
+) -> list[ServiceStatus]:
+    """Start the stack (or the named services) and wait until each is healthy.
+
+    The whole stack (``only`` None) then serves the approved champions; ``report``
+    gets one line per model (default: the log).
+    """
     settings.run_dir.mkdir(parents=True, exist_ok=True)
     chosen = [s for s in services(settings) if only is None or s.name in only]
     if any(s.name.startswith("airflow") for s in chosen):
@@ -381,6 +394,11 @@ def up(settings: Settings, only: list[str] | None = None) -> list[ServiceStatus]
     except BaseException:
         down(settings)
         raise
+    if only is None:
+        from ops.endpoints import serve_models
+
+        for served in serve_models(settings):
+            (report or log.info)(served.note)
     return status(settings)
 
 
@@ -401,7 +419,14 @@ def _stack_processes(settings: Settings) -> list[psutil.Process]:
 
 
 def down(settings: Settings, grace: float = 10.0) -> int:
-    """Stop every process of the stack; return how many were stopped."""
+    """Stop every process of the stack, model servers first; return how many were stopped."""
+    from ops.endpoints import stop_models
+
+    try:
+        models = len(stop_models(settings))
+    except Exception as exc:  # noqa: BLE001 (the services must still be stopped)
+        log.warning("could not stop the model servers: %s", exc)
+        models = 0
     victims: dict[int, psutil.Process] = {}
     groups: set[int] = set()
     for svc in services(settings):
@@ -437,7 +462,7 @@ def down(settings: Settings, grace: float = 10.0) -> int:
             proc.kill()
     for svc in services(settings):
         _pid_file(settings, svc.name).unlink(missing_ok=True)
-    return len(victims)
+    return len(victims) + models
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
@@ -473,4 +498,39 @@ def status(settings: Settings) -> list[ServiceStatus]:
         result.append(
             ServiceStatus(svc.name, pid if running else None, running, healthy, svc.url, detail)
         )
-    return result
+    return result + model_status(settings)
+
+
+MODEL_PREFIX = "model "
+
+
+def model_status(settings: Settings) -> list[ServiceStatus]:
+    """The running model servers (``model <name>-v<version>``), ready or not, with URLs."""
+    from ops.endpoints import running
+
+    rows = []
+    try:
+        servers = running(settings)
+    except Exception as exc:  # noqa: BLE001 (status must always answer)
+        log.warning("cannot read the model servers' state: %s", exc)
+        return []
+    for server in servers:
+        url = str(server["url"])
+        ready, _ = http_ok(f"{url}/v2/health/ready")
+        detail = (
+            f"POST /v1/models/{server.get('model_name')}:predict, "
+            f"sha256 {str(server.get('artifact_sha256', ''))[:12]}"
+        )
+        if server.get("restarts"):
+            detail += f", {server['restarts']} restart(s)"
+        rows.append(
+            ServiceStatus(
+                MODEL_PREFIX + server["name"],
+                server.get("supervisor_pid"),
+                True,
+                ready,
+                url,
+                detail,
+            )
+        )
+    return rows

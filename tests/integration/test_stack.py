@@ -124,6 +124,8 @@ def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
         settings = load_settings(env)
         assert settings.airflow_url in up.stdout and settings.mlflow_url in up.stdout
         assert "user 'admin' (admin) password" in up.stdout
+        # a fresh stack has no approved version to serve: one note, and `up` succeeds
+        assert "model: no approved, deployed model version to serve" in up.stdout
         status = subprocess.run(
             ["make", "-s", "status"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
         )

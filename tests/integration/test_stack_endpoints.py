@@ -1,0 +1,201 @@
+"""`make up` serves each model's approved champion (or, without one, its latest approved
+deployment) with the real local deployer and model server; an unapproved champion is
+never served; `make status` lists the servers and `make down` stops them.
+
+The registry (MLflow, SQLite store) and the governance store are real; the versions are
+small LightGBM boosters, approved and released through registry.approvals/governance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+import pytest
+
+from ops import endpoints, stack
+from pipelines.config import Settings, load_settings
+from pipelines.spec import load_spec
+from serving.deployers.local import _alive
+from tests.support import stack_env
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Registry:
+    settings: Settings
+    rows: pd.DataFrame
+    expected: dict[tuple[str, str], list[float]]  # (model, version) -> scores of `rows`
+
+
+def _booster(seed: int) -> tuple[lgb.Booster, pd.DataFrame]:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame({"amount": rng.lognormal(3, 1, 800), "hour": rng.integers(0, 24, 800)})
+    y = ((frame["amount"] > 30 + seed) & (frame["hour"] < 7)).astype(int)
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "seed": seed, "num_threads": 1},
+        lgb.Dataset(frame, y),
+        num_boost_round=8 + seed,
+    )
+    return booster, frame
+
+
+def _register(settings: Settings, name: str, seed: int) -> tuple[str, lgb.Booster]:
+    import mlflow
+    import mlflow.lightgbm
+
+    from registry.mlflow_registry import artifact_location_for
+
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    if client.get_experiment_by_name("endpoints") is None:
+        client.create_experiment(
+            "endpoints", artifact_location=artifact_location_for(uri, settings.mlflow_artifacts)
+        )
+    mlflow.set_experiment("endpoints")
+    booster, _ = _booster(seed)
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(booster, name="model")
+    return str(mlflow.register_model(info.model_uri, name).version), booster
+
+
+def _approve_and_release(settings: Settings, name: str, version: str, run_id: str) -> None:
+    from registry import approvals, governance
+    from registry.mlflow_registry import artifact_sha256_of
+
+    url = settings.governance_url
+    spec = load_spec(ROOT / "specs" / "fraud.yaml").model_copy(update={"name": name})
+    sha = artifact_sha256_of(settings.mlflow_tracking_uri, name, version)
+    approvals.request_approval(
+        url,
+        spec,
+        model_version=version,
+        artifact_sha256=sha,
+        run_id=run_id,
+        dag_id=None,
+        triggered_by="dev",
+        author="dev",
+        risk_reasons=[],
+    )
+    for user in ("alice", "bob")[: spec.approval.min_approvers]:
+        state = approvals.decide(
+            url, name, version, user=user, decision="approve", reason="ok", channel="cli"
+        )
+    assert state.status == "approved"
+    governance.record_deployment(
+        url, state, environment="local", action="deployed", actor="govml-lifecycle", consume=True
+    )
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    from registry import approvals
+    from registry.mlflow_registry import set_alias
+
+    var = tmp_path_factory.mktemp("endpoints") / "var"
+    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
+    settings = load_settings(env)
+    settings.mlflow_artifacts.mkdir(parents=True)
+    for user in ("alice", "bob"):
+        approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
+    expected: dict[tuple[str, str], list[float]] = {}
+    _, rows = _booster(0)
+    rows = rows.head(6)
+    # toy_champ: v1 champion, v2 released later (a challenger): the champion is served
+    for seed in (1, 2):
+        version, booster = _register(settings, "toy_champ", seed)
+        _approve_and_release(settings, "toy_champ", version, f"run-{seed}")
+        expected["toy_champ", version] = booster.predict(rows).tolist()
+    set_alias(settings.mlflow_tracking_uri, "toy_champ", "champion", "1")
+    # toy_new: released, no champion yet: its latest deployment is served
+    version, booster = _register(settings, "toy_new", 3)
+    _approve_and_release(settings, "toy_new", version, "run-3")
+    expected["toy_new", version] = booster.predict(rows).tolist()
+    # toy_rogue: someone set the champion alias by hand on an unapproved version
+    _register(settings, "toy_rogue", 4)
+    set_alias(settings.mlflow_tracking_uri, "toy_rogue", "champion", "1")
+    # toy_idle: registered, never approved nor deployed: nothing to say
+    _register(settings, "toy_idle", 5)
+    saved = dict(os.environ)
+    os.environ.update(env)  # the deployer passes its environment to the servers
+    try:
+        yield Registry(settings, rows, expected)
+    finally:
+        endpoints.stop_models(settings)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _predict(url: str, model: str, rows: pd.DataFrame) -> dict:
+    body = json.dumps({"instances": rows.to_dict(orient="records")}).encode()
+    req = urllib.request.Request(
+        f"{url}/v1/models/{model}:predict", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def test_up_serves_approved_champions_status_lists_them_down_stops_them(
+    registry: Registry,
+) -> None:
+    from registry.approvals import list_requests
+
+    settings = registry.settings
+    served = {s.model_name: s for s in endpoints.serve_models(settings)}
+    assert set(served) == {"toy_champ", "toy_new", "toy_rogue"}  # toy_idle: not deployed
+
+    champ = served["toy_champ"]
+    assert (champ.version, champ.alias) == ("1", "champion")
+    assert champ.note == f"toy_champ v1 (champion) serving at {champ.url}"
+    new = served["toy_new"]
+    assert (new.version, new.alias) == ("1", "challenger")
+    assert new.note.startswith("toy_new has no champion yet: serving its most recently")
+    rogue = served["toy_rogue"]
+    assert rogue.url is None
+    assert rogue.note == "NOT served: toy_rogue v1 (champion) has no recorded approval"
+
+    for item in (champ, new):
+        answer = _predict(str(item.url), item.model_name, registry.rows)
+        assert answer["predictions"] == registry.expected[item.model_name, str(item.version)]
+        (request,) = [
+            r
+            for r in list_requests(settings.governance_url, item.model_name, "approved")
+            if r.model_version == item.version
+        ]
+        assert answer["model_sha256"] == request.artifact_sha256  # the approved file
+
+    rows = {r.name: r for r in stack.status(settings)}
+    for name, item in (("toy-champ-v1", champ), ("toy-new-v1", new)):
+        row = rows[stack.MODEL_PREFIX + name]
+        assert row.running and row.healthy and row.url == item.url
+        assert f"POST /v1/models/{item.model_name}:predict" in row.detail
+    assert not any("rogue" in name for name in rows)
+    pids = [r.pid for r in rows.values() if r.name.startswith(stack.MODEL_PREFIX)]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+
+    # serving again finds them running: the same endpoints, no second server
+    again = {s.model_name: s.url for s in endpoints.serve_models(settings)}
+    assert again["toy_champ"] == champ.url and again["toy_new"] == new.url
+
+    assert stack.down(settings) >= 2  # no Airflow/MLflow here: just the model servers
+    assert not any(_alive(pid) for pid in pids)
+    assert not [r for r in stack.status(settings) if r.name.startswith(stack.MODEL_PREFIX)]
+
+
+def test_nothing_deployable_is_one_note(tmp_path: Path) -> None:
+    var = tmp_path / "var"
+    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
+    settings = load_settings(env)
+    (note,) = endpoints.serve_models(settings)
+    assert note.url is None and note.note == "no approved, deployed model version to serve"
