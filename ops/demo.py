@@ -4,8 +4,12 @@ Validates every spec, generates the fraud and credit data sets and copies the Ge
 Credit data (Parquet + manifest, SHA-256), then runs the fraud lifecycle DAG end to
 end (ingest, data validation, lineage, features, training, evaluation, fairness,
 SHAP, gates, MLflow registration as ``candidate``, audit events, and the approval
-request) and prints where to look. The run stops at the human approval gate: a
-reviewer approves in the Airflow UI (``make up``) or with ``govml approve``.
+request). At the human approval gate the demo records the two four-eyes approvals as
+the embedded stack's ``reviewer`` and ``validator`` users (in a bank, two people in the
+Airflow UI or with ``govml approve``), runs the deploy step, which starts the
+version's model server, scores a few test transactions through the live endpoint and
+explains a flagged one (:mod:`ops.demo_serving`). The model server keeps running
+(``make down`` stops it); the demo ends by verifying the audit chain.
 """
 
 from __future__ import annotations
@@ -70,10 +74,24 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
         )
 
     console.rule("fraud lifecycle DAG (dag.test, embedded stack)")
-    from ops.lifecycle_runner import run_lifecycle
+    from ops.demo_serving import approve_and_serve
+    from ops.lifecycle_runner import run_lifecycle_in
+    from registry.audit import verify_chain
 
     conf = {"n_rows": rows} if rows else {}
-    code = run_lifecycle(settings, specs["fraud"], settings.specs_dir / "fraud.yaml", conf, console)
+    spec_path = settings.specs_dir / "fraud.yaml"
+    code, run_dir = run_lifecycle_in(settings, specs["fraud"], spec_path, conf, console)
+    endpoint = None
+    if code == 0:
+        code, endpoint = approve_and_serve(settings, spec_path, run_dir, console)
+    chain = verify_chain(settings.governance_url)
+    console.print(
+        f"audit chain        : {'[green]verified[/]' if chain.ok else '[red]BROKEN[/]'}, "
+        f"{chain.events} events, head {chain.head_seq} {chain.head_hash[:16]}…"
+        + ("" if chain.ok else f" ({chain.problem})")
+    )
+    if not chain.ok:
+        code = 1
 
     console.rule("where to look")
     console.print(f"data and manifests : {settings.data_dir}")
@@ -86,6 +104,9 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
     console.print("run it again       : .venv/bin/govml run fraud   (or trigger it in Airflow)")
     console.print("approvals          : .venv/bin/govml approvals list --status pending")
     console.print("audit trail        : .venv/bin/govml audit verify; .venv/bin/govml audit log")
+    if endpoint:
+        console.print(f"model endpoint     : {endpoint}/v1/models/fraud:predict (and :explain)")
+        console.print("                     still running; stop it with: make down")
     if code == 0:
         console.print("[green]demo finished[/]")
     return code

@@ -92,6 +92,18 @@ def run_lifecycle(
     console: Console | None = None,
     until: str = DEFAULT_UNTIL,
 ) -> int:
+    return run_lifecycle_in(settings, spec, spec_path, conf, console, until)[0]
+
+
+def run_lifecycle_in(
+    settings: Settings,
+    spec: ModelSpec,
+    spec_path: Path,
+    conf: dict[str, Any],
+    console: Console | None = None,
+    until: str = DEFAULT_UNTIL,
+) -> tuple[int, Path]:
+    """:func:`run_lifecycle`, also returning the run folder."""
     console = console or Console()
     stages = list(MARKERS)[: list(MARKERS).index(until) + 1] if until in MARKERS else list(MARKERS)
     with console.status("preparing the stores (Airflow metadata migration)"):
@@ -184,4 +196,4 @@ def run_lifecycle(
     if deploy_file.exists():
         dep = json.loads(deploy_file.read_text())
         console.print(f"released     : version {dep['model_version']} as {dep['alias']}")
-    return 0 if ok else 1
+    return (0 if ok else 1), run_dir

@@ -1,0 +1,85 @@
+"""`make demo` (``govml demo``) end to end on small data: the fraud lifecycle up to its
+approval gate, the four-eyes approvals as the demo's reviewer and validator, the deploy
+step with the real local model server, live scores and an explanation; the audit chain
+verifies and the server keeps running until `make down`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ops import endpoints, stack
+from pipelines.config import load_settings
+from tests.support import stack_env
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
+    from registry.approvals import list_requests
+    from registry.audit import events, verify_chain
+    from registry.governance import deployments
+
+    env = stack_env(tmp_path / "var", COLUMNS="160", GOVML_TRIGGERED_BY="demo-operator")
+    settings = load_settings(env)
+    try:
+        result = subprocess.run(
+            [str(ROOT / ".venv" / "bin" / "govml"), "demo", "--rows", "40000"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        out = result.stdout
+        assert result.returncode == 0, out[-6000:] + result.stderr[-3000:]
+        assert "demo approvals by reviewer and validator (in a bank these are two people)" in out
+
+        # the approvals went through registry.approvals: roles, four-eyes, audit events
+        (request,) = list_requests(settings.governance_url, "fraud")
+        assert request.status == "approved" and request.consumed_at is not None
+        approvers = request.approvers
+        assert approvers == ["reviewer", "validator"][: request.required_approvers]
+        assert {d.channel for d in request.decisions} == {"demo"}
+        granted = events(settings.governance_url, model_name="fraud", kinds=["approval_granted"])
+        assert [e.actor for e in granted] == approvers
+        (row,) = deployments(settings.governance_url, "fraud")
+        assert row["action"] == "deployed" and row["environment"] == "local"
+        assert row["actor"] == "govml-lifecycle" and row["details"]["alias"] == "challenger"
+        url = row["details"]["endpoint"]
+
+        # the scoring table: five rows, each with amount, channel, score and decision
+        table = out[out.index("test transactions scored by the live endpoint") :]
+        assert re.search(r"amount\s*┃\s*channel\s*┃\s*score\s*┃\s*decision", table)
+        scored = re.findall(
+            r"│\s*([\d,]+\.\d\d)\s*│\s*(online|card_present)\s*│\s*([01]\.\d{4})\s*│\s*(flag|pass)",
+            table,
+        )
+        assert len(scored) == 5, table[:2000]
+        # one explanation: reason codes for a flag, and the SHAP contributions
+        assert "explanation of a flagged transaction (:explain)" in out
+        assert "reason codes (adverse factors" in out
+        assert "TreeSHAP contributions (log-odds), largest first" in out
+        assert re.search(r"│ \w+\s*│\s*\S+\s*│\s*[+-]\d+\.\d{4} │", out[out.index("TreeSHAP") :])
+        assert f"model endpoint     : {url}/v1/models/fraud:predict" in out
+        assert "stop it with: make down" in out
+
+        report = verify_chain(settings.governance_url)
+        assert report.ok and report.events > 0
+        assert f"audit chain        : verified, {report.events} events" in out
+
+        # the server keeps running after the demo and answers with the approved model
+        with urllib.request.urlopen(f"{url}/v1/models/fraud", timeout=10) as resp:
+            assert json.loads(resp.read())["ready"] is True
+        (running,) = [r for r in stack.status(settings) if r.name.startswith("model ")]
+        assert running.name == "model fraud-v1" and running.url == url and running.healthy
+    finally:
+        stopped = endpoints.stop_models(settings)
+    assert stopped == ["fraud-v1"]
+    assert not [r for r in stack.status(settings) if r.name.startswith("model ")]
