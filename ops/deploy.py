@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -58,6 +59,9 @@ def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
     from serving.deployers.kubernetes import KubernetesDeployer
 
     tracking = settings.kube_tracking_uri or settings.mlflow_tracking_uri
+    host = urlsplit(tracking).hostname or ""
+    if not settings.kube_tracking_uri and (host in ("localhost", "") or host.startswith("127.")):
+        tracking = ""  # pods cannot reach this machine's loopback: ask for the real one
     return KubernetesDeployer(
         settings.serving_dir,
         namespace=settings.kube_namespace,

@@ -347,3 +347,13 @@ def test_govml_deployer_kubernetes_builds_it_from_the_settings(tmp_path: Path) -
     assert dep.resources["memory_limit"] == "4Gi" and dep.image.endswith("serving:1.2")
     assert dep.tracking_uri == "http://mlflow.internal:5000"
     assert dep.state_root == tmp_path / "serving"
+    # the embedded stack's loopback MLflow is no address for pods: not passed on
+    local = load_settings({"GOVML_VAR_DIR": str(tmp_path), "GOVML_DEPLOYER": "kubernetes"})
+    assert deployer_for(local).tracking_uri is None
+    explicit = load_settings(
+        {
+            "GOVML_DEPLOYER": "kubernetes",
+            "GOVML_KUBE_MLFLOW_TRACKING_URI": "http://mlflow.govml.svc:5000",
+        }
+    )
+    assert deployer_for(explicit).tracking_uri == "http://mlflow.govml.svc:5000"
