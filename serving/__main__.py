@@ -17,6 +17,7 @@ Options beyond KServe's own (``--http_port``, ``--workers``...):
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import secrets
@@ -29,6 +30,7 @@ from serving.model import LightGBMModel
 
 log = logging.getLogger(__name__)
 REFUSED = 3
+GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
@@ -110,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prediction_log_format", default="parquet", choices=["parquet", "jsonl"])
     parser.add_argument("--tokens", default=None, help="bearer token file (hashed tokens)")
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
+    parser.add_argument(
+        "--switch_interval_ms",
+        type=float,
+        default=0.5,
+        help="Python's thread switch interval (latency bound for the log writer thread)",
+    )
     args, _ = parser.parse_known_args(argv)
     prediction_log = _prediction_log(args)
     model = LightGBMModel(
@@ -129,9 +137,29 @@ def main(argv: list[str] | None = None) -> int:
     tokens = TokenStore.load(args.tokens) if args.tokens else None
     if tokens is None:
         log.warning("no --tokens: predict/explain are open to anyone who can reach the port")
+    fast_routes = {}
+    if model.schema_ is not None:
+        fast_routes[f"/v1/models/{args.model_name}:predict"] = (
+            model.handle_v1_predict,
+            lambda: model.ready,
+        )
     model_server.app.add_middleware(
-        GuardMiddleware, max_body_bytes=args.max_body_bytes, tokens=tokens
+        GuardMiddleware,
+        max_body_bytes=args.max_body_bytes,
+        tokens=tokens,
+        fast_routes=fast_routes,
     )
+    # The prediction log's writer thread shares the GIL with the event loop: a short
+    # switch interval bounds how long a request can wait for it (default 5 ms).
+    sys.setswitchinterval(args.switch_interval_ms / 1000.0)
+    # The prediction log keeps request objects alive until its writer takes them, so
+    # the cyclic GC runs often; a full collection walks every object of the process
+    # (KServe, FastAPI, LightGBM, MLflow: about a million), pausing requests for
+    # milliseconds. Freeze what start-up made (never collected again) and collect
+    # the young generation less often.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     if model.schema_ is not None:
         _document_requests(model_server.app, args.model_name, model.schema_)
     try:

@@ -16,12 +16,14 @@ log (asynchronous, personal data pseudonymised) and to the score metrics.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+import orjson
 import pandas as pd
 from kserve import Model
 from kserve.errors import InvalidInput
@@ -30,6 +32,7 @@ from prometheus_client import Counter, Histogram
 
 from pipelines import artifacts
 from pipelines.artifacts import MODEL_FILES
+from serving.fastscore import RowScorer
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,9 @@ class LightGBMModel(Model):
         self.feature_names_: list[str] = []
         self.categories_: dict[str, list[Any]] = {}
         self.model_sha256_: str | None = None
+        self.scorer_: RowScorer | None = None
+        self._scores_hist: Any = None
+        self._decision_counts: dict[bool, Any] = {}
 
     def load(self) -> bool:
         model_file = find_model_file(resolve_model_dir(self.model_uri))
@@ -105,6 +111,11 @@ class LightGBMModel(Model):
         booster = lgb.Booster(model_file=str(model_file))
         self.booster_ = booster
         self.model_sha256_ = digest
+        try:
+            self.scorer_ = RowScorer(booster)
+        except (ValueError, lgb.basic.LightGBMError) as exc:  # multiclass: Booster.predict
+            log.info("single-row fast path unavailable (%s); using Booster.predict", exc)
+            self.scorer_ = None
         self.feature_names_ = list(booster.feature_name())
         cat_idx = booster.params.get("categorical_feature") or []
         pandas_cats = getattr(booster, "pandas_categorical", None) or []
@@ -138,6 +149,11 @@ class LightGBMModel(Model):
         # what a score at or above the threshold means for the bank's system
         self.labels_ = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
         self.reason_labels_ = dict(spec.reason_codes)
+        self._scores_hist = SCORES.labels(self.name, self.version)
+        self._decision_counts = {
+            flagged: DECISIONS.labels(self.name, self.version, str(flagged).lower())
+            for flagged in (True, False)
+        }
         return True
 
     def _strict(self, instances: Any = None, columns: Any = None) -> np.ndarray:
@@ -150,22 +166,29 @@ class LightGBMModel(Model):
         except InputError as exc:
             raise InvalidInput(str(exc)) from None
 
-    def _record(self, rows: list[dict[str, Any]], scores: np.ndarray, started: float) -> list:
+    def _record(
+        self,
+        rows: list[dict[str, Any]],
+        scores: np.ndarray,
+        started: float,
+        client: str | None = None,
+    ) -> list[bool]:
         """Decisions at the spec's threshold; metrics and the prediction log (never raise)."""
-        import time
-
         threshold = self.threshold_ if self.threshold_ is not None else 0.5
-        decisions = [bool(s >= threshold) for s in scores]
+        values = scores.tolist()
+        decisions = [s >= threshold for s in values]
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
-            hist = SCORES.labels(self.name, self.version)
-            for score, flagged in zip(scores, decisions, strict=True):
-                hist.observe(float(score))
-                DECISIONS.labels(self.name, self.version, str(flagged).lower()).inc()
+            hist = self._scores_hist
+            counts = self._decision_counts
+            for score, flagged in zip(values, decisions, strict=True):
+                hist.observe(score)
+                counts[flagged].inc()
             if self.prediction_log is not None:
-                request_id = str(uuid.uuid4())
+                request_id = uuid.uuid4().hex
+                labels = self.labels_
                 for i, (row, score, flagged) in enumerate(
-                    zip(rows, scores, decisions, strict=True)
+                    zip(rows, values, decisions, strict=True)
                 ):
                     self.prediction_log.log(
                         {
@@ -173,9 +196,10 @@ class LightGBMModel(Model):
                             "model_name": self.name,
                             "model_version": self.version,
                             "features": row,
-                            "score": float(score),
-                            "decision": self.labels_[0] if flagged else self.labels_[1],
+                            "score": score,
+                            "decision": labels[0] if flagged else labels[1],
                             "latency_ms": latency_ms,
+                            "client": client,
                         }
                     )
         except Exception:  # noqa: BLE001 (logging must never fail a request)
@@ -230,6 +254,13 @@ class LightGBMModel(Model):
         assert self.booster_ is not None
         return np.asarray(self.booster_.predict(frame), dtype="float64")
 
+    def score_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Scores of a validated float64 matrix: bit-for-bit ``Booster.predict``'s."""
+        if self.scorer_ is not None:
+            return self.scorer_.predict(matrix)
+        assert self.booster_ is not None
+        return np.asarray(self.booster_.predict(matrix), dtype="float64")
+
     # ------------------------------------------------------------------ protocol
     async def predict(
         self,
@@ -261,38 +292,42 @@ class LightGBMModel(Model):
         return {"predictions": scores.tolist(), "model_sha256": self.model_sha256_}
 
     def _predict_strict(self, payload: dict | InferRequest) -> dict | InferResponse:
-        import time
-
+        if not isinstance(payload, InferRequest):
+            return self.predict_v1(payload)
         started = time.perf_counter()
-        assert self.booster_ is not None
-        if isinstance(payload, InferRequest):
-            columns: dict[str, Any] = {}
-            for item in payload.inputs:
-                try:
-                    columns[item.name] = item.as_numpy()
-                except Exception as exc:  # noqa: BLE001 (any decoding problem is bad input)
-                    raise InvalidInput(f"input {item.name!r}: cannot read it: {exc}") from None
-            matrix = self._strict(columns=columns)
-            scores = np.asarray(self.booster_.predict(matrix), dtype="float64")
-            rows = [dict(zip(self.schema_.names, r, strict=True)) for r in matrix.tolist()]
-            decisions = self._record(rows, scores, started)
-            score_out = InferOutput(name="score", shape=[len(scores)], datatype="FP64")
-            score_out.set_data_from_numpy(scores, binary_data=False)
-            decision_out = InferOutput(name="decision", shape=[len(scores)], datatype="BOOL")
-            decision_out.set_data_from_numpy(np.asarray(decisions, dtype=bool), binary_data=False)
-            return InferResponse(
-                model_name=self.name,
-                model_version=self.version or None,
-                infer_outputs=[score_out, decision_out],
-                response_id=payload.id or str(uuid.uuid4()),
-            )
-        if not isinstance(payload, dict) or "instances" not in payload:
+        columns: dict[str, Any] = {}
+        for item in payload.inputs:
+            try:
+                columns[item.name] = item.as_numpy()
+            except Exception as exc:  # noqa: BLE001 (any decoding problem is bad input)
+                raise InvalidInput(f"input {item.name!r}: cannot read it: {exc}") from None
+        matrix = self._strict(columns=columns)
+        scores = self.score_matrix(matrix)
+        rows = [dict(zip(self.schema_.names, r, strict=True)) for r in matrix.tolist()]
+        decisions = self._record(rows, scores, started)
+        score_out = InferOutput(name="score", shape=[len(scores)], datatype="FP64")
+        score_out.set_data_from_numpy(scores, binary_data=False)
+        decision_out = InferOutput(name="decision", shape=[len(scores)], datatype="BOOL")
+        decision_out.set_data_from_numpy(np.asarray(decisions, dtype=bool), binary_data=False)
+        return InferResponse(
+            model_name=self.name,
+            model_version=self.version or None,
+            infer_outputs=[score_out, decision_out],
+            response_id=payload.id or str(uuid.uuid4()),
+        )
+
+    def predict_v1(self, payload: Any, client: str | None = None) -> dict[str, Any]:
+        """A V1 ``{"instances": [...]}`` body (strict schema): scores and decisions."""
+        started = time.perf_counter()
+        if type(payload) is not dict or "instances" not in payload:
             raise InvalidInput("the body must be a JSON object with 'instances'")
         instances = payload["instances"]
+        if not isinstance(instances, list):  # as KServe's own V1 validation says it
+            raise InvalidInput('Expected "instances" to be a list')
         matrix = self._strict(instances=instances)
-        scores = np.asarray(self.booster_.predict(matrix), dtype="float64")
-        rows = instances if isinstance(instances, list) else [instances]
-        decisions = self._record(rows, scores, started)
+        scores = self.score_matrix(matrix)
+        rows = instances
+        decisions = self._record(rows, scores, started, client)
         return {
             "predictions": scores.tolist(),
             "decisions": decisions,
@@ -300,6 +335,23 @@ class LightGBMModel(Model):
             "model_version": self.version,
             "model_sha256": self.model_sha256_,
         }
+
+    def handle_v1_predict(self, body: bytes, client: str | None = None) -> tuple[int, bytes]:
+        """The V1 ``:predict`` route without the web framework: (status, JSON body).
+
+        Same answers as KServe's route (:mod:`serving.http` sends JSON requests for a
+        ready strict model here): 200 with the scores, 400 ``{"error": ...}`` naming
+        what is wrong with the body.
+        """
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return 400, orjson.dumps({"error": f"Unrecognized request format: {exc}"})
+        try:
+            result = self.predict_v1(payload, client)
+        except InvalidInput as exc:
+            return 400, orjson.dumps({"error": str(exc)})
+        return 200, orjson.dumps(result)
 
     async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """Per row: score, decision, TreeSHAP contributions (log-odds) and, for a declined
@@ -313,7 +365,7 @@ class LightGBMModel(Model):
         if not isinstance(payload, dict) or "instances" not in payload:
             raise InvalidInput("the body must be a JSON object with 'instances'")
         matrix = self._strict(instances=payload["instances"])
-        scores = np.asarray(self.booster_.predict(matrix), dtype="float64")
+        scores = self.score_matrix(matrix)
         contribs = np.asarray(self.booster_.predict(matrix, pred_contrib=True), dtype="float64")
         names = self.schema_.names
         threshold = self.threshold_ if self.threshold_ is not None else 0.5

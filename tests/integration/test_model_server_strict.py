@@ -445,6 +445,42 @@ def test_property_any_json_body_never_gets_a_5xx(server: SimpleNamespace) -> Non
     assert len(codes) >= 600 and 400 in codes
 
 
+def _with_type(server: SimpleNamespace, raw: bytes, content_type: str) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        f"{server.base}/v1/models/{MODEL}:predict",
+        data=raw,
+        headers={"Content-Type": content_type, "Authorization": f"Bearer {server.token}"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_the_fast_route_answers_exactly_as_kserves_route(server: SimpleNamespace) -> None:
+    """``application/json`` is answered by the guard's fast route, another JSON media type
+    (``application/ld+json``) by KServe's own route: the answers are the same."""
+    row = server.rows[3]
+    bodies = [
+        json.dumps({"instances": server.rows[:25]}).encode(),
+        json.dumps({"instances": [row]}).encode(),
+        json.dumps({"instances": row}).encode(),  # one object
+        json.dumps({"instances": [{**row, "purpose": "lottery"}]}).encode(),
+        json.dumps({"instances": [{**row, "extra_field": 1}]}).encode(),
+        json.dumps({"rows": [row]}).encode(),
+        json.dumps([row]).encode(),
+        b'{"instances": [',  # not JSON
+        b"",
+    ]
+    for raw in bodies:
+        fast = _with_type(server, raw, "application/json")
+        framework = _with_type(server, raw, "application/ld+json")
+        assert fast == framework, raw[:80]
+    assert _with_type(server, bodies[0], "application/json")[0] == 200
+    assert _with_type(server, bodies[-2], "application/json")[0] == 400
+
+
 def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
     code, text, _ = _call(f"{server.base}/metrics")
     assert code == 200

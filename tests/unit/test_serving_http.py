@@ -1,0 +1,180 @@
+"""The model server's guard middleware, driven as plain ASGI: fast routes, limits, tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from serving.auth import TokenStore, generate_token, write_records
+from serving.http import GuardMiddleware
+
+PATH = "/v1/models/fraud:predict"
+
+
+class App:
+    """The framework behind the middleware (KServe's FastAPI app in the server)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.calls.append(scope["path"])
+        raw = json.dumps({"from": "framework", "bytes": len(body)}).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": raw})
+
+
+def call(
+    guard: GuardMiddleware,
+    body: bytes,
+    headers: dict[str, str] | None = None,
+    path: str = PATH,
+    method: str = "POST",
+    chunk: int | None = None,
+) -> tuple[int, dict]:
+    chunks = [body] if chunk is None else [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    chunks = chunks or [b""]
+    messages = [
+        {"type": "http.request", "body": c, "more_body": i < len(chunks) - 1}
+        for i, c in enumerate(chunks)
+    ]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    head = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    scope = {"type": "http", "path": path, "method": method, "headers": head}
+    asyncio.run(guard(scope, receive, send))
+    status = sent[0]["status"]
+    payload = b"".join(m.get("body", b"") for m in sent[1:])
+    return status, json.loads(payload)
+
+
+class Model:
+    def __init__(self) -> None:
+        self.ready = True
+        self.seen: list[tuple[bytes, str | None]] = []
+
+    def handle(self, body: bytes, client: str | None) -> tuple[int, bytes]:
+        self.seen.append((body, client))
+        if body == b"boom":
+            raise RuntimeError("a bug")
+        return 200, json.dumps({"from": "fast", "client": client}).encode()
+
+
+def guard_with(model: Model, tokens: TokenStore | None = None, limit: int = 1000) -> tuple:
+    app = App()
+    guard = GuardMiddleware(
+        app,
+        max_body_bytes=limit,
+        tokens=tokens,
+        fast_routes={PATH: (model.handle, lambda: model.ready)},
+    )
+    return guard, app
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_a_json_predict_is_answered_by_the_fast_route_without_the_framework() -> None:
+    model = Model()
+    guard, app = guard_with(model)
+    assert call(guard, b'{"instances": []}', JSON) == (200, {"from": "fast", "client": None})
+    assert call(guard, b"{}", {}) == (200, {"from": "fast", "client": None})  # no content type
+    assert app.calls == []
+    assert model.seen[0][0] == b'{"instances": []}'
+
+
+def test_a_body_in_several_chunks_reaches_the_fast_route_whole() -> None:
+    model = Model()
+    guard, _ = guard_with(model)
+    body = json.dumps({"instances": [{"a": i} for i in range(40)]}).encode()
+    assert call(guard, body, JSON, chunk=7)[0] == 200
+    assert model.seen[-1][0] == body
+
+
+@pytest.mark.parametrize(
+    ("headers", "path", "method"),
+    [
+        ({"Content-Type": "application/ld+json"}, PATH, "POST"),  # other JSON: KServe decodes
+        ({"Content-Type": "text/plain"}, PATH, "POST"),
+        ({**JSON, "ce-specversion": "1.0"}, PATH, "POST"),  # CloudEvents binary mode
+        (JSON, "/v1/models/fraud:explain", "POST"),
+        (JSON, "/v1/models/other:predict", "POST"),
+        (JSON, PATH, "GET"),
+    ],
+)
+def test_anything_else_goes_to_the_framework(headers: dict, path: str, method: str) -> None:
+    model = Model()
+    guard, app = guard_with(model)
+    status, payload = call(guard, b"{}", headers, path=path, method=method)
+    assert (status, payload["from"]) == (200, "framework")
+    assert model.seen == [] and app.calls == [path]
+
+
+def test_a_model_not_ready_goes_to_the_framework_which_answers_503_in_kserve() -> None:
+    model = Model()
+    model.ready = False
+    guard, app = guard_with(model)
+    assert call(guard, b"{}", JSON)[1]["from"] == "framework"
+
+
+def test_limits_and_tokens_apply_before_the_fast_route() -> None:
+    model = Model()
+    guard, _ = guard_with(model, limit=100)
+    big = b"[" + b"1," * 200 + b"1]"
+    status, payload = call(guard, big, {**JSON, "Content-Length": str(len(big))})
+    assert status == 413 and "100 bytes" in payload["error"]
+    status, _ = call(guard, big, JSON, chunk=30)  # streamed, no Content-Length
+    assert status == 413
+    assert model.seen == []
+
+
+def test_tokens_name_the_client_for_the_prediction_log(tmp_path) -> None:  # noqa: ANN001
+    token, record = generate_token("cards-auth", ["predict"])
+    other, other_record = generate_token("reporting", ["explain"])
+    write_records(tmp_path / "tokens.json", [record, other_record])
+    model = Model()
+    guard, _ = guard_with(model, tokens=TokenStore.load(tmp_path / "tokens.json"))
+    assert call(guard, b"{}", JSON)[0] == 401
+    assert call(guard, b"{}", {**JSON, "Authorization": "Bearer nope"})[0] == 401
+    assert call(guard, b"{}", {**JSON, "Authorization": f"Bearer {other}"})[0] == 403
+    assert model.seen == []
+    status, payload = call(guard, b"{}", {**JSON, "Authorization": f"Bearer {token}"})
+    assert (status, payload["client"]) == (200, "cards-auth")
+
+
+def test_a_bug_in_the_fast_route_is_a_500_that_says_where_to_look() -> None:
+    model = Model()
+    guard, _ = guard_with(model)
+    status, payload = call(guard, b"boom", JSON)
+    assert status == 500 and "server log" in payload["error"]
+
+
+def test_requests_are_counted_by_kind_and_code() -> None:
+    from prometheus_client import REGISTRY
+
+    def count(code: str) -> float:
+        value = REGISTRY.get_sample_value("govml_requests_total", {"kind": "predict", "code": code})
+        return value or 0.0
+
+    model = Model()
+    guard, _ = guard_with(model, limit=10)
+    before_ok, before_413 = count("200"), count("413")
+    call(guard, b"{}", JSON)
+    call(guard, b"x" * 50, {**JSON, "Content-Length": "50"})
+    assert count("200") == before_ok + 1
+    assert count("413") == before_413 + 1
