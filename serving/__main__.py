@@ -170,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=1,
         ).start([model])
     finally:
-        if prediction_log is not None:
-            prediction_log.close()
+        model.close_prediction_log()
     return 0
 
 

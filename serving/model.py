@@ -28,15 +28,16 @@ import pandas as pd
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter
 
 from pipelines import artifacts
 from pipelines.artifacts import MODEL_FILES
 from serving.fastscore import RowScorer
+from serving.metrics import ScoreHistogram
 
 log = logging.getLogger(__name__)
 
-SCORES = Histogram(
+SCORES = ScoreHistogram(
     "govml_score",
     "Model scores served",
     ["model", "version"],
@@ -128,6 +129,27 @@ class LightGBMModel(Model):
         log.info("loaded %s (sha256 %s, %d features)", model_file, digest, len(self.feature_names_))
         return True
 
+    def stop(self) -> None:
+        """KServe unloads the model on SIGTERM/SIGINT: finish the prediction log first."""
+        self.close_prediction_log()
+        super().stop()
+
+    def close_prediction_log(self) -> None:
+        """Write every queued record into a complete file (idempotent) and say how many."""
+        plog = self.prediction_log
+        if plog is None or getattr(self, "_log_closed", False):
+            return
+        self._log_closed = True
+        closed = plog.close(timeout=60)
+        stats = plog.stats()
+        lost = stats["dropped"] or stats["errors"] or not closed
+        log.log(
+            logging.WARNING if lost else logging.INFO,
+            "prediction log %s: %s",
+            "closed" if closed else "NOT closed within 60 s",
+            ", ".join(f"{k} {v}" for k, v in stats.items()),
+        )
+
     def _load_schema(self, booster: lgb.Booster) -> bool:
         from pipelines.errors import GovMLError
         from pipelines.spec import load_spec
@@ -149,7 +171,7 @@ class LightGBMModel(Model):
         # what a score at or above the threshold means for the bank's system
         self.labels_ = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
         self.reason_labels_ = dict(spec.reason_codes)
-        self._scores_hist = SCORES.labels(self.name, self.version)
+        self._scores_hist = SCORES.child(self.name, self.version)
         self._decision_counts = {
             flagged: DECISIONS.labels(self.name, self.version, str(flagged).lower())
             for flagged in (True, False)
@@ -179,18 +201,36 @@ class LightGBMModel(Model):
         decisions = [s >= threshold for s in values]
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
-            hist = self._scores_hist
-            counts = self._decision_counts
-            for score, flagged in zip(values, decisions, strict=True):
-                hist.observe(score)
-                counts[flagged].inc()
-            if self.prediction_log is not None:
+            if len(values) == 1:
+                self._scores_hist.observe(values[0])
+                self._decision_counts[decisions[0]].inc()
+            else:
+                self._scores_hist.observe_many(scores)
+                flagged = sum(decisions)
+                if flagged:
+                    self._decision_counts[True].inc(flagged)
+                if flagged < len(decisions):
+                    self._decision_counts[False].inc(len(decisions) - flagged)
+            plog = self.prediction_log
+            if plog is not None and len(values) > 1:
+                labels = self.labels_
+                plog.log_batch(
+                    rows,
+                    values,
+                    [labels[0] if flagged else labels[1] for flagged in decisions],
+                    request_id=uuid.uuid4().hex,
+                    model_name=self.name,
+                    model_version=self.version,
+                    latency_ms=latency_ms,
+                    client=client,
+                )
+            elif plog is not None:
                 request_id = uuid.uuid4().hex
                 labels = self.labels_
                 for i, (row, score, flagged) in enumerate(
                     zip(rows, values, decisions, strict=True)
                 ):
-                    self.prediction_log.log(
+                    plog.log(
                         {
                             "request_id": f"{request_id}:{i}",
                             "model_name": self.name,

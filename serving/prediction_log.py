@@ -1,11 +1,19 @@
 """The prediction log: one record per scored row, written off the request path.
 
-``PredictionLog.log(record)`` only copies the record into a bounded queue: it never blocks
-and never raises. A full queue drops the record (counted in ``dropped``); the caller's
-latency never depends on the disk. A background thread takes batches from the queue,
-pseudonymises the personal-data fields, and appends them to the current file; the file is
+``PredictionLog.log(record)`` pseudonymises the record's personal-data fields and encodes
+it as one JSON line (a few microseconds, on the caller's thread), then appends the line to
+a bounded in-memory queue: it never blocks and never raises. A full queue drops the
+record (counted in ``dropped``); the caller's latency never depends on the disk. A
+background thread takes batches of lines and appends them to the current file; the file is
 finished and renamed into place when it reaches ``rotate_rows`` rows or ``rotate_seconds``
 of age, on ``flush()`` and on ``close()``.
+
+Why encode on the caller's thread: in a model server the caller is the event loop, and
+the writer thread shares the GIL (and, when the server is pinned, the CPU) with it. Per-
+record Python work in the writer comes in bursts that make requests wait for the GIL; a
+constant few microseconds per request do not. The writer only runs code that releases the
+GIL: Arrow's JSON reader turns a batch of lines into columns, the Parquet writer
+compresses and writes them (JSONL is written as it is).
 
 Files are written atomically: rows go to a hidden ``.<name>.tmp`` file, which is fsynced
 and renamed to its final name only once complete, so a reader listing ``*.parquet`` or
@@ -60,12 +68,15 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from pipelines.errors import ConfigError
@@ -111,8 +122,21 @@ SCHEMA = pa.schema(
 )
 _EXTENSION: dict[str, str] = {"parquet": ".parquet", "jsonl": ".jsonl"}
 _ERROR_LOG_INTERVAL_S = 10.0
-# rows the writer thread handles between two releases of the GIL (about 0.2 ms of work)
-_SLICE_ROWS = 64
+# The writer's own Python loop (rotation bookkeeping, about 0.3 µs a line) pauses after
+# this many lines: a real sleep blocks the thread, so an event loop waiting for the GIL
+# gets it at once (``sleep(0)`` would not: the writer takes the GIL straight back).
+_SLICE_ROWS = 512
+_SLICE_PAUSE_S = 0.0001
+_PARSE_OPTIONS = pa_json.ParseOptions(
+    explicit_schema=pa.schema(
+        [pa.field("timestamp", pa.int64()) if f.name == "timestamp" else f for f in SCHEMA]
+    ),
+    unexpected_field_behavior="error",
+)
+
+
+def _yield_gil() -> None:
+    time.sleep(_SLICE_PAUSE_S)
 
 
 class _Flush:
@@ -123,6 +147,16 @@ class _Flush:
 
 
 _CLOSE = object()
+
+
+class _Batch:
+    """Queue item: the rows of one multi-row request, already encoded for the sink."""
+
+    __slots__ = ("payload", "rows")
+
+    def __init__(self, rows: int, payload: pa.RecordBatch | bytes) -> None:
+        self.rows = rows
+        self.payload = payload
 
 
 # --------------------------------------------------------------------------- sinks
@@ -138,19 +172,36 @@ class ParquetSink:
     def _open(self) -> pq.ParquetWriter:
         return pq.ParquetWriter(self.path, self._schema, compression=self._compression)
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
-        # Converting Python rows holds the GIL (about 2.5 µs a row): in small slices,
-        # yielding between them, so the server's event loop never waits long for it.
-        batches = []
-        for start in range(0, len(rows), _SLICE_ROWS):
-            batches.append(
-                pa.RecordBatch.from_pylist(rows[start : start + _SLICE_ROWS], schema=self._schema)
-            )
-            time.sleep(0)
-        table = pa.Table.from_batches(batches, schema=self._schema)
+    def write(self, items: list[bytes | _Batch]) -> None:
+        """Append JSON lines (:func:`_parquet_line`) and batches as one row group."""
+        tables = []
+        lines: list[bytes] = []
+        for item in [*items, None]:
+            if isinstance(item, bytes):
+                lines.append(item)
+                continue
+            if lines:
+                tables.append(self._parse(lines))
+                lines = []
+            if item is not None:
+                tables.append(pa.Table.from_batches([item.payload], schema=self._schema))
+        if not tables:
+            return
+        table = tables[0] if len(tables) == 1 else pa.concat_tables(tables)
         if self._writer is None:
             self._writer = self._open()
-        self._writer.write_table(table, row_group_size=max(len(rows), 1))
+        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+
+    def _parse(self, lines: list[bytes]) -> pa.Table:
+        data = b"".join(lines)
+        parsed = pa_json.read_json(
+            pa.BufferReader(data),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1),
+            parse_options=_PARSE_OPTIONS,
+        )
+        columns = parsed.columns
+        columns[1] = columns[1].cast(pa.timestamp("us", tz="UTC"))  # epoch µs → timestamp
+        return pa.Table.from_arrays(columns, schema=self._schema)
 
     def finish(self) -> None:
         if self._writer is None:  # nothing written: still a valid, empty file
@@ -171,14 +222,15 @@ class JsonlSink:
         self.path = path
         self._file: Any = None
 
-    def write(self, rows: list[dict[str, Any]]) -> None:
+    def write(self, items: list[bytes | _Batch]) -> None:
+        """Append JSON lines (:func:`_jsonl_line`) and batches of them."""
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open)
-        self._file.write("".join(_jsonl_line(row) for row in rows))
+            self._file = open(self.path, "ab")  # noqa: SIM115 (kept open)
+        self._file.write(b"".join(i if isinstance(i, bytes) else i.payload for i in items))
 
     def finish(self) -> None:
         if self._file is None:
-            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
+            self._file = open(self.path, "ab")  # noqa: SIM115
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
@@ -212,7 +264,7 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def _jsonl_line(row: dict[str, Any]) -> str:
+def _jsonl_line(row: dict[str, Any]) -> bytes:
     """One JSON object; ``features``/``extra`` (already JSON text) are spliced in as objects."""
     head = {k: v for k, v in row.items() if k not in ("features", "extra")}
     head["timestamp"] = _iso(row["timestamp"])
@@ -222,7 +274,26 @@ def _jsonl_line(row: dict[str, Any]) -> str:
     line = _LINE_ENCODER.encode(head)[:-1] + ',"features":' + row["features"]
     if row["extra"] is not None:
         line += ',"extra":' + row["extra"]
-    return line + "}\n"
+    return (line + "}\n").encode("utf-8")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _parquet_line(row: dict[str, Any]) -> bytes:
+    """One JSON object with the Parquet columns; the timestamp as epoch microseconds."""
+    out = dict(row)
+    out["timestamp"] = (row["timestamp"] - _EPOCH) // _MICROSECOND
+    for key in ("score", "latency_ms"):
+        if out[key] is not None and not math.isfinite(out[key]):
+            out[key] = None
+    if orjson is not None:
+        return orjson.dumps(out, option=orjson.OPT_APPEND_NEWLINE)
+    return (_LINE_ENCODER.encode(out) + "\n").encode("utf-8")
+
+
+_LINES = {"parquet": _parquet_line, "jsonl": _jsonl_line}
 
 
 _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
@@ -410,6 +481,7 @@ class PredictionLog:
         # wakes every poll_seconds, or at once when batch_rows are waiting or on flush/close.
         self._items: collections.deque[Any] = collections.deque()
         self._queue_size = queue_size
+        self._queued_rows = 0  # rows in _items (lines and batches)
         self._wake = threading.Event()
         self._gate = threading.Lock()  # orders log() against close()
         self._closed = False
@@ -424,7 +496,8 @@ class PredictionLog:
         self._final: Path | None = None
         self._opened_at = 0.0
         self._file_rows = 0  # rows in the current file (written to the sink or pending)
-        self._pending: list[dict[str, Any]] = []  # rows not yet handed to the sink
+        self._pending: list[bytes | _Batch] = []  # lines/batches not yet handed to the sink
+        self._line = _LINES[fmt]
         self._last_error_log = -math.inf
         self._suppressed_errors = 0
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -446,27 +519,134 @@ class PredictionLog:
     def log(self, record: dict[str, Any]) -> bool:
         """Queue one record; False (and counted in ``dropped``) when full or closed.
 
-        Never blocks, never raises. The record is copied (one level, and its
-        ``features``), so the caller may reuse its dicts.
+        Never blocks, never raises. The record is encoded at once (pseudonymised,
+        one JSON line), so the caller may reuse its dicts; a record that cannot be
+        encoded is counted in ``errors``.
         """
         try:
             now = self._clock()
             item = dict(record)
-            features = item.get("features")
-            if isinstance(features, dict):
-                item["features"] = dict(features)
-            with self._gate:
-                if not self._closed:
-                    items = self._items
-                    if len(items) < self._queue_size:
-                        items.append((item, now))
-                        if len(items) == self._batch_rows:
-                            self._wake.set()
-                        return True
-        except Exception:  # noqa: BLE001, S110 (a broken record or clock must not reach the caller)
-            pass
-        self._count_drop()
+        except Exception:  # noqa: BLE001 (a broken record or clock must not reach the caller)
+            self._count_drop()
+            return False
+        try:
+            line = self._line(self._row(item, now))
+        except Exception as exc:  # noqa: BLE001 (a bad record is counted, not raised)
+            self._failed(1, f"bad record skipped: {type(exc).__name__}: {exc}")
+            return False
+        with self._gate:
+            if not self._closed and self._queued_rows < self._queue_size:
+                self._items.append(line)
+                self._queued_rows += 1
+                if self._queued_rows == self._batch_rows:
+                    self._wake.set()
+                return True
+            self._dropped += 1
         return False
+
+    def log_batch(
+        self,
+        features: Sequence[dict[str, Any]],
+        scores: Sequence[float],
+        decisions: Sequence[str],
+        *,
+        request_id: str,
+        model_name: str | None = None,
+        model_version: str | None = None,
+        latency_ms: float | None = None,
+        client: str | None = None,
+    ) -> int:
+        """Queue the rows of one request (row ``i`` gets ``request_id:i``); the number
+        queued (0 when full, closed or unreadable, counted as for :meth:`log`).
+
+        Encoded in one go (about 1 µs a row: each row's features as JSON, the rest as
+        columns), far cheaper than a :meth:`log` call per row for large requests.
+        """
+        n = len(features)
+        if n == 0:
+            return 0
+        try:
+            now = self._clock()
+            if len(scores) != n or len(decisions) != n:
+                counts = f"{n} feature rows, {len(scores)} scores, {len(decisions)} decisions"
+                raise ValueError(counts)
+            payload = self._encode_batch(
+                features, scores, decisions, str(request_id), now,
+                {"model_name": model_name, "model_version": model_version,
+                 "latency_ms": latency_ms, "client": client},
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 (never raise to the caller)
+            self._failed(n, f"bad batch skipped: {type(exc).__name__}: {exc}")
+            return 0
+        with self._gate:
+            if not self._closed and self._queued_rows + n <= max(self._queue_size, n):
+                self._items.append(_Batch(n, payload))
+                before = self._queued_rows
+                self._queued_rows += n
+                if before < self._batch_rows <= self._queued_rows:
+                    self._wake.set()
+                return n
+            self._dropped += n
+        return 0
+
+    def _encode_batch(
+        self,
+        features: Sequence[dict[str, Any]],
+        scores: Sequence[float],
+        decisions: Sequence[str],
+        request_id: str,
+        now: float,
+        common: dict[str, Any],
+    ) -> pa.RecordBatch | bytes:
+        n = len(features)
+        pseudo = self._pseudo.mapping if self._pseudo.fields else None
+        if orjson is not None:
+            dumps, opts = orjson.dumps, _ORJSON_OPTIONS
+            feats = [
+                dumps(pseudo(f) if pseudo else f, default=_json_default, option=opts)
+                for f in features
+            ]
+        else:
+            feats = [_to_json(pseudo(f) if pseudo else f).encode() for f in features]
+        fields = {k: _as_text(self._field(k, v)) for k, v in common.items() if k != "latency_ms"}
+        latency = _as_float(common["latency_ms"])
+        if "decision" in self._pseudo.fields or not all(type(d) is str for d in decisions):
+            decisions = [_as_text(self._field("decision", d)) for d in decisions]
+        if self.fmt == "parquet":
+            stamp = int(round(now * 1_000_000))
+            ids = pc.binary_join_element_wise(
+                request_id, pa.array(np.arange(n)).cast(pa.string()), ":"
+            )
+            scores_arr = pa.array(np.asarray(scores, dtype=np.float64), from_pandas=True)
+            arrays = [
+                ids,
+                pa.repeat(pa.scalar(stamp, pa.timestamp("us", tz="UTC")), n),
+                pa.repeat(pa.scalar(fields["model_name"], pa.string()), n),
+                pa.repeat(pa.scalar(fields["model_version"], pa.string()), n),
+                pa.array(feats, pa.string()),
+                pc.if_else(pc.is_finite(scores_arr), scores_arr, None),
+                pa.array(decisions, pa.string()),
+                pa.repeat(pa.scalar(latency, pa.float64()), n),
+                pa.repeat(pa.scalar(fields["client"], pa.string()), n),
+                pa.nulls(n, pa.string()),
+            ]
+            return pa.RecordBatch.from_arrays(arrays, schema=SCHEMA)
+        score_list = [None if s is None or not math.isfinite(s) else float(s) for s in scores]
+        decision_list = decisions
+        stamp_text = _iso(datetime.fromtimestamp(now, UTC))
+        lines = []
+        for i in range(n):
+            head = {
+                "request_id": f"{request_id}:{i}",
+                "timestamp": stamp_text,
+                **fields,
+                "score": score_list[i],
+                "decision": decision_list[i],
+                "latency_ms": latency,
+            }
+            text = _LINE_ENCODER.encode(head)[:-1] + ',"features":' + feats[i].decode() + "}\n"
+            lines.append(text.encode("utf-8"))
+        return b"".join(lines)
 
     def _count_drop(self) -> None:
         with self._gate:
@@ -530,7 +710,7 @@ class PredictionLog:
 
     @property
     def queued(self) -> int:
-        return sum(1 for item in list(self._items) if isinstance(item, tuple))
+        return self._queued_rows
 
     @property
     def files(self) -> list[Path]:
@@ -566,13 +746,19 @@ class PredictionLog:
             self._wake.wait(self._poll)
             self._wake.clear()
         batch = []
-        while items and len(batch) < self._batch_rows:
-            batch.append(items.popleft())
+        taken = 0
+        while items and taken < self._batch_rows:
+            item = items.popleft()
+            batch.append(item)
+            taken += 1 if isinstance(item, bytes) else getattr(item, "rows", 0)
+        if taken:
+            with self._gate:
+                self._queued_rows -= taken
         if not batch:
             self._rotate_if_old()
             return False
         closing = False
-        rows: list[tuple[dict[str, Any], float]] = []
+        rows: list[bytes | _Batch] = []
         for item in batch:
             if item is _CLOSE:
                 closing = True
@@ -592,28 +778,29 @@ class PredictionLog:
         return False
 
     def _drain_after_close(self) -> None:
+        lines: list[bytes | _Batch] = []
         while self._items:
             item = self._items.popleft()
             if isinstance(item, _Flush):
                 item.done.set()
             elif item is not _CLOSE:
-                self._add([item])
+                lines.append(item)
+        with self._gate:
+            self._queued_rows = 0
+        self._add(lines)
 
-    def _add(self, items: list[tuple[dict[str, Any], float]]) -> None:
-        for n, (record, logged_at) in enumerate(items, 1):
+    def _add(self, lines: list[bytes | _Batch]) -> None:
+        for n, line in enumerate(lines, 1):
             if n % _SLICE_ROWS == 0:
-                time.sleep(0)  # let the event loop take the GIL between slices
+                _yield_gil()
             if self._sink is not None and self._clock() - self._opened_at >= self.rotate_seconds:
                 self._finish()
-            try:
-                row = self._row(record, logged_at)
-            except Exception as exc:  # noqa: BLE001 (a bad record is counted, not raised)
-                self._failed(1, f"bad record skipped: {type(exc).__name__}: {exc}")
-                continue
             if self._sink is None and not self._open():
+                if isinstance(line, _Batch):  # _open counted one row lost
+                    self._failed(line.rows - 1, "batch lost with its file")
                 continue
-            self._pending.append(row)
-            self._file_rows += 1
+            self._pending.append(line)
+            self._file_rows += 1 if isinstance(line, bytes) else line.rows
             if len(self._pending) >= self._row_group_rows:
                 self._write_pending()
             if self._file_rows >= self.rotate_rows:
@@ -711,22 +898,19 @@ class PredictionLog:
         self._file_rows = 0
 
     def _failed(self, rows: int, message: str) -> None:
-        self._errors += rows
-        now = time.monotonic()
-        if now - self._last_error_log >= _ERROR_LOG_INTERVAL_S:
-            more = (
-                f" ({self._suppressed_errors} similar errors not logged)"
-                if self._suppressed_errors
-                else ""
-            )
-            log.error("prediction log: %s; %d row(s) lost%s", message, rows, more)
+        """Count lost rows and log why (at most every few seconds); thread-safe."""
+        with self._gate:
+            self._errors += rows
+            now = time.monotonic()
+            if now - self._last_error_log < _ERROR_LOG_INTERVAL_S:
+                self._suppressed_errors += 1
+                return
+            suppressed, self._suppressed_errors = self._suppressed_errors, 0
             self._last_error_log = now
-            self._suppressed_errors = 0
-        else:
-            self._suppressed_errors += 1
+        more = f" ({suppressed} similar errors not logged)" if suppressed else ""
+        log.error("prediction log: %s; %d row(s) lost%s", message, rows, more)
 
 
-# --------------------------------------------------------------------------- reading
 def complete_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The complete log files in a folder, oldest first (never a ``.tmp``)."""
     folder = Path(directory)

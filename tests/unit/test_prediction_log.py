@@ -450,3 +450,59 @@ def test_writer_survives_an_unexpected_bug(
     assert pl.close(timeout=10)
     assert "unexpected writer failure" in caplog.text
     assert [r["request_id"] for r in all_rows(tmp_path)] == ["req-1"]
+
+
+# --------------------------------------------------------------------------- batches
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_batch_is_written_like_the_same_rows_logged_one_by_one(tmp_path: Path, fmt: str) -> None:
+    rows = [{"amount": 10.5 + i, "merchant": "grocery", "card_id": 4000 + i} for i in range(5)]
+    scores = [0.1, 0.9, float("nan"), 0.4, 0.5]
+    decisions = ["pass", "flag", "pass", "pass", "pass"]
+    one = make_log(tmp_path / "one", fmt)
+    for i, (row, s, d) in enumerate(zip(rows, scores, decisions, strict=True)):
+        one.log(
+            {
+                "request_id": f"r1:{i}",
+                "model_name": "fraud",
+                "model_version": "7",
+                "features": row,
+                "score": s,
+                "decision": d,
+                "latency_ms": 1.5,
+                "client": "cards",
+            }
+        )
+    batch = make_log(tmp_path / "batch", fmt)
+    queued = batch.log_batch(
+        rows, scores, decisions, request_id="r1", model_name="fraud", model_version="7",
+        latency_ms=1.5, client="cards",
+    )  # fmt: skip
+    assert queued == 5
+    assert one.close() and batch.close()
+    a, b = all_rows(tmp_path / "one"), all_rows(tmp_path / "batch")
+    for x, y in zip(a, b, strict=True):
+        x.pop("timestamp"), y.pop("timestamp")
+    assert a == b
+    assert b[0]["features"]["card_id"] != 4000  # personal data pseudonymised
+    assert b[2]["score"] is None
+    assert (batch.written, batch.dropped, batch.errors) == (5, 0, 0)
+
+
+def test_batches_and_single_records_interleave_in_order(tmp_path: Path) -> None:
+    pl = make_log(tmp_path)
+    pl.log(record(0))
+    pl.log_batch([{"amount": 1.0}] * 3, [0.1] * 3, ["pass"] * 3, request_id="b")
+    pl.log(record(1))
+    assert pl.close()
+    ids = [r["request_id"] for r in all_rows(tmp_path)]
+    assert ids == ["req-0", "b:0", "b:1", "b:2", "req-1"]
+    assert (pl.written, pl.dropped, pl.errors) == (5, 0, 0)
+
+
+def test_a_batch_that_does_not_fit_is_dropped_whole_and_counted(tmp_path: Path) -> None:
+    pl = make_log(tmp_path, queue_size=4, poll_seconds=5)
+    assert pl.log_batch([{"a": 1}] * 3, [0.1] * 3, ["x"] * 3, request_id="a") == 3
+    assert pl.log_batch([{"a": 1}] * 3, [0.1] * 3, ["x"] * 3, request_id="b") == 0
+    assert pl.log_batch([{"a": 1}], [0.1, 0.2], ["x"], request_id="c") == 0  # bad shape
+    assert pl.close()
+    assert (pl.written, pl.dropped, pl.errors) == (3, 3, 1)

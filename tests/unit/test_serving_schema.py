@@ -29,6 +29,7 @@ from pipelines.errors import SpecError
 from pipelines.features import build_features, read_split
 from pipelines.spec import ModelSpec, parse_spec
 from pipelines.training import booster_categories, load_model, model_frame, score, train
+from serving import schema as serving_schema
 from serving.schema import (
     FLOAT_MAX,
     MAX_PROBLEMS,
@@ -664,3 +665,63 @@ def test_fuzzed_requests_give_a_matrix_or_an_input_error(spec_name: str) -> None
             parsed = json.loads(json.dumps(body))
             assert validator.is_valid(parsed) == ok == _accepts(schema, parsed), rows
     assert outcomes["ok"] >= 100 and outcomes["bad"] >= 500 and outcomes["compared"] >= 800
+
+
+# ----------------------------------------------------------------------------- big requests
+def complete_row(i: int = 0) -> dict[str, Any]:
+    row = toy_row()
+    row.update(flag_opt=False, amount_mean=1.5 + i, amount_std=0.25, amount=float(i % 900))
+    return row
+
+
+def both_ways(schema: FeatureSchema, rows: list[Any], monkeypatch: pytest.MonkeyPatch) -> tuple:
+    """(outcome with the column-wise check, outcome with the row-by-row path)."""
+
+    def outcome() -> Any:
+        try:
+            return np.nan_to_num(validate_rows(schema, rows), nan=-12345.0).tolist()
+        except InputError as exc:
+            return exc.problems
+
+    vectorised = outcome()
+    monkeypatch.setattr(serving_schema, "VECTOR_MIN_ROWS", 10**9)
+    slow = outcome()
+    monkeypatch.undo()
+    return vectorised, slow
+
+
+def test_a_big_valid_request_takes_the_column_path_and_encodes_alike(
+    toy: FeatureSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [complete_row(i) for i in range(200)]
+    assert serving_schema._rows_vectorised(toy, rows) is not None
+    vectorised, slow = both_ways(toy, rows, monkeypatch)
+    assert vectorised == slow
+
+
+@pytest.mark.parametrize(
+    ("change", "message"), [v[1:] for v in VIOLATIONS], ids=[v[0] for v in VIOLATIONS]
+)
+def test_each_violation_in_a_big_request_is_named_as_in_a_small_one(
+    toy: FeatureSchema, change: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = [complete_row(i) for i in range(100)]
+    rows[37] = {**rows[37], **change}
+    vectorised, slow = both_ways(toy, rows, monkeypatch)
+    assert vectorised == slow
+    assert message.replace("row 0:", "row 37:") in vectorised[0]
+
+
+def test_random_big_requests_get_the_same_answer_both_ways(
+    toy: FeatureSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = np.random.default_rng(11)
+    odd_values = [None, True, "7", 2.5, -1, 10**20, 1e308, float("nan"), "b", "zz", 3]
+    for _ in range(60):
+        rows = [complete_row(i) for i in range(80)]
+        for _ in range(int(rng.integers(0, 3))):
+            i = int(rng.integers(0, 80))
+            field_name = toy.names[int(rng.integers(0, len(toy.names)))]
+            rows[i] = {**rows[i], field_name: odd_values[int(rng.integers(0, len(odd_values)))]}
+        vectorised, slow = both_ways(toy, rows, monkeypatch)
+        assert vectorised == slow
