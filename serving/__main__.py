@@ -6,9 +6,10 @@ Options beyond KServe's own (``--http_port``, ``--workers``...):
 * ``--spec``: strict input validation against the spec's feature schema, decisions at
   its threshold, personal data of the spec pseudonymised in the prediction log;
 * ``--model_version``: reported in responses and metrics;
-* ``--prediction_log DIR`` (``--prediction_log_format parquet|jsonl``): the
-  asynchronous prediction log; the HMAC key for personal data comes from
-  ``GOVML_PREDICTION_LOG_KEY``;
+* ``--prediction_log DIR`` (``--prediction_log_format jsonl|parquet``, JSONL by
+  default: written as it comes, while Parquet compresses on the serving CPU): the
+  asynchronous prediction log, with its counts in ``/metrics``; the HMAC key for
+  personal data comes from ``GOVML_PREDICTION_LOG_KEY``;
 * ``--tokens FILE``: bearer tokens (hashed, :mod:`serving.auth`) required on
   predict/explain/infer; without it the endpoint is open (a warning is logged);
 * ``--max_body_bytes``: larger request bodies get 413 (default 1 MiB).
@@ -109,7 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--spec", default=None, help="the model's spec YAML (strict input)")
     parser.add_argument("--model_version", default="", help="the registered version served")
     parser.add_argument("--prediction_log", default=None, help="folder of the prediction log")
-    parser.add_argument("--prediction_log_format", default="parquet", choices=["parquet", "jsonl"])
+    parser.add_argument(
+        "--prediction_log_format",
+        default="jsonl",
+        choices=["parquet", "jsonl"],
+        help="jsonl (default): lines written as they come, the lowest latency cost; "
+        "parquet: compressed on the serving CPU (see BENCHMARKS.md)",
+    )
     parser.add_argument("--tokens", default=None, help="bearer token file (hashed tokens)")
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
     parser.add_argument(
@@ -120,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args, _ = parser.parse_known_args(argv)
     prediction_log = _prediction_log(args)
+    if prediction_log is not None:
+        from serving.metrics import register_prediction_log
+
+        register_prediction_log(prediction_log, args.model_name, args.model_version)
     model = LightGBMModel(
         args.model_name,
         args.model_uri,
@@ -140,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     fast_routes = {}
     if model.schema_ is not None:
         fast_routes[f"/v1/models/{args.model_name}:predict"] = (
-            model.handle_v1_predict,
+            lambda body, client, _json_length: model.handle_v1_predict(body, client),
+            lambda: model.ready,
+        )
+        fast_routes[f"/v2/models/{args.model_name}/infer"] = (
+            lambda body, client, json_length: model.handle_v2_infer(body, json_length, client),
             lambda: model.ready,
         )
     model_server.app.add_middleware(

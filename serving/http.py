@@ -10,12 +10,14 @@ A pure ASGI middleware added to KServe's FastAPI app before it starts:
 * Prometheus ``govml_requests_total{kind,code}`` and
   ``govml_request_seconds{kind}`` for every request.
 
-Fast routes: the V1 ``:predict`` of a ready, strict model (JSON body) is answered here,
-after the same size and token checks, by the model's own
-:meth:`serving.model.LightGBMModel.handle_v1_predict`, without FastAPI's routing,
-request objects and response classes (which cost more than scoring the row). The
-answers are the ones KServe's route gives (same scores, same ``{"error": ...}``
-bodies); any other request, or a model not ready, goes to KServe's app unchanged.
+Fast routes: the V1 ``:predict`` and V2 ``/infer`` of a ready, strict model are
+answered here, after the same size and token checks, by the model's own handlers
+(:meth:`serving.model.LightGBMModel.handle_v1_predict`, ``handle_v2_infer``), without
+FastAPI's routing, pydantic models and response classes (which cost more than scoring a
+row, and far more than scoring a big batch). The answers are the ones KServe's route
+gives (same scores, same ``{"error": ...}`` bodies). A handler may decline a request
+(returns None: an unusual V2 envelope); the request then goes to KServe's app with its
+body, as does any other request, or any request while the model is not ready.
 """
 
 from __future__ import annotations
@@ -79,7 +81,9 @@ async def _json_response(send: Send, status: int, body: dict, headers: dict[str,
 
 
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
-FastHandler = Callable[[bytes, "str | None"], tuple[int, bytes]]
+# (body, client name, Inference-Header-Content-Length) -> (status, JSON) or None (decline)
+FastHandler = Callable[[bytes, "str | None", "str | None"], "tuple[int, bytes] | None"]
+BINARY_TYPE = b"application/octet-stream"
 _JSON_HEAD = [(b"content-type", b"application/json")]
 
 
@@ -99,6 +103,18 @@ class _Metrics:
 
 
 KINDS = ("predict", "explain", "infer", "metrics", "health", "other")
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A receive() that hands over an already read body, then the client's messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop()
+        return await receive()
+
+    return replay
 
 
 class GuardMiddleware:
@@ -139,7 +155,7 @@ class GuardMiddleware:
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, kind: str, path: str
     ) -> None:
-        authorization = length = content_type = None
+        authorization = length = content_type = json_length = None
         cloudevent = False
         for key, value in scope["headers"]:
             key = key.lower()
@@ -149,6 +165,8 @@ class GuardMiddleware:
                 length = value
             elif key == b"content-type":
                 content_type = value.lower()
+            elif key == b"inference-header-content-length":
+                json_length = value.decode("latin-1")
             elif key.startswith(b"ce-"):
                 cloudevent = True
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
@@ -168,10 +186,14 @@ class GuardMiddleware:
             fast is not None
             and scope["method"] == "POST"
             and not cloudevent
-            and (content_type is None or content_type in JSON_TYPES)
+            and (
+                content_type is None
+                or content_type in JSON_TYPES
+                or (json_length is not None and content_type == BINARY_TYPE)
+            )
             and fast[1]()
         ):
-            await self._fast(receive, send, fast[0], client)
+            await self._fast(scope, receive, send, fast[0], client, json_length)
             return
         seen = 0
         started_response = False
@@ -198,7 +220,13 @@ class GuardMiddleware:
                 await self._too_large(send)
 
     async def _fast(
-        self, receive: Receive, send: Send, handler: FastHandler, client: str | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        handler: FastHandler,
+        client: str | None,
+        json_length: str | None,
     ) -> None:
         chunks = []
         seen = 0
@@ -216,10 +244,14 @@ class GuardMiddleware:
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
-            status, raw = handler(body, client)
+            answer = handler(body, client, json_length)
         except Exception:  # noqa: BLE001 (a bug, never bad input: that is a 400)
             log.exception("fast route failed")
-            status, raw = 500, b'{"error":"internal error; see the server log"}'
+            answer = 500, b'{"error":"internal error; see the server log"}'
+        if answer is None:  # declined: KServe's route answers, with the body read here
+            await self.app(scope, _replay(body, receive), send)
+            return
+        status, raw = answer
         head = [*_JSON_HEAD, (b"content-length", str(len(raw)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": raw})

@@ -14,7 +14,12 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from prometheus_client.core import REGISTRY, HistogramMetricFamily
+from prometheus_client.core import (
+    REGISTRY,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 
 
@@ -90,3 +95,36 @@ class _Series:
 
 def _le(bound: float) -> str:
     return repr(float(bound))
+
+
+class _PredictionLogCollector(Collector):
+    """The prediction log's counts: rows written, dropped (queue full: alert on it),
+    lost to errors, and rows waiting for the writer."""
+
+    def __init__(self, plog: object, model: str, version: str) -> None:
+        self.plog = plog
+        self.labels = [model, version]
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = self.plog.stats()  # type: ignore[attr-defined]
+        rows = CounterMetricFamily(
+            "govml_prediction_log_rows",
+            "Prediction log rows by outcome (dropped: the queue was full)",
+            labels=["model", "version", "outcome"],
+        )
+        for outcome, key in (("written", "written"), ("dropped", "dropped"), ("error", "errors")):
+            rows.add_metric([*self.labels, outcome], float(stats[key]))
+        yield rows
+        waiting = GaugeMetricFamily(
+            "govml_prediction_log_pending_rows",
+            "Rows logged but not yet in a complete file",
+            labels=["model", "version"],
+        )
+        waiting.add_metric(self.labels, float(stats["queued"] + stats["buffered"]))
+        yield waiting
+
+
+def register_prediction_log(plog: object, model: str, version: str) -> Collector:
+    collector = _PredictionLogCollector(plog, model, version)
+    REGISTRY.register(collector)
+    return collector

@@ -15,7 +15,10 @@ log (asynchronous, personal data pseudonymised) and to the score metrics.
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import struct
 import time
 import uuid
 from pathlib import Path
@@ -25,9 +28,11 @@ import lightgbm as lgb
 import numpy as np
 import orjson
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from kserve import Model
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
 from prometheus_client import Counter
 
 from pipelines import artifacts
@@ -96,6 +101,7 @@ class LightGBMModel(Model):
         self.scorer_: RowScorer | None = None
         self._scores_hist: Any = None
         self._decision_counts: dict[bool, Any] = {}
+        self._json_labels: dict[str, pa.Array] = {}
 
     def load(self) -> bool:
         model_file = find_model_file(resolve_model_dir(self.model_uri))
@@ -172,6 +178,16 @@ class LightGBMModel(Model):
         self.labels_ = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
         self.reason_labels_ = dict(spec.reason_codes)
         self._scores_hist = SCORES.child(self.name, self.version)
+        self._json_labels = {
+            f.name: pa.array(
+                [json.dumps(c) for c in f.categories or ()]
+                if f.kind == "category"
+                else ["false", "true"],
+                pa.string(),
+            )
+            for f in schema.features
+            if f.kind in ("category", "bool")
+        }
         self._decision_counts = {
             flagged: DECISIONS.labels(self.name, self.version, str(flagged).lower())
             for flagged in (True, False)
@@ -190,10 +206,11 @@ class LightGBMModel(Model):
 
     def _record(
         self,
-        rows: list[dict[str, Any]],
+        rows: list[dict[str, Any]] | None,
         scores: np.ndarray,
         started: float,
         client: str | None = None,
+        matrix: np.ndarray | None = None,
     ) -> list[bool]:
         """Decisions at the spec's threshold; metrics and the prediction log (never raise)."""
         threshold = self.threshold_ if self.threshold_ is not None else 0.5
@@ -215,7 +232,7 @@ class LightGBMModel(Model):
             if plog is not None and len(values) > 1:
                 labels = self.labels_
                 plog.log_batch(
-                    rows,
+                    None if matrix is not None else rows,
                     values,
                     [labels[0] if flagged else labels[1] for flagged in decisions],
                     request_id=uuid.uuid4().hex,
@@ -223,6 +240,7 @@ class LightGBMModel(Model):
                     model_version=self.version,
                     latency_ms=latency_ms,
                     client=client,
+                    feature_columns=None if matrix is None else self._json_columns(matrix),
                 )
             elif plog is not None:
                 request_id = uuid.uuid4().hex
@@ -331,7 +349,9 @@ class LightGBMModel(Model):
         scores = self._score(self._frame(payload["instances"]))
         return {"predictions": scores.tolist(), "model_sha256": self.model_sha256_}
 
-    def _predict_strict(self, payload: dict | InferRequest) -> dict | InferResponse:
+    def _predict_strict(
+        self, payload: dict | InferRequest, client: str | None = None
+    ) -> dict | InferResponse:
         if not isinstance(payload, InferRequest):
             return self.predict_v1(payload)
         started = time.perf_counter()
@@ -341,10 +361,8 @@ class LightGBMModel(Model):
                 columns[item.name] = item.as_numpy()
             except Exception as exc:  # noqa: BLE001 (any decoding problem is bad input)
                 raise InvalidInput(f"input {item.name!r}: cannot read it: {exc}") from None
-        matrix = self._strict(columns=columns)
-        scores = self.score_matrix(matrix)
-        rows = [dict(zip(self.schema_.names, r, strict=True)) for r in matrix.tolist()]
-        decisions = self._record(rows, scores, started)
+        scores, decisions = self._infer_columns(columns, client, started)
+        request_id = payload.id
         score_out = InferOutput(name="score", shape=[len(scores)], datatype="FP64")
         score_out.set_data_from_numpy(scores, binary_data=False)
         decision_out = InferOutput(name="decision", shape=[len(scores)], datatype="BOOL")
@@ -353,8 +371,98 @@ class LightGBMModel(Model):
             model_name=self.name,
             model_version=self.version or None,
             infer_outputs=[score_out, decision_out],
-            response_id=payload.id or str(uuid.uuid4()),
+            response_id=request_id or str(uuid.uuid4()),
         )
+
+    def _infer_columns(
+        self, columns: dict[str, Any], client: str | None, started: float
+    ) -> tuple[np.ndarray, list[bool]]:
+        """Scores and decisions of V2 named columns (checked, scored, recorded)."""
+        matrix = self._strict(columns=columns)
+        scores = self.score_matrix(matrix)
+        if len(scores) > 1:  # the log takes the checked matrix as JSON value columns
+            decisions = self._record(None, scores, started, client, matrix)
+        else:
+            decisions = self._record(self._rows_of(columns), scores, started, client)
+        return scores, decisions
+
+    def _json_columns(self, matrix: np.ndarray) -> dict[str, pa.Array]:
+        """Each feature's values as JSON text, straight from the checked input matrix
+        (labels for categories, ``null`` for missing): the prediction log's batch input."""
+        out = {}
+        for j, f in enumerate(self.schema_.features):
+            column = matrix[:, j]
+            missing = np.isnan(column)
+            if f.name in self._json_labels:
+                codes = np.where(missing, 0, column).astype(np.int64)
+                text = self._json_labels[f.name].take(pa.array(codes))
+            else:
+                text = pc.cast(pa.array(column), pa.string())
+            if missing.any():
+                text = pc.if_else(pa.array(missing), pa.scalar("null"), text)
+            out[f.name] = text
+        return out
+
+    def _rows_of(self, columns: dict[str, Any]) -> list[dict[str, Any]]:
+        """The request's rows as sent (category labels, not codes) for the prediction log."""
+        names = self.schema_.names
+        values = []
+        for name in names:
+            column = columns[name]
+            column = column.reshape(-1).tolist() if isinstance(column, np.ndarray) else column
+            values.append(
+                [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in column]
+                if column and isinstance(column[0], bytes)
+                else column
+            )
+        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+
+    def handle_v2_infer(
+        self, body: bytes, json_length: str | None, client: str | None = None
+    ) -> tuple[int, bytes] | None:
+        """The V2 ``/infer`` route without the web framework: (status, JSON body), or
+        None for a request it leaves to KServe's route (an envelope that is not plain:
+        extra fields, parameters, requested outputs, anything that does not decode).
+
+        The request is decoded with KServe's own :class:`InferRequest` (JSON or the
+        binary tensor extension), scored by :meth:`_predict_strict` and answered in the
+        shape KServe's route gives.
+        """
+        started = time.perf_counter()
+        try:
+            if json_length is not None:
+                decoded = _binary_columns(body, json_length)
+                if decoded is None:
+                    return None
+                request_id, columns = decoded
+            else:
+                request = _plain_infer_request(orjson.loads(body), self.name)
+                if request is None:
+                    return None
+                request_id, columns = request.id, {}
+                for item in request.inputs:
+                    columns[item.name] = item.as_numpy()
+        except Exception:  # noqa: BLE001 (KServe's route gives its own answer)
+            return None
+        try:
+            scores, decisions = self._infer_columns(columns, client, started)
+        except InvalidInput as exc:
+            return 400, orjson.dumps({"error": str(exc)})
+        n = len(decisions)
+        return 200, orjson.dumps(
+            {
+                "model_name": self.name,
+                "model_version": self.version or None,
+                "id": request_id or str(uuid.uuid4()),
+                "parameters": None,
+                "outputs": [
+                    {"name": "score", "shape": [n], "datatype": "FP64", "parameters": None,
+                     "data": scores.tolist()},
+                    {"name": "decision", "shape": [n], "datatype": "BOOL", "parameters": None,
+                     "data": decisions},
+                ],
+            }
+        )  # fmt: skip
 
     def predict_v1(self, payload: Any, client: str | None = None) -> dict[str, Any]:
         """A V1 ``{"instances": [...]}`` body (strict schema): scores and decisions."""
@@ -366,8 +474,10 @@ class LightGBMModel(Model):
             raise InvalidInput('Expected "instances" to be a list')
         matrix = self._strict(instances=instances)
         scores = self.score_matrix(matrix)
-        rows = instances
-        decisions = self._record(rows, scores, started, client)
+        if len(instances) > 1:
+            decisions = self._record(None, scores, started, client, matrix)
+        else:
+            decisions = self._record(instances, scores, started, client)
         return {
             "predictions": scores.tolist(),
             "decisions": decisions,
@@ -423,6 +533,130 @@ class LightGBMModel(Model):
                 }
             )
         return {"explanations": out, "model_version": self.version, "threshold": threshold}
+
+
+_INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
+_BINARY_KEYS = frozenset({"name", "shape", "datatype", "parameters"})
+_NUMPY_TYPES = {
+    "BOOL": "?",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
+_LENGTH = struct.Struct("<I")
+
+
+def _binary_columns(body: bytes, json_length: str) -> tuple[str | None, dict[str, Any]] | None:
+    """A plain V2 binary-extension request (every input in the binary part) decoded
+    without copies: numbers as numpy views, BYTES as text. None for anything else."""
+    if not json_length.isdigit() or int(json_length) > len(body):
+        return None
+    head_end = int(json_length)
+    header = orjson.loads(body[:head_end])
+    if type(header) is not dict or not set(header) <= {"id", "inputs"}:
+        return None
+    inputs, request_id = header.get("inputs"), header.get("id")
+    if (
+        type(inputs) is not list
+        or not inputs
+        or not (request_id is None or type(request_id) is str)
+    ):
+        return None
+    view = memoryview(body)
+    pos = head_end
+    columns: dict[str, Any] = {}
+    for item in inputs:
+        if type(item) is not dict or set(item) != _BINARY_KEYS:
+            return None
+        name, shape, datatype, params = (
+            item[k] for k in ("name", "shape", "datatype", "parameters")
+        )
+        if (
+            type(name) is not str
+            or type(shape) is not list
+            or not all(type(d) is int and d >= 0 for d in shape)
+            or type(params) is not dict
+            or set(params) != {"binary_data_size"}
+            or type(params["binary_data_size"]) is not int
+        ):
+            return None
+        size = params["binary_data_size"]
+        chunk = view[pos : pos + size]
+        pos += size
+        count = math.prod(shape)
+        if len(chunk) != size:
+            return None
+        if datatype == "BYTES":
+            if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
+                return None  # KServe's route explains other shapes
+            values = _bytes_elements(chunk, count)
+            if values is None:
+                return None
+            columns[name] = values
+        elif datatype in _NUMPY_TYPES:
+            dtype = np.dtype(_NUMPY_TYPES[datatype])
+            if size != count * dtype.itemsize:
+                return None
+            columns[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+        else:
+            return None
+    return (request_id, columns) if pos == len(body) else None
+
+
+def _bytes_elements(chunk: memoryview, count: int) -> list[str] | None:
+    """BYTES tensor elements (4-byte little-endian length, then the bytes) as text."""
+    out = []
+    pos, end = 0, len(chunk)
+    raw = chunk.tobytes()
+    unpack = _LENGTH.unpack_from
+    try:
+        for _ in range(count):
+            (n,) = unpack(raw, pos)
+            pos += 4
+            if pos + n > end:
+                return None
+            out.append(raw[pos : pos + n].decode("utf-8"))
+            pos += n
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return out if pos == end else None
+
+
+def _plain_infer_request(payload: Any, model_name: str) -> InferRequest | None:
+    """A V2 JSON body with nothing but ``id`` and plain ``inputs`` as KServe's
+    InferRequest; None for anything else (KServe's route answers those)."""
+    if type(payload) is not dict or not set(payload) <= {"id", "inputs"}:
+        return None
+    inputs, request_id = payload.get("inputs"), payload.get("id")
+    if (
+        type(inputs) is not list
+        or not inputs
+        or not (request_id is None or type(request_id) is str)
+    ):
+        return None
+    infer_inputs = []
+    for item in inputs:
+        if type(item) is not dict or set(item) != _INPUT_KEYS:
+            return None
+        name, shape, datatype, data = item["name"], item["shape"], item["datatype"], item["data"]
+        if (
+            type(name) is not str
+            or type(datatype) is not str
+            or datatype == "FP16"
+            or type(data) is not list
+            or type(shape) is not list
+            or not all(type(d) is int for d in shape)
+        ):
+            return None
+        infer_inputs.append(InferInput(name=name, shape=shape, datatype=datatype, data=data))
+    return InferRequest(model_name=model_name, infer_inputs=infer_inputs, request_id=request_id)
 
 
 def _indices(value: Any) -> list[int]:

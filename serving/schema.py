@@ -706,6 +706,12 @@ def validate_columns(
             continue
         if isinstance(seq, np.ndarray):
             seq = seq.tolist()
+        if f.kind == FeatureKind.CATEGORY and len(seq) >= VECTOR_MIN_ROWS:
+            codes = schema._codes[name]
+            mapped = [codes.get(v) if type(v) is str else None for v in seq]
+            if None not in mapped:  # every value a known label: no per-value checks needed
+                out[:, j] = mapped
+                continue
         encoded: list[float] = []
         for i, value in enumerate(seq):
             try:

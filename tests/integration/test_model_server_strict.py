@@ -481,6 +481,98 @@ def test_the_fast_route_answers_exactly_as_kserves_route(server: SimpleNamespace
     assert _with_type(server, bodies[-2], "application/json")[0] == 400
 
 
+def _v2_call(
+    server: SimpleNamespace, raw: bytes, content_type: str, json_length: int | None = None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": content_type, "Authorization": f"Bearer {server.token}"}
+    if json_length is not None:
+        headers["Inference-Header-Content-Length"] = str(json_length)
+    req = urllib.request.Request(
+        f"{server.base}/v2/models/{MODEL}/infer", data=raw, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            answer = json.loads(resp.read())
+            status = resp.status
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+    if "id" in answer and not answer["id"].startswith("req-"):
+        answer["id"] = "generated"  # a fresh UUID each time when the request has none
+    return status, answer
+
+
+def _v2_inputs(server: SimpleNamespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    inputs = []
+    for name in server.booster.feature_name():
+        values = [r[name] for r in rows]
+        kind = "BYTES" if any(isinstance(v, str) for v in values) else "FP64"
+        inputs.append({"name": name, "shape": [len(rows)], "datatype": kind, "data": values})
+    return inputs
+
+
+def _binary(inputs: list[dict[str, Any]], request_id: str | None = None) -> tuple[bytes, int]:
+    """The V2 binary tensor extension: a JSON header, then each tensor's raw bytes."""
+    import struct
+
+    header: dict[str, Any] = {"inputs": []}
+    if request_id:
+        header["id"] = request_id
+    raw = b""
+    for item in inputs:
+        if item["datatype"] == "BYTES":
+            data = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in item["data"])
+        else:
+            data = struct.pack(f"<{len(item['data'])}d", *item["data"])
+        meta = {k: item[k] for k in ("name", "shape", "datatype")}
+        meta["parameters"] = {"binary_data_size": len(data)}
+        header["inputs"].append(meta)
+        raw += data
+    head = json.dumps(header).encode()
+    return head + raw, len(head)
+
+
+def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamespace) -> None:
+    """V2 ``/infer`` as ``application/json`` (fast route) and ``application/ld+json``
+    (KServe's route), and in the binary tensor extension both ways: same answers."""
+    rows = [r for r in server.rows[:40] if all(v is not None for v in r.values())][:30]
+    inputs = _v2_inputs(server, rows)
+    wrong_category = json.loads(json.dumps(inputs))
+    for item in wrong_category:
+        if item["datatype"] == "BYTES":
+            item["data"][3] = "no-such-category"
+            break
+    bodies = [
+        {"id": "req-1", "inputs": inputs},
+        {"inputs": inputs},
+        {"inputs": inputs[:-2]},  # missing inputs
+        {"inputs": wrong_category},
+        {"inputs": [{**inputs[0], "data": ["x"] * len(rows)}, *inputs[1:]]},
+        {"inputs": inputs, "outputs": [{"name": "score"}]},  # declined: KServe answers
+        {"inputs": "not a list"},
+    ]
+    for body in bodies:
+        raw = json.dumps(body).encode()
+        fast = _v2_call(server, raw, "application/json")
+        framework = _v2_call(server, raw, "application/ld+json")
+        assert fast == framework, json.dumps(body)[:120]
+    ok = _v2_call(server, json.dumps(bodies[0]).encode(), "application/json")
+    assert ok[0] == 200
+    scores = next(o for o in ok[1]["outputs"] if o["name"] == "score")["data"]
+    expected = server.booster.predict(pd.DataFrame(rows).pipe(_typed, server))
+    assert scores == expected.tolist()
+    raw, head = _binary(inputs, "req-2")
+    fast = _v2_call(server, raw, "application/octet-stream", head)
+    framework = _v2_call(server, raw, "application/x-not-fast", head)
+    assert fast == framework and fast[0] == 200
+    assert next(o for o in fast[1]["outputs"] if o["name"] == "score")["data"] == scores
+
+
+def _typed(frame: pd.DataFrame, server: SimpleNamespace) -> pd.DataFrame:
+    from pipelines.training import model_frame
+
+    return model_frame(server.booster, frame)
+
+
 def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
     code, text, _ = _call(f"{server.base}/metrics")
     assert code == 200
@@ -489,6 +581,9 @@ def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
     assert "govml_request_seconds_bucket" in text
     assert 'govml_score_count{model="german_credit",version="7"}' in text
     assert "govml_decisions_total" in text
+    logged = 'govml_prediction_log_rows_total{model="german_credit",outcome="%s",version="7"}'
+    assert logged % "dropped" + " 0.0" in text  # nothing lost to a full queue
+    assert logged % "written" in text and "govml_prediction_log_pending_rows" in text
     # the log is written asynchronously and completed when the server stops
     server.proc.terminate()
     server.proc.wait(timeout=60)

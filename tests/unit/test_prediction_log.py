@@ -455,9 +455,9 @@ def test_writer_survives_an_unexpected_bug(
 # --------------------------------------------------------------------------- batches
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_a_batch_is_written_like_the_same_rows_logged_one_by_one(tmp_path: Path, fmt: str) -> None:
-    rows = [{"amount": 10.5 + i, "merchant": "grocery", "card_id": 4000 + i} for i in range(5)]
-    scores = [0.1, 0.9, float("nan"), 0.4, 0.5]
-    decisions = ["pass", "flag", "pass", "pass", "pass"]
+    rows = [{"amount": 10.5 + i, "merchant": "grocery", "card_id": 4000 + i} for i in range(20)]
+    scores = [0.1, 0.9, float("nan"), 0.4, 0.5] * 4
+    decisions = ["pass", "flag", "pass", "pass", "pass"] * 4
     one = make_log(tmp_path / "one", fmt)
     for i, (row, s, d) in enumerate(zip(rows, scores, decisions, strict=True)):
         one.log(
@@ -477,7 +477,7 @@ def test_a_batch_is_written_like_the_same_rows_logged_one_by_one(tmp_path: Path,
         rows, scores, decisions, request_id="r1", model_name="fraud", model_version="7",
         latency_ms=1.5, client="cards",
     )  # fmt: skip
-    assert queued == 5
+    assert queued == 20
     assert one.close() and batch.close()
     a, b = all_rows(tmp_path / "one"), all_rows(tmp_path / "batch")
     for x, y in zip(a, b, strict=True):
@@ -485,7 +485,29 @@ def test_a_batch_is_written_like_the_same_rows_logged_one_by_one(tmp_path: Path,
     assert a == b
     assert b[0]["features"]["card_id"] != 4000  # personal data pseudonymised
     assert b[2]["score"] is None
-    assert (batch.written, batch.dropped, batch.errors) == (5, 0, 0)
+    assert (batch.written, batch.dropped, batch.errors) == (20, 0, 0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_batch_given_as_json_value_columns_reads_back_as_the_rows(
+    tmp_path: Path, fmt: str
+) -> None:
+    import pyarrow as pa
+
+    pl = make_log(tmp_path, fmt)
+    n = 12
+    columns = {
+        "amount": pa.array([repr(1.5 * i) for i in range(n)]),
+        "merchant": pa.array(['"grocery"'] * (n - 1) + ["null"]),
+        "card_id": pa.array([str(4000 + i) for i in range(n)]),  # personal: pseudonymised
+    }
+    assert pl.log_batch(None, [0.5] * n, ["pass"] * n, request_id="c", feature_columns=columns)
+    assert pl.close()
+    rows = all_rows(tmp_path)
+    assert [r["request_id"] for r in rows] == [f"c:{i}" for i in range(n)]
+    assert rows[3]["features"]["amount"] == 4.5
+    assert rows[0]["features"]["merchant"] == "grocery" and rows[-1]["features"]["merchant"] is None
+    assert rows[0]["features"]["card_id"] == plog.Pseudonymiser(KEY, ["card_id"]).value(4000)
 
 
 def test_batches_and_single_records_interleave_in_order(tmp_path: Path) -> None:

@@ -68,7 +68,7 @@ class Model:
         self.ready = True
         self.seen: list[tuple[bytes, str | None]] = []
 
-    def handle(self, body: bytes, client: str | None) -> tuple[int, bytes]:
+    def handle(self, body: bytes, client: str | None, json_length: str | None = None) -> Any:
         self.seen.append((body, client))
         if body == b"boom":
             raise RuntimeError("a bug")
@@ -178,3 +178,37 @@ def test_requests_are_counted_by_kind_and_code() -> None:
     call(guard, b"x" * 50, {**JSON, "Content-Length": "50"})
     assert count("200") == before_ok + 1
     assert count("413") == before_413 + 1
+
+
+V2 = "/v2/models/fraud/infer"
+
+
+def v2_guard(model: Model, declines: bool = False) -> tuple:
+    app = App()
+    seen: list[tuple[bytes, str | None]] = []
+
+    def handle(body: bytes, client: str | None, json_length: str | None) -> Any:
+        seen.append((body, json_length))
+        return None if declines else (200, json.dumps({"from": "fast"}).encode())
+
+    guard = GuardMiddleware(app, max_body_bytes=1000, fast_routes={V2: (handle, lambda: True)})
+    return guard, app, seen
+
+
+def test_the_binary_extension_is_fast_only_with_its_header() -> None:
+    guard, app, seen = v2_guard(Model())
+    binary = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "2"}
+    assert call(guard, b"{}\x00\x01", binary, path=V2)[1]["from"] == "fast"
+    assert seen == [(b"{}\x00\x01", "2")]
+    assert call(guard, b"{}", {"Content-Type": "application/octet-stream"}, path=V2)[1] == {
+        "from": "framework",
+        "bytes": 2,
+    }
+
+
+def test_a_declined_request_reaches_the_framework_with_its_whole_body() -> None:
+    guard, app, seen = v2_guard(Model(), declines=True)
+    body = json.dumps({"inputs": [], "outputs": [{"name": "score"}]}).encode()
+    status, payload = call(guard, body, JSON, path=V2, chunk=5)
+    assert (status, payload) == (200, {"from": "framework", "bytes": len(body)})
+    assert seen == [(body, None)] and app.calls == [V2]
