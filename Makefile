@@ -7,6 +7,7 @@ TOOLS := $(ROOT)/.venv-tools
 UV := $(TOOLS)/bin/uv
 VENV := $(ROOT)/.venv
 SVENV := $(ROOT)/.venv-serving
+MVENV := $(ROOT)/.venv-mlserver
 PY := $(VENV)/bin/python
 GOVML := $(VENV)/bin/govml
 UV_VERSION := 0.13.8
@@ -18,7 +19,7 @@ export UV_COMPILE_BYTECODE := 1
 PACKAGES := pipelines validation registry serving ops dags
 
 
-.PHONY: browser setup demo test test-unit test-integration lint bench up down status lock clean data
+.PHONY: wrk browser setup demo test test-unit test-integration lint bench up down status lock clean data
 
 setup: $(VENV)/.installed $(SVENV)/.installed
 
@@ -40,10 +41,17 @@ $(SVENV)/.installed: requirements/serving.lock setup.cfg pyproject.toml Makefile
 	$(UV) pip install -q --python $(SVENV)/bin/python --no-deps --config-setting editable_mode=compat -e .
 	touch $@
 
-# Re-resolve both lock files (needs the package index); commit the result.
+# The peer for benchmarks/bench_serving.py (MLServer's LightGBM runtime); only `make bench`.
+$(MVENV)/.installed: requirements/mlserver.lock Makefile | $(UV)
+	[ -x $(MVENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(MVENV)
+	$(UV) pip sync -q --python $(MVENV)/bin/python requirements/mlserver.lock
+	touch $@
+
+# Re-resolve the lock files (needs the package index); commit the result.
 lock: | $(UV)
 	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/orchestration.in -o requirements/orchestration.lock
 	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/serving.in -o requirements/serving.lock
+	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/mlserver.in -o requirements/mlserver.lock
 
 data: setup
 	$(GOVML) data generate --all
@@ -75,8 +83,19 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
-bench: setup
-	$(PY) benchmarks/run_all.py
+# `make bench` rewrites BENCHMARKS.md; `make bench ONLY=serving` reruns one section.
+bench: setup $(MVENV)/.installed wrk
+	$(PY) benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
+
+# wrk (C HTTP load generator) for the serving benchmark: Debian's package.
+wrk:
+	@if ! command -v wrk >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+	  else \
+	    echo "error: wrk missing: apt-get install wrk" >&2; exit 1; \
+	  fi; \
+	fi
 
 up: setup
 	$(GOVML) stack up

@@ -36,6 +36,19 @@ def machine() -> str:
     )
 
 
+def _split(text: str) -> dict[str, str]:
+    parts = text.split("\n## ")[1:]
+    return {p.split("\n", 1)[0].strip(): "## " + p.rstrip() + "\n" for p in parts}
+
+
+def merge_sections(existing: str, fresh: list[str]) -> list[str]:
+    """The file's sections in their order, the fresh ones replacing theirs (or appended)."""
+    old = _split(existing)
+    new = _split("\n" + "\n".join(fresh))
+    merged = [new.pop(title, body) for title, body in old.items()]
+    return merged + list(new.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", action="append", help="run only bench_<NAME>.py")
@@ -56,6 +69,8 @@ def main() -> int:
             f"## {result['title']}\n\n"
             f"Command: `{result['command']}`\n\n{result['markdown'].strip()}\n"
         )
+    if args.only and Path(args.out).exists():  # keep the other sections as they are
+        sections = merge_sections(Path(args.out).read_text(), sections)
     header = (
         "# Benchmarks\n\n"
         "Written by `make bench` (`benchmarks/run_all.py`); do not edit by hand.\n\n"

@@ -126,6 +126,7 @@ _ERROR_LOG_INTERVAL_S = 10.0
 # this many lines: a real sleep blocks the thread, so an event loop waiting for the GIL
 # gets it at once (``sleep(0)`` would not: the writer takes the GIL straight back).
 _SLICE_ROWS = 512
+PARQUET_WRITER_NICE = 10
 _SLICE_PAUSE_S = 0.0001
 _PARSE_OPTIONS = pa_json.ParseOptions(
     explicit_schema=pa.schema(
@@ -433,7 +434,7 @@ class PredictionLog:
         *,
         rotate_rows: int = 100_000,
         rotate_seconds: float = 300.0,
-        queue_size: int = 10_000,
+        queue_size: int = 100_000,
         personal_fields: Iterable[str] = (),
         hmac_key: bytes | str | None = None,
         batch_rows: int = 1_000,
@@ -770,10 +771,13 @@ class PredictionLog:
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
-        # The writer is background work: at the lowest CPU priority (per thread on
-        # Linux) the scheduler runs a request's thread first when both want the CPU.
-        with contextlib.suppress(AttributeError, OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        # Writing JSONL is cheap and must keep up with a saturated server: normal
+        # priority. Parquet compresses on this CPU: a lower priority keeps that work from
+        # delaying requests, at the risk of falling behind (and dropping, counted) when
+        # the server is saturated for long.
+        if self.fmt == "parquet":
+            with contextlib.suppress(AttributeError, OSError):
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PARQUET_WRITER_NICE)
         while True:
             try:
                 if self._step():
