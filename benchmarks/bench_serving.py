@@ -558,8 +558,9 @@ def render(out: dict[str, Any], args: argparse.Namespace) -> str:
     for side in ("parquet", "jsonl"):
         lines.append(
             f"- Prediction log ({side}): {out['prediction_log_rows'][side]:,} rows written for "
-            f"{out['rows_sent'][side]:,} rows scored (every request, warm-up and batch rows "
-            "included)."
+            f"{out['rows_sent'][side]:,} rows scored as counted by the client (every request, "
+            "warm-up and batch rows included; requests still in flight when a `wrk` run ends "
+            "are scored and logged, not counted)."
         )
     b = out["batch"]
     lines += [

@@ -126,7 +126,8 @@ _ERROR_LOG_INTERVAL_S = 10.0
 # this many lines: a real sleep blocks the thread, so an event loop waiting for the GIL
 # gets it at once (``sleep(0)`` would not: the writer takes the GIL straight back).
 _SLICE_ROWS = 512
-PARQUET_WRITER_NICE = 10
+PARQUET_WRITER_NICE = 19
+JSONL_WRITER_NICE = 10
 _SLICE_PAUSE_S = 0.0001
 _PARSE_OPTIONS = pa_json.ParseOptions(
     explicit_schema=pa.schema(
@@ -771,13 +772,14 @@ class PredictionLog:
 
     # ------------------------------------------------------------------ writer thread
     def _run(self) -> None:
-        # Writing JSONL is cheap and must keep up with a saturated server: normal
-        # priority. Parquet compresses on this CPU: a lower priority keeps that work from
-        # delaying requests, at the risk of falling behind (and dropping, counted) when
-        # the server is saturated for long.
-        if self.fmt == "parquet":
-            with contextlib.suppress(AttributeError, OSError):
-                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PARQUET_WRITER_NICE)
+        # Background work at a lower CPU priority (per thread on Linux), so that the
+        # scheduler runs a request's thread first when both want the CPU. JSONL writing
+        # is cheap and must keep up with a saturated server (nice 10 still leaves it a
+        # tenth of a busy CPU); Parquet compresses on this CPU and goes lower still: it
+        # may fall behind under long saturation, and then drops (counted in /metrics).
+        nice = PARQUET_WRITER_NICE if self.fmt == "parquet" else JSONL_WRITER_NICE
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         while True:
             try:
                 if self._step():
