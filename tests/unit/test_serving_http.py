@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from typing import Any
 
 import pytest
@@ -12,6 +13,24 @@ from serving.auth import TokenStore, generate_token, write_records
 from serving.http import GuardMiddleware
 
 PATH = "/v1/models/fraud:predict"
+
+
+def run(coroutine: Any) -> None:
+    """asyncio.run in a thread of its own: another test (Playwright's sync API) may have
+    left an event loop running in this one."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coroutine)
+        except BaseException as exc:  # noqa: BLE001 (re-raised in the test's thread)
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
 
 
 class App:
@@ -57,7 +76,7 @@ def call(
 
     head = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     scope = {"type": "http", "path": path, "method": method, "headers": head}
-    asyncio.run(guard(scope, receive, send))
+    run(guard(scope, receive, send))
     status = sent[0]["status"]
     payload = b"".join(m.get("body", b"") for m in sent[1:])
     return status, json.loads(payload)
