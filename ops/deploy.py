@@ -80,6 +80,8 @@ def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
         memory_request=settings.kube_memory_request,
         memory_limit=settings.kube_memory_limit,
         ready_timeout=settings.kube_ready_timeout,
+        tokens_secret=settings.kube_tokens_secret,
+        prediction_log_claim=settings.kube_prediction_log_claim,
     )
 
 

@@ -37,6 +37,8 @@ environment variable named beside it, for example
 | CPU | ``GOVML_KUBE_CPU_REQUEST`` / ``GOVML_KUBE_CPU_LIMIT`` | 500m / 1 |
 | memory | ``GOVML_KUBE_MEMORY_REQUEST`` / ``GOVML_KUBE_MEMORY_LIMIT`` | 1Gi / 2Gi |
 | InferenceService readiness wait | ``GOVML_KUBE_READY_TIMEOUT`` (seconds) | 600 |
+| endpoint tokens (Secret with ``tokens.json``) | ``GOVML_KUBE_TOKENS_SECRET`` | none (open) |
+| prediction log volume (PVC) | ``GOVML_KUBE_PREDICTION_LOG_CLAIM`` | none (no log) |
 
 (1) ``admin:admin,reviewer:admin,validator:admin,operator:op``: Airflow's own roles.
 (2) ``reviewer:model_risk,validator:model_risk``: approver roles (``govml roles``)
@@ -105,6 +107,8 @@ class Settings:
     kube_memory_request: str = "1Gi"
     kube_memory_limit: str = "2Gi"
     kube_ready_timeout: float = 600.0
+    kube_tokens_secret: str | None = None
+    kube_prediction_log_claim: str | None = None
 
     @property
     def airflow_url(self) -> str:
@@ -259,6 +263,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kserve_runtime=_choice(env, "GOVML_KSERVE_RUNTIME", "custom", ("custom", "lightgbm")),
         serving_image=env.get("GOVML_SERVING_IMAGE") or "govml-serving:latest",
         kube_storage_uri=env.get("GOVML_KUBE_STORAGE_URI") or None,
+        kube_tokens_secret=env.get("GOVML_KUBE_TOKENS_SECRET") or None,
+        kube_prediction_log_claim=env.get("GOVML_KUBE_PREDICTION_LOG_CLAIM") or None,
         kube_tracking_uri=env.get("GOVML_KUBE_MLFLOW_TRACKING_URI") or None,
         kube_min_replicas=_int(env, "GOVML_KUBE_MIN_REPLICAS", 1),
         kube_max_replicas=_int(env, "GOVML_KUBE_MAX_REPLICAS", 3, low=1),

@@ -261,8 +261,17 @@ def render_inference_service(
     env: Mapping[str, str] | None = None,
     labels: Mapping[str, str] | None = None,
     annotations: Mapping[str, str] | None = None,
+    spec_file: str | None = None,
+    tokens_secret: str | None = None,
+    prediction_log_claim: str | None = None,
 ) -> dict[str, Any]:
     """The ``InferenceService`` for one model version; every bad input named at once.
+
+    The custom runtime (the project's server image) takes what the local deployer gives
+    its servers: ``spec_file`` (a path in the image, e.g. ``specs/fraud.yaml``) for strict
+    input validation and decisions; ``tokens_secret``, a Secret with ``tokens.json``
+    (hashed bearer tokens, mounted read-only) and optionally ``prediction-log-key``;
+    ``prediction_log_claim``, a PersistentVolumeClaim for the prediction log.
 
     ``model_name`` (default: ``name``) is the name the model answers to
     (``/v1/models/<model_name>``) and the ``govml/model`` label. ``scale_target`` is
@@ -312,6 +321,22 @@ def render_inference_service(
         problems.add("service_account", _name_problem(service_account, "dns1123-subdomain"))
     _check_map(problems, "labels", labels, labels=True)
     _check_map(problems, "annotations", annotations, labels=False)
+    if spec_file is not None and (
+        not isinstance(spec_file, str) or not spec_file.endswith((".yaml", ".yml"))
+    ):
+        problems.add("spec_file", f"must be a .yaml path in the image, got {spec_file!r}")
+    for field_name, value in (
+        ("tokens_secret", tokens_secret),
+        ("prediction_log_claim", prediction_log_claim),
+    ):
+        if value is not None:
+            problems.add(field_name, _name_problem(value, "dns1123-subdomain"))
+    if runtime == "lightgbm" and (spec_file or tokens_secret or prediction_log_claim):
+        problems.add(
+            "runtime",
+            "spec_file, tokens_secret and prediction_log_claim need runtime='custom' "
+            "(KServe's LightGBM server has no strict input, tokens or prediction log)",
+        )
     if env is not None:
         for key, value in env.items():
             if not isinstance(key, str) or not key or not isinstance(value, str):
@@ -352,9 +377,14 @@ def render_inference_service(
         predictor["model"] = model
     else:
         assert image is not None
-        predictor["containers"] = [
-            _custom_container(image, served_name, storage_uri, artifact_sha256, resources, env_list)
-        ]
+        container = _custom_container(
+            image, served_name, storage_uri, artifact_sha256, resources, env_list
+        )
+        container["args"].append(f"--model_version={version}")
+        volumes = _governance_mounts(container, spec_file, tokens_secret, prediction_log_claim)
+        predictor["containers"] = [container]
+        if volumes:
+            predictor["volumes"] = volumes
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
@@ -366,6 +396,57 @@ def render_inference_service(
         },
         "spec": {"predictor": predictor},
     }
+
+
+TOKENS_MOUNT = "/etc/govml/tokens"
+PREDICTION_LOG_MOUNT = "/var/log/govml"
+
+
+def _governance_mounts(
+    container: dict[str, Any],
+    spec_file: str | None,
+    tokens_secret: str | None,
+    prediction_log_claim: str | None,
+) -> list[dict[str, Any]]:
+    """Arguments, mounts and volumes for strict input, tokens and the prediction log."""
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    if spec_file:
+        container["args"].append(f"--spec={spec_file}")
+    if tokens_secret:
+        volumes.append(
+            {"name": "govml-tokens", "secret": {"secretName": tokens_secret, "optional": False}}
+        )
+        mounts.append({"name": "govml-tokens", "mountPath": TOKENS_MOUNT, "readOnly": True})
+        container["args"].append(f"--tokens={TOKENS_MOUNT}/tokens.json")
+        container["env"].append(
+            {
+                "name": "GOVML_PREDICTION_LOG_KEY",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": tokens_secret,
+                        "key": "prediction-log-key",
+                        "optional": True,
+                    }
+                },
+            }
+        )
+    if prediction_log_claim:
+        volumes.append(
+            {
+                "name": "govml-prediction-log",
+                "persistentVolumeClaim": {"claimName": prediction_log_claim},
+            }
+        )
+        mounts.append({"name": "govml-prediction-log", "mountPath": PREDICTION_LOG_MOUNT})
+        # one folder per pod: replicas never share a file (names carry an instance id too)
+        container["env"].append(
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+        )
+        container["args"].append(f"--prediction_log={PREDICTION_LOG_MOUNT}/$(POD_NAME)")
+    if mounts:
+        container["volumeMounts"] = mounts
+    return volumes
 
 
 def _custom_container(

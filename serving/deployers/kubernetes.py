@@ -108,6 +108,8 @@ class KubernetesDeployer:
         memory_request: str = "1Gi",
         memory_limit: str = "2Gi",
         ready_timeout: float = 600.0,
+        tokens_secret: str | None = None,
+        prediction_log_claim: str | None = None,
         poll_interval: float = 5.0,
         crd_path: str | os.PathLike[str] | None = None,
         api: manifests.CustomObjectsApiLike | None = None,
@@ -123,6 +125,8 @@ class KubernetesDeployer:
         self.image = image
         self.storage_uri = storage_uri
         self.tracking_uri = tracking_uri
+        self.tokens_secret = tokens_secret
+        self.prediction_log_claim = prediction_log_claim
         self.scaling = {
             "min_replicas": min_replicas,
             "max_replicas": max_replicas,
@@ -180,6 +184,17 @@ class KubernetesDeployer:
             "(e.g. s3://models/{model}/{version}); the server checks its SHA-256"
         )
 
+    def _governance(self, release: Release) -> dict[str, Any]:
+        """Strict input (the spec, as the server image holds it under ``specs/``),
+        bearer tokens and the prediction log, for the project's own server image."""
+        if self.runtime != "custom":
+            return {}
+        return {
+            "spec_file": f"specs/{Path(release.spec_path).name}" if release.spec_path else None,
+            "tokens_secret": self.tokens_secret,
+            "prediction_log_claim": self.prediction_log_claim,
+        }
+
     def render(self, release: Release) -> dict[str, Any]:
         """The release's InferenceService, checked against the KServe CRD; refuses otherwise."""
         storage_uri = self._storage_uri(release)
@@ -207,6 +222,7 @@ class KubernetesDeployer:
                 else None
             ),
             env=env or None,
+            **self._governance(release),
             **self.scaling,
             **self.resources,
         )

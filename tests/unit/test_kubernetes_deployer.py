@@ -357,3 +357,22 @@ def test_govml_deployer_kubernetes_builds_it_from_the_settings(tmp_path: Path) -
         }
     )
     assert deployer_for(explicit).tracking_uri == "http://mlflow.govml.svc:5000"
+
+
+def test_the_served_version_gets_its_spec_tokens_and_prediction_log(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    kube = deployer(
+        tmp_path,
+        crd_path,
+        tokens_secret="fraud-endpoint-tokens",
+        prediction_log_claim="fraud-predictions",
+    )
+    manifest = kube.render(release(spec_path="/work/main/specs/fraud.yaml"))
+    args = manifest["spec"]["predictor"]["containers"][0]["args"]
+    assert "--spec=specs/fraud.yaml" in args  # the server image holds specs/
+    assert "--tokens=/etc/govml/tokens/tokens.json" in args
+    assert any(a.startswith("--prediction_log=") for a in args)
+    plain = deployer(tmp_path / "other", crd_path).render(release())
+    plain_args = plain["spec"]["predictor"]["containers"][0]["args"]
+    assert not any(a.startswith(("--spec", "--tokens", "--prediction_log")) for a in plain_args)

@@ -608,3 +608,47 @@ def test_apply_with_the_real_client_against_a_loopback_api_server(tmp_path: Path
         assert patch["auth"] == "Bearer t0ken"
     assert first["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 10
     assert "canaryTrafficPercent" not in second["body"]["spec"]["predictor"]
+
+
+def test_the_servers_governance_options_are_mounted_and_accepted_by_the_crd(
+    crd_path: Path,
+) -> None:
+    manifest = render(
+        runtime="custom",
+        spec_file="specs/fraud.yaml",
+        tokens_secret="fraud-endpoint-tokens",
+        prediction_log_claim="fraud-predictions",
+    )
+    assert validate_manifest(manifest, crd_path) == []
+    predictor = manifest["spec"]["predictor"]
+    container = predictor["containers"][0]
+    assert {
+        "--model_version=7",
+        "--spec=specs/fraud.yaml",
+        "--tokens=/etc/govml/tokens/tokens.json",
+        "--prediction_log=/var/log/govml/$(POD_NAME)",
+    } <= set(container["args"])
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert volumes["govml-tokens"]["secret"]["secretName"] == "fraud-endpoint-tokens"
+    assert volumes["govml-prediction-log"]["persistentVolumeClaim"]["claimName"] == (
+        "fraud-predictions"
+    )
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["govml-tokens"]["readOnly"] is True
+    env = {e["name"]: e for e in container["env"]}
+    assert env["GOVML_PREDICTION_LOG_KEY"]["valueFrom"]["secretKeyRef"]["optional"] is True
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"runtime": "lightgbm", "spec_file": "specs/fraud.yaml"}, "runtime"),
+        ({"runtime": "custom", "spec_file": "specs/fraud.json"}, "spec_file"),
+        ({"runtime": "custom", "tokens_secret": "Bad_Name"}, "tokens_secret"),
+        ({"runtime": "custom", "prediction_log_claim": "x" * 300}, "prediction_log_claim"),
+    ],
+)
+def test_bad_governance_options_are_named(overrides: dict[str, Any], needle: str) -> None:
+    with pytest.raises(Exception, match=needle):
+        render(**overrides)
