@@ -1,0 +1,227 @@
+"""The gateway in front of real model servers on loopback (.venv-serving processes).
+
+Champion (version 1), challenger (version 2) and shadow (version 3) serve the same
+trained German Credit model with its spec; the gateway splits, sticks, mirrors and fails
+over between them, and its answers are the servers' answers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pipelines.data.german_credit import load_german_credit
+from pipelines.features import build_features, read_split
+from pipelines.training import load_model, score, train
+from serving.gateway import write_routes
+from tests.support import free_port
+from tests.unit.test_features import spec_of, with_training, write_ingest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
+SPEC = ROOT / "specs" / "german_credit.yaml"
+MODEL = "german_credit"
+pytestmark = pytest.mark.slow
+
+
+def _get(url: str, timeout: float = 5) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def _wait(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        if _get(url, 2) == 200:
+            return
+        time.sleep(0.2)
+    pytest.fail(f"{url} not ready in {timeout} s; log {log}:\n{log.read_text()[-3000:]}")
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    with log.open("w") as out:  # a file: a pipe nobody reads would block the server
+        return subprocess.Popen(
+            [str(SERVING_PY), *args], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _server(root: Path, version: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = _start(
+        ["-m", "serving", "--enable_grpc", "false", "--model_name", MODEL,
+         "--model_uri", str(root / "train"), "--spec", str(SPEC), "--model_version", version,
+         "--http_port", str(port)],
+        root / f"server-v{version}.log",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    _wait(f"{url}/v2/models/{MODEL}/ready", proc, root / f"server-v{version}.log")
+    return proc, url
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    root = tmp_path_factory.mktemp("gateway")
+    spec = with_training(spec_of(MODEL), num_boost_round=40, early_stopping_rounds=40)
+    build_features(
+        spec, write_ingest(spec, load_german_credit(), root / "ingest"), root / "features"
+    )
+    train(spec, root / "features", root / "train")
+    booster = load_model(root / "train" / "model.txt")
+    test = read_split(spec, root / "features", "test")
+    frame = test[list(booster.feature_name())]
+    rows = json.loads(
+        json.dumps(
+            frame.astype(object).where(frame.notna(), None).to_dict("records"),
+            default=lambda o: o.item(),
+        )
+    )
+    procs = {v: _server(root, v) for v in ("1", "2", "3")}
+    routes = root / "routes.json"
+    write_routes(routes, _routes(procs, percent=25))
+    port = free_port()
+    gateway = _start(
+        ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port),
+         "--shadow_log", str(root / "shadow.jsonl")],
+        root / "gateway.log",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    _wait(f"{base}/healthz", gateway, root / "gateway.log")
+    ns = SimpleNamespace(
+        root=root, procs=procs, routes=routes, base=base, gateway=gateway, rows=rows,
+        expected=score(booster, test).tolist(),
+    )  # fmt: skip
+    try:
+        yield ns
+    finally:
+        _stop(gateway)
+        for proc, _url in procs.values():
+            _stop(proc)
+
+
+def _routes(procs: dict, percent: float, shadow: bool = False, **extra: Any) -> dict:
+    model: dict[str, Any] = {
+        "champion": {"url": procs["1"][1], "version": "1"},
+        "challenger": {"url": procs["2"][1], "version": "2"},
+        "challenger_percent": percent,
+        **extra,
+    }
+    if shadow:
+        model["shadow"] = {"url": procs["3"][1], "version": "3"}
+    return {"models": {MODEL: model}}
+
+
+def _reroute(stack: SimpleNamespace, routes: dict) -> None:
+    write_routes(stack.routes, routes)
+    time.sleep(1.2)  # the gateway polls the file every 0.5 s
+
+
+def _predict(stack: SimpleNamespace, row: dict, entity: str | None) -> tuple[int, Any, Any]:
+    headers = {"Content-Type": "application/json"}
+    if entity is not None:
+        headers["X-Govml-Entity"] = entity
+    req = urllib.request.Request(
+        f"{stack.base}/v1/models/{MODEL}:predict",
+        data=json.dumps({"instances": [row]}).encode(),
+        headers=headers,
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=15) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+def test_the_split_follows_the_weight_and_each_entity_sticks(stack: SimpleNamespace) -> None:
+    _reroute(stack, _routes(stack.procs, percent=25))
+    seen: dict[str, str] = {}
+    for i in range(240):
+        row = stack.rows[i % len(stack.rows)]
+        code, body, headers = _predict(stack, row, f"customer-{i}")
+        assert code == 200, body
+        assert body["predictions"] == [stack.expected[i % len(stack.rows)]]
+        assert headers["X-Govml-Version"] == body["model_version"]
+        seen[f"customer-{i}"] = headers["X-Govml-Route"]
+    share = sum(r == "challenger" for r in seen.values()) / len(seen)
+    assert 0.15 < share < 0.35, share
+    for entity, route in list(seen.items())[:60]:  # the same entity, the same model
+        assert _predict(stack, stack.rows[0], entity)[2]["X-Govml-Route"] == route
+    _reroute(stack, _routes(stack.procs, percent=0))
+    assert {_predict(stack, stack.rows[0], e)[2]["X-Govml-Route"] for e in seen} == {"champion"}
+
+
+def test_bad_input_and_unknown_models_get_the_servers_4xx(stack: SimpleNamespace) -> None:
+    code, body, _ = _predict(stack, {"duration_months": "twelve"}, "customer-1")
+    assert code == 400 and "duration_months" in body["error"]
+    assert _get(f"{stack.base}/v2/models/nope/ready") == 404
+
+
+def test_a_dead_challenger_fails_over_to_the_champion(stack: SimpleNamespace) -> None:
+    _reroute(stack, _routes(stack.procs, percent=100))
+    proc, _ = stack.procs["2"]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    answers = [_predict(stack, stack.rows[i], f"c-{i}") for i in range(30)]
+    assert all(code == 200 for code, _, _ in answers)
+    assert {h["X-Govml-Route"] for _, _, h in answers} == {"failover"}
+    assert [b["predictions"][0] for _, b, _ in answers] == stack.expected[:30]
+
+
+def test_a_frozen_shadow_never_slows_or_fails_the_client(stack: SimpleNamespace) -> None:
+    _reroute(
+        stack,
+        _routes(stack.procs, percent=0, shadow=True, shadow_timeout_s=0.5, shadow_max_in_flight=4),
+    )
+    for i in range(20):  # a working shadow: every answer compared in the shadow log
+        assert _predict(stack, stack.rows[i], f"s-{i}")[0] == 200
+    time.sleep(0.5)
+    log = [json.loads(line) for line in (stack.root / "shadow.jsonl").read_text().splitlines()]
+    ok = [r for r in log if r["shadow_outcome"] == "ok"]
+    assert len(ok) >= 15
+    assert all(r["primary_scores"] == r["shadow_scores"] for r in ok)  # same model file
+    shadow, _ = stack.procs["3"]
+    os.killpg(shadow.pid, signal.SIGSTOP)  # accepts connections, never answers
+    try:
+        latencies = []
+        for i in range(40):
+            began = time.perf_counter()
+            code, body, headers = _predict(stack, stack.rows[i], f"s-{i}")
+            latencies.append(time.perf_counter() - began)
+            assert code == 200 and headers["X-Govml-Route"] == "champion"
+            assert body["predictions"] == [stack.expected[i]]
+        latencies.sort()
+        assert latencies[len(latencies) // 2] < 0.05, latencies  # no wait for the shadow
+        time.sleep(1.0)
+        metrics = urllib.request.urlopen(f"{stack.base}/metrics", timeout=5).read().decode()
+        assert f'govml_gateway_shadow_total{{model="{MODEL}",outcome="skipped"}}' in metrics
+        assert f'govml_gateway_shadow_total{{model="{MODEL}",outcome="timeout"}}' in metrics
+    finally:
+        os.killpg(shadow.pid, signal.SIGCONT)
