@@ -127,7 +127,8 @@ def main() -> int:
     lines = [
         "The fraud model server (JSONL log, tokens, strict input) pinned to CPU 0; the "
         "gateway and `wrk` (1 connection, keep-alive; a new `X-Govml-Entity` per request) "
-        f"on CPU 1. {args.rounds} rounds of {args.duration:g} s, median round.",
+        f"on CPU 1. {args.rounds} rounds of {args.duration:g} s, median round. The shadow "
+        "variant mirrors to the same model server, which then scores every request twice.",
         "",
         "| path | req/s | p50 µs | p90 µs | p99 µs | added p50 µs | added p99 µs | failed |",
         "|---|---|---|---|---|---|---|---|",
