@@ -23,10 +23,10 @@ from typing import Literal
 
 import numpy as np
 
+from pipelines.drift import psi
 from pipelines.spec import Guardrails, Rollout, duration_seconds
 
 Decision = Literal["advance", "hold", "rollback", "await_approval", "done"]
-EPSILON = 1e-4  # floor for empty PSI bins (the usual smoothing)
 MIN_ALERTS = 30  # the relative alert-rate change is compared from this many champion alerts
 
 
@@ -67,19 +67,8 @@ class Trip:
 
 
 def score_psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """Population stability index of ``current`` against ``reference`` (bins from the
-    reference's quantiles; empty bins floored at 1e-4)."""
-    reference = np.asarray(reference, dtype=np.float64)
-    current = np.asarray(current, dtype=np.float64)
-    reference, current = reference[~np.isnan(reference)], current[~np.isnan(current)]
-    if len(reference) == 0 or len(current) == 0:
-        raise ValueError("score_psi needs scores on both sides")
-    edges = np.unique(np.quantile(reference, np.linspace(0, 1, bins + 1))[1:-1])
-    ref = np.bincount(np.searchsorted(edges, reference, side="right"), minlength=len(edges) + 1)
-    cur = np.bincount(np.searchsorted(edges, current, side="right"), minlength=len(edges) + 1)
-    p = np.maximum(ref / ref.sum(), EPSILON)
-    q = np.maximum(cur / cur.sum(), EPSILON)
-    return float(np.sum((q - p) * np.log(q / p)))
+    """PSI of the challenger's scores against the champion's (:func:`pipelines.drift.psi`)."""
+    return psi(reference, current, bins)
 
 
 def disagreement_rate(primary: np.ndarray, shadow: np.ndarray, threshold: float) -> float:
