@@ -19,6 +19,7 @@ from ops.cli_args import positive_int as _positive_int
 from ops.cli_audit import add_audit_commands
 from ops.cli_evidence import add_export_parser
 from ops.cli_governance import add_governance_commands
+from ops.cli_rollout import add_rollout_commands
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError, SpecError
 
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_export_parser(add_audit_commands(sub))
     add_governance_commands(sub)
+    add_rollout_commands(sub)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
     p.add_argument(

@@ -7,6 +7,7 @@ A rollout step compares the challenger with the champion over the same time wind
   champion's quantiles), and, on mirrored requests (the gateway's shadow log), the share
   of requests where the two models decide differently;
 * business: the change in the alert rate (fraud) or the approval rate (credit);
+  distributions are compared once each side has 50 scores (fewer: noise, not signal);
 * with labels (once they arrive): calibration error, and the fraud amount the challenger
   catches relative to the champion.
 
@@ -28,6 +29,7 @@ from pipelines.spec import Guardrails, Rollout, duration_seconds
 
 Decision = Literal["advance", "hold", "rollback", "await_approval", "done"]
 MIN_ALERTS = 30  # the relative alert-rate change is compared from this many champion alerts
+MIN_SCORES = 50  # score distributions (PSI, decision rates) are compared from this many each
 
 
 @dataclass
@@ -111,7 +113,7 @@ def check_guardrails(
     if len(challenger.latencies_ms):
         p99 = float(np.percentile(challenger.latencies_ms, 99))
         limit("p99_latency_ms", p99, guardrails.max_p99_latency_ms)
-    if len(champion.scores) and len(challenger.scores):
+    if len(champion.scores) >= MIN_SCORES and len(challenger.scores) >= MIN_SCORES:
         limit("score_psi", score_psi(champion.scores, challenger.scores), guardrails.max_score_psi)
         champion_rate = float(np.mean(champion.scores >= threshold))
         challenger_rate = float(np.mean(challenger.scores >= threshold))

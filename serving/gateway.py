@@ -564,10 +564,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--shadow_log", default=None, help="JSONL file of shadow comparisons")
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
+    parser.add_argument(
+        "--upstream_timeout_s", type=float, default=10.0, help="give up on a model server after"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        app = Gateway(args.routes, shadow_log=args.shadow_log, max_body_bytes=args.max_body_bytes)
+        app = Gateway(
+            args.routes,
+            shadow_log=args.shadow_log,
+            max_body_bytes=args.max_body_bytes,
+            upstream_timeout_s=args.upstream_timeout_s,
+        )
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

@@ -97,6 +97,7 @@ class RolloutController:
         return RolloutState(**data)
 
     def _save(self, state: RolloutState) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(f".{self.state_path.name}.tmp")
         tmp.write_text(json.dumps(asdict(state), indent=2))
         os.replace(tmp, self.state_path)
@@ -116,7 +117,14 @@ class RolloutController:
             route["challenger_percent"] = state.percent
         elif state.phase == "promoted":
             route = {"champion": state.challenger}
-        write_routes(self.routes_path, {"models": {self.model: route}})
+        try:  # other models' routes in the same file stay as they are
+            current = json.loads(self.routes_path.read_text())
+        except (OSError, ValueError):
+            current = {}
+        models = dict(current.get("models") or {}) if isinstance(current, dict) else {}
+        models[self.model] = route
+        self.routes_path.parent.mkdir(parents=True, exist_ok=True)
+        write_routes(self.routes_path, {"models": models})
 
     def _event(self, state: RolloutState, kind: str, actor: str, **detail: Any) -> Event:
         event = Event(

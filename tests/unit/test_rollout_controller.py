@@ -131,3 +131,12 @@ def test_the_gateway_follows_the_controllers_routes(setup: tuple) -> None:
     controller.step([], requests=500)
     assert gateway.reload()
     assert gateway.routes["fraud"].challenger_percent == 5
+
+
+def test_other_models_routes_are_kept(setup: tuple) -> None:
+    controller, clock, routes = setup
+    from serving.gateway import write_routes
+
+    write_routes(routes, {"models": {"credit": {"champion": CHAMPION}}})
+    controller.start(CHAMPION, CHALLENGER, "ops")
+    assert set(load_routes(routes)) == {"credit", "fraud"}

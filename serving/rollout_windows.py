@@ -1,0 +1,124 @@
+"""What a rollout step looks at: the live observations of champion and challenger.
+
+* each model server's prediction log (scores, server latency), read live: complete files
+  and the JSONL file being written (complete lines only), rows since the step began;
+* the gateway's Prometheus counters (requests by route and status: the challenger's
+  5xx answers and the failovers they caused), as differences from a snapshot taken when
+  the step began;
+* the gateway's shadow log: champion and challenger scores of the same mirrored requests,
+  and the shadow's failures.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines.rollout import Window
+from serving.prediction_log import FILE_PREFIX, complete_files, read_records
+
+
+def _live_lines(directory: Path) -> Iterator[dict[str, Any]]:
+    """Records of the JSONL file(s) still being written (complete lines only)."""
+    for tmp in sorted(directory.glob(f".{FILE_PREFIX}*.jsonl.tmp")):
+        try:
+            data = tmp.read_bytes()
+        except OSError:  # finished and renamed meanwhile: read as a complete file
+            continue
+        for line in data.split(b"\n")[:-1]:  # the last piece may be half a line
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            row["timestamp"] = datetime.fromisoformat(row["timestamp"])
+            yield row
+
+
+def log_rows(directory: str | Path, since: float) -> list[dict[str, Any]]:
+    """Prediction log rows with a timestamp at or after ``since`` (epoch seconds)."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    rows: list[dict[str, Any]] = []
+    for path in complete_files(folder):
+        if path.stat().st_mtime < since:  # finished before the window began
+            continue
+        rows.extend(r for r in read_records(path) if r["timestamp"].timestamp() >= since)
+    rows.extend(r for r in _live_lines(folder) if r["timestamp"].timestamp() >= since)
+    return rows
+
+
+def gateway_counts(metrics_text: str, model: str) -> dict[str, float]:
+    """``route:code`` → requests, from the gateway's ``/metrics`` text."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name != "govml_gateway_requests":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total") and sample.labels.get("model") == model:
+                key = f"{sample.labels['route']}:{sample.labels['code']}"
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return counts
+
+
+def challenger_errors(now: dict[str, float], before: dict[str, float]) -> tuple[int, int]:
+    """(answers the challenger owed, how many of them failed) between two snapshots.
+
+    Every request routed to the challenger ends as ``challenger:<code>`` or, when it
+    failed (unreachable or 5xx), as ``failover:<code>`` answered by the champion.
+    """
+    delta = {k: now.get(k, 0.0) - before.get(k, 0.0) for k in set(now) | set(before)}
+    owed = sum(v for k, v in delta.items() if k.startswith(("challenger:", "failover:")))
+    failed = sum(
+        v
+        for k, v in delta.items()
+        if k.startswith("failover:")
+        or (k.startswith("challenger:") and k.split(":", 1)[1].startswith("5"))
+    )
+    return int(round(owed)), int(round(failed))
+
+
+def shadow_pairs(
+    shadow_log: str | Path, since: float
+) -> tuple[np.ndarray, np.ndarray, int, int, np.ndarray]:
+    """(champion scores, shadow scores, shadow copies, failed copies, shadow latencies ms)
+    of the mirrored requests since ``since``."""
+    primary: list[float] = []
+    shadow: list[float] = []
+    latencies: list[float] = []
+    copies = failed = 0
+    path = Path(shadow_log)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if record.get("time", 0) < since:
+                continue
+            copies += 1
+            if record.get("shadow_outcome") != "ok":
+                failed += 1
+                continue
+            latencies.append(float(record.get("shadow_ms", 0.0)))
+            a, b = record.get("primary_scores"), record.get("shadow_scores")
+            if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+                primary.extend(a)
+                shadow.extend(b)
+    return np.asarray(primary), np.asarray(shadow), copies, failed, np.asarray(latencies)
+
+
+def window_of(rows: list[dict[str, Any]], requests: int | None = None, errors: int = 0) -> Window:
+    """A :class:`~pipelines.rollout.Window` from prediction log rows."""
+    scores = np.asarray([r["score"] for r in rows if r.get("score") is not None], np.float64)
+    latencies = np.asarray(
+        [r["latency_ms"] for r in rows if r.get("latency_ms") is not None], np.float64
+    )
+    count = len(rows) if requests is None else max(requests, errors)
+    return Window(requests=count, errors=min(errors, count), latencies_ms=latencies, scores=scores)

@@ -1,0 +1,320 @@
+"""Progressive delivery end to end on loopback: real model servers (local deployer),
+the real gateway, the registry (MLflow on SQLite) and the governance store.
+
+A client sends valid requests at a constant rate through the gateway the whole time.
+A full rollout walks shadow → 5 → 25 → 50 → (approval) → 100 → promotion; then three
+faulty challengers (killed mid-canary, frozen so that every call times out, and a model
+whose scores are skewed) are each rolled back by the controller. The client never sees a
+failed request, every transition is in the audit trail, and the champion alias moves
+only on the promotion.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines.config import load_settings
+from pipelines.data.german_credit import load_german_credit
+from pipelines.features import build_features, read_split
+from pipelines.spec import Rollout
+from tests.support import free_port, stack_env
+from tests.unit.test_features import spec_of, with_training, write_ingest
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
+SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
+MODEL = "german_credit"
+POLICY = Rollout(
+    shadow={"duration": "2s", "min_requests": 10},
+    canary_steps=[5, 25, 50, 100],
+    bake_time="1s",
+    approval_before_full=True,
+    guardrails={
+        "max_error_rate": 0.01,
+        "max_p99_latency_ms": 1000,
+        "max_score_psi": 0.2,
+        "max_disagreement_rate": 0.05,
+        "max_approval_rate_change": 0.5,
+    },
+)
+pytestmark = pytest.mark.slow
+
+
+class Client(threading.Thread):
+    """Valid requests at a constant rate through the gateway; every answer kept."""
+
+    def __init__(self, base: str, rows: list[dict], rate: float = 40.0) -> None:
+        super().__init__(daemon=True)
+        self.base, self.rows, self.period = base, rows, 1.0 / rate
+        self.codes: list[int] = []
+        self.routes: list[str] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        rng = random.Random(5)
+        next_at = time.monotonic()
+        while not self.stop_event.is_set():
+            row = rng.choice(self.rows)
+            req = urllib.request.Request(
+                f"{self.base}/v1/models/{MODEL}:predict",
+                data=json.dumps({"instances": [row]}).encode(),
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Govml-Entity": f"customer-{rng.randrange(100_000)}",
+                },
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=10) as resp:
+                    self.codes.append(resp.status)
+                    self.routes.append(resp.headers.get("X-Govml-Route", ""))
+            except urllib.error.HTTPError as err:
+                self.codes.append(err.code)
+            except OSError:
+                self.codes.append(0)
+            next_at += self.period
+            time.sleep(max(0.0, next_at - time.monotonic()))
+
+
+def _register(settings, booster, run: str) -> str:  # noqa: ANN001
+    import mlflow
+    import mlflow.lightgbm
+
+    from registry.mlflow_registry import artifact_location_for
+
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    if client.get_experiment_by_name("rollout") is None:
+        client.create_experiment(
+            "rollout", artifact_location=artifact_location_for(uri, settings.mlflow_artifacts)
+        )
+    mlflow.set_experiment("rollout")
+    with mlflow.start_run(run_name=run):
+        info = mlflow.lightgbm.log_model(booster, name="model")
+    return str(mlflow.register_model(info.model_uri, MODEL).version)
+
+
+def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
+    """Approve (four eyes), deploy with the local deployer, record it: the endpoint URL."""
+    from ops.deploy import deployer_for
+    from registry import approvals, governance
+    from registry.mlflow_registry import artifact_sha256_of, serving_uri
+    from serving.deployers import Release
+
+    url = settings.governance_url
+    sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
+    approvals.request_approval(
+        url, spec, model_version=version, artifact_sha256=sha, run_id=run, dag_id=None,
+        triggered_by="dev", author="dev", risk_reasons=[],
+    )  # fmt: skip
+    for user in ("alice", "bob"):
+        state = approvals.decide(
+            url, MODEL, version, user=user, decision="approve", reason="ok", channel="cli"
+        )
+        if state.status == "approved":
+            break
+    release = Release(
+        MODEL, version, serving_uri(settings.mlflow_tracking_uri, MODEL, version), sha,
+        state.id, str(SPEC_PATH),
+    )  # fmt: skip
+    endpoint = deployer_for(settings).deploy(release)
+    governance.record_deployment(
+        url, state, environment="local", action="deployed", actor="govml-lifecycle",
+        details={"endpoint": endpoint.url}, consume=True,
+    )  # fmt: skip
+    return endpoint.url
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    from ops import rollout
+    from pipelines.training import load_model, train
+    from registry import approvals
+    from registry.mlflow_registry import set_alias
+
+    root = tmp_path_factory.mktemp("rollout")
+    var = root / "var"
+    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
+    settings = load_settings(env)
+    settings.mlflow_artifacts.mkdir(parents=True)
+    for user in ("alice", "bob"):
+        approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
+    good = with_training(spec_of(MODEL), num_boost_round=40, early_stopping_rounds=40)
+    build_features(good, write_ingest(good, load_german_credit(), root / "ingest"), root / "f")
+    boosters = {}
+    for name, rounds, params in (("good", 40, {}), ("skewed", 40, {"scale_pos_weight": 25.0})):
+        spec = with_training(spec_of(MODEL), num_boost_round=rounds, early_stopping_rounds=rounds)
+        if params:
+            spec = spec.model_copy(
+                update={"training": spec.training.model_copy(update={"params": params})}
+            )
+        train(spec, root / "f", root / name)
+        boosters[name] = load_model(root / name / "model.txt")
+    test = read_split(good, root / "f", "test")
+    frame = test[list(boosters["good"].feature_name())]
+    rows = json.loads(
+        json.dumps(
+            frame.astype(object).where(frame.notna(), None).to_dict("records"),
+            default=lambda o: o.item(),
+        )
+    )
+    saved = dict(os.environ)
+    gateway_port = free_port()
+    os.environ.update(env)
+    os.environ["GOVML_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
+    spec = good.model_copy(update={"rollout": POLICY})
+    gateway = None
+    try:
+        champion = _register(settings, boosters["good"], "run-1")
+        _release(settings, spec, champion, "run-1")
+        set_alias(settings.mlflow_tracking_uri, MODEL, "champion", champion)
+        routes = rollout.gateway_dir(settings) / "routes.json"
+        routes.parent.mkdir(parents=True, exist_ok=True)
+        from serving.gateway import write_routes
+
+        write_routes(
+            routes,
+            {"models": {MODEL: {"champion": rollout.endpoint_of(settings, MODEL, champion)}}},
+        )
+        log = root / "gateway.log"
+        with log.open("w") as out:
+            gateway = subprocess.Popen(
+                [str(SERVING_PY), "-m", "serving.gateway", "--routes", str(routes),
+                 "--port", str(gateway_port), "--upstream_timeout_s", "0.5",
+                 "--shadow_log", str(rollout.gateway_dir(settings) / "shadow.jsonl")],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        base = f"http://127.0.0.1:{gateway_port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(f"{base}/healthz", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        yield SimpleNamespace(
+            settings=settings, spec=spec, boosters=boosters, rows=rows, base=base,
+            champion=champion, root=root, gateway_log=log,
+        )  # fmt: skip
+    finally:
+        if gateway is not None:
+            os.killpg(gateway.pid, signal.SIGTERM)
+            gateway.wait(30)
+        from ops.deploy import deployer_for
+
+        deployer = deployer_for(settings)
+        for name in deployer.deployed():
+            deployer.stop(name)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _champion(world: SimpleNamespace) -> str:
+    from registry.mlflow_registry import version_by_alias
+
+    return str(version_by_alias(world.settings.mlflow_tracking_uri, MODEL, "champion").version)
+
+
+def _drive(world: SimpleNamespace, until: set[str], limit_s: float = 60) -> list[str]:
+    """Evaluate every half second until one of ``until``; the events' kinds."""
+    from ops.rollout import evaluate
+
+    kinds = []
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        event = evaluate(world.settings, world.spec)
+        kinds.append(event.kind)
+        if event.kind in until:
+            return kinds
+    raise AssertionError(f"no {until} within {limit_s} s: {kinds}")
+
+
+def _audit_kinds(world: SimpleNamespace, version: str) -> list[tuple[str, str | None]]:
+    from registry.audit import events
+
+    return [
+        (e.kind, (e.payload or {}).get("rollout_event"))
+        for e in events(world.settings.governance_url, model_name=MODEL, model_version=version)
+    ]
+
+
+def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleNamespace) -> None:
+    from ops.rollout import act, start
+
+    client = Client(world.base, world.rows)
+    client.start()
+    try:
+        # 1. a healthy challenger goes all the way
+        v2 = _register(world.settings, world.boosters["good"], "run-2")
+        _release(world.settings, world.spec, v2, "run-2")
+        start(world.settings, world.spec, v2, actor="ops-anna")
+        kinds = _drive(world, {"awaiting_approval"})
+        assert kinds.count("rollout_step") == 3, kinds  # 5, 25, 50
+        assert _champion(world) == world.champion  # nothing moves before the promotion
+        act(world.settings, world.spec, "approve", actor="alice")
+        kinds = _drive(world, {"champion_promoted"})
+        assert _champion(world) == v2
+        steps = [k for k in _audit_kinds(world, v2) if k[1]]
+        assert [k[1] for k in steps] == [
+            "rollout_started", "rollout_step", "rollout_step", "rollout_step",
+            "awaiting_approval", "rollout_step", "champion_promoted",
+        ], steps  # fmt: skip
+        champion = v2
+
+        # 2. three faulty challengers, each rolled back, the alias never moving
+        faults = {}
+        for fault in ("killed", "frozen", "skewed"):
+            booster = world.boosters["skewed" if fault == "skewed" else "good"]
+            version = _register(world.settings, booster, f"run-{fault}")
+            _release(world.settings, world.spec, version, f"run-{fault}")
+            start(world.settings, world.spec, version, actor="ops-anna")
+            kinds = _drive(world, {"rollout_step", "rollout_rolled_back"})
+            if fault != "skewed":  # the skewed model trips already in shadow
+                assert kinds[-1] == "rollout_step", kinds
+                time.sleep(1.5)  # some traffic on the 5 % step
+                from ops.rollout import endpoint_of
+
+                server = world.settings.serving_dir / f"{MODEL.replace('_', '-')}-v{version}"
+                state = json.loads((server / "supervisor.json").read_text())
+                if fault == "killed":  # supervisor first, so that nothing restarts it
+                    os.kill(state["supervisor_pid"], signal.SIGKILL)
+                    os.kill(state["server_pid"], signal.SIGKILL)
+                else:
+                    os.kill(state["server_pid"], signal.SIGSTOP)
+                assert endpoint_of(world.settings, MODEL, version)
+                time.sleep(2.0)
+                kinds += _drive(world, {"rollout_rolled_back"})
+            else:
+                assert kinds[-1] == "rollout_rolled_back", kinds
+            faults[fault] = _audit_kinds(world, version)
+            assert _champion(world) == champion
+            if fault == "frozen":
+                os.kill(state["server_pid"], signal.SIGCONT)
+        time.sleep(1.0)
+    finally:
+        client.stop_event.set()
+        client.join(30)
+    failed = [c for c in client.codes if c != 200]
+    assert len(client.codes) > 300 and failed == [], (len(client.codes), failed[:10])
+    assert "failover" in client.routes  # the killed and frozen challengers were covered for
+    for fault, kinds in faults.items():
+        rolled = [k for k in kinds if k[0] == "rolled_back"]
+        assert rolled, (fault, kinds)
+    from registry.audit import verify_chain
+
+    assert verify_chain(world.settings.governance_url).ok
