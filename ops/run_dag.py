@@ -1,6 +1,7 @@
 """Run one spec's lifecycle DAG in-process with ``dag.test()`` (no scheduler needed).
 
 ``python -m ops.run_dag SPEC_PATH --conf '{"n_rows": 20000}' --run-after ISO``
+(``--dag rollout --conf '{"version": "7"}'``: the spec's rollout DAG, to the end)
 
 Used by ``govml run`` (which adds the progress display) and by the tests. The
 Airflow configuration comes from the environment (``govml stack env``); the exit
@@ -32,14 +33,17 @@ def lifecycle_run_id(run_after: dt.datetime) -> str:
     return f"manual__{run_after.isoformat()}"
 
 
-def load_dag(spec_path: Path):  # noqa: ANN201
+def load_dag(spec_path: Path, kind: str = "lifecycle"):  # noqa: ANN201
+    """The spec's ``lifecycle`` or ``rollout`` DAG, built from the DAG file."""
     settings = load_settings()
-    module_path = settings.home / "dags" / "lifecycle.py"
-    module_spec = importlib.util.spec_from_file_location("govml_lifecycle_dags", module_path)
+    module_path = settings.home / "dags" / f"{kind}.py"
+    module_spec = importlib.util.spec_from_file_location(f"govml_{kind}_dags", module_path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     spec = load_spec(spec_path)
+    if kind == "rollout":
+        return module.build_rollout_dag(spec, str(spec_path))
     return module.build_lifecycle_dag(spec, spec_path)
 
 
@@ -53,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_UNTIL,
         help=f"last task to run (default {DEFAULT_UNTIL}; 'deploy' waits for approval)",
     )
+    parser.add_argument(
+        "--dag", default="lifecycle", choices=["lifecycle", "rollout"], help="which DAG"
+    )
     args = parser.parse_args(argv)
     conf = json.loads(args.conf)
     run_after = (
@@ -60,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_after
         else dt.datetime.now(dt.UTC).replace(microsecond=0)
     )
-    dag = load_dag(args.spec)
+    dag = load_dag(args.spec, args.dag)
+    if args.dag == "rollout" and args.until == DEFAULT_UNTIL:
+        args.until = "canary_100"  # the whole rollout
     if args.until not in dag.task_dict:
         parser.error(f"--until {args.until!r}: no such task; tasks: {sorted(dag.task_dict)}")
     if dag.task_dict[args.until].downstream_task_ids:

@@ -161,8 +161,8 @@ class RolloutController:
         state = self._active()
         if state.phase == "paused":
             return self._event(state, "rollout_hold", actor, reason="paused")
-        if state.phase == "approval" and not trips:
-            return self._event(state, "awaiting_approval", actor)
+        if state.phase == "approval" and not trips:  # still waiting: not a transition
+            return self._event(state, "rollout_hold", actor, reason="awaiting approval")
         now = self.clock()
         decision, following = decide(
             self.policy, StepState(state.percent, now - state.step_started, requests), trips

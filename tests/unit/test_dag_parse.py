@@ -88,6 +88,11 @@ def test_dag_folder_parses_one_dag_per_spec(tmp_path: Path) -> None:
     assert fraud["catchup"] is False
     assert "0 2 * * *" in fraud["schedule"]
     assert {"data_path", "n_rows", "seed", "tuning_trials"} <= set(fraud["params"])
+    rollout = parsed["dags"]["fraud_rollout"]  # the spec's policy: 5, 25, 50, a go, 100
+    assert rollout["tasks"] == sorted(
+        ["start", "shadow", "canary_5", "canary_25", "canary_50", "await_go", "canary_100"]
+    )
+    assert rollout["params"] == ["version"]
     # heavy libraries are imported inside tasks, never at parse time
     assert parsed["heavy"] == []
 
@@ -104,4 +109,6 @@ def test_a_new_spec_file_adds_a_dag_without_code(tmp_path: Path) -> None:
     (specs / "broken.yaml").write_text("name: broken\n")
     parsed = _parse(ROOT / "dags", specs, tmp_path)
     assert parsed["errors"] == {}
-    assert set(parsed["dags"]) == {"credit_lifecycle", "sme_credit_lifecycle"}
+    assert set(parsed["dags"]) == {
+        "credit_lifecycle", "sme_credit_lifecycle", "credit_rollout", "sme_credit_rollout",
+    }  # fmt: skip

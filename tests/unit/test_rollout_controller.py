@@ -62,7 +62,7 @@ def test_a_full_rollout_walks_every_step_and_waits_for_approval(setup: tuple) ->
     clock.now += 1800
     assert controller.step([], requests=500).kind == "awaiting_approval"
     assert route(routes)["percent"] == 50  # nothing moves without a human
-    assert controller.step([], requests=500).kind == "awaiting_approval"
+    assert controller.step([], requests=500).detail == {"reason": "awaiting approval"}
     assert controller.approve("risk-ben").detail == {"approved": True}
     assert route(routes)["percent"] == 100
     clock.now += 1800
