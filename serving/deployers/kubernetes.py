@@ -195,8 +195,17 @@ class KubernetesDeployer:
             "prediction_log_claim": self.prediction_log_claim,
         }
 
-    def render(self, release: Release) -> dict[str, Any]:
-        """The release's InferenceService, checked against the KServe CRD; refuses otherwise."""
+    def render(
+        self,
+        release: Release,
+        *,
+        name: str | None = None,
+        canary_traffic_percent: int | None = None,
+    ) -> dict[str, Any]:
+        """The release's InferenceService, checked against the KServe CRD; refuses otherwise.
+
+        ``name``/``canary_traffic_percent``: see :meth:`render_rollout_step`.
+        """
         storage_uri = self._storage_uri(release)
         env: dict[str, str] = {}
         if self.runtime == "custom" and storage_uri.startswith(MLFLOW_SCHEMES):
@@ -208,7 +217,7 @@ class KubernetesDeployer:
                 )
             env["MLFLOW_TRACKING_URI"] = self.tracking_uri
         manifest = manifests.render_inference_service(
-            release.name,
+            name or release.name,
             self.namespace,
             storage_uri,
             runtime=self.runtime,
@@ -222,6 +231,7 @@ class KubernetesDeployer:
                 else None
             ),
             env=env or None,
+            canary_traffic_percent=canary_traffic_percent,
             **self._governance(release),
             **self.scaling,
             **self.resources,
@@ -233,6 +243,21 @@ class KubernetesDeployer:
                 f"schema, refused: {'; '.join(problems)}"
             )
         return manifest
+
+    def render_rollout_step(self, release: Release, percent: int) -> dict[str, Any]:
+        """A rollout step as KServe does canaries: the model's one InferenceService
+        (named after the model, the stable endpoint) updated to the challenger, whose new
+        revision takes ``canaryTrafficPercent`` of the traffic while the previous ready
+        revision (the champion) keeps the rest; 100 promotes it (no canary field), 0 sends
+        everything back to the champion (a rollback). Shadow mirroring has no
+        InferenceService field: in Kubernetes the gateway does it in front of KServe."""
+        if not isinstance(percent, int) or not 0 <= percent <= 100:
+            raise DeploymentError(f"rollout step: expected a percentage 0..100, got {percent!r}")
+        return self.render(
+            release,
+            name=_served_name(release.model_name),
+            canary_traffic_percent=None if percent == 100 else percent,
+        )
 
     def write_manifest(self, release: Release, manifest: Mapping[str, Any]) -> Path:
         folder = self._dir(release.name)

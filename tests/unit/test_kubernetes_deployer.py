@@ -376,3 +376,21 @@ def test_the_served_version_gets_its_spec_tokens_and_prediction_log(
     plain = deployer(tmp_path / "other", crd_path).render(release())
     plain_args = plain["spec"]["predictor"]["containers"][0]["args"]
     assert not any(a.startswith(("--spec", "--tokens", "--prediction_log")) for a in plain_args)
+
+
+def test_every_rollout_step_renders_as_a_kserve_canary_the_crd_accepts(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    kube = deployer(tmp_path, crd_path)
+    challenger = release(version="8", spec_path="/work/main/specs/fraud.yaml")
+    for percent in (0, 5, 25, 50, 100):
+        manifest = kube.render_rollout_step(challenger, percent)
+        assert manifest["metadata"]["name"] == "fraud"  # the model's stable endpoint
+        predictor = manifest["spec"]["predictor"]
+        if percent == 100:  # promoted: the new revision takes everything
+            assert "canaryTrafficPercent" not in predictor
+        else:
+            assert predictor["canaryTrafficPercent"] == percent
+        assert manifest["metadata"]["labels"]["govml/version"] == "8"
+    with pytest.raises(DeploymentError, match="0..100"):
+        kube.render_rollout_step(challenger, 120)
