@@ -424,7 +424,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     new = sub.add_parser("new", help="generate a token, append its hash, print the token once")
     new.add_argument("name", help="client name (letters, digits, _ . @ -)")
     new.add_argument(
-        "--scope", action="append", required=True, help="a scope (repeat): predict, explain"
+        "--scope",
+        action="append",
+        required=True,
+        help="a scope (repeat): predict, explain, admin (load/unload models)",
     )
     new.add_argument("--file", required=True, type=Path, help="token file (.json or .yaml)")
     new.add_argument("--kdf", choices=["sha256", "pbkdf2"], default="sha256")

@@ -15,8 +15,9 @@ requests to a ``shadow`` version whose answers never reach the client:
   counted) and a timeout; its failures and slowness never reach the client. Each pair of
   answers (scores, status, latency) is appended to ``shadow_log`` (JSONL) for the
   rollout controller to compare.
-* **Failover**: a challenger that cannot be reached, or answers 5xx, is retried once on
-  the champion (scoring is idempotent); the client sees the champion's answer.
+* **Failover**: a challenger that cannot be reached, answers 5xx, or answers 404 (its
+  server lacks the model the route says it serves) is retried once on the champion
+  (scoring is idempotent); the client sees the champion's answer.
 * **Routes** come from a JSON file (``--routes``), reloaded when it changes; a file that
   does not parse keeps the previous routes (and says why in the log). The rollout
   controller changes weights by rewriting it (atomically).
@@ -365,7 +366,8 @@ class Gateway:
         suffix = path + (f"?{query.decode('latin-1')}" if query else "")
         method = scope["method"]
         status, answer, upstream_s = await self._call(upstream, method, suffix, headers, body)
-        if name == "challenger" and (status is None or status >= 500):
+        if name == "challenger" and (status is None or status >= 500 or status == 404):
+            # 404: the challenger's server lacks the model the route says it serves
             log.warning("gateway: challenger %s failed (%s); answering from the champion",
                         upstream.url, status)  # fmt: skip
             name, upstream = "failover", route.champion

@@ -6,7 +6,9 @@ A pure ASGI middleware added to KServe's FastAPI app before it starts:
   a streamed body counted as it arrives);
 * ``:predict``, ``:explain`` and V2 ``/infer`` need a bearer token with the scope of
   the call when a token store is configured (401 without/with a bad token, 403
-  without the scope); health, metadata and ``/metrics`` stay open;
+  without the scope); health, metadata and ``/metrics`` stay open; KServe's model
+  repository API (``/v2/repository/...``: load, unload) needs scope ``admin``, and is
+  refused (403) on a server without tokens;
 * Prometheus ``govml_requests_total{kind,code}`` and
   ``govml_request_seconds{kind}`` for every request.
 
@@ -51,7 +53,9 @@ LATENCY = Histogram(
 
 
 def request_kind(path: str) -> str:
-    """predict | explain | infer | health | metrics | other (a small label set)."""
+    """predict | explain | infer | repository | health | metrics | other (a small set)."""
+    if path.startswith("/v2/repository"):
+        return "repository"
     if path.endswith(":predict"):
         return "predict"
     if path.endswith(":explain"):
@@ -65,7 +69,7 @@ def request_kind(path: str) -> str:
     return "other"
 
 
-SCOPES = {"predict": "predict", "infer": "predict", "explain": "explain"}
+SCOPES = {"predict": "predict", "infer": "predict", "explain": "explain", "repository": "admin"}
 
 
 class _TooLarge(Exception):
@@ -102,7 +106,7 @@ class _Metrics:
         self._latency[kind].observe(seconds)
 
 
-KINDS = ("predict", "explain", "infer", "metrics", "health", "other")
+KINDS = ("predict", "explain", "infer", "repository", "metrics", "health", "other")
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -173,6 +177,15 @@ class GuardMiddleware:
             await self._too_large(send)
             return
         client = None
+        if kind == "repository" and self.tokens is None:
+            # loading and unloading models changes what the bank is served: never open
+            await _json_response(
+                send,
+                403,
+                {"error": "the model repository API needs tokens (--tokens) with scope admin"},
+                {},
+            )
+            return
         if kind in SCOPES and self.tokens is not None:
             try:
                 client = self.tokens.check(authorization, SCOPES[kind])

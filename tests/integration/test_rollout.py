@@ -58,9 +58,9 @@ pytestmark = pytest.mark.slow
 class Client(threading.Thread):
     """Valid requests at a constant rate through the gateway; every answer kept."""
 
-    def __init__(self, base: str, rows: list[dict], rate: float = 40.0) -> None:
+    def __init__(self, base: str, rows: list[dict], token: str, rate: float = 40.0) -> None:
         super().__init__(daemon=True)
-        self.base, self.rows, self.period = base, rows, 1.0 / rate
+        self.base, self.rows, self.period, self.token = base, rows, 1.0 / rate, token
         self.codes: list[int] = []
         self.routes: list[str] = []
         self.stop_event = threading.Event()
@@ -76,6 +76,7 @@ class Client(threading.Thread):
                 headers={
                     "Content-Type": "application/json",
                     "X-Govml-Entity": f"customer-{rng.randrange(100_000)}",
+                    "Authorization": f"Bearer {self.token}",
                 },
             )
             try:
@@ -154,6 +155,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     settings = load_settings(env)
     env.update(stack.airflow_env(settings))  # the rollout DAG runs with dag.test()
     env["GOVML_ROLLOUT_POKE_SECONDS"] = "0.5"
+    from serving.auth import generate_token, write_records
+
+    token, record = generate_token("core-banking", ["predict", "explain"])
+    admin, admin_record = generate_token("ops-admin", ["admin"])
+    write_records(root / "tokens.json", [record, admin_record])
+    env["GOVML_SERVING_TOKENS"] = str(root / "tokens.json")  # the deployer's servers check them
+    env["GOVML_SERVING_TOKEN"] = token
     settings.mlflow_artifacts.mkdir(parents=True)
     for user in ("alice", "bob"):
         approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
@@ -219,6 +227,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         yield SimpleNamespace(
             settings=settings, spec=spec, boosters=boosters, rows=rows, base=base,
             champion=champion, root=root, gateway_log=log, env=env, spec_path=spec_path,
+            token=token, admin=admin,
         )  # fmt: skip
     finally:
         if gateway is not None:
@@ -279,7 +288,7 @@ def _audit_kinds(world: SimpleNamespace, version: str) -> list[tuple[str, str | 
 def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleNamespace) -> None:
     from ops.rollout import start
 
-    client = Client(world.base, world.rows)
+    client = Client(world.base, world.rows, world.token)
     client.start()
     try:
         # 1. a healthy challenger goes all the way, driven by the rollout DAG (dag.test)
@@ -309,7 +318,7 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
 
         # 2. three faulty challengers, each rolled back, the alias never moving
         faults = {}
-        for fault in ("killed", "frozen", "skewed"):
+        for fault in ("killed", "frozen", "errors", "skewed"):
             booster = world.boosters["skewed" if fault == "skewed" else "good"]
             version = _register(world.settings, booster, f"run-{fault}")
             _release(world.settings, world.spec, version, f"run-{fault}")
@@ -325,8 +334,15 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
                 if fault == "killed":  # supervisor first, so that nothing restarts it
                     os.kill(state["supervisor_pid"], signal.SIGKILL)
                     os.kill(state["server_pid"], signal.SIGKILL)
-                else:
+                elif fault == "frozen":  # accepts connections, never answers
                     os.kill(state["server_pid"], signal.SIGSTOP)
+                else:  # its model unloaded: every call answers "model does not exist"
+                    url = endpoint_of(world.settings, MODEL, version)["url"]
+                    req = urllib.request.Request(
+                        f"{url}/v2/repository/models/{MODEL}/unload", data=b"", method="POST",
+                        headers={"Authorization": f"Bearer {world.admin}"},
+                    )  # fmt: skip
+                    assert urllib.request.urlopen(req, timeout=10).status == 200
                 assert endpoint_of(world.settings, MODEL, version)
                 time.sleep(2.0)
                 kinds += _drive(world, {"rollout_rolled_back"})

@@ -231,3 +231,17 @@ def test_a_declined_request_reaches_the_framework_with_its_whole_body() -> None:
     status, payload = call(guard, body, JSON, path=V2, chunk=5)
     assert (status, payload) == (200, {"from": "framework", "bytes": len(body)})
     assert seen == [(body, None)] and app.calls == [V2]
+
+
+def test_the_model_repository_api_needs_an_admin_token(tmp_path) -> None:  # noqa: ANN001
+    path = "/v2/repository/models/fraud/unload"
+    guard, app = guard_with(Model())
+    status, payload = call(guard, b"", JSON, path=path)
+    assert status == 403 and "scope admin" in payload["error"] and app.calls == []
+    token, record = generate_token("scorer", ["predict"])
+    admin, admin_record = generate_token("ops", ["admin"])
+    write_records(tmp_path / "tokens.json", [record, admin_record])
+    guard, app = guard_with(Model(), tokens=TokenStore.load(tmp_path / "tokens.json"))
+    assert call(guard, b"", {**JSON, "Authorization": f"Bearer {token}"}, path=path)[0] == 403
+    status, payload = call(guard, b"", {**JSON, "Authorization": f"Bearer {admin}"}, path=path)
+    assert (status, payload["from"]) == (200, "framework") and app.calls == [path]
