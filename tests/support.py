@@ -137,8 +137,17 @@ class AirflowAPI:
             user,
         )
 
-    def wait_awaiting_input(self, dag: str, run_id: str, task: str, timeout: float) -> None:
-        """Until the task waits for a (new) answer: awaiting_input with no response."""
+    def wait_awaiting_input(
+        self, dag: str, run_id: str, task: str, timeout: float, settle: float = 5.0
+    ) -> None:
+        """Until the task waits for a (new) answer: awaiting_input with no response, still
+        so ``settle`` seconds later.
+
+        An answer given within a second of the task pausing can race Airflow's scheduler
+        (the paused task process's exit is processed after the answer moved the task on,
+        and the scheduler fails the task instance); people do not answer that fast, and
+        a loaded CI machine widens the window, so the tests wait as a person would.
+        """
         import time
 
         deadline = time.monotonic() + timeout
@@ -148,7 +157,10 @@ class AirflowAPI:
             if state == "awaiting_input" and not self.hitl(dag, run_id, task).get(
                 "response_received"
             ):
-                return
+                time.sleep(settle)
+                if self.task_state(dag, run_id, task) == "awaiting_input":
+                    return
+                continue
             if self.run_state(dag, run_id) in ("failed", "success"):
                 break
             time.sleep(3)
