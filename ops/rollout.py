@@ -31,6 +31,7 @@ from serving.rollout_windows import (
     challenger_errors,
     gateway_counts,
     log_rows,
+    read_labels,
     shadow_pairs,
     window_of,
 )
@@ -169,12 +170,13 @@ def observe(settings: Settings, spec: ModelSpec) -> tuple[Window, Window, Any, l
     challenger_rows = log_rows(
         folder / _deployment_name(spec.name, state.challenger["version"]) / "predictions", since
     )
+    labels = read_labels(settings.var_dir / "labels" / spec.name)
     paired = None
     if state.phase == "shadow":
         primary, mirrored, copies, failed, _ = shadow_pairs(
             gateway_dir(settings) / "shadow.jsonl", since
         )
-        challenger = window_of(challenger_rows, requests=copies, errors=failed)
+        challenger = window_of(challenger_rows, requests=copies, errors=failed, labels=labels)
         paired = (primary, mirrored)
     else:
         try:
@@ -182,8 +184,8 @@ def observe(settings: Settings, spec: ModelSpec) -> tuple[Window, Window, Any, l
         except (OSError, ValueError):
             before = {}
         owed, failed = challenger_errors(_counts(spec.name), before)
-        challenger = window_of(challenger_rows, requests=owed, errors=failed)
-    champion = window_of(champion_rows)
+        challenger = window_of(challenger_rows, requests=owed, errors=failed, labels=labels)
+    champion = window_of(champion_rows, labels=labels)
     trips = check_guardrails(
         spec.rollout.guardrails,
         spec.gates.decision_threshold,

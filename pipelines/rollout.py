@@ -40,7 +40,7 @@ class Window:
     errors: int = 0
     latencies_ms: np.ndarray = field(default_factory=lambda: np.empty(0))
     scores: np.ndarray = field(default_factory=lambda: np.empty(0))
-    labels: np.ndarray | None = None  # 1 = fraud / default, once known
+    labels: np.ndarray | None = None  # 1 = fraud / default, once known; NaN: not yet
     amounts: np.ndarray | None = None  # transaction amounts, for the fraud amount caught
 
     def __post_init__(self) -> None:
@@ -82,8 +82,12 @@ def disagreement_rate(primary: np.ndarray, shadow: np.ndarray, threshold: float)
 
 
 def calibration_error(scores: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error over equal-width score bins."""
+    """Expected calibration error over equal-width score bins (rows with a label)."""
     scores, labels = np.asarray(scores, np.float64), np.asarray(labels, np.float64)
+    known = ~np.isnan(labels)
+    scores, labels = scores[known], labels[known]
+    if len(scores) == 0:
+        raise ValueError("calibration_error needs labelled rows")
     index = np.minimum((scores * bins).astype(int), bins - 1)
     total = 0.0
     for b in range(bins):
@@ -127,7 +131,9 @@ def check_guardrails(
     if paired is not None and len(paired[0]):
         rate = disagreement_rate(paired[0], paired[1], threshold)
         limit("disagreement_rate", rate, guardrails.max_disagreement_rate)
-    if challenger.labels is not None and len(challenger.labels):
+    labelled = 0 if challenger.labels is None else int(np.sum(~np.isnan(challenger.labels)))
+    if labelled >= MIN_SCORES:  # labels arrive late (chargebacks, defaults): when enough have
+        assert challenger.labels is not None
         ece = calibration_error(challenger.scores, challenger.labels)
         limit("calibration_error", ece, guardrails.max_calibration_error)
         if (
@@ -152,7 +158,7 @@ def check_guardrails(
 def _caught(window: Window, threshold: float) -> float:
     """Fraud amount flagged per fraud amount seen (comparable across window sizes)."""
     assert window.labels is not None and window.amounts is not None
-    fraud = window.labels == 1
+    fraud = (window.labels == 1) & ~np.isnan(window.amounts)
     total = float(window.amounts[fraud].sum())
     if total == 0:
         return 0.0

@@ -239,6 +239,7 @@ class JsonlSink:
         if self._file is None:
             self._file = open(self.path, "ab")  # noqa: SIM115 (kept open)
         self._file.write(b"".join(i if isinstance(i, bytes) else i.payload for i in items))
+        self._file.flush()  # readable at once by live readers (the rollout controller)
 
     def finish(self) -> None:
         if self._file is None:

@@ -6,7 +6,11 @@
   5xx answers and the failovers they caused), as differences from a snapshot taken when
   the step began;
 * the gateway's shadow log: champion and challenger scores of the same mirrored requests,
-  and the shadow's failures.
+  and the shadow's failures;
+* the label feed, once labels arrive (chargebacks, defaults): files in
+  ``<GOVML_VAR_DIR>/labels/<model>/`` (Parquet or JSONL) with ``request_id`` (as in
+  the prediction log) and ``label`` (1: fraud / default), joined to the logged rows.
+  The amount at stake is the logged feature ``amount``.
 """
 
 from __future__ import annotations
@@ -114,11 +118,66 @@ def shadow_pairs(
     return np.asarray(primary), np.asarray(shadow), copies, failed, np.asarray(latencies)
 
 
-def window_of(rows: list[dict[str, Any]], requests: int | None = None, errors: int = 0) -> Window:
-    """A :class:`~pipelines.rollout.Window` from prediction log rows."""
-    scores = np.asarray([r["score"] for r in rows if r.get("score") is not None], np.float64)
+def read_labels(directory: str | Path) -> dict[str, float]:
+    """``request_id`` → label from every Parquet/JSONL file of a label feed folder."""
+    folder = Path(directory)
+    labels: dict[str, float] = {}
+    if not folder.is_dir():
+        return labels
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        try:
+            if path.suffix == ".parquet":
+                import pyarrow.parquet as pq
+
+                table = pq.read_table(path, columns=["request_id", "label"]).to_pydict()
+                pairs = zip(table["request_id"], table["label"], strict=True)
+            elif path.suffix == ".jsonl":
+                records = [json.loads(line) for line in path.read_text().splitlines() if line]
+                pairs = ((r["request_id"], r["label"]) for r in records)
+            else:
+                continue
+            for request_id, label in pairs:
+                if request_id is not None and label is not None:
+                    labels[str(request_id)] = float(label)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ValueError(f"label feed {path}: {exc}") from None
+    return labels
+
+
+def window_of(
+    rows: list[dict[str, Any]],
+    requests: int | None = None,
+    errors: int = 0,
+    labels: dict[str, float] | None = None,
+) -> Window:
+    """A :class:`~pipelines.rollout.Window` from prediction log rows (and labels so far)."""
+    scored = [r for r in rows if r.get("score") is not None]
+    scores = np.asarray([r["score"] for r in scored], np.float64)
     latencies = np.asarray(
         [r["latency_ms"] for r in rows if r.get("latency_ms") is not None], np.float64
     )
     count = len(rows) if requests is None else max(requests, errors)
-    return Window(requests=count, errors=min(errors, count), latencies_ms=latencies, scores=scores)
+    known = None
+    amounts = None
+    if labels:
+        known = np.asarray([labels.get(str(r.get("request_id")), np.nan) for r in scored])
+        amounts = np.asarray(
+            [_number((r.get("features") or {}).get("amount")) for r in scored], np.float64
+        )
+    return Window(
+        requests=count,
+        errors=min(errors, count),
+        latencies_ms=latencies,
+        scores=scores,
+        labels=known,
+        amounts=amounts,
+    )
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
