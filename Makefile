@@ -8,6 +8,7 @@ UV := $(TOOLS)/bin/uv
 VENV := $(ROOT)/.venv
 SVENV := $(ROOT)/.venv-serving
 MVENV := $(ROOT)/.venv-mlserver
+EVENV := $(ROOT)/.venv-evidently
 PY := $(VENV)/bin/python
 GOVML := $(VENV)/bin/govml
 UV_VERSION := 0.13.8
@@ -47,11 +48,18 @@ $(MVENV)/.installed: requirements/mlserver.lock Makefile | $(UV)
 	$(UV) pip sync -q --python $(MVENV)/bin/python requirements/mlserver.lock
 	touch $@
 
+# The peer for benchmarks/bench_drift.py (Evidently 0.7, which needs pandas<3); only `make bench`.
+$(EVENV)/.installed: requirements/evidently.lock Makefile | $(UV)
+	[ -x $(EVENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(EVENV)
+	$(UV) pip sync -q --python $(EVENV)/bin/python requirements/evidently.lock
+	touch $@
+
 # Re-resolve the lock files (needs the package index); commit the result.
 lock: | $(UV)
 	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/orchestration.in -o requirements/orchestration.lock
 	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/serving.in -o requirements/serving.lock
 	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/mlserver.in -o requirements/mlserver.lock
+	$(UV) pip compile -q --python-version 3.11 --python-platform x86_64-unknown-linux-gnu requirements/evidently.in -o requirements/evidently.lock
 
 data: setup
 	$(GOVML) data generate --all
@@ -84,7 +92,7 @@ test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
 # `make bench` rewrites BENCHMARKS.md; `make bench ONLY=serving` reruns one section.
-bench: setup $(MVENV)/.installed wrk
+bench: setup $(MVENV)/.installed $(EVENV)/.installed wrk
 	$(PY) benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
 
 # wrk (C HTTP load generator) for the serving benchmark: Debian's package.
