@@ -11,8 +11,9 @@ segment ``all``), with
   ``scipy.stats.ks_2samp`` computes them (exact p-value up to 10,000 rows a side,
   the asymptotic distribution beyond);
 * **chi-square** (categorical): the test of homogeneity of the 2 × k table of category
-  counts (reference and current are both samples); a category the reference never saw
-  gives p = 0;
+  counts (reference and current are both samples: a rare category that one sample
+  happens to lack is not drift by itself; categories expected fewer than 5 times are
+  pooled, as the chi-square approximation needs);
 * **Jensen-Shannon distance** (natural log, as ``scipy.spatial.distance.jensenshannon``)
   over the same bins or categories;
 * **Wasserstein-1** distance (numeric) as ``scipy.stats.wasserstein_distance``, and
@@ -55,6 +56,7 @@ from pipelines.errors import DataValidationError
 from pipelines.spec import Drift, Segment
 
 EPSILON = 1e-4
+MIN_EXPECTED = 5.0  # pooled below this expected count (chi-square)
 EXACT_KS_MAX_N = 10_000  # scipy's "auto" switches to the asymptotic p-value above this
 ALL = "all"
 MISSING = "(missing)"
@@ -183,14 +185,20 @@ def _js(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
 
 
 def _chi2(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, float]:
-    """Chi-square test of homogeneity of two count vectors over the same categories."""
+    """Chi-square test of homogeneity of two count vectors over the same categories.
+
+    Categories expected fewer than 5 times on a side are pooled into one (Cochran's
+    rule): the chi-square approximation does not hold for sparse cells.
+    """
     seen = (ref_counts + cur_counts) > 0
     r, c = ref_counts[seen], cur_counts[seen]
+    n_r, n_c = r.sum(), c.sum()
+    sparse = (r + c) * min(n_r, n_c) / (n_r + n_c) < MIN_EXPECTED
+    if sparse.any():
+        r = np.append(r[~sparse], r[sparse].sum())
+        c = np.append(c[~sparse], c[sparse].sum())
     if len(r) < 2:
         return 0.0, 1.0
-    if ((r == 0) & (c > 0)).any():  # a category the reference never had
-        return math.inf, 0.0
-    n_r, n_c = r.sum(), c.sum()
     total = r + c
     e_r, e_c = total * n_r / (n_r + n_c), total * n_c / (n_r + n_c)
     statistic = float(np.sum((r - e_r) ** 2 / e_r) + np.sum((c - e_c) ** 2 / e_c))

@@ -30,6 +30,13 @@ How the data is built:
   chargeback at its last transaction plus a lognormal delay (median 10 days, clipped
   to 1-90 days); legitimate rows have no chargeback.
 
+Drift knobs (for monitoring tests and demos): ``amount_shift`` scales legitimate
+amounts by ``1 + amount_shift`` (only for customers living in ``amount_shift_region``
+when that is set); ``new_merchant_segment`` sends part of online spend to BNPL
+merchants; ``new_fraud_pattern`` adds the scenario above. With ``drift_from_day`` the
+knobs act from that day on only, so one data set holds a clean period and a drifted one
+drawn from the same world.
+
 Category columns have fixed category lists (including ``bnpl`` and ``new_pattern``)
 whatever the knobs, so every fraud data set has the same schema and drift shows up
 in the values only.
@@ -246,6 +253,8 @@ class FraudConfig:
     new_fraud_pattern: bool = False
     amount_shift: float = 0.0
     new_merchant_segment: bool = False
+    amount_shift_region: str | None = None
+    drift_from_day: int = 0
 
     def __post_init__(self) -> None:
         _check_int("n_rows", self.n_rows, 1_000, _MAX_ROWS)
@@ -260,6 +269,12 @@ class FraudConfig:
         _check_int("n_terminals", self.n_terminals, 100, 100_000_000)
         _check_float("fraud_rate", self.fraud_rate, 0.001, 0.01)
         _check_float("amount_shift", self.amount_shift, -0.5, 3.0)
+        _check_int("drift_from_day", self.drift_from_day, 0, self.days - 1)
+        if self.amount_shift_region is not None and self.amount_shift_region not in REGIONS:
+            raise DataValidationError(
+                f"FraudConfig.amount_shift_region must be one of {list(REGIONS)} or null, "
+                f"got {self.amount_shift_region!r}"
+            )
         for name in ("new_fraud_pattern", "new_merchant_segment"):
             if not isinstance(getattr(self, name), bool):
                 raise DataValidationError(
@@ -614,14 +629,19 @@ def _legit_hour(cfg: FraudConfig, world: _World, hour: int, n: int) -> _Rows:
     term = np.where(online, t_online, t_phys)
     z = rng.standard_normal(n)
     online_dist = _online_distance(rng, n)
-    if cfg.new_merchant_segment:
+    drifting = hour >= cfg.drift_from_day * 24
+    if cfg.new_merchant_segment and drifting:
         # a separate stream, so the other rows stay as they are without the knob
         brng = _rng(cfg, _STREAM_BNPL, hour)
         to_bnpl = online & (brng.random(n) < 0.15)
         t_bnpl = world.bnpl_base + brng.integers(0, world.n_bnpl, size=n)
         term = np.where(to_bnpl, t_bnpl, term)
     seg = world.term_seg[term]
-    amount = _amounts(seg, world.spend_mu[cust], z, 1.0 + cfg.amount_shift)
+    factor: float | np.ndarray = 1.0 + cfg.amount_shift if drifting else 1.0
+    if cfg.amount_shift_region is not None and drifting:
+        home = world.region[cust] == REGIONS.index(cfg.amount_shift_region)
+        factor = np.where(home, 1.0 + cfg.amount_shift, 1.0)
+    amount = _amounts(seg, world.spend_mu[cust], z, factor)
     dist = np.where(online, online_dist, _physical_distance(world, cust, np.where(online, 0, term)))
     dist = np.round(dist, 2)
     return _Rows(
@@ -814,7 +834,7 @@ def _new_pattern(
     ev = np.repeat(np.arange(n_ev), sizes)
     cust_ev = rng.integers(0, world.n_customers, size=n_ev)
     card_ev = _random_card(rng, world, cust_ev)
-    day = rng.integers(0, cfg.days, size=n_ev)
+    day = rng.integers(cfg.drift_from_day, cfg.days, size=n_ev)
     start_ev = day * _SECONDS_PER_DAY + rng.integers(0, 4 * 3600, size=n_ev)
     sec = np.minimum(start_ev[ev] + rng.integers(0, 3600, size=n), total_sec - 1)
     crypto = np.flatnonzero(world.term_mcc == _MCC[CRYPTO_MCC])
