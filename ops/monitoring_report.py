@@ -1,0 +1,312 @@
+"""The monitoring report: ``report.json`` for machines, ``report.html`` (plots) for people.
+
+Plots (PNG, embedded): PSI per feature; PSI heat-map by segment; performance over time
+(ROC-AUC, PR-AUC, recall at FPR, label coverage); business KPIs over time; fairness on
+live decisions over time; latency percentiles per hour; the market indicator series
+with its change points.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.spec import ModelSpec
+
+_STYLE = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
+.alarm{background:#fdd}.warn{background:#ffe9b3}.ok{background:#dfd}
+img{max-width:100%}
+"""
+
+
+def _json_ready(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
+    if isinstance(obj, pd.DataFrame):
+        return _json_ready(obj.to_dict(orient="records"))
+    if isinstance(obj, (pd.Timestamp, np.datetime64)):
+        return None if pd.isna(obj) else pd.Timestamp(obj).isoformat()
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is pd.NaT:
+        return None
+    return obj
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return (
+        f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+    )
+
+
+def _plt():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def psi_bars(table: pd.DataFrame, warn: float, alarm: float) -> str:
+    plt = _plt()
+    whole = table[table["segment"] == "all"].sort_values("psi")
+    fig, ax = plt.subplots(figsize=(8, 0.3 * len(whole) + 1.2))
+    colors = [
+        "#c0392b" if s == "alarm" else "#e67e22" if s == "warn" else "#5b8def"
+        for s in whole["severity"]
+    ]
+    ax.barh(whole["feature"], whole["psi"].fillna(0), color=colors)
+    ax.axvline(warn, ls="--", color="#e67e22", label=f"warn {warn}")
+    ax.axvline(alarm, ls="--", color="#c0392b", label=f"alarm {alarm}")
+    ax.set_xlabel("PSI (whole population)")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def psi_heatmap(table: pd.DataFrame) -> str:
+    plt = _plt()
+    seg = table[table["segment"] != "all"].copy()
+    if seg.empty:
+        return "<p>No segments.</p>"
+    seg["where"] = seg["segment"] + "=" + seg["value"]
+    grid = seg.pivot_table(index="where", columns="feature", values="psi", aggfunc="first")
+    fig, ax = plt.subplots(figsize=(0.6 * grid.shape[1] + 3, 0.3 * grid.shape[0] + 1.5))
+    image = ax.imshow(grid.to_numpy(dtype=float), aspect="auto", cmap="Reds", vmin=0, vmax=0.5)
+    ax.set_xticks(range(grid.shape[1]), grid.columns, rotation=60, ha="right")
+    ax.set_yticks(range(grid.shape[0]), grid.index)
+    fig.colorbar(image, ax=ax, label="PSI (grey: skipped)")
+    ax.set_facecolor("#ddd")
+    return _png(fig)
+
+
+def timeline(frame: pd.DataFrame, columns: list[str], title: str, ylabel: str = "") -> str:
+    plt = _plt()
+    cols = [c for c in columns if c in frame.columns and frame[c].notna().any()]
+    if frame.empty or not cols:
+        return f"<p>{html.escape(title)}: no data yet.</p>"
+    fig, ax = plt.subplots(figsize=(8, 3))
+    x = pd.to_datetime(frame["window_start"])
+    for c in cols:
+        ax.plot(x, frame[c].astype(float), marker="o", ms=3, label=c)
+    ax.set_title(title)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    return _png(fig)
+
+
+def market_plot(frame: pd.DataFrame, market: dict[str, Any]) -> str:
+    plt = _plt()
+    columns = [c for c in frame.columns if c not in ("time", "equity_index")]
+    fig, axes = plt.subplots(len(columns), 1, figsize=(8, 1.6 * len(columns)), sharex=True)
+    axes = np.atleast_1d(axes)
+    times = pd.to_datetime(frame["time"])
+    changes = market.get("change_points", [])
+    for ax, col in zip(axes, columns, strict=True):
+        ax.plot(times, frame[col], lw=0.8)
+        ax.set_ylabel(col, fontsize=7)
+        for cp in changes:
+            if cp.get("indicator") == col:
+                ax.axvline(pd.Timestamp(cp["time"]), color="#c0392b", ls="--")
+    axes[0].set_title("Market indicators (dashed: change points detected)")
+    return _png(fig)
+
+
+def _table(frame: pd.DataFrame, columns: list[str], limit: int = 60) -> str:
+    cols = [c for c in columns if c in frame.columns]
+    if frame.empty:
+        return "<p>None.</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    rows = []
+    for _, row in frame[cols].head(limit).iterrows():
+        cells = []
+        for c in cols:
+            v = row[c]
+            text = f"{v:.4g}" if isinstance(v, float) else str(v)
+            cls = f' class="{v}"' if c == "severity" else ""
+            cells.append(f"<td{cls}>{html.escape(text)}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _kv(data: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th>"
+        f"<td>{html.escape(json.dumps(_json_ready(v), default=str))}</td></tr>"
+        for k, v in data.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def render_html(spec: ModelSpec, result: dict[str, Any], sections: dict[str, Any]) -> str:
+    status = html.escape(str(result.get("status")))
+    parts = [
+        f"<h1>Monitoring: {html.escape(spec.name)} v{html.escape(str(result.get('version')))}</h1>",
+        f"<p>As of {html.escape(result['as_of'])} &middot; status "
+        f'<b class="{status}">{status}</b>'
+        f" &middot; retrain: <b>{'yes' if result['retrain'] else 'no'}</b></p>",
+    ]
+    if sections.get("source"):
+        parts.append(_kv(sections["source"]))
+    alerts = pd.DataFrame(result["alerts"])
+    parts.append("<h2>Alerts</h2>" + _table(alerts, ["kind", "severity", "message", "retrain"]))
+    drift = sections.get("drift")
+    if drift is not None:
+        table = drift.table
+        parts.append(
+            "<h2>Drift per feature</h2>"
+            + psi_bars(table, spec.drift.psi_warn, spec.drift.psi_alarm)
+        )
+        parts.append("<h2>PSI by segment</h2>" + psi_heatmap(table))
+        if sections.get("segments_unavailable"):
+            parts.append(
+                "<p>Segments not in the data (no context feed): "
+                + html.escape(", ".join(sections["segments_unavailable"]))
+                + "</p>"
+            )
+        drifted = table[table["significant"]].sort_values("psi", ascending=False)
+        parts.append(
+            "<h2>Significant changes (after Benjamini-Hochberg)</h2>"
+            + _table(
+                drifted,
+                [
+                    "segment",
+                    "value",
+                    "feature",
+                    "psi",
+                    "js_distance",
+                    "ks_statistic",
+                    "chi2_statistic",
+                    "wasserstein_norm",
+                    "pvalue_adjusted",
+                    "severity",
+                ],
+            )
+        )
+    performance = sections.get("performance")
+    if isinstance(performance, pd.DataFrame) and not performance.empty:
+        whole = performance[performance["segment"] == "all"]
+        parts.append(
+            "<h2>Performance (labels known so far)</h2>"
+            + _kv(sections.get("live", {}))
+            + timeline(
+                whole,
+                ["roc_auc", "pr_auc", "recall_at_fpr", "label_coverage"],
+                "Performance per window (whole population)",
+            )
+        )
+    kpis = sections.get("kpis")
+    if isinstance(kpis, pd.DataFrame) and not kpis.empty:
+        parts.append(
+            "<h2>Business KPIs</h2>"
+            + timeline(
+                kpis,
+                [
+                    "adverse_rate",
+                    "approval_rate",
+                    "false_positive_rate",
+                    "caught_ratio",
+                    "default_rate_approved",
+                ],
+                "Business KPIs per window",
+            )
+        )
+    fairness = sections.get("fairness") or {}
+    if fairness or sections.get("compliance"):
+        parts.append("<h2>Compliance</h2>")
+        for attribute, table in fairness.items():
+            parts.append(
+                timeline(
+                    table,
+                    [
+                        "demographic_parity_ratio",
+                        "demographic_parity_difference",
+                        "false_positive_rate_difference",
+                        "equalized_odds_difference",
+                    ],
+                    f"Fairness on live decisions: {attribute}",
+                )
+            )
+        parts.append(_kv(sections.get("compliance") or {}))
+    technical = sections.get("technical")
+    if isinstance(technical, pd.DataFrame) and not technical.empty:
+        parts.append(
+            "<h2>Technical</h2>"
+            + _kv(sections.get("technical_summary") or {})
+            + timeline(
+                technical,
+                [
+                    "p50_ms",
+                    "p95_ms",
+                    "p99_ms",
+                    "latency_p50_ms",
+                    "latency_p95_ms",
+                    "latency_p99_ms",
+                ],
+                "Server latency per hour",
+                "ms",
+            )
+        )
+    market_frame = sections.get("market_frame")
+    if isinstance(market_frame, pd.DataFrame) and not market_frame.empty:
+        parts.append("<h2>Market early warning</h2>" + _kv(sections.get("market") or {}))
+        parts.append(market_plot(market_frame, sections.get("market") or {}))
+    body = "\n".join(parts)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>Monitoring {html.escape(spec.name)}</title><style>{_STYLE}</style></head>"
+        f"<body>{body}</body></html>"
+    )
+
+
+def write_report(
+    spec: ModelSpec,
+    result: dict[str, Any],
+    sections: dict[str, Any],
+    out_dir: Path,
+    html_path: Path | None = None,
+) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.json`` (or ``html_path`` and the JSON beside it)."""
+    html_path = Path(html_path) if html_path else out_dir / "report.html"
+    out_dir = html_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    drift = sections.get("drift")
+    document = {
+        **result,
+        "drift_rows": drift.to_dict()["rows"] if drift is not None else [],
+        "segments_unavailable": sections.get("segments_unavailable", []),
+        "performance": sections.get("performance"),
+        "kpis": sections.get("kpis"),
+        "technical": sections.get("technical"),
+        "technical_summary": sections.get("technical_summary"),
+        "fairness": sections.get("fairness"),
+        "compliance": sections.get("compliance"),
+        "market": sections.get("market"),
+        "source": sections.get("source"),
+    }
+    json_path = html_path.with_suffix(".json")
+    json_path.write_text(json.dumps(_json_ready(document), indent=2, default=str))
+    html_path.write_text(render_html(spec, result, sections))
+    return html_path, json_path
