@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from airflow.sdk import Param, dag, task
 
 from ops.approval_gate import GovernedApprovalOperator
+from ops.retrain import lifecycle_schedule
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, discover_specs, load_spec
@@ -95,7 +96,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         dag_id=f"{spec.name}_lifecycle",
         description=f"Governed training lifecycle for {spec.name} ({spec.use_case})",
         doc_md=__doc__ + f"\n\n**Spec**: `{spec_path}`\n\n{spec.description}",
-        schedule=None if spec.schedule == "none" else spec.schedule,
+        schedule=lifecycle_schedule(spec.name, spec.schedule),
         start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         catchup=False,
         max_active_runs=1,
@@ -131,6 +132,11 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             "tuning_trials": Param(
                 None, type=["null", "integer"], minimum=0, description="LightGBM tuning budget"
             ),
+            "reason": Param(
+                None,
+                type=["null", "string"],
+                description="why this run (recorded in the audit trail)",
+            ),
             "author": Param(
                 None,
                 type=["null", "string"],
@@ -139,6 +145,18 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         },
     )
     def lifecycle() -> None:
+        @task
+        def trigger(**context: Any) -> dict[str, Any]:
+            """Why this run: the schedule, a retrain asset event (its reason), a person."""
+            from ops.retrain import record_trigger, trigger_reason
+
+            run = _run(spec_path)
+            why = trigger_reason(context)
+            actor = (_triggered_by() or "airflow") if why["trigger"] == "manual" else "airflow"
+            record_trigger(run.settings.governance_url, run.spec.name, run.run_id, why, actor)
+            log.info("%s run %s: %s", run.spec.name, run.run_id, why["reason"])
+            return why
+
         @task
         @_no_retry
         def ingest() -> str:
@@ -224,12 +242,14 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
 
             run = _run(spec_path)
             model = Path(champ["model"]) if champ.get("model") else None
+            recent = run.settings.var_dir / "monitoring" / run.spec.name / "recent_labelled.parquet"
             run_evaluation(
                 run.spec,
                 Path(features_dir),
                 Path(train_dir),
                 run.stage_dir("evaluate"),
                 champion_model=model,
+                recent_window=recent if recent.is_file() else None,
             )
             return str(run.stage_dir("evaluate"))
 
@@ -344,6 +364,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             )
 
         data = ingest()
+        trigger() >> data
         champ = champion()
         validated = validate_data(data, champ)
         lineage_path = lineage(data)

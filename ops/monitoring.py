@@ -157,6 +157,8 @@ def gather_inputs(
         from registry.model_card import card_context
 
         card = card_context(spec, run_dir, run_id, version)
+    if not ref_metrics:
+        ref_metrics = _metrics_of(spec, ref)
     return Inputs(
         reference=ref,
         current=cur,
@@ -169,6 +171,26 @@ def gather_inputs(
         booster_path=booster,
         card=card,
     )
+
+
+def _metrics_of(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
+    """ROC-AUC and recall at the monitoring FPR of a reference file with scores and labels."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipelines.evaluation import recall_at_fpr
+
+    target = spec.data.target
+    if "score" not in frame.columns or target not in frame.columns:
+        return {}
+    rows = frame[["score", target]].dropna()
+    y, s = rows[target].to_numpy().astype(int), rows["score"].to_numpy(np.float64)
+    if len(np.unique(y)) < 2:
+        return {}
+    fpr = spec.monitoring.recall_fpr
+    return {
+        "roc_auc": float(roc_auc_score(y, s)),
+        "recall_at_fpr": {str(float(fpr)): recall_at_fpr(y, s, fpr)},
+    }
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Run one spec's lifecycle DAG in-process with ``dag.test()`` (no scheduler needed).
 
 ``python -m ops.run_dag SPEC_PATH --conf '{"n_rows": 20000}' --run-after ISO``
-(``--dag rollout --conf '{"version": "7"}'``: the spec's rollout DAG, to the end)
+(``--dag rollout --conf '{"version": "7"}'``: the spec's rollout DAG, to the end;
+``--dag monitoring``: the spec's monitoring DAG)
 
 Used by ``govml run`` (which adds the progress display) and by the tests. The
 Airflow configuration comes from the environment (``govml stack env``); the exit
@@ -44,6 +45,8 @@ def load_dag(spec_path: Path, kind: str = "lifecycle"):  # noqa: ANN201
     spec = load_spec(spec_path)
     if kind == "rollout":
         return module.build_rollout_dag(spec, str(spec_path))
+    if kind == "monitoring":
+        return module.build_monitoring_dag(spec, spec_path)
     return module.build_lifecycle_dag(spec, spec_path)
 
 
@@ -58,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         help=f"last task to run (default {DEFAULT_UNTIL}; 'deploy' waits for approval)",
     )
     parser.add_argument(
-        "--dag", default="lifecycle", choices=["lifecycle", "rollout"], help="which DAG"
+        "--dag",
+        default="lifecycle",
+        choices=["lifecycle", "rollout", "monitoring"],
+        help="which DAG",
     )
     args = parser.parse_args(argv)
     conf = json.loads(args.conf)
@@ -70,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     dag = load_dag(args.spec, args.dag)
     if args.dag == "rollout" and args.until == DEFAULT_UNTIL:
         args.until = "canary_100"  # the whole rollout
+    if args.dag == "monitoring" and args.until == DEFAULT_UNTIL:
+        args.until = "publish_retrain"
     if args.until not in dag.task_dict:
         parser.error(f"--until {args.until!r}: no such task; tasks: {sorted(dag.task_dict)}")
     if dag.task_dict[args.until].downstream_task_ids:

@@ -116,6 +116,28 @@ def ks_statistic(y: np.ndarray, s: np.ndarray) -> float | None:
     return float(np.max(tpr - fpr))
 
 
+def _recent_window_metrics(
+    spec: ModelSpec, path: Path, candidate: Path, champion: Path, threshold: float
+) -> dict[str, Any] | None:
+    """Candidate and champion metrics on the recent labelled window (None without it)."""
+    from pipelines.features import retype_categories
+
+    if not path.is_file():
+        return None
+    frame = retype_categories(pd.read_parquet(path), spec)
+    target = spec.data.target
+    if target not in frame.columns or len(frame) == 0:
+        log.warning("recent window %s has no %r labels: not compared", path, target)
+        return None
+    y = frame[target].to_numpy().astype(np.int64)
+    fprs, recalls = metric_points(spec)
+    out: dict[str, Any] = {"path": str(path), "rows": len(frame), "positives": int(y.sum())}
+    for name, model_path in (("candidate", candidate), ("champion", champion)):
+        s = score(load_model(model_path), frame)
+        out[name] = classification_metrics(y, s, threshold, fprs, recalls)
+    return out
+
+
 def classification_metrics(
     y: np.ndarray,
     s: np.ndarray,
@@ -388,8 +410,16 @@ def evaluate(
     train_dir: Path,
     out_dir: Path,
     champion_model: Path | None = None,
+    recent_window: Path | None = None,
 ) -> EvalResult:
-    """Score the test rows with candidate, baseline and champion; write the metrics."""
+    """Score the test rows with candidate, baseline and champion; write the metrics.
+
+    With a champion and ``recent_window`` (the monitoring job's latest labelled rows,
+    model features and the target), both are also scored on those rows:
+    ``metrics["recent_window"]`` holds their metrics, which the champion-relative gates
+    then check as well (a retrained model must beat the champion on what the bank saw
+    last, not only on its own test split).
+    """
     features_dir, train_dir, out_dir = Path(features_dir), Path(train_dir), Path(out_dir)
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
@@ -422,6 +452,11 @@ def evaluate(
         s = scores.get(name)
         metrics[name] = (
             None if s is None else classification_metrics(y, s, threshold, fprs, recalls)
+        )
+
+    if champion_model is not None and recent_window is not None:
+        metrics["recent_window"] = _recent_window_metrics(
+            spec, Path(recent_window), train_dir / MODEL_FILE, champion_model, threshold
         )
 
     amount: np.ndarray | None = None

@@ -38,6 +38,7 @@ PARAMS = {
     "fraud_rate": "fraud generator target fraud rate (generated fraud only)",
     "tuning_trials": "LightGBM tuning budget (default: the spec's)",
     "author": "who developed this model change (four-eyes: may not approve it)",
+    "reason": "why this run (recorded in the audit trail as the retrain trigger)",
 }
 
 

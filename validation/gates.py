@@ -236,6 +236,25 @@ def _metric_check(gate: MetricGate, metrics: dict[str, Any] | None, why: str | N
     return GateCheck(name, kind, metric, None, value, threshold, op, status, message + context)
 
 
+def _recent_window_checks(spec: ModelSpec, metrics: dict[str, Any] | None) -> list[GateCheck]:
+    """The champion-relative gates again, on the monitoring job's recent labelled window."""
+    window = (metrics or {}).get("recent_window")
+    if not window or window.get("champion") is None:
+        return []
+    checks = []
+    for gate in spec.gates.metrics:
+        if gate.relative_to != "champion":
+            continue
+        check = _metric_check(gate, window, None)
+        where = f" on the recent labelled window ({window.get('rows')} rows)"
+        checks.append(
+            dataclasses.replace(
+                check, name=check.name + " (recent window)", message=check.message + where
+            )
+        )
+    return checks
+
+
 def _fairness_check(
     gate: FairnessGate, fairness: dict[str, Any] | None, why: str | None
 ) -> GateCheck:
@@ -348,6 +367,7 @@ def check_gates(
         notes.append(f"{fairness_why}: no proxy checks")
 
     checks = [_metric_check(g, metrics, metrics_why) for g in spec.gates.metrics]
+    checks += _recent_window_checks(spec, metrics)
     checks += [_fairness_check(g, fairness, fairness_why) for g in spec.gates.fairness]
     checks += _proxy_checks(fairness)
 

@@ -50,7 +50,9 @@ class Lifecycle:
             os.environ.clear()
             os.environ.update(saved)
 
-    def run(self, spec: str, spec_path: Path | None = None, **conf: Any) -> tuple[int, str, Path]:
+    def run(
+        self, spec: str, spec_path: Path | None = None, dag: str = "lifecycle", **conf: Any
+    ) -> tuple[int, str, Path]:
         """Run the spec's DAG; (exit code, output, run folder)."""
         self._clock += dt.timedelta(hours=1)
         result = subprocess.run(
@@ -63,6 +65,8 @@ class Lifecycle:
                 json.dumps(conf),
                 "--run-after",
                 self._clock.isoformat(),
+                "--dag",
+                dag,
             ],
             env=self.env,
             cwd=ROOT,
