@@ -15,10 +15,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ops.cli_abtest import add_abtest_commands
 from ops.cli_args import positive_int as _positive_int
 from ops.cli_audit import add_audit_commands
 from ops.cli_evidence import add_export_parser
 from ops.cli_governance import add_governance_commands
+from ops.cli_monitoring import add_monitoring_commands
 from ops.cli_rollout import add_rollout_commands
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError, SpecError
@@ -190,6 +192,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         "bias": args.bias,
         "tuning_trials": args.tuning_trials,
         "author": args.author,
+        "reason": args.reason,
     }
     return run_lifecycle(
         settings,
@@ -258,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bias", type=_unit_float, help="credit generator bias knob in [0, 1]")
     p.add_argument("--tuning-trials", type=int, help="LightGBM tuning budget")
     p.add_argument("--author", help="who developed this model change (may not approve it)")
+    p.add_argument("--reason", help="why this run (recorded in the audit trail)")
     p.add_argument(
         "--until",
         choices=["register", "request_approval", "deploy"],
@@ -278,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_parser(add_audit_commands(sub))
     add_governance_commands(sub)
     add_rollout_commands(sub)
+    add_monitoring_commands(sub)
+    add_abtest_commands(sub)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
     p.add_argument(

@@ -137,8 +137,12 @@ def record(settings: Settings, event: Event) -> None:
 
 def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Event:
     """Shadow the version behind the champion (both must be deployed)."""
+    from ops.abtest import RUNNING, load_state
     from registry.mlflow_registry import CHAMPION, version_by_alias
 
+    test = load_state(settings, spec.name)
+    if test is not None and test.status == RUNNING:  # both would own the gateway route
+        raise RolloutError(f"{spec.name}: A/B test {test.id} is running; stop it first")
     current = version_by_alias(settings.mlflow_tracking_uri, spec.name, CHAMPION)
     if current is None:
         raise RolloutError(

@@ -3,7 +3,8 @@
 A spec names the data source and its column contract, the target, the features
 (raw columns and windowed aggregates), protected attributes (stored beside the
 data, never features), personal-data fields, segments, metric and fairness
-gates, drift thresholds, the rollout policy, approver roles and the schedule.
+gates, drift thresholds, the rollout policy, an optional A/B test design, approver
+roles and the schedule.
 
 ``load_spec(path)`` returns a :class:`ModelSpec` or raises :class:`SpecError`
 with one message naming the file, each bad field and what is wrong with it.
@@ -303,6 +304,83 @@ class Drift(_Strict):
         return self
 
 
+def check_schedule(value: str) -> str:
+    """A cron expression with 5 fields, an Airflow preset, or ``none``."""
+    if value in _CRON_PRESETS or value == "none":
+        return value
+    parts = value.split()
+    if len(parts) != 5 or not all(_CRON_FIELD.match(p) for p in parts):
+        raise ValueError(
+            f"{value!r} is neither a cron expression with 5 fields nor one of "
+            f"{', '.join(sorted(_CRON_PRESETS))}, none"
+        )
+    return value
+
+
+def _check_duration(value: str) -> str:
+    if not _DURATION.match(value):
+        raise ValueError(f"{value!r} is not a duration like 30m, 1h or 7d")
+    return value
+
+
+class MarketWatch(_Strict):
+    """Early warning of market shifts: a monitored market indicator series.
+
+    ``source: generated`` draws the series with :func:`pipelines.market.generate_market`
+    from ``params`` (:class:`pipelines.market.MarketConfig` fields); a path reads a
+    Parquet/CSV file with a ``time`` column and the indicators. ``watch`` holds
+    :class:`pipelines.market.MarketWatchConfig` fields (thresholds). A change point
+    raises an alert and, with ``market`` in ``retrain_on``, a retrain event.
+    """
+
+    source: str = "generated"
+    params: dict[str, Any] = Field(default_factory=dict)
+    watch: dict[str, Any] = Field(default_factory=dict)
+
+
+class Monitoring(_Strict):
+    """The monitoring DAG: what it looks at, and when it alerts or asks for a retrain.
+
+    Drift thresholds are in the ``drift`` section. Decay compares the live labelled
+    window with the champion's own test metrics.
+    """
+
+    schedule: str = "@hourly"
+    lookback: str = "7d"
+    window: str = "1d"
+    min_rows: int = Field(500, ge=1)
+    min_labels: int = Field(200, ge=10)
+    max_auc_drop: float = Field(0.05, gt=0, lt=1)
+    max_recall_drop: float = Field(0.15, gt=0, lt=1)
+    recall_fpr: float = Field(0.01, gt=0, lt=1)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+    max_p99_latency_ms: float = Field(50.0, gt=0)
+    min_reason_coverage: float = Field(0.99, ge=0, le=1)
+    max_fairness_difference: float | None = Field(None, gt=0, le=1)
+    retrain_on: list[Literal["drift", "decay", "market"]] = Field(
+        default_factory=lambda: ["drift", "decay", "market"]
+    )
+    market: MarketWatch | None = None
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return check_schedule(value)
+
+    @field_validator("lookback", "window")
+    @classmethod
+    def _durations(cls, value: str) -> str:
+        return _check_duration(value)
+
+    @property
+    def lookback_seconds(self) -> int:
+        return duration_seconds(self.lookback)
+
+    @property
+    def window_seconds(self) -> int:
+        return duration_seconds(self.window)
+
+
 class Guardrails(_Strict):
     max_error_rate: float = Field(0.01, ge=0, le=1)
     max_p99_latency_ms: float = Field(50.0, gt=0)
@@ -383,6 +461,161 @@ class Approval(_Strict):
         return duration_seconds(self.expires_after)
 
 
+class AbMetric(StrEnum):
+    """What an A/B test measures (definitions in :data:`pipelines.abtest.METRICS`)."""
+
+    APPROVAL_RATE = "approval_rate"
+    FRAUD_CAPTURE_RATE = "fraud_capture_rate"
+    FALSE_POSITIVE_RATE = "false_positive_rate"
+    DEFAULT_RATE = "default_rate"
+    LOSS_AMOUNT = "loss_amount"
+
+
+AB_METRIC_USE_CASES: dict[AbMetric, frozenset[str]] = {
+    AbMetric.APPROVAL_RATE: frozenset({"credit"}),
+    AbMetric.FRAUD_CAPTURE_RATE: frozenset({"fraud"}),
+    AbMetric.FALSE_POSITIVE_RATE: frozenset({"fraud", "credit"}),
+    AbMetric.DEFAULT_RATE: frozenset({"credit"}),
+    AbMetric.LOSS_AMOUNT: frozenset({"fraud", "credit"}),
+}
+AB_AMOUNT_FEATURE = {"fraud": "amount", "credit": "loan_amount"}  # default amount at stake
+
+
+class AbGuardrail(_Strict):
+    """A metric the treatment may not make worse by more than ``max_worsening``
+    (absolute, in the metric's units) with significance; breaching it stops the test."""
+
+    metric: AbMetric
+    max_worsening: float = Field(ge=0)
+
+
+class ExposureCap(_Strict):
+    """How many entities may see the treatment: in total, and newly per UTC day. Once a
+    cap is reached, new entities are served by the champion outside the test; entities
+    already in the test keep their arm."""
+
+    max_entities: int | None = Field(None, ge=1)
+    max_new_entities_per_day: int | None = Field(None, ge=1)
+
+
+class SequentialDesign(_Strict):
+    method: Literal["group_sequential", "msprt"] = "group_sequential"
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+
+
+class AbTest(_Strict):
+    """An A/B test of the challenger against the champion through the gateway."""
+
+    hypothesis: str = Field(min_length=10)
+    primary_metric: AbMetric
+    minimum_detectable_effect: float = Field(gt=0)
+    baseline: float | None = None  # the champion's expected value; else measured from its log
+    baseline_sd: float | None = Field(None, gt=0)  # continuous metrics; else measured
+    alpha: float = Field(0.05, gt=0, le=0.2)
+    power: float = Field(0.8, ge=0.5, lt=1)
+    split_percent: float = Field(50.0, gt=0, lt=100)
+    exposure_cap: ExposureCap = ExposureCap()
+    max_duration: str = "28d"
+    sequential: SequentialDesign = SequentialDesign()
+    guardrails: list[AbGuardrail] = Field(default_factory=list)
+    guardrail_alpha: float = Field(0.05, gt=0, le=0.2)
+    guardrail_spending: Literal["obrien_fleming", "pocock"] = "pocock"
+    segments: list[str] = Field(default_factory=list)
+    segment_correction: Literal["holm", "benjamini_hochberg"] = "holm"
+    cuped_covariate: str | None = None
+    amount_feature: str | None = None  # default: amount (fraud), loan_amount (credit)
+    srm_pvalue: float = Field(0.001, gt=0, le=0.05)
+
+    @field_validator("max_duration")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if not _DURATION.match(value) or duration_seconds(value) < 86400:
+            raise ValueError(f"max_duration {value!r} must be whole days or more, like 14d")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> AbTest:
+        proportion = self.primary_metric != AbMetric.LOSS_AMOUNT
+        if proportion and self.minimum_detectable_effect >= 1:
+            raise ValueError(
+                f"minimum_detectable_effect {self.minimum_detectable_effect} is an absolute "
+                f"change of the rate {self.primary_metric.value}: it must be below 1"
+            )
+        if proportion and self.baseline is not None and not 0 < self.baseline < 1:
+            raise ValueError(f"baseline {self.baseline} must be a rate in (0, 1)")
+        if not proportion and self.baseline is not None and self.baseline < 0:
+            raise ValueError(f"baseline {self.baseline} must be >= 0 (a loss per case)")
+        seen = [g.metric for g in self.guardrails]
+        if self.primary_metric in seen:
+            raise ValueError(
+                f"guardrails: {self.primary_metric.value!r} is the primary metric; a guardrail "
+                "watches another metric"
+            )
+        if len(set(seen)) != len(seen):
+            raise ValueError("guardrails: each metric at most once")
+        if len(set(self.segments)) != len(self.segments):
+            raise ValueError("segments: each segment at most once")
+        return self
+
+    @property
+    def max_days(self) -> int:
+        return duration_seconds(self.max_duration) // 86400
+
+    @property
+    def treatment_share(self) -> float:
+        return self.split_percent / 100.0
+
+
+def _abtest_problems(spec: ModelSpec) -> list[str]:
+    """Cross-checks of the abtest section against the rest of the spec."""
+    ab = spec.abtest
+    if ab is None:
+        return []
+    errors: list[str] = []
+    raw = set(spec.features.raw)
+    numeric = (ColumnType.FLOAT, ColumnType.INT)
+
+    def fits(metric: AbMetric, where: str) -> None:
+        if spec.use_case not in AB_METRIC_USE_CASES[metric]:
+            errors.append(
+                f"{where}: {metric.value!r} does not apply to a {spec.use_case} model "
+                f"(it applies to {', '.join(sorted(AB_METRIC_USE_CASES[metric]))})"
+            )
+
+    fits(ab.primary_metric, "abtest.primary_metric")
+    for i, guard in enumerate(ab.guardrails):
+        fits(guard.metric, f"abtest.guardrails[{i}].metric")
+    segments = {s.name: s for s in spec.segments}
+    for i, name in enumerate(ab.segments):
+        seg = segments.get(name)
+        if seg is None:
+            errors.append(
+                f"abtest.segments[{i}]: {name!r} is not a segment of the spec "
+                f"(segments: {', '.join(segments) or 'none'})"
+            )
+        elif seg.column not in raw:
+            errors.append(
+                f"abtest.segments[{i}]: segment {name!r} uses column {seg.column!r}, which is "
+                "not a raw feature: requests do not carry it, so the test cannot be split by it"
+            )
+    for key, value in (("cuped_covariate", ab.cuped_covariate), ("amount_feature",
+                       ab.amount_feature)):  # fmt: skip
+        if value is None:
+            continue
+        column = spec.data.columns.get(value)
+        if value not in raw or column is None or column.type not in numeric:
+            errors.append(f"abtest.{key}: {value!r} must be a numeric raw feature")
+    uses_loss = AbMetric.LOSS_AMOUNT in [ab.primary_metric, *(g.metric for g in ab.guardrails)]
+    if uses_loss and ab.amount_feature is None:
+        default = AB_AMOUNT_FEATURE[spec.use_case]
+        if default not in raw:
+            errors.append(
+                f"abtest: loss_amount needs the amount at stake: set abtest.amount_feature "
+                f"(the default {default!r} is not a raw feature)"
+            )
+    return errors
+
+
 class Training(_Strict):
     seed: int = 42
     params: dict[str, float | int | str | bool] = Field(default_factory=dict)
@@ -407,6 +640,8 @@ class ModelSpec(_Strict):
     gates: Gates
     drift: Drift = Drift()
     rollout: Rollout = Rollout()
+    abtest: AbTest | None = None
+    monitoring: Monitoring = Monitoring()
     approval: Approval
     training: Training = Training()
     reason_codes: dict[str, str] = Field(default_factory=dict)
@@ -414,15 +649,7 @@ class ModelSpec(_Strict):
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
-        if value in _CRON_PRESETS or value == "none":
-            return value
-        parts = value.split()
-        if len(parts) != 5 or not all(_CRON_FIELD.match(p) for p in parts):
-            raise ValueError(
-                f"{value!r} is neither a cron expression with 5 fields nor one of "
-                f"{', '.join(sorted(_CRON_PRESETS))}, none"
-            )
-        return value
+        return check_schedule(value)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelSpec:
@@ -488,6 +715,7 @@ class ModelSpec(_Strict):
         for code in self.reason_codes:
             if code not in names:
                 errors.append(f"reason_codes: {code!r} is not a feature")
+        errors.extend(_abtest_problems(self))
         if errors:
             raise ValueError("; ".join(errors))
         return self

@@ -58,10 +58,15 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "rollout_resumed",
         "rollout_awaiting_approval",
         "drift_alarm",
+        "monitoring_alert",
         "retrain_triggered",
         "role_granted",
         "role_revoked",
         "evidence_exported",
+        "abtest_started",
+        "abtest_analysed",
+        "abtest_stopped",
+        "abtest_concluded",
     }
 )
 _APPEND_ATTEMPTS = 5

@@ -18,13 +18,19 @@ requests to a ``shadow`` version whose answers never reach the client:
 * **Failover**: a challenger that cannot be reached, answers 5xx, or answers 404 (its
   server lacks the model the route says it serves) is retried once on the champion
   (scoring is idempotent); the client sees the champion's answer.
+* **A/B tests**: a route with an ``abtest`` block splits entities between a control arm
+  (champion) and a treatment arm (challenger) at the fixed share, enrols each entity in
+  its arm for the whole test, applies exposure caps and logs which arm answered each
+  request (:mod:`serving.gateway_abtest`). Enrolment survives route reloads and restarts.
 * **Routes** come from a JSON file (``--routes``), reloaded when it changes; a file that
   does not parse keeps the previous routes (and says why in the log). The rollout
   controller changes weights by rewriting it (atomically).
 
-The answer carries ``X-Govml-Route`` (champion, challenger, failover) and
-``X-Govml-Version``. Prometheus ``/metrics``: requests by model, route and code, the
-latency the gateway adds, shadow outcomes. ``/healthz`` answers 200.
+The answer carries ``X-Govml-Route`` (champion, challenger, failover; on an A/B route
+control, treatment, failover, or champion for a request outside the test) and
+``X-Govml-Version``; on an A/B route also ``X-Request-Id``. Prometheus ``/metrics``:
+requests by model, route and code, the latency the gateway adds, shadow outcomes, A/B
+enrolment. ``/healthz`` answers 200.
 
     python -m serving.gateway --routes var/serving/routes.json --port 8090
 """
@@ -41,6 +47,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +57,14 @@ import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from pipelines.errors import ConfigError
+from serving.gateway_abtest import (
+    TEST_ID,
+    AbTestRoute,
+    Arm,
+    Enrolment,
+    append_lines,
+    valid_request_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +108,19 @@ UNSTICKY = Counter(
 WEIGHT = Gauge(
     "govml_gateway_challenger_percent", "Share of entities routed to the challenger", ["model"]
 )
+ENROLLED = Gauge(
+    "govml_gateway_abtest_enrolled", "Entities enrolled in the A/B test by arm", ["model", "arm"]
+)
+OUTSIDE = Counter(
+    "govml_gateway_abtest_outside_total",
+    "Requests of an A/B route answered by the champion outside the test (no_entity, capped)",
+    ["model", "reason"],
+)
+AB_DROPPED = Counter(
+    "govml_gateway_abtest_log_dropped_total",
+    "A/B log lines lost (buffer full, write error)",
+    ["model"],
+)
 
 
 @dataclass(frozen=True)
@@ -111,6 +139,7 @@ class Route:
     salt: str = ""
     shadow_max_in_flight: int = 32
     shadow_timeout_s: float = 2.0
+    abtest: AbTestRoute | None = None
 
     def pick(self, entity: str | None) -> tuple[str, Upstream]:
         """("champion" | "challenger", upstream) for an entity id (None: random)."""
@@ -127,8 +156,13 @@ def bucket(entity: str | None, salt: str) -> int:
     """The entity's bucket in [0, 10000): SHA-256 of salt and id; random without an id."""
     if entity is None:
         return random.randrange(BUCKETS)
+    return entity_hash(entity, salt)[0]
+
+
+def entity_hash(entity: str, salt: str) -> tuple[int, int]:
+    """(bucket, 64-bit pseudonym) of an entity id: both from one SHA-256 of salt and id."""
     digest = hashlib.sha256(f"{salt}\x00{entity}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % BUCKETS
+    return int.from_bytes(digest[:8], "big") % BUCKETS, int.from_bytes(digest[8:16], "big")
 
 
 # ----------------------------------------------------------------------------- routes
@@ -140,6 +174,42 @@ def _upstream(model: str, key: str, raw: Any) -> Upstream:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: expected an http(s) URL, got {url!r}")
     return Upstream(url=url.rstrip("/"), version=str(raw.get("version", "")))
+
+
+def _cap(model: str, raw: dict[str, Any], key: str) -> int | None:
+    value = raw.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"routes: {model}.abtest.{key}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _abtest(model: str, raw: dict[str, Any], percent: float) -> AbTestRoute:
+    """The ``abtest`` block of an A/B route (a fixed split between two arms)."""
+    block = raw["abtest"]
+    allowed = {"id", "max_entities", "max_new_entities_per_day"}
+    if not isinstance(block, dict) or set(block) - allowed:
+        raise ConfigError(
+            f"routes: {model}.abtest: expected an object with keys {sorted(allowed)}, got {block!r}"
+        )
+    test_id = block.get("id")
+    if not isinstance(test_id, str) or not TEST_ID.match(test_id):
+        raise ConfigError(
+            f"routes: {model}.abtest.id: expected letters, digits, '.', '_' or '-', got {test_id!r}"
+        )
+    if raw.get("shadow"):
+        raise ConfigError(f"routes: {model}: an A/B test route has no shadow")
+    if not 0 < percent < 100:
+        raise ConfigError(
+            f"routes: {model}.challenger_percent: an A/B test splits between 0 and 100 "
+            f"exclusive, got {percent!r}"
+        )
+    if not raw.get("salt"):
+        raise ConfigError(f"routes: {model}: an A/B test route needs its own salt")
+    return AbTestRoute(
+        test_id, _cap(model, block, "max_entities"), _cap(model, block, "max_new_entities_per_day")
+    )
 
 
 def parse_routes(data: Any) -> dict[str, Route]:
@@ -155,6 +225,7 @@ def parse_routes(data: Any) -> dict[str, Route]:
         "salt",
         "shadow_max_in_flight",
         "shadow_timeout_s",
+        "abtest",
     }
     for model, raw in data["models"].items():
         if not isinstance(raw, dict):
@@ -195,6 +266,7 @@ def parse_routes(data: Any) -> dict[str, Route]:
             salt=str(raw.get("salt", "")),
             shadow_max_in_flight=in_flight,
             shadow_timeout_s=float(timeout),
+            abtest=_abtest(model, raw, float(percent)) if raw.get("abtest") else None,
         )
     return out
 
@@ -240,8 +312,14 @@ class Gateway:
         reload_seconds: float = 0.5,
         shadow_log: str | os.PathLike[str] | None = None,
         upstream_timeout_s: float = 10.0,
+        abtest_dir: str | os.PathLike[str] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.routes_path = Path(routes_path)
+        self.abtest_dir = Path(abtest_dir) if abtest_dir else self.routes_path.parent / "abtests"
+        self.clock = clock
+        self._experiments: dict[str, Enrolment] = {}
+        self._retired: list[Enrolment] = []
         self.routes = load_routes(self.routes_path)
         self._stamp = self._file_stamp()
         self.max_body_bytes = max_body_bytes
@@ -254,6 +332,7 @@ class Gateway:
         self._tasks: set[asyncio.Task] = set()
         self._reloader: asyncio.Task | None = None
         self._publish_weights()
+        self._sync_experiments()
 
     # -------------------------------------------------------------- lifecycle
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -280,13 +359,94 @@ class Gateway:
             return False
         self.routes = routes
         self._publish_weights()
+        self._sync_experiments()
         log.info("gateway: routes reloaded: %s", _describe(routes))
         return True
+
+    # -------------------------------------------------------------- A/B tests
+    def _sync_experiments(self) -> None:
+        """Enrolment of every A/B route: kept across reloads, restored from its file for a
+        test this gateway has not seen yet (a restart), retired when its route ends it."""
+        wanted = {r.abtest.id: r.model for r in self.routes.values() if r.abtest is not None}
+        for test_id in list(self._experiments):
+            if test_id not in wanted:
+                self._retired.append(self._experiments.pop(test_id))
+        for test_id, model in wanted.items():
+            if test_id not in self._experiments:
+                state = Enrolment.restore(test_id, self.abtest_dir / test_id)
+                self._experiments[test_id] = state
+                log.info(
+                    "gateway: A/B test %s of %s: %d control, %d treatment entities enrolled",
+                    test_id,
+                    model,
+                    state.control,
+                    state.treatment,
+                )
+        self._publish_enrolment()
+
+    def _publish_enrolment(self) -> None:
+        for route in self.routes.values():
+            state = self._experiments.get(route.abtest.id) if route.abtest else None
+            if state is not None:
+                ENROLLED.labels(route.model, "control").set(state.control)
+                ENROLLED.labels(route.model, "treatment").set(state.treatment)
+
+    def enrolment(self, test_id: str) -> Enrolment | None:
+        return self._experiments.get(test_id)
+
+    async def flush(self) -> None:
+        """Append the A/B tests' pending log lines to their files (in a worker thread)."""
+        self._publish_enrolment()
+        pending = [e for e in [*self._experiments.values(), *self._retired] if e.pending]
+        self._retired = []
+        for state in pending:
+            lost = await asyncio.to_thread(append_lines, state.folder, *state.take())
+            self._count_lost(state, lost)
+
+    def flush_now(self) -> None:
+        for state in [*self._experiments.values(), *self._retired]:
+            if state.pending:
+                self._count_lost(state, append_lines(state.folder, *state.take()))
+        self._retired = []
+
+    def _count_lost(self, state: Enrolment, lost: int) -> None:
+        model = next(
+            (r.model for r in self.routes.values() if r.abtest and r.abtest.id == state.test_id),
+            state.test_id,
+        )
+        lost += state.dropped
+        state.dropped = 0
+        if lost:
+            AB_DROPPED.labels(model).inc(lost)
+
+    def _ab_pick(
+        self, route: Route, entity: str | None
+    ) -> tuple[str, Upstream, tuple[Enrolment, int, Arm] | None]:
+        """(route name, upstream, (enrolment, entity key, arm) if the request is in the test)."""
+        assert route.abtest is not None
+        if entity is None:
+            OUTSIDE.labels(route.model, "no_entity").inc()
+            return "champion", route.champion, None
+        state = self._experiments[route.abtest.id]
+        position, key = entity_hash(entity, route.salt)
+        candidate = "treatment" if position < route.challenger_percent * 100 else "control"
+        arm = state.assign(key, candidate, route.abtest, self.clock())  # type: ignore[arg-type]
+        if arm is None:
+            OUTSIDE.labels(route.model, "capped").inc()
+            return "champion", route.champion, None
+        if arm == "treatment":
+            assert route.challenger is not None
+            return "treatment", route.challenger, (state, key, arm)
+        return "control", route.champion, (state, key, arm)
 
     async def _reload_loop(self) -> None:
         while True:
             await asyncio.sleep(self.reload_seconds)
             self.reload()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 (the loop must go on: the next tick retries)
+                log.exception("gateway: writing the A/B logs failed")
 
     async def startup(self) -> None:
         timeout = aiohttp.ClientTimeout(total=self.upstream_timeout_s)
@@ -302,6 +462,7 @@ class Gateway:
     async def shutdown(self) -> None:
         if self._reloader is not None:
             self._reloader.cancel()
+        self.flush_now()
         for task in list(self._tasks):
             task.cancel()
         for session in (self._session, self._shadow_session):
@@ -361,12 +522,20 @@ class Gateway:
             return
         if entity is None and route.challenger is not None:
             UNSTICKY.labels(route.model).inc()
-        name, upstream = route.pick(entity)
+        enrolled = None
+        if route.abtest is None:
+            name, upstream = route.pick(entity)
+        else:
+            name, upstream, enrolled = self._ab_pick(route, entity)
+            if enrolled is not None and not valid_request_id(headers.get("x-request-id")):
+                headers["x-request-id"] = uuid.uuid4().hex  # joins the prediction log to the arm
         query = scope.get("query_string", b"")
         suffix = path + (f"?{query.decode('latin-1')}" if query else "")
         method = scope["method"]
         status, answer, upstream_s = await self._call(upstream, method, suffix, headers, body)
-        if name == "challenger" and (status is None or status >= 500 or status == 404):
+        if name in ("challenger", "treatment") and (
+            status is None or status >= 500 or status == 404
+        ):
             # 404: the challenger's server lacks the model the route says it serves
             log.warning("gateway: challenger %s failed (%s); answering from the champion",
                         upstream.url, status)  # fmt: skip
@@ -385,7 +554,20 @@ class Gateway:
             (b"x-govml-route", name.encode()),
             (b"x-govml-version", upstream.version.encode()),
         ]
+        if enrolled is not None:
+            extra.append((b"x-request-id", headers["x-request-id"].encode()))
         await _answer(send, status, raw, content_type.encode(), extra)
+        if enrolled is not None and method == "POST" and path.endswith(SCORING_SUFFIXES):
+            state, key, arm = enrolled  # the arm assigned (intention to treat), even on failover
+            state.record(
+                self.clock(),
+                headers["x-request-id"],
+                key,
+                arm,
+                name,
+                status,
+                json.dumps(upstream.version),
+            )
         REQUESTS.labels(route.model, name, str(status)).inc()
         ADDED.labels(route.model).observe(max(time.perf_counter() - started - upstream_s, 0.0))
         if route.shadow is not None and method == "POST" and path.endswith(SCORING_SUFFIXES):
@@ -565,6 +747,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--shadow_log", default=None, help="JSONL file of shadow comparisons")
+    parser.add_argument(
+        "--abtest_dir",
+        default=None,
+        help="folder of the A/B tests' enrolment and assignment logs (default: abtests/ "
+        "beside the routes file)",
+    )
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
     parser.add_argument(
         "--upstream_timeout_s", type=float, default=10.0, help="give up on a model server after"
@@ -575,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         app = Gateway(
             args.routes,
             shadow_log=args.shadow_log,
+            abtest_dir=args.abtest_dir,
             max_body_bytes=args.max_body_bytes,
             upstream_timeout_s=args.upstream_timeout_s,
         )

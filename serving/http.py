@@ -33,6 +33,7 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 
 from serving.auth import AuthError, TokenStore
+from serving.request_context import set_request_id
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -159,11 +160,13 @@ class GuardMiddleware:
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, kind: str, path: str
     ) -> None:
-        authorization = length = content_type = json_length = None
+        authorization = length = content_type = json_length = request_id = None
         cloudevent = False
         for key, value in scope["headers"]:
             key = key.lower()
-            if key == b"authorization":
+            if key == b"x-request-id":
+                request_id = value
+            elif key == b"authorization":
                 authorization = value.decode("latin-1")
             elif key == b"content-length":
                 length = value
@@ -173,6 +176,7 @@ class GuardMiddleware:
                 json_length = value.decode("latin-1")
             elif key.startswith(b"ce-"):
                 cloudevent = True
+        set_request_id(request_id)  # the prediction log's id for this request's rows
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await self._too_large(send)
             return

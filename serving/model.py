@@ -39,6 +39,7 @@ from pipelines import artifacts
 from pipelines.artifacts import MODEL_FILES
 from serving.fastscore import RowScorer
 from serving.metrics import ScoreHistogram
+from serving.request_context import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +236,7 @@ class LightGBMModel(Model):
                     None if matrix is not None else rows,
                     values,
                     [labels[0] if flagged else labels[1] for flagged in decisions],
-                    request_id=uuid.uuid4().hex,
+                    request_id=current_request_id() or uuid.uuid4().hex,
                     model_name=self.name,
                     model_version=self.version,
                     latency_ms=latency_ms,
@@ -243,7 +244,7 @@ class LightGBMModel(Model):
                     feature_columns=None if matrix is None else self._json_columns(matrix),
                 )
             elif plog is not None:
-                request_id = uuid.uuid4().hex
+                request_id = current_request_id() or uuid.uuid4().hex
                 labels = self.labels_
                 for i, (row, score, flagged) in enumerate(
                     zip(rows, values, decisions, strict=True)

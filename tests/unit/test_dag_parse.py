@@ -93,6 +93,12 @@ def test_dag_folder_parses_one_dag_per_spec(tmp_path: Path) -> None:
         ["start", "shadow", "canary_5", "canary_25", "canary_50", "await_go", "canary_100"]
     )
     assert rollout["params"] == ["version"]
+    # the lifecycle runs on its cron OR the retrain asset; its first task records why
+    assert "govml://models/fraud/retrain" in fraud["schedule"] and "trigger" in fraud["tasks"]
+    assert "reason" in fraud["params"]
+    monitoring = parsed["dags"]["fraud_monitoring"]
+    assert monitoring["tasks"] == ["monitor", "needs_retrain", "publish_retrain"]
+    assert "0 * * * *" in monitoring["schedule"]  # hourly by default
     # heavy libraries are imported inside tasks, never at parse time
     assert parsed["heavy"] == []
 
@@ -111,4 +117,5 @@ def test_a_new_spec_file_adds_a_dag_without_code(tmp_path: Path) -> None:
     assert parsed["errors"] == {}
     assert set(parsed["dags"]) == {
         "credit_lifecycle", "sme_credit_lifecycle", "credit_rollout", "sme_credit_rollout",
+        "credit_abtest", "sme_credit_abtest", "credit_monitoring", "sme_credit_monitoring",
     }  # fmt: skip

@@ -1,0 +1,26 @@
+"""The request id of the request being served, for the prediction log.
+
+The model server's guard (:mod:`serving.http`) sets it from the request's
+``X-Request-Id`` header (the gateway sends one on A/B routes); the model writes it into
+its prediction log as ``<request id>:<row>``, so the gateway's A/B assignment log, the
+prediction log and the label feed join on one id. A missing or unusual header (anything
+but 1-128 letters, digits, ``.``, ``_``, ``-``) leaves it unset, and the model makes up a
+UUID as before. A context variable: each request (an asyncio task) sees its own value.
+"""
+
+from __future__ import annotations
+
+import re
+from contextvars import ContextVar
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("govml_request_id", default=None)
+_VALID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def set_request_id(header: bytes | None) -> None:
+    """Set (or clear) the current request's id from its raw header value."""
+    REQUEST_ID.set(header.decode("ascii") if header and _VALID.match(header) else None)
+
+
+def current_request_id() -> str | None:
+    return REQUEST_ID.get()

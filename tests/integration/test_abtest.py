@@ -1,0 +1,297 @@
+"""A/B tests end to end on loopback: real model servers (.venv-serving) with prediction
+logs, the real gateway in A/B mode, the label feed, the ops layer and the governance
+store (audit trail on SQLite).
+
+Version 1 (the champion) and version 2 serve the same German Credit model; version 3 was
+trained on inverted labels (an encoding bug): it declines good applicants and approves
+bad ones. An A/A test (v2) is attributed
+request by request and continues; stopped by hand, the champion takes all traffic
+again. The harmful test (v3) is stopped at its first look by the false-positive-rate
+guardrail, long before its planned end: the routes file gives the champion all traffic,
+the gateway follows, and the audit trail holds the start, the look and the stop.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines.config import load_settings
+from pipelines.data.german_credit import load_german_credit
+from pipelines.features import build_features, read_split
+from pipelines.spec import load_spec
+from tests.integration.test_gateway import _start, _stop, _wait
+from tests.support import free_port, stack_env
+from tests.unit.test_features import spec_of, with_training, write_ingest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "german_credit"
+pytestmark = pytest.mark.slow
+ABTEST = {
+    "hypothesis": "The challenger approves more applicants without declining more good ones",
+    "primary_metric": "approval_rate",
+    "baseline": 0.7,
+    "minimum_detectable_effect": 0.03,
+    "split_percent": 50,
+    "exposure_cap": {"max_entities": 50_000},
+    "max_duration": "14d",
+    "guardrails": [
+        {"metric": "false_positive_rate", "max_worsening": 0.05},
+        {"metric": "default_rate", "max_worsening": 0.05},
+    ],
+    "segments": ["purpose", "housing"],
+    "cuped_covariate": "duration_months",
+    "amount_feature": "credit_amount",
+}
+
+
+def _server(world: SimpleNamespace, version: str, model_dir: Path) -> Any:
+    port = free_port()
+    folder = world.settings.serving_dir / f"german-credit-v{version}"
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = _start(
+        ["-m", "serving", "--enable_grpc", "false", "--model_name", MODEL,
+         "--model_uri", str(model_dir), "--spec", str(world.spec_path),
+         "--model_version", version, "--http_port", str(port),
+         "--prediction_log", str(folder / "predictions")],
+        world.root / f"server-v{version}.log",
+    )  # fmt: skip
+    return proc, f"http://127.0.0.1:{port}", folder
+
+
+def _deployed(settings: Any, spec: Any, version: str, url: str) -> None:
+    """An approved (four eyes) deployment record with the endpoint, as deploy writes it."""
+    from registry import approvals, governance
+
+    gov = settings.governance_url
+    approvals.request_approval(
+        gov, spec, model_version=version, artifact_sha256="0" * 64, run_id=f"run-{version}",
+        dag_id=None, triggered_by="dev", author="dev", risk_reasons=[],
+    )  # fmt: skip
+    for user in ("alice", "bob"):
+        state = approvals.decide(
+            gov, MODEL, version, user=user, decision="approve", reason="ok", channel="cli"
+        )
+        if state.status == "approved":
+            break
+    governance.record_deployment(
+        gov, state, environment="local", action="deployed", actor="govml-lifecycle",
+        details={"endpoint": url}, consume=True,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    from pipelines.training import train
+    from registry import approvals
+    from registry.store import upgrade
+    from serving.gateway import write_routes
+
+    root = tmp_path_factory.mktemp("abtest")
+    settings = load_settings(stack_env(root / "var"))
+    upgrade(settings.governance_url)
+    for user in ("alice", "bob"):
+        approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
+    raw = yaml.safe_load((ROOT / "specs" / f"{MODEL}.yaml").read_text())
+    raw["abtest"] = ABTEST
+    spec_path = root / f"{MODEL}.yaml"
+    spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    spec = load_spec(spec_path)
+    good = with_training(spec_of(MODEL), num_boost_round=40, early_stopping_rounds=40)
+    data = load_german_credit()
+    build_features(good, write_ingest(good, data, root / "ingest"), root / "f")
+    train(good, root / "f", root / "good")
+    flipped = data.assign(**{spec.data.target: 1 - data[spec.data.target]})
+    build_features(good, write_ingest(good, flipped, root / "ingest-bug"), root / "f-bug")
+    train(good, root / "f-bug", root / "inverted")
+    test = read_split(good, root / "f", "test")
+    features = list(spec.features.names)
+    frame = test[features]
+    rows = json.loads(
+        json.dumps(
+            frame.astype(object).where(frame.notna(), None).to_dict("records"),
+            default=lambda o: o.item(),
+        )
+    )
+    world = SimpleNamespace(
+        root=root, settings=settings, spec=spec, spec_path=spec_path, rows=rows,
+        labels=[int(v) for v in test[spec.data.target]], procs=[],
+    )  # fmt: skip
+    try:
+        servers = {
+            v: _server(world, v, root / d)
+            for v, d in (("1", "good"), ("2", "good"), ("3", "inverted"))
+        }
+        world.procs += [s[0] for s in servers.values()]
+        for version, (proc, url, _) in servers.items():
+            _wait(f"{url}/v2/models/{MODEL}/ready", proc, root / f"server-v{version}.log")
+            if version != "1":
+                _deployed(settings, spec, version, url)
+        world.urls = {v: s[1] for v, s in servers.items()}
+        routes = settings.serving_dir / "gateway" / "routes.json"
+        routes.parent.mkdir(parents=True, exist_ok=True)
+        write_routes(routes, {"models": {MODEL: {"champion": {"url": world.urls["1"],
+                                                               "version": "1"}}}})  # fmt: skip
+        port = free_port()
+        gateway = _start(
+            ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port)],
+            root / "gateway.log",
+        )
+        world.procs.append(gateway)
+        world.base = f"http://127.0.0.1:{port}"
+        world.routes = routes
+        _wait(f"{world.base}/healthz", gateway, root / "gateway.log")
+        yield world
+    finally:
+        for proc in world.procs:
+            _stop(proc)
+
+
+def _predict(world: SimpleNamespace, index: int, entity: str | None) -> tuple[str, str, str]:
+    headers = {"Content-Type": "application/json"}
+    if entity is not None:
+        headers["X-Govml-Entity"] = entity
+    req = urllib.request.Request(
+        f"{world.base}/v1/models/{MODEL}:predict",
+        data=json.dumps({"instances": [world.rows[index]]}).encode(),
+        headers=headers,
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+        return (
+            resp.headers.get("X-Request-Id") or "",
+            resp.headers["X-Govml-Route"],
+            resp.headers["X-Govml-Version"],
+        )
+
+
+def _traffic(world: SimpleNamespace, n: int, seed: int) -> list[tuple[str, str, str, int]]:
+    """``n`` requests of distinct applicants, then their labels in the label feed."""
+    rng = random.Random(seed)
+    picks = [(rng.randrange(len(world.rows)), f"applicant-{seed}-{i}") for i in range(n)]
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda p: (*_predict(world, *p), p[0]), picks))
+    feed = world.settings.var_dir / "labels" / MODEL
+    feed.mkdir(parents=True, exist_ok=True)
+    with (feed / f"defaults-{seed}.jsonl").open("w") as out:
+        for rid, _, _, index in answers:
+            out.write(json.dumps({"request_id": f"{rid}:0", "label": world.labels[index]}) + "\n")
+    return answers
+
+
+def _settle(world: SimpleNamespace, test_id: str, expected: int) -> None:
+    """Until the gateway's A/B log and the servers' prediction logs hold every request."""
+    from ops.abtest import abtest_logs
+
+    path = abtest_logs(world.settings, test_id) / "assignments.jsonl"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= expected:
+            break
+        time.sleep(0.2)
+    time.sleep(0.5)  # the prediction logs' writer thread flushes its last batch
+
+
+def _until_champion(world: SimpleNamespace) -> None:
+    """Until the gateway has reloaded its routes: an entity's request goes to the champion."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _predict(world, 0, "probe-after-the-test")[1] == "champion":
+            return
+        time.sleep(0.2)
+    raise AssertionError("the gateway kept the A/B route")
+
+
+def _events(world: SimpleNamespace, kinds: list[str]) -> list[Any]:
+    from registry import audit
+
+    return audit.events(world.settings.governance_url, model_name=MODEL, kinds=kinds)
+
+
+def _wait_ab(world: SimpleNamespace) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if _predict(world, 0, "probe-entity")[1] in ("control", "treatment"):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the gateway did not enter A/B mode")
+
+
+def test_an_aa_test_is_attributed_request_by_request_and_stops_by_hand(world) -> None:  # noqa: ANN001
+    from ops import abtest
+
+    state = abtest.start(world.settings, world.spec, "2", actor="ops-anna")
+    _wait_ab(world)
+    answers = _traffic(world, 600, seed=1)
+    assert {route for _, route, _, _ in answers} == {"control", "treatment"}
+    assert all((route == "treatment") == (version == "2") for _, route, version, _ in answers)
+    _settle(world, state.id, 601)
+    report = abtest.analyse(world.settings, world.spec)
+    data = report["data"]
+    assert data["unmatched"] == 0 and data["failed"] == 0
+    assert data["rows"] == 601 and data["labelled"] == 600  # the probe has no label
+    assert report["decision"]["action"] == "continue", report["decision"]
+    assert not report["srm"]["mismatch"]
+    effect = report["primary"]["effect"]
+    assert effect["control"]["units"] + effect["treatment"]["units"] == 601
+    assert report["primary"]["cuped"]["covariate"] == "duration_months"
+    assert {s["segment"] for s in report["segments"]} == {"purpose", "housing"}
+    folder = abtest.report_dir(world.settings, MODEL, state.id)
+    page = (folder / "latest.html").read_text()
+    assert "Decision: continue" in page and page.count("data:image/png;base64,") >= 3
+    assert json.loads((folder / "latest.json").read_text())["test"]["id"] == state.id
+    ended = abtest.stop(world.settings, world.spec, "ops-anna", "A/A check done")
+    assert ended.status == "stopped"
+    routes = json.loads(world.routes.read_text())["models"][MODEL]
+    assert routes == {"champion": {"url": world.urls["1"], "version": "1"}}
+    _until_champion(world)
+    stopped = _events(world, ["abtest_stopped"])[-1]
+    assert stopped.actor == "ops-anna" and stopped.payload["reasons"] == ["A/A check done"]
+
+
+def test_a_harmful_challenger_is_stopped_by_the_guardrail_and_traffic_returns(world) -> None:  # noqa: ANN001
+    from ops import abtest
+    from registry import audit
+
+    state = abtest.start(world.settings, world.spec, "3", actor="ops-anna")
+    assert state.design["looks"] == 14 and state.design["max_total"] > 7_000
+    _wait_ab(world)
+    answers = _traffic(world, 800, seed=2)
+    _settle(world, state.id, 801)
+    report = abtest.analyse(world.settings, world.spec)
+    decision = report["decision"]
+    assert decision["action"] == "stop", decision
+    assert "guardrail false_positive_rate" in decision["reasons"][0]
+    assert report["look"]["number"] == 1 and report["look"]["fraction"] < 0.2  # early
+    guard = next(g for g in report["guardrails"] if g["metric"] == "false_positive_rate")
+    assert guard["breached"] and guard["harm"] > 0.05 and guard["z"] >= guard["boundary"]
+    # the champion has every request again: in the routes file and at the gateway
+    routes = json.loads(world.routes.read_text())["models"][MODEL]
+    assert routes == {"champion": {"url": world.urls["1"], "version": "1"}}
+    _until_champion(world)
+    assert {_predict(world, 1, f"applicant-2-{i}")[1] for i in range(20)} == {"champion"}
+    # and the audit trail tells the story, hash chain intact
+    started, analysed, stopped = (
+        _events(world, [kind])[-1] for kind in ("abtest_started", "abtest_analysed",
+                                                "abtest_stopped")
+    )  # fmt: skip
+    assert started.actor == "ops-anna" and started.payload["test_id"] == state.id
+    assert started.payload["design"]["max_total"] == state.design["max_total"]
+    assert analysed.payload["action"] == "stop" and analysed.model_version == "3"
+    assert stopped.actor == abtest.ANALYST and stopped.payload["test_id"] == state.id
+    assert "guardrail false_positive_rate" in stopped.payload["reasons"][0]
+    assert stopped.seq > analysed.seq > started.seq
+    assert audit.verify_chain(world.settings.governance_url).ok
+    assert len(answers) == 800
+    status = abtest.status(world.settings, world.spec)
+    assert status["status"] == "stopped" and status["last_look"]["action"] == "stop"
