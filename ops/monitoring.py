@@ -449,6 +449,7 @@ def compliance_part(
     if coverage is not None:
         summary["decline_reason_coverage"] = coverage
         share = coverage.get("share_complete")
+        unlabelled = coverage.get("unlabelled_features") or []
         if share is not None and not math.isnan(share) and share < m.min_reason_coverage:
             alerts.append(
                 Alert(
@@ -456,7 +457,7 @@ def compliance_part(
                     severity="alarm",
                     message=f"only {share:.1%} of adverse decisions get a complete reason-code "
                     f"notice (minimum {m.min_reason_coverage:.0%}); unlabelled factors: "
-                    f"{', '.join(coverage.get('unlabelled_features', {}) or []) or 'none'}",
+                    f"{', '.join(u['feature'] for u in unlabelled) or 'none'}",
                     details=coverage,
                 )
             )
@@ -512,7 +513,7 @@ def market_part(
     if market is None:
         return None, {}, []
     if market.source == "generated":
-        frame = generate_market(MarketConfig(**market.params))
+        frame = generate_market(MarketConfig(**market.params))  # values checked here
     else:
         from ops.monitoring_data import read_table
 

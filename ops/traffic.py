@@ -41,14 +41,26 @@ def replay_traffic(
     *,
     end: dt.datetime,
     label_delay: dt.timedelta = dt.timedelta(days=7),
+    history: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
-    """Score ``frame`` with the model and write the log and the feeds; a summary."""
+    """Score ``frame`` with the model and write the log and the feeds; a summary.
+
+    ``history`` (the rows before ``frame``) warms the entity aggregates up, as the
+    online feature state would be: without it the first days' 7- and 30-day aggregates
+    see only part of their window.
+    """
     from pipelines.training import load_model, score
     from serving.prediction_log import PredictionLog
 
     time_col = spec.data.time_column
     frame = retype_categories(frame.sort_values(time_col).reset_index(drop=True), spec)
-    aggregates = compute_aggregates(spec.features.aggregates, frame, time_col)
+    if history is not None and len(history):
+        past = retype_categories(history.sort_values(time_col).reset_index(drop=True), spec)
+        both = pd.concat([past, frame], ignore_index=True)
+        aggregates = compute_aggregates(spec.features.aggregates, both, time_col)
+        aggregates = aggregates.iloc[len(past) :].reset_index(drop=True)
+    else:
+        aggregates = compute_aggregates(spec.features.aggregates, frame, time_col)
     features = pd.concat([frame, aggregates], axis=1)
     scores = score(load_model(Path(model_path)), features)
     flagged = scores >= spec.gates.decision_threshold
@@ -59,8 +71,9 @@ def replay_traffic(
     request_ids = [f"{spec.name}-{v}" for v in frame[spec.data.id_column]]
 
     folder = deployment_dir(settings, spec.name, version) / "predictions"
-    log = PredictionLog(folder, "jsonl", personal_fields=spec.personal_data_columns)
     names = spec.features.names
+    personal = [c for c in spec.personal_data_columns if c in names]  # ids are not features
+    log = PredictionLog(folder, "jsonl", personal_fields=personal)
     records = features[names].astype(object).where(features[names].notna(), None)
     for i, row in enumerate(records.to_dict(orient="records")):
         log.log(

@@ -457,6 +457,8 @@ def _numeric_rows(
 ) -> list[dict[str, Any]]:
     x = ref.to_numpy(np.float64, na_value=np.nan)
     y = cur.to_numpy(np.float64, na_value=np.nan)
+    if not groups:  # no segments: the sorted values are enough (a sort beats an argsort)
+        return [_numeric_stats(name, ALL, ALL, np.sort(x), np.sort(y), policy, min_rows=1)]
     order_x, order_y = np.argsort(x), np.argsort(y)  # NaN sort last
     sx, sy = x[order_x], y[order_y]
     rows = [_numeric_stats(name, ALL, ALL, sx, sy, policy, min_rows=1)]

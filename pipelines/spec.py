@@ -323,6 +323,17 @@ def _check_duration(value: str) -> str:
     return value
 
 
+# fields of pipelines.market.MarketConfig and MarketWatchConfig (tests keep them in step)
+MARKET_PARAMS = (
+    "periods", "freq", "start", "seed", "shock_at", "vol_multiplier", "drift_change",
+    "spread_jump_bp", "rate_change_bp", "annual_drift", "annual_volatility",
+)  # fmt: skip
+MARKET_WATCH_FIELDS = (
+    "indicators", "transforms", "reference_periods", "k", "h", "volatility_ratio",
+    "h_volatility",
+)  # fmt: skip
+
+
 class MarketWatch(_Strict):
     """Early warning of market shifts: a monitored market indicator series.
 
@@ -336,6 +347,20 @@ class MarketWatch(_Strict):
     source: str = "generated"
     params: dict[str, Any] = Field(default_factory=dict)
     watch: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> MarketWatch:
+        # names only: the values are checked when the series is built (pipelines.market
+        # needs pandas, which DAG parsing must not import)
+        unknown = sorted(set(self.params) - set(MARKET_PARAMS))
+        if self.source == "generated" and unknown:
+            raise ValueError(f"params: unknown {unknown}; known: {list(MARKET_PARAMS)}")
+        if self.source != "generated" and self.params:
+            raise ValueError("params apply to source: generated only")
+        unknown = sorted(set(self.watch) - set(MARKET_WATCH_FIELDS))
+        if unknown:
+            raise ValueError(f"watch: unknown {unknown}; known: {list(MARKET_WATCH_FIELDS)}")
+        return self
 
 
 class Monitoring(_Strict):

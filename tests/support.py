@@ -30,7 +30,8 @@ def stack_env(var_dir: Path, **extra: str) -> dict[str, str]:
 
 
 def single_spec_dir(root: Path, dest: Path, name: str) -> Path:
-    """A specs folder holding one spec, unscheduled: only the runs a test triggers run.
+    """A specs folder holding one spec, unscheduled (lifecycle and monitoring): only the
+    runs a test triggers run.
 
     (A scheduled run would start when the stack starts and wait at its approval gate,
     and the DAG runs one run at a time.)
@@ -40,6 +41,7 @@ def single_spec_dir(root: Path, dest: Path, name: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     data = yaml.safe_load((root / "specs" / f"{name}.yaml").read_text())
     data["schedule"] = "none"
+    data["monitoring"] = {**(data.get("monitoring") or {}), "schedule": "none"}
     (dest / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
 

@@ -85,6 +85,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> dict[str, A
     replay = replay_traffic(
         spec, frame[frame["tx_time"] >= cut], run_dir / "train" / "model.txt", version,
         life.settings, end=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5),
+        history=frame[frame["tx_time"] < cut],
     )  # fmt: skip
     return {
         "life": life, "spec_path": spec_path, "version": version, "replay": replay,
@@ -124,7 +125,7 @@ def test_monitoring_dag_finds_the_segment_drift_and_publishes_a_retrain_event(
         ).fetchall()
     assert len(events) == 1
     extra = json.loads(events[0][0])
-    assert "amount in region=north" in extra["reason"]
+    assert "in region=north" in extra["reason"]
     assert extra["source"] == "fraud_monitoring" and extra["model_version"] == world["version"]
     assert queued == [("fraud_lifecycle",)]  # the scheduler's next loop starts the retrain
 
@@ -140,9 +141,14 @@ def test_the_report_alerts_and_mlflow_run_name_the_drift(
     report = json.loads(reports[0].read_text())
     assert report["version"] == world["version"] and report["retrain"] is True
     drift = report["drift"]
-    assert drift["drifted_features"] == []  # not in the whole population
-    assert drift["drifted_segments"]["region=north"] == ["amount"]
-    assert "region=south" not in drift["drifted_segments"]
+    assert "amount" not in drift["drifted_features"]  # not in the whole population
+    assert "amount" in drift["segment_only_drift"]["region=north"]
+    for region in ("south", "east", "west", "central"):
+        assert "amount" not in drift["drifted_segments"].get(f"region={region}", [])
+    # the new fraud pattern: high amounts at crypto merchants (online marketplace), and
+    # the champion misses it: decay once the chargebacks are in
+    assert "amount" in drift["drifted_segments"]["merchant_segment=online_marketplace"]
+    assert report["live"]["decay"] == "yes"
     assert (reports[0].parent / "report.html").read_text().count("data:image/png") >= 4
     live = report["live"]  # labels known so far, joined by request id
     assert live["n_labelled"] > 1000 and 0.5 < live["roc_auc"] <= 1

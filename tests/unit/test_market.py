@@ -336,3 +336,12 @@ def test_watch_config_defaults_and_transforms() -> None:
     assert custom.transform_of("credit_spread_bp") == "level"
     with pytest.raises(DataValidationError, match="version"):
         MarketWatcher.from_state({"version": 0})
+
+
+def test_the_spec_knows_the_market_fields() -> None:
+    import dataclasses
+
+    from pipelines.spec import MARKET_PARAMS, MARKET_WATCH_FIELDS
+
+    assert set(MARKET_PARAMS) == {f.name for f in dataclasses.fields(MarketConfig)}
+    assert set(MARKET_WATCH_FIELDS) == set(MarketWatchConfig.model_fields)
