@@ -40,9 +40,14 @@ def _print_result(result: dict[str, Any]) -> None:
 
 
 def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
+    import dataclasses
+
     from ops.cli import _spec_path
+    from ops.lifecycle_runner import tracking_uri
     from ops.monitoring import run_monitoring
 
+    # the tracking server when it answers, else its backend store (stack not up)
+    settings = dataclasses.replace(settings, mlflow_tracking_uri=tracking_uri(settings))
     result = run_monitoring(
         _spec_path(args.model, settings),
         settings=settings,
