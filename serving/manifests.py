@@ -824,7 +824,8 @@ def _identity(manifest: Mapping[str, Any]) -> tuple[str, str, str, str]:
     return str(name), str(namespace), group, version
 
 
-def _custom_objects_api(kubeconfig: str | os.PathLike[str] | None, context: str | None) -> Any:
+def _api_client(kubeconfig: str | os.PathLike[str] | None, context: str | None) -> Any:
+    """A Kubernetes ApiClient: in-cluster, or from a kubeconfig; a clear error otherwise."""
     try:
         from kubernetes import client, config
     except ImportError:
@@ -837,7 +838,7 @@ def _custom_objects_api(kubeconfig: str | os.PathLike[str] | None, context: str 
         try:
             configuration = client.Configuration()
             config.load_incluster_config(client_configuration=configuration)
-            return client.CustomObjectsApi(client.ApiClient(configuration))
+            return client.ApiClient(configuration)
         except Exception as exc:  # noqa: BLE001 (fall back to a kubeconfig below)
             in_cluster_error = str(exc)
     else:
@@ -845,13 +846,96 @@ def _custom_objects_api(kubeconfig: str | os.PathLike[str] | None, context: str 
     path = str(kubeconfig) if kubeconfig else os.environ.get("KUBECONFIG") or "~/.kube/config"
     path = os.path.expanduser(path)
     try:
-        api_client = config.new_client_from_config(config_file=path, context=context)
+        return config.new_client_from_config(config_file=path, context=context)
     except Exception as exc:  # noqa: BLE001 (ConfigException, YAML and OS errors alike)
         raise DeploymentError(
             f"no Kubernetes cluster configured: kubeconfig {path}: {exc}; in-cluster: "
             f"{in_cluster_error}. Set KUBECONFIG or pass kubeconfig= (and context=)"
         ) from None
-    return client.CustomObjectsApi(api_client)
+
+
+def _custom_objects_api(kubeconfig: str | os.PathLike[str] | None, context: str | None) -> Any:
+    from kubernetes import client
+
+    return client.CustomObjectsApi(_api_client(kubeconfig, context))
+
+
+def _policy_api(kubeconfig: str | os.PathLike[str] | None, context: str | None) -> Any:
+    from kubernetes import client
+
+    return client.PolicyV1Api(_api_client(kubeconfig, context))
+
+
+# ----------------------------------------------------------------------------- PDB
+
+PDB_API_VERSION = "policy/v1"
+#: the label KServe puts on every pod of an InferenceService
+ISVC_POD_LABEL = "serving.kserve.io/inferenceservice"
+
+
+def render_pod_disruption_budget(
+    name: str,
+    namespace: str,
+    *,
+    min_replicas: int,
+    model_name: str | None = None,
+    model_version: str | None = None,
+) -> dict[str, Any]:
+    """The PodDisruptionBudget of an InferenceService kept as a hot standby.
+
+    ``maxUnavailable: 1``: a node drain or cluster upgrade evicts the model's pods one at
+    a time, so with at least two replicas one always serves; it stays valid whatever
+    the autoscaler does above the minimum. A single replica gets no budget (a budget
+    that forbids evicting it would block every drain), so ``min_replicas`` must be >= 2.
+    """
+    problems = _Problems()
+    problems.add("name", _name_problem(name, "dns1123-subdomain"))
+    problems.add("namespace", _name_problem(namespace, "dns1123-label"))
+    if _check_int(problems, "min_replicas", min_replicas, 0, INT32_MAX) and min_replicas < 2:
+        problems.add(
+            "min_replicas",
+            f"{min_replicas}: a disruption budget needs at least 2 replicas (hot standby)",
+        )
+    labels = {}
+    if model_name is not None:
+        problems.add("model_name", _label_value_problem(model_name))
+        labels[LABEL_MODEL] = model_name
+    if model_version is not None:
+        problems.add("model_version", _label_value_problem(str(model_version)))
+        labels[LABEL_VERSION] = str(model_version)
+    problems.raise_if_any(f"PodDisruptionBudget {name!r}")
+    return {
+        "apiVersion": PDB_API_VERSION,
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": {ISVC_POD_LABEL: name}}},
+    }
+
+
+def apply_pod_disruption_budget(
+    manifest: Mapping[str, Any], api: Any, field_manager: str = FIELD_MANAGER
+) -> ApplyResult:
+    """Create or update a PodDisruptionBudget with server-side apply (like :func:`apply`)."""
+    meta = manifest["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    where = f"poddisruptionbudgets/{name} in namespace {namespace}"
+    try:
+        api.read_namespaced_pod_disruption_budget(name, namespace)
+        exists = True
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "status", None) != 404:
+            raise DeploymentError(f"cannot read {where}: {_api_error(exc)}") from None
+        exists = False
+    try:
+        result = api.patch_namespaced_pod_disruption_budget(
+            name, namespace, dict(manifest), field_manager=field_manager, force=True,
+            _content_type=APPLY_PATCH,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001
+        raise DeploymentError(f"cannot apply {where}: {_api_error(exc)}") from None
+    action: Literal["created", "configured"] = "configured" if exists else "created"
+    body = result.to_dict() if hasattr(result, "to_dict") else result
+    return ApplyResult(action, name, namespace, dict(body) if isinstance(body, Mapping) else {})
 
 
 def _api_error(exc: Exception) -> str:

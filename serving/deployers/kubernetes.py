@@ -1,7 +1,9 @@
 """The ``kubernetes`` deployer: one KServe ``InferenceService`` per deployed version.
 
 Same interface as :class:`serving.deployers.local.LocalDeployer` (``deploy``, ``status``,
-``stop``, ``deployed``). ``deploy`` renders the version's InferenceService
+``stop``, ``deployed``). With two or more minimum replicas (the default: a hot
+standby) each version also gets a PodDisruptionBudget (``maxUnavailable: 1``), so drains
+and upgrades evict its pods one at a time. ``deploy`` renders the version's InferenceService
 (:func:`serving.manifests.render_inference_service`), checks it against the real KServe
 CRD schema and refuses, naming every bad field, when it does not fit; writes it to
 ``<state root>/<model>-v<version>/inferenceservice.yaml``; then, when a cluster is
@@ -38,6 +40,7 @@ from serving.deployers import Endpoint, Release
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "inferenceservice.yaml"
+PDB_FILE = "poddisruptionbudget.yaml"
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 # KServe's modelStatus.transitionStatus values that no amount of waiting fixes
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
@@ -113,6 +116,7 @@ class KubernetesDeployer:
         poll_interval: float = 5.0,
         crd_path: str | os.PathLike[str] | None = None,
         api: manifests.CustomObjectsApiLike | None = None,
+        policy_api: Any = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -143,6 +147,7 @@ class KubernetesDeployer:
         self.poll_interval = poll_interval
         self.crd_path = crd_path
         self._api = api
+        self._policy_api = policy_api
         self.env = dict(os.environ if env is None else env)
         self.clock = clock
         self.sleep = sleep
@@ -163,6 +168,20 @@ class KubernetesDeployer:
         if self._api is None:
             self._api = manifests._custom_objects_api(self.kubeconfig, self.context)
         return self._api
+
+    def policy_api(self) -> Any:
+        if self._policy_api is None:
+            self._policy_api = manifests._policy_api(self.kubeconfig, self.context)
+        return self._policy_api
+
+    def render_disruption_budget(self, release: Release) -> dict[str, Any] | None:
+        """The hot-standby budget when the version runs at least two replicas."""
+        if self.scaling["min_replicas"] < 2:
+            return None
+        return manifests.render_pod_disruption_budget(
+            release.name, self.namespace, min_replicas=self.scaling["min_replicas"],
+            model_name=_served_name(release.model_name), model_version=str(release.version),
+        )  # fmt: skip
 
     def _storage_uri(self, release: Release) -> str:
         if self.storage_uri:
@@ -328,6 +347,9 @@ class KubernetesDeployer:
         """Apply the release's InferenceService and return once it is Ready."""
         manifest = self.render(release)
         path = self.write_manifest(release, manifest)
+        budget = self.render_disruption_budget(release)
+        if budget is not None:
+            (self._dir(release.name) / PDB_FILE).write_text(manifests.to_yaml(budget))
         configured, how = self.cluster()
         if not configured:
             raise DeploymentError(
@@ -347,6 +369,9 @@ class KubernetesDeployer:
             if result.action == "created":  # leave nothing half-deployed that we made
                 self.stop(release.name)
             raise
+        if budget is not None:
+            manifests.apply_pod_disruption_budget(budget, self.policy_api())
+            log.info("%s: disruption budget maxUnavailable 1 applied", release.name)
         status = obj.get("status") or {}
         url = str(status["url"]).rstrip("/")
         endpoint = {
@@ -410,8 +435,21 @@ class KubernetesDeployer:
                 f"cannot delete {manifests.PLURAL}/{name} in namespace {self.namespace}: "
                 f"{manifests._api_error(exc)}"
             ) from None
+        self._delete_budget(name)
         log.info("%s deleted from namespace %s", name, self.namespace)
         return True
+
+    def _delete_budget(self, name: str) -> None:
+        if not (self._dir(name) / PDB_FILE).exists():
+            return
+        try:
+            self.policy_api().delete_namespaced_pod_disruption_budget(name, self.namespace)
+        except Exception as exc:  # noqa: BLE001
+            if not _not_found(exc):
+                raise DeploymentError(
+                    f"cannot delete poddisruptionbudgets/{name} in namespace "
+                    f"{self.namespace}: {manifests._api_error(exc)}"
+                ) from None
 
     def deployed(self) -> list[str]:
         """The InferenceServices this project made in the namespace (label ``govml/model``)."""

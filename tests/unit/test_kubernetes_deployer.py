@@ -100,6 +100,31 @@ class FakeClock:
         self.now += seconds
 
 
+class FakePolicyApi:
+    """Stands in for kubernetes.client.PolicyV1Api: PodDisruptionBudgets by name."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def read_namespaced_pod_disruption_budget(self, name: str, namespace: str) -> dict:
+        if (namespace, name) not in self.objects:
+            raise FakeApiException(404, "Not Found")
+        return self.objects[(namespace, name)]
+
+    def patch_namespaced_pod_disruption_budget(
+        self, name: str, namespace: str, body: dict, **kwargs: Any
+    ) -> dict:
+        self.calls.append(("patch", {"body": copy.deepcopy(body), **kwargs}))
+        self.objects[(namespace, name)] = copy.deepcopy(body)
+        return body
+
+    def delete_namespaced_pod_disruption_budget(self, name: str, namespace: str) -> None:
+        self.calls.append(("delete", {"namespace": namespace, "name": name}))
+        if self.objects.pop((namespace, name), None) is None:
+            raise FakeApiException(404, "Not Found")
+
+
 def release(**overrides: Any) -> Release:
     values: dict[str, Any] = {
         "model_name": "fraud",
@@ -119,6 +144,7 @@ def deployer(tmp_path: Path, crd: Path, api: Any = None, **kwargs: Any) -> Kuber
         "storage_uri": "s3://models/{model}/{version}",
         "crd_path": crd,
         "api": api,
+        "policy_api": FakePolicyApi() if api is not None else None,
         "env": {"HOME": str(tmp_path / "home")},  # no kubeconfig, not in a cluster
         "clock": clock,
         "sleep": clock.sleep,
@@ -162,6 +188,38 @@ def test_deploy_applies_the_validated_manifest_and_returns_the_status_url(
     assert api.reads == 3 and dep.clock.sleeps == [5.0, 5.0]  # type: ignore[attr-defined]
     assert dep.status("fraud-v7")["running"] is True
     assert dep.status("fraud-v7")["url"] == URL
+
+
+def test_a_hot_standby_gets_a_disruption_budget_applied_and_removed_with_it(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=1)
+    dep = deployer(tmp_path, crd_path, api, min_replicas=2, max_replicas=6)
+    dep.deploy(release())
+    policy = dep._policy_api
+    (patch,) = [body for kind, body in policy.calls if kind == "patch"]
+    budget = patch["body"]
+    assert budget == yaml.safe_load((dep._dir("fraud-v7") / "poddisruptionbudget.yaml").read_text())
+    assert budget["apiVersion"] == "policy/v1" and budget["kind"] == "PodDisruptionBudget"
+    assert budget["metadata"] == {
+        "name": "fraud-v7", "namespace": "models",
+        "labels": {manifests.LABEL_MODEL: "fraud", manifests.LABEL_VERSION: "7"},
+    }  # fmt: skip
+    # pods one at a time; the selector is the label KServe gives the service's pods
+    assert budget["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"serving.kserve.io/inferenceservice": "fraud-v7"}},
+    }
+    assert patch["field_manager"] == "govml" and patch["force"] is True
+    assert dep.stop("fraud-v7") is True
+    assert ("delete", {"namespace": "models", "name": "fraud-v7"}) in policy.calls
+    single = deployer(tmp_path / "one", crd_path, FakeKServe(ready_after=1), min_replicas=1)
+    single.deploy(release())
+    assert single._policy_api.calls == []  # one replica: no budget that blocks drains
+    with pytest.raises(DeploymentError, match="min_replicas.*at least 2 replicas"):
+        manifests.render_pod_disruption_budget("fraud-v7", "models", min_replicas=1)
+    with pytest.raises(DeploymentError, match="namespace"):
+        manifests.render_pod_disruption_budget("fraud-v7", "Bad_NS", min_replicas=2)
 
 
 def test_a_ready_condition_of_an_older_generation_is_not_enough(
@@ -339,11 +397,12 @@ def test_govml_deployer_kubernetes_builds_it_from_the_settings(tmp_path: Path) -
     assert dep.namespace == "risk-models" and dep.context == "prod"
     assert dep.kubeconfig == tmp_path / "kubeconfig"
     assert dep.scaling == {
-        "min_replicas": 1,
+        "min_replicas": 2,  # hot standby by default
         "max_replicas": 8,
         "scale_metric": "rps",
-        "scale_target": 10,
+        "scale_target": 8,
     }
+    assert dep.resources["cpu_request"] == "1"  # one CPU a replica, as benchmarked
     assert dep.resources["memory_limit"] == "4Gi" and dep.image.endswith("serving:1.2")
     assert dep.tracking_uri == "http://mlflow.internal:5000"
     assert dep.state_root == tmp_path / "serving"
