@@ -142,9 +142,10 @@ def gather_inputs(
         folder = data.deployment_dir(settings, spec.name, str(version)) / "predictions"
         cur = data.read_log(folder, since, now)
         cur_source = f"prediction log {folder} since {since:%Y-%m-%d %H:%M} UTC"
-    labels = data.read_feed(settings.var_dir / "labels" / spec.name)
-    context = data.read_feed(settings.var_dir / "context" / spec.name)
-    cur = data.join_feeds(cur, labels, context)
+    if current is None or "request_id" in cur.columns:  # feeds join on the request id
+        labels = data.read_feed(settings.var_dir / "labels" / spec.name)
+        context = data.read_feed(settings.var_dir / "context" / spec.name)
+        cur = data.join_feeds(cur, labels, context)
     ref_metrics: dict[str, Any] = {}
     card = None
     booster = None
