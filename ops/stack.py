@@ -122,12 +122,25 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         extra["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = db_url.replace(
             "postgresql+psycopg://", "postgresql+psycopg_async://", 1
         )
+    if settings.airflow_executor == "CeleryExecutor":
+        if not db_url.startswith("postgresql"):
+            raise StackError(
+                "GOVML_AIRFLOW_EXECUTOR=CeleryExecutor needs a PostgreSQL metadata database: "
+                "set GOVML_AIRFLOW_DB_URL=postgresql+psycopg://... (SQLite cannot be shared "
+                "by separate workers)"
+            )
+        extra["AIRFLOW__CELERY__BROKER_URL"] = settings.celery_broker_url
+        extra["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(settings.celery_concurrency)
+        if settings.celery_result_backend:
+            extra["AIRFLOW__CELERY__RESULT_BACKEND"] = settings.celery_result_backend
+        # (without one, Airflow uses the metadata database: db+postgresql...)
     users = ",".join(f"{u}:{r}" for u, r in settings.airflow_users)
     return {
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
+        "AIRFLOW__CORE__HOSTNAME_CALLABLE": "ops.workers.hostname",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{settings.airflow_url}/execution/",
@@ -204,7 +217,21 @@ def services(settings: Settings) -> list[Service]:
         Service("airflow-scheduler", [airflow, "scheduler"], env=af_env),
         Service("airflow-dag-processor", [airflow, "dag-processor"], env=af_env),
         Service("airflow-triggerer", [airflow, "triggerer"], env=af_env),
+        *celery_workers(settings, airflow, af_env),
     ]
+
+
+def celery_workers(settings: Settings, airflow: str, af_env: dict[str, str]) -> list[Service]:
+    """With the CeleryExecutor, ``celery_workers`` workers, each with its own name."""
+    if settings.airflow_executor != "CeleryExecutor":
+        return []
+    workers = []
+    for i in range(1, settings.celery_workers + 1):
+        name = f"worker{i}"
+        argv = [airflow, "celery", "worker", "--celery-hostname", f"{name}@%h"]
+        env = af_env | {"GOVML_WORKER_NAME": name}
+        workers.append(Service(f"airflow-celery-{name}", argv, env=env))
+    return workers
 
 
 def _pid_file(settings: Settings, name: str) -> Path:

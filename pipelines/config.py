@@ -32,13 +32,18 @@ environment variable named beside it, for example
 | model-server image | ``GOVML_SERVING_IMAGE`` | ``govml-serving:latest`` |
 | model location seen by the cluster | ``GOVML_KUBE_STORAGE_URI`` | the release's URI (4) |
 | MLflow as the pods reach it | ``GOVML_KUBE_MLFLOW_TRACKING_URI`` | ``$MLFLOW_TRACKING_URI`` |
-| replicas | ``GOVML_KUBE_MIN_REPLICAS`` / ``GOVML_KUBE_MAX_REPLICAS`` | 1 / 3 |
-| autoscaling | ``GOVML_KUBE_SCALE_METRIC`` / ``GOVML_KUBE_SCALE_TARGET`` | concurrency / 10 |
-| CPU | ``GOVML_KUBE_CPU_REQUEST`` / ``GOVML_KUBE_CPU_LIMIT`` | 500m / 1 |
+| replicas | ``GOVML_KUBE_MIN_REPLICAS`` / ``GOVML_KUBE_MAX_REPLICAS`` | 2 / 3 |
+| autoscaling | ``GOVML_KUBE_SCALE_METRIC`` / ``GOVML_KUBE_SCALE_TARGET`` | concurrency / 8 |
+| CPU | ``GOVML_KUBE_CPU_REQUEST`` / ``GOVML_KUBE_CPU_LIMIT`` | 1 / 1 |
 | memory | ``GOVML_KUBE_MEMORY_REQUEST`` / ``GOVML_KUBE_MEMORY_LIMIT`` | 1Gi / 2Gi |
 | InferenceService readiness wait | ``GOVML_KUBE_READY_TIMEOUT`` (seconds) | 600 |
 | endpoint tokens (Secret with ``tokens.json``) | ``GOVML_KUBE_TOKENS_SECRET`` | none (open) |
 | prediction log volume (PVC) | ``GOVML_KUBE_PREDICTION_LOG_CLAIM`` | none (no log) |
+| Airflow executor | ``GOVML_AIRFLOW_EXECUTOR`` | ``LocalExecutor`` (or ``CeleryExecutor``) (6) |
+| Celery broker | ``GOVML_CELERY_BROKER_URL`` | ``redis://127.0.0.1:6379/0`` |
+| Celery result backend | ``GOVML_CELERY_RESULT_BACKEND`` | the metadata DB (6) |
+| Celery workers (``make up``) | ``GOVML_CELERY_WORKERS`` | 2 |
+| tasks at once per worker | ``GOVML_CELERY_CONCURRENCY`` | 2 |
 | compute backend of the heavy stages | ``GOVML_COMPUTE_BACKEND`` | the spec's ``compute.backend`` |
 | Dask scheduler address | ``GOVML_DASK_SCHEDULER`` | the spec's ``compute.scheduler`` (5) |
 
@@ -51,6 +56,8 @@ service account, the ``kubernetes`` deployer writes the validated manifest and s
 cluster fetches a version the registry keeps in a local folder.
 (5) ``tcp://host:8786``; setting it implies the ``dask`` backend. Without any address
 the ``dask`` backend starts a ``LocalCluster``.
+(6) The CeleryExecutor needs a PostgreSQL metadata DB (``GOVML_AIRFLOW_DB_URL``); the
+result backend defaults to it (``db+postgresql://...``).
 """
 
 from __future__ import annotations
@@ -115,6 +122,11 @@ class Settings:
     kube_prediction_log_claim: str | None = None
     compute_backend: str | None = None
     dask_scheduler: str | None = None
+    airflow_executor: str = "LocalExecutor"
+    celery_broker_url: str = "redis://127.0.0.1:6379/0"
+    celery_result_backend: str | None = None
+    celery_workers: int = 2
+    celery_concurrency: int = 2
 
     @property
     def airflow_url(self) -> str:
@@ -291,4 +303,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             else None
         ),
         dask_scheduler=env.get("GOVML_DASK_SCHEDULER") or None,
+        **_executor(env),
     )
+
+
+def _executor(env: Mapping[str, str]) -> dict[str, object]:
+    """The Airflow executor and, for Celery, its broker, result backend and workers."""
+    executor = _choice(
+        env, "GOVML_AIRFLOW_EXECUTOR", "LocalExecutor", ("LocalExecutor", "CeleryExecutor")
+    )
+    broker = env.get("GOVML_CELERY_BROKER_URL") or "redis://127.0.0.1:6379/0"
+    if urlsplit(broker).scheme not in ("redis", "rediss", "amqp", "amqps", "pyamqp"):
+        raise ConfigError(
+            f"GOVML_CELERY_BROKER_URL={broker!r}: use a redis:// or amqp:// (RabbitMQ) URL"
+        )
+    return {
+        "airflow_executor": executor,
+        "celery_broker_url": broker,
+        "celery_result_backend": env.get("GOVML_CELERY_RESULT_BACKEND") or None,
+        "celery_workers": _int(env, "GOVML_CELERY_WORKERS", 2, low=1),
+        "celery_concurrency": _int(env, "GOVML_CELERY_CONCURRENCY", 2, low=1),
+    }
