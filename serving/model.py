@@ -21,6 +21,7 @@ import math
 import struct
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -241,7 +242,9 @@ class LightGBMModel(Model):
                     model_version=self.version,
                     latency_ms=latency_ms,
                     client=client,
-                    feature_columns=None if matrix is None else self._json_columns(matrix),
+                    # the JSON text of the features is built in the log's writer thread: a
+                    # large request is answered without waiting for its log lines
+                    feature_columns=None if matrix is None else partial(self._json_columns, matrix),
                 )
             elif plog is not None:
                 request_id = current_request_id() or uuid.uuid4().hex

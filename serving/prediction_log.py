@@ -159,16 +159,25 @@ class _Flush:
 
 
 _CLOSE = object()
+#: requests with at least this many rows are encoded in the writer thread
+DEFER_ROWS = 256
 
 
 class _Batch:
-    """Queue item: the rows of one multi-row request, already encoded for the sink."""
+    """Queue item: the rows of one multi-row request, encoded for the sink (or, for a
+    large request, ``encode`` to call in the writer thread: the request does not wait)."""
 
-    __slots__ = ("payload", "rows")
+    __slots__ = ("encode", "payload", "rows")
 
-    def __init__(self, rows: int, payload: pa.RecordBatch | bytes) -> None:
+    def __init__(
+        self,
+        rows: int,
+        payload: pa.RecordBatch | bytes | None,
+        encode: Callable[[], pa.RecordBatch | bytes] | None = None,
+    ) -> None:
         self.rows = rows
         self.payload = payload
+        self.encode = encode
 
 
 # --------------------------------------------------------------------------- sinks
@@ -568,7 +577,7 @@ class PredictionLog:
         model_version: str | None = None,
         latency_ms: float | None = None,
         client: str | None = None,
-        feature_columns: dict[str, pa.Array] | None = None,
+        feature_columns: dict[str, pa.Array] | Callable[[], dict[str, pa.Array]] | None = None,
     ) -> int:
         """Queue the rows of one request (row ``i`` gets ``request_id:i``); the number
         queued (0 when full, closed or unreadable, counted as for :meth:`log`).
@@ -576,7 +585,12 @@ class PredictionLog:
         ``features``: one dict per row; or ``feature_columns``: feature name → Arrow
         string array of each row's value as JSON text (``"1.5"``, ``"\\"grocery\\""``,
         ``"null"``), which needs no Python work per row at all. Encoded in one go, far
-        cheaper than a :meth:`log` call per row for large requests.
+        cheaper than a :meth:`log` call per row for large requests. A request of
+        :data:`DEFER_ROWS` rows or more (or ``feature_columns`` given as a function
+        returning those columns) is encoded later, in the low-priority writer thread,
+        so it is answered without waiting for its log lines; a failure there is counted
+        in ``errors``. The caller must not change ``features``, ``scores`` or
+        ``decisions`` afterwards.
         """
         n = len(scores) if features is None else len(features)
         if n == 0:
@@ -586,23 +600,35 @@ class PredictionLog:
             if len(scores) != n or len(decisions) != n:
                 counts = f"{n} feature rows, {len(scores)} scores, {len(decisions)} decisions"
                 raise ValueError(counts)
-            if feature_columns is not None:
-                feats = self._objects(feature_columns, n)
-            elif features is not None:
-                feats = self._feature_texts(features)
-            else:
+            common = {
+                "model_name": model_name, "model_version": model_version,
+                "latency_ms": latency_ms, "client": client,
+            }  # fmt: skip
+            if feature_columns is None and features is None:
                 raise ValueError("features or feature_columns are needed")
-            payload = self._encode_batch(
-                feats, scores, decisions, str(request_id), now,
-                {"model_name": model_name, "model_version": model_version,
-                 "latency_ms": latency_ms, "client": client},
-            )  # fmt: skip
+
+            def feats() -> pa.Array:
+                if feature_columns is None:
+                    return self._feature_texts(features)  # type: ignore[arg-type]
+                columns = feature_columns() if callable(feature_columns) else feature_columns
+                return self._objects(columns, n)
+
+            def encode() -> pa.RecordBatch | bytes:
+                return self._encode_batch(feats(), scores, decisions, str(request_id), now, common)
+
+            if callable(feature_columns) or n >= DEFER_ROWS:  # the writer thread encodes
+                return self._enqueue(_Batch(n, None, encode))
+            payload = encode()
         except Exception as exc:  # noqa: BLE001 (never raise to the caller)
             self._failed(n, f"bad batch skipped: {type(exc).__name__}: {exc}")
             return 0
+        return self._enqueue(_Batch(n, payload))
+
+    def _enqueue(self, item: _Batch) -> int:
+        n = item.rows
         with self._gate:
             if not self._closed and self._queued_rows + n <= max(self._queue_size, n):
-                self._items.append(_Batch(n, payload))
+                self._items.append(item)
                 before = self._queued_rows
                 self._queued_rows += n
                 if before < self._batch_rows <= self._queued_rows:
@@ -842,6 +868,12 @@ class PredictionLog:
         for n, line in enumerate(lines, 1):
             if n % _SLICE_ROWS == 0:
                 _yield_gil()
+            if isinstance(line, _Batch) and line.encode is not None:
+                try:  # a large request's rows, encoded here rather than on its thread
+                    line.payload, line.encode = line.encode(), None
+                except Exception as exc:  # noqa: BLE001 (never stop the writer)
+                    self._failed(line.rows, f"bad batch skipped: {type(exc).__name__}: {exc}")
+                    continue
             if self._sink is not None and self._clock() - self._opened_at >= self.rotate_seconds:
                 self._finish()
             if self._sink is None and not self._open():

@@ -528,3 +528,58 @@ def test_a_batch_that_does_not_fit_is_dropped_whole_and_counted(tmp_path: Path) 
     assert pl.log_batch([{"a": 1}], [0.1, 0.2], ["x"], request_id="c") == 0  # bad shape
     assert pl.close()
     assert (pl.written, pl.dropped, pl.errors) == (3, 3, 1)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_large_batch_is_encoded_by_the_writer_and_reads_back_the_same(
+    tmp_path: Path, fmt: str
+) -> None:
+    import pyarrow as pa
+
+    n = plog.DEFER_ROWS + 44
+    rows = [{"amount": 1.25 * i, "merchant": "fuel", "card_id": 7000 + i} for i in range(n)]
+    scores = [i / n for i in range(n)]
+    decisions = ["flag" if i % 7 == 0 else "pass" for i in range(n)]
+    now_encoded = make_log(tmp_path / "small", fmt, batch_rows=10 * n)
+    for start in range(0, n, 100):  # below DEFER_ROWS: encoded on the caller's thread
+        part = slice(start, start + 100)
+        now_encoded.log_batch(
+            rows[part], scores[part], decisions[part], request_id=f"r{start}", model_version="3"
+        )
+    later = make_log(tmp_path / "large", fmt)
+    calls: list[int] = []
+
+    def columns() -> dict[str, pa.Array]:
+        calls.append(threading.get_ident())
+        return {
+            "amount": pa.array([repr(r["amount"]) for r in rows]),
+            "merchant": pa.array(['"fuel"'] * n),
+            "card_id": pa.array([str(r["card_id"]) for r in rows]),
+        }
+
+    assert later.log_batch(None, scores, decisions, request_id="big", feature_columns=columns,
+                           model_version="3") == n  # fmt: skip
+    assert later.log_batch(rows, scores, decisions, request_id="big2", model_version="3") == n
+    assert now_encoded.close() and later.close()
+    assert calls and calls[0] != threading.get_ident()  # built in the writer thread
+    small, large = all_rows(tmp_path / "small"), all_rows(tmp_path / "large")
+    assert len(large) == 2 * n and (later.written, later.errors) == (2 * n, 0)
+    strip = ("timestamp", "request_id")
+    want = [{k: v for k, v in r.items() if k not in strip} for r in small]
+    for part in (large[:n], large[n:]):
+        assert [{k: v for k, v in r.items() if k not in strip} for r in part] == want
+    assert large[0]["request_id"] == "big:0" and large[n]["request_id"] == "big2:0"
+
+
+def test_a_deferred_batch_that_fails_is_counted_and_the_writer_goes_on(tmp_path: Path) -> None:
+    pl = make_log(tmp_path)
+
+    def broken() -> dict:
+        raise RuntimeError("no columns")
+
+    n = plog.DEFER_ROWS
+    assert pl.log_batch(None, [0.1] * n, ["x"] * n, request_id="a", feature_columns=broken) == n
+    pl.log(record(1))
+    assert pl.close()
+    assert (pl.written, pl.dropped, pl.errors) == (1, 0, n)
+    assert [r["request_id"] for r in all_rows(tmp_path)] == ["req-1"]
