@@ -215,19 +215,21 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def features(data: str) -> str:
-            from pipelines.features import build_features
+            from pipelines.compute import build_features_with, resolve_compute
 
             run = _run(spec_path)
-            build_features(run.spec, Path(data), run.stage_dir("features"))
+            compute = resolve_compute(run.spec, run.settings)
+            build_features_with(compute, run.spec, Path(data), run.stage_dir("features"))
             return str(run.stage_dir("features"))
 
         @task
         @_no_retry
         def train(features_dir: str) -> str:
-            from pipelines.training import train as run_training
+            from pipelines.compute import resolve_compute, train_with
 
             run = _run(spec_path)
-            run_training(
+            train_with(
+                resolve_compute(run.spec, run.settings),
                 run.spec,
                 Path(features_dir),
                 run.stage_dir("train"),

@@ -650,6 +650,36 @@ class Training(_Strict):
     tuning_trials: int = Field(0, ge=0)
 
 
+class Compute(_Strict):
+    """Where the heavy stages run: ``local`` (pandas, in the task) or ``dask``.
+
+    With ``dask`` the feature, training and batch-scoring stages run on the
+    ``dask.distributed`` cluster at ``scheduler`` (``tcp://host:8786``), or on a
+    ``LocalCluster`` of ``workers`` processes when no scheduler is given. The input is
+    read in partitions of about ``partition_rows`` rows (see ``pipelines/dask_backend.py``).
+    ``GOVML_COMPUTE_BACKEND`` and ``GOVML_DASK_SCHEDULER`` override the spec.
+    """
+
+    backend: Literal["local", "dask"] = "local"
+    scheduler: str | None = None
+    workers: int = Field(2, ge=1, le=256)
+    threads_per_worker: int = Field(1, ge=1, le=64)
+    partition_rows: int = Field(1_000_000, ge=1000)
+    memory_limit: str | None = None  # per LocalCluster worker, e.g. "4GiB"
+    connect_timeout: float = Field(30.0, gt=0, le=600)  # seconds to reach the scheduler
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.match(r"^(tcp|tls|inproc|ws|wss)://[^\s/:]+(:\d+)?/?$", value):
+            raise ValueError(
+                f"{value!r} is not a Dask scheduler address (like tcp://scheduler:8786)"
+            )
+        return value
+
+
 class ModelSpec(_Strict):
     """A whole model spec (one YAML file)."""
 
@@ -669,6 +699,7 @@ class ModelSpec(_Strict):
     monitoring: Monitoring = Monitoring()
     approval: Approval
     training: Training = Training()
+    compute: Compute = Compute()
     reason_codes: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("schedule")
