@@ -19,6 +19,7 @@ from ops.cli_abtest import add_abtest_commands
 from ops.cli_args import positive_int as _positive_int
 from ops.cli_audit import add_audit_commands
 from ops.cli_evidence import add_export_parser
+from ops.cli_features import add_features_commands
 from ops.cli_governance import add_governance_commands
 from ops.cli_monitoring import add_monitoring_commands
 from ops.cli_rollout import add_rollout_commands
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_rollout_commands(sub)
     add_monitoring_commands(sub)
     add_abtest_commands(sub)
+    add_features_commands(sub)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
     p.add_argument(

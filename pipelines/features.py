@@ -18,16 +18,19 @@ a time in the open interval ``(t - window, t)``:
 
 Empty windows give ``count = 0``, ``sum = 0``, ``nunique = 0`` and NaN for ``mean``,
 ``max`` and ``std``. ``std`` is the sample standard deviation (``ddof = 1``, pandas'
-convention), NaN with fewer than two events. All aggregates are float64.
+convention), NaN with fewer than two events. All aggregates are float64. ``sum``,
+``mean`` and ``std`` are exact: they add the values in fixed point (int64 units of
+10**-6) and finish with the float steps of :mod:`pipelines.aggregates`, which the
+online path (:mod:`pipelines.features_online`) shares, so both give the same bits.
 
-The computation is vectorised: the counting events are sorted by (entity, time); each
-window is a contiguous slice ``[lo, hi)`` of that order, found with ``searchsorted`` on
-an integer key ``entity_code * n_times + time_rank``. Sums use per-entity cumulative
-sums (``std`` on values shifted by the entity's first value, for precision), ``max`` a
-sparse table (range-maximum queries), and ``nunique`` merges the occurrences of each
-(entity, value) pair into the disjoint time intervals during which the value is inside
-the window, so that the count for a query is ``#(interval starts < t) - #(interval
-ends <= t)``.
+Late events: the result for a row depends only on the rows of its entity with an
+earlier time, never on the order of the rows in ``frame``; an event that arrives late
+(its time is before rows already in the data) sees exactly the events with earlier
+times in its window, and is seen by the later rows whose windows cover it.
+
+The computation is vectorised and parallel (:mod:`pipelines.windows`: one radix
+sort per entity column, one binary search per window length, prefix sums, a sparse
+table for ``max``, runs of overlapping occurrences for ``nunique``).
 
 Also here: the atomic, deterministic writers (Parquet and JSON) and the reader of the
 feature tables that the later stages share.
@@ -38,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +58,9 @@ from pipelines.artifacts import (
     write_json,
 )
 from pipelines.errors import DataValidationError
-from pipelines.spec import AggregateFeature, Aggregation, ColumnType, ModelSpec, SplitMethod
+from pipelines.spec import AggregateFeature, ColumnType, ModelSpec, SplitMethod
+from pipelines.windows import compute as compute_windows
+from pipelines.windows import counting_mask as counting_mask  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -145,216 +150,24 @@ def read_features_json(features_dir: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- aggregates
 
 
-def _sorted_unique(values: np.ndarray) -> np.ndarray:
-    """Sorted distinct values (faster than ``np.unique`` for int64 timestamps)."""
-    ordered = np.sort(values, kind="stable")
-    if ordered.size == 0:
-        return ordered
-    keep = np.ones(len(ordered), dtype=bool)
-    keep[1:] = ordered[1:] != ordered[:-1]
-    return ordered[keep]
+def compute_aggregates(
+    aggregates: Sequence[AggregateFeature], frame: pd.DataFrame, time_column: str
+) -> pd.DataFrame:
+    """Every aggregate as a float64 column, rows in ``frame`` order (index kept).
 
-
-def _entity_codes(series: pd.Series) -> np.ndarray:
-    codes, _ = pd.factorize(series, sort=True)
-    return codes.astype(np.int64)
-
-
-def _where_mask(frame: pd.DataFrame, where: Mapping[str, Any], name: str) -> np.ndarray:
-    """Rows whose columns equal every ``where`` value (nulls never match)."""
-    mask = np.ones(len(frame), dtype=bool)
-    for column, value in where.items():
-        if column not in frame.columns:
-            raise DataValidationError(f"aggregate {name}: where column {column!r} not in the data")
-        series = frame[column]
-        if isinstance(series.dtype, pd.CategoricalDtype):
-            cats = [str(c) for c in series.cat.categories]
-            wanted = [i for i, c in enumerate(cats) if c == str(value)]
-            match = np.isin(series.cat.codes.to_numpy(), wanted)
-        elif pd.api.types.is_bool_dtype(series.dtype) or isinstance(value, bool):
-            match = (series == value).to_numpy(dtype=bool, na_value=False)
-        elif pd.api.types.is_numeric_dtype(series.dtype):
-            try:
-                target = float(value)
-            except (TypeError, ValueError):
-                raise DataValidationError(
-                    f"aggregate {name}: where {column} = {value!r} but {column} is numeric"
-                ) from None
-            match = (series.astype("float64") == target).to_numpy(dtype=bool, na_value=False)
-        else:
-            match = (series.astype(object) == str(value)).to_numpy(dtype=bool, na_value=False)
-            match &= series.notna().to_numpy()
-        mask &= match
-    return mask
-
-
-def _numeric_values(frame: pd.DataFrame, agg: AggregateFeature) -> np.ndarray:
-    assert agg.column is not None
-    series = frame[agg.column]
-    if isinstance(series.dtype, pd.CategoricalDtype) or not (
-        pd.api.types.is_numeric_dtype(series.dtype) or pd.api.types.is_bool_dtype(series.dtype)
-    ):
-        raise DataValidationError(
-            f"aggregate {agg.name}: {agg.agg.value} needs a numeric column, "
-            f"{agg.column!r} is {series.dtype}"
-        )
-    return series.astype("float64").to_numpy()
-
-
-@dataclass(frozen=True)
-class _Windows:
-    """Counting events sorted by (entity, time) and each row's window ``[lo, hi)``."""
-
-    rows: np.ndarray  # original row index of each counting event, in sorted order
-    codes: np.ndarray  # entity code of each counting event, in sorted order
-    start: np.ndarray  # per query row: first sorted index of its entity
-    lo: np.ndarray  # per query row: first event with time > t - window
-    hi: np.ndarray  # per query row: first event with time >= t
-
-
-def _windows(codes: np.ndarray, times: np.ndarray, counting: np.ndarray, window: int) -> _Windows:
-    valid = codes >= 0
-    rows = np.flatnonzero(counting & valid)
-    universe = _sorted_unique(np.concatenate([times, times - window]))
-    n_times = np.int64(len(universe))
-    if codes.size and (int(codes.max()) + 1) * int(n_times) >= np.iinfo(np.int64).max:
-        raise DataValidationError("too many entities x timestamps for the aggregate index")
-    rank_t = np.searchsorted(universe, times).astype(np.int64)
-    rank_lo = np.searchsorted(universe, times - window).astype(np.int64)
-    keys = codes[rows] * n_times + rank_t[rows]
-    order = np.argsort(keys, kind="stable")
-    rows, keys = rows[order], keys[order]
-    base = np.where(valid, codes, 0) * n_times
-    start = np.searchsorted(keys, base, side="left")
-    lo = np.searchsorted(keys, base + rank_lo, side="right")
-    hi = np.searchsorted(keys, base + rank_t, side="left")
-    lo = np.where(valid, lo, start)
-    hi = np.where(valid, hi, start)
-    return _Windows(rows=rows, codes=codes[rows], start=start, lo=lo, hi=hi)
-
-
-def _window_sums(w: _Windows, values: np.ndarray) -> np.ndarray:
-    """Sum of ``values`` (in sorted event order) over each row's window; 0 when empty."""
-    if values.size == 0:
-        return np.zeros(len(w.lo), dtype=np.float64)
-    within = pd.Series(values).groupby(w.codes, sort=False).cumsum().to_numpy(np.float64)
-    prefix = np.concatenate([[0.0], within])
-    before = np.where(w.lo > w.start, prefix[w.lo], 0.0)
-    return np.where(w.hi > w.lo, prefix[w.hi] - before, 0.0)
-
-
-def _window_max(w: _Windows, values: np.ndarray) -> np.ndarray:
-    """Range maximum over each window with a sparse table; NaN when empty."""
-    length = w.hi - w.lo
-    out = np.full(len(length), np.nan)
-    if values.size == 0 or not length.any():
-        return out
-    levels = [values]
-    span = 1
-    while span * 2 <= int(length.max()):
-        prev = levels[-1]
-        levels.append(np.maximum(prev[:-span], prev[span:]))
-        span *= 2
-    powers = 1 << np.arange(len(levels), dtype=np.int64)
-    level = np.searchsorted(powers, length, side="right") - 1
-    for k, table in enumerate(levels):
-        sel = np.flatnonzero((length > 0) & (level == k))
-        if sel.size:
-            out[sel] = np.maximum(table[w.lo[sel]], table[w.hi[sel] - powers[k]])
-    return out
-
-
-def _count_points(
-    q_codes: np.ndarray, q_times: np.ndarray, p_codes: np.ndarray, p_times: np.ndarray, strict: bool
-) -> np.ndarray:
-    """Per query: points of the same entity with time < t (strict) or <= t."""
-    universe = _sorted_unique(np.concatenate([q_times, p_times]))
-    n_times = np.int64(len(universe))
-    p_keys = np.sort(p_codes * n_times + np.searchsorted(universe, p_times))
-    valid = q_codes >= 0
-    base = np.where(valid, q_codes, 0) * n_times
-    q_keys = base + np.searchsorted(universe, q_times)
-    upper = np.searchsorted(p_keys, q_keys, side="left" if strict else "right")
-    lower = np.searchsorted(p_keys, base, side="left")
-    return np.where(valid, upper - lower, 0)
-
-
-def _window_nunique(
-    codes: np.ndarray, times: np.ndarray, counting: np.ndarray, values: pd.Series, window: int
-) -> np.ndarray:
-    """Distinct non-null values among each row's window events."""
-    value_codes, _ = pd.factorize(values, sort=True)
-    rows = np.flatnonzero(counting & (codes >= 0) & (value_codes >= 0))
-    if rows.size == 0:
-        return np.zeros(len(codes), dtype=np.float64)
-    order = np.lexsort((rows, times[rows], value_codes[rows], codes[rows]))
-    rows = rows[order]
-    e, v, t = codes[rows], value_codes[rows], times[rows]
-    # a new coverage interval starts at the first occurrence of an (entity, value) pair
-    # and wherever the previous occurrence has already left the window
-    new_pair = np.ones(len(rows), dtype=bool)
-    new_pair[1:] = (e[1:] != e[:-1]) | (v[1:] != v[:-1])
-    gap = np.zeros(len(rows), dtype=bool)
-    gap[1:] = t[1:] >= t[:-1] + window
-    run_start = np.flatnonzero(new_pair | gap)
-    run_end = np.concatenate([run_start[1:], [len(rows)]]) - 1
-    # the value is in the window of a query at time q iff q lies in (start, last + window)
-    begins = _count_points(codes, times, e[run_start], t[run_start], strict=True)
-    ends = _count_points(codes, times, e[run_end], t[run_end] + window, strict=False)
-    return (begins - ends).astype(np.float64)
+    Vectorised and parallel (:mod:`pipelines.windows`); the semantics are the module
+    doc's.
+    """
+    names = [a.name for a in aggregates]
+    if not aggregates:
+        return pd.DataFrame(index=frame.index, columns=names, dtype=np.float64)
+    columns = compute_windows(aggregates, frame, time_column)
+    return pd.DataFrame({n: columns[n] for n in names}, index=frame.index, columns=names)
 
 
 def compute_aggregate(agg: AggregateFeature, frame: pd.DataFrame, time_column: str) -> np.ndarray:
     """One windowed aggregate for every row of ``frame`` (float64, in frame order)."""
-    for column in (agg.entity, time_column, agg.column):
-        if column is not None and column not in frame.columns:
-            raise DataValidationError(f"aggregate {agg.name}: column {column!r} not in the data")
-    time = frame[time_column]
-    if time.isna().any():
-        raise DataValidationError(f"aggregate {agg.name}: {time_column} has missing timestamps")
-    times = time.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    codes = _entity_codes(frame[agg.entity])
-    window = int(agg.window_seconds) * _NS_PER_SECOND
-    counting = _where_mask(frame, agg.where, agg.name)
-    if agg.column is not None:
-        counting &= frame[agg.column].notna().to_numpy()
-
-    if agg.agg == Aggregation.NUNIQUE:
-        assert agg.column is not None
-        return _window_nunique(codes, times, counting, frame[agg.column], window)
-
-    w = _windows(codes, times, counting, window)
-    count = (w.hi - w.lo).astype(np.float64)
-    if agg.agg == Aggregation.COUNT:
-        return count
-    values = _numeric_values(frame, agg)[w.rows]
-    if agg.agg == Aggregation.MAX:
-        return _window_max(w, values)
-    if agg.agg == Aggregation.SUM:
-        return _window_sums(w, values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        if agg.agg == Aggregation.MEAN:
-            return np.where(count > 0, _window_sums(w, values) / count, np.nan)
-        # STD: shift by the entity's first value so the sums of squares stay small
-        first = np.zeros(len(values))
-        if values.size:
-            is_first = np.ones(len(values), dtype=bool)
-            is_first[1:] = w.codes[1:] != w.codes[:-1]
-            first_pos = np.maximum.accumulate(np.where(is_first, np.arange(len(values)), 0))
-            first = values[first_pos]
-        shifted = values - first
-        s1 = _window_sums(w, shifted)
-        s2 = _window_sums(w, shifted * shifted)
-        var = (s2 - s1 * s1 / count) / (count - 1.0)
-        return np.where(count > 1, np.sqrt(np.maximum(var, 0.0)), np.nan)
-
-
-def compute_aggregates(
-    aggregates: Sequence[AggregateFeature], frame: pd.DataFrame, time_column: str
-) -> pd.DataFrame:
-    """Every aggregate as a float64 column, rows in ``frame`` order (index kept)."""
-    out = {a.name: compute_aggregate(a, frame, time_column) for a in aggregates}
-    return pd.DataFrame(out, index=frame.index, columns=[a.name for a in aggregates])
+    return compute_windows([agg], frame, time_column)[agg.name]
 
 
 # ----------------------------------------------------------------------------- split

@@ -196,9 +196,32 @@ class AggregateFeature(_Strict):
         return duration_seconds(self.window)
 
 
+class OnlineFeatures(_Strict):
+    """How the online path (``serving.transformer``) keeps the aggregates' state.
+
+    ``allowed_lateness``: an event may arrive this long after a later event of the same
+    entity and still get exact features (the state keeps each window this much
+    longer); an event later than that is refused. See ``pipelines.features_online``.
+    """
+
+    allowed_lateness: str = "1h"
+
+    @field_validator("allowed_lateness")
+    @classmethod
+    def _lateness(cls, value: str) -> str:
+        if not _DURATION.match(value):
+            raise ValueError(f"allowed_lateness {value!r} must look like 0s, 5m, 1h")
+        return value
+
+    @property
+    def allowed_lateness_seconds(self) -> int:
+        return duration_seconds(self.allowed_lateness)
+
+
 class Features(_Strict):
     raw: list[str] = Field(min_length=1)
     aggregates: list[AggregateFeature] = Field(default_factory=list)
+    online: OnlineFeatures = Field(default_factory=OnlineFeatures)
 
     @property
     def names(self) -> list[str]:

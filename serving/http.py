@@ -17,13 +17,16 @@ answered here, after the same size and token checks, by the model's own handlers
 (:meth:`serving.model.LightGBMModel.handle_v1_predict`, ``handle_v2_infer``), without
 FastAPI's routing, pydantic models and response classes (which cost more than scoring a
 row, and far more than scoring a big batch). The answers are the ones KServe's route
-gives (same scores, same ``{"error": ...}`` bodies). A handler may decline a request
+gives (same scores, same ``{"error": ...}`` bodies); a handler may be a coroutine
+function (the feature transformer's, which awaits its store and its predictor). A
+handler may decline a request
 (returns None: an unusual V2 envelope); the request then goes to KServe's app with its
 body, as does any other request, or any request while the model is not ready.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -86,8 +89,9 @@ async def _json_response(send: Send, status: int, body: dict, headers: dict[str,
 
 
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
-# (body, client name, Inference-Header-Content-Length) -> (status, JSON) or None (decline)
-FastHandler = Callable[[bytes, "str | None", "str | None"], "tuple[int, bytes] | None"]
+# (body, client name, Inference-Header-Content-Length) -> (status, JSON) or None (decline),
+# or an awaitable of that
+FastHandler = Callable[[bytes, "str | None", "str | None"], Any]
 BINARY_TYPE = b"application/octet-stream"
 _JSON_HEAD = [(b"content-type", b"application/json")]
 
@@ -262,6 +266,8 @@ class GuardMiddleware:
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         try:
             answer = handler(body, client, json_length)
+            if inspect.isawaitable(answer):  # the feature transformer's handler is async
+                answer = await answer
         except Exception:  # noqa: BLE001 (a bug, never bad input: that is a 400)
             log.exception("fast route failed")
             answer = 500, b'{"error":"internal error; see the server log"}'

@@ -14,10 +14,10 @@ problem (up to :data:`MAX_PROBLEMS`), each naming the row and the field.
   bounds follow from the aggregation: ``count`` and ``nunique`` are integers >= 0 and
   never null (an empty window gives 0); ``sum`` is never null and >= 0 (<= 0) when
   its column is non-negative (non-positive); ``max`` lies within the column's bounds;
-  ``mean`` too, widened by a rounding slack (it is computed from differences of
-  cumulative sums); ``std`` is >= 0; ``mean``, ``max`` and ``std`` are nullable (empty
-  window, or fewer than two events for ``std``). ``sum`` and ``max`` of an int or
-  bool column are integers.
+  ``mean`` too, widened by a rounding slack (values are summed in fixed point, six
+  decimals, then divided); ``std`` is >= 0; ``mean``, ``max`` and ``std`` are
+  nullable (empty window, or fewer than two events for ``std``). ``sum`` and ``max``
+  of an int or bool column are integers.
 
 ``validate_rows`` (protocol V1: ``[{feature: value}, ...]``) and ``validate_columns``
 (protocol V2: one tensor per feature) return the float64 matrix that
@@ -321,6 +321,40 @@ def _aggregate_feature(agg: AggregateFeature, col: Column | None) -> FeatureInfo
         description=_describe(agg, nullable),
         source="aggregate",
     )
+
+
+def column_check(name: str, column: Column) -> Callable[[Any], float]:
+    """The strict check of one spec column used as a request field (the feature
+    transformer's raw transactions, :mod:`serving.transactions`): the same rules as a
+    raw feature of that column. The check takes a JSON value and returns its float64
+    (a category's code, NaN for an allowed null) or raises ``ValueError`` with the
+    reason (never echoing a personal-data value). A ``string`` column takes any text."""
+    if column.type == ColumnType.STRING:
+        info = FeatureInfo(
+            name=name,
+            kind=FeatureKind.CATEGORY,
+            nullable=column.missing != MissingPolicy.FORBID,
+            personal_data=column.personal_data,
+        )
+
+        def check_text(value: Any) -> float:
+            if type(value) is str:
+                return _NAN
+            if value is None:
+                return _null(info, value)
+            raise _Bad(f"expected a string, got {_show(value, info.personal_data)}")
+
+        convert = check_text
+    else:
+        convert = _converter(_raw_feature(name, column, None))
+
+    def check(value: Any) -> float:
+        try:
+            return convert(value)
+        except _Bad as bad:
+            raise ValueError(bad.text) from None
+
+    return check
 
 
 # ----------------------------------------------------------------------------- value checks

@@ -1,0 +1,142 @@
+"""A lean asyncio Redis client for the transformer's request path (RESP2, pipelined).
+
+Each transaction costs two Redis round trips (read the states, compare-and-set them);
+redis-py's asyncio client spends about 150 µs of Python per command around them,
+more than Redis and the network. This client writes a whole pipeline in one ``write``
+on a pooled connection and parses the replies with a few ``readline`` calls: about
+15 µs per command. It speaks what the feature store needs (``MGET``, ``EVAL``,
+``AUTH``, ``SELECT``); the backfill and the tests use redis-py.
+
+URLs as redis-py takes them: ``redis://[[user]:password@]host[:port][/db]``,
+``rediss://...`` (TLS), ``unix://[[user]:password@]/path.sock[?db=N]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl as ssl_module
+from collections.abc import Sequence
+from typing import Any
+
+from pipelines.errors import GovMLError
+
+Reply = Any
+
+
+class RespError(GovMLError):
+    """Redis answered an error, the connection failed, or the answer was unreadable."""
+
+
+def _encode(command: Sequence[Any]) -> bytes:
+    parts = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode("utf-8")
+        elif isinstance(arg, int) and not isinstance(arg, bool):
+            data = b"%d" % arg
+        else:
+            raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+async def _reply(reader: asyncio.StreamReader) -> Reply:
+    line = await reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise RespError("connection closed mid-answer")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"$":
+        size = int(rest)
+        if size < 0:
+            return None
+        return (await reader.readexactly(size + 2))[:-2]
+    if kind == b":":
+        return int(rest)
+    if kind == b"*":
+        size = int(rest)
+        if size < 0:
+            return None
+        return [await _reply(reader) for _ in range(size)]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        return RespError(rest.decode("utf-8", "replace"))
+    raise RespError(f"not a Redis answer: {line[:40]!r}")
+
+
+class _Connection:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Reply]:
+        self.writer.write(b"".join(_encode(c) for c in commands))
+        return [await _reply(self.reader) for _ in commands]
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class RespClient:
+    """Pipelines of commands over pooled connections to one Redis server."""
+
+    def __init__(self, url: str, *, timeout: float = 5.0, max_idle: int = 16) -> None:
+        from redis.connection import parse_url
+
+        options = parse_url(url)
+        self.path: str | None = options.get("path")
+        self.host = options.get("host", "127.0.0.1")
+        self.port = int(options.get("port", 6379))
+        self.db = int(options.get("db", 0) or 0)
+        self.username: str | None = options.get("username")
+        self.password: str | None = options.get("password")
+        self.ssl = ssl_module.create_default_context() if url.startswith("rediss://") else None
+        self.timeout = timeout
+        self.max_idle = max_idle
+        self._idle: list[_Connection] = []
+
+    async def execute(self, *commands: Sequence[Any]) -> list[Reply]:
+        """The replies of ``commands`` sent as one pipeline, in order. A command that
+        Redis refuses gives a :class:`RespError` *in* its place; a connection or
+        protocol problem raises it."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                connection = self._idle.pop() if self._idle else await self._connect()
+                try:
+                    replies = await connection.pipeline(commands)
+                except BaseException:
+                    connection.close()
+                    raise
+        except TimeoutError:
+            raise RespError(f"no answer within {self.timeout:g} s") from None
+        except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            raise RespError(f"{type(exc).__name__}: {exc}") from None
+        if len(self._idle) < self.max_idle:
+            self._idle.append(connection)
+        else:
+            connection.close()
+        return replies
+
+    async def _connect(self) -> _Connection:
+        if self.path:
+            reader, writer = await asyncio.open_unix_connection(self.path)
+        else:
+            reader, writer = await asyncio.open_connection(self.host, self.port, ssl=self.ssl)
+        connection = _Connection(reader, writer)
+        setup: list[list[Any]] = []
+        if self.password is not None:
+            setup.append(["AUTH", *([self.username] if self.username else []), self.password])
+        if self.db:
+            setup.append(["SELECT", self.db])
+        if setup:
+            for answer in await connection.pipeline(setup):
+                if isinstance(answer, RespError):
+                    connection.close()
+                    raise answer
+        return connection
+
+    async def aclose(self) -> None:
+        while self._idle:
+            self._idle.pop().close()
