@@ -231,7 +231,7 @@ def start(args: list[str], log: Path, cpu: int, env: dict[str, str]) -> subproce
     return proc
 
 
-def start_redis(work: Path) -> subprocess.Popen:
+def start_redis(work: Path, cpu: int = 1) -> subprocess.Popen:
     """A private Redis on CPU 1 beside the transformer, its only client (no
     persistence: the state is rebuilt by backfill), so the measurement neither disturbs
     nor is disturbed by anyone else's use of the machine's Redis."""
@@ -240,7 +240,7 @@ def start_redis(work: Path) -> subprocess.Popen:
         raise SystemExit("redis-server not found (apt-get install redis-server)")
     log = work / "redis.log"
     proc = subprocess.Popen(
-        [*serving_bench.pinned(1), server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+        [*serving_bench.pinned(cpu), server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(work)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
@@ -256,7 +256,9 @@ def start_redis(work: Path) -> subprocess.Popen:
     raise SystemExit(f"private redis-server did not start: {log.read_text()[-2000:]}")
 
 
-def online(spec: ModelSpec, rows: int, rate: float, seconds: float, trees: int) -> dict:
+def online(
+    spec: ModelSpec, rows: int, rate: float, seconds: float, trees: int, redis_cpu: int = 1
+) -> dict:
     results: dict[str, Any] = {}
     env = {**os.environ, "GOVML_FEATURE_KEY": KEY, "GOVML_PREDICTION_LOG_KEY": "b" * 32}
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
@@ -278,7 +280,7 @@ def online(spec: ModelSpec, rows: int, rate: float, seconds: float, trees: int) 
         serving_bench.wait_ready(
             "http://127.0.0.1:18301/v2/models/fraud/ready", predictor, work / "predictor.log"
         )
-        redis_server = start_redis(work)
+        redis_server = start_redis(work, redis_cpu)
         try:
             load(work, 18301, direct[:500], connections=1)  # warm-up
             results["direct"] = load(work, 18301, direct[:n_latency], rate)
@@ -401,14 +403,20 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--skip-online", action="store_true")
+    parser.add_argument("--skip-offline", action="store_true", help="online part only")
+    parser.add_argument("--redis-cpu", type=int, default=1, help="CPU of the private Redis")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     spec = load_spec(SPEC)
+    if args.skip_offline:
+        on = online(spec, args.online_rows, args.rate, args.seconds, args.trees, args.redis_cpu)
+        print(json.dumps(on, indent=2, default=str))
+        return 0
     off = offline(spec, args.rows, args.peer_rows)
     print(json.dumps(off, indent=2), flush=True)
     if args.skip_online:
         return 0
-    on = online(spec, args.online_rows, args.rate, args.seconds, args.trees)
+    on = online(spec, args.online_rows, args.rate, args.seconds, args.trees, args.redis_cpu)
     text = markdown(off, on, args)
     print(text)
     if args.json:

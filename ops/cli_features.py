@@ -3,7 +3,8 @@
 * ``features backfill MODEL --store redis://HOST:PORT/DB --history PATH``: warm up the
   store's namespace for the model's feature definitions from past transactions,
   before a new version takes traffic (:mod:`ops.feature_backfill`); safe next to live
-  traffic. Needs ``GOVML_FEATURE_KEY`` (the transformer's key).
+  traffic. Needs ``GOVML_FEATURE_KEY`` (the transformer's key). Audited
+  (``features_backfilled``, ``--as`` the operator).
 * ``features status MODEL --store URL``: the namespace and its warm-up record.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from typing import Any
 
 from pipelines.config import Settings
@@ -34,6 +36,16 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
         args.store,
         prefix=args.prefix,
         progress=sys.stderr.isatty(),
+    )
+    from registry.audit import append_event
+    from serving.feature_store import _safe_url
+
+    append_event(
+        settings.governance_url,
+        "features_backfilled",
+        actor=args.actor,
+        payload={"store": _safe_url(args.store), **result.to_dict()},
+        model_name=result.spec,
     )
     print(
         f"{result.spec}: {result.states} entity states from {result.rows} rows "
@@ -65,6 +77,12 @@ def add_features_commands(sub: Any) -> None:
     p = verbs.add_parser("backfill", help="warm up a store from history before traffic")
     store(p)
     p.add_argument("--history", required=True, help="Parquet file or folder of transactions")
+    p.add_argument(
+        "--as",
+        dest="actor",
+        default=os.environ.get("USER") or "operator",
+        help="who runs the backfill (audit trail; default $USER)",
+    )
     p.set_defaults(func=cmd_backfill)
     p = verbs.add_parser("status", help="a store's namespace and warm-up record")
     store(p)

@@ -196,10 +196,45 @@ def approve_and_serve(
         pick = flagged[0] if flagged else max(range(len(scores)), key=scores.__getitem__)
         explained = _post(f"{url}/v1/models/{model}:explain", {"instances": [rows[pick]]})
         _print_explanation(console, explained["explanations"][0], rows[pick], bool(flagged))
+        if released.get("transformer"):
+            _raw_through_transformer(console, str(released["transformer"]), spec, run_dir)
     except (DeploymentError, KeyError, TypeError, ValueError) as exc:
         console.print(f"[red]scoring failed:[/] {exc}")
         return 1, url
     return 0, url
+
+
+def _raw_through_transformer(console: Console, url: str, spec: Any, run_dir: Path) -> None:
+    """Raw transactions (ids, time, card, amount...) through the feature transformer,
+    which computes the card's, customer's and terminal's aggregates from its warm state."""
+    import pandas as pd
+
+    from ops.deploy import raw_transactions
+    from pipelines.ingest import DATA_FILE
+
+    console.rule(f"raw transactions: POST {url}/v1/models/{spec.name}:predict (transformer)")
+    test = pd.read_parquet(run_dir / "features" / "test.parquet", columns=[spec.data.id_column])
+    ids = test[spec.data.id_column].tail(3).tolist()
+    raw = raw_transactions(spec, run_dir / "ingest" / DATA_FILE, ids)
+    answer = _post(f"{url}/v1/models/{spec.name}:predict", {"instances": raw})
+    shown = [a.name for a in spec.features.aggregates][:3]
+    table = Table(title="the transformer's aggregates (as offline, exactly) and the score")
+    for column in ("amount", *shown, "score"):
+        table.add_column(column, justify="right")
+    for row, aggregates, score in zip(
+        raw, answer["aggregates"], answer["predictions"], strict=True
+    ):
+        values = [aggregates.get(n) for n in shown]
+        table.add_row(
+            f"{float(row.get('amount') or 0.0):,.2f}",
+            *("-" if v is None else f"{v:,.2f}" for v in values),
+            f"{float(score):.4f}",
+        )
+    console.print(table)
+    console.print(
+        f"feature endpoint   : {url}/v1/models/{spec.name}:predict (raw transactions; "
+        "state rebuilt from the run's history before it took traffic)"
+    )
 
 
 def _print_explanation(

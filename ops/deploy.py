@@ -8,6 +8,15 @@ store with the approved artifact SHA-256 (the server refuses any other file); or
 ``GOVML_DEPLOYER=kubernetes``, applies the version's KServe InferenceService and waits
 until it is Ready. It then scores rows of the run's out-of-time test set through the
 endpoint and requires exactly the scores of the model file the pipeline evaluated.
+
+A spec with windowed aggregates (the fraud model's card/customer/terminal behaviour)
+is served behind the feature transformer. Before that version takes traffic its online
+state is rebuilt from the run's ingested history: the transformer's in-process store
+loads it while starting (``GOVML_FEATURE_STORE=memory``, the default), or the deploy
+step backfills the Redis namespace first (``redis://...``); either way the warm-up is
+recorded in the audit trail (``features_backfilled``). The smoke test then sends raw
+test transactions through the transformer and requires, for each, exactly the offline
+aggregates of the feature table and the evaluated model's score.
 """
 
 from __future__ import annotations
@@ -82,6 +91,8 @@ def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
         ready_timeout=settings.kube_ready_timeout,
         tokens_secret=settings.kube_tokens_secret,
         prediction_log_claim=settings.kube_prediction_log_claim,
+        feature_store=settings.kube_feature_store or settings.feature_store,
+        feature_key_secret=settings.kube_feature_key_secret,
     )
 
 
@@ -130,6 +141,124 @@ def _native(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def _post_json(url: str, body: Any) -> dict[str, Any]:
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("GOVML_SERVING_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode("utf-8", "replace")[:300]
+        raise DeploymentError(f"{url}: HTTP {exc.code}: {detail}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DeploymentError(f"{url}: {exc}") from None
+
+
+def raw_transactions(spec: Any, history: Path, ids: list[Any]) -> list[dict[str, Any]]:
+    """The history's rows with these ids as the bank's systems send them (JSON, ISO
+    times), in the order of ``ids``."""
+    import pandas as pd
+
+    from pipelines.features_online import OnlineFeatures
+    from serving.transactions import TransactionSchema
+
+    fields = list(TransactionSchema(spec, OnlineFeatures(spec)).fields)
+    id_column, time_column = spec.data.id_column, spec.data.time_column
+    frame = pd.read_parquet(history, columns=fields, filters=[(id_column, "in", ids)])
+    frame = frame.set_index(id_column, drop=False).loc[ids]
+    part = frame[fields].astype(object)
+    rows = part.where(part.notna(), None).to_dict("records")
+    for row, moment in zip(rows, frame[time_column], strict=True):
+        row[time_column] = pd.Timestamp(moment).isoformat()
+    return json.loads(json.dumps(rows, default=_native))
+
+
+def smoke_test_transformer(
+    url: str, model: str, spec: Any, run_dir: Path, history: Path
+) -> dict[str, Any]:
+    """Raw test transactions through the transformer: each must get exactly the offline
+    aggregates of the run's feature table and the evaluated model's score. They are in
+    the warm-up history already, so the store records nothing new (same ids)."""
+    import pandas as pd
+
+    from pipelines.training import load_model
+
+    names = [a.name for a in spec.features.aggregates]
+    features = json.loads((run_dir / "features" / "features.json").read_text())["features"]
+    test = pd.read_parquet(run_dir / "features" / "test.parquet")
+    sample = test.tail(SMOKE_ROWS)
+    ids = sample[spec.data.id_column].tolist()
+    answer = _post_json(
+        f"{url}/v1/models/{model}:predict",
+        {"instances": raw_transactions(spec, history, ids)},
+    )
+    got = answer.get("aggregates")
+    if not isinstance(got, list) or len(got) != len(sample):
+        raise DeploymentError(f"{url}: the transformer answered no aggregates per row")
+    for index, (row, want) in enumerate(zip(got, sample[names].to_dict("records"), strict=True)):
+        for name in names:
+            value, expected = row.get(name), want[name]
+            same = value is None if pd.isna(expected) else value == float(expected)
+            if not same:
+                raise DeploymentError(
+                    f"transformer: transaction {ids[index]!r}, {name} = {value!r} online "
+                    f"but {expected!r} offline"
+                )
+    model_file = load_model(run_dir / "train" / "model.txt")
+    expected_scores = np.asarray(model_file.predict(sample[list(features)]))
+    scores = np.asarray(answer.get("predictions", []), dtype="float64")
+    if scores.shape != expected_scores.shape or not np.array_equal(scores, expected_scores):
+        raise DeploymentError("transformer: scores differ from the evaluated model's")
+    return {"rows_checked": len(sample), "aggregates_checked": len(sample) * len(names)}
+
+
+def warm_up_features(
+    settings: Settings, spec: Any, run_dir: Path, model: str, version: str, run_id: str | None
+) -> tuple[str, Path]:
+    """Rebuild the version's online state from the run's history (Redis: backfill now;
+    memory: the transformer loads it while starting); audited. (store, history)"""
+    import pyarrow.parquet as pq
+
+    from pipelines.ingest import DATA_FILE
+    from registry.audit import append_event
+
+    history = run_dir / "ingest" / DATA_FILE
+    if not history.is_file():
+        raise DeploymentError(f"{model} v{version}: no ingested history at {history} to warm up")
+    store = settings.feature_store
+    if store == "memory":
+        payload: dict[str, Any] = {
+            "store": "memory",
+            "history": str(history),
+            "rows": pq.ParquetFile(history).metadata.num_rows,
+            "by": "the transformer, while it starts",
+        }
+    else:
+        from ops.feature_backfill import backfill
+
+        result = backfill(spec, history, store)
+        payload = {"store": _safe_store(store), **result.to_dict()}
+    append_event(
+        settings.governance_url,
+        "features_backfilled",
+        actor="govml-deploy",
+        payload=payload,
+        model_name=model,
+        model_version=version,
+        run_id=run_id,
+    )
+    return store, history
+
+
+def _safe_store(url: str) -> str:
+    from serving.feature_store import _safe_url
+
+    return _safe_url(url)
+
+
 def serve_release(
     settings: Settings, run_dir: Path, state: Any, spec_path: Path | None = None
 ) -> dict[str, Any]:
@@ -137,6 +266,22 @@ def serve_release(
     from registry.mlflow_registry import serving_uri
 
     features = json.loads((run_dir / "features" / "features.json").read_text())["features"]
+    spec = None
+    store: str | None = None
+    history: Path | None = None
+    if spec_path is not None:
+        from pipelines.spec import load_spec
+
+        spec = load_spec(spec_path)
+        if spec.features.aggregates:
+            store, history = warm_up_features(
+                settings,
+                spec,
+                run_dir,
+                state.model_name,
+                str(state.model_version),
+                state.run_id,
+            )
     release = Release(
         model_name=state.model_name,
         version=str(state.model_version),
@@ -146,11 +291,18 @@ def serve_release(
         artifact_sha256=state.artifact_sha256,
         approval_request_id=state.id,
         spec_path=str(spec_path) if spec_path else None,
+        feature_store=store,
+        history=str(history) if history and store == "memory" else None,
     )
     deployer = deployer_for(settings)
     endpoint = deployer.deploy(release)
+    transformer = endpoint.details.get("transformer") or {}
     try:
         check = smoke_test(endpoint, run_dir, list(features))
+        if transformer.get("url") and spec is not None and history is not None:
+            check["transformer"] = smoke_test_transformer(
+                transformer["url"], release.model_name, spec, run_dir, history
+            )
     except DeploymentError:
         deployer.stop(release.name)
         raise
@@ -160,9 +312,13 @@ def serve_release(
         endpoint.url,
         check["rows_checked"],
     )
-    return {
+    served: dict[str, Any] = {
         "deployer": endpoint.deployer,
         "endpoint": endpoint.url,
         "deployment": endpoint.name,
         "smoke_test": check,
     }
+    if transformer.get("url"):
+        served["transformer"] = transformer["url"]
+        served["feature_store"] = _safe_store(store or "memory")
+    return served

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipelines.config import Settings
@@ -141,6 +142,7 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
         assert choice.version is not None and choice.artifact_sha256 is not None
         spec_path = settings.specs_dir / f"{name}.yaml"
         try:
+            deployer = deployer or deployer_for(settings)
             release = Release(
                 model_name=name,
                 version=choice.version,
@@ -148,8 +150,8 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
                 artifact_sha256=choice.artifact_sha256,
                 approval_request_id=choice.approval_request_id,
                 spec_path=str(spec_path) if spec_path.is_file() else None,
+                **_features_of_last_deploy(deployer, name, choice.version),
             )
-            deployer = deployer or deployer_for(settings)
             endpoint = deployer.deploy(release)
         except Exception as exc:  # noqa: BLE001 (one model's failure must not stop the others)
             note = f"{name} v{choice.version} ({choice.alias}): NOT served: {exc}"
@@ -166,6 +168,24 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
     if not out:
         out.append(Served("-", None, None, None, "no approved, deployed model version to serve"))
     return out
+
+
+def _features_of_last_deploy(deployer: Any, name: str, version: str) -> dict[str, Any]:
+    """The feature transformer the deploy step gave this version (its store and, for the
+    in-process store, the history it warmed up from), so that ``make up`` serves it the
+    same way; nothing for a version deployed without one."""
+    folder = getattr(deployer, "state_root", None)
+    if folder is None:
+        return {}
+    try:
+        deployed = Path(folder) / f"{name.replace('_', '-')}-v{version}"
+        last = json.loads((deployed / "release.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    store, history = last.get("feature_store"), last.get("history")
+    if not store or (store == "memory" and not (history and Path(history).is_file())):
+        return {}
+    return {"feature_store": store, "history": history}
 
 
 def running(settings: Settings) -> list[dict[str, Any]]:

@@ -550,6 +550,10 @@ def model_status(settings: Settings) -> list[ServiceStatus]:
         )
         if server.get("restarts"):
             detail += f", {server['restarts']} restart(s)"
+        transformer = server.get("transformer") or {}
+        if transformer.get("url"):
+            state = "" if transformer.get("running") else " (NOT running)"
+            detail += f"; raw transactions via the feature transformer {transformer['url']}{state}"
         rows.append(
             ServiceStatus(
                 MODEL_PREFIX + server["name"],

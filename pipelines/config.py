@@ -44,6 +44,9 @@ environment variable named beside it, for example
 | Celery result backend | ``GOVML_CELERY_RESULT_BACKEND`` | the metadata DB (6) |
 | Celery workers (``make up``) | ``GOVML_CELERY_WORKERS`` | 2 |
 | tasks at once per worker | ``GOVML_CELERY_CONCURRENCY`` | 2 |
+| transformer's feature store | ``GOVML_FEATURE_STORE`` | ``memory`` (or ``redis://``) (7) |
+| feature store as the pods reach it | ``GOVML_KUBE_FEATURE_STORE`` | ``$GOVML_FEATURE_STORE`` |
+| Secret holding ``feature-key`` | ``GOVML_KUBE_FEATURE_KEY_SECRET`` | none (7) |
 | compute backend of the heavy stages | ``GOVML_COMPUTE_BACKEND`` | the spec's ``compute.backend`` |
 | Dask scheduler address | ``GOVML_DASK_SCHEDULER`` | the spec's ``compute.scheduler`` (5) |
 
@@ -58,6 +61,10 @@ cluster fetches a version the registry keeps in a local folder.
 the ``dask`` backend starts a ``LocalCluster``.
 (6) The CeleryExecutor needs a PostgreSQL metadata DB (``GOVML_AIRFLOW_DB_URL``); the
 result backend defaults to it (``db+postgresql://...``).
+(7) Specs with windowed aggregates get a feature transformer in front of the model
+server. ``memory``: each transformer keeps its own state, warmed up from the run's
+ingested history while it starts; ``redis://``: the deploy step backfills the store
+first (``GOVML_FEATURE_KEY`` required). Kubernetes needs Redis and the key's Secret.
 """
 
 from __future__ import annotations
@@ -127,6 +134,9 @@ class Settings:
     celery_result_backend: str | None = None
     celery_workers: int = 2
     celery_concurrency: int = 2
+    feature_store: str = "memory"
+    kube_feature_store: str | None = None
+    kube_feature_key_secret: str | None = None
 
     @property
     def airflow_url(self) -> str:
@@ -303,8 +313,18 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             else None
         ),
         dask_scheduler=env.get("GOVML_DASK_SCHEDULER") or None,
+        feature_store=_feature_store(env, "GOVML_FEATURE_STORE") or "memory",
+        kube_feature_store=_feature_store(env, "GOVML_KUBE_FEATURE_STORE"),
+        kube_feature_key_secret=env.get("GOVML_KUBE_FEATURE_KEY_SECRET") or None,
         **_executor(env),
     )
+
+
+def _feature_store(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name) or None
+    if value not in (None, "memory") and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{name}={value!r}: use memory or a redis:// URL")
+    return value
 
 
 def _executor(env: Mapping[str, str]) -> dict[str, object]:

@@ -60,6 +60,7 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "drift_alarm",
         "monitoring_alert",
         "retrain_triggered",
+        "features_backfilled",
         "role_granted",
         "role_revoked",
         "evidence_exported",

@@ -317,6 +317,7 @@ def _release_result(row: dict[str, Any], out_dir: Path | None) -> dict[str, Any]
         "approval_request_id": row["approval_request_id"],
         "lifecycle_run_id": row["details"].get("lifecycle_run_id"),
         "endpoint": row["details"].get("endpoint"),
+        "transformer": row["details"].get("transformer"),
         "environment": row["environment"],
         "actor": row["actor"],
         "occurred_at": row["occurred_at"],

@@ -490,6 +490,108 @@ def _custom_container(
     }
 
 
+FEATURE_KEY_SECRET_KEY = "feature-key"
+PREDICTOR_TOKEN_SECRET_KEY = "predictor-token"
+
+
+def add_feature_transformer(
+    manifest: dict[str, Any],
+    *,
+    image: str,
+    spec_file: str,
+    feature_store: str,
+    feature_key_secret: str,
+    tokens_secret: str | None = None,
+) -> dict[str, Any]:
+    """Put the feature transformer (``python -m serving.transformer``, the project's
+    image) in front of the manifest's predictor: raw transactions in, the spec's
+    aggregates from the Redis state (``feature_store``, a ``redis://`` URL as the pods
+    reach it; the key from ``feature_key_secret``'s ``feature-key``), the feature vector
+    to the predictor. KServe adds ``--predictor_host`` (the predictor's service) to the
+    container's arguments; replicas, autoscaling and resources follow the predictor's.
+    The transformer becomes ready only on a backfilled namespace (its readiness probe).
+    """
+    problems = _Problems()
+    if not isinstance(image, str) or not image.strip() or " " in image:
+        problems.add("image", f"the transformer needs the project's image, got {image!r}")
+    if not isinstance(spec_file, str) or not spec_file.endswith((".yaml", ".yml")):
+        problems.add("spec_file", f"must be a .yaml path in the image, got {spec_file!r}")
+    if not isinstance(feature_store, str) or not feature_store.startswith(
+        ("redis://", "rediss://")
+    ):
+        problems.add(
+            "feature_store",
+            f"replicas must share their state: a redis:// URL, got {feature_store!r}",
+        )
+    problems.add("feature_key_secret", _name_problem(feature_key_secret, "dns1123-subdomain"))
+    if tokens_secret is not None:
+        problems.add("tokens_secret", _name_problem(tokens_secret, "dns1123-subdomain"))
+    problems.raise_if_any("feature transformer")
+    predictor = manifest["spec"]["predictor"]
+    model_name = manifest["metadata"]["labels"][LABEL_MODEL]
+    resources = (predictor.get("containers") or [predictor.get("model") or {}])[0].get("resources")
+    env: list[dict[str, Any]] = [
+        {"name": "GOVML_FEATURE_STORE", "value": feature_store},
+        {
+            "name": "GOVML_FEATURE_KEY",
+            "valueFrom": {
+                "secretKeyRef": {"name": feature_key_secret, "key": FEATURE_KEY_SECRET_KEY}
+            },
+        },
+    ]
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "command": ["python", "-m", "serving.transformer"],
+        "args": [
+            f"--model_name={model_name}",
+            f"--spec={spec_file}",
+            "--feature_store=$(GOVML_FEATURE_STORE)",
+            f"--http_port={HTTP_PORT}",
+        ],
+        "env": env,
+        "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            # ready only once the model's namespace carries its backfill record
+            "httpGet": {"path": f"/v1/models/{model_name}", "port": HTTP_PORT},
+            "initialDelaySeconds": 2,
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 3,
+        },
+    }
+    if resources:
+        container["resources"] = copy.deepcopy(resources)
+    transformer: dict[str, Any] = {
+        key: predictor[key]
+        for key in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "labels")
+        if key in predictor
+    }
+    if tokens_secret:
+        transformer["volumes"] = [
+            {"name": "govml-tokens", "secret": {"secretName": tokens_secret, "optional": False}}
+        ]
+        container["volumeMounts"] = [
+            {"name": "govml-tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}
+        ]
+        container["args"].append(f"--tokens={TOKENS_MOUNT}/tokens.json")
+        env.append(
+            {
+                "name": "GOVML_PREDICTOR_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": tokens_secret,
+                        "key": PREDICTOR_TOKEN_SECRET_KEY,
+                        "optional": False,
+                    }
+                },
+            }
+        )
+    transformer["containers"] = [container]
+    manifest["spec"]["transformer"] = transformer
+    return manifest
+
+
 def to_yaml(manifest: Mapping[str, Any]) -> str:
     """The manifest as YAML, keys in the rendered order (``kubectl apply -f`` ready)."""
     return yaml.safe_dump(dict(manifest), sort_keys=False, default_flow_style=False)

@@ -19,6 +19,10 @@ class Release:
     artifact_sha256: str
     approval_request_id: int | None = None
     spec_path: str | None = None  # strict input, decisions, prediction log per the spec
+    # a spec with windowed aggregates: the feature transformer in front of the server,
+    # its store ("memory" or a redis:// URL) and, for memory, the history it warms up from
+    feature_store: str | None = None
+    history: str | None = None
 
     @property
     def name(self) -> str:

@@ -113,6 +113,8 @@ class KubernetesDeployer:
         ready_timeout: float = 600.0,
         tokens_secret: str | None = None,
         prediction_log_claim: str | None = None,
+        feature_store: str | None = None,
+        feature_key_secret: str | None = None,
         poll_interval: float = 5.0,
         crd_path: str | os.PathLike[str] | None = None,
         api: manifests.CustomObjectsApiLike | None = None,
@@ -131,6 +133,8 @@ class KubernetesDeployer:
         self.tracking_uri = tracking_uri
         self.tokens_secret = tokens_secret
         self.prediction_log_claim = prediction_log_claim
+        self.feature_store = feature_store
+        self.feature_key_secret = feature_key_secret
         self.scaling = {
             "min_replicas": min_replicas,
             "max_replicas": max_replicas,
@@ -255,6 +259,8 @@ class KubernetesDeployer:
             **self.scaling,
             **self.resources,
         )
+        if release.feature_store:
+            self._add_transformer(release, manifest)
         problems = manifests.validate_manifest(manifest, self.crd_path)
         if problems:
             raise DeploymentError(
@@ -262,6 +268,36 @@ class KubernetesDeployer:
                 f"schema, refused: {'; '.join(problems)}"
             )
         return manifest
+
+    def _add_transformer(self, release: Release, manifest: dict[str, Any]) -> None:
+        """A spec with windowed aggregates: the feature transformer on the shared Redis
+        state (the deploy step has backfilled it; the pods reach it at
+        ``GOVML_KUBE_FEATURE_STORE``)."""
+        store = self.feature_store or release.feature_store or ""
+        if not store.startswith(("redis://", "rediss://")):
+            raise DeploymentError(
+                f"{release.name}: the feature transformer's replicas need a shared store: "
+                "set GOVML_FEATURE_STORE (and GOVML_KUBE_FEATURE_STORE as the pods reach "
+                "it) to a redis:// URL"
+            )
+        if not self.feature_key_secret:
+            raise DeploymentError(
+                f"{release.name}: set GOVML_KUBE_FEATURE_KEY_SECRET to a Secret whose "
+                "feature-key is the GOVML_FEATURE_KEY the backfill used"
+            )
+        if self.runtime != "custom" or not self.image or not release.spec_path:
+            raise DeploymentError(
+                f"{release.name}: the feature transformer runs the project's image "
+                "(GOVML_KSERVE_RUNTIME=custom) with the model's spec"
+            )
+        manifests.add_feature_transformer(
+            manifest,
+            image=self.image,
+            spec_file=f"specs/{Path(release.spec_path).name}",
+            feature_store=store,
+            feature_key_secret=self.feature_key_secret,
+            tokens_secret=self.tokens_secret,
+        )
 
     def render_rollout_step(self, release: Release, percent: int) -> dict[str, Any]:
         """A rollout step as KServe does canaries: the model's one InferenceService

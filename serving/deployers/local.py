@@ -5,7 +5,12 @@ the serving environment; the supervisor runs the KServe model server on a free
 loopback port and restarts it if it dies. ``deploy`` returns once the model answers
 ``/v2/models/NAME/ready``; a server that refuses the artifact (SHA-256 mismatch) or
 never becomes ready fails the deployment with the reason from the server's log, and
-leaves nothing running. State lives in ``<state root>/<model>-v<version>/``
+leaves nothing running. A release with a feature store (a spec with windowed
+aggregates) also gets a supervised feature transformer (``python -m
+serving.transformer``) in front of its server, in ``transformer/``; it becomes ready
+only on warm state (its in-process store loaded from the release's history, or a
+backfilled Redis namespace), and ``deploy`` waits for that too: the version takes no
+traffic before its online state is rebuilt. State lives in ``<state root>/<model>-v<version>/``
 (``release.json``, ``endpoint.json``, ``supervisor.json``, ``server.log``).
 """
 
@@ -68,6 +73,18 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
+def _terminate_group(pid: int, timeout: float) -> None:
+    """SIGTERM a supervisor's process group, SIGKILL it after ``timeout``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
 class LocalDeployer:
     """Model servers as local processes (the embedded stack's deployment target)."""
 
@@ -121,6 +138,8 @@ class LocalDeployer:
         folder = self._dir(release.name)
         current = self.status(release.name)
         same = current.get("artifact_sha256") == release.artifact_sha256
+        if release.feature_store:  # and its transformer must be running too
+            same = same and bool((current.get("transformer") or {}).get("running"))
         if current.get("running") and same and self._ready(current["url"], release.model_name):
             log.info("%s already serving at %s", release.name, current["url"])
             return self._endpoint(release, int(current["port"]), current)
@@ -145,13 +164,34 @@ class LocalDeployer:
             server += ["--spec", release.spec_path]
         if self.tokens:
             server += ["--tokens", str(self.tokens)]
+        supervisor = self._supervise(folder, server)
+        url = self._url(port)
+        self._wait_ready(url, release, folder, supervisor, "the model server")
+        endpoint: dict[str, Any] = {
+            "url": url,
+            "port": port,
+            "supervisor_pid": supervisor.pid,
+            "artifact_sha256": release.artifact_sha256,
+            "deployed_at": time.time(),
+        }
+        if release.feature_store:
+            try:
+                endpoint["transformer"] = self._start_transformer(release, folder, port)
+            except DeploymentError:
+                self._cleanup(folder, supervisor)
+                raise
+        (folder / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
+        log.info("%s serving at %s (supervisor pid %d)", release.name, url, supervisor.pid)
+        return self._endpoint(release, port, self.status(release.name))
+
+    def _supervise(self, folder: Path, server: list[str]) -> subprocess.Popen:
         command = [
             str(self.python), "-m", "serving.supervise",
             "--state", str(folder),
             "--permanent-exit", str(REFUSED_EXIT),
             "--", *server,
         ]  # fmt: skip
-        supervisor = subprocess.Popen(
+        return subprocess.Popen(
             command,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -159,36 +199,61 @@ class LocalDeployer:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        url = self._url(port)
+
+    def _wait_ready(
+        self, url: str, release: Release, folder: Path, supervisor: subprocess.Popen, what: str
+    ) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self._ready(url, release.model_name):
-                break
+                return
             state = _read_json(folder / "supervisor.json")
             if supervisor.poll() is not None or state.get("gave_up"):
                 self._cleanup(folder, supervisor)
                 raise DeploymentError(
-                    f"{release.name}: the model server refused to start "
+                    f"{release.name}: {what} refused to start "
                     f"(exit {state.get('last_exit_code', supervisor.returncode)}):\n"
                     + _tail(folder / "server.log")
                 )
             time.sleep(0.3)
-        else:
-            self._cleanup(folder, supervisor)
-            raise DeploymentError(
-                f"{release.name}: not ready within {self.ready_timeout:.0f} s:\n"
-                + _tail(folder / "server.log")
-            )
-        endpoint = {
-            "url": url,
-            "port": port,
-            "supervisor_pid": supervisor.pid,
-            "artifact_sha256": release.artifact_sha256,
-            "deployed_at": time.time(),
-        }
-        (folder / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
-        log.info("%s serving at %s (supervisor pid %d)", release.name, url, supervisor.pid)
-        return self._endpoint(release, port, self.status(release.name))
+        self._cleanup(folder, supervisor)
+        raise DeploymentError(
+            f"{release.name}: {what} not ready within {self.ready_timeout:.0f} s:\n"
+            + _tail(folder / "server.log")
+        )
+
+    def _start_transformer(self, release: Release, folder: Path, predictor_port: int) -> dict:
+        """The feature transformer in front of the model server, ready on warm state only
+        (the in-process store loads the release's history first; a Redis namespace must
+        carry its backfill record)."""
+        if not release.spec_path:
+            raise DeploymentError(f"{release.name}: the feature transformer needs the spec")
+        tdir = folder / "transformer"
+        tdir.mkdir(parents=True, exist_ok=True)
+        (tdir / "supervisor.json").unlink(missing_ok=True)
+        port = _free_port(self.host)
+        command = [
+            str(self.python), "-m", "serving.transformer",
+            "--model_name", release.model_name,
+            "--spec", release.spec_path,
+            "--predictor_host", f"{self.host}:{predictor_port}",
+            "--http_port", str(port),
+            "--enable_grpc", "false",
+            "--feature_store", str(release.feature_store),
+        ]  # fmt: skip
+        if release.feature_store == "memory":
+            if not release.history:
+                raise DeploymentError(
+                    f"{release.name}: the in-process feature store needs a history to warm up"
+                )
+            command += ["--history", release.history]
+        if self.tokens:
+            command += ["--tokens", str(self.tokens)]
+        supervisor = self._supervise(tdir, command)
+        url = self._url(port)
+        self._wait_ready(url, release, tdir, supervisor, "the feature transformer")
+        log.info("%s feature transformer at %s", release.name, url)
+        return {"url": url, "port": port, "supervisor_pid": supervisor.pid}
 
     def _cleanup(self, folder: Path, supervisor: subprocess.Popen) -> None:
         if supervisor.poll() is None:
@@ -205,8 +270,17 @@ class LocalDeployer:
         endpoint = _read_json(folder / "endpoint.json")
         state = _read_json(folder / "supervisor.json")
         pid = endpoint.get("supervisor_pid") or state.get("supervisor_pid")
+        transformer = endpoint.get("transformer")
+        if transformer:
+            tstate = _read_json(folder / "transformer" / "supervisor.json")
+            transformer = {
+                **transformer,
+                "running": _alive(transformer.get("supervisor_pid")),
+                "restarts": tstate.get("restarts", 0),
+            }
         return {
             **endpoint,
+            **({"transformer": transformer} if transformer else {}),
             "running": _alive(pid),
             "server_pid": state.get("server_pid"),
             "restarts": state.get("restarts", 0),
@@ -217,19 +291,17 @@ class LocalDeployer:
         """Stop the supervisor and its server; True if something was running."""
         folder = self._dir(name)
         state = _read_json(folder / "supervisor.json")
-        pid = _read_json(folder / "endpoint.json").get("supervisor_pid") or state.get(
-            "supervisor_pid"
-        )
+        endpoint = _read_json(folder / "endpoint.json")
+        pid = endpoint.get("supervisor_pid") or state.get("supervisor_pid")
+        transformer = (endpoint.get("transformer") or {}).get("supervisor_pid") or _read_json(
+            folder / "transformer" / "supervisor.json"
+        ).get("supervisor_pid")
+        if _alive(transformer):  # first: it forwards to the model server
+            _terminate_group(transformer, timeout)
         if not _alive(pid):
             (folder / "endpoint.json").unlink(missing_ok=True)
             return False
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _alive(pid):
-            os.killpg(pid, signal.SIGKILL)
+        _terminate_group(pid, timeout)
         (folder / "endpoint.json").unlink(missing_ok=True)
         return True
 

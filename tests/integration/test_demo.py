@@ -15,6 +15,7 @@ import pytest
 
 from ops import endpoints, stack
 from pipelines.config import load_settings
+from serving.deployers.local import _alive
 from tests.support import stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,7 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
 
     env = stack_env(tmp_path / "var", COLUMNS="160", GOVML_TRIGGERED_BY="demo-operator")
     settings = load_settings(env)
+    transformer_pid = None
     try:
         result = subprocess.run(
             [str(ROOT / ".venv" / "bin" / "govml"), "demo", "--rows", "40000"],
@@ -54,6 +56,20 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
         assert row["actor"] == "govml-lifecycle" and row["details"]["alias"] == "challenger"
         url = row["details"]["endpoint"]
 
+        # the fraud model's aggregates: its feature transformer took traffic only once its
+        # state was rebuilt from the run's history (audited), and the deploy step found
+        # the offline aggregates and scores for raw test transactions through it
+        transformer = row["details"]["transformer"]
+        assert row["details"]["feature_store"] == "memory"
+        assert row["details"]["smoke_test"]["transformer"]["aggregates_checked"] > 0
+        (warmed,) = events(
+            settings.governance_url, model_name="fraud", kinds=["features_backfilled"]
+        )
+        assert warmed.payload["store"] == "memory" and warmed.payload["rows"] > 30000
+        assert warmed.payload["history"].endswith("ingest/data.parquet")
+        assert "the transformer's aggregates (as offline, exactly) and the score" in out
+        assert f"feature endpoint   : {transformer}/v1/models/fraud:predict" in out
+
         # the scoring table: five rows, each with amount, channel, score and decision
         table = out[out.index("test transactions scored by the live endpoint") :]
         assert re.search(r"amount\s*┃\s*channel\s*┃\s*score\s*┃\s*decision", table)
@@ -79,7 +95,12 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
             assert json.loads(resp.read())["ready"] is True
         (running,) = [r for r in stack.status(settings) if r.name.startswith("model ")]
         assert running.name == "model fraud-v1" and running.url == url and running.healthy
+        assert f"via the feature transformer {transformer}" in running.detail
+        assert "NOT running" not in running.detail
+        (served,) = endpoints.running(settings)
+        transformer_pid = served["transformer"]["supervisor_pid"]
     finally:
         stopped = endpoints.stop_models(settings)
     assert stopped == ["fraud-v1"]
+    assert not _alive(transformer_pid)  # the transformer stops with its model server
     assert not [r for r in stack.status(settings) if r.name.startswith("model ")]

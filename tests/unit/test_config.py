@@ -12,6 +12,7 @@ from pipelines.errors import ConfigError
 
 def test_defaults_are_the_embedded_stack() -> None:
     s = load_settings({})
+    assert s.feature_store == "memory" and s.kube_feature_store is None
     assert s.home == PROJECT_ROOT
     assert s.var_dir == PROJECT_ROOT / "var"
     assert s.airflow_home == PROJECT_ROOT / "var" / "airflow"
@@ -53,6 +54,7 @@ def test_environment_overrides(tmp_path: Path) -> None:
         ({"GOVML_KUBE_MAX_REPLICAS": "0"}, "GOVML_KUBE_MAX_REPLICAS='0': must be at least 1"),
         ({"GOVML_KUBE_SCALE_TARGET": "ten"}, "GOVML_KUBE_SCALE_TARGET='ten': not a whole"),
         ({"GOVML_KSERVE_RUNTIME": "onnx"}, "GOVML_KSERVE_RUNTIME='onnx': must be one of"),
+        ({"GOVML_FEATURE_STORE": "memcached://x"}, "GOVML_FEATURE_STORE='memcached://x': use"),
     ],
 )
 def test_bad_settings_name_the_variable(env: dict[str, str], expected: str) -> None:

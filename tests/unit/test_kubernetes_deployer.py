@@ -453,3 +453,62 @@ def test_every_rollout_step_renders_as_a_kserve_canary_the_crd_accepts(
         assert manifest["metadata"]["labels"]["govml/version"] == "8"
     with pytest.raises(DeploymentError, match="0..100"):
         kube.render_rollout_step(challenger, 120)
+
+
+def test_a_spec_with_aggregates_gets_the_feature_transformer_the_crd_accepts(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    kube = deployer(
+        tmp_path,
+        crd_path,
+        tokens_secret="fraud-endpoint-tokens",
+        feature_store="redis://redis.govml.svc:6379/0",
+        feature_key_secret="fraud-feature-key",
+    )
+    manifest = kube.render(
+        release(spec_path="/work/main/specs/fraud.yaml", feature_store="redis://127.0.0.1:6379/0")
+    )
+    assert manifests.validate_manifest(manifest, crd_path) == []
+    transformer = manifest["spec"]["transformer"]
+    (container,) = transformer["containers"]
+    assert container["command"] == ["python", "-m", "serving.transformer"]
+    assert "--spec=specs/fraud.yaml" in container["args"]
+    assert "--feature_store=$(GOVML_FEATURE_STORE)" in container["args"]
+    assert "--tokens=/etc/govml/tokens/tokens.json" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    # the pods' Redis, not the deploy task's; the key from the Secret, never inline
+    assert env["GOVML_FEATURE_STORE"]["value"] == "redis://redis.govml.svc:6379/0"
+    assert env["GOVML_FEATURE_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "fraud-feature-key",
+        "key": "feature-key",
+    }
+    assert env["GOVML_PREDICTOR_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == (
+        "fraud-endpoint-tokens"
+    )
+    predictor = manifest["spec"]["predictor"]
+    for key in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"):
+        assert transformer[key] == predictor[key]
+    assert container["resources"] == predictor["containers"][0]["resources"]
+    # a release without a feature store has no transformer
+    assert (
+        "transformer" not in kube.render(release(spec_path="/work/main/specs/fraud.yaml"))["spec"]
+    )
+
+
+def test_the_feature_transformer_needs_redis_and_the_key_secret_on_kubernetes(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    with_features = release(spec_path="/work/main/specs/fraud.yaml", feature_store="memory")
+    with pytest.raises(DeploymentError, match="shared store: set GOVML_FEATURE_STORE"):
+        deployer(tmp_path, crd_path, feature_key_secret="k").render(with_features)
+    redis_release = release(spec_path="/work/main/specs/fraud.yaml", feature_store="redis://r:6379")
+    with pytest.raises(DeploymentError, match="GOVML_KUBE_FEATURE_KEY_SECRET"):
+        deployer(tmp_path, crd_path).render(redis_release)
+    with pytest.raises(DeploymentError, match="feature_key_secret"):
+        manifests.add_feature_transformer(
+            deployer(tmp_path, crd_path).render(release()),
+            image="govml-serving:1",
+            spec_file="specs/fraud.yaml",
+            feature_store="redis://r:6379",
+            feature_key_secret="Not_A_Name",
+        )
