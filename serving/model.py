@@ -21,6 +21,7 @@ import math
 import struct
 import time
 import uuid
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from pipelines.artifacts import MODEL_FILES
 from serving.fastscore import RowScorer
 from serving.metrics import ScoreHistogram
 from serving.request_context import current_request_id
+from serving.schema import codes_of_bytes
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class LightGBMModel(Model):
         self._scores_hist: Any = None
         self._decision_counts: dict[bool, Any] = {}
         self._json_labels: dict[str, pa.Array] = {}
+        self._label_records: dict[str, Any] = {}
 
     def load(self) -> bool:
         model_file = find_model_file(resolve_model_dir(self.model_uri))
@@ -162,7 +165,7 @@ class LightGBMModel(Model):
         from pipelines.errors import GovMLError
         from pipelines.spec import load_spec
         from pipelines.training import booster_categories
-        from serving.schema import FeatureSchema
+        from serving.schema import FeatureSchema, label_records
 
         try:
             spec = load_spec(self.spec_path)
@@ -189,6 +192,9 @@ class LightGBMModel(Model):
             )
             for f in schema.features
             if f.kind in ("category", "bool")
+        }
+        self._label_records = {
+            f.name: label_records(schema, f.name) for f in schema.features if f.kind == "category"
         }
         self._decision_counts = {
             flagged: DECISIONS.labels(self.name, self.version, str(flagged).lower())
@@ -435,7 +441,7 @@ class LightGBMModel(Model):
         started = time.perf_counter()
         try:
             if json_length is not None:
-                decoded = _binary_columns(body, json_length)
+                decoded = _binary_columns(body, json_length, self._label_records)
                 if decoded is None:
                     return None
                 request_id, columns = decoded
@@ -557,9 +563,13 @@ _NUMPY_TYPES = {
 _LENGTH = struct.Struct("<I")
 
 
-def _binary_columns(body: bytes, json_length: str) -> tuple[str | None, dict[str, Any]] | None:
+def _binary_columns(
+    body: bytes, json_length: str, coders: Mapping[str, Any] | None = None
+) -> tuple[str | None, dict[str, Any]] | None:
     """A plain V2 binary-extension request (every input in the binary part) decoded
-    without copies: numbers as numpy views, BYTES as text. None for anything else."""
+    without copies: numbers as numpy views, BYTES as text, or, for the category features
+    in ``coders`` (:func:`serving.schema.label_records`), straight to the model's codes
+    when every element is a known label. None for anything else."""
     if not json_length.isdigit() or int(json_length) > len(body):
         return None
     head_end = int(json_length)
@@ -600,6 +610,12 @@ def _binary_columns(body: bytes, json_length: str) -> tuple[str | None, dict[str
         if datatype == "BYTES":
             if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
                 return None  # KServe's route explains other shapes
+            coder = coders.get(name) if coders else None
+            if coder is not None:
+                coded = codes_of_bytes(bytes(chunk), count, *coder)
+                if coded is not None:
+                    columns[name] = coded
+                    continue
             values = _bytes_elements(chunk, count)
             if values is None:
                 return None

@@ -43,6 +43,7 @@ the training and the serving environments; no pandas on the request path.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -652,8 +653,49 @@ def _field_name(key: Any) -> str:
     return repr(_clip(str(key)))
 
 
+class KnownCodes:
+    """A category input already mapped to the model's codes (every value a known label,
+    checked by whoever built it: the V2 binary decoder); taken as is."""
+
+    __slots__ = ("codes",)
+
+    def __init__(self, codes: np.ndarray) -> None:
+        self.codes = codes
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+
+def label_records(schema: FeatureSchema, name: str) -> tuple[re.Pattern[bytes], dict[bytes, float]]:
+    """For a category feature: a pattern matching one V2 ``BYTES`` element (4-byte
+    little-endian length, then the UTF-8 label) of each known label, and each element's
+    code (see :func:`codes_of_bytes`)."""
+    table = {
+        len(label.encode()).to_bytes(4, "little") + label.encode(): code
+        for label, code in schema._codes[name].items()
+        if type(label) is str
+    }
+    alternatives = sorted(table, key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(a) for a in alternatives)), table
+
+
+def codes_of_bytes(
+    chunk: bytes, count: int, pattern: re.Pattern[bytes], table: dict[bytes, float]
+) -> KnownCodes | None:
+    """A ``BYTES`` tensor of ``count`` elements as codes, when every element is a known
+    label; None otherwise (the caller then decodes it element by element and the
+    checks name what is wrong). The matches tile the chunk exactly, or it is None:
+    a tiling by length-prefixed records from offset 0 is the tensor's only parse."""
+    found = pattern.findall(chunk)
+    if len(found) != count or sum(map(len, found)) != len(chunk):
+        return None
+    return KnownCodes(np.fromiter(map(table.__getitem__, found), dtype=np.float64, count=count))
+
+
 def _column_values(name: str, data: Any) -> tuple[Sequence[Any] | np.ndarray | None, str | None]:
     """A V2 input as a 1-D sequence, or the problem with it."""
+    if isinstance(data, KnownCodes):
+        return data, None  # type: ignore[return-value]
     if isinstance(data, np.ndarray):
         if data.ndim == 2 and data.shape[1] == 1:
             data = data.reshape(-1)
@@ -731,6 +773,11 @@ def validate_columns(
         if problems.full:
             break
         seq = values[name]
+        if isinstance(seq, KnownCodes):
+            if f.kind != FeatureKind.CATEGORY:  # (the decoder only codes categories)
+                raise TypeError(f"{name}: coded values for a {f.kind} feature")
+            out[:, j] = seq.codes
+            continue
         if (
             isinstance(seq, np.ndarray)
             and seq.dtype.kind in "iuf"

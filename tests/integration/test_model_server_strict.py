@@ -565,6 +565,12 @@ def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamesp
     framework = _v2_call(server, raw, "application/x-not-fast", head)
     assert fast == framework and fast[0] == 200
     assert next(o for o in fast[1]["outputs"] if o["name"] == "score")["data"] == scores
+    # an unknown label in a binary BYTES tensor: the same 400 both ways
+    raw, head = _binary(wrong_category, "req-3")
+    fast = _v2_call(server, raw, "application/octet-stream", head)
+    framework = _v2_call(server, raw, "application/x-not-fast", head)
+    assert fast == framework and fast[0] == 400
+    assert "no-such-category" in fast[1]["error"]
 
 
 def _typed(frame: pd.DataFrame, server: SimpleNamespace) -> pd.DataFrame:

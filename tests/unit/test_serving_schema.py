@@ -36,6 +36,8 @@ from serving.schema import (
     FeatureKind,
     FeatureSchema,
     InputError,
+    codes_of_bytes,
+    label_records,
     openapi_schema,
     validate_columns,
     validate_rows,
@@ -360,6 +362,32 @@ def test_columns_give_the_same_matrix_as_rows(toy: FeatureSchema) -> None:
     as_arrays["kind"] = np.array([b"b", None], dtype=object)  # V2 BYTES
     as_arrays["items_max"] = np.array([9.0, np.nan])
     np.testing.assert_array_equal(validate_columns(toy, as_arrays), expected)
+
+
+def _bytes_tensor(labels: list[str]) -> bytes:
+    return b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in labels)
+
+
+def test_bytes_tensors_of_known_labels_map_straight_to_codes(toy: FeatureSchema) -> None:
+    pattern, table = label_records(toy, "kind")
+    labels = ["b", "a", "b", "b", "a"] * 40
+    coded = codes_of_bytes(_bytes_tensor(labels), len(labels), pattern, table)
+    assert coded is not None
+    columns: dict[str, Any] = {name: [toy_row()[name]] * len(labels) for name in toy.names}
+    expected = validate_columns(toy, columns | {"kind": labels})
+    np.testing.assert_array_equal(validate_columns(toy, columns | {"kind": coded}), expected)
+    # anything else is left to the element-by-element decoder (which names the problem):
+    # an unknown label, even one holding a known element inside it; a wrong count; a
+    # truncated or padded tensor
+    inside = "x" + _bytes_tensor(["a"]).decode("latin-1")
+    for bad, count in (
+        (_bytes_tensor(["a", "zzz", "b"]), 3),
+        (_bytes_tensor(["a", inside, "b"]), 3),
+        (_bytes_tensor(["a", "b"]), 3),
+        (_bytes_tensor(["a", "b"])[:-1], 2),
+        (_bytes_tensor(["a", "b"]) + b"\x00", 2),
+    ):
+        assert codes_of_bytes(bad, count, pattern, table) is None
 
 
 def test_columns_report_every_problem(toy: FeatureSchema) -> None:
