@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -177,3 +178,14 @@ class AirflowAPI:
             time.sleep(3)
             state = self.run_state(dag, run_id)
         return state
+
+
+def run_async(coroutine: Any) -> Any:
+    """``asyncio.run`` in a fresh thread: a test's coroutine gets an event loop of its
+    own even if an earlier test (a library it drove) left one marked running in the
+    main thread, where ``asyncio.run`` would refuse to start."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-loop") as pool:
+        return pool.submit(asyncio.run, coroutine).result()

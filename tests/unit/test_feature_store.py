@@ -25,6 +25,7 @@ from pipelines.features_online import OnlineFeatures, Status, states_from_histor
 from pipelines.spec import ModelSpec
 from serving.feature_store import FeatureStore, RedisStore, open_store
 from serving.resp import RespClient, RespError
+from tests.support import run_async
 from tests.unit.test_features import spec_of, typed_frame
 from tests.unit.test_features_online import assert_same, records
 
@@ -109,7 +110,7 @@ def test_each_store_gives_the_offline_features_after_a_backfill(
     assert result.states == result.written > 500
     store.mark_warm({"rows": len(history)})
     assert store.warm_record() == {"rows": len(history)}
-    got = asyncio.run(observe_all(store, day))
+    got = run_async(observe_all(store, day))
     offline = compute_aggregates(spec.features.aggregates, frame, "tx_time").loc[day.index]
     assert_same(got, offline)
     # merging the same history again changes nothing (live events are kept)
@@ -142,7 +143,7 @@ def test_concurrent_transactions_for_one_card_lose_no_update(store: FeatureStore
             assert all(o.status == Status.RECORDED for seen in results for o in seen)
             await target.aclose()
 
-        asyncio.run(many())
+        run_async(many())
 
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
     for t in threads:
@@ -153,7 +154,7 @@ def test_concurrent_transactions_for_one_card_lose_no_update(store: FeatureStore
     assert state is not None and len(state) == 200 and len(set(state.ids.tolist())) == 200
     assert np.all(np.diff(state.times) >= 0)
     pending = transaction(online, card_row(42, 9999), 300 * 10**9)
-    seen = asyncio.run(store.observe(pending))
+    seen = run_async(store.observe(pending))
     card = next(o for p, o in zip(pending, seen, strict=True) if p.entity.entity == "card_id")
     names = next(p.entity.names for p in pending if p.entity.entity == "card_id")
     assert card.features[names.index("card_tx_count_1h")] == 200.0
@@ -161,12 +162,12 @@ def test_concurrent_transactions_for_one_card_lose_no_update(store: FeatureStore
 
 def test_a_refused_transaction_is_written_nowhere(store: FeatureStore) -> None:
     online = store.online
-    asyncio.run(store.observe(transaction(online, card_row(7, 1), 10 * HOUR)))
+    run_async(store.observe(transaction(online, card_row(7, 1), 10 * HOUR)))
     other = card_row(8, 2)  # another card at the same terminal, far ahead
-    asyncio.run(store.observe(transaction(online, other, 20 * HOUR)))
+    run_async(store.observe(transaction(online, other, 20 * HOUR)))
     before = store.state("terminal_id", "1")
     late = transaction(online, card_row(7, 3), 12 * HOUR)  # fine for card 7, too late for 1
-    seen = asyncio.run(store.observe(late))
+    seen = run_async(store.observe(late))
     assert {o.status for o in seen} == {Status.RECORDED, Status.TOO_LATE}
     assert len(store.state("card_id", "7")) == 1  # not recorded for the card either
     after = store.state("terminal_id", "1")
@@ -212,7 +213,7 @@ def test_the_lean_redis_client_pipelines_selects_the_db_and_returns_errors_in_pl
         return replies
 
     try:
-        ok, value, error, both = asyncio.run(main())
+        ok, value, error, both = run_async(main())
         assert ok == b"OK" and value == b"\x00\xffbinary" and both == [value, None]
         assert isinstance(error, RespError) and "unknown command" in str(error).lower()
         assert redis.Redis.from_url(url).get(key) == value  # written to db 2
@@ -248,7 +249,7 @@ def test_a_stale_local_cache_never_changes_the_answer(redis_store: RedisStore) -
 
     def count(target: FeatureStore, tx: int, seconds: int) -> tuple[float, Status]:
         pending = transaction(online, card_row(5, tx), 10 * HOUR + seconds * 10**9)
-        seen = asyncio.run(target.observe(pending))
+        seen = run_async(target.observe(pending))
         card = next(o for p, o in zip(pending, seen, strict=True) if p.entity.entity == "card_id")
         return card.features[col], card.status
 

@@ -14,6 +14,7 @@ from pipelines.features_online import OnlineFeatures
 from serving.predictor_client import PredictorClient, PredictorUnavailable
 from serving.schema import InputError
 from serving.transactions import TransactionSchema, parse_time_ns
+from tests.support import run_async
 from tests.unit.test_features import spec_of
 
 
@@ -143,7 +144,7 @@ def test_the_client_reuses_connections_and_reads_both_framings() -> None:
         await client.aclose()
         server.close()
 
-    asyncio.run(main())
+    run_async(main())
     assert connections == 1
 
 
@@ -176,5 +177,5 @@ def test_an_idle_connection_the_server_closed_is_replaced_and_a_hang_times_out()
         with pytest.raises(PredictorUnavailable):
             await PredictorClient(host, timeout=1).post("/x", b"4")  # nobody listens
 
-    asyncio.run(main())
+    run_async(main())
     assert served == 2
