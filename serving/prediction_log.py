@@ -161,6 +161,7 @@ class _Flush:
 _CLOSE = object()
 #: requests with at least this many rows are encoded in the writer thread
 DEFER_ROWS = 256
+DEFERRED_QUEUE_FACTOR = 4  # rows of large requests awaiting encoding: 4 x queue_size
 
 
 class _Batch:
@@ -431,7 +432,9 @@ class PredictionLog:
     """An asynchronous, rotating, pseudonymising prediction log (see the module doc).
 
     ``rotate_rows``/``rotate_seconds``: finish a file at this many rows or this age.
-    ``queue_size``: records held for the writer before ``log()`` drops. ``batch_rows``:
+    ``queue_size``: records held for the writer before ``log()`` drops (rows of large
+    requests waiting to be encoded by the writer have a bound of their own,
+    :data:`DEFERRED_QUEUE_FACTOR` times that). ``batch_rows``:
     records the writer takes per wake-up; ``row_group_rows``: Parquet row-group size.
     ``poll_seconds``: how often an idle writer checks the file's age. ``compression``:
     the Parquet codec (JSONL is plain text). ``clock``: wall time in epoch seconds, for
@@ -503,7 +506,12 @@ class PredictionLog:
         # wakes every poll_seconds, or at once when batch_rows are waiting or on flush/close.
         self._items: collections.deque[Any] = collections.deque()
         self._queue_size = queue_size
-        self._queued_rows = 0  # rows in _items (lines and batches)
+        self._queued_rows = 0  # rows in _items (lines and encoded batches)
+        # rows of large requests still to be encoded by the writer: bounded apart (they
+        # hold only the request's arrays), so that a burst of big batches that the
+        # low-priority writer encodes later neither drops nor crowds out single rows
+        self._deferred_rows = 0
+        self._deferred_limit = DEFERRED_QUEUE_FACTOR * queue_size
         self._wake = threading.Event()
         self._gate = threading.Lock()  # orders log() against close()
         self._closed = False
@@ -627,6 +635,14 @@ class PredictionLog:
     def _enqueue(self, item: _Batch) -> int:
         n = item.rows
         with self._gate:
+            if item.encode is not None:
+                if not self._closed and self._deferred_rows + n <= max(self._deferred_limit, n):
+                    self._items.append(item)
+                    self._deferred_rows += n
+                    self._wake.set()
+                    return n
+                self._dropped += n
+                return 0
             if not self._closed and self._queued_rows + n <= max(self._queue_size, n):
                 self._items.append(item)
                 before = self._queued_rows
@@ -781,7 +797,7 @@ class PredictionLog:
 
     @property
     def queued(self) -> int:
-        return self._queued_rows
+        return self._queued_rows + self._deferred_rows
 
     @property
     def files(self) -> list[Path]:
@@ -821,14 +837,18 @@ class PredictionLog:
             self._wake.wait(self._poll)
             self._wake.clear()
         batch = []
-        taken = 0
-        while items and taken < self._batch_rows:
+        taken = deferred = 0
+        while items and taken + deferred < self._batch_rows:
             item = items.popleft()
             batch.append(item)
-            taken += 1 if isinstance(item, bytes) else getattr(item, "rows", 0)
-        if taken:
+            if isinstance(item, _Batch) and item.encode is not None:
+                deferred += item.rows
+            else:
+                taken += 1 if isinstance(item, bytes) else getattr(item, "rows", 0)
+        if taken or deferred:
             with self._gate:
                 self._queued_rows -= taken
+                self._deferred_rows -= deferred
         if not batch:
             self._rotate_if_old()
             return False
@@ -862,6 +882,7 @@ class PredictionLog:
                 lines.append(item)
         with self._gate:
             self._queued_rows = 0
+            self._deferred_rows = 0
         self._add(lines)
 
     def _add(self, lines: list[bytes | _Batch]) -> None:

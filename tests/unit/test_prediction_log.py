@@ -583,3 +583,31 @@ def test_a_deferred_batch_that_fails_is_counted_and_the_writer_goes_on(tmp_path:
     assert pl.close()
     assert (pl.written, pl.dropped, pl.errors) == (1, 0, n)
     assert [r["request_id"] for r in all_rows(tmp_path)] == ["req-1"]
+
+
+def test_a_burst_of_large_batches_waits_for_the_writer_without_crowding_out_single_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[PredictionLog]
+) -> None:
+    """Large requests are encoded later by the low-priority writer; while it is behind,
+    their rows wait under a bound of their own (DEFERRED_QUEUE_FACTOR x queue_size):
+    a burst of them is kept whole, single rows still fit, and only beyond that bound
+    is a batch dropped (counted)."""
+    stall = StalledSink(monkeypatch, SINKS["jsonl"])
+    n = plog.DEFER_ROWS
+    pl = make_log(tmp_path, "jsonl", queue_size=n)
+    logs.append(pl)
+    assert pl.log(record(0))
+    assert stall.entered.wait(10)  # the writer is stuck: nothing is taken from the queue
+    try:
+        taken = [
+            pl.log_batch([{"a": i}] * n, [0.5] * n, ["x"] * n, request_id=f"b{i}")
+            for i in range(plog.DEFERRED_QUEUE_FACTOR + 1)
+        ]
+        singles = [pl.log(record(i)) for i in range(1, 4)]
+    finally:
+        stall.release.set()
+    assert taken == [n] * plog.DEFERRED_QUEUE_FACTOR + [0]  # 4 x queue_size kept, then full
+    assert singles == [True] * 3  # the single-row queue is not taken by the batches
+    assert pl.close(timeout=30)
+    kept = plog.DEFERRED_QUEUE_FACTOR * n
+    assert (pl.written, pl.dropped, pl.errors) == (4 + kept, n, 0)
