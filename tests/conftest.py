@@ -84,8 +84,11 @@ def chromium_path() -> str:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(chromium_path: str) -> Iterator[object]:
+    """Chromium for one browser-test module. Playwright's sync API runs an asyncio loop
+    in the main thread while it is open: per module (not per session), so that the
+    tests after the browser tests find no event loop running there."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
