@@ -173,7 +173,8 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
 def _features_of_last_deploy(deployer: Any, name: str, version: str) -> dict[str, Any]:
     """The feature transformer the deploy step gave this version (its store and, for the
     in-process store, the history it warmed up from), so that ``make up`` serves it the
-    same way; nothing for a version deployed without one."""
+    same way; nothing for a version deployed without one. Raises when the in-process
+    store's history is gone (the version would answer without its warm state)."""
     folder = getattr(deployer, "state_root", None)
     if folder is None:
         return {}
@@ -183,8 +184,13 @@ def _features_of_last_deploy(deployer: Any, name: str, version: str) -> dict[str
     except (OSError, ValueError):
         return {}
     store, history = last.get("feature_store"), last.get("history")
-    if not store or (store == "memory" and not (history and Path(history).is_file())):
+    if not store:
         return {}
+    if store == "memory" and not (history and Path(history).is_file()):
+        raise GovMLError(
+            f"its feature transformer warmed up from {history}, which is gone: deploy the "
+            "version again from a lifecycle run (or use a Redis store: GOVML_FEATURE_STORE)"
+        )
     return {"feature_store": store, "history": history}
 
 
