@@ -53,7 +53,9 @@ def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
     return PredictionLog(args.prediction_log, hmac_key=key, **kwargs)
 
 
-def _document_requests(app, model_name: str, schema) -> None:  # noqa: ANN001
+def _document_requests(  # noqa: ANN001
+    app, model_name: str, schema, body: dict | None = None, verbs: tuple = ("predict", "explain")
+) -> None:
     """Make ``/openapi.json`` describe the real V1 request body of this model.
 
     KServe's routes take a free-form body; the document gets the feature schema
@@ -68,15 +70,15 @@ def _document_requests(app, model_name: str, schema) -> None:  # noqa: ANN001
         if app.openapi_schema:
             return app.openapi_schema
         document = original()
-        body = openapi_schema(schema)
-        body.pop("$schema", None)
+        request = dict(body) if body is not None else openapi_schema(schema)
+        request.pop("$schema", None)
         components = document.setdefault("components", {})
-        components.setdefault("schemas", {})[f"{model_name}_request"] = body
+        components.setdefault("schemas", {})[f"{model_name}_request"] = request
         components.setdefault("securitySchemes", {})["bearer"] = {
             "type": "http",
             "scheme": "bearer",
         }
-        for verb in ("predict", "explain"):
+        for verb in verbs:
             operation = document["paths"].get(f"/v1/models/{{model_name}}:{verb}", {}).get("post")
             if operation is None:
                 continue

@@ -94,6 +94,55 @@ class TransactionSchema:
         self._checks = checks
         self._online = online
         self._known = frozenset(names)
+        self._spec_columns = {name: columns[name] for name in names}
+        self._spec_name = spec.name
+
+    def json_schema(self) -> dict[str, Any]:
+        """JSON Schema (draft 2020-12 / OpenAPI 3.1) of the V1 request of raw
+        transactions, field by field as :meth:`validate` checks them."""
+        from serving.schema import JSON_SCHEMA_DIALECT, _field_schema, _raw_feature
+
+        columns = self._spec_columns
+        properties: dict[str, Any] = {}
+        for name in self.fields:
+            column = columns[name]
+            if name == self.time_column:
+                properties[name] = {
+                    "type": "string",
+                    "pattern": _ISO.pattern,
+                    "description": "ISO 8601 time; without Z or an offset it is UTC",
+                }
+            elif column.type == ColumnType.STRING:
+                properties[name] = {
+                    "type": "string" if name == self.id_column else ["string", "null"]
+                }
+            else:
+                field = _field_schema(_raw_feature(name, column, None))
+                if name == self.id_column and isinstance(field.get("type"), list):
+                    field["type"] = [t for t in field["type"] if t != "null"]
+                properties[name] = field
+        row = {
+            "type": "object",
+            "title": f"{self._spec_name} transaction",
+            "properties": properties,
+            "required": list(self.fields),
+            "additionalProperties": False,
+        }
+        return {
+            "$schema": JSON_SCHEMA_DIALECT,
+            "title": f"{self._spec_name} raw transactions (KServe V1, feature transformer)",
+            "type": "object",
+            "properties": {
+                "instances": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": self.max_rows,
+                    "items": row,
+                }
+            },
+            "required": ["instances"],
+            "additionalProperties": False,
+        }
 
     def validate(self, instances: Any) -> list[Transaction]:
         """The transactions of a V1 ``instances`` list; :class:`InputError` otherwise."""

@@ -425,6 +425,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         },
     )
+    from serving.__main__ import _document_requests
+
+    assert model.schema_ is not None
+    _document_requests(
+        model_server.app, args.model_name, None, model.schema_.json_schema(), verbs=("predict",)
+    )
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)

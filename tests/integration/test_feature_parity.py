@@ -326,6 +326,20 @@ def test_kserves_own_route_transforms_the_same_way(
     assert bad.status == 400 and "card_id: missing field" in json.loads(bad.read())["error"]
 
 
+def test_the_openapi_document_describes_raw_transactions(transformer: SimpleNamespace) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", transformer.port, timeout=30)
+    conn.request("GET", "/openapi.json")
+    document = json.loads(conn.getresponse().read())
+    body = document["components"]["schemas"][f"{MODEL}_request"]
+    row = body["properties"]["instances"]["items"]
+    assert {"transaction_id", "tx_time", "card_id", "amount"} <= set(row["required"])
+    assert "card_tx_count_1h" not in row["properties"]  # computed here, never sent
+    predict = document["paths"]["/v1/models/{model_name}:predict"]["post"]
+    assert predict["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        f"{MODEL}_request"
+    )
+
+
 def test_concurrent_requests_for_one_card_lose_no_update(
     world: SimpleNamespace, transformer: SimpleNamespace
 ) -> None:

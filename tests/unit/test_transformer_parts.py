@@ -76,6 +76,32 @@ def test_a_transaction_carries_exactly_the_fields_the_model_needs(
     assert tx.values["channel"] == "online" and "tx_time" not in tx.values
 
 
+def test_the_json_schema_describes_exactly_what_validate_takes(
+    schema: TransactionSchema,
+) -> None:
+    import jsonschema
+
+    document = schema.json_schema()
+    jsonschema.Draft202012Validator.check_schema(document)
+    validator = jsonschema.Draft202012Validator(document)
+    good = {"instances": [good_row(), good_row() | {"amount": 3, "channel": "card_present"}]}
+    assert schema.validate(good["instances"])  # the checks take it ...
+    assert not list(validator.iter_errors(good))  # ... and so does the document
+    for change in (
+        {"channel": "telepathy"},
+        {"amount": "12.5"},
+        {"tx_time": "31/01/2026"},
+        {"unknown": 1},
+        {"transaction_id": None},
+    ):
+        body = {"instances": [good_row() | change]}
+        with pytest.raises(InputError):
+            schema.validate(body["instances"])
+        assert list(validator.iter_errors(body)), change  # refused by both
+    row = document["properties"]["instances"]["items"]
+    assert row["required"] == list(schema.fields) and row["additionalProperties"] is False
+
+
 def test_every_problem_is_named_once_and_personal_data_never_echoed(
     schema: TransactionSchema,
 ) -> None:
