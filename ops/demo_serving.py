@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -39,19 +36,9 @@ SCORED_ROWS = 5
 
 
 def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get("GOVML_SERVING_TOKEN")  # when the endpoint requires tokens
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:300]
-        raise DeploymentError(f"POST {url}: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DeploymentError(f"POST {url}: {exc}") from None
+    from ops.deploy import post_json
+
+    return post_json(url, body)
 
 
 def _native(value: Any) -> Any:

@@ -97,18 +97,11 @@ def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
 
 
 def _score_remote(endpoint: Endpoint, rows: list[dict[str, Any]]) -> np.ndarray:
-    body = json.dumps({"instances": rows}).encode()
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get("GOVML_SERVING_TOKEN")  # when the endpoint requires tokens
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    req = urllib.request.Request(
-        f"{endpoint.url}/v1/models/{endpoint.model_name}:predict", data=body, headers=headers
-    )
+    url = f"{endpoint.url}/v1/models/{endpoint.model_name}:predict"
     try:
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return np.asarray(json.loads(resp.read())["predictions"], dtype="float64")
-    except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+        answer = post_json(url, {"instances": rows})
+        return np.asarray(answer["predictions"], dtype="float64")
+    except (DeploymentError, KeyError, TypeError, ValueError) as exc:
         raise DeploymentError(f"{endpoint.name}: smoke test request failed: {exc}") from None
 
 
@@ -141,9 +134,11 @@ def _native(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _post_json(url: str, body: Any) -> dict[str, Any]:
+def post_json(url: str, body: Any) -> dict[str, Any]:
+    """POST a JSON body to a model endpoint (with ``GOVML_SERVING_TOKEN`` when set);
+    the JSON answer, or DeploymentError naming the URL and what went wrong."""
     headers = {"Content-Type": "application/json"}
-    token = os.environ.get("GOVML_SERVING_TOKEN")
+    token = os.environ.get("GOVML_SERVING_TOKEN")  # when the endpoint requires tokens
     if token:
         headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
@@ -152,9 +147,9 @@ def _post_json(url: str, body: Any) -> dict[str, Any]:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode("utf-8", "replace")[:300]
-        raise DeploymentError(f"{url}: HTTP {exc.code}: {detail}") from None
+        raise DeploymentError(f"POST {url}: HTTP {exc.code}: {detail}") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DeploymentError(f"{url}: {exc}") from None
+        raise DeploymentError(f"POST {url}: {exc}") from None
 
 
 def raw_transactions(spec: Any, history: Path, ids: list[Any]) -> list[dict[str, Any]]:
@@ -191,7 +186,7 @@ def smoke_test_transformer(
     test = pd.read_parquet(run_dir / "features" / "test.parquet")
     sample = test.tail(SMOKE_ROWS)
     ids = sample[spec.data.id_column].tolist()
-    answer = _post_json(
+    answer = post_json(
         f"{url}/v1/models/{model}:predict",
         {"instances": raw_transactions(spec, history, ids)},
     )

@@ -479,14 +479,18 @@ def _custom_container(
         "env": env,
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": resources,
-        "readinessProbe": {
-            # KServe answers 503 here until the model is loaded and ready.
-            "httpGet": {"path": f"/v1/models/{model_name}", "port": HTTP_PORT},
-            "initialDelaySeconds": 2,
-            "periodSeconds": 5,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        },
+        # KServe answers 503 here until the model is loaded and ready.
+        "readinessProbe": _readiness_probe(model_name),
+    }
+
+
+def _readiness_probe(model_name: str) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": f"/v1/models/{model_name}", "port": HTTP_PORT},
+        "initialDelaySeconds": 2,
+        "periodSeconds": 5,
+        "timeoutSeconds": 2,
+        "failureThreshold": 3,
     }
 
 
@@ -551,14 +555,8 @@ def add_feature_transformer(
         ],
         "env": env,
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        "readinessProbe": {
-            # ready only once the model's namespace carries its backfill record
-            "httpGet": {"path": f"/v1/models/{model_name}", "port": HTTP_PORT},
-            "initialDelaySeconds": 2,
-            "periodSeconds": 5,
-            "timeoutSeconds": 2,
-            "failureThreshold": 3,
-        },
+        # ready only once the model's namespace carries its backfill record
+        "readinessProbe": _readiness_probe(model_name),
     }
     if resources:
         container["resources"] = copy.deepcopy(resources)
