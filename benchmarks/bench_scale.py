@@ -16,12 +16,29 @@ by ``write_fraud`` in 1M-row chunks (never whole in memory) and cached under ``-
 
     python benchmarks/bench_scale.py [--rows 1000000 10000000 50000000] [--memory-budget 14]
         [--json out.json]
+
+``--lifecycle``: the fraud lifecycle's heavy stages on the Dask backend only, one
+LocalCluster for the run: ingest (of the generated Parquet file) -> data validation (GX)
+-> features -> training (``lightgbm.dask``; ``--num-boost-round`` trees) -> evaluation
+-> SHAP explanations -> batch scoring of the training feature table. Time and peak RSS of
+the process tree are reported per stage (the parent attributes each 0.2 s sample to the
+stage the child announced last). Above ``--train-max-rows`` the training is skipped and
+the model trained at the largest size at most that is evaluated, explained and used to
+score (reported as such); ``--model-from DIR`` uses a train folder of an earlier run
+instead of training. The in-memory sizes of the ingested table and of the three feature
+tables (pandas, deep) are estimated from the 1M data set and reported next to the budget.
+
+    python benchmarks/bench_scale.py --lifecycle [--rows 1000000 10000000 50000000]
+        [--memory-budget 6] [--num-boost-round 100] [--train-max-rows 10000000]
+        [--model-from var/bench/scale/lifecycle/model-10000000]
+        [--stages ingest validate features train evaluate explain score]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -75,6 +92,56 @@ else:
 print("SCALE " + json.dumps(times), flush=True)
 """
 
+LIFECYCLE = r"""
+import json, shutil, sys, time, logging
+from pathlib import Path
+logging.basicConfig(level=logging.WARNING)
+from pipelines.spec import load_spec, Compute
+from pipelines.dask_backend import batch_score, build_features_dask, dask_client, train_dask
+from pipelines.dask_ingest import ingest_dask
+from pipelines.dask_validation import validate_data_dask
+from pipelines.dask_evaluation import evaluate_dask, explain_dask
+raw, out, workers, partition_rows, memory_limit, spec_path, rounds, model_dir = sys.argv[1:9]
+stages = sys.argv[9].split(",")
+spec = load_spec(Path(spec_path))
+spec = spec.model_copy(update={"training": spec.training.model_copy(
+    update={"num_boost_round": int(rounds)})})
+out, pr = Path(out), int(partition_rows)
+compute = Compute(backend="dask", workers=int(workers), partition_rows=pr,
+                  memory_limit=None if memory_limit == "auto" else memory_limit)
+train_dir = Path(model_dir) if model_dir != "-" else out / "train"
+times = {}
+t = time.perf_counter()
+print("STAGE cluster_start", flush=True)
+with dask_client(compute) as client:
+    times["cluster_start"] = time.perf_counter() - t
+    steps = {
+        "ingest": lambda: ingest_dask(spec, Path(raw), out / "ingest", client, pr),
+        "validate": lambda: validate_data_dask(spec, out / "ingest" / "data.parquet",
+                                               out / "validate", client, pr),
+        "features": lambda: build_features_dask(spec, out / "ingest" / "data.parquet",
+                                                out / "features", client, pr),
+        "train": lambda: train_dask(spec, out / "features", train_dir, client, pr),
+        "evaluate": lambda: evaluate_dask(spec, out / "features", train_dir, out / "evaluate",
+                                          client, pr),
+        "explain": lambda: explain_dask(spec, out / "features", train_dir, out / "evaluate",
+                                        out / "explain", client, pr),
+        "score": lambda: batch_score(spec, train_dir / "model.txt",
+                                     out / "features" / "train.parquet",
+                                     out / "scores.parquet", client, pr),
+    }
+    for name in stages:
+        print("STAGE " + name, flush=True)
+        t = time.perf_counter()
+        steps[name]()
+        times[name] = time.perf_counter() - t
+        print("TIMED " + json.dumps({name: times[name]}), flush=True)
+print("STAGE done", flush=True)
+auc = json.loads((out / "evaluate" / "metrics.json").read_text())["candidate"]["roc_auc"] \
+    if (out / "evaluate" / "metrics.json").is_file() else None
+print("SCALE " + json.dumps({**times, "test_roc_auc": auc}), flush=True)
+"""
+
 TRAIN = r"""
 import sys
 from pathlib import Path
@@ -114,7 +181,9 @@ def _tree_rss(proc: psutil.Process) -> int:
     return total
 
 
-def run_one(cmd: list[str], budget: int | None, timeout: float) -> dict[str, Any]:
+def run_one(
+    cmd: list[str], budget: int | None, timeout: float, echo: bool = False
+) -> dict[str, Any]:
     """Run ``cmd``; its wall time, peak tree RSS, stage times, or the reason it stopped."""
     started = time.perf_counter()
     popen = subprocess.Popen(
@@ -124,10 +193,23 @@ def run_one(cmd: list[str], budget: int | None, timeout: float) -> dict[str, Any
     proc = psutil.Process(popen.pid)
     peak, stopped = 0, None
     output: list[str] = []
-    reader = threading.Thread(target=lambda: output.extend(popen.stdout or []), daemon=True)
+    current = ["start"]
+    stage_peaks: dict[str, int] = {}
+
+    def read() -> None:
+        for line in popen.stdout or []:
+            output.append(line)
+            if line.startswith("STAGE "):
+                current[0] = line.split()[1]
+            if echo and line.startswith(("STAGE ", "TIMED ")):
+                print("    " + line.strip(), flush=True)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     while popen.poll() is None:
-        peak = max(peak, _tree_rss(proc))
+        rss = _tree_rss(proc)
+        peak = max(peak, rss)
+        stage_peaks[current[0]] = max(stage_peaks.get(current[0], 0), rss)
         if budget is not None and peak > budget:
             stopped = f"out of memory (> {budget / 2**30:.1f} GiB)"
             os.killpg(popen.pid, signal.SIGKILL)
@@ -147,7 +229,183 @@ def run_one(cmd: list[str], budget: int | None, timeout: float) -> dict[str, Any
             stages = json.loads(line[len("SCALE ") :])
     if stopped is None and popen.returncode != 0:
         stopped = f"failed (exit {popen.returncode}): " + text.strip().splitlines()[-1][:200]
-    return {"wall_s": wall, "peak_rss_gib": peak / 2**30, "stages": stages, "stopped": stopped}
+    return {
+        "wall_s": wall,
+        "peak_rss_gib": peak / 2**30,
+        "stages": stages,
+        "stage_peak_rss_gib": {k: v / 2**30 for k, v in stage_peaks.items()},
+        "stopped": stopped,
+        "log": [  # e.g. Dask's warnings about spilling or restarted workers
+            line.rstrip()[:300]
+            for line in text.splitlines()
+            if line.strip() and not line.startswith(("STAGE ", "TIMED ", "SCALE "))
+        ][-40:],
+    }
+
+
+LIFECYCLE_STAGES = ("ingest", "validate", "features", "train", "evaluate", "explain", "score")
+
+
+SIZES = r"""
+import sys, tempfile
+from pathlib import Path
+import pandas as pd
+from pipelines.spec import load_spec
+from pipelines.ingest import ingest
+from pipelines.features import SPLITS, build_features, read_split
+spec = load_spec(Path(sys.argv[2]))
+with tempfile.TemporaryDirectory() as tmp:
+    ingest(spec, Path(sys.argv[1]), Path(tmp) / "ingest")
+    data = Path(tmp) / "ingest" / "data.parquet"
+    build_features(spec, data, Path(tmp) / "features")
+    table = pd.read_parquet(data).memory_usage(deep=True, index=False).sum()
+    features = sum(read_split(spec, Path(tmp) / "features", s)
+                   .memory_usage(deep=True, index=False).sum() for s in SPLITS)
+print(table, features)
+"""
+
+
+@functools.cache
+def _sizes_per_million(cache: Path, spec_path: Path) -> tuple[int, int]:
+    small = dataset(cache, 1_000_000)
+    done = subprocess.run(
+        [sys.executable, "-c", SIZES, str(small), str(spec_path)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    table, features = done.stdout.split()
+    return int(table), int(features)
+
+
+def in_memory_gib(cache: Path, spec_path: Path, rows: int) -> tuple[float, float]:
+    """(ingested table, the three feature tables): pandas sizes (deep) in GiB at ``rows``
+    rows, scaled from the 1M data set."""
+    table, features = _sizes_per_million(cache, spec_path)
+    scale = rows / 1_000_000 / 2**30
+    return table * scale, features * scale
+
+
+def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -> int:
+    """``--lifecycle``: the Dask lifecycle stages per size, time and peak RSS per stage."""
+    work = args.cache / "lifecycle"
+    results: list[dict[str, Any]] = []
+    trained: dict[int, Path] = {}
+    for rows in sorted(args.rows):
+        data = dataset(args.cache, rows)
+        size, feature_size = in_memory_gib(args.cache, args.spec, rows)
+        out = work / f"dask-{rows}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        stages = list(args.stages)
+        model_dir = "-"
+        reused = None
+        if args.model_from is not None and "train" in stages:
+            stages.remove("train")
+            model_dir, reused = str(args.model_from), -1
+        elif rows > args.train_max_rows and "train" in stages:
+            stages.remove("train")
+            small = max((r for r in trained if r <= args.train_max_rows), default=None)
+            if small is None:
+                raise SystemExit(f"{rows:,} rows: no model trained at <= {args.train_max_rows:,}")
+            model_dir, reused = str(trained[small]), small
+        cmd = [
+            *(sys.executable, "-c", LIFECYCLE, str(data), str(out), str(args.workers)),
+            *(str(args.partition_rows), worker_limit, str(args.spec), str(args.num_boost_round)),
+            *(model_dir, ",".join(stages)),
+        ]
+        print(
+            f"dask lifecycle {rows:,} rows (in memory: table {size:.2f} GiB, feature tables "
+            f"{feature_size:.2f} GiB) ...",
+            flush=True,
+        )
+        result = {
+            "rows": rows,
+            "in_memory_gib": size,
+            "features_in_memory_gib": feature_size,
+            "model_from_rows": reused,
+            **run_one(cmd, budget, args.timeout, echo=True),
+        }
+        print("  " + json.dumps(result), flush=True)
+        results.append(result)
+        if "train" in stages and not result["stopped"]:
+            keep = work / f"model-{rows}"
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(out / "train", keep)
+            trained[rows] = keep
+        for sub in ("ingest", "features", "scores.parquet"):  # keep disk use bounded
+            target = out / sub
+            if target.is_dir():
+                shutil.rmtree(target, ignore_errors=True)
+            elif target.exists():
+                target.unlink()
+
+    names = [s for s in ("cluster_start", *LIFECYCLE_STAGES)]
+    head = " | ".join(f"{n} s (GiB)" for n in names)
+    lines = [
+        f"| transactions | table / features in memory (GiB) | {head} | total s "
+        "| peak RSS (GiB) | note |",
+        "| ---: | ---: |" + " ---: |" * len(names) + " ---: | ---: | --- |",
+    ]
+    for r in results:
+        st, peaks = r["stages"], r["stage_peak_rss_gib"]
+        cells = []
+        for n in names:
+            if n in st:
+                cells.append(f"{st[n]:.1f} ({peaks.get(n, 0):.2f})")
+            elif n == "train" and r["model_from_rows"]:
+                source = r["model_from_rows"]
+                cells.append(f"model of {_label(source)}" if source > 0 else "given model")
+            else:
+                cells.append("–")
+        total = sum(st.get(n, 0) for n in LIFECYCLE_STAGES)
+        note = r["stopped"] or ""
+        if st.get("test_roc_auc") is not None:
+            note = (note + f" test ROC-AUC {st['test_roc_auc']:.4f}").strip()
+        lines.append(
+            f"| {_label(r['rows'])} | {r['in_memory_gib']:.2f} / "
+            f"{r['features_in_memory_gib']:.2f} | " + " | ".join(cells)
+            + f" | {total:.1f} | {r['peak_rss_gib']:.2f} | {note} |"
+        )  # fmt: skip
+    growth = []
+    done = {r["rows"]: r for r in results if not r["stopped"]}
+    sizes = sorted(done)
+    for small, big in zip(sizes, sizes[1:], strict=False):
+        common = [n for n in LIFECYCLE_STAGES if n in done[small]["stages"]
+                  and n in done[big]["stages"]]  # fmt: skip
+        t_small = sum(done[small]["stages"][n] for n in common)
+        t_big = sum(done[big]["stages"][n] for n in common)
+        growth.append(
+            f"- {_label(small)} → {_label(big)} ({big / small:g}x data, stages "
+            f"{', '.join(common)}): {t_big / t_small:.1f}x time, "
+            f"{done[big]['peak_rss_gib'] / max(done[small]['peak_rss_gib'], 1e-9):.1f}x "
+            "peak memory"
+        )
+    notes = (
+        "Dask backend, fraud spec, LocalCluster of "
+        f"{args.workers} worker processes (one for the run), partitions of "
+        f"{args.partition_rows:,} rows; training {args.num_boost_round} trees "
+        f"(lightgbm.dask), skipped above {args.train_max_rows:,} rows (the model of the "
+        "largest trained size is used). Per stage: seconds (peak RSS of the process tree "
+        "in GiB). 'in memory': the pandas sizes of the ingested table and of the three feature "
+        "tables (estimated from 1M rows). "
+        + (f"Memory budget {args.memory_budget:g} GiB for the tree (Dask workers "
+           f"{worker_limit} each, spilling to disk)." if budget else "No memory budget.")
+    )  # fmt: skip
+    markdown = "\n".join([notes, "", *lines, "", "Growth (same stages):", *growth])
+    print(markdown)
+    if args.json:
+        command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
+        args.json.write_text(
+            json.dumps(
+                {
+                    "title": "Scale: the fraud lifecycle on the Dask backend (out of core)",
+                    "command": command.replace(f"--json {args.json}", "").strip(),
+                    "markdown": markdown,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+    return 0
 
 
 def main() -> int:
@@ -163,9 +421,18 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=ROOT / "var" / "bench" / "scale")
     parser.add_argument("--spec", type=Path, default=ROOT / "specs" / "fraud.yaml")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--lifecycle", action="store_true", help="the Dask lifecycle stages")
+    parser.add_argument("--num-boost-round", type=int, default=100, help="(--lifecycle)")
+    parser.add_argument("--train-max-rows", type=int, default=10_000_000, help="(--lifecycle)")
+    parser.add_argument("--stages", nargs="+", default=list(LIFECYCLE_STAGES))
+    parser.add_argument(
+        "--model-from", type=Path, help="(--lifecycle) a train folder to use instead of training"
+    )
     args = parser.parse_args()
     budget = int(args.memory_budget * 2**30) if args.memory_budget else None
     worker_limit = f"{int(budget / (args.workers + 1))}B" if budget else "auto"
+    if args.lifecycle:
+        return lifecycle(args, budget, worker_limit)
     work = args.cache / "runs"
     model_dir = args.cache / "model"
     model = model_dir / "train" / "model.txt"

@@ -160,11 +160,12 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def ingest() -> str:
-            from pipelines.ingest import ingest as run_ingest
+            from pipelines.compute import ingest_with, resolve_compute
             from pipelines.runs import resolve_source
 
             run = _run(spec_path)
-            run_ingest(run.spec, resolve_source(run), run.stage_dir("ingest"))
+            compute = resolve_compute(run.spec, run.settings)
+            ingest_with(compute, run.spec, resolve_source(run), run.stage_dir("ingest"))
             return str(run.stage_dir("ingest") / "data.parquet")
 
         @task
@@ -181,14 +182,15 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def validate_data(data: str, champ: dict[str, str]) -> str:
+            from pipelines.compute import resolve_compute, validate_with
             from registry.governance import record_data_validation
-            from validation.data_quality import validate_data as run_validation
 
             run = _run(spec_path)
             profile = Path(champ["profile"]) if champ.get("profile") else None
             folder = run.stage_dir("validate_data")
+            compute = resolve_compute(run.spec, run.settings)
             try:
-                run_validation(run.spec, Path(data), folder, profile)
+                validate_with(compute, run.spec, Path(data), folder, profile)
             finally:
                 record_data_validation(run.settings.governance_url, run.spec, run.run_id, folder)
             return str(folder)
@@ -240,12 +242,13 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def evaluate(features_dir: str, train_dir: str, champ: dict[str, str]) -> str:
-            from pipelines.evaluation import evaluate as run_evaluation
+            from pipelines.compute import evaluate_with, resolve_compute
 
             run = _run(spec_path)
             model = Path(champ["model"]) if champ.get("model") else None
             recent = run.settings.var_dir / "monitoring" / run.spec.name / "recent_labelled.parquet"
-            run_evaluation(
+            evaluate_with(
+                resolve_compute(run.spec, run.settings),
                 run.spec,
                 Path(features_dir),
                 Path(train_dir),
@@ -267,11 +270,12 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         @_no_retry
         def explain(features_dir: str, train_dir: str, eval_dir: str, champ: dict[str, str]) -> str:
-            from validation.explain import explain as run_explain
+            from pipelines.compute import explain_with, resolve_compute
 
             run = _run(spec_path)
             model = Path(champ["model"]) if champ.get("model") else None
-            run_explain(
+            explain_with(
+                resolve_compute(run.spec, run.settings),
                 run.spec,
                 Path(features_dir),
                 Path(train_dir),

@@ -33,9 +33,9 @@ Results against the local backend:
   early). The test-set ROC-AUC stays within :data:`AUC_TOLERANCE` of the local model's
   (tested). The logistic-regression baseline is fitted on a seeded sample of at most
   :data:`BASELINE_SAMPLE_ROWS` training rows.
-* Ingest, data validation, evaluation, fairness and SHAP run as the local stage
-  functions on the stage outputs (evaluation on the test split, SHAP on its seeded
-  sample); they are not distributed yet.
+* Ingest (:mod:`pipelines.dask_ingest`), data validation (:mod:`pipelines.dask_validation`),
+  evaluation and SHAP (:mod:`pipelines.dask_evaluation`) have their own Dask modules;
+  fairness runs as the local stage on the evaluation's scores.
 """
 
 from __future__ import annotations

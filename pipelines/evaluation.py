@@ -426,7 +426,6 @@ def evaluate(
     test = read_split(spec, features_dir, "test")
     target = spec.data.target
     y = test[target].to_numpy().astype(np.int64)
-    threshold = float(spec.gates.decision_threshold)
 
     scores: dict[str, np.ndarray] = {
         "candidate": score(load_model(train_dir / MODEL_FILE), test),
@@ -438,7 +437,27 @@ def evaluate(
             scores["champion"] = score(load_model(champion_model), test)
         except DataValidationError as exc:
             raise DataValidationError(f"champion {champion_model}: {exc}") from None
+    return write_evaluation(
+        spec, test, y, scores, train_dir, out_dir, champion_model, recent_window
+    )
 
+
+def write_evaluation(
+    spec: ModelSpec,
+    test: pd.DataFrame,
+    y: np.ndarray,
+    scores: dict[str, np.ndarray],
+    train_dir: Path,
+    out_dir: Path,
+    champion_model: Path | None = None,
+    recent_window: Path | None = None,
+) -> EvalResult:
+    """Metrics, scores, plots and ``result.json`` from the test rows' labels and scores.
+
+    ``test`` needs the id column and the columns the business metrics and segments read
+    (``amount``, the segment columns), in the order of ``y`` and the scores.
+    """
+    threshold = float(spec.gates.decision_threshold)
     if not _both_classes(y):
         log.warning(
             "test rows of %s hold %d positive(s) in %d rows: ranking metrics are null",

@@ -122,14 +122,30 @@ class IngestResult:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _examples(values: pd.Series) -> str:
-    uniq = list(dict.fromkeys(str(v) for v in values.tolist()))
-    shown = ", ".join(repr(v) for v in uniq[:_EXAMPLES])
-    return f"e.g. {shown}" if shown else ""
+class Problem(str):
+    """A problem text that also carries its parts, so partial results can be merged.
+
+    ``head`` is ``column 'x' (type)``, ``count`` the bad values, ``what`` their kind and
+    ``examples`` the first distinct bad values as text (at most ``_EXAMPLES``).
+    """
+
+    head: str
+    count: int
+    what: str
+    examples: list[str]
+
+    @classmethod
+    def of(cls, head: str, count: int, what: str, examples: list[str]) -> Problem:
+        shown = ", ".join(repr(v) for v in examples[:_EXAMPLES])
+        problem = cls(f"{head}: {count} {what} ({f'e.g. {shown}' if shown else ''})")
+        problem.head, problem.count, problem.what = head, count, what
+        problem.examples = list(examples[:_EXAMPLES])
+        return problem
 
 
 def _problem(name: str, col: Column, bad: pd.Series, what: str) -> str:
-    return f"column {name!r} ({col.type.value}): {len(bad)} {what} ({_examples(bad)})"
+    uniq = list(dict.fromkeys(str(v) for v in bad.tolist()))
+    return Problem.of(f"column {name!r} ({col.type.value})", len(bad), what, uniq[:_EXAMPLES])
 
 
 def _as_text(s: pd.Series) -> pd.Series:
@@ -298,10 +314,24 @@ def _format_text(v: Any) -> str:
     return str(v).strip()
 
 
-def _cast_category(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+def _format_values(s: pd.Series) -> pd.Series:
+    """Object series: every value as :func:`_format_text`, nulls as None.
+
+    A categorical series formats each category once (the same text as row by row).
+    """
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        texts = np.empty(len(s.cat.categories) + 1, dtype=object)
+        texts[:-1] = [_format_text(c) for c in s.cat.categories]
+        texts[-1] = None  # code -1: null
+        return pd.Series(texts[s.cat.codes.to_numpy()], index=s.index, name=s.name)
     mask = s.notna()
     values = s.astype(object)
-    values = values.where(~mask, values[mask].map(_format_text)).where(mask, None)
+    return values.where(~mask, values[mask].map(_format_text)).where(mask, None)
+
+
+def _cast_category(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
+    mask = s.notna()
+    values = _format_values(s)
     spec_categories = list(col.categories or [])
     known = set(spec_categories)
     extra = sorted({v for v in values[mask].unique() if v not in known})
@@ -310,9 +340,7 @@ def _cast_category(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | No
 
 
 def _cast_string(name: str, col: Column, s: pd.Series) -> tuple[pd.Series | None, list[str]]:
-    mask = s.notna()
-    values = s.astype(object)
-    return values.where(~mask, values[mask].map(_format_text)).where(mask, None), []
+    return _format_values(s), []
 
 
 _CASTS: dict[ColumnType, Callable[[str, Column, pd.Series], tuple[pd.Series | None, list[str]]]] = {
@@ -374,6 +402,15 @@ def _read_csv(source: Path) -> tuple[pd.DataFrame, list[dict[str, str]]]:
 
 
 def _read(source: Path) -> tuple[str, pd.DataFrame, list[dict[str, str]]]:
+    fmt = check_source(source)
+    frame, schema = _read_parquet(source) if fmt == "parquet" else _read_csv(source)
+    if len(frame) == 0:
+        raise DataValidationError(f"{source}: data file has no rows")
+    return fmt, frame, schema
+
+
+def check_source(source: Path) -> str:
+    """The format of a readable, non-empty data file; DataValidationError otherwise."""
     if not source.exists():
         raise DataValidationError(f"{source}: data file not found")
     if not source.is_file():
@@ -387,10 +424,7 @@ def _read(source: Path) -> tuple[str, pd.DataFrame, list[dict[str, str]]]:
         raise DataValidationError(f"{source}: data file is empty (0 bytes)")
     if not os.access(source, os.R_OK):
         raise DataValidationError(f"{source}: data file is not readable (permission denied)")
-    frame, schema = _read_parquet(source) if fmt == "parquet" else _read_csv(source)
-    if len(frame) == 0:
-        raise DataValidationError(f"{source}: data file has no rows")
-    return fmt, frame, schema
+    return fmt
 
 
 # ----------------------------------------------------------------------------- writing
@@ -419,21 +453,23 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
 # ----------------------------------------------------------------------------- stage
 
 
-def conform(
-    spec: ModelSpec, frame: pd.DataFrame, where: str
-) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
-    """Type ``frame`` per spec: (typed frame in spec order, extra columns, extra categories).
+def conform_columns(
+    spec: ModelSpec, frame: pd.DataFrame
+) -> tuple[dict[str, pd.Series], list[tuple[str | None, str]], list[str], dict[str, list[str]]]:
+    """The per-column work of :func:`conform`, without raising.
 
-    Raises DataValidationError naming ``where`` and every structural problem.
+    Returns (typed columns, problems as ``(column or None, text)`` in report order,
+    extra columns, extra categories). Shared with the Dask ingest, which merges the
+    problems of its partitions.
     """
-    problems: list[str] = []
+    problems: list[tuple[str | None, str]] = []
     names = [str(c) for c in frame.columns]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        problems.append(f"duplicate column name(s) {', '.join(repr(d) for d in dupes)}")
+        problems.append((None, f"duplicate column name(s) {', '.join(repr(d) for d in dupes)}"))
     missing = [name for name in spec.data.columns if name not in names]
     if missing:
-        problems.append(f"missing column(s) {', '.join(repr(m) for m in missing)}")
+        problems.append((None, f"missing column(s) {', '.join(repr(m) for m in missing)}"))
     extra_columns = [n for n in names if n not in spec.data.columns]
 
     typed: dict[str, pd.Series] = {}
@@ -443,7 +479,7 @@ def conform(
             continue
         series = frame[name].reset_index(drop=True)
         out, col_problems = _CASTS[col.type](name, col, series)
-        problems.extend(col_problems)
+        problems.extend((name, p) for p in col_problems)
         if out is None:
             continue
         typed[name] = out.rename(name)
@@ -451,12 +487,28 @@ def conform(
             extra = [c for c in out.cat.categories if c not in set(col.categories or [])]
             if extra:
                 extra_categories[name] = [str(c) for c in extra]
+    return typed, problems, extra_columns, extra_categories
+
+
+def mismatch_error(spec: ModelSpec, where: str, problems: list[str]) -> DataValidationError:
+    """The one error listing every structural problem of ``where``."""
+    n = len(problems)
+    return DataValidationError(
+        f"{where}: does not match spec {spec.name!r} ({n} problem{'s' if n > 1 else ''}): "
+        + "; ".join(problems)
+    )
+
+
+def conform(
+    spec: ModelSpec, frame: pd.DataFrame, where: str
+) -> tuple[pd.DataFrame, list[str], dict[str, list[str]]]:
+    """Type ``frame`` per spec: (typed frame in spec order, extra columns, extra categories).
+
+    Raises DataValidationError naming ``where`` and every structural problem.
+    """
+    typed, problems, extra_columns, extra_categories = conform_columns(spec, frame)
     if problems:
-        n = len(problems)
-        raise DataValidationError(
-            f"{where}: does not match spec {spec.name!r} ({n} problem{'s' if n > 1 else ''}): "
-            + "; ".join(problems)
-        )
+        raise mismatch_error(spec, where, [text for _, text in problems])
     out_frame = pd.DataFrame({name: typed[name] for name in spec.data.columns})
     return out_frame, extra_columns, extra_categories
 

@@ -395,8 +395,13 @@ def _build_checks(
     reference: Mapping[str, Any] | None = None,
     now: datetime | None = None,
     max_age: timedelta | None = None,
+    rows: int | None = None,
 ) -> list[_Check]:
-    """The suite's expectations, in a fixed order (table, columns, label, time, reference)."""
+    """The suite's expectations, in a fixed order (table, columns, label, time, reference).
+
+    ``frame`` gives the columns and dtypes; ``rows`` (default ``len(frame)``) the row count
+    the label-rate bound uses (the Dask backend passes one partition and the total).
+    """
     import great_expectations as gx
 
     expect = gx.expectations
@@ -464,7 +469,7 @@ def _build_checks(
                 column=name,
             )
 
-    rows = len(frame)
+    rows = len(frame) if rows is None else rows
     if data.target in frame:
         lo, hi, strict, how = _label_rate_bounds(reference, rows)
         add(
@@ -541,8 +546,8 @@ def _build_checks(
 # ----------------------------------------------------------------------------- running GX
 
 
-def _context(docs_dir: Path) -> Any:
-    """A fresh in-memory GX context whose only Data Docs site is ``docs_dir``."""
+def _context(docs_dir: Path | None) -> Any:
+    """A fresh in-memory GX context whose only Data Docs site is ``docs_dir`` (if any)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
         DataContextConfig,
@@ -554,7 +559,9 @@ def _context(docs_dir: Path) -> Any:
         store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
         analytics_enabled=False,
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
-        data_docs_sites={
+        data_docs_sites={}
+        if docs_dir is None
+        else {
             _SITE_NAME: {
                 "class_name": "SiteBuilder",
                 "show_how_to_buttons": False,
@@ -581,8 +588,11 @@ def _release_context() -> None:
         log.debug("could not release the GX context", exc_info=True)
 
 
-def _run_suite(suite_name: str, frame: pd.DataFrame, checks: list[_Check], docs_dir: Path) -> Any:
-    """Run the checks through a Checkpoint that updates the Data Docs; the suite result."""
+def _run_suite(
+    suite_name: str, frame: pd.DataFrame, checks: list[_Check], docs_dir: Path | None
+) -> Any:
+    """Run the checks through a Checkpoint that updates the Data Docs (unless ``docs_dir``
+    is None); the suite result."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
@@ -606,7 +616,9 @@ def _run_suite(suite_name: str, frame: pd.DataFrame, checks: list[_Check], docs_
             gx.Checkpoint(
                 name=f"{suite_name}_checkpoint",
                 validation_definitions=[definition],
-                actions=[UpdateDataDocsAction(name="update_data_docs", site_names=[_SITE_NAME])],
+                actions=[]
+                if docs_dir is None
+                else [UpdateDataDocsAction(name="update_data_docs", site_names=[_SITE_NAME])],
                 result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
             )
         )
@@ -736,16 +748,37 @@ def validate_data(
     if missing:  # GX returns one result per expectation; anything else is a bug
         raise RuntimeError(f"GX returned no result for check(s) {', '.join(missing)}")
     records = [_record(check, by_key[check.key]) for check in checks]
+    profile = build_profile(spec, frame, data_sha256)
+    return write_outcome(
+        spec, data, out_dir, data_sha256, suite_name, records, profile, reference_profile
+    )
+
+
+def write_outcome(
+    spec: ModelSpec,
+    data: Path,
+    out_dir: Path,
+    data_sha256: str,
+    suite_name: str,
+    records: list[dict[str, Any]],
+    profile: dict[str, Any],
+    reference_profile: Path | None,
+    backend: str | None = None,
+) -> DataValidationResult:
+    """Write ``validation.json``, ``profile.json`` and ``result.json`` from the check
+    records; raise DataValidationError listing every failed blocking check.
+
+    ``backend`` (the Dask backend passes ``"dask"``) is recorded in ``result.json``."""
     failed = [_failure_text(r) for r in records if not r["success"] and r["blocking"]]
     warnings = [_failure_text(r) for r in records if not r["success"] and not r["blocking"]]
+    rows = int(profile["rows"])
 
-    profile = build_profile(spec, frame, data_sha256)
     validation = {
         "data": str(data),
         "data_sha256": data_sha256,
         "expectations": records,
         "reference_profile": None if reference_profile is None else str(reference_profile),
-        "rows": len(frame),
+        "rows": rows,
         "spec": spec.name,
         "statistics": {
             "evaluated": len(records),
@@ -766,7 +799,7 @@ def validate_data(
         data_sha256=data_sha256,
         suite=suite_name,
         passed=not failed,
-        rows=len(frame),
+        rows=rows,
         label_rate=profile["label_rate"],
         expectations=len(records),
         failed=failed,
@@ -777,7 +810,10 @@ def validate_data(
         reference_profile=None if reference_profile is None else str(reference_profile),
         checks=validation["statistics"],
     )
-    write_json(out_dir / RESULT_FILE, outcome.to_dict())
+    write_json(
+        out_dir / RESULT_FILE,
+        outcome.to_dict() if backend is None else {**outcome.to_dict(), "backend": backend},
+    )
     for text in warnings:
         log.warning("%s: data check warning: %s", data, text)
     if failed:

@@ -28,6 +28,7 @@ import importlib.util
 import io
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,10 +220,8 @@ def explain(
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     seed = spec.training.seed
     id_col = spec.data.id_column
-    notes: list[str] = []
 
     booster = _load_booster(train_dir / "model.txt")
-    features = [str(f) for f in booster.feature_name()]
     test_path = features_dir / "test.parquet"
     if not test_path.exists():
         raise DataValidationError(f"explain: {test_path} does not exist")
@@ -231,6 +230,38 @@ def explain(
         raise DataValidationError(f"explain: {test_path} lacks the id column {id_col!r}")
 
     sample = sample_rows(test, id_col, max_rows, seed)
+
+    def flagged_contributions(flagged: pd.DataFrame, scores_path: Path) -> np.ndarray:
+        if not test[id_col].is_unique:
+            raise DataValidationError(f"explain: {test_path} has duplicate ids in {id_col!r}")
+        rows = test.set_index(id_col)
+        unknown = ~flagged["id"].isin(rows.index)
+        if unknown.any():
+            raise DataValidationError(
+                f"explain: {int(unknown.sum())} flagged row(s) of {scores_path} have no "
+                f"{id_col!r} in {test_path}"
+            )
+        return contributions(booster, rows.loc[flagged["id"].to_numpy()])
+
+    return explain_sample(
+        spec, booster, sample, eval_dir, out_dir, flagged_contributions, champion_model
+    )
+
+
+def explain_sample(
+    spec: ModelSpec,
+    booster: Any,
+    sample: pd.DataFrame,
+    eval_dir: Path,
+    out_dir: Path,
+    flagged_contributions: Callable[[pd.DataFrame, Path], np.ndarray],
+    champion_model: Path | None = None,
+) -> ExplainResult:
+    """The stage's outputs from its sample of test rows; ``flagged_contributions(flagged,
+    scores_path)`` gives the contributions of the flagged rows (in ``flagged`` order)."""
+    seed = spec.training.seed
+    features = [str(f) for f in booster.feature_name()]
+    notes: list[str] = []
     contribs = contributions(booster, sample)
     importance = mean_abs_shap(contribs, features)
     order = ranking(importance)
@@ -254,20 +285,10 @@ def explain(
         raise DataValidationError(f"explain: {scores_path} does not exist")
     scores = pd.read_parquet(scores_path, columns=["id", "score", "decision"])
     flagged = scores[scores["decision"].astype(np.int64) == 1].sort_values("id", kind="stable")
-    if not test[id_col].is_unique:
-        raise DataValidationError(f"explain: {test_path} has duplicate ids in {id_col!r}")
-    rows = test.set_index(id_col)
-    unknown = ~flagged["id"].isin(rows.index)
-    if unknown.any():
-        raise DataValidationError(
-            f"explain: {int(unknown.sum())} flagged row(s) of {scores_path} have no "
-            f"{id_col!r} in {test_path}"
-        )
-    flagged_rows = rows.loc[flagged["id"].to_numpy()]
     table = reason_code_frame(
         flagged["id"].to_numpy(),
         flagged["score"].to_numpy(),
-        contributions(booster, flagged_rows),
+        flagged_contributions(flagged, scores_path),
         features,
         dict(spec.reason_codes),
     )
