@@ -32,6 +32,10 @@ tables (pandas, deep) are estimated from the 1M data set and reported next to th
         [--memory-budget 6] [--num-boost-round 100] [--train-max-rows 10000000]
         [--model-from var/bench/scale/lifecycle/model-10000000]
         [--stages ingest validate features train evaluate explain score]
+        [--negative-sample-rate 0.05]
+
+``--negative-sample-rate`` trains on every positive and that seeded share of the
+negatives, weighted (``training.negative_sample_rate``): how training fits at 50M.
 """
 
 from __future__ import annotations
@@ -105,7 +109,7 @@ raw, out, workers, partition_rows, memory_limit, spec_path, rounds, model_dir = 
 stages = sys.argv[9].split(",")
 spec = load_spec(Path(spec_path))
 spec = spec.model_copy(update={"training": spec.training.model_copy(
-    update={"num_boost_round": int(rounds)})})
+    update={"num_boost_round": int(rounds), "negative_sample_rate": float(sys.argv[10])})})
 out, pr = Path(out), int(partition_rows)
 compute = Compute(backend="dask", workers=int(workers), partition_rows=pr,
                   memory_limit=None if memory_limit == "auto" else memory_limit)
@@ -310,7 +314,7 @@ def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -
         cmd = [
             *(sys.executable, "-c", LIFECYCLE, str(data), str(out), str(args.workers)),
             *(str(args.partition_rows), worker_limit, str(args.spec), str(args.num_boost_round)),
-            *(model_dir, ",".join(stages)),
+            *(model_dir, ",".join(stages), str(args.negative_sample_rate)),
         ]
         print(
             f"dask lifecycle {rows:,} rows (in memory: table {size:.2f} GiB, feature tables "
@@ -383,8 +387,11 @@ def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -
         "Dask backend, fraud spec, LocalCluster of "
         f"{args.workers} worker processes (one for the run), partitions of "
         f"{args.partition_rows:,} rows; training {args.num_boost_round} trees "
-        f"(lightgbm.dask), skipped above {args.train_max_rows:,} rows (the model of the "
-        "largest trained size is used). Per stage: seconds (peak RSS of the process tree "
+        f"(lightgbm.dask) on every positive and a seeded {args.negative_sample_rate:g} of "
+        "the negatives (weighted; training.negative_sample_rate)"
+        + (f", skipped above {args.train_max_rows:,} rows (the model of the largest trained "
+           "size is used)" if args.train_max_rows < max(args.rows) else "")
+        + ". Per stage: seconds (peak RSS of the process tree "
         "in GiB). 'in memory': the pandas sizes of the ingested table and of the three feature "
         "tables (estimated from 1M rows). "
         + (f"Memory budget {args.memory_budget:g} GiB for the tree (Dask workers "
@@ -424,6 +431,12 @@ def main() -> int:
     parser.add_argument("--lifecycle", action="store_true", help="the Dask lifecycle stages")
     parser.add_argument("--num-boost-round", type=int, default=100, help="(--lifecycle)")
     parser.add_argument("--train-max-rows", type=int, default=10_000_000, help="(--lifecycle)")
+    parser.add_argument(
+        "--negative-sample-rate",
+        type=float,
+        default=1.0,
+        help="(--lifecycle) training.negative_sample_rate for the training stage",
+    )
     parser.add_argument("--stages", nargs="+", default=list(LIFECYCLE_STAGES))
     parser.add_argument(
         "--model-from", type=Path, help="(--lifecycle) a train folder to use instead of training"

@@ -533,6 +533,22 @@ def _category_lists_dask(frame: dd.DataFrame, categorical: list[str]) -> dict[st
     return out
 
 
+_WEIGHT = "__govml_weight__"
+
+
+def _sampled_partition(part: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    from pipelines.training import negative_sample
+
+    return negative_sample(part, spec, weight_column=_WEIGHT)[0]
+
+
+def _sampled(frame: dd.DataFrame, spec: ModelSpec) -> dd.DataFrame:
+    """:func:`pipelines.training.negative_sample` per partition (it depends on each row's
+    id alone), the weights in the ``_WEIGHT`` column."""
+    meta = frame._meta.assign(**{_WEIGHT: np.array([], dtype=np.float64)})
+    return frame.map_partitions(_sampled_partition, spec, meta=meta)
+
+
 def _best_iteration(history: list[float], higher_is_better: bool) -> int:
     values = np.asarray(history, dtype=np.float64)
     if values.size == 0:
@@ -586,10 +602,15 @@ def train_dask(
     with dask.config.set(scheduler=client):
         train_df = read_partitioned(features_dir / "train.parquet", spec, partition_rows)
         val_df = read_partitioned(features_dir / "validation.parquet", spec, partition_rows)
-        y_train_all = train_df[target].astype("int64")
-        counts = y_train_all.value_counts().compute()
+        counts = train_df[target].astype("int64").value_counts().compute()
         if len(counts) < 2:
             raise DataValidationError(f"{features_dir}: the training rows hold only one class")
+        sampled = spec.training.negative_sample_rate < 1.0
+        if sampled:  # the rows and weights of the local rule, partition by partition,
+            # kept on the workers (a small share of the rows) for training, counts and
+            # the baseline's sample
+            train_df, val_df = client.persist([_sampled(train_df, spec), _sampled(val_df, spec)])
+        y_train_all = train_df[target].astype("int64")
         cats = _category_lists_dask(train_df, categorical)
         x_meta = _typed_partition(train_df._meta, features, categorical, cats)
         x_train = train_df.map_partitions(
@@ -597,6 +618,7 @@ def train_dask(
         )
         x_val = val_df.map_partitions(_typed_partition, features, categorical, cats, meta=x_meta)
         y_val_local = val_df[target].compute().to_numpy().astype(np.int64)
+        w_val_local = val_df[_WEIGHT].compute().to_numpy() if sampled else None
         if len(y_val_local) == 0:
             raise DataValidationError(f"{features_dir}: no validation rows for early stopping")
 
@@ -633,8 +655,10 @@ def train_dask(
             model.fit(
                 x_train,
                 y_train_all,
+                sample_weight=train_df[_WEIGHT] if sampled else None,
                 eval_X=(x_val,),
                 eval_y=(val_df[target].astype("int64"),),
+                eval_sample_weight=[val_df[_WEIGHT]] if sampled else None,
                 eval_names=["validation"],
             )
         booster = model.booster_
@@ -642,7 +666,7 @@ def train_dask(
         best_iteration = _best_iteration(history, metric in _HIGHER_IS_BETTER) or nbr
         x_val_local = x_val.compute()
         p_val = booster.predict(x_val_local, num_iteration=best_iteration)
-        best_score = _validation_score(metric, y_val_local, p_val, booster)
+        best_score = _validation_score(metric, y_val_local, p_val, booster, w_val_local)
 
         out_dir.mkdir(parents=True, exist_ok=True)
         model_path = out_dir / MODEL_FILE
@@ -653,7 +677,8 @@ def train_dask(
         if not np.allclose(check, p_val[:5]):
             raise RuntimeError("the saved model does not reproduce the trained booster")
 
-        n_train = int(y_counts.sum())
+        rows_before_sampling = int(y_counts.sum())
+        n_train = int(len(train_df)) if sampled else rows_before_sampling
         fraction = min(1.0, BASELINE_SAMPLE_ROWS / max(n_train, 1))
         sample = (
             train_df[[*features, target]]
@@ -693,6 +718,11 @@ def train_dask(
             "sklearn_version": sklearn.__version__,
             "train_rows": n_train,
             "scale_pos_weight": scale_pos_weight,
+            "negative_sampling": {
+                "rate": spec.training.negative_sample_rate,
+                "train_rows_before": rows_before_sampling,
+                "validation_rows": len(y_val_local),
+            },
             "backend": "dask",
             "dask_workers": len(client.scheduler_info().get("workers", {})),
             "validation_history": history,

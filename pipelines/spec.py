@@ -671,6 +671,12 @@ class Training(_Strict):
     early_stopping_rounds: int = Field(50, ge=1)
     imbalance: Literal["none", "scale_pos_weight", "is_unbalance"] = "scale_pos_weight"
     tuning_trials: int = Field(0, ge=0)
+    #: seeded negative downsampling of the training and validation splits: every
+    #: positive and this share of the negatives are kept (chosen by a hash of the id
+    #: column and ``seed``: the same rows on every backend and in every run), each kept
+    #: negative weighted 1/rate; 1 (the default) keeps every row. The test split, which
+    #: evaluation and the gates use, is never sampled.
+    negative_sample_rate: float = Field(1.0, gt=0, le=1)
 
 
 class Compute(_Strict):

@@ -16,6 +16,14 @@ ranking; ROC-AUC is invariant to it and, with the few positives of a fraud valid
 window, much less noisy than average precision (which stopped the 200k-row fraud spec
 after 3 trees).
 
+Negative downsampling (``training.negative_sample_rate`` below 1, for fraud data of
+tens of millions of rows with a fraction of a percent positive): every positive and a
+seeded share of the negatives of the training and validation splits are kept, chosen by
+a hash of the id column (:func:`negative_sample`: the same rows on the local and the
+Dask backend), and each kept negative is weighted 1/rate in training and in the
+early-stopping metric, so the model sees the original class balance (and
+``scale_pos_weight`` is computed on the full label counts). The test split is not sampled.
+
 Scoring helpers shared by evaluation, explanation and serving: :func:`load_model`,
 :func:`score` (re-types categoricals from the booster's ``pandas_categorical``),
 :func:`load_baseline` and :func:`score_baseline`.
@@ -377,17 +385,67 @@ def _with_trial(params: dict[str, Any], trial: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+#: negatives are kept when the top 32 bits of their id hash are below rate * 2**32
+_SAMPLE_SCALE = 1 << 32
+
+
+def _sample_hash_key(seed: int) -> str:
+    """The 16-character key of pandas' id hash for ``seed``."""
+    return f"govml{seed & 0xFFFFFFFFFFF:011x}"
+
+
+def _seeded_hash(ids: pd.Series, seed: int) -> np.ndarray:
+    """uint64 hashes of ``ids`` that depend on ``seed`` (pandas' hash of integers ignores
+    its key: the seed is mixed in with the splitmix64 finaliser)."""
+    key = _sample_hash_key(seed)
+    x = pd.util.hash_pandas_object(ids, index=False, hash_key=key).to_numpy()
+    with np.errstate(over="ignore"):
+        x = x ^ np.uint64((seed * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def negative_sample(
+    frame: pd.DataFrame, spec: ModelSpec, weight_column: str | None = None
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """``frame`` with every positive and a seeded ``training.negative_sample_rate`` share
+    of its negatives, and the kept rows' weights (1 for positives, 1/rate for negatives).
+
+    A negative is kept when the top 32 bits of a hash of its id and ``training.seed``
+    fall below rate * 2**32: the choice depends on the row's id
+    alone, so a frame in partitions keeps exactly the rows the whole frame keeps (the
+    Dask backend applies this per partition). With the rate at 1, ``frame`` and None.
+    With ``weight_column`` the weights are also added to the returned frame as that
+    column (for Dask, where they must travel with the partition)."""
+    rate = spec.training.negative_sample_rate
+    if rate >= 1.0:
+        return frame, None
+    hashed = _seeded_hash(frame[spec.data.id_column], spec.training.seed)
+    positive = frame[spec.data.target].to_numpy() == 1
+    keep = positive | ((hashed >> np.uint64(32)) < np.uint64(int(rate * _SAMPLE_SCALE)))
+    out = frame.loc[keep]
+    weights = np.where(positive[keep], 1.0, 1.0 / rate)
+    if weight_column is not None:
+        out = out.assign(**{weight_column: weights})
+    return out, weights
+
+
 def _fit(
     params: dict[str, Any],
-    data: tuple[pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray],
+    data: tuple[
+        pd.DataFrame, np.ndarray, pd.DataFrame, np.ndarray, np.ndarray | None, np.ndarray | None
+    ],
     num_boost_round: int,
     early_stopping_rounds: int,
 ) -> lgb.Booster:
     """One LightGBM training with early stopping (fresh Datasets: params may differ)."""
-    x_train, y_train, x_val, y_val = data
+    x_train, y_train, x_val, y_val, w_train, w_val = data
     quiet = {"verbosity": -1}
-    train_set = lgb.Dataset(x_train, label=y_train, params=quiet, free_raw_data=True)
-    valid_set = lgb.Dataset(x_val, label=y_val, reference=train_set, params=quiet)
+    train_set = lgb.Dataset(
+        x_train, label=y_train, weight=w_train, params=quiet, free_raw_data=True
+    )
+    valid_set = lgb.Dataset(x_val, label=y_val, weight=w_val, reference=train_set, params=quiet)
     return lgb.train(
         params,
         train_set,
@@ -401,15 +459,16 @@ def _fit(
 
 
 def _validation_score(
-    metric: str, y: np.ndarray, p: np.ndarray, booster: lgb.Booster
+    metric: str, y: np.ndarray, p: np.ndarray, booster: lgb.Booster, w: np.ndarray | None = None
 ) -> float | None:
-    """The early-stopping metric on validation at the best iteration."""
+    """The early-stopping metric on validation at the best iteration (weighted by the
+    negative-sampling weights ``w`` when the validation rows were sampled)."""
     if metric == "average_precision":
-        return float(average_precision_score(y, p)) if y.any() else None
+        return float(average_precision_score(y, p, sample_weight=w)) if y.any() else None
     if metric == "auc":
-        return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None
+        return float(roc_auc_score(y, p, sample_weight=w)) if 0 < y.sum() < len(y) else None
     if metric == "binary_logloss":
-        return float(log_loss(y, p, labels=[0, 1]))
+        return float(log_loss(y, p, labels=[0, 1], sample_weight=w))
     best = booster.best_score.get("validation", {}).get(metric)
     return None if best is None else float(best)
 
@@ -446,11 +505,25 @@ def train(
     if len(val_df) == 0:
         raise DataValidationError(f"{features_dir}: no validation rows for early stopping")
 
+    params, scale_pos_weight = base_params(spec, y_train)  # on the full label counts
+    rows_before_sampling = len(train_df)
+    train_df, w_train = negative_sample(train_df, spec)
+    val_df, w_val = negative_sample(val_df, spec)
+    if w_train is not None:
+        y_train = train_df[target].to_numpy().astype(np.int64)
+        y_val = val_df[target].to_numpy().astype(np.int64)
+        log.info(
+            "negative sampling at %g: %d of %d training rows, %d validation rows",
+            spec.training.negative_sample_rate,
+            len(train_df),
+            rows_before_sampling,
+            len(val_df),
+        )
+
     cats = _category_lists(train_df, categorical)
     x_train = _typed_for_lgb(train_df, features, categorical, cats)
     x_val = _typed_for_lgb(val_df, features, categorical, cats)
 
-    params, scale_pos_weight = base_params(spec, y_train)
     metric = params["metric"]
     if metric in _HIGHER_IS_BETTER and len(np.unique(y_val)) < 2:
         log.warning("validation holds one class: early stopping on binary_logloss instead")
@@ -461,7 +534,7 @@ def train(
     nbr = spec.training.num_boost_round
     esr = spec.training.early_stopping_rounds
 
-    data = (x_train, y_train, x_val, y_val)
+    data = (x_train, y_train, x_val, y_val, w_train, w_val)
 
     log.info(
         "training %s: %d rows, %d features, metric %s",
@@ -471,7 +544,7 @@ def train(
         metric,
     )
     booster = _fit(params, data, nbr, esr)
-    best_score = _validation_score(metric, y_val, booster.predict(x_val), booster)
+    best_score = _validation_score(metric, y_val, booster.predict(x_val), booster, w_val)
     best_params = params
     history: list[dict[str, Any]] = []
     best_trial, best_trial_params = 0, None
@@ -482,7 +555,9 @@ def train(
             trial = _sample_trial(rng)
             trial_params = _with_trial(params, trial)
             candidate = _fit(trial_params, data, nbr, esr)
-            trial_score = _validation_score(metric, y_val, candidate.predict(x_val), candidate)
+            trial_score = _validation_score(
+                metric, y_val, candidate.predict(x_val), candidate, w_val
+            )
             history.append(_trial_record(i, "random", trial, trial_score, candidate))
             log.info("tuning trial %d: %s -> %s %s", i, trial, metric, trial_score)
             if _better(metric, trial_score, best_score):
@@ -528,6 +603,11 @@ def train(
             "sklearn_version": sklearn.__version__,
             "train_rows": len(train_df),
             "scale_pos_weight": scale_pos_weight,
+            "negative_sampling": {
+                "rate": spec.training.negative_sample_rate,
+                "train_rows_before": rows_before_sampling,
+                "validation_rows": len(val_df),
+            },
         },
     )
     result = TrainResult(

@@ -7,6 +7,7 @@ ROC-AUC tolerance; a bad or unreachable scheduler gives one clear error.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -168,6 +169,27 @@ def test_distributed_training_within_auc_tolerance(
         assert (tmp_path / "dask" / name).is_file()
     assert 1 <= dask_model.best_iteration <= 120
     assert dask_model.params["scale_pos_weight"] == local_model.params["scale_pos_weight"]
+
+
+def test_negative_sampling_keeps_the_local_rows(
+    spec: ModelSpec, feature_dirs: tuple[Path, Path], client: object, tmp_path: Path
+) -> None:
+    local, dist = feature_dirs
+    sampled = spec.model_copy(
+        update={"training": spec.training.model_copy(update={"negative_sample_rate": 0.3})}
+    )
+    local_model = train(sampled, local, tmp_path / "local")
+    dask_model = dask_backend.train_dask(sampled, dist, tmp_path / "dask", client, 3000)
+    local_meta = json.loads((tmp_path / "local" / "training.json").read_text())
+    dask_meta = json.loads((tmp_path / "dask" / "training.json").read_text())
+    assert dask_meta["negative_sampling"] == local_meta["negative_sampling"]
+    assert dask_model.train_rows == local_model.train_rows < 0.4 * ROWS
+    assert dask_meta["scale_pos_weight"] == local_meta["scale_pos_weight"]
+    test = read_split_local(spec, local, "test")
+    y = test["is_fraud"].to_numpy()
+    auc_local = roc_auc_score(y, score(load_model(local_model.model_path), test))
+    auc_dask = roc_auc_score(y, score(load_model(dask_model.model_path), test))
+    assert abs(auc_dask - auc_local) <= dask_backend.AUC_TOLERANCE, (auc_local, auc_dask)
 
 
 def test_tuning_is_refused_on_dask(

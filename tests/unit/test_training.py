@@ -19,6 +19,7 @@ from pipelines.training import (
     booster_categories,
     load_baseline,
     load_model,
+    negative_sample,
     score,
     score_baseline,
     train,
@@ -39,6 +40,7 @@ TRAINING_KEYS = {
     "sklearn_version",
     "train_rows",
     "scale_pos_weight",
+    "negative_sampling",
 }
 
 
@@ -254,3 +256,50 @@ def test_load_model_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataValidationError, match="not found"):
         load_model(tmp_path / "model.txt")
     assert isinstance(lgb.__version__, str)
+
+
+def test_negative_sampling_is_seeded_by_id_and_partition_independent(
+    fraud: tuple[ModelSpec, Path, Path],
+) -> None:
+    spec, features, _ = fraud
+    frame = read_split(spec, features, "train")
+    sampled_spec = with_training(spec, negative_sample_rate=0.25)
+    kept, weights = negative_sample(frame, sampled_spec)
+    y = frame["is_fraud"].to_numpy()
+    assert (kept["is_fraud"] == 1).sum() == (y == 1).sum()  # every positive
+    negatives = int((kept["is_fraud"] == 0).sum())
+    assert abs(negatives / (y == 0).sum() - 0.25) < 0.02
+    assert weights is not None
+    np.testing.assert_array_equal(weights, np.where(kept["is_fraud"] == 1, 1.0, 4.0))
+    # the same rows whatever the chunking (the Dask backend samples per partition)
+    chunks = [
+        negative_sample(frame.iloc[i : i + 777], sampled_spec)[0] for i in range(0, len(frame), 777)
+    ]
+    pd.testing.assert_frame_equal(pd.concat(chunks), kept)
+    # another seed keeps other negatives; the rate at 1 keeps the frame as it is
+    other, _ = negative_sample(frame, with_training(sampled_spec, seed=8))
+    assert set(other["transaction_id"]) != set(kept["transaction_id"])
+    same, none = negative_sample(frame, spec)
+    assert same is frame and none is None
+    with_column, _ = negative_sample(frame, sampled_spec, weight_column="w")
+    np.testing.assert_array_equal(with_column["w"].to_numpy(), weights)
+
+
+def test_training_on_sampled_negatives_is_recorded_and_still_ranks(
+    fraud: tuple[ModelSpec, Path, Path], tmp_path: Path
+) -> None:
+    spec, features, full = fraud
+    sampled_spec = with_training(spec, negative_sample_rate=0.2)
+    result = train(sampled_spec, features, tmp_path / "sampled")
+    meta = _training_json(tmp_path / "sampled")
+    rows = len(read_split(spec, features, "train"))
+    assert meta["negative_sampling"]["rate"] == 0.2
+    assert meta["negative_sampling"]["train_rows_before"] == rows
+    assert result.train_rows == meta["train_rows"] < 0.3 * rows
+    # scale_pos_weight comes from the full label counts: the same as without sampling
+    assert meta["scale_pos_weight"] == _training_json(full)["scale_pos_weight"]
+    test = read_split(spec, features, "test")
+    auc = roc_auc_score(test["is_fraud"], score(load_model(result.model_path), test))
+    assert auc > 0.85
+    again = train(sampled_spec, features, tmp_path / "again")
+    assert again.model_sha256 == result.model_sha256
