@@ -3,12 +3,16 @@
 Both stores hold one :class:`~pipelines.features_online.EntityState` per entity value
 (one card, one customer, one terminal) and give the same guarantees:
 
-* **Atomic per entity value.** Observing a transaction reads each of its entity
+* **Atomic per transaction.** Observing a transaction reads each of its entity
   values' states, computes the features and the new states
   (:meth:`~pipelines.features_online.Pending.observe`) and writes them so that no
   concurrent update is lost: :class:`InProcessStore` under a lock,
-  :class:`RedisStore` with a compare-and-set Lua script on a random 8-byte version
-  token at the head of each value (a conflicting write is re-read and recomputed).
+  :class:`RedisStore` in one Lua script (:data:`OBSERVE_SCRIPT`, atomic on the Redis
+  server) that applies the same rules to every entity value of the transaction at
+  once and returns the prior states, from which Python computes the features. Each
+  Redis value starts with a random 8-byte version token that every write renews: the
+  backfill (:meth:`RedisStore.merge`) writes with a compare-and-set on it
+  (:data:`CAS_SCRIPT`), so a concurrent observe makes it read and merge again.
   A transaction that any of its entity values finds too late is written nowhere.
 * **Pseudonymous keys.** A state's key is ``<namespace>:<entity column>:<HMAC-SHA256
   of the entity value>`` (32 hex digits): card and customer ids are never stored or
@@ -24,23 +28,25 @@ Both stores hold one :class:`~pipelines.features_online.EntityState` per entity 
 Redis values expire after the entity's retention (longest window + allowed lateness)
 plus an hour without a write: an idle card's state then holds nothing a new event
 could see anyway.
+
+The Redis store is not Redis Cluster safe: one transaction's keys (its card, customer
+and terminal) are in different hash slots and the observe script touches them all
+(:mod:`serving.resp` does not speak Cluster either).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import os
-import random
 import secrets
+import struct
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,10 +54,13 @@ from pipelines.errors import ConfigError, GovMLError
 from pipelines.features_online import (
     EntityFeatures,
     EntityState,
+    Event,
     Observation,
     OnlineFeatures,
     Pending,
+    StateError,
     Status,
+    ValueKind,
     refused,
 )
 from serving.resp import RespClient, RespError
@@ -65,16 +74,120 @@ TOKEN_BYTES = 8
 TTL_SLACK_MS = 3_600_000
 MAX_ATTEMPTS = 50
 MERGE_BATCH = 500
-CACHE_SIZE = 100_000
 
-# Compare-and-set: write ARGV[2] (token + state) only if the stored token is ARGV[1]
-# ('' when the key must be absent). GETRANGE of a missing key is ''. Sent with EVAL
-# (Redis caches the compiled script; no NOSCRIPT handling after a restart).
+# Compare-and-set (the backfill): write ARGV[2] (token + state) only if the stored token
+# is ARGV[1] ('' when the key must be absent). GETRANGE of a missing key is ''. Sent
+# with EVAL (Redis caches the compiled script; no NOSCRIPT handling after a restart).
 CAS_SCRIPT = """
 if redis.call('GETRANGE', KEYS[1], 0, 7) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
+
+
+# One transaction (KEYS: its N entity keys), what EntityFeatures.observe and the store's
+# rules do, atomically: read every state, decide each one's status, write nothing if any
+# is too late, else write each recorded one (the event inserted in time order after its
+# ties, the events at or below the new watermark minus the retention evicted), and
+# return {status, prior value or false} per key (0 recorded, 1 duplicate, 2 too late).
+# Lua numbers are doubles, so an int64 time is handled as two exact halves: h, the
+# signed high 32 bits, and l, the unsigned low 32 bits ((h, l) compare as the time;
+# h may leave the int32 range after a subtraction or addition, still exactly). ARGV,
+# 11 per key: the expected state header prefix (magic, version, value columns), the
+# event's item of every column (8 bytes each: time, id, flags, values), its id (8
+# bytes), the new version token, the TTL (ms), then h and l of the event time, of the
+# event time + allowed lateness and of the retention. A value with another header or
+# length is an error reply, and nothing is written.
+OBSERVE_SCRIPT = """
+local byte, sub, floor = string.byte, string.sub, math.floor
+local function time(v, at)
+  local b1, b2, b3, b4, b5, b6, b7, b8 = byte(v, at, at + 7)
+  local h = ((b8 * 256 + b7) * 256 + b6) * 256 + b5
+  if b8 >= 128 then h = h - 4294967296 end
+  return h, ((b4 * 256 + b3) * 256 + b2) * 256 + b1
+end
+local function upto(v, base, n, h, l)
+  local lo, hi = 0, n
+  while lo < hi do
+    local mid = floor((lo + hi) / 2)
+    local th, tl = time(v, base + 8 * mid)
+    if th < h or (th == h and tl <= l) then lo = mid + 1 else hi = mid end
+  end
+  return lo
+end
+local function u32(x)
+  return string.char(x % 256, floor(x / 256) % 256, floor(x / 65536) % 256,
+    floor(x / 16777216) % 256)
+end
+local plan, out, late = {}, {}, false
+for i = 1, #KEYS do
+  local a = (i - 1) * 11
+  local v = redis.call('GET', KEYS[i])
+  local status, n, pos, first = 0, 0, 0, 0
+  if v then
+    if #v < 16 or sub(v, 9, 12) ~= ARGV[a + 1] then
+      return redis.error_reply('STATE ' .. KEYS[i] .. ': not a state of this layout')
+    end
+    local c1, c2, c3, c4 = byte(v, 13, 16)
+    n = ((c4 * 256 + c3) * 256 + c2) * 256 + c1
+    if #v ~= 16 + n * #ARGV[a + 2] then
+      return redis.error_reply('STATE ' .. KEYS[i] .. ': ' .. #v .. ' bytes do not hold '
+        .. n .. ' events')
+    end
+    if n > 0 then
+      local eh, el = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+      local lh, ll = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
+      local wh, wl = time(v, 9 + 8 * n)
+      local base = 17 + 8 * n
+      local at = string.find(v, ARGV[a + 3], base, true)
+      while at and at < base + 8 * n and (at - base) % 8 ~= 0 do
+        at = string.find(v, ARGV[a + 3], at + 1, true)
+      end
+      if wh > lh or (wh == lh and wl > ll) then
+        status, late = 2, true
+      elseif at and at < base + 8 * n then
+        status = 1
+      else
+        if eh > wh or (eh == wh and el >= wl) then
+          pos, wh, wl = n, eh, el
+        else
+          pos = upto(v, 17, n, eh, el)
+        end
+        local ch, cl = wh - tonumber(ARGV[a + 10]), wl - tonumber(ARGV[a + 11])
+        if cl < 0 then ch, cl = ch - 1, cl + 4294967296 end
+        local fh, fl = time(v, 17)
+        if fh < ch or (fh == ch and fl <= cl) then first = upto(v, 17, n, ch, cl) end
+        if first > pos then first = pos end
+      end
+    end
+  end
+  plan[i] = {status, n, pos, first}
+  out[2 * i - 1] = status
+  out[2 * i] = v
+end
+if late then return out end
+for i = 1, #KEYS do
+  local p = plan[i]
+  if p[1] == 0 then
+    local a = (i - 1) * 11
+    local item, v, n, pos, first = ARGV[a + 2], out[2 * i], p[2], p[3], p[4]
+    local parts = {ARGV[a + 4], ARGV[a + 1], u32(n - first + 1)}
+    for c = 0, #item / 8 - 1 do
+      local base = 17 + 8 * n * c
+      if pos > first then parts[#parts + 1] = sub(v, base + 8 * first, base + 8 * pos - 1) end
+      parts[#parts + 1] = sub(item, 8 * c + 1, 8 * c + 8)
+      if n > pos then parts[#parts + 1] = sub(v, base + 8 * pos, base + 8 * n - 1) end
+    end
+    redis.call('SET', KEYS[i], table.concat(parts), 'PX', ARGV[a + 5])
+  end
+end
+return out
+"""
+OBSERVE_SHA = hashlib.sha1(OBSERVE_SCRIPT.encode()).hexdigest()
+_STATUS_OF = (Status.RECORDED, Status.DUPLICATE, Status.TOO_LATE)
+_INT64_MAX = 2**63 - 1
+_HALF = 2**32
+_ITEM_FORMAT = {ValueKind.FIXED: "q", ValueKind.FLOAT: "d", ValueKind.CODE: "q"}
 
 
 class StoreError(GovMLError):
@@ -241,22 +354,21 @@ class InProcessStore(FeatureStore):
 class RedisStore(FeatureStore):
     """States in Redis (``redis://host:port/db``, ``rediss://``, ``unix://``).
 
-    Requests use :mod:`serving.resp` (two pipelined round trips: read, then
-    compare-and-set). Each state this process wrote is also kept in a local LRU cache
-    (``cache_size`` states, by default 100,000) with its version token: a transaction
-    whose states are all cached skips the read and goes straight to the
-    compare-and-set, which fails, and is then read and computed again, if another
-    process (another replica) wrote in between; a cached state that decides "nothing
-    to write" (a duplicate) is read again for its features. The answers are those of
-    the stored states either way; the cache only saves a round trip when one replica
-    sees an entity's transactions in a row.
+    A transaction costs one round trip (:mod:`serving.resp`): ``EVALSHA`` of
+    :data:`OBSERVE_SCRIPT` with the transaction's entity keys (``EVAL`` once more
+    after a ``NOSCRIPT``: Redis restarted or its script cache was flushed). The script
+    decides each entity value's status and writes the new states atomically, exactly
+    as :meth:`~pipelines.features_online.EntityFeatures.observe` and the store's rules
+    do, and returns the prior states; Python computes the features from them with the
+    same :meth:`~pipelines.features_online.Pending.observe` (deterministic: the state
+    it computes is the one the script wrote) and checks that it reaches the script's
+    status. Concurrent transactions, in this process or in other replicas, are
+    serialised by Redis. Not Redis Cluster safe (see the module doc).
     """
 
     kind = "redis"
 
-    def __init__(
-        self, online: OnlineFeatures, keys: KeyMaker, url: str, cache_size: int = CACHE_SIZE
-    ) -> None:
+    def __init__(self, online: OnlineFeatures, keys: KeyMaker, url: str) -> None:
         super().__init__(online, keys)
         import redis
 
@@ -266,10 +378,7 @@ class RedisStore(FeatureStore):
         self._async: RespClient | None = None
         self._ttl = {e.entity: e.retention // 1_000_000 + TTL_SLACK_MS for e in online.entities}
         self._async_loop: asyncio.AbstractEventLoop | None = None
-        self._key_locks = _KeyLocks()
-        self.conflicts = 0  # compare-and-set retries (another process wrote first)
-        self.cache_size = cache_size
-        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._layouts = {e.entity: _Layout(e, self._ttl[e.entity]) for e in online.entities}
 
     def _client(self) -> RespClient:
         """The lean client of the running event loop (connections belong to one)."""
@@ -295,86 +404,37 @@ class RedisStore(FeatureStore):
     async def _observe(self, pending: Sequence[Pending]) -> list[Observation]:
         if not pending:
             return []
-        keys = [self.keys.key(p.entity.entity, p.text) for p in pending]
-        # Transactions of this process on the same keys take turns (no conflicts
-        # between them); other processes are kept out by the compare-and-set.
-        async with self._key_locks.hold(sorted(set(keys))):
-            return await self._observe_locked(pending, keys)
-
-    async def _observe_locked(
-        self, pending: Sequence[Pending], keys: list[str]
-    ) -> list[Observation]:
+        keys: list[str] = []
+        args: list[bytes | int] = []
+        tokens = secrets.token_bytes(TOKEN_BYTES * len(pending))
+        for i, p in enumerate(pending):
+            name = p.entity.entity
+            keys.append(self.keys.key(name, p.text))
+            token = tokens[TOKEN_BYTES * i : TOKEN_BYTES * (i + 1)]
+            args += self._layouts[name].arguments(p.event, token)
         client = self._client()
-        blobs: list[bytes | None] = [self._cache_get(k) for k in keys]
-        cached = [b is not None for b in blobs]
-        missing = [i for i, hit in enumerate(cached) if not hit]
-        if missing:
-            (fresh,) = await client.execute(("MGET", *(keys[i] for i in missing)))
-            _raise(fresh)
-            for i, blob in zip(missing, fresh, strict=True):
-                blobs[i] = blob
-        seen = [p.observe(self._decode(p.entity, b)) for p, b in zip(pending, blobs, strict=True)]
-        stale = [i for i, o in enumerate(seen) if cached[i] and o.state is None]
-        if stale and not refused(seen):
-            # a cached state decided "nothing to write" (a duplicate): its features
-            # must come from the stored state, which another process may have changed
-            (fresh,) = await client.execute(("MGET", *(keys[i] for i in stale)))
-            _raise(fresh)
-            for i, blob in zip(stale, fresh, strict=True):
-                blobs[i], cached[i] = blob, False
-                seen[i] = pending[i].observe(self._decode(pending[i].entity, blob))
-        if refused(seen):  # too late by a cached state: too late by the stored one too
-            return seen
-        tokens = [_token(b) for b in blobs]
-        todo = [i for i, o in enumerate(seen) if o.state is not None]
-        for attempt in range(MAX_ATTEMPTS):
-            if not todo:
-                return seen
-            commands, values = [], {}
-            for i in todo:
-                values[i] = secrets.token_bytes(TOKEN_BYTES) + seen[i].state.to_bytes()  # type: ignore[union-attr]
-                ttl = self._ttl[pending[i].entity.entity]
-                commands.append(("EVAL", CAS_SCRIPT, 1, keys[i], tokens[i], values[i], ttl))
-            written = await client.execute(*commands)
-            for answer in written:
-                _raise(answer)
-            for i, ok in zip(todo, written, strict=True):
-                if ok:
-                    self._cache_put(keys[i], values[i])
-                else:
-                    self._cache.pop(keys[i], None)
-            todo = [i for i, ok in zip(todo, written, strict=True) if not ok]
-            if todo:  # another process wrote first: back off, read again, observe again
-                self.conflicts += 1
-                if not all(cached[i] for i in todo):  # a stale cache needs no back-off
-                    await asyncio.sleep(random.uniform(0, min(0.02, 0.0005 * 2**attempt)))
-                (again,) = await client.execute(("MGET", *(keys[i] for i in todo)))
-                _raise(again)
-                for i, blob in zip(todo, again, strict=True):
-                    tokens[i], cached[i] = _token(blob), False
-                    seen[i] = self._again(pending[i], blob)
-                todo = [i for i in todo if seen[i].state is not None]
-        raise StoreError(f"feature store: still contended after {MAX_ATTEMPTS} attempts")
-
-    def _cache_get(self, key: str) -> bytes | None:
-        blob = self._cache.get(key)
-        if blob is not None:
-            self._cache.move_to_end(key)
-        return blob
-
-    def _cache_put(self, key: str, blob: bytes) -> None:
-        if self.cache_size <= 0:
-            return
-        self._cache[key] = blob
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-
-    def _again(self, pending: Pending, blob: bytes | None) -> Observation:
-        obs = pending.observe(self._decode(pending.entity, blob))
-        if obs.status == Status.TOO_LATE:  # a newer event arrived in between: rare
-            log.warning("%s: an event became too late while it was recorded", pending.entity.entity)
-        return obs
+        (reply,) = await client.execute(("EVALSHA", OBSERVE_SHA, len(keys), *keys, *args))
+        if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
+            (reply,) = await client.execute(("EVAL", OBSERVE_SCRIPT, len(keys), *keys, *args))
+        if isinstance(reply, RespError):
+            raise StoreError(f"feature store: {reply}")
+        if not isinstance(reply, list) or len(reply) != 2 * len(pending):
+            raise StoreError(f"feature store: unexpected observe answer: {reply!r:.80}")
+        seen = []
+        for i, p in enumerate(pending):
+            code, blob = reply[2 * i], reply[2 * i + 1]
+            try:
+                obs = p.observe(self._decode(p.entity, blob))
+            except StateError as exc:
+                raise StoreError(f"feature store: {p.entity.entity}: {exc}") from None
+            if not 0 <= code < len(_STATUS_OF) or obs.status != _STATUS_OF[code]:
+                raise StoreError(
+                    f"feature store: the observe script found {p.entity.entity} "
+                    f"{_STATUS_OF[code] if 0 <= code < len(_STATUS_OF) else code}, Python "
+                    f"{obs.status} (the script and the state layout disagree)"
+                )
+            seen.append(obs)
+        return seen
 
     @staticmethod
     def _decode(entity: EntityFeatures, blob: bytes | None) -> EntityState | None:
@@ -437,7 +497,6 @@ class RedisStore(FeatureStore):
         return None if raw is None else json.loads(raw)
 
     def clear(self) -> int:
-        self._cache.clear()
         count = 0
         for key in self._sync.scan_iter(match=f"{self.keys.namespace}:*", count=1000):
             count += int(self._sync.delete(key))
@@ -452,39 +511,51 @@ class RedisStore(FeatureStore):
         self._sync.close()
 
 
-class _KeyLocks:
-    """asyncio locks per key, made on demand and dropped when nobody holds or waits."""
+class _Layout:
+    """One entity's arguments to :data:`OBSERVE_SCRIPT` (see the comment above it)."""
 
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+    def __init__(self, entity: EntityFeatures, ttl: int) -> None:
+        self.ttl = ttl
+        self.lateness = entity.lateness
+        self.retention_hi, self.retention_lo = divmod(entity.retention, _HALF)
+        if not 0 <= entity.retention <= _INT64_MAX:
+            raise ConfigError(f"{entity.entity}: retention out of range")
+        self._item = struct.Struct("<qqQ" + "".join(_ITEM_FORMAT[k] for k in entity.kinds))
+        # the header prefix and the items as the state layout writes them: checked here
+        # so that a layout change cannot make the script splice wrong bytes
+        sample = Event(-5, 7, 3, tuple(0.5 if k == ValueKind.FLOAT else -9 for k in entity.kinds))
+        single = entity.observe(None, sample).state
+        assert single is not None
+        data = single.to_bytes()
+        self.head = data[:4]
+        if len(data) != 8 + self._item.size or data[8:] != self._item.pack(*self._fields(sample)):
+            raise StoreError(f"{entity.entity}: the state layout is not the observe script's")
 
-    @contextlib.asynccontextmanager
-    async def hold(self, keys: Sequence[str]) -> AsyncIterator[None]:
-        """Hold every lock of ``keys`` (sorted: no deadlock between holders)."""
-        registered: list[str] = []
-        acquired: list[asyncio.Lock] = []
+    @staticmethod
+    def _fields(event: Event) -> tuple[int | float, ...]:
+        return (event.time, event.id, event.flags, *event.values)
+
+    def arguments(self, event: Event, token: bytes) -> tuple[bytes | int, ...]:
+        t = event.time
         try:
-            for key in keys:
-                lock, users = self._locks.get(key) or (asyncio.Lock(), 0)
-                self._locks[key] = (lock, users + 1)
-                registered.append(key)
-                await lock.acquire()
-                acquired.append(lock)
-            yield
-        finally:
-            for lock in reversed(acquired):
-                lock.release()
-            for key in registered:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-
-def _raise(answer: Any) -> None:
-    if isinstance(answer, RespError):
-        raise answer
+            item = self._item.pack(t, event.id, event.flags, *event.values)
+        except struct.error as exc:
+            raise StoreError(f"feature store: event out of range: {exc}") from None
+        th, tl = divmod(t, _HALF)
+        lh, ll = divmod(t + self.lateness, _HALF)
+        return (
+            self.head,
+            item,
+            item[8:16],
+            token,
+            self.ttl,
+            th,
+            tl,
+            lh,
+            ll,
+            self.retention_hi,
+            self.retention_lo,
+        )
 
 
 def _token(blob: bytes | None) -> bytes:

@@ -1,11 +1,12 @@
 """A lean asyncio Redis client for the transformer's request path (RESP2, pipelined).
 
-Each transaction costs two Redis round trips (read the states, compare-and-set them);
-redis-py's asyncio client spends about 150 µs of Python per command around them,
-more than Redis and the network. This client writes a whole pipeline in one ``write``
-on a pooled connection and parses the replies with a few ``readline`` calls: about
-15 µs per command. It speaks what the feature store needs (``MGET``, ``EVAL``,
-``AUTH``, ``SELECT``); the backfill and the tests use redis-py.
+Each transaction costs one Redis round trip (``EVALSHA`` of the feature store's
+observe script); redis-py's asyncio client spends about 150 µs of Python per command
+around it, more than Redis and the network. This client writes a whole pipeline in one
+``write`` on a pooled connection and parses the replies with a few ``readline`` calls:
+about 15 µs per command. It speaks what the feature store needs (``EVALSHA``,
+``EVAL``, ``AUTH``, ``SELECT``; an error reply such as ``NOSCRIPT`` comes back as a
+:class:`RespError` in its place); the backfill and the tests use redis-py.
 
 URLs as redis-py takes them: ``redis://[[user]:password@]host[:port][/db]``,
 ``rediss://...`` (TLS), ``unix://[[user]:password@]/path.sock[?db=N]``.
