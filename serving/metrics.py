@@ -128,3 +128,33 @@ def register_prediction_log(plog: object, model: str, version: str) -> Collector
     collector = _PredictionLogCollector(plog, model, version)
     REGISTRY.register(collector)
     return collector
+
+
+class _CompiledScorerCollector(Collector):
+    """Whether each model's batches run on its compiled model (serving.compiled)."""
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, object] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        ready = GaugeMetricFamily(
+            "govml_compiled_scorer_ready",
+            "1 when the model's batches are scored by its compiled model (bit-for-bit "
+            "Booster.predict), 0 while it is built or when it is unavailable",
+            labels=["model"],
+        )
+        for model, job in sorted(self.jobs.items()):
+            ready.add_metric([model], 1.0 if getattr(job, "scorer", None) is not None else 0.0)
+        yield ready
+
+
+_COMPILED = _CompiledScorerCollector()
+REGISTRY.register(_COMPILED)
+
+
+def track_compiled_scorer(model: str, job: object | None) -> None:
+    """Report ``job`` (a :class:`serving.compiled.BackgroundCompiler`, None when off)."""
+    if job is None:
+        _COMPILED.jobs.pop(model, None)
+    else:
+        _COMPILED.jobs[model] = job

@@ -11,6 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Model servers started by the tests do not compile their model in the background (each
+# would spend ~15 s of CPU in LLVM beside the test): the compiled batch scorer is tested
+# in tests/unit/test_compiled.py and by the model server of test_model_server.py, which
+# turn it on.
+os.environ.setdefault("GOVML_COMPILED", "0")
 PG_ADMIN_URL = os.environ.get(
     "GOVML_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )

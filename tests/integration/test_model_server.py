@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import time
 import urllib.error
@@ -63,7 +64,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
     return folder, rows, expected
 
 
-def _start(folder: Path, port: int, *extra: str) -> subprocess.Popen:
+def _start(
+    folder: Path, port: int, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.Popen:
     return subprocess.Popen(
         [
             str(SERVING_PY),
@@ -83,15 +86,26 @@ def _start(folder: Path, port: int, *extra: str) -> subprocess.Popen:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=env,
     )
 
 
 @pytest.fixture(scope="module")
-def server(trained: tuple[Path, pd.DataFrame, np.ndarray]) -> Iterator[str]:
+def server(
+    trained: tuple[Path, pd.DataFrame, np.ndarray], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     folder, _, _ = trained
     port = free_port()
     digest = hashlib.sha256((folder / "model.txt").read_bytes()).hexdigest()
-    proc = _start(folder, port, "--expected_sha256", digest)
+    # batches on the compiled model (serving.compiled), built ahead as at deploy time
+    cache = tmp_path_factory.mktemp("compiled")
+    env = {**os.environ, "GOVML_COMPILED": "1", "GOVML_COMPILED_CACHE": str(cache)}
+    warm = subprocess.run(
+        [str(SERVING_PY), "-m", "serving.compiled", "warm", str(folder / "model.txt")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert warm.returncode == 0, warm.stderr[-2000:]
+    proc = _start(folder, port, "--expected_sha256", digest, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -113,6 +127,22 @@ def server(trained: tuple[Path, pd.DataFrame, np.ndarray]) -> Iterator[str]:
 
 def test_v1_scores_match_the_booster_exactly(server: str, trained) -> None:  # noqa: ANN001
     _, rows, expected = trained
+    instances = [{**r, "channel": str(r["channel"])} for r in rows.to_dict(orient="records")]
+    code, body = _post(f"{server}/v1/models/fraud:predict", {"instances": instances})
+    assert code == 200, body
+    assert body["predictions"] == expected.tolist()
+
+
+def test_batches_run_on_the_compiled_model_bit_for_bit(server: str, trained) -> None:  # noqa: ANN001
+    _, rows, expected = trained
+    deadline = time.monotonic() + 60  # loaded from the warmed cache in well under a second
+    ready = 'govml_compiled_scorer_ready{model="fraud"} 1.0'
+    while True:
+        with urllib.request.urlopen(f"{server}/metrics", timeout=5) as resp:
+            if ready in resp.read().decode():
+                break
+        assert time.monotonic() < deadline, "the compiled model never became ready"
+        time.sleep(0.2)
     instances = [{**r, "channel": str(r["channel"])} for r in rows.to_dict(orient="records")]
     code, body = _post(f"{server}/v1/models/fraud:predict", {"instances": instances})
     assert code == 200, body
