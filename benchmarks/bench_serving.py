@@ -585,7 +585,9 @@ def render(out: dict[str, Any], args: argparse.Namespace) -> str:
     lines += [
         "",
         f"Batch scoring, {b['rows']:,} rows in one request (median of 5), govml with the "
-        "JSONL log (its default), "
+        "JSONL log (its default) and its compiled model (`serving.compiled`: lleaves, "
+        "trees summed in LightGBM's order, verified bit-for-bit against `Booster.predict` "
+        "when built; built before the servers start, as at deployment), "
         "against raw `Booster.predict` on the same rows as a float matrix in "
         "one process pinned to CPU 0:",
         "",
