@@ -25,6 +25,7 @@ from rich.table import Table
 
 from ops import stack
 from ops.run_dag import DEFAULT_UNTIL, lifecycle_run_id
+from ops.run_summary import read_summary
 from pipelines.config import Settings
 from pipelines.runs import safe_run_id
 from pipelines.spec import ModelSpec
@@ -150,10 +151,7 @@ def run_lifecycle_in(
             time.sleep(0.5)
     console.print()
     log_text = log_path.read_text(errors="replace")
-    summary: dict[str, Any] = {}
-    for line in log_text.splitlines():
-        if line.startswith("GOVML-RUN "):
-            summary = json.loads(line[len("GOVML-RUN ") :])
+    summary: dict[str, Any] = read_summary(log_text) or {}
     ok = proc.returncode == 0 and summary.get("state") == "success"
     failed = sorted(t for t, s in summary.get("tasks", {}).items() if s == "failed")
     console.print(

@@ -23,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from ops.run_summary import write_summary
 from pipelines.config import load_settings
 from pipelines.spec import load_spec
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         "state": str(dag_run.state),
         "tasks": states,
     }
-    print("GOVML-RUN " + json.dumps(summary, sort_keys=True), flush=True)
+    write_summary(summary)  # one write: task threads log to the same output
     return 0 if str(dag_run.state) == "success" else 1
 
 

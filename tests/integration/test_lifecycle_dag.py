@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from ops import stack
+from ops.run_summary import read_summary
 from pipelines.config import Settings, load_settings
 from pipelines.runs import safe_run_id
 from pipelines.spec import load_spec
@@ -95,10 +96,10 @@ class Lifecycle:
 
 
 def _summary(output: str) -> dict[str, Any]:
-    for line in output.splitlines():
-        if line.startswith("GOVML-RUN "):
-            return json.loads(line[len("GOVML-RUN ") :])
-    raise AssertionError("no run summary in the output:\n" + output[-4000:])
+    summary = read_summary(output)
+    if summary is None:
+        raise AssertionError("no run summary in the output:\n" + output[-4000:])
+    return summary
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from ops.run_summary import read_summary
 from pipelines.config import load_settings
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
@@ -306,7 +307,7 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
         output = result.stdout + result.stderr
         problems = [line for line in output.splitlines() if "Error" in line or "Exception" in line]
         assert result.returncode == 0, "\n".join(problems[-20:]) or output[-4000:]
-        summary = json.loads(output.split("GOVML-RUN ", 1)[1].splitlines()[0])
+        summary = read_summary(output)
         assert set(summary["tasks"].values()) == {"success"}, summary
         assert _champion(world) == v2
         steps = [k for k in _audit_kinds(world, v2) if k[1]]
