@@ -199,10 +199,11 @@ def _unique_counts(
     client: Client, pieces: list[Piece], column: str, meta: pd.Series
 ) -> tuple[int, tuple[list, list]]:
     """(rows holding a duplicated value, the first 20 such values and rows in row order)."""
-    import dask
     import dask.dataframe as dd
 
-    with dask.config.set(scheduler=client):
+    from pipelines.dask_backend import on_cluster
+
+    with on_cluster(client):
         series = dd.from_map(_column, pieces, column=column, meta=meta.iloc[:0])
         counts = series.value_counts(split_out=max(len(pieces), 1))
         dups = counts[counts > 1].compute()

@@ -67,6 +67,23 @@ def feature_dirs(
     return folder / "local", folder / "dask"
 
 
+def test_stages_shuffle_on_the_workers_and_leave_no_temp_files(
+    spec: ModelSpec, data: Path, client: object, tmp_path: Path
+) -> None:
+    import tempfile
+
+    import dask
+
+    def partd() -> set[Path]:
+        return set(Path(tempfile.gettempdir()).glob("*.partd"))
+
+    before = partd()
+    with dask_backend.on_cluster(client):  # type: ignore[arg-type]
+        assert dask.config.get("dataframe.shuffle.method") == "tasks"
+    dask_backend.build_features_dask(spec, data, tmp_path / "features", client, PARTITION_ROWS)
+    assert partd() == before  # Dask's disk shuffle would leave its partd folders here
+
+
 def test_partitions_cut_entity_histories(spec: ModelSpec, data: Path) -> None:
     frame = pd.read_parquet(data, columns=["card_id", "customer_id", "terminal_id"])
     part = np.arange(len(frame)) // PARTITION_ROWS
