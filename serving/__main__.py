@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         log.error("model %s not loaded; not serving", args.model_name)
         return REFUSED
     from serving.auth import TokenStore
-    from serving.http import GuardMiddleware
+    from serving.http import install as install_guard
 
     tokens = TokenStore.load(args.tokens) if args.tokens else None
     if tokens is None:
@@ -160,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             lambda body, client, json_length: model.handle_v2_infer(body, json_length, client),
             lambda: model.ready,
         )
-    model_server.app.add_middleware(
-        GuardMiddleware,
+    install_guard(
+        model_server.app,
         max_body_bytes=args.max_body_bytes,
         tokens=tokens,
         fast_routes=fast_routes,

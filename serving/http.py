@@ -1,6 +1,6 @@
 """The model server's HTTP guard: body size limit, bearer tokens, request metrics.
 
-A pure ASGI middleware added to KServe's FastAPI app before it starts:
+A pure ASGI middleware added to KServe's FastAPI app before it starts (:func:`install`):
 
 * a body larger than ``max_body_bytes`` gets 413 (``Content-Length`` checked first,
   a streamed body counted as it arrives);
@@ -134,22 +134,29 @@ class GuardMiddleware:
         max_body_bytes: int,
         tokens: TokenStore | None = None,
         fast_routes: dict[str, tuple[FastHandler, Callable[[], bool]]] | None = None,
+        fast_only: bool = False,
     ) -> None:
-        """``fast_routes``: path → (handler, is-ready) answered without KServe's app."""
+        """``fast_routes``: path → (handler, is-ready) answered without KServe's app.
+
+        ``fast_only``: this guard sits in front of the framework's whole middleware
+        stack (see :func:`install`) and takes only the requests its fast routes answer;
+        it hands every other request, untouched and uncounted, to ``app`` (whose stack
+        holds the full guard)."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.tokens = tokens
         self.fast_routes = dict(fast_routes or {})
+        self.fast_only = fast_only
         self.metrics = _Metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (self.fast_only and scope["path"] not in self.fast_routes):
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
         kind = request_kind(path)
         started = time.perf_counter()
-        status = {"code": 500}
+        status: dict[str, Any] = {"code": 500, "forwarded": False}
 
         async def send_tracking(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -157,12 +164,19 @@ class GuardMiddleware:
             await send(message)
 
         try:
-            await self._guarded(scope, receive, send_tracking, kind, path)
+            await self._guarded(scope, receive, send_tracking, kind, path, status)
         finally:
-            self.metrics.record(kind, status["code"], time.perf_counter() - started)
+            if not status["forwarded"]:
+                self.metrics.record(kind, status["code"], time.perf_counter() - started)
 
     async def _guarded(
-        self, scope: Scope, receive: Receive, send: Send, kind: str, path: str
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        kind: str,
+        path: str,
+        status: dict[str, Any],
     ) -> None:
         authorization = length = content_type = json_length = request_id = None
         cloudevent = False
@@ -180,6 +194,22 @@ class GuardMiddleware:
                 json_length = value.decode("latin-1")
             elif key.startswith(b"ce-"):
                 cloudevent = True
+        fast = self.fast_routes.get(path)
+        take_fast = (
+            fast is not None
+            and scope["method"] == "POST"
+            and not cloudevent
+            and (
+                content_type is None
+                or content_type in JSON_TYPES
+                or (json_length is not None and content_type == BINARY_TYPE)
+            )
+            and fast[1]()
+        )
+        if self.fast_only and not take_fast:
+            status["forwarded"] = True
+            await self.app(scope, receive, send)
+            return
         set_request_id(request_id)  # the prediction log's id for this request's rows
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await self._too_large(send)
@@ -202,19 +232,9 @@ class GuardMiddleware:
                 await _json_response(send, exc.status, {"error": str(exc)}, extra)
                 return
             scope.setdefault("state", {})["govml_client"] = client
-        fast = self.fast_routes.get(path)
-        if (
-            fast is not None
-            and scope["method"] == "POST"
-            and not cloudevent
-            and (
-                content_type is None
-                or content_type in JSON_TYPES
-                or (json_length is not None and content_type == BINARY_TYPE)
-            )
-            and fast[1]()
-        ):
-            await self._fast(scope, receive, send, fast[0], client, json_length)
+        if take_fast:
+            assert fast is not None
+            await self._fast(scope, receive, send, fast[0], client, json_length, status)
             return
         seen = 0
         started_response = False
@@ -248,6 +268,7 @@ class GuardMiddleware:
         handler: FastHandler,
         client: str | None,
         json_length: str | None,
+        status: dict[str, Any],
     ) -> None:
         chunks = []
         seen = 0
@@ -272,6 +293,7 @@ class GuardMiddleware:
             log.exception("fast route failed")
             answer = 500, b'{"error":"internal error; see the server log"}'
         if answer is None:  # declined: KServe's route answers, with the body read here
+            status["forwarded"] = self.fast_only  # the guard behind counts it
             await self.app(scope, _replay(body, receive), send)
             return
         status, raw = answer
@@ -286,3 +308,36 @@ class GuardMiddleware:
             {"error": f"request body larger than {self.max_body_bytes} bytes"},
             {"Connection": "close"},
         )
+
+
+def install(
+    app: Any,
+    *,
+    max_body_bytes: int,
+    tokens: TokenStore | None = None,
+    fast_routes: dict[str, tuple[FastHandler, Callable[[], bool]]] | None = None,
+) -> None:
+    """Guard a FastAPI/Starlette ``app`` (KServe's) before it starts.
+
+    The full guard goes into the app's middleware stack (inside FastAPI's error
+    handling: its checks and metrics for every request); a second, fast-only guard
+    with the same limits and tokens goes in front of the whole stack, so a fast route
+    skips FastAPI's telemetry and body-limit layers and KServe's per-request timing log
+    (each a coroutine frame and a send wrapper per message, a log line per request).
+    A request the fast guard does not answer reaches the stack exactly as sent.
+    """
+    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, tokens=tokens)
+    if not fast_routes:
+        return
+    build = app.build_middleware_stack
+
+    def build_with_fast_lane() -> App:
+        return GuardMiddleware(
+            build(),
+            max_body_bytes=max_body_bytes,
+            tokens=tokens,
+            fast_routes=fast_routes,
+            fast_only=True,
+        )
+
+    app.build_middleware_stack = build_with_fast_lane

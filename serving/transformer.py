@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     from kserve.predictor_config import PredictorConfig
 
     from serving.auth import TokenStore
-    from serving.http import GuardMiddleware
+    from serving.http import install as install_guard
 
     args, _ = build_parser().parse_known_args(argv)
     if not args.predictor_host:
@@ -414,8 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     from kserve import model_server
 
     route = f"/v1/models/{args.model_name}:predict"
-    model_server.app.add_middleware(
-        GuardMiddleware,
+    install_guard(
+        model_server.app,
         max_body_bytes=args.max_body_bytes,
         tokens=tokens,
         fast_routes={

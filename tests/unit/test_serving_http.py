@@ -8,9 +8,11 @@ import threading
 from typing import Any
 
 import pytest
+from fastapi import FastAPI, Request
+from starlette.testclient import TestClient
 
 from serving.auth import TokenStore, generate_token, write_records
-from serving.http import GuardMiddleware
+from serving.http import REQUESTS, GuardMiddleware, install
 
 PATH = "/v1/models/fraud:predict"
 
@@ -245,3 +247,59 @@ def test_the_model_repository_api_needs_an_admin_token(tmp_path) -> None:  # noq
     assert call(guard, b"", {**JSON, "Authorization": f"Bearer {token}"}, path=path)[0] == 403
     status, payload = call(guard, b"", {**JSON, "Authorization": f"Bearer {admin}"}, path=path)
     assert (status, payload["from"]) == (200, "framework") and app.calls == [path]
+
+
+def test_install_puts_fast_routes_in_front_of_the_framework_stack_and_counts_once() -> None:
+    """KServe's app: fast routes skip every layer of its stack; other requests, declined
+    ones and requests while not ready go through it, with the full guard inside."""
+    app = FastAPI()
+    layers: list[str] = []
+
+    @app.post(PATH)
+    async def framework_predict(request: Request) -> dict:
+        return {"from": "framework", "bytes": len(await request.body())}
+
+    @app.get("/v2/health/ready")
+    async def ready() -> dict:
+        return {"ready": True}
+
+    model = Model()
+    declined: list[bytes] = []
+
+    def handle(body: bytes, client: str | None, json_length: str | None) -> Any:
+        if body == b'{"decline": true}':
+            declined.append(body)
+            return None
+        return model.handle(body, client)
+
+    install(app, max_body_bytes=100, fast_routes={PATH: (handle, lambda: model.ready)})
+
+    @app.middleware("http")  # added after the guard, as KServe adds its timing log
+    async def timing(request: Request, call_next: Any) -> Any:
+        layers.append(request.url.path)
+        return await call_next(request)
+
+    def count(kind: str, code: str) -> float:
+        return REQUESTS.labels(kind, code)._value.get()
+
+    before = {c: count("predict", c) for c in ("200", "413")}
+    health = count("health", "200")
+    with TestClient(app) as client:
+        answer = client.post(PATH, content=b'{"instances": []}', headers=JSON)
+        assert answer.json() == {"from": "fast", "client": None} and layers == []
+        answer = client.post(PATH, content=b'{"decline": true}', headers=JSON)
+        assert answer.json() == {"from": "framework", "bytes": 17} and layers == [PATH]
+        model.ready = False
+        assert client.post(PATH, content=b"{}", headers=JSON).json()["from"] == "framework"
+        model.ready = True
+        assert client.post(PATH, content=b"x" * 101, headers=JSON).status_code == 413
+        assert client.get("/v2/health/ready").json() == {"ready": True}
+        # a streamed body over the limit on a framework route: 413 from the inner guard
+        chunks = iter([b"x" * 60, b"x" * 60])
+        answer = client.post(PATH, content=chunks, headers={"Content-Type": "text/plain"})
+        assert answer.status_code == 413
+    assert declined == [b'{"decline": true}']
+    assert layers == [PATH, PATH, "/v2/health/ready", PATH]
+    assert count("predict", "200") - before["200"] == 3  # fast, declined, not ready
+    assert count("predict", "413") - before["413"] == 2
+    assert count("health", "200") - health == 1
