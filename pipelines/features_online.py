@@ -172,7 +172,8 @@ class Event:
 @dataclass(frozen=True, slots=True)
 class Observation:
     """The result of observing one event: its features (in the entity's aggregate
-    order), the new state (None when nothing changed) and what happened."""
+    order), the new state (None when nothing changed, or when not asked for) and what
+    happened."""
 
     features: tuple[float, ...]
     state: EntityState | None
@@ -187,8 +188,8 @@ class Pending:
     text: str  # the entity value (see :func:`entity_text`); a store keys its state by it
     event: Event
 
-    def observe(self, state: EntityState | None) -> Observation:
-        return self.entity.observe(state, self.event)
+    def observe(self, state: EntityState | None, *, record: bool = True) -> Observation:
+        return self.entity.observe(state, self.event, record=record)
 
 
 def refused(observations: Sequence[Observation]) -> bool:
@@ -399,16 +400,22 @@ class EntityFeatures:
         return _finish(kind, values.tolist())
 
     # ------------------------------------------------------------------ transitions
-    def observe(self, state: EntityState | None, event: Event) -> Observation:
-        """The event's features and the state with it recorded (see the module doc)."""
+    def observe(
+        self, state: EntityState | None, event: Event, *, record: bool = True
+    ) -> Observation:
+        """The event's features and the state with it recorded (see the module doc);
+        ``record=False``: the features and the status only (a store that writes the new
+        state itself, as Redis's observe script does, needs no copy of it here)."""
         features = self.features(state, event.time)
         if state is None or len(state) == 0:
-            return Observation(features, self._single(event), Status.RECORDED)
+            return Observation(features, self._single(event) if record else None, Status.RECORDED)
         if event.time < state.watermark - self.lateness:
             return Observation(features, None, Status.TOO_LATE)
         if bool((state.ids == event.id).any()):
             return Observation(features, None, Status.DUPLICATE)
-        return Observation(features, self._insert(state, event), Status.RECORDED)
+        return Observation(
+            features, self._insert(state, event) if record else None, Status.RECORDED
+        )
 
     def _single(self, event: Event) -> EntityState:
         return EntityState(

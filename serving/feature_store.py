@@ -63,7 +63,7 @@ from pipelines.features_online import (
     ValueKind,
     refused,
 )
-from serving.resp import RespClient, RespError
+from serving.resp import Encoded, RespClient, RespError, bulk
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +185,7 @@ return out
 """
 OBSERVE_SHA = hashlib.sha1(OBSERVE_SCRIPT.encode()).hexdigest()
 _STATUS_OF = (Status.RECORDED, Status.DUPLICATE, Status.TOO_LATE)
+_ARGS_PER_KEY = 11
 _INT64_MAX = 2**63 - 1
 _HALF = 2**32
 _ITEM_FORMAT = {ValueKind.FIXED: "q", ValueKind.FLOAT: "d", ValueKind.CODE: "q"}
@@ -404,18 +405,20 @@ class RedisStore(FeatureStore):
     async def _observe(self, pending: Sequence[Pending]) -> list[Observation]:
         if not pending:
             return []
-        keys: list[str] = []
-        args: list[bytes | int] = []
-        tokens = secrets.token_bytes(TOKEN_BYTES * len(pending))
+        n = len(pending)
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        tokens = secrets.token_bytes(TOKEN_BYTES * n)
         for i, p in enumerate(pending):
             name = p.entity.entity
-            keys.append(self.keys.key(name, p.text))
+            keys.append(bulk(self.keys.key(name, p.text).encode()))
             token = tokens[TOKEN_BYTES * i : TOKEN_BYTES * (i + 1)]
-            args += self._layouts[name].arguments(p.event, token)
+            args.append(self._layouts[name].encoded(p.event, token))
+        rest = (n, Encoded(b"".join(keys), n), Encoded(b"".join(args), _ARGS_PER_KEY * n))
         client = self._client()
-        (reply,) = await client.execute(("EVALSHA", OBSERVE_SHA, len(keys), *keys, *args))
+        (reply,) = await client.execute(("EVALSHA", OBSERVE_SHA, *rest))
         if isinstance(reply, RespError) and str(reply).startswith("NOSCRIPT"):
-            (reply,) = await client.execute(("EVAL", OBSERVE_SCRIPT, len(keys), *keys, *args))
+            (reply,) = await client.execute(("EVAL", OBSERVE_SCRIPT, *rest))
         if isinstance(reply, RespError):
             raise StoreError(f"feature store: {reply}")
         if not isinstance(reply, list) or len(reply) != 2 * len(pending):
@@ -424,7 +427,7 @@ class RedisStore(FeatureStore):
         for i, p in enumerate(pending):
             code, blob = reply[2 * i], reply[2 * i + 1]
             try:
-                obs = p.observe(self._decode(p.entity, blob))
+                obs = p.observe(self._decode(p.entity, blob), record=False)
             except StateError as exc:
                 raise StoreError(f"feature store: {p.entity.entity}: {exc}") from None
             if not 0 <= code < len(_STATUS_OF) or obs.status != _STATUS_OF[code]:
@@ -531,11 +534,41 @@ class _Layout:
         if len(data) != 8 + self._item.size or data[8:] != self._item.pack(*self._fields(sample)):
             raise StoreError(f"{entity.entity}: the state layout is not the observe script's")
 
+        # what never changes, RESP-encoded once (see encoded())
+        self._head_bulk = bulk(self.head)
+        self._ttl_bulk = bulk(b"%d" % ttl)
+        self._retention_bulk = bulk(b"%d" % self.retention_hi) + bulk(b"%d" % self.retention_lo)
+
     @staticmethod
     def _fields(event: Event) -> tuple[int | float, ...]:
         return (event.time, event.id, event.flags, *event.values)
 
+    def encoded(self, event: Event, token: bytes) -> bytes:
+        """:meth:`arguments`, RESP-encoded (:data:`_ARGS_PER_KEY` bulk strings)."""
+        t = event.time
+        try:
+            item = self._item.pack(t, event.id, event.flags, *event.values)
+        except struct.error as exc:
+            raise StoreError(f"feature store: event out of range: {exc}") from None
+        th, tl = divmod(t, _HALF)
+        lh, ll = divmod(t + self.lateness, _HALF)
+        return b"%b$%d\r\n%b\r\n$8\r\n%b\r\n$%d\r\n%b\r\n%b%b%b%b%b%b" % (
+            self._head_bulk,
+            len(item),
+            item,
+            item[8:16],
+            len(token),
+            token,
+            self._ttl_bulk,
+            bulk(b"%d" % th),
+            bulk(b"%d" % tl),
+            bulk(b"%d" % lh),
+            bulk(b"%d" % ll),
+            self._retention_bulk,
+        )
+
     def arguments(self, event: Event, token: bytes) -> tuple[bytes | int, ...]:
+        """The script's arguments for one key (the readable form of :meth:`encoded`)."""
         t = event.time
         try:
             item = self._item.pack(t, event.id, event.flags, *event.values)

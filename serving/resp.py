@@ -28,9 +28,32 @@ class RespError(GovMLError):
     """Redis answered an error, the connection failed, or the answer was unreadable."""
 
 
+class Encoded(bytes):
+    """Arguments already encoded as RESP bulk strings (:func:`bulk`), sent as they are:
+    ``count`` of them. Lets a caller encode what never changes once."""
+
+    count: int
+
+    def __new__(cls, data: bytes, count: int) -> Encoded:
+        self = super().__new__(cls, data)
+        self.count = count
+        return self
+
+
+def bulk(data: bytes) -> bytes:
+    """One argument as a RESP bulk string."""
+    return b"$%d\r\n%b\r\n" % (len(data), data)
+
+
 def _encode(command: Sequence[Any]) -> bytes:
-    parts = [b"*%d\r\n" % len(command)]
+    parts = [b""]
+    count = 0
     for arg in command:
+        if type(arg) is Encoded:
+            parts.append(arg)
+            count += arg.count
+            continue
+        count += 1
         if isinstance(arg, bytes):
             data = arg
         elif isinstance(arg, str):
@@ -40,6 +63,7 @@ def _encode(command: Sequence[Any]) -> bytes:
         else:
             raise TypeError(f"cannot send a {type(arg).__name__} to Redis")
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    parts[0] = b"*%d\r\n" % count
     return b"".join(parts)
 
 

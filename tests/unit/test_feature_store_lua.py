@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.features_online import EntityState, OnlineFeatures, Status
+from pipelines.features_online import EntityState, Event, OnlineFeatures, Status
 from serving import feature_store
 from serving.feature_store import (
     TOKEN_BYTES,
@@ -330,3 +330,24 @@ def test_an_id_found_across_two_ids_is_no_duplicate(redis_store: RedisStore) -> 
     assert card_statuses == [Status.RECORDED] * 3 + [Status.DUPLICATE]
     state = redis_store.state("card_id", "4")
     assert state is not None and state.ids.tolist() == [5 << 56, 0, 5]
+
+
+def test_the_encoded_arguments_are_the_readable_ones() -> None:
+    from serving.resp import Encoded, _encode
+
+    online = OnlineFeatures(spec_of("fraud"))
+    for entity in online.entities:
+        layout = feature_store._Layout(entity, 123_456)
+        for t in (0, -1, 40 * DAY, -(5 * DAY) + 7, 2**62):
+            event = Event(t, -42, 5, tuple(-9 for _ in entity.kinds))
+            token = b"\x00\r\n$*-+12"[:8]
+            raw = _encode(("EVALSHA", "x", 1, *layout.arguments(event, token)))
+            fast = _encode(
+                (
+                    "EVALSHA",
+                    "x",
+                    1,
+                    Encoded(layout.encoded(event, token), feature_store._ARGS_PER_KEY),
+                )
+            )
+            assert fast == raw

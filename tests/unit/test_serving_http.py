@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from typing import Any
 
@@ -12,7 +13,7 @@ from fastapi import FastAPI, Request
 from starlette.testclient import TestClient
 
 from serving.auth import TokenStore, generate_token, write_records
-from serving.http import REQUESTS, GuardMiddleware, install
+from serving.http import REQUESTS, GuardMiddleware, QuietFastRoutes, install
 
 PATH = "/v1/models/fraud:predict"
 
@@ -272,7 +273,12 @@ def test_install_puts_fast_routes_in_front_of_the_framework_stack_and_counts_onc
             return None
         return model.handle(body, client)
 
+    access = logging.getLogger("uvicorn.access")
+    filters = list(access.filters)
     install(app, max_body_bytes=100, fast_routes={PATH: (handle, lambda: model.ready)})
+    added = [f for f in access.filters if f not in filters]
+    access.filters = filters
+    assert len(added) == 1 and isinstance(added[0], QuietFastRoutes)
 
     @app.middleware("http")  # added after the guard, as KServe adds its timing log
     async def timing(request: Request, call_next: Any) -> Any:
@@ -303,3 +309,19 @@ def test_install_puts_fast_routes_in_front_of_the_framework_stack_and_counts_onc
     assert count("predict", "200") - before["200"] == 3  # fast, declined, not ready
     assert count("predict", "413") - before["413"] == 2
     assert count("health", "200") - health == 1
+
+
+def test_the_access_log_leaves_out_successful_fast_route_answers_only() -> None:
+    quiet = QuietFastRoutes([PATH])
+
+    def line(path: str, status: int) -> logging.LogRecord:
+        args = ("127.0.0.1:5000", "POST", path, "1.1", status)
+        return logging.LogRecord("uvicorn.access", 20, "", 0, '%s - "%s %s HTTP/%s" %d', args, None)
+
+    assert not quiet.filter(line(PATH, 200))
+    assert not quiet.filter(line(PATH.replace(":", "%3A"), 200))  # as uvicorn logs it
+    assert quiet.filter(line(PATH, 400)) and quiet.filter(line(PATH, 503))
+    assert quiet.filter(line(PATH + "?debug=1", 200))  # not the fast route's path
+    assert quiet.filter(line("/v2/health/ready", 200))
+    other = logging.LogRecord("uvicorn.access", 20, "", 0, "free text", None, None)
+    assert quiet.filter(other)
