@@ -10,7 +10,7 @@ and the same bits:
   and null ``column`` values are handled as offline; sums are exact
   (:mod:`pipelines.aggregates`).
 * **State** per entity value (one card, one customer, one terminal): its events in
-  time order, as columns (:class:`EntityState`): time (ns), transaction id, one bit
+  time order, one row each (:class:`EntityState`): time (ns), transaction id, one bit
   per aggregate telling whether the event counts for it (``where`` holds, ``column``
   not null), and the values the aggregates need (fixed-point for ``sum``/``mean``/
   ``std``, float64 for ``max``, an int64 code for ``nunique``). :meth:`EntityState.to_bytes`
@@ -72,7 +72,7 @@ from pipelines.spec import AggregateFeature, Aggregation, Column, ColumnType, Mo
 if TYPE_CHECKING:
     import pandas as pd
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2  # 1: column-major (one column after another)
 #: states with at most this many events are evaluated as Python lists (faster when small)
 SMALL_STATE = 48
 _NS_PER_SECOND = 1_000_000_000
@@ -96,7 +96,7 @@ class ValueKind(StrEnum):
     CODE = "code"  # int64 code: nunique
 
 
-_DTYPES = {ValueKind.FIXED: np.int64, ValueKind.FLOAT: np.float64, ValueKind.CODE: np.int64}
+_KIND_OF_DTYPE = {np.dtype(np.int64): ValueKind.FIXED, np.dtype(np.float64): ValueKind.FLOAT}
 _KIND_OF = {
     Aggregation.SUM: ValueKind.FIXED,
     Aggregation.MEAN: ValueKind.FIXED,
@@ -109,17 +109,51 @@ _KIND_OF = {
 # ----------------------------------------------------------------------------- state
 
 
+def row_dtype(kinds: Sequence[ValueKind]) -> np.dtype:
+    """One stored event: time (ns), transaction id, aggregate bits, then one 8-byte
+    value per value column of the entity, little-endian, packed."""
+    key = tuple(kinds)
+    dtype = _ROW_DTYPES.get(key)
+    if dtype is None:
+        fields = [("time", "<i8"), ("id", "<i8"), ("flags", "<u8")]
+        fields += [(f"v{i}", "<f8" if k == ValueKind.FLOAT else "<i8") for i, k in enumerate(key)]
+        dtype = _ROW_DTYPES[key] = np.dtype(fields)
+    return dtype
+
+
+_ROW_DTYPES: dict[tuple[ValueKind, ...], np.dtype] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class EntityState:
-    """One entity value's recorded events, sorted by time (arrival order among ties)."""
+    """One entity value's recorded events, sorted by time (arrival order among ties):
+    one row per event (:func:`row_dtype`), the columns as views of the rows."""
 
+    rows: np.ndarray  # structured, row_dtype(kinds)
     times: np.ndarray  # int64 ns
     ids: np.ndarray  # int64 transaction ids
     flags: np.ndarray  # uint64: bit i set when the event counts for aggregate i
     values: tuple[np.ndarray, ...]  # one column per ValueColumn of the entity
 
+    @classmethod
+    def of_rows(cls, rows: np.ndarray) -> EntityState:
+        names = rows.dtype.names
+        assert names is not None
+        return cls(rows, rows["time"], rows["id"], rows["flags"], tuple(rows[n] for n in names[3:]))
+
+    @classmethod
+    def of_columns(
+        cls, times: np.ndarray, ids: np.ndarray, flags: np.ndarray, values: Sequence[np.ndarray]
+    ) -> EntityState:
+        kinds = [_KIND_OF_DTYPE[np.dtype(v.dtype)] for v in values]
+        rows = np.empty(len(times), dtype=row_dtype(kinds))
+        rows["time"], rows["id"], rows["flags"] = times, ids, flags
+        for i, v in enumerate(values):
+            rows[f"v{i}"] = v
+        return cls.of_rows(rows)
+
     def __len__(self) -> int:
-        return len(self.times)
+        return len(self.rows)
 
     @property
     def watermark(self) -> int:
@@ -127,10 +161,10 @@ class EntityState:
         return int(self.times[-1])
 
     def to_bytes(self) -> bytes:
-        header = _HEADER.pack(_MAGIC, LAYOUT_VERSION, len(self.values), len(self.times))
-        parts = [header, self.times.tobytes(), self.ids.tobytes(), self.flags.tobytes()]
-        parts += [v.tobytes() for v in self.values]
-        return b"".join(parts)
+        """The stored form: a header, then the rows (row-major: a store inserts an
+        event by splicing its row in, without rewriting every column)."""
+        header = _HEADER.pack(_MAGIC, LAYOUT_VERSION, len(self.values), len(self.rows))
+        return header + self.rows.tobytes()
 
     @classmethod
     def from_bytes(cls, data: bytes, kinds: Sequence[ValueKind]) -> EntityState:
@@ -145,18 +179,11 @@ class EntityState:
             )
         if len(data) != _HEADER.size + 8 * n * (3 + n_values):
             raise StateError(f"feature state: {len(data)} bytes do not hold {n} events")
-
-        def column(i: int, dtype: Any) -> np.ndarray:
-            return np.frombuffer(data, dtype=dtype, count=n, offset=_HEADER.size + 8 * n * i)
-
-        values = tuple(column(3 + i, _DTYPES[k]) for i, k in enumerate(kinds))
-        return cls(column(0, np.int64), column(1, np.int64), column(2, np.uint64), values)
+        dtype = row_dtype(kinds)
+        return cls.of_rows(np.frombuffer(data, dtype=dtype, count=n, offset=_HEADER.size))
 
     def slice(self, start: int, stop: int | None = None) -> EntityState:
-        cut = slice(start, stop)
-        return EntityState(
-            self.times[cut], self.ids[cut], self.flags[cut], tuple(v[cut] for v in self.values)
-        )
+        return EntityState.of_rows(self.rows[start:stop])
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,6 +299,10 @@ class EntityFeatures:
             slots.append(_Slot(agg, np.uint64(1 << i), agg.window_seconds * _NS_PER_SECOND, index))
         self.value_columns = tuple(value_columns)
         self.kinds = tuple(v.kind for v in value_columns)
+        self.row_dtype = row_dtype(self.kinds)
+        self._row_struct = struct.Struct(
+            "<qqQ" + "".join("d" if k == ValueKind.FLOAT else "q" for k in self.kinds)
+        )
         self._slots = tuple(slots)
         self._where = tuple(where)
         self._types = {
@@ -417,16 +448,11 @@ class EntityFeatures:
             features, self._insert(state, event) if record else None, Status.RECORDED
         )
 
+    def _row(self, event: Event) -> bytes:
+        return self._row_struct.pack(event.time, event.id, event.flags, *event.values)
+
     def _single(self, event: Event) -> EntityState:
-        return EntityState(
-            np.array([event.time], dtype=np.int64),
-            np.array([event.id], dtype=np.int64),
-            np.array([event.flags], dtype=np.uint64),
-            tuple(
-                np.array([v], dtype=_DTYPES[k])
-                for v, k in zip(event.values, self.kinds, strict=True)
-            ),
-        )
+        return EntityState.of_rows(np.frombuffer(self._row(event), dtype=self.row_dtype))
 
     def _insert(self, state: EntityState, event: Event) -> EntityState:
         times = state.times
@@ -434,23 +460,9 @@ class EntityFeatures:
         watermark = max(state.watermark, event.time)
         first = int(np.searchsorted(times, watermark - self.retention, "right"))
         first = min(first, pos)  # the new event itself is never evicted (it is >= cutoff)
-
-        def splice(column: np.ndarray, value: Any, dtype: Any) -> np.ndarray:
-            out = np.empty(len(column) - first + 1, dtype=dtype)
-            out[: pos - first] = column[first:pos]
-            out[pos - first] = value
-            out[pos - first + 1 :] = column[pos:]
-            return out
-
-        return EntityState(
-            splice(times, event.time, np.int64),
-            splice(state.ids, event.id, np.int64),
-            splice(state.flags, event.flags, np.uint64),
-            tuple(
-                splice(column, value, _DTYPES[kind])
-                for column, value, kind in zip(state.values, event.values, self.kinds, strict=True)
-            ),
-        )
+        rows = state.rows  # spliced as bytes: one copy, not one per column
+        data = b"".join((rows[first:pos].tobytes(), self._row(event), rows[pos:].tobytes()))
+        return EntityState.of_rows(np.frombuffer(data, dtype=self.row_dtype))
 
     def merge(self, state: EntityState | None, extra: EntityState) -> EntityState | None:
         """``state`` with the events of ``extra`` whose ids it lacks, in time order, then
@@ -461,25 +473,9 @@ class EntityFeatures:
         new = ~np.isin(extra.ids, state.ids)
         if not new.any():
             return None
-        keep = np.flatnonzero(new)
-        combined = EntityState(
-            np.concatenate([state.times, extra.times[keep]]),
-            np.concatenate([state.ids, extra.ids[keep]]),
-            np.concatenate([state.flags, extra.flags[keep]]),
-            tuple(
-                np.concatenate([a, b[keep]])
-                for a, b in zip(state.values, extra.values, strict=True)
-            ),
-        )
-        order = np.argsort(combined.times, kind="stable")
-        merged = self.evict(
-            EntityState(
-                combined.times[order],
-                combined.ids[order],
-                combined.flags[order],
-                tuple(v[order] for v in combined.values),
-            )
-        )
+        combined = np.concatenate([state.rows, extra.rows[np.flatnonzero(new)]])
+        order = np.argsort(combined["time"], kind="stable")
+        merged = self.evict(EntityState.of_rows(combined[order]))
         if len(merged) == len(state) and np.array_equal(merged.ids, state.ids):
             return None  # every missing event was too old to keep
         return merged
@@ -649,6 +645,7 @@ def states_from_history(
         for i, agg in enumerate(entity.aggregates):
             flags |= counting_mask(agg, frame).astype(np.uint64) << np.uint64(i)
         values = [_history_values(entity, vc, frame[vc.column]) for vc in entity.value_columns]
+        table = EntityState.of_columns(times, ids, flags, values).rows
         valid = np.flatnonzero(codes >= 0)
         order = valid[np.lexsort((times[valid], codes[valid]))]
         sorted_codes = codes[order]
@@ -658,14 +655,7 @@ def states_from_history(
         for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
             rows = order[start:stop]
             rows = rows[_first_ids(ids[rows])]
-            state = entity.evict(
-                EntityState(
-                    times[rows],
-                    ids[rows],
-                    flags[rows],
-                    tuple(v[rows] for v in values),
-                )
-            )
+            state = entity.evict(EntityState.of_rows(table[rows]))
             text = entity_text(uniques[sorted_codes[start]])
             assert text is not None
             yield entity, text, state

@@ -90,27 +90,28 @@ return 1
 # is too late, else write each recorded one (the event inserted in time order after its
 # ties, the events at or below the new watermark minus the retention evicted), and
 # return {status, prior value or false} per key (0 recorded, 1 duplicate, 2 too late).
-# Lua numbers are doubles, so an int64 time is handled as two exact halves: h, the
+# A value is the version token (8 bytes), the state header (8) and one row of R bytes
+# per event (time, id, flags, values; 8 bytes each): an insert splices the event's row
+# in. Lua numbers are doubles, so an int64 time is handled as two exact halves: h, the
 # signed high 32 bits, and l, the unsigned low 32 bits ((h, l) compare as the time;
 # h may leave the int32 range after a subtraction or addition, still exactly). ARGV,
 # 11 per key: the expected state header prefix (magic, version, value columns), the
-# event's item of every column (8 bytes each: time, id, flags, values), its id (8
-# bytes), the new version token, the TTL (ms), then h and l of the event time, of the
-# event time + allowed lateness and of the retention. A value with another header or
-# length is an error reply, and nothing is written.
+# event's row (R bytes), its id (8 bytes), the new version token, the TTL (ms), then h
+# and l of the event time, of the event time + allowed lateness and of the retention.
+# A value with another header or length is an error reply, and nothing is written.
 OBSERVE_SCRIPT = """
-local byte, sub, floor = string.byte, string.sub, math.floor
+local byte, sub, floor, find = string.byte, string.sub, math.floor, string.find
 local function time(v, at)
   local b1, b2, b3, b4, b5, b6, b7, b8 = byte(v, at, at + 7)
   local h = ((b8 * 256 + b7) * 256 + b6) * 256 + b5
   if b8 >= 128 then h = h - 4294967296 end
   return h, ((b4 * 256 + b3) * 256 + b2) * 256 + b1
 end
-local function upto(v, base, n, h, l)
+local function upto(v, r, n, h, l)
   local lo, hi = 0, n
   while lo < hi do
     local mid = floor((lo + hi) / 2)
-    local th, tl = time(v, base + 8 * mid)
+    local th, tl = time(v, 17 + r * mid)
     if th < h or (th == h and tl <= l) then lo = mid + 1 else hi = mid end
   end
   return lo
@@ -123,6 +124,7 @@ local plan, out, late = {}, {}, false
 for i = 1, #KEYS do
   local a = (i - 1) * 11
   local v = redis.call('GET', KEYS[i])
+  local r = #ARGV[a + 2]
   local status, n, pos, first = 0, 0, 0, 0
   if v then
     if #v < 16 or sub(v, 9, 12) ~= ARGV[a + 1] then
@@ -130,38 +132,37 @@ for i = 1, #KEYS do
     end
     local c1, c2, c3, c4 = byte(v, 13, 16)
     n = ((c4 * 256 + c3) * 256 + c2) * 256 + c1
-    if #v ~= 16 + n * #ARGV[a + 2] then
+    if #v ~= 16 + n * r then
       return redis.error_reply('STATE ' .. KEYS[i] .. ': ' .. #v .. ' bytes do not hold '
         .. n .. ' events')
     end
     if n > 0 then
       local eh, el = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
       local lh, ll = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
-      local wh, wl = time(v, 9 + 8 * n)
-      local base = 17 + 8 * n
-      local at = string.find(v, ARGV[a + 3], base, true)
-      while at and at < base + 8 * n and (at - base) % 8 ~= 0 do
-        at = string.find(v, ARGV[a + 3], at + 1, true)
+      local wh, wl = time(v, 17 + r * (n - 1))
+      local at = find(v, ARGV[a + 3], 25, true)
+      while at and (at - 25) % r ~= 0 do
+        at = find(v, ARGV[a + 3], at + 1, true)
       end
       if wh > lh or (wh == lh and wl > ll) then
         status, late = 2, true
-      elseif at and at < base + 8 * n then
+      elseif at then
         status = 1
       else
         if eh > wh or (eh == wh and el >= wl) then
           pos, wh, wl = n, eh, el
         else
-          pos = upto(v, 17, n, eh, el)
+          pos = upto(v, r, n, eh, el)
         end
         local ch, cl = wh - tonumber(ARGV[a + 10]), wl - tonumber(ARGV[a + 11])
         if cl < 0 then ch, cl = ch - 1, cl + 4294967296 end
         local fh, fl = time(v, 17)
-        if fh < ch or (fh == ch and fl <= cl) then first = upto(v, 17, n, ch, cl) end
+        if fh < ch or (fh == ch and fl <= cl) then first = upto(v, r, n, ch, cl) end
         if first > pos then first = pos end
       end
     end
   end
-  plan[i] = {status, n, pos, first}
+  plan[i] = {status, n, pos, first, r}
   out[2 * i - 1] = status
   out[2 * i] = v
 end
@@ -170,15 +171,15 @@ for i = 1, #KEYS do
   local p = plan[i]
   if p[1] == 0 then
     local a = (i - 1) * 11
-    local item, v, n, pos, first = ARGV[a + 2], out[2 * i], p[2], p[3], p[4]
-    local parts = {ARGV[a + 4], ARGV[a + 1], u32(n - first + 1)}
-    for c = 0, #item / 8 - 1 do
-      local base = 17 + 8 * n * c
-      if pos > first then parts[#parts + 1] = sub(v, base + 8 * first, base + 8 * pos - 1) end
-      parts[#parts + 1] = sub(item, 8 * c + 1, 8 * c + 8)
-      if n > pos then parts[#parts + 1] = sub(v, base + 8 * pos, base + 8 * n - 1) end
+    local v, n, pos, first, r = out[2 * i], p[2], p[3], p[4], p[5]
+    local value = ARGV[a + 4] .. ARGV[a + 1] .. u32(n - first + 1)
+    if v then
+      value = value .. sub(v, 17 + r * first, 16 + r * pos) .. ARGV[a + 2]
+        .. sub(v, 17 + r * pos, 16 + r * n)
+    else
+      value = value .. ARGV[a + 2]
     end
-    redis.call('SET', KEYS[i], table.concat(parts), 'PX', ARGV[a + 5])
+    redis.call('SET', KEYS[i], value, 'PX', ARGV[a + 5])
   end
 end
 return out
@@ -524,14 +525,17 @@ class _Layout:
         if not 0 <= entity.retention <= _INT64_MAX:
             raise ConfigError(f"{entity.entity}: retention out of range")
         self._item = struct.Struct("<qqQ" + "".join(_ITEM_FORMAT[k] for k in entity.kinds))
-        # the header prefix and the items as the state layout writes them: checked here
+        # the header prefix and the rows as the state layout writes them: checked here
         # so that a layout change cannot make the script splice wrong bytes
-        sample = Event(-5, 7, 3, tuple(0.5 if k == ValueKind.FLOAT else -9 for k in entity.kinds))
-        single = entity.observe(None, sample).state
-        assert single is not None
-        data = single.to_bytes()
+        values = tuple(0.5 if k == ValueKind.FLOAT else -9 for k in entity.kinds)
+        samples = (Event(-5, 7, 3, values), Event(-4, 8, 1, values))
+        one = entity.observe(None, samples[0]).state
+        two = entity.observe(one, samples[1]).state
+        assert two is not None
+        data = two.to_bytes()
         self.head = data[:4]
-        if len(data) != 8 + self._item.size or data[8:] != self._item.pack(*self._fields(sample)):
+        rows = b"".join(self._item.pack(*self._fields(e)) for e in samples)
+        if data[4:8] != struct.pack("<I", 2) or data[8:] != rows:
             raise StoreError(f"{entity.entity}: the state layout is not the observe script's")
 
         # what never changes, RESP-encoded once (see encoded())

@@ -319,17 +319,30 @@ def test_lateness_and_eviction_boundaries_are_exact(redis_store: RedisStore, t: 
     assert state_bytes(redis_store, "card_id", "6") == state_bytes(memory, "card_id", "6")
 
 
-def test_an_id_found_across_two_ids_is_no_duplicate(redis_store: RedisStore) -> None:
-    """Ids 5 << 56 then 0 hold the bytes of id 5 at an unaligned offset."""
+def test_an_id_found_in_another_field_is_no_duplicate(redis_store: RedisStore) -> None:
+    """A state is rows of (time, id, flags, values): the bytes of a new id may sit in
+    an earlier event's time or amount, or across two fields; only an id is an id."""
+    from pipelines.aggregates import fixed_point_value
+
     online = redis_store.online
-    transactions = [(card_row(4, tx), i * SECOND) for i, tx in enumerate([5 << 56, 0, 5, 5])]
+    amount = fixed_point_value(12.5)
+    first = row(1, 4, 1, 1, 12.5)
+    ids = [
+        7 * SECOND,  # the first event's time
+        amount,  # its amount, fixed-point
+        (7 * SECOND) >> 8 | (1 << 56),  # across its time and id: no id either
+        5,
+        5,  # a duplicate, and the only one
+    ]
+    transactions = [(first, 7 * SECOND)]
+    transactions += [(row(tx, 4, 1, 1, 3.0), (8 + i) * SECOND) for i, tx in enumerate(ids)]
     memory = open_store(online, "memory", secret=SECRET)
     got = replay(redis_store, transactions)
     assert got == replay(memory, transactions)
     card_statuses = [next(s for e, s, _ in seen if e == "card_id") for seen in got]
-    assert card_statuses == [Status.RECORDED] * 3 + [Status.DUPLICATE]
+    assert card_statuses == [Status.RECORDED] * 5 + [Status.DUPLICATE]
     state = redis_store.state("card_id", "4")
-    assert state is not None and state.ids.tolist() == [5 << 56, 0, 5]
+    assert state is not None and state.ids.tolist() == [1, *ids[:4]]
 
 
 def test_the_encoded_arguments_are_the_readable_ones() -> None:
