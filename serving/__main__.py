@@ -146,6 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return REFUSED
     from serving.auth import TokenStore
     from serving.http import install as install_guard
+    from serving.http import use_event_loop
 
     tokens = TokenStore.load(args.tokens) if args.tokens else None
     if tokens is None:
@@ -179,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     gc.set_threshold(*GC_THRESHOLDS)
     if model.schema_ is not None:
         _document_requests(model_server.app, args.model_name, model.schema_)
+    try:
+        log.info("event loop: %s", use_event_loop(args.event_loop))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return REFUSED
     try:
         kserve.ModelServer(
             http_port=args.http_port,

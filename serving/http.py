@@ -26,6 +26,7 @@ body, as does any other request, or any request while the model is not ready.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import logging
@@ -369,3 +370,29 @@ def install(
         )
 
     app.build_middleware_stack = build_with_fast_lane
+
+
+def use_event_loop(choice: str) -> str:
+    """Honour KServe's ``--event-loop`` (auto: uvloop when installed) for the process.
+
+    KServe's single-process server runs ``asyncio.run`` itself and starts uvicorn
+    without letting it set up a loop, so the flag is silently ignored there and every
+    request runs on the pure-Python asyncio loop. Setting the event loop policy before
+    :meth:`kserve.ModelServer.start` makes the choice real (uvloop: about a fifth less
+    CPU per transaction in the feature transformer here). Returns the loop in use."""
+    if choice not in ("auto", "asyncio", "uvloop"):
+        raise ValueError(f"--event-loop {choice!r}: expected auto, asyncio or uvloop")
+    if choice == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ValueError("--event-loop uvloop: uvloop is not installed") from None
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    # ModelServer.start asks asyncio.get_event_loop() for a loop to configure before
+    # asyncio.run makes its own (the standard policy creates one on demand; uvloop's
+    # refuses): give it one, as the standard policy would
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    return "uvloop"

@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from serving.auth import TokenStore
     from serving.http import install as install_guard
+    from serving.http import use_event_loop
 
     args, _ = build_parser().parse_known_args(argv)
     if not args.predictor_host:
@@ -442,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
         predictor_request_retries=args.predictor_request_retries,
         predictor_health_check=args.enable_predictor_health_check,
     )
+    try:
+        log.info("event loop: %s", use_event_loop(args.event_loop))
+    except ValueError as exc:
+        log.error("%s", exc)
+        return REFUSED
     kserve.ModelServer(
         http_port=args.http_port,
         grpc_port=args.grpc_port,

@@ -325,3 +325,25 @@ def test_the_access_log_leaves_out_successful_fast_route_answers_only() -> None:
     assert quiet.filter(line("/v2/health/ready", 200))
     other = logging.LogRecord("uvicorn.access", 20, "", 0, "free text", None, None)
     assert quiet.filter(other)
+
+
+def test_use_event_loop_makes_kserve_s_flag_real() -> None:
+    """In a process of its own: the policy is process-wide."""
+    import subprocess
+    import sys
+
+    code = (
+        "import asyncio\n"
+        "from serving.http import use_event_loop\n"
+        "print(use_event_loop('auto'))\n"
+        "asyncio.get_event_loop()  # what KServe's ModelServer.start asks for\n"
+        "async def kind(): return type(asyncio.get_running_loop()).__module__\n"
+        "print(asyncio.run(kind()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["uvloop", "uvloop"]
+    from serving.http import use_event_loop
+
+    assert use_event_loop("asyncio") == "asyncio"
+    with pytest.raises(ValueError, match="expected auto, asyncio or uvloop"):
+        use_event_loop("trio")
