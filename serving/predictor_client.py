@@ -99,20 +99,25 @@ class PredictorClient:
 
     @staticmethod
     async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionResetError("connection closed before the answer")
-        parts = line.split(None, 2)
+        try:  # the status line and headers in one read (an await each cost more)
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise ValueError("answer headers too large") from None
+        except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise ConnectionResetError("connection closed before the answer") from None
+            raise
+        lines = head[:-4].split(b"\r\n")
+        if len(lines) > MAX_HEADER_LINES:
+            raise ValueError("too many header lines")
+        parts = lines[0].split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP answer: {line[:60]!r}")
+            raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
         status = int(parts[1])
         keep = parts[0] == b"HTTP/1.1"
         length: int | None = None
         chunked = False
-        for _ in range(MAX_HEADER_LINES):
-            header = await reader.readline()
-            if header in (b"\r\n", b"\n", b""):
-                break
+        for header in lines[1:]:
             name, _, value = header.partition(b":")
             name = name.strip().lower()
             value = value.strip()
@@ -122,8 +127,6 @@ class PredictorClient:
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 keep = value.lower() != b"close"
-        else:
-            raise ValueError("too many header lines")
         if chunked:
             return status, await _chunks(reader), keep
         if length is None:  # the body runs to the end of the connection

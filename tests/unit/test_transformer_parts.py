@@ -205,3 +205,29 @@ def test_an_idle_connection_the_server_closed_is_replaced_and_a_hang_times_out()
 
     run_async(main())
     assert served == 2
+
+
+def test_odd_or_broken_answers_are_read_or_refused_cleanly() -> None:
+    answers = {
+        b"1": b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nto the end",  # no length
+        b"2": b"SMTP ready\r\n\r\n",
+        b"3": b"HTTP/1.1 200 OK\r\nX-Big: " + b"x" * 70_000 + b"\r\n\r\n",
+        b"4": b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+    }
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(answers[await read_request(reader)])
+        await writer.drain()
+        writer.close()
+
+    async def main() -> None:
+        server, host = await serve(handler)
+        client = PredictorClient(host, timeout=2)
+        assert await client.post("/x", b"1") == (200, b"to the end")
+        for body, message in ((b"2", "not an HTTP answer"), (b"3", "headers too large"),
+                              (b"4", "IncompleteReadError")):  # fmt: skip
+            with pytest.raises(PredictorUnavailable, match=message):
+                await client.post("/x", body)
+        server.close()
+
+    run_async(main())
