@@ -96,6 +96,7 @@ class ValueKind(StrEnum):
     CODE = "code"  # int64 code: nunique
 
 
+# a value column's kind as far as its stored bytes go (a CODE column is int64 like FIXED)
 _KIND_OF_DTYPE = {np.dtype(np.int64): ValueKind.FIXED, np.dtype(np.float64): ValueKind.FLOAT}
 _KIND_OF = {
     Aggregation.SUM: ValueKind.FIXED,
@@ -646,6 +647,7 @@ def states_from_history(
             flags |= counting_mask(agg, frame).astype(np.uint64) << np.uint64(i)
         values = [_history_values(entity, vc, frame[vc.column]) for vc in entity.value_columns]
         table = EntityState.of_columns(times, ids, flags, values).rows
+        del flags, values  # the rows hold them: no second copy while the states are cut
         valid = np.flatnonzero(codes >= 0)
         order = valid[np.lexsort((times[valid], codes[valid]))]
         sorted_codes = codes[order]

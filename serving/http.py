@@ -159,18 +159,18 @@ class GuardMiddleware:
         path = scope.get("path", "")
         kind = request_kind(path)
         started = time.perf_counter()
-        status: dict[str, Any] = {"code": 500, "forwarded": False}
+        outcome: dict[str, Any] = {"code": 500, "forwarded": False}
 
         async def send_tracking(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = int(message["status"])
+                outcome["code"] = int(message["status"])
             await send(message)
 
         try:
-            await self._guarded(scope, receive, send_tracking, kind, path, status)
+            await self._guarded(scope, receive, send_tracking, kind, path, outcome)
         finally:
-            if not status["forwarded"]:
-                self.metrics.record(kind, status["code"], time.perf_counter() - started)
+            if not outcome["forwarded"]:
+                self.metrics.record(kind, outcome["code"], time.perf_counter() - started)
 
     async def _guarded(
         self,
@@ -179,7 +179,7 @@ class GuardMiddleware:
         send: Send,
         kind: str,
         path: str,
-        status: dict[str, Any],
+        outcome: dict[str, Any],
     ) -> None:
         authorization = length = content_type = json_length = request_id = None
         cloudevent = False
@@ -210,7 +210,7 @@ class GuardMiddleware:
             and fast[1]()
         )
         if self.fast_only and not take_fast:
-            status["forwarded"] = True
+            outcome["forwarded"] = True
             await self.app(scope, receive, send)
             return
         set_request_id(request_id)  # the prediction log's id for this request's rows
@@ -237,7 +237,7 @@ class GuardMiddleware:
             scope.setdefault("state", {})["govml_client"] = client
         if take_fast:
             assert fast is not None
-            await self._fast(scope, receive, send, fast[0], client, json_length, status)
+            await self._fast(scope, receive, send, fast[0], client, json_length, outcome)
             return
         seen = 0
         started_response = False
@@ -271,7 +271,7 @@ class GuardMiddleware:
         handler: FastHandler,
         client: str | None,
         json_length: str | None,
-        status: dict[str, Any],
+        outcome: dict[str, Any],
     ) -> None:
         chunks = []
         seen = 0
@@ -296,7 +296,7 @@ class GuardMiddleware:
             log.exception("fast route failed")
             answer = 500, b'{"error":"internal error; see the server log"}'
         if answer is None:  # declined: KServe's route answers, with the body read here
-            status["forwarded"] = self.fast_only  # the guard behind counts it
+            outcome["forwarded"] = self.fast_only  # the guard behind counts it
             await self.app(scope, _replay(body, receive), send)
             return
         status, raw = answer
