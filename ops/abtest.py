@@ -328,6 +328,11 @@ def _audit(
 
 
 # --------------------------------------------------------------------------- start / stop
+def new_salt() -> str:
+    """A fresh assignment salt for each test: entities are re-randomised between tests."""
+    return secrets.token_hex(16)
+
+
 def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> TestState:
     """Put the deployed ``version`` in an A/B test against the gateway's champion."""
     from ops.rollout import controller
@@ -355,7 +360,7 @@ def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Test
         model=spec.name,
         champion=champion,
         challenger=challenger,
-        salt=secrets.token_hex(16),
+        salt=new_salt(),
         started=now,
         started_by=actor,
         design=plan.as_dict(),
