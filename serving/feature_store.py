@@ -312,12 +312,14 @@ class InProcessStore(FeatureStore):
 
     def observe_now(self, pending: Sequence[Pending]) -> list[Observation]:
         keys = [self.keys.key(p.entity.entity, p.text) for p in pending]
+        states = self._states
         with self._lock:
-            seen = [p.observe(self._read(p.entity, k)) for p, k in zip(pending, keys, strict=True)]
+            done = [p.observe_stored(states.get(k)) for p, k in zip(pending, keys, strict=True)]
+            seen = [obs for obs, _ in done]
             if not refused(seen):
-                for key, obs in zip(keys, seen, strict=True):
-                    if obs.state is not None:
-                        self._states[key] = obs.state.to_bytes()
+                for key, (_, stored) in zip(keys, done, strict=True):
+                    if stored is not None:
+                        states[key] = stored
         return seen
 
     async def observe(self, pending: Sequence[Pending]) -> list[Observation]:
@@ -428,7 +430,8 @@ class RedisStore(FeatureStore):
         for i, p in enumerate(pending):
             code, blob = reply[2 * i], reply[2 * i + 1]
             try:
-                obs = p.observe(self._decode(p.entity, blob), record=False)
+                stored = None if blob is None else memoryview(blob)[TOKEN_BYTES:]
+                obs, _ = p.observe_stored(stored, record=False)
             except StateError as exc:
                 raise StoreError(f"feature store: {p.entity.entity}: {exc}") from None
             if not 0 <= code < len(_STATUS_OF) or obs.status != _STATUS_OF[code]:

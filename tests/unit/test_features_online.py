@@ -221,6 +221,59 @@ def test_a_retried_transaction_is_recorded_once() -> None:
     assert replay.observe({**row, "transaction_id": 8}, 2 * hour)[0] == {"n": 1.0}
 
 
+@pytest.mark.parametrize("small_state", [0, 16, 10**9])
+def test_observing_the_stored_bytes_equals_observing_the_state(
+    monkeypatch: pytest.MonkeyPatch, small_state: int
+) -> None:
+    """The stores' path (:meth:`EntityFeatures.observe_stored`: struct rows spliced as
+    bytes for small states, numpy for large ones) gives the same features, status and
+    stored bytes as :meth:`EntityFeatures.observe` at every step: late arrivals, refusals,
+    retried transactions, eviction, and states crossing ``SMALL_STATE``."""
+    monkeypatch.setattr(features_online, "SMALL_STATE", small_state)
+    frame = events_frame(500, seed=11)
+    aggs = _all_aggregates()
+    online = OnlineFeatures(spec_with(aggs, lateness="1h"))
+    rows = records(online, frame)
+    times = frame["t"].to_numpy("datetime64[ns]").astype(np.int64)
+    rng = np.random.default_rng(2)
+    jitter = rng.integers(0, 100 * 60, len(frame)) * 1_000_000_000  # some beyond the hour
+    arrival = list(np.argsort(times + jitter, kind="stable"))
+    arrival += [int(i) for i in rng.choice(len(frame), 40)]  # retried transactions
+    states: dict[tuple[str, str], EntityState] = {}
+    stored: dict[tuple[str, str], bytes] = {}
+    statuses: set[Status] = set()
+    for i in arrival:
+        row = rows[i]
+        for p in online.prepare(row, int(times[i]), online.event_id(row["transaction_id"])):
+            key = (p.entity.entity, p.text)
+            expected = p.observe(states.get(key))
+            for record in (False, True):
+                got, data = p.observe_stored(stored.get(key), record=record)
+                assert got.features == expected.features or np.array_equal(
+                    got.features, expected.features, equal_nan=True
+                ), (i, key)
+                assert got.status == expected.status and got.state is None
+            statuses.add(expected.status)
+            if expected.state is None:
+                assert data is None
+            else:
+                assert data == expected.state.to_bytes()
+                states[key], stored[key] = expected.state, data
+    assert statuses == set(Status)
+    assert max(len(state) for state in states.values()) > 30  # crosses 16
+
+
+def test_a_corrupt_stored_state_is_refused_on_the_stores_path() -> None:
+    online = OnlineFeatures(spec_with(_all_aggregates()))
+    row = {"transaction_id": 1, "card": 1, "amount": 1.0, "channel": "online", "terminal": 1}
+    (pending, *_) = online.prepare(row, 10**12, 1)
+    _, data = pending.observe_stored(None)
+    assert data is not None
+    for bad in (data[:5], data[:-1], b"XX" + data[2:], data[:2] + b"\x01" + data[3:]):
+        with pytest.raises(StateError, match="feature state"):
+            pending.observe_stored(bad)
+
+
 # ----------------------------------------------------------------------------- state
 
 
