@@ -18,9 +18,9 @@ and the latency the feature transformer adds in front of the model server.
   transformer and, for the baseline, straight to the model server with the features
   the transformer computed. Added latency = through the transformer minus direct in
   the same round, per percentile; ``--rounds`` rounds (direct, in-process, Redis back
-  to back: this machine's speed drifts by tens of percent over minutes), the median
-  over rounds is the figure. Throughput: closed loop, 8 connections, distinct
-  transactions.
+  to back, the order rotating from round to round: this machine's speed drifts by tens
+  of percent over minutes), the median over rounds is the figure. Throughput: closed
+  loop, 8 connections, distinct transactions.
 
     python benchmarks/bench_features.py [--rows 10000000] [--json out.json]
 """
@@ -225,6 +225,51 @@ def build_online(work: Path, spec: ModelSpec, rows: int, trees: int) -> dict[str
     }
 
 
+def steps(spec: ModelSpec, rows: int, count: int = 3000) -> dict[str, Any]:
+    """The transformer's own work per transaction, in this process (no HTTP, no event
+    loop), pinned to CPU 1: the in-process store warmed up from the history of ``rows``
+    generated transactions, then ``2 * count`` held-out ones in time order; the second
+    half is timed, per stage (the first warms caches)."""
+    from pipelines.data.fraud import FraudConfig, generate_fraud
+    from pipelines.features import retype_categories
+    from pipelines.features_online import OnlineFeatures, states_from_history
+    from serving.feature_store import open_store
+    from serving.transactions import TransactionSchema
+
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {1})
+    frame = retype_categories(generate_fraud(FraudConfig(n_rows=rows, seed=3)), spec)
+    cut = frame["tx_time"].max().normalize()
+    history, day = frame[frame["tx_time"] < cut], frame[frame["tx_time"] >= cut]
+    online_features = OnlineFeatures(spec)
+    schema = TransactionSchema(spec, online_features)
+    store = open_store(online_features, "memory", secret=KEY.encode())
+    store.merge(states_from_history(online_features, history.reset_index(drop=True)))
+    part = day[list(schema.fields)].iloc[: 2 * count].astype(object)
+    records = part.where(part.notna(), None).to_dict("records")
+    for record in records:
+        record["tx_time"] = record["tx_time"].isoformat()
+    bodies = [json.dumps({"instances": [r]}).encode() for r in records]
+    stages = ("check", "prepare", "observe", "assemble")
+    timings: list[tuple[float, ...]] = []
+    for body in bodies:
+        t0 = time.perf_counter()
+        (tx,) = schema.validate(json.loads(body)["instances"])
+        t1 = time.perf_counter()
+        pending = online_features.prepare(tx.values, tx.time_ns, tx.event_id)
+        t2 = time.perf_counter()
+        seen = store.observe_now(pending)  # type: ignore[attr-defined]
+        t3 = time.perf_counter()
+        parts = {p.entity.entity: o.features for p, o in zip(pending, seen, strict=True)}
+        online_features.assemble(parts)
+        timings.append((t1 - t0, t2 - t1, t3 - t2, time.perf_counter() - t3))
+    timed_part = np.array(timings[len(timings) // 2 :]) * 1e6
+    return {
+        stage: {"p50_us": float(np.median(col)), "p99_us": float(np.percentile(col, 99))}
+        for stage, col in zip(stages, timed_part.T, strict=True)
+    } | {"transactions": len(timed_part), "history_rows": len(history)}
+
+
 def start(args: list[str], log: Path, cpu: int, env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(
         [*serving_bench.pinned(cpu), str(SERVING_PY), *args, "--enable_grpc", "false"],
@@ -266,11 +311,12 @@ def online(
     seconds: float,
     trees: int,
     redis_cpu: int = 1,
-    rounds: int = 3,
+    rounds: int = 5,
 ) -> dict:
     """Both transformers up at once; ``rounds`` rounds of direct, in-process, Redis
-    windows back to back (the machine's speed drifts over minutes: each round compares
-    the paths within about a minute), then each transformer's throughput."""
+    windows back to back, the order rotating (the machine's speed drifts over minutes:
+    each round compares the paths within about a minute, and no path is always the
+    last), then each transformer's throughput."""
     results: dict[str, Any] = {"rounds": []}
     env = {**os.environ, "GOVML_FEATURE_KEY": KEY, "GOVML_PREDICTION_LOG_KEY": "b" * 32}
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
@@ -310,12 +356,14 @@ def online(
             load(work, 18301, direct[:500], connections=1)  # warm-up: connections, caches
             for port in ports.values():
                 load(work, port, bodies[:WARM], connections=1)
+            paths = [("direct", 18301, direct)] + [(k, p, bodies) for k, p in ports.items()]
             for r in range(rounds):
                 window = slice(WARM + r * n, WARM + (r + 1) * n)
-                got = {"direct": load(work, 18301, direct[window], rate)}
-                for kind, port in ports.items():
-                    got[kind] = load(work, port, bodies[window], rate)
-                results["rounds"].append(got)
+                got = {}
+                turn = r % len(paths)  # the order rotates
+                for kind, port, sent in paths[turn:] + paths[:turn]:
+                    got[kind] = load(work, port, sent[window], rate)
+                results["rounds"].append({k: got[k] for k in ("direct", *ports)})
                 print(f"round {r + 1}: {json.dumps(got)}", flush=True)
             for kind, port in ports.items():
                 results[kind]["throughput"] = load(work, port, bodies[WARM + rounds * n :])
@@ -402,9 +450,10 @@ def online_markdown(
         f"{len(on['rounds'])} rounds; each round sends {args.seconds:g} s of the held-out "
         f"day (of {args.online_rows:,} generated rows; states warmed up from the "
         f"{on['history_rows']:,} earlier ones; {WARM} sent first) straight to the model "
-        "server (with the features the transformer computes), then through the "
-        "transformer with the in-process store, then with Redis (both transformers up "
-        "throughout). Model server and the client (`benchmarks/load_client.py`, asyncio, "
+        "server (with the features the transformer computes), through the transformer "
+        "with the in-process store and through the one with Redis (both transformers up "
+        "throughout; the order of the three rotates from round to round). Model server "
+        "and the client (`benchmarks/load_client.py`, asyncio, "
         "GC off) pinned to CPU 0, the transformers and a private Redis (no persistence) "
         "to CPU 1. Added = through the transformer minus straight to the model server in "
         "the same round, per percentile. Throughput: closed loop, 8 connections, the "
@@ -455,15 +504,23 @@ def main() -> int:
     parser.add_argument("--peer-rows", type=int, default=200_000)
     parser.add_argument("--online-rows", type=int, default=1_000_000)
     parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=15.0, help="of each latency window")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0, help="of each latency window")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--trees", type=int, default=100)
     parser.add_argument("--skip-online", action="store_true")
     parser.add_argument("--skip-offline", action="store_true", help="online part only")
     parser.add_argument("--redis-cpu", type=int, default=1, help="CPU of the private Redis")
+    parser.add_argument("--steps", action="store_true", help="only the in-process stages")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     spec = load_spec(SPEC)
+    if args.steps:
+        got = steps(spec, args.online_rows)
+        print(json.dumps(got, indent=2))
+        print("| stage | p50 µs | p99 µs |\n| --- | ---: | ---: |")
+        for stage in ("check", "prepare", "observe", "assemble"):
+            print(f"| {stage} | {got[stage]['p50_us']:.1f} | {got[stage]['p99_us']:.1f} |")
+        return 0
     if args.skip_offline:
         on = online(
             spec, args.online_rows, args.rate, args.seconds, args.trees, args.redis_cpu, args.rounds
