@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -47,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_serving as serving_bench  # noqa: E402
+import machine_jitter  # noqa: E402
 
 from pipelines.spec import Aggregation, ModelSpec, load_spec  # noqa: E402
 
@@ -57,6 +59,15 @@ CACHE = ROOT / "var" / "bench"
 REDIS_PORT = 18379
 KEY = "bench-feature-key-" + "k" * 32
 WARM = 300  # transactions sent before a transformer is measured
+# "pinned": client and model server on CPU 0, transformers and Redis on CPU 1 (repeatable
+# placement); "free": no pinning, the kernel places every process (work-conserving: a
+# process may run on whichever core is idle, as it would with a core of its own)
+PLACEMENT = {"mode": "pinned"}
+
+
+def on_cpu(cpu: int) -> list[str]:
+    """The command prefix that pins a process to ``cpu`` under ``--placement pinned``."""
+    return serving_bench.pinned(cpu) if PLACEMENT["mode"] == "pinned" else []
 
 
 # ----------------------------------------------------------------------------- data
@@ -176,7 +187,7 @@ def load(
     path.write_bytes(b"\n".join(bodies))
     mode = ["--rate", str(rate)] if rate else ["--connections", str(connections)]
     out = subprocess.run(
-        [*serving_bench.pinned(0), sys.executable, str(LOAD_CLIENT), str(port),
+        [*on_cpu(0), sys.executable, str(LOAD_CLIENT), str(port),
          "/v1/models/fraud:predict", str(path), *mode],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
@@ -272,7 +283,7 @@ def steps(spec: ModelSpec, rows: int, count: int = 3000) -> dict[str, Any]:
 
 def start(args: list[str], log: Path, cpu: int, env: dict[str, str]) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [*serving_bench.pinned(cpu), str(SERVING_PY), *args, "--enable_grpc", "false"],
+        [*on_cpu(cpu), str(SERVING_PY), *args, "--enable_grpc", "false"],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
         env=env,
     )  # fmt: skip
@@ -288,19 +299,24 @@ def start_redis(work: Path, cpu: int = 1) -> subprocess.Popen:
         raise SystemExit("redis-server not found (apt-get install redis-server)")
     log = work / "redis.log"
     proc = subprocess.Popen(
-        [*serving_bench.pinned(cpu), server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
+        [*on_cpu(cpu), server, "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
          "--save", "", "--appendonly", "no", "--dir", str(work)],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     import redis
 
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
-            redis.Redis(port=REDIS_PORT, socket_timeout=1).ping()
-            return proc
+            pid = redis.Redis(port=REDIS_PORT, socket_timeout=1).info("server")["process_id"]
         except (redis.RedisError, OSError):
             time.sleep(0.1)
+            continue
+        if pid != proc.pid:  # a leftover of an interrupted run holds the port
+            serving_bench.stop(proc)
+            raise SystemExit(f"port {REDIS_PORT} is held by another redis-server (pid {pid})")
+        return proc
+    serving_bench.stop(proc)
     raise SystemExit(f"private redis-server did not start: {log.read_text()[-2000:]}")
 
 
@@ -312,11 +328,14 @@ def online(
     trees: int,
     redis_cpu: int = 1,
     rounds: int = 5,
+    jitter_seconds: float = 10.0,
 ) -> dict:
     """Both transformers up at once; ``rounds`` rounds of direct, in-process, Redis
     windows back to back, the order rotating (the machine's speed drifts over minutes:
     each round compares the paths within about a minute, and no path is always the
-    last), then each transformer's throughput."""
+    last), then each transformer's throughput. The machine's own wake-up delays
+    (:mod:`machine_jitter`) are measured before the servers start and after they stop
+    (``jitter_seconds`` per probe; 0: not measured)."""
     results: dict[str, Any] = {"rounds": []}
     env = {**os.environ, "GOVML_FEATURE_KEY": KEY, "GOVML_PREDICTION_LOG_KEY": "b" * 32}
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
@@ -334,6 +353,9 @@ def online(
         # otherwise its start-up compile shares CPU 0 with the measurement
         env["GOVML_COMPILED_CACHE"] = str(work / "compiled")
         serving_bench.warm_compiled(work, {"model_file": Path(data["model_dir"]) / "model.txt"})
+        if jitter_seconds > 0:
+            results["jitter_before"] = machine_jitter.measure(jitter_seconds)
+            print(machine_jitter.summary(results["jitter_before"]), flush=True)
         procs = [
             start(
                 ["-m", "serving", "--model_name", "fraud", "--model_uri", str(data["model_dir"]),
@@ -370,6 +392,9 @@ def online(
         finally:
             for proc in reversed(procs):
                 serving_bench.stop(proc)
+        if jitter_seconds > 0:
+            results["jitter_after"] = machine_jitter.measure(jitter_seconds)
+            print(machine_jitter.summary(results["jitter_after"]), flush=True)
     results["history_rows"] = data["history_rows"]
     return results
 
@@ -452,10 +477,15 @@ def online_markdown(
         f"{on['history_rows']:,} earlier ones; {WARM} sent first) straight to the model "
         "server (with the features the transformer computes), through the transformer "
         "with the in-process store and through the one with Redis (both transformers up "
-        "throughout; the order of the three rotates from round to round). Model server "
-        "and the client (`benchmarks/load_client.py`, asyncio, "
-        "GC off) pinned to CPU 0, the transformers and a private Redis (no persistence) "
-        "to CPU 1. Added = through the transformer minus straight to the model server in "
+        "throughout; the order of the three rotates from round to round). "
+        + (
+            "Model server and the client (`benchmarks/load_client.py`, asyncio, GC off) "
+            "pinned to CPU 0, the transformers and a private Redis (no persistence) to CPU 1."
+            if getattr(args, "placement", "pinned") == "pinned"
+            else "The model server, the client (`benchmarks/load_client.py`, asyncio, GC "
+            "off), the transformers and a private Redis (no persistence) unpinned."
+        )
+        + " Added = through the transformer minus straight to the model server in "
         "the same round, per percentile. Throughput: closed loop, 8 connections, the "
         "rest of the day.",
         "",
@@ -495,6 +525,12 @@ def online_markdown(
         f"Failed requests: {failed}. Target: {offline_target}p99 added under 2,000 µs at "
         f"500 tx/s (median over rounds, worse store: {worst:,.0f} µs).",
     ]
+    for when in ("before", "after"):
+        if f"jitter_{when}" in on:
+            lines += ["", f"The idle machine {when} the online part (`machine_jitter`):", ""]
+            lines += [
+                f"- {line}" for line in machine_jitter.summary(on[f"jitter_{when}"]).split("\n")
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -511,9 +547,21 @@ def main() -> int:
     parser.add_argument("--skip-offline", action="store_true", help="online part only")
     parser.add_argument("--redis-cpu", type=int, default=1, help="CPU of the private Redis")
     parser.add_argument("--steps", action="store_true", help="only the in-process stages")
+    parser.add_argument(
+        "--jitter-seconds", type=float, default=10.0,
+        help="of each machine_jitter probe before and after the online part (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--placement", choices=("pinned", "free"), default="pinned",
+        help="pinned: client and model server on CPU 0, transformers and Redis on CPU 1; "
+        "free: the kernel places every process",
+    )  # fmt: skip
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    # a stopped benchmark stops its servers (the finally blocks run)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     spec = load_spec(SPEC)
+    PLACEMENT["mode"] = args.placement
     if args.steps:
         got = steps(spec, args.online_rows)
         print(json.dumps(got, indent=2))
@@ -523,7 +571,14 @@ def main() -> int:
         return 0
     if args.skip_offline:
         on = online(
-            spec, args.online_rows, args.rate, args.seconds, args.trees, args.redis_cpu, args.rounds
+            spec,
+            args.online_rows,
+            args.rate,
+            args.seconds,
+            args.trees,
+            args.redis_cpu,
+            args.rounds,
+            args.jitter_seconds,
         )
         print(json.dumps(on, indent=2, default=str))
         print(online_markdown(on, args))
@@ -533,7 +588,14 @@ def main() -> int:
     if args.skip_online:
         return 0
     on = online(
-        spec, args.online_rows, args.rate, args.seconds, args.trees, args.redis_cpu, args.rounds
+        spec,
+        args.online_rows,
+        args.rate,
+        args.seconds,
+        args.trees,
+        args.redis_cpu,
+        args.rounds,
+        args.jitter_seconds,
     )
     text = markdown(off, on, args)
     print(text)

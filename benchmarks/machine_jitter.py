@@ -1,0 +1,147 @@
+"""How long this machine keeps a ready process waiting: the noise floor under every
+latency figure measured on it.
+
+With nothing else of ours running, one child process per CPU, pinned to it:
+
+* ``sleep``: sleeps 1 ms, again and again, and records by how much each wake-up is
+  late. A server waiting in ``epoll`` for its next request or reply pays this on every
+  hop, on top of its own work: a request through the feature transformer and Redis
+  wakes six processes in turn (transformer, Redis, transformer, model server,
+  transformer, client), one straight to the model server two.
+* ``spin``: reads the clock in a tight loop; a gap over 50 µs between two readings is
+  time the process did not run. Reported: that time's share of the wall time, the
+  number of gaps over 1 ms and the longest, and the part the guest's own scheduler
+  accounts for (run-queue wait in ``/proc/self/schedstat``: other guest tasks); the
+  rest was taken outside the process's view (the hypervisor descheduling the virtual
+  CPU, or interrupts).
+
+    python benchmarks/machine_jitter.py [--seconds 10] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+SPIN_GAP_S = 50e-6
+SLEEP_S = 1e-3
+
+
+def _pin(cpu: int) -> None:
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cpu})
+
+
+def _guest_wait_s() -> float:
+    """This process's time runnable but not running, as the guest kernel counts it."""
+    try:
+        with open("/proc/self/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def _percentile(ordered: list[float], q: float) -> float:
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def sleep_probe(cpu: int, seconds: float) -> dict[str, float]:
+    """Lateness of 1 ms sleeps on ``cpu`` for ``seconds``, µs."""
+    _pin(cpu)
+    clock = time.perf_counter
+    late: list[float] = []
+    end = clock() + seconds
+    while (started := clock()) < end:
+        time.sleep(SLEEP_S)
+        late.append(clock() - started - SLEEP_S)
+    late.sort()
+    return {
+        "wakeups": len(late),
+        "p50_us": _percentile(late, 0.50) * 1e6,
+        "p99_us": _percentile(late, 0.99) * 1e6,
+        "p999_us": _percentile(late, 0.999) * 1e6,
+        "max_us": late[-1] * 1e6,
+    }
+
+
+def spin_probe(cpu: int, seconds: float) -> dict[str, float]:
+    """Time a busy process on ``cpu`` did not run over ``seconds``."""
+    _pin(cpu)
+    clock = time.perf_counter
+    gaps: list[float] = []
+    wait_before = _guest_wait_s()
+    last = started = clock()
+    end = started + seconds
+    while True:
+        now = clock()
+        if now - last > SPIN_GAP_S:
+            gaps.append(now - last)
+        last = now
+        if now > end:
+            break
+    wall = last - started
+    guest = _guest_wait_s() - wait_before
+    lost = sum(gaps)
+    return {
+        "lost_pct": 100 * lost / wall,
+        "guest_wait_pct": 100 * guest / wall,
+        "gaps_over_1ms": sum(1 for g in gaps if g > 1e-3),
+        "gaps_per_s_over_1ms": sum(1 for g in gaps if g > 1e-3) / wall,
+        "max_ms": max(gaps, default=0.0) * 1e3,
+    }
+
+
+def _run(job: tuple[str, int, float]) -> dict[str, float]:
+    kind, cpu, seconds = job
+    return (sleep_probe if kind == "sleep" else spin_probe)(cpu, seconds)
+
+
+def measure(seconds: float = 10.0, cpus: list[int] | None = None) -> dict[str, Any]:
+    """Both probes on every CPU (the CPUs at once, the sleep probe first)."""
+    cpus = cpus if cpus is not None else sorted(os.sched_getaffinity(0))
+    out: dict[str, Any] = {"seconds": seconds, "cpus": {}}
+    with multiprocessing.get_context("fork").Pool(len(cpus)) as pool:
+        for kind in ("sleep", "spin"):
+            got = pool.map(_run, [(kind, cpu, seconds) for cpu in cpus])
+            for cpu, result in zip(cpus, got, strict=True):
+                out["cpus"].setdefault(str(cpu), {})[kind] = result
+    return out
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line per CPU for a report."""
+    lines = []
+    for cpu, r in result["cpus"].items():
+        s, b = r["sleep"], r["spin"]
+        lines.append(
+            f"CPU {cpu}: 1 ms sleep late by p50 {s['p50_us']:,.0f} / p99 {s['p99_us']:,.0f} / "
+            f"p99.9 {s['p999_us']:,.0f} / max {s['max_us']:,.0f} µs; a busy loop lost "
+            f"{b['lost_pct']:.2f} % of {result['seconds']:g} s ({b['guest_wait_pct']:.2f} % "
+            f"waiting for other guest tasks), {b['gaps_over_1ms']} gaps over 1 ms, the "
+            f"longest {b['max_ms']:.1f} ms"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0, help="of each probe")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    if args.seconds <= 0:
+        parser.error("--seconds must be positive")
+    result = measure(args.seconds)
+    print(summary(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
