@@ -14,6 +14,9 @@ With nothing else of ours running, one child process per CPU, pinned to it:
   accounts for (run-queue wait in ``/proc/self/schedstat``: other guest tasks); the
   rest was taken outside the process's view (the hypervisor descheduling the virtual
   CPU, or interrupts).
+* ``work``: the median time of a fixed unit of pure Python work
+  (``sum(range(10000))``), to compare the machine's speed between runs (a virtual
+  machine's speed drifts with its host's load).
 
     python benchmarks/machine_jitter.py [--seconds 10] [--json out.json]
 """
@@ -30,6 +33,7 @@ from typing import Any
 
 SPIN_GAP_S = 50e-6
 SLEEP_S = 1e-3
+WORK_UNIT = 10_000
 
 
 def _pin(cpu: int) -> None:
@@ -96,18 +100,36 @@ def spin_probe(cpu: int, seconds: float) -> dict[str, float]:
     }
 
 
+def work_probe(cpu: int, seconds: float) -> dict[str, float]:
+    """Median and best time of ``sum(range(10000))`` on ``cpu`` over ``seconds``, µs."""
+    _pin(cpu)
+    clock = time.perf_counter
+    times: list[float] = []
+    end = clock() + seconds
+    while (started := clock()) < end:
+        sum(range(WORK_UNIT))
+        times.append(clock() - started)
+    times.sort()
+    return {"units": len(times), "median_us": _percentile(times, 0.5) * 1e6,
+            "best_us": times[0] * 1e6}  # fmt: skip
+
+
+PROBES = {"sleep": sleep_probe, "spin": spin_probe, "work": work_probe}
+
+
 def _run(job: tuple[str, int, float]) -> dict[str, float]:
     kind, cpu, seconds = job
-    return (sleep_probe if kind == "sleep" else spin_probe)(cpu, seconds)
+    return PROBES[kind](cpu, seconds)
 
 
 def measure(seconds: float = 10.0, cpus: list[int] | None = None) -> dict[str, Any]:
-    """Both probes on every CPU (the CPUs at once, the sleep probe first)."""
+    """The probes on every CPU (the CPUs at once; ``work`` gets a fifth of ``seconds``)."""
     cpus = cpus if cpus is not None else sorted(os.sched_getaffinity(0))
     out: dict[str, Any] = {"seconds": seconds, "cpus": {}}
     with multiprocessing.get_context("fork").Pool(len(cpus)) as pool:
-        for kind in ("sleep", "spin"):
-            got = pool.map(_run, [(kind, cpu, seconds) for cpu in cpus])
+        for kind in PROBES:
+            span = seconds / 5 if kind == "work" else seconds
+            got = pool.map(_run, [(kind, cpu, span) for cpu in cpus])
             for cpu, result in zip(cpus, got, strict=True):
                 out["cpus"].setdefault(str(cpu), {})[kind] = result
     return out
@@ -118,13 +140,20 @@ def summary(result: dict[str, Any]) -> str:
     lines = []
     for cpu, r in result["cpus"].items():
         s, b = r["sleep"], r["spin"]
-        lines.append(
+        line = (
             f"CPU {cpu}: 1 ms sleep late by p50 {s['p50_us']:,.0f} / p99 {s['p99_us']:,.0f} / "
             f"p99.9 {s['p999_us']:,.0f} / max {s['max_us']:,.0f} µs; a busy loop lost "
             f"{b['lost_pct']:.2f} % of {result['seconds']:g} s ({b['guest_wait_pct']:.2f} % "
             f"waiting for other guest tasks), {b['gaps_over_1ms']} gaps over 1 ms, the "
             f"longest {b['max_ms']:.1f} ms"
         )
+        if "work" in r:
+            w = r["work"]
+            line += (
+                f"; `sum(range({WORK_UNIT}))` median {w['median_us']:.0f} µs "
+                f"(best {w['best_us']:.0f})"
+            )
+        lines.append(line)
     return "\n".join(lines)
 
 
