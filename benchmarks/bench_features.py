@@ -20,7 +20,10 @@ and the latency the feature transformer adds in front of the model server.
   the same round, per percentile; ``--rounds`` rounds (direct, in-process, Redis back
   to back, the order rotating from round to round: this machine's speed drifts by tens
   of percent over minutes), the median over rounds is the figure. Throughput: closed
-  loop, 8 connections, distinct transactions.
+  loop, 8 connections, distinct transactions. ``--placement pinned`` (the default) puts
+  the client and the model server on CPU 0, the transformers and Redis on CPU 1;
+  ``free`` pins nothing. The idle machine's own stalls (``machine_jitter.py``) are
+  measured before and after and reported with the figures.
 
     python benchmarks/bench_features.py [--rows 10000000] [--json out.json]
 """
@@ -607,7 +610,8 @@ def main() -> int:
                     "title": "Real-time features: offline aggregates and the transformer",
                     "command": f"python benchmarks/bench_features.py --rows {args.rows} "
                     f"--peer-rows {args.peer_rows} --online-rows {args.online_rows} "
-                    f"--rate {args.rate:g} --seconds {args.seconds:g} --rounds {args.rounds}",
+                    f"--rate {args.rate:g} --seconds {args.seconds:g} --rounds {args.rounds} "
+                    f"--placement {args.placement}",
                     "markdown": text,
                     "results": {"offline": off, "online": on},
                 }
