@@ -265,9 +265,15 @@ def request_approval(
     triggered_by: str | None,
     author: str | None,
     risk_reasons: list[str],
+    trigger_authenticated: bool = True,
     now: dt.datetime | None = None,
 ) -> ApprovalState:
-    """Open (or return the already open) approval request of a lifecycle run's version."""
+    """Open (or return the already open) approval request of a lifecycle run's version.
+
+    ``trigger_authenticated``: whether ``triggered_by`` was proven (Airflow's login,
+    ``govml run``'s password check, or the schedule); an unproven trigger's version
+    cannot be approved.
+    """
     now = now or _now()
     required = spec.approval.high_risk_approvers if risk_reasons else spec.approval.min_approvers
     with Session(engine_for(url)) as session, session.begin():
@@ -314,6 +320,7 @@ def request_approval(
                 "approver_roles": list(spec.approval.roles),
                 "risk_reasons": list(risk_reasons),
                 "triggered_by": triggered_by,
+                "trigger_authenticated": bool(trigger_authenticated),
                 "author": author,
                 "respond_by": _iso(request.respond_by),
             },

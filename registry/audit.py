@@ -68,6 +68,13 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "abtest_analysed",
         "abtest_stopped",
         "abtest_concluded",
+        # issue 21: the registry, identities and the chain's own upkeep
+        "alias_moved",
+        "registry_drift",
+        "run_triggered",
+        "audit_checkpoint",
+        "audit_key_rotated",
+        "endpoint_reconciled",
     }
 )
 _APPEND_ATTEMPTS = 5

@@ -136,6 +136,7 @@ def open_approval(
     author: str | None,
     champion_model: Path | None,
     out_dir: Path,
+    trigger_authenticated: bool = True,
 ) -> dict[str, Any]:
     """Assess the change's risk and open the approval request for the registered version.
 
@@ -158,6 +159,7 @@ def open_approval(
         triggered_by=triggered_by,
         author=author,
         risk_reasons=reasons,
+        trigger_authenticated=trigger_authenticated,
     )
     tag_version(tracking_uri, state.model_name, state.model_version, state.mlflow_tags())
     payload = state.to_dict()
