@@ -1,14 +1,21 @@
 """Human approval of a registered model version: four-eyes rules, binding and expiry.
 
-The governance store is the record. A lifecycle run asks for approval of one model
+The keyed audit chain is the record. A lifecycle run asks for approval of one model
 version (``request_approval``); reviewers answer in the Airflow UI or the CLI
-(``decide``); the deploy step may only use a valid approval (``authorise_deploy``).
+(``decide``); the deploy step may only use a valid approval (``authorise_deploy``,
+then ``registry.governance.record_deployment`` uses it once). Every request,
+decision, refusal, expiry, voiding and role change is an audit event; the state each
+function acts on is folded from the verified chain (``registry.approval_state``)
+inside the transaction that appends the next event, under the chain's lock. The
+``approval_requests``, ``approval_decisions`` and ``role_changes`` tables are
+append-only indexes of those events.
 
-Rules enforced here, each refusal recorded in the audit trail and raised as
-:class:`~pipelines.errors.ApprovalError`:
+Rules enforced (``registry.approval_state.decision_problem``), each refusal recorded
+in the audit trail and raised as :class:`~pipelines.errors.ApprovalError`:
 
-* the approver holds one of the spec's approver roles (``role_grants``);
-* the approver is neither whoever triggered the run nor the model's author;
+* the approver holds one of the spec's approver roles (granted by someone else);
+* the approver is neither whoever triggered the run nor the model's author, and the
+  run's trigger was authenticated;
 * a high-risk change (a gate warning, fairness near its limit, a new feature set)
   needs ``high_risk_approvers`` distinct approvers, otherwise ``min_approvers``;
 * one decision per person and request: a replayed decision is refused, and so is
@@ -24,142 +31,74 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pipelines.errors import ApprovalError
 from pipelines.spec import ModelSpec
 from registry import audit
-from registry.store import ApprovalDecision, ApprovalRequest, RoleGrant, engine_for
+from registry.approval_state import (
+    APPROVE,
+    APPROVED,
+    EXPIRED,
+    PENDING,
+    REJECT,
+    REJECTED,
+    VOID,
+    ApprovalState,
+    Decision,
+    GovernanceState,
+    RequestFold,
+    decision_problem,
+    fold,
+    fold_into,
+    iso,
+)
+from registry.audit_verify import load_verified
+from registry.store import ApprovalDecision, ApprovalRequest, RoleChange, engine_for
 
 log = logging.getLogger(__name__)
 
-PENDING, APPROVED, REJECTED, EXPIRED, VOID = "pending", "approved", "rejected", "expired", "void"
-APPROVE, REJECT = "approve", "reject"
 SYSTEM = "govml"
+T = TypeVar("T")
+__all__ = [
+    "APPROVE",
+    "APPROVED",
+    "EXPIRED",
+    "PENDING",
+    "REJECT",
+    "REJECTED",
+    "VOID",
+    "ApprovalState",
+    "Decision",
+]
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _aware(value: dt.datetime | None) -> dt.datetime | None:
-    """SQLite hands back naive datetimes; every time here is UTC."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)
-
-
-@dataclass(frozen=True)
-class Decision:
-    user: str
-    decision: str
-    reason: str
-    channel: str
-    decided_at: str
-
-
-@dataclass(frozen=True)
-class ApprovalState:
-    """A request with its decisions, as callers and the evidence pack see it."""
-
-    id: int
-    model_name: str
-    model_version: str
-    artifact_sha256: str
-    run_id: str
-    dag_id: str | None
-    triggered_by: str | None
-    author: str | None
-    approver_roles: list[str]
-    required_approvers: int
-    risk_reasons: list[str]
-    status: str
-    requested_at: str
-    respond_by: str
-    valid_until: str | None
-    consumed_at: str | None
-    decisions: list[Decision]
-
-    @property
-    def approvers(self) -> list[str]:
-        return [d.user for d in self.decisions if d.decision == APPROVE]
-
-    @property
-    def high_risk(self) -> bool:
-        return bool(self.risk_reasons)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out["approvers"] = self.approvers
-        out["high_risk"] = self.high_risk
-        return out
-
-    def mlflow_tags(self) -> dict[str, str]:
-        """The decision state mirrored as model-version tags (``govml.approval.*``)."""
-        tags = {
-            "govml.approval.request_id": str(self.id),
-            "govml.approval.status": self.status,
-            "govml.approval.required_approvers": str(self.required_approvers),
-            "govml.approval.approvers": ",".join(self.approvers),
-            "govml.approval.high_risk": str(self.high_risk).lower(),
-        }
-        if self.risk_reasons:
-            tags["govml.approval.risk_reasons"] = "; ".join(self.risk_reasons)[:5000]
-        if self.valid_until:
-            tags["govml.approval.valid_until"] = self.valid_until
-        for d in self.decisions:
-            tags[f"govml.approval.{d.decision}.{d.user}"] = (
-                f"{d.decided_at} via {d.channel}: {d.reason}"
-            )[:5000]
-        return tags
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    value = _aware(value)
-    return value.isoformat() if value is not None else None
+    return audit.clock()
 
 
 def iso_utc(value: dt.datetime) -> str:
     """ISO-8601 with the UTC offset (SQLite returns naive datetimes)."""
-    return _iso(value) or ""
+    return iso(value) or ""
 
 
-def _state(session: Session, request: ApprovalRequest) -> ApprovalState:
-    decisions = session.scalars(
-        select(ApprovalDecision)
-        .where(ApprovalDecision.request_id == request.id)
-        .order_by(ApprovalDecision.decided_at, ApprovalDecision.id)
-    ).all()
-    return ApprovalState(
-        id=request.id,
-        model_name=request.model_name,
-        model_version=request.model_version,
-        artifact_sha256=request.artifact_sha256,
-        run_id=request.run_id,
-        dag_id=request.dag_id,
-        triggered_by=request.triggered_by,
-        author=request.author,
-        approver_roles=list(request.approver_roles or []),
-        required_approvers=request.required_approvers,
-        risk_reasons=list(request.risk_reasons or []),
-        status=request.status,
-        requested_at=_iso(request.requested_at) or "",
-        respond_by=_iso(request.respond_by) or "",
-        valid_until=_iso(request.valid_until),
-        consumed_at=_iso(request.consumed_at),
-        decisions=[
-            Decision(d.user_name, d.decision, d.reason, d.channel, _iso(d.decided_at) or "")
-            for d in decisions
-        ],
-    )
+def governance_state(url: str) -> GovernanceState:
+    """Approvals, roles and deployments as the verified chain has them now."""
+    return fold(load_verified(url))
 
 
-def _subject(request: ApprovalRequest) -> dict[str, Any]:
+def in_chain_transaction(url: str, work: Callable[[Session, GovernanceState], T]) -> T:
+    """Run ``work`` in one transaction holding the chain's lock, on freshly folded state."""
+    with Session(engine_for(url)) as session, session.begin():
+        audit.lock_chain(session)
+        return work(session, fold(load_verified(url, session)))
+
+
+def _subject(request: RequestFold) -> dict[str, Any]:
     return {
         "model_name": request.model_name,
         "model_version": request.model_version,
@@ -167,55 +106,75 @@ def _subject(request: ApprovalRequest) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- roles
-
-
-def grant_role(url: str, user: str, role: str, granted_by: str) -> bool:
-    """Give ``user`` the approver role ``role``; False when the user already had it."""
-    user, role = _name(user, "user"), _name(role, "role")
-    with Session(engine_for(url)) as session, session.begin():
-        exists = session.scalar(
-            select(RoleGrant).where(RoleGrant.user_name == user, RoleGrant.role == role)
-        )
-        if exists is not None:
-            return False
-        session.add(RoleGrant(user_name=user, role=role, granted_by=granted_by, granted_at=_now()))
-        audit.append_event(
-            session, "role_granted", actor=granted_by, payload={"user": user, "role": role}
-        )
-    return True
-
-
-def revoke_role(url: str, user: str, role: str, revoked_by: str) -> bool:
-    with Session(engine_for(url)) as session, session.begin():
-        row = session.scalar(
-            select(RoleGrant).where(RoleGrant.user_name == user, RoleGrant.role == role)
-        )
-        if row is None:
-            return False
-        session.delete(row)
-        audit.append_event(
-            session, "role_revoked", actor=revoked_by, payload={"user": user, "role": role}
-        )
-    return True
-
-
-def roles_of(url: str, user: str) -> set[str]:
-    with Session(engine_for(url)) as session:
-        return set(session.scalars(select(RoleGrant.role).where(RoleGrant.user_name == user)))
-
-
-def role_grants(url: str) -> list[tuple[str, str, str]]:
-    with Session(engine_for(url)) as session:
-        rows = session.scalars(select(RoleGrant).order_by(RoleGrant.user_name, RoleGrant.role))
-        return [(r.user_name, r.role, r.granted_by) for r in rows]
-
-
 def _name(value: str, what: str) -> str:
     value = (value or "").strip()
     if not value or len(value) > 120 or any(c.isspace() for c in value):
         raise ApprovalError(f"invalid {what} {value!r}: a non-empty name without spaces")
     return value
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def _change_role(url: str, user: str, role: str, actor: str, action: str) -> bool:
+    user, role, actor = _name(user, "user"), _name(role, "role"), _name(actor, "actor")
+    if action == "grant" and user == actor:
+        raise ApprovalError(
+            f"{actor} cannot grant a role to themselves: another admin must grant {role} to {user}"
+        )
+
+    def work(session: Session, state: GovernanceState) -> bool:
+        held = role in state.roles_of(user)
+        if held == (action == "grant"):
+            return False
+        kind = "role_granted" if action == "grant" else "role_revoked"
+        record = audit.append_event(
+            session, kind, actor=actor, payload={"user": user, "role": role}
+        )
+        session.add(
+            RoleChange(
+                user_name=user,
+                role=role,
+                action=action,
+                actor=actor,
+                occurred_at=record.occurred_at,
+                audit_seq=record.seq,
+            )
+        )
+        return True
+
+    return in_chain_transaction(url, work)
+
+
+def grant_role(url: str, user: str, role: str, granted_by: str) -> bool:
+    """Give ``user`` the approver role ``role``; False when the user already had it.
+
+    Nobody grants a role to themselves.
+    """
+    return _change_role(url, user, role, granted_by, "grant")
+
+
+def revoke_role(url: str, user: str, role: str, revoked_by: str) -> bool:
+    """Take ``role`` away from ``user``; False when the user did not hold it."""
+    return _change_role(url, user, role, revoked_by, "revoke")
+
+
+def roles_of(url: str, user: str) -> set[str]:
+    return governance_state(url).roles_of(user)
+
+
+def role_grants(url: str) -> list[tuple[str, str, str]]:
+    """``(user, role, granted by)`` of every role held now, from the chain."""
+    state = governance_state(url)
+    granted_by: dict[tuple[str, str], str] = {}
+    for event in state.role_events:
+        if event.kind == "role_granted":
+            granted_by[(event.payload["user"], event.payload["role"])] = event.actor
+    return sorted(
+        (user, role, granted_by.get((user, role), "?"))
+        for user, roles in state.roles.items()
+        for role in roles
+    )
 
 
 # --------------------------------------------------------------------------- risk
@@ -254,6 +213,9 @@ def assess_risk(
 # --------------------------------------------------------------------------- requests
 
 
+# --------------------------------------------------------------------------- requests
+
+
 def request_approval(
     url: str,
     spec: ModelSpec,
@@ -266,7 +228,6 @@ def request_approval(
     author: str | None,
     risk_reasons: list[str],
     trigger_authenticated: bool = True,
-    now: dt.datetime | None = None,
 ) -> ApprovalState:
     """Open (or return the already open) approval request of a lifecycle run's version.
 
@@ -274,107 +235,167 @@ def request_approval(
     ``govml run``'s password check, or the schedule); an unproven trigger's version
     cannot be approved.
     """
-    now = now or _now()
+    now = _now()
     required = spec.approval.high_risk_approvers if risk_reasons else spec.approval.min_approvers
-    with Session(engine_for(url)) as session, session.begin():
-        request = session.scalar(
-            select(ApprovalRequest).where(
-                ApprovalRequest.model_name == spec.name,
-                ApprovalRequest.model_version == str(model_version),
-                ApprovalRequest.run_id == run_id,
-            )
-        )
-        if request is not None:
-            if request.artifact_sha256 != artifact_sha256:
+
+    def work(session: Session, state: GovernanceState) -> ApprovalState:
+        for existing in state.requests_for(spec.name, str(model_version)):
+            if existing.run_id != run_id:
+                continue
+            if existing.artifact_sha256 != artifact_sha256:
                 raise ApprovalError(
                     f"{spec.name} v{model_version}: the artifact changed since approval was "
-                    f"requested ({request.artifact_sha256[:12]} -> {artifact_sha256[:12]})"
+                    f"requested ({existing.artifact_sha256[:12]} -> {artifact_sha256[:12]})"
                 )
-            return _state(session, request)
-        request = ApprovalRequest(
-            model_name=spec.name,
-            model_version=str(model_version),
-            artifact_sha256=artifact_sha256,
-            run_id=run_id,
-            dag_id=dag_id,
-            triggered_by=triggered_by,
-            author=author,
-            approver_roles=list(spec.approval.roles),
-            required_approvers=required,
-            risk_reasons=list(risk_reasons),
-            status=PENDING,
-            requested_at=now,
-            respond_by=now + dt.timedelta(seconds=spec.approval.timeout_seconds),
-            valid_for_seconds=spec.approval.expires_after_seconds,
-        )
-        session.add(request)
-        session.flush()
-        audit.append_event(
+            return existing.state()
+        request_id = (session.scalar(select(func.max(ApprovalRequest.id))) or 0) + 1
+        respond_by = now + dt.timedelta(seconds=spec.approval.timeout_seconds)
+        payload = {
+            "request_id": request_id,
+            "artifact_sha256": artifact_sha256,
+            "required_approvers": required,
+            "approver_roles": list(spec.approval.roles),
+            "risk_reasons": list(risk_reasons),
+            "triggered_by": triggered_by,
+            "trigger_authenticated": bool(trigger_authenticated),
+            "author": author,
+            "dag_id": dag_id,
+            "respond_by": iso(respond_by),
+            "valid_for_seconds": spec.approval.expires_after_seconds,
+        }
+        record = audit.append_event(
             session,
             "approval_requested",
             actor=triggered_by or SYSTEM,
-            payload={
-                "request_id": request.id,
-                "artifact_sha256": artifact_sha256,
-                "required_approvers": required,
-                "approver_roles": list(spec.approval.roles),
-                "risk_reasons": list(risk_reasons),
-                "triggered_by": triggered_by,
-                "trigger_authenticated": bool(trigger_authenticated),
-                "author": author,
-                "respond_by": _iso(request.respond_by),
-            },
-            **_subject(request),
+            payload=payload,
+            model_name=spec.name,
+            model_version=str(model_version),
+            run_id=run_id,
         )
-        return _state(session, request)
+        session.add(
+            ApprovalRequest(
+                id=request_id,
+                model_name=spec.name,
+                model_version=str(model_version),
+                artifact_sha256=artifact_sha256,
+                run_id=run_id,
+                dag_id=dag_id,
+                triggered_by=triggered_by,
+                author=author,
+                approver_roles=list(spec.approval.roles),
+                required_approvers=required,
+                risk_reasons=list(risk_reasons),
+                requested_at=record.occurred_at,
+                respond_by=respond_by,
+                valid_for_seconds=spec.approval.expires_after_seconds,
+                audit_seq=record.seq,
+            )
+        )
+        fold_into(state, record)
+        return state.requests[request_id].state()
+
+    return in_chain_transaction(url, work)
 
 
 def _find(
-    session: Session, model_name: str, model_version: str, run_id: str | None = None
-) -> ApprovalRequest:
-    query = select(ApprovalRequest).where(
-        ApprovalRequest.model_name == model_name,
-        ApprovalRequest.model_version == str(model_version),
-    )
-    if run_id is not None:
-        query = query.where(ApprovalRequest.run_id == run_id)
-    request = session.scalar(query.order_by(ApprovalRequest.id.desc()))
-    if request is None:
+    state: GovernanceState, model_name: str, model_version: str, run_id: str | None = None
+) -> RequestFold:
+    found = [
+        r
+        for r in state.requests_for(model_name, str(model_version))
+        if run_id is None or r.run_id == run_id
+    ]
+    if not found:
         raise ApprovalError(f"no approval request for {model_name} version {model_version}")
-    return request
+    return found[-1]
 
 
 def get_request(
     url: str, model_name: str, model_version: str, run_id: str | None = None
 ) -> ApprovalState:
-    with Session(engine_for(url)) as session:
-        return _state(session, _find(session, model_name, model_version, run_id))
+    return _find(governance_state(url), model_name, model_version, run_id).state()
 
 
 def list_requests(
     url: str, model_name: str | None = None, status: str | None = None
 ) -> list[ApprovalState]:
-    with Session(engine_for(url)) as session:
-        query = select(ApprovalRequest).order_by(ApprovalRequest.id)
-        if model_name:
-            query = query.where(ApprovalRequest.model_name == model_name)
-        if status:
-            query = query.where(ApprovalRequest.status == status)
-        return [_state(session, r) for r in session.scalars(query).all()]
+    states = [r.state() for r in governance_state(url).requests_for(model_name)]
+    return [s for s in states if status is None or s.status == status]
 
 
-def _refuse(session_url: str, request_id: int, actor: str, why: str, extra: dict) -> None:
-    """Record a refused action in its own transaction (the caller's one rolls back)."""
-    with Session(engine_for(session_url)) as session, session.begin():
-        request = session.get(ApprovalRequest, request_id)
-        assert request is not None
-        audit.append_event(
-            session,
-            "approval_refused",
-            actor=actor,
-            payload={"request_id": request_id, "reason": why, **extra},
-            **_subject(request),
+def _refusal(
+    session: Session, request: RequestFold, actor: str, why: str, extra: dict[str, Any]
+) -> None:
+    audit.append_event(
+        session,
+        "approval_refused",
+        actor=actor,
+        payload={"request_id": request.id, "reason": why, **extra},
+        **_subject(request),
+    )
+
+
+def _expiry(session: Session, state: GovernanceState, request: RequestFold) -> None:
+    record = audit.append_event(
+        session,
+        "approval_expired",
+        actor=SYSTEM,
+        payload={
+            "request_id": request.id,
+            "respond_by": iso(request.respond_by),
+            "reason": "no decision before the response deadline: counts as a rejection",
+        },
+        **_subject(request),
+    )
+    fold_into(state, record)
+
+
+def _record_decision(
+    session: Session,
+    state: GovernanceState,
+    request: RequestFold,
+    user: str,
+    decision: str,
+    reason: str,
+    channel: str,
+    now: dt.datetime,
+) -> ApprovalState:
+    payload: dict[str, Any] = {
+        "request_id": request.id,
+        "reason": reason,
+        "channel": channel,
+        "artifact_sha256": request.artifact_sha256,
+    }
+    if decision == REJECT:
+        kind, status = "approval_rejected", REJECTED
+    else:
+        kind = "approval_granted"
+        approvals = len(request.approvers() | {user})
+        payload["approvals"] = approvals
+        payload["required_approvers"] = request.required
+        status = APPROVED if approvals >= request.required else PENDING
+        if status == APPROVED:
+            valid_for = int(request.payload.get("valid_for_seconds") or 0)
+            payload["valid_until"] = iso(now + dt.timedelta(seconds=valid_for))
+    payload["status"] = status
+    record = audit.append_event(session, kind, actor=user, payload=payload, **_subject(request))
+    session.add(
+        ApprovalDecision(
+            request_id=request.id,
+            user_name=user,
+            decision=decision,
+            reason=reason,
+            channel=channel,
+            artifact_sha256=request.artifact_sha256,
+            decided_at=record.occurred_at,
+            audit_seq=record.seq,
         )
+    )
+    seen = len(state.anomalies)
+    fold_into(state, record)
+    if len(state.anomalies) > seen:  # the chain would not count it: never record it
+        raise ApprovalError(state.anomalies[-1])
+    return request.state()
 
 
 def decide(
@@ -388,168 +409,113 @@ def decide(
     channel: str,
     run_id: str | None = None,
     artifact_sha256: str | None = None,
-    now: dt.datetime | None = None,
 ) -> ApprovalState:
     """Record one reviewer's decision after checking every four-eyes rule.
 
-    ``artifact_sha256`` is the artifact the reviewer looked at (the CLI and UI pass
-    the registered version's); a mismatch with the request is refused.
-    The same decision arriving twice from the same person on the same channel pair
-    (the CLI records, then wakes the waiting Airflow task with the same answer) is
-    not a second decision: the current state is returned.
+    ``artifact_sha256`` is the artifact the reviewer looked at, hashed at decision
+    time (the CLI and UI pass the registered version's); a mismatch is refused.
+    The same decision arriving twice from the same person (the CLI records, then
+    wakes the waiting Airflow task with the same answer) is not a second decision:
+    the current state is returned.
     """
-    now = now or _now()
     decision = decision.lower()
     if decision not in (APPROVE, REJECT):
         raise ApprovalError(f"decision must be {APPROVE!r} or {REJECT!r}, not {decision!r}")
     user = _name(user, "user")
     reason = (reason or "").strip()
-    try:
-        with Session(engine_for(url)) as session, session.begin():
-            request = _find(session, model_name, model_version, run_id)
-            request_id = request.id
-            previous = session.scalar(
-                select(ApprovalDecision).where(
-                    ApprovalDecision.request_id == request_id, ApprovalDecision.user_name == user
-                )
+
+    def work(session: Session, state: GovernanceState) -> tuple[ApprovalState, str | None, int]:
+        now = _now()
+        request = _find(state, model_name, model_version, run_id)
+        previous = request.decided_by(user)
+        if previous is not None and (previous.decision, previous.reason) == (decision, reason):
+            return request.state(), None, request.id
+        problem = decision_problem(
+            state.roles_of(user), request, user, decision, reason, artifact_sha256, now
+        )
+        if problem == "expired":
+            _expiry(session, state, request)
+            problem = f"the response deadline {iso(request.respond_by)} has passed"
+        if problem is None:
+            recorded = _record_decision(
+                session, state, request, user, decision, reason, channel, now
             )
-            problem = _check(
-                session, request, user, decision, reason, artifact_sha256, now, previous
-            )
-            if problem == "duplicate":
-                return _state(session, request)
-            if problem == "expired":
-                _mark_expired(session, request, now)
-                problem = f"the response deadline {_iso(request.respond_by)} has passed"
-            if problem is None:
-                session.add(
-                    ApprovalDecision(
-                        request_id=request_id,
-                        user_name=user,
-                        decision=decision,
-                        reason=reason,
-                        channel=channel,
-                        artifact_sha256=request.artifact_sha256,
-                        decided_at=now,
-                    )
-                )
-                session.flush()
-                return _apply(session, request, user, decision, reason, channel, now)
-    except IntegrityError:
-        # the same person's decision landed concurrently (unique request_id, user_name)
-        problem = f"{user} has already decided on this request"
-    # refused: the transaction above committed only an expiry (if any)
+            return recorded, None, request.id
+        _refusal(session, request, user, problem, {"decision": decision, "channel": channel})
+        return request.state(), problem, request.id
+
+    result, problem, request_id = in_chain_transaction(url, work)
+    if problem is None:
+        return result
     label = f"{model_name} v{model_version} (request {request_id})"
-    _refuse(url, request_id, user, problem, {"decision": decision, "channel": channel})
     log.info("%s: %s's %s refused: %s", label, user, decision, problem)
     raise ApprovalError(f"{label}: {decision} by {user} refused: {problem}")
-
-
-def _check(
-    session: Session,
-    request: ApprovalRequest,
-    user: str,
-    decision: str,
-    reason: str,
-    artifact_sha256: str | None,
-    now: dt.datetime,
-    previous: ApprovalDecision | None,
-) -> str | None:
-    """None when the decision is allowed; else why not ("duplicate": already recorded)."""
-    if previous is not None:
-        if previous.decision == decision and previous.reason == reason:
-            return "duplicate"
-        return f"{user} already decided ({previous.decision}) at {_iso(previous.decided_at)}"
-    if request.status != PENDING:
-        return f"the request is {request.status}, no further decisions are accepted"
-    if now >= _aware(request.respond_by):
-        return "expired"
-    if not reason:
-        return "a reason (comment) is required"
-    if artifact_sha256 is not None and artifact_sha256 != request.artifact_sha256:
-        return (
-            f"the artifact {artifact_sha256[:12]} is not the one submitted for approval "
-            f"({request.artifact_sha256[:12]})"
-        )
-    if user == request.triggered_by:
-        return f"{user} triggered this run and cannot approve or reject it (four-eyes)"
-    if user == request.author:
-        return f"{user} is the model's author and cannot approve or reject it (four-eyes)"
-    held = set(session.scalars(select(RoleGrant.role).where(RoleGrant.user_name == user)))
-    allowed = set(request.approver_roles or [])
-    if not held & allowed:
-        return f"{user} holds none of the approver roles {sorted(allowed)}"
-    return None
-
-
-def _apply(
-    session: Session,
-    request: ApprovalRequest,
-    user: str,
-    decision: str,
-    reason: str,
-    channel: str,
-    now: dt.datetime,
-) -> ApprovalState:
-    approvers = set(
-        session.scalars(
-            select(ApprovalDecision.user_name).where(
-                ApprovalDecision.request_id == request.id, ApprovalDecision.decision == APPROVE
-            )
-        )
-    )
-    payload: dict[str, Any] = {
-        "request_id": request.id,
-        "reason": reason,
-        "channel": channel,
-        "artifact_sha256": request.artifact_sha256,
-    }
-    if decision == REJECT:
-        request.status = REJECTED
-        request.decided_at = now
-        kind = "approval_rejected"
-    else:
-        payload["approvals"] = len(approvers)
-        payload["required_approvers"] = request.required_approvers
-        kind = "approval_granted"
-        if len(approvers) >= request.required_approvers:
-            request.status = APPROVED
-            request.decided_at = now
-            request.valid_until = now + dt.timedelta(seconds=request.valid_for_seconds)
-            payload["valid_until"] = _iso(request.valid_until)
-    payload["status"] = request.status
-    audit.append_event(session, kind, actor=user, payload=payload, **_subject(request))
-    return _state(session, request)
-
-
-def _mark_expired(session: Session, request: ApprovalRequest, now: dt.datetime) -> None:
-    request.status = EXPIRED
-    request.decided_at = now
-    audit.append_event(
-        session,
-        "approval_expired",
-        actor=SYSTEM,
-        payload={
-            "request_id": request.id,
-            "respond_by": _iso(request.respond_by),
-            "reason": "no decision before the response deadline: counts as a rejection",
-        },
-        **_subject(request),
-    )
 
 
 def expire(
     url: str, model_name: str, model_version: str, run_id: str | None = None
 ) -> ApprovalState:
     """The response deadline passed without enough approvals: a rejection."""
-    with Session(engine_for(url)) as session, session.begin():
-        request = _find(session, model_name, model_version, run_id)
+
+    def work(session: Session, state: GovernanceState) -> ApprovalState:
+        request = _find(state, model_name, model_version, run_id)
         if request.status == PENDING:
-            _mark_expired(session, request, _now())
-        return _state(session, request)
+            _expiry(session, state, request)
+        return request.state()
+
+    return in_chain_transaction(url, work)
 
 
 # --------------------------------------------------------------------------- deploy
+
+
+def deploy_problem(
+    session: Session,
+    state: GovernanceState,
+    model_name: str,
+    model_version: str,
+    artifact_sha256: str,
+    actor: str,
+    now: dt.datetime,
+) -> tuple[RequestFold | None, str | None]:
+    """``(the approved request to use, None)`` or ``(request or None, why not)``.
+
+    A changed artifact voids the approval (an ``approval_voided`` event, in ``session``).
+    """
+    requests = state.requests_for(model_name, str(model_version))
+    approved = [r for r in requests if r.status == APPROVED]
+    if not requests:
+        return None, "no approval was requested for this version"
+    if not approved:
+        statuses = sorted({r.status for r in requests})
+        return requests[-1], f"no valid approval for this version (request status: {statuses})"
+    request = approved[-1]
+    if request.artifact_sha256 != artifact_sha256:
+        record = audit.append_event(
+            session,
+            "approval_voided",
+            actor=actor,
+            payload={
+                "request_id": request.id,
+                "approved_sha256": request.artifact_sha256,
+                "found_sha256": artifact_sha256,
+                "reason": "the artifact changed after approval",
+            },
+            **_subject(request),
+        )
+        fold_into(state, record)
+        return request, (
+            f"the artifact changed after approval (approved {request.artifact_sha256[:12]}, "
+            f"found {artifact_sha256[:12]}): the approval is void"
+        )
+    if request.consumed_at is not None:
+        return request, (
+            f"approval request {request.id} was already used by a deployment at "
+            f"{iso(request.consumed_at)}"
+        )
+    if request.valid_until is None or now >= request.valid_until:
+        return request, f"the approval expired at {iso(request.valid_until)}"
+    return request, None
 
 
 def authorise_deploy(
@@ -559,80 +525,28 @@ def authorise_deploy(
     artifact_sha256: str,
     *,
     actor: str,
-    consume: bool = True,
-    now: dt.datetime | None = None,
 ) -> ApprovalState:
-    """Use this version's approval for one deployment, or refuse.
+    """The valid, unused approval of exactly this version and artifact, or refuse.
 
     ``artifact_sha256`` is the SHA-256 of the artifact about to be deployed, computed
-    from the registry at deploy time. ``consume=False`` only checks: the caller then
-    marks the approval used when it records the deployment (``consume_approval``).
+    from the registry at deploy time. Only the chain counts: an ``approved`` claim
+    anywhere else (a table row, an MLflow tag) is ignored. The caller uses the
+    approval when it records the deployment (``registry.governance.record_deployment``
+    with ``consume=True``, which checks all this again under the chain's lock).
     """
-    now = now or _now()
-    problem = None
-    with Session(engine_for(url)) as session, session.begin():
-        query = (
-            select(ApprovalRequest)
-            .where(
-                ApprovalRequest.model_name == model_name,
-                ApprovalRequest.model_version == str(model_version),
-            )
-            .order_by(ApprovalRequest.id.desc())
+    now = _now()
+
+    def work(session: Session, state: GovernanceState) -> tuple[ApprovalState | None, str | None]:
+        request, problem = deploy_problem(
+            session, state, model_name, model_version, artifact_sha256, actor, now
         )
-        requests = session.scalars(query).all()
-        approved = [r for r in requests if r.status == APPROVED]
-        if not requests:
-            problem = "no approval was requested for this version"
-        elif not approved:
-            statuses = sorted({r.status for r in requests})
-            problem = f"no valid approval for this version (request status: {statuses})"
-        else:
-            request = approved[0]
-            if request.artifact_sha256 != artifact_sha256:
-                request.status = VOID
-                audit.append_event(
-                    session,
-                    "approval_voided",
-                    actor=actor,
-                    payload={
-                        "request_id": request.id,
-                        "approved_sha256": request.artifact_sha256,
-                        "found_sha256": artifact_sha256,
-                        "reason": "the artifact changed after approval",
-                    },
-                    **_subject(request),
-                )
-                problem = (
-                    f"the artifact changed after approval (approved "
-                    f"{request.artifact_sha256[:12]}, found {artifact_sha256[:12]}): "
-                    "the approval is void"
-                )
-            elif request.consumed_at is not None:
-                problem = (
-                    f"approval request {request.id} was already used by a deployment at "
-                    f"{_iso(request.consumed_at)}"
-                )
-            elif request.valid_until is None or now >= _aware(request.valid_until):
-                problem = f"the approval expired at {_iso(request.valid_until)}"
-            else:
-                if consume:
-                    request.consumed_at = now
-                return _state(session, request)
-        request_id = requests[0].id if requests else None
-    label = f"{model_name} v{model_version}"
-    if request_id is not None:
-        _refuse(url, request_id, actor, f"deploy refused: {problem}", {"action": "deploy"})
-    raise ApprovalError(f"{label}: deployment refused: {problem}")
+        if problem is None and request is not None:
+            return request.state(), None
+        if request is not None:
+            _refusal(session, request, actor, f"deploy refused: {problem}", {"action": "deploy"})
+        return None, problem
 
-
-def consume_approval(session: Session, request_id: int, now: dt.datetime) -> None:
-    """Mark an approval used, inside the caller's transaction; refuse a second use."""
-    from sqlalchemy import update
-
-    result = session.execute(
-        update(ApprovalRequest)
-        .where(ApprovalRequest.id == request_id, ApprovalRequest.consumed_at.is_(None))
-        .values(consumed_at=now)
-    )
-    if result.rowcount != 1:
-        raise ApprovalError(f"approval request {request_id} was already used by a deployment")
+    result, problem = in_chain_transaction(url, work)
+    if result is not None:
+        return result
+    raise ApprovalError(f"{model_name} v{model_version}: deployment refused: {problem}")

@@ -1,17 +1,20 @@
-"""The audit trail: an append-only, hash-chained log of every governance event.
+"""The audit trail: an append-only, hash-chained and keyed log of every governance event.
 
 Each event stores the SHA-256 of its predecessor (``prev_hash``) and its own
 ``hash = sha256(prev_hash + "\\n" + canonical_json(body))``, where ``body`` holds the
 event's ``seq``, ``occurred_at`` (ISO-8601 UTC, microseconds), ``kind``, ``actor``,
-``model_name``, ``model_version``, ``run_id`` and ``payload``. Changing, deleting,
-inserting or reordering any stored event therefore breaks the chain at that event,
-and :func:`verify_chain` names it. Rewriting the whole tail consistently is caught
-by comparing against an anchored head hash kept elsewhere (``anchor``).
+``model_name``, ``model_version``, ``run_id`` and ``payload``; and
+``mac = HMAC-SHA-256(key, hash)`` with a key the database does not hold
+(:mod:`registry.audit_keys`). Changing, deleting, inserting or reordering any stored
+event breaks the chain at that event; appending or rewriting events without the key
+leaves them without a valid MAC; deleting the newest events is caught by the signed
+checkpoints kept outside the database (:mod:`registry.checkpoints`).
+:mod:`registry.audit_verify` names the first bad event.
 
 Appends are serialised so the chain stays linear with any number of writers: on
 PostgreSQL by ``pg_advisory_xact_lock``, on SQLite by a ``BEGIN IMMEDIATE``
 transaction. The database refuses UPDATE and DELETE on ``audit_events`` (triggers
-installed by the migration).
+installed by the migrations).
 """
 
 from __future__ import annotations
@@ -30,10 +33,11 @@ from pathlib import PurePath
 from typing import Any
 
 from sqlalchemy import select, text
-from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from pipelines.errors import RegistryError
+from registry import audit_keys
 from registry.store import AUDIT_LOCK_KEY, AuditEvent, engine_for, read_only
 
 log = logging.getLogger(__name__)
@@ -75,9 +79,19 @@ EVENT_KINDS: frozenset[str] = frozenset(
         "audit_checkpoint",
         "audit_key_rotated",
         "endpoint_reconciled",
+        # issue 21: model-endpoint clients (govml serving token)
+        "serving_token_issued",
+        "serving_token_revoked",
     }
 )
 _APPEND_ATTEMPTS = 5
+KEY_ROTATED = "audit_key_rotated"
+MAC_CONTEXT = "govml-audit-v1\n"
+
+
+def clock() -> dt.datetime:
+    """The time an event occurs at (UTC). Tests replace it to move time on."""
+    return dt.datetime.now(dt.UTC)
 
 
 class AuditError(RegistryError):
@@ -96,23 +110,14 @@ class AuditRecord:
     payload: dict[str, Any]
     prev_hash: str
     hash: str
+    key_id: str | None = None
+    mac: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready: ``occurred_at`` as ISO-8601 UTC."""
         data = dataclasses.asdict(self)
         data["occurred_at"] = iso_utc(self.occurred_at)
         return data
-
-
-@dataclass(frozen=True)
-class ChainReport:
-    ok: bool
-    events: int
-    head_seq: int
-    head_hash: str
-    first_bad_seq: int | None = None
-    problem: str | None = None
-    anchor_ok: bool | None = None
 
 
 # --------------------------------------------------------------------------- canonical form
@@ -198,7 +203,7 @@ def event_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
     return hashlib.sha256((prev_hash + "\n" + canonical_json(body)).encode("utf-8")).hexdigest()
 
 
-def _record(row: AuditEvent) -> AuditRecord:
+def record_of(row: AuditEvent) -> AuditRecord:
     occurred = row.occurred_at
     if occurred.tzinfo is None:  # SQLite returns naive datetimes; they are UTC
         occurred = occurred.replace(tzinfo=dt.UTC)
@@ -213,10 +218,61 @@ def _record(row: AuditEvent) -> AuditRecord:
         payload=json.loads(row.payload),
         prev_hash=row.prev_hash,
         hash=row.hash,
+        key_id=row.key_id,
+        mac=row.mac,
     )
 
 
-def _canonical_payload(stored: str) -> bool:
+def mac_message(digest: str) -> str:
+    """What an event's MAC authenticates: its chain hash, in a fixed context."""
+    return MAC_CONTEXT + digest
+
+
+def next_key_id(last: AuditEvent | None) -> str | None:
+    """The key that must sign the event after ``last`` (None: the keyring's active key).
+
+    The chain, not the key file, decides: the key of the newest event, or after an
+    ``audit_key_rotated`` event the key it names.
+    """
+    if last is None or last.key_id is None:
+        return None
+    if last.kind == KEY_ROTATED:
+        return str(json.loads(last.payload).get("new_key_id") or last.key_id)
+    return last.key_id
+
+
+def keyring_for(url: str, session: Session | None = None) -> audit_keys.Keyring:
+    """The store's keyring; made on first use when no event was ever signed."""
+    path = audit_keys.default_key_file(url)
+    ring = audit_keys.load(path)
+    if ring is not None:
+        return ring
+    signed = _first_signed(session) if session is not None else _first_signed_in(url)
+    if signed is not None:
+        raise AuditError(
+            f"the audit key file {path} is missing, but the chain holds events signed with "
+            f"key {signed[1]} (from seq {signed[0]}): restore the keyring (GOVML_AUDIT_KEY_FILE)"
+        )
+    log.info("no audit key yet: creating %s", path)
+    return audit_keys.create(path)
+
+
+def _first_signed(session: Session) -> tuple[int, str] | None:
+    row = session.execute(
+        select(AuditEvent.seq, AuditEvent.key_id)
+        .where(AuditEvent.key_id.is_not(None))
+        .order_by(AuditEvent.seq)
+        .limit(1)
+    ).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def _first_signed_in(url: str) -> tuple[int, str] | None:
+    with Session(read_only(engine_for(url))) as session:
+        return _first_signed(session)
+
+
+def is_canonical_payload(stored: str) -> bool:
     """The stored payload text is exactly the canonical JSON of a JSON object."""
     try:
         value = json.loads(stored)
@@ -225,7 +281,7 @@ def _canonical_payload(stored: str) -> bool:
     return isinstance(value, dict) and canonical_json(value) == stored
 
 
-def _recomputed_hash(row: AuditEvent) -> str:
+def recomputed_hash(row: AuditEvent) -> str:
     try:
         payload = json.loads(row.payload)
     except ValueError:
@@ -244,7 +300,7 @@ def _recomputed_hash(row: AuditEvent) -> str:
 
 
 # --------------------------------------------------------------------------- append
-def _lock_chain(session: Session) -> None:
+def lock_chain(session: Session) -> None:
     """Serialise appends: only one transaction at a time reads the head and appends."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
@@ -265,14 +321,20 @@ def _append(
     model_version: str | None,
     run_id: str | None,
 ) -> AuditRecord:
-    _lock_chain(session)
-    last = session.execute(
-        select(AuditEvent.seq, AuditEvent.hash).order_by(AuditEvent.seq.desc()).limit(1)
-    ).first()
-    seq, prev_hash = (last[0] + 1, last[1]) if last else (1, GENESIS)
-    occurred_at = dt.datetime.now(dt.UTC)
+    lock_chain(session)
+    last = session.scalars(select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(1)).first()
+    seq, prev_hash = (last.seq + 1, last.hash) if last else (1, GENESIS)
+    ring = keyring_for(session.get_bind().url.render_as_string(hide_password=False), session)
+    kid = next_key_id(last) or ring.active
+    if kid not in ring.keys:
+        raise AuditError(
+            f"the chain's next event must be signed with key {kid}, which is not in the "
+            f"keyring {ring.path}: restore it (GOVML_AUDIT_KEY_FILE)"
+        )
+    occurred_at = clock()
     body = _body(seq, occurred_at, kind, actor, model_name, model_version, run_id, payload)
     digest = event_hash(prev_hash, body)
+    tag = audit_keys.mac(ring.keys[kid], mac_message(digest))
     session.add(
         AuditEvent(
             seq=seq,
@@ -285,11 +347,24 @@ def _append(
             payload=payload_text,
             prev_hash=prev_hash,
             hash=digest,
+            key_id=kid,
+            mac=tag,
         )
     )
     session.flush()
     return AuditRecord(
-        seq, occurred_at, kind, actor, model_name, model_version, run_id, payload, prev_hash, digest
+        seq,
+        occurred_at,
+        kind,
+        actor,
+        model_name,
+        model_version,
+        run_id,
+        payload,
+        prev_hash,
+        digest,
+        kid,
+        tag,
     )
 
 
@@ -369,158 +444,11 @@ def events(
     if kinds is not None:
         query = query.where(AuditEvent.kind.in_(list(kinds)))
     with Session(read_only(engine_for(url))) as session:
-        return [_record(row) for row in session.scalars(query)]
+        return [record_of(row) for row in session.scalars(query)]
 
 
-# --------------------------------------------------------------------------- verify
-def _short(digest: str) -> str:
-    return digest[:16] + "..." if len(digest) > 16 else digest
+def verify_chain(url: str, anchor: str | None = None) -> Any:
+    """Check the whole chain: :func:`registry.audit_verify.verify_chain` (a ``ChainReport``)."""
+    from registry.audit_verify import verify_chain as verify
 
-
-def _link_problem(rows: list[AuditEvent], index: int) -> tuple[int, str]:
-    """Explain why ``rows[index]`` does not link to its predecessor: (bad seq, sentence)."""
-    row, before = rows[index], rows[index - 1] if index else None
-    expected = before.hash if before else GENESIS
-    prev_seq = before.seq if before else 0
-    earlier_links = {r.prev_hash: r.seq for r in rows[:index]}
-    if row.prev_hash in earlier_links:
-        intruder = earlier_links[row.prev_hash]
-        return intruder, (
-            f"event at seq {intruder} was inserted: it and event seq {row.seq} both link "
-            f"to event {intruder - 1}"
-        )
-    known = {r.hash: r.seq for r in rows}
-    if row.prev_hash in known:
-        return row.seq, (
-            f"event at seq {row.seq} was inserted or reordered: prev_hash does not match "
-            f"event {prev_seq} but event {known[row.prev_hash]}"
-        )
-    if any(r.prev_hash == expected for r in rows[index + 1 :]):
-        return row.seq, (
-            f"event at seq {row.seq} was inserted: prev_hash does not match event {prev_seq}, "
-            f"which a later event links to"
-        )
-    if before is not None and row.hash == _recomputed_hash(row):
-        return before.seq, (
-            f"event seq {before.seq} was modified and re-hashed: event {row.seq} links to "
-            f"{_short(row.prev_hash)} but event {before.seq} now hashes to {_short(before.hash)}"
-        )
-    return row.seq, (
-        f"event at seq {row.seq} was inserted or reordered: prev_hash does not match "
-        f"event {prev_seq} (an event before it may have been deleted)"
-    )
-
-
-def _find_problem(rows: list[AuditEvent]) -> tuple[int, str] | None:
-    """The first bad event in seq order, or None when the chain is intact."""
-    expected_seq, prev_hash = 1, GENESIS
-    for index, row in enumerate(rows):
-        if row.seq != expected_seq:
-            if row.seq > expected_seq:
-                follows = f"seq {expected_seq - 1}" if expected_seq > 1 else "the start"
-                what = (
-                    f"event seq {expected_seq} is"
-                    if row.seq == expected_seq + 1
-                    else f"events seq {expected_seq}..{row.seq - 1} are"
-                )
-                return expected_seq, (
-                    f"{what} missing (deleted): {follows} is followed by seq {row.seq}"
-                )
-            return row.seq, (
-                f"event seq {row.seq} is out of sequence (expected seq {expected_seq} next)"
-            )
-        if row.prev_hash != prev_hash:
-            return _link_problem(rows, index)
-        if not _canonical_payload(row.payload):
-            return row.seq, (
-                f"event seq {row.seq} was modified (its payload is no longer the canonical "
-                f"JSON it was stored as)"
-            )
-        recomputed = _recomputed_hash(row)
-        if row.hash != recomputed:
-            return row.seq, (
-                f"event seq {row.seq} was modified (stored hash {_short(row.hash)} "
-                f"!= recomputed {_short(recomputed)})"
-            )
-        expected_seq, prev_hash = row.seq + 1, row.hash
-    return None
-
-
-def _check_anchor(rows: list[AuditEvent], anchor: str) -> tuple[bool, int | None, str | None]:
-    """(anchor ok, bad seq, problem); an anchor is ``HASH`` or ``SEQ HASH`` (``audit head``)."""
-    parts = anchor.replace(":", " ").split()
-    digest = parts[-1].lower() if parts else ""
-    if (
-        len(parts) not in (1, 2)
-        or len(digest) != 64
-        or any(c not in "0123456789abcdef" for c in digest)
-        or (len(parts) == 2 and not parts[0].isdigit())
-    ):
-        raise AuditError(f"anchor {anchor!r} is not a 64-hex hash or 'SEQ HASH'")
-    if len(parts) == 2:
-        seq = int(parts[0])
-        match = next((r for r in rows if r.seq == seq), None)
-        if match is None and seq > 0:
-            return (
-                False,
-                seq,
-                (
-                    f"the anchored event seq {seq} ({_short(digest)}) is no longer stored: "
-                    f"events were removed after it was anchored"
-                ),
-            )
-        stored = match.hash if match else GENESIS
-        if stored != digest:
-            return (
-                False,
-                seq,
-                (
-                    f"event seq {seq} was rewritten after it was anchored: it hashes to "
-                    f"{_short(stored)}, the anchor says {_short(digest)}"
-                ),
-            )
-        return True, None, None
-    if digest == GENESIS or any(r.hash == digest for r in rows):
-        return True, None, None
-    return (
-        False,
-        None,
-        (
-            f"the anchored head hash {_short(digest)} does not appear in the chain: events "
-            f"were removed or rewritten after it was anchored"
-        ),
-    )
-
-
-def verify_chain(url: str, anchor: str | None = None) -> ChainReport:
-    """Walk the chain in seq order; name the first deleted, inserted, reordered or changed event.
-
-    ``anchor``: a head hash recorded earlier outside the database (or ``SEQ HASH``);
-    it must still be part of the chain, which catches a consistently rewritten tail.
-    """
-    try:
-        with Session(read_only(engine_for(url))) as session:
-            rows = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
-            session.expunge_all()
-    except SQLAlchemyError as exc:
-        raise AuditError(
-            f"cannot read the audit trail: {str(getattr(exc, 'orig', exc)).strip()}"
-        ) from None
-    head_seq, head_hash = (rows[-1].seq, rows[-1].hash) if rows else (0, GENESIS)
-    found = _find_problem(rows)
-    anchor_ok, anchor_bad, anchor_problem = (
-        (None, None, None) if anchor is None else _check_anchor(rows, anchor)
-    )
-    first_bad, problem = found if found else (anchor_bad, anchor_problem)
-    ok = found is None and anchor_ok is not False
-    if not ok:
-        log.warning("audit chain broken: %s", problem)
-    return ChainReport(
-        ok=ok,
-        events=len(rows),
-        head_seq=head_seq,
-        head_hash=head_hash,
-        first_bad_seq=first_bad,
-        problem=problem,
-        anchor_ok=anchor_ok,
-    )
+    return verify(url, anchor)

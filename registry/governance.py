@@ -17,9 +17,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from pipelines.errors import ApprovalError
 from pipelines.spec import ModelSpec
 from registry import approvals, audit
-from registry.store import Deployment, engine_for
+from registry.approval_state import DEPLOYMENT_KINDS, GovernanceState, deployment_row
+from registry.audit_verify import anchor
+from registry.store import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -178,22 +181,49 @@ def record_deployment(
     details: dict[str, Any] | None = None,
     consume: bool = False,
 ) -> None:
-    """A ``deployments`` row and its ``deployed``/``promoted``/... audit event, atomically.
+    """A deployment's audit event (and its ``deployments`` index row), then a checkpoint.
 
-    ``consume``: this deployment uses the approval (once only).
+    ``consume``: this deployment uses the approval, which must still be valid and
+    unused in the chain (checked again here, under the chain's lock). The approvers
+    named in the event come from the chain, never from the caller.
     """
-    kind = {
-        "deployed": "deployed",
-        "shadow": "deployed",
-        "canary": "traffic_shifted",
-        "promoted": "promoted",
-        "rolled_back": "rolled_back",
-        "retired": "deployed",
-    }[action]
-    now = dt.datetime.now(dt.UTC)
-    with Session(engine_for(url)) as session, session.begin():
+    kind = DEPLOYMENT_KINDS[action]
+
+    def work(session: Session, chain: GovernanceState) -> None:
+        request = chain.requests.get(state.id)
         if consume:
-            approvals.consume_approval(session, state.id, now)
+            found, problem = approvals.deploy_problem(
+                session,
+                chain,
+                state.model_name,
+                state.model_version,
+                state.artifact_sha256,
+                actor,
+                audit.clock(),
+            )
+            if problem is not None or found is None or found.id != state.id:
+                why = problem or f"approval request {state.id} is not this version's approval"
+                raise ApprovalError(
+                    f"{state.model_name} v{state.model_version}: deployment refused: {why}"
+                )
+        record = audit.append_event(
+            session,
+            kind,
+            actor=actor,
+            payload={
+                "action": action,
+                "environment": environment,
+                "traffic_percent": traffic_percent,
+                "approval_request_id": state.id,
+                "approvers": sorted(request.approvers()) if request is not None else [],
+                "artifact_sha256": state.artifact_sha256,
+                "consumes_approval": bool(consume),
+                **dict(details or {}),
+            },
+            model_name=state.model_name,
+            model_version=state.model_version,
+            run_id=state.run_id,
+        )
         session.add(
             Deployment(
                 model_name=state.model_name,
@@ -204,52 +234,24 @@ def record_deployment(
                 traffic_percent=traffic_percent,
                 approval_request_id=state.id,
                 actor=actor,
-                occurred_at=now,
+                occurred_at=record.occurred_at,
                 details=dict(details or {}),
+                audit_seq=record.seq,
             )
         )
-        audit.append_event(
-            session,
-            kind,
-            actor=actor,
-            payload={
-                "action": action,
-                "environment": environment,
-                "traffic_percent": traffic_percent,
-                "approval_request_id": state.id,
-                "approvers": state.approvers,
-                "artifact_sha256": state.artifact_sha256,
-                **dict(details or {}),
-            },
-            model_name=state.model_name,
-            model_version=state.model_version,
-            run_id=state.run_id,
-        )
+
+    approvals.in_chain_transaction(url, work)
+    anchor(url, actor, reason=f"{action} {state.model_name} v{state.model_version}")
 
 
 def deployments(url: str, model_name: str, model_version: str | None = None) -> list[dict]:
-    from sqlalchemy import select
-
-    with Session(engine_for(url)) as session:
-        query = select(Deployment).where(Deployment.model_name == model_name)
-        if model_version is not None:
-            query = query.where(Deployment.model_version == str(model_version))
-        rows = session.scalars(query.order_by(Deployment.occurred_at, Deployment.id)).all()
-        return [
-            {
-                "model_name": r.model_name,
-                "model_version": r.model_version,
-                "artifact_sha256": r.artifact_sha256,
-                "environment": r.environment,
-                "action": r.action,
-                "traffic_percent": r.traffic_percent,
-                "approval_request_id": r.approval_request_id,
-                "actor": r.actor,
-                "occurred_at": approvals.iso_utc(r.occurred_at),
-                "details": dict(r.details or {}),
-            }
-            for r in rows
-        ]
+    """Every deployment action of a model (or one version), oldest first, from the chain."""
+    return [
+        deployment_row(event)
+        for event in approvals.governance_state(url).deployments
+        if event.model_name == model_name
+        and (model_version is None or event.model_version == str(model_version))
+    ]
 
 
 def release_approved(
@@ -276,11 +278,10 @@ def release_approved(
     for done in deployments(url, model_name, str(model_version)):
         if done["action"] == "deployed" and done["details"].get("lifecycle_run_id") == run_id:
             log.info("%s v%s already released by run %s", model_name, model_version, run_id)
+            anchor(url, actor, reason=f"deployed {model_name} v{model_version}")
             return _release_result(done, out_dir)
     sha = artifact_sha256_of(tracking_uri, model_name, str(model_version))
-    state = approvals.authorise_deploy(
-        url, model_name, str(model_version), sha, actor=actor, consume=False
-    )
+    state = approvals.authorise_deploy(url, model_name, str(model_version), sha, actor=actor)
     served = serve(state) if serve is not None else {}
     set_alias(tracking_uri, model_name, CHALLENGER, str(model_version))
     record_deployment(
@@ -292,11 +293,12 @@ def release_approved(
         details={"alias": CHALLENGER, "lifecycle_run_id": run_id, **served},
         consume=True,
     )
+    released = approvals.get_request(url, model_name, str(model_version), state.run_id)
     tag_version(
         tracking_uri,
         model_name,
         str(model_version),
-        state.mlflow_tags() | {"govml.deployed_at": dt.datetime.now(dt.UTC).isoformat()},
+        released.mlflow_tags() | {"govml.deployed_at": dt.datetime.now(dt.UTC).isoformat()},
     )
     log.info(
         "%s v%s released as %s (approvers %s)",

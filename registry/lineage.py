@@ -1,8 +1,10 @@
 """Lineage rows in the governance store: which data, code, spec and parameters made a run.
 
 One row per (lifecycle run, kind, name): the input data set's hashes, the code
-version (git SHA), the spec hash and the run's parameters. Recording is idempotent:
-a rerun of the lineage task updates the same rows instead of adding new ones.
+version (git SHA), the spec hash and the run's parameters. The table is append-only
+(the database refuses UPDATE and DELETE): a rerun of the lineage task that finds the
+same lineage adds nothing, and a rerun that finds different inputs for the same run is
+refused, since a run's lineage is fixed when it is first captured.
 
 The table lives in the governance database (``GOVML_GOVERNANCE_URL``: SQLite by
 default, PostgreSQL supported); its model and schema migrations are in
@@ -22,6 +24,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from pipelines.errors import RegistryError
 from registry.store import Base, LineageRecord, engine_for, read_only
 
 __all__ = [
@@ -71,11 +74,16 @@ class LineageEntry:
 def record_lineage(
     url: str, spec_name: str, run_id: str, entries: list[LineageEntry]
 ) -> list[LineageEntry]:
-    """Insert or update the run's lineage rows; returns what is stored."""
+    """Insert the run's lineage rows (once); returns what is stored.
+
+    A row already stored for the same (run, kind, name) must be identical, else
+    :class:`~pipelines.errors.RegistryError` names the difference.
+    """
     engine = engine_for(url)
     now = dt.datetime.now(dt.UTC)
     with Session(engine) as session, session.begin():
         for entry in entries:
+            details = json.loads(json.dumps(entry.details, default=str))
             row = session.scalar(
                 select(LineageRecord).where(
                     LineageRecord.run_id == run_id,
@@ -84,13 +92,23 @@ def record_lineage(
                 )
             )
             if row is None:
-                row = LineageRecord(
-                    spec_name=spec_name, run_id=run_id, kind=entry.kind, name=entry.name
+                session.add(
+                    LineageRecord(
+                        spec_name=spec_name,
+                        run_id=run_id,
+                        kind=entry.kind,
+                        name=entry.name,
+                        sha256=entry.sha256,
+                        details=details,
+                        recorded_at=now,
+                    )
                 )
-                session.add(row)
-            row.sha256 = entry.sha256
-            row.details = json.loads(json.dumps(entry.details, default=str))
-            row.recorded_at = now
+            elif (row.sha256, row.details) != (entry.sha256, details):
+                raise RegistryError(
+                    f"run {run_id}: its {entry.kind} lineage {entry.name!r} was recorded as "
+                    f"sha256 {row.sha256} {row.details} and is now sha256 {entry.sha256} "
+                    f"{details}: a run's lineage is fixed when first captured (start a new run)"
+                )
     return lineage_for_run(url, run_id)
 
 

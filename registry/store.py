@@ -67,6 +67,7 @@ APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "void")
 DECISIONS = ("approve", "reject")
 DECISION_CHANNELS = ("ui", "cli")
 DEPLOYMENT_ACTIONS = ("deployed", "shadow", "canary", "promoted", "rolled_back", "retired")
+ROLE_ACTIONS = ("grant", "revoke")
 
 
 def utcnow() -> dt.datetime:
@@ -113,10 +114,17 @@ class AuditEvent(Base):
     payload: Mapped[str] = mapped_column(Text)  # canonical JSON, never re-normalised
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA-256 of ``hash`` with the audit key ``key_id`` (revision 0003; None before)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    mac: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApprovalRequest(Base):
-    """A request for human approval of one model version of one lifecycle run."""
+    """A request for human approval of one model version of one lifecycle run.
+
+    An immutable index row of its ``approval_requested`` event (``audit_seq``); the
+    request's status is derived from the audit chain (``registry.approval_state``).
+    """
 
     __tablename__ = "approval_requests"
     __table_args__ = (
@@ -136,13 +144,10 @@ class ApprovalRequest(Base):
     approver_roles: Mapped[list[str]] = mapped_column(JSON, default=list)
     required_approvers: Mapped[int] = mapped_column(Integer)
     risk_reasons: Mapped[list[str]] = mapped_column(JSON, default=list)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # APPROVAL_STATUSES
     requested_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     respond_by: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
     valid_for_seconds: Mapped[int] = mapped_column(Integer)
-    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    valid_until: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    consumed_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    audit_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     decisions: Mapped[list[ApprovalDecision]] = relationship(
         back_populates="request", order_by="ApprovalDecision.id"
@@ -150,7 +155,10 @@ class ApprovalRequest(Base):
 
 
 class ApprovalDecision(Base):
-    """One approver's decision on a request; a user decides a request at most once."""
+    """One approver's decision on a request; a user decides a request at most once.
+
+    An immutable index row of its ``approval_granted``/``approval_rejected`` event.
+    """
 
     __tablename__ = "approval_decisions"
     __table_args__ = (
@@ -169,25 +177,32 @@ class ApprovalDecision(Base):
     channel: Mapped[str] = mapped_column(String(20))  # DECISION_CHANNELS
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     decided_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    audit_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     request: Mapped[ApprovalRequest] = relationship(back_populates="decisions")
 
 
-class RoleGrant(Base):
-    """A governance role (approver, model risk, ...) held by a user."""
+class RoleChange(Base):
+    """One grant or revocation of a governance role (revision 0003; was ``role_grants``).
 
-    __tablename__ = "role_grants"
-    __table_args__ = (UniqueConstraint("user_name", "role", name="uq_role_grants_user_role"),)
+    An immutable index row of its ``role_granted``/``role_revoked`` event; who holds
+    which role is derived from the audit chain.
+    """
+
+    __tablename__ = "role_changes"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user_name: Mapped[str] = mapped_column(String(120))
+    user_name: Mapped[str] = mapped_column(String(120), index=True)
     role: Mapped[str] = mapped_column(String(80))
-    granted_by: Mapped[str] = mapped_column(String(120))
-    granted_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    action: Mapped[str] = mapped_column(String(10))  # ROLE_ACTIONS
+    actor: Mapped[str] = mapped_column(String(120))
+    occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    audit_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Deployment(Base):
-    """One deployment action on a model version in an environment."""
+    """One deployment action on a model version in an environment (an index row of its
+    audit event)."""
 
     __tablename__ = "deployments"
 
@@ -206,6 +221,7 @@ class Deployment(Base):
     actor: Mapped[str] = mapped_column(String(120))
     occurred_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    audit_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 # --------------------------------------------------------------------------- engines

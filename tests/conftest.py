@@ -101,3 +101,33 @@ def browser(chromium_path: str) -> Iterator[object]:
         instance = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+class AuditClock:
+    """The audit trail's clock, set by a test: ``clock.at(T)``, ``clock.advance(hours=2)``."""
+
+    def __init__(self, start) -> None:  # noqa: ANN001
+        self.now = start
+
+    def __call__(self):  # noqa: ANN204
+        return self.now
+
+    def at(self, when) -> None:  # noqa: ANN001
+        self.now = when
+
+    def advance(self, **delta: float) -> None:
+        import datetime as dt
+
+        self.now = self.now + dt.timedelta(**delta)
+
+
+@pytest.fixture
+def audit_clock(monkeypatch: pytest.MonkeyPatch) -> AuditClock:
+    """Governance events occur when the test says (approval deadlines, expiry)."""
+    import datetime as dt
+
+    from registry import audit
+
+    clock = AuditClock(dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC))
+    monkeypatch.setattr(audit, "clock", clock)
+    return clock

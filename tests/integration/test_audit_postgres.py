@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from registry.audit import append_event, events, head, verify_chain
 from registry.databases import normalise_url
-from registry.store import RoleGrant, dispose_engines, engine_for
+from registry.store import RoleChange, dispose_engines, engine_for
 from tests.unit.test_audit import (
     TAMPERS,
     append_in_processes,
@@ -48,8 +48,17 @@ def test_fifty_concurrent_writers_keep_one_chain(
                 try:
                     barrier.wait()
                     with Session(own) as session, session.begin():
-                        session.add(RoleGrant(user_name=f"u{i}", role="approver", granted_by="a"))
-                        append_event(session, "role_granted", actor=f"w{i}", payload={"i": i})
+                        grant = {"i": i, "user": f"u{i}", "role": "approver"}
+                        record = append_event(session, "role_granted", actor=f"w{i}", payload=grant)
+                        session.add(
+                            RoleChange(
+                                user_name=f"u{i}",
+                                role="approver",
+                                action="grant",
+                                actor=f"w{i}",
+                                audit_seq=record.seq,
+                            )
+                        )
                 finally:
                     own.dispose()
             else:

@@ -24,7 +24,7 @@ T0 = dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC)
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
+def url(tmp_path: Path, audit_clock) -> str:  # noqa: ANN001 (tests/conftest.py AuditClock)
     url = f"sqlite:///{tmp_path / 'governance.db'}"
     for user in ("reviewer", "validator", "alice", "bob"):
         approvals.grant_role(url, user, "model_risk", granted_by="test-admin")
@@ -42,15 +42,23 @@ def _request(url: str, version: str = "7", risk: list[str] | None = None, run: s
         triggered_by="alice",
         author="bob",
         risk_reasons=list(risk or []),
-        now=T0,
     )
 
 
 def _decide(url: str, user: str, decision: str = "approve", version: str = "7", **kw):
     kw.setdefault("reason", f"{user} reviewed the evidence")
-    kw.setdefault("now", T0 + dt.timedelta(hours=1))
+    clock = audit.clock
+    clock.at(kw.pop("now", T0 + dt.timedelta(hours=1)))  # type: ignore[attr-defined]
     return approvals.decide(
         url, SPEC.name, version, user=user, decision=decision, channel="cli", **kw
+    )
+
+
+def _deploy(url: str, state: approvals.ApprovalState) -> None:
+    from registry.governance import record_deployment
+
+    record_deployment(
+        url, state, environment="test", action="deployed", actor="deployer", consume=True
     )
 
 
@@ -66,11 +74,13 @@ def test_valid_approval_is_recorded_bound_and_used_once(url: str) -> None:
     assert state.approvers == ["reviewer"]
     assert state.valid_until == (T0 + dt.timedelta(hours=73)).isoformat()
     assert state.mlflow_tags()["govml.approval.status"] == "approved"
-    used = approvals.authorise_deploy(
-        url, SPEC.name, "7", SHA, actor="deployer", now=T0 + dt.timedelta(hours=2)
-    )
-    assert used.consumed_at is not None
-    assert _kinds(url) == ["approval_requested", "approval_granted"]
+    audit.clock.at(T0 + dt.timedelta(hours=2))  # type: ignore[attr-defined]
+    ok = approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    assert ok.consumed_at is None  # checking uses nothing
+    _deploy(url, ok)
+    used = approvals.get_request(url, SPEC.name, "7")
+    assert used.consumed_at == (T0 + dt.timedelta(hours=2)).isoformat()
+    assert _kinds(url) == ["approval_requested", "approval_granted", "deployed"]
     assert audit.verify_chain(url).ok
 
 
@@ -115,10 +125,9 @@ def test_one_approver_is_not_enough_for_a_high_risk_change(url: str) -> None:
 def test_an_expired_approval_cannot_deploy(url: str) -> None:
     _request(url)
     _decide(url, "reviewer")
+    audit.clock.at(T0 + dt.timedelta(hours=74))  # type: ignore[attr-defined]
     with pytest.raises(ApprovalError, match="expired"):
-        approvals.authorise_deploy(
-            url, SPEC.name, "7", SHA, actor="deployer", now=T0 + dt.timedelta(hours=74)
-        )
+        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
 
 
 def test_no_answer_before_the_deadline_counts_as_a_rejection(url: str) -> None:
@@ -167,11 +176,14 @@ def test_a_reviewer_who_saw_another_artifact_is_refused(url: str) -> None:
 def test_a_replayed_approval_is_refused(url: str) -> None:
     _request(url)
     _decide(url, "reviewer")
-    later = T0 + dt.timedelta(hours=2)
-    approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer", now=later)
+    audit.clock.at(T0 + dt.timedelta(hours=2))  # type: ignore[attr-defined]
+    _deploy(url, approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer"))
     # the approval was used by one deployment; replaying it for another is refused
     with pytest.raises(ApprovalError, match="already used"):
-        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer", now=later)
+        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    state = approvals.get_request(url, SPEC.name, "7")
+    with pytest.raises(ApprovalError, match="already used"):
+        _deploy(url, state)
     # and the same reviewer cannot re-submit a different decision
     with pytest.raises(ApprovalError, match="already decided"):
         _decide(url, "reviewer", decision="reject", reason="changed my mind")

@@ -35,7 +35,7 @@ from registry.audit import (
     head,
     verify_chain,
 )
-from registry.store import AuditEvent, RoleGrant, dispose_engines, engine_for, read_only
+from registry.store import AuditEvent, RoleChange, dispose_engines, engine_for, read_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -371,21 +371,27 @@ def test_events_filters(url: str) -> None:
 
 def test_append_in_a_callers_transaction_commits_or_rolls_back_with_it(url: str) -> None:
     engine = engine_for(url)
+    grant = {"user": "ana", "role": "approver"}
+
+    def row(seq: int) -> RoleChange:
+        return RoleChange(
+            user_name="ana", role="approver", action="grant", actor="admin", audit_seq=seq
+        )
+
     with Session(engine) as session:
         session.begin()
-        session.add(RoleGrant(user_name="ana", role="approver", granted_by="admin"))
-        append_event(session, "role_granted", actor="admin", payload={"user": "ana"})
+        session.add(row(append_event(session, "role_granted", actor="admin", payload=grant).seq))
         session.rollback()
     assert head(url) == (0, GENESIS)
     with Session(engine) as session, session.begin():
-        session.add(RoleGrant(user_name="ana", role="approver", granted_by="admin"))
-        record = append_event(session, "role_granted", actor="admin", payload={"user": "ana"})
+        record = append_event(session, "role_granted", actor="admin", payload=grant)
+        session.add(row(record.seq))
     assert head(url) == (1, record.hash)
     with Session(engine) as session:
-        assert session.scalars(select(RoleGrant.user_name)).all() == ["ana"]
+        assert session.scalars(select(RoleChange.user_name)).all() == ["ana"]
     # A caller whose transaction began DEFERRED still gets the write lock first.
     with Session(read_only(engine)) as session, session.begin():
-        append_event(session, "role_revoked", actor="admin", payload={"user": "ana"})
+        append_event(session, "role_revoked", actor="admin", payload=grant)
     assert verify_chain(url).ok and head(url)[0] == 2
 
 
@@ -514,8 +520,9 @@ def test_tampering_is_found_at_that_event(url: str, how: str) -> None:
         ("modify_payload", "event seq 5 was modified (stored hash"),
         ("delete_middle", "event seq 5 is missing (deleted)"),
         ("swap_seqs", "event at seq 3 was inserted or reordered: prev_hash does not match event 2"),
-        ("insert_forged", "event at seq 5 was inserted"),
-        ("modify_and_rehash", "event seq 5 was modified and re-hashed"),
+        # a forger without the key: a correct hash, but no MAC / a stale MAC
+        ("insert_forged", "event seq 5 is not authenticated: it carries no MAC"),
+        ("modify_and_rehash", "event seq 5 is not authentic: its MAC does not match"),
     ],
 )
 def test_problem_says_what_happened(url: str, how: str, words: str) -> None:
@@ -593,5 +600,5 @@ def test_cli_db_init_migrates_the_governance_store(
 ) -> None:
     assert main(["db", "init"]) == 0
     out = capsys.readouterr().out
-    assert "governance  schema at revision 0002_governance" in out
+    assert "governance  schema at revision 0003_keyed_chain" in out
     assert head(cli_url) == (0, GENESIS)

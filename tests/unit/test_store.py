@@ -32,6 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import registry.store as store
+from registry.audit import append_event
 from registry.databases import ensure_database, normalise_url
 from registry.lineage import LineageEntry, lineage_for_run, record_lineage
 from registry.store import (
@@ -39,7 +40,7 @@ from registry.store import (
     ApprovalRequest,
     Base,
     Deployment,
-    RoleGrant,
+    RoleChange,
     alembic_config,
     current_revision,
     dispose_engines,
@@ -53,9 +54,10 @@ GOVERNANCE_TABLES = {
     "audit_events",
     "approval_requests",
     "approval_decisions",
-    "role_grants",
+    "role_changes",
     "deployments",
 }
+HEAD = "0003_keyed_chain"
 
 
 @pytest.fixture(autouse=True)
@@ -122,7 +124,7 @@ def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
     assert current_revision(url) is None  # an empty file: nothing applied, nothing created
     engine_for(url)
-    assert head_revision() == "0002_governance"
+    assert head_revision() == HEAD
     assert current_revision(url) == head_revision()
     assert {"lineage", "alembic_version"} | GOVERNANCE_TABLES <= _tables(url)
 
@@ -135,7 +137,7 @@ def test_legacy_create_all_database_is_stamped_and_upgraded(tmp_path: Path) -> N
     url = _sqlite(tmp_path)
     _create_legacy(url)
     assert current_revision(url) is None
-    assert upgrade(url) == "0002_governance"
+    assert upgrade(url) == HEAD
     assert _tables(url) >= GOVERNANCE_TABLES
     stored = lineage_for_run(url, "legacy-run")
     assert stored == [LineageEntry("parameters", "run", None, {"seed": 7})]
@@ -144,13 +146,22 @@ def test_legacy_create_all_database_is_stamped_and_upgraded(tmp_path: Path) -> N
 
 def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
-    record_lineage(url, "credit", "run-1", [LineageEntry("code", "git", None, {"v": "abc"})])
-    dispose_engines()
+    _create_legacy(url)
+    upgrade(url, "0002_governance")
     command.downgrade(alembic_config(url=url), "0001_lineage")
     assert current_revision(url) == "0001_lineage"
     assert not GOVERNANCE_TABLES & _tables(url)
     assert upgrade(url) == head_revision()
-    assert lineage_for_run(url, "run-1")[0].details == {"v": "abc"}
+    assert lineage_for_run(url, "legacy-run")[0].details == {"seed": 7}
+
+
+def test_the_keyed_chain_revision_refuses_a_downgrade(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path)
+    engine_for(url)
+    dispose_engines()
+    with pytest.raises(NotImplementedError, match="cannot be downgraded"):
+        command.downgrade(alembic_config(url=url), "0002_governance")
+    assert current_revision(url) == HEAD
 
 
 def test_engine_is_cached_and_migrates_once_under_concurrency(
@@ -221,14 +232,13 @@ def _upgrade_in_processes(url: str, tmp_path: Path, n: int = 4) -> list[str]:
 @pytest.mark.timeout(180)
 def test_processes_starting_at_once_migrate_sqlite_safely(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
-    assert _upgrade_in_processes(url, tmp_path) == ["0002_governance"] * 4
-    assert current_revision(url) == "0002_governance"
+    assert _upgrade_in_processes(url, tmp_path) == [HEAD] * 4
+    assert current_revision(url) == HEAD
     assert _schema_diff(url) == []
 
 
-def test_replayed_decision_and_duplicate_role_fail_in_the_database(tmp_path: Path) -> None:
-    url = _sqlite(tmp_path)
-    engine = engine_for(url)
+def _index_rows(engine) -> int:  # noqa: ANN001
+    """One row in each index table (written directly: the schema's own constraints)."""
     now = dt.datetime.now(dt.UTC)
     with Session(engine) as session, session.begin():
         request = ApprovalRequest(
@@ -267,13 +277,17 @@ def test_replayed_decision_and_duplicate_role_fail_in_the_database(tmp_path: Pat
                 details={"replicas": 1},
             )
         )
-        session.add(RoleGrant(user_name="ana", role="model_risk", granted_by="admin"))
-        request_id = request.id
+        session.add(RoleChange(user_name="ana", role="model_risk", action="grant", actor="admin"))
+        return request.id
 
+
+def test_replayed_decision_and_unknown_request_fail_in_the_database(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path)
+    engine = engine_for(url)
+    request_id = _index_rows(engine)
     with Session(engine) as session:
         stored = session.get(ApprovalRequest, request_id)
-        assert stored is not None and stored.status == "pending"
-        assert stored.approver_roles == ["model_risk"]
+        assert stored is not None and stored.approver_roles == ["model_risk"]
         assert [d.user_name for d in stored.decisions] == ["ana"]
 
     replay = ApprovalDecision(
@@ -287,8 +301,6 @@ def test_replayed_decision_and_duplicate_role_fail_in_the_database(tmp_path: Pat
     with pytest.raises(IntegrityError), Session(engine) as session, session.begin():
         session.add(replay)
     with pytest.raises(IntegrityError), Session(engine) as session, session.begin():
-        session.add(RoleGrant(user_name="ana", role="model_risk", granted_by="root"))
-    with pytest.raises(IntegrityError), Session(engine) as session, session.begin():
         session.add(  # no such request: foreign keys are enforced on SQLite too
             ApprovalDecision(
                 request_id=999,
@@ -301,6 +313,50 @@ def test_replayed_decision_and_duplicate_role_fail_in_the_database(tmp_path: Pat
         )
     with Session(engine) as session:
         assert session.scalars(select(ApprovalDecision.user_name)).all() == ["ana"]
+
+
+APPEND_ONLY = [
+    ("approval_requests", "UPDATE approval_requests SET required_approvers = 0"),
+    ("approval_requests", "DELETE FROM approval_requests"),
+    ("approval_decisions", "UPDATE approval_decisions SET decision = 'approve'"),
+    ("approval_decisions", "DELETE FROM approval_decisions"),
+    ("role_changes", "UPDATE role_changes SET role = 'admin'"),
+    ("role_changes", "DELETE FROM role_changes"),
+    ("deployments", "UPDATE deployments SET action = 'promoted'"),
+    ("deployments", "DELETE FROM deployments"),
+    ("lineage", "UPDATE lineage SET sha256 = NULL"),
+    ("lineage", "DELETE FROM lineage"),
+    ("audit_events", "DELETE FROM audit_events"),
+]
+
+
+def _refused_everywhere(engine, truncate: bool) -> None:  # noqa: ANN001
+    for table, statement in APPEND_ONLY + (
+        [(t, f"TRUNCATE {t} CASCADE") for t in sorted({t for t, _ in APPEND_ONLY})]
+        if truncate
+        else []
+    ):
+        with pytest.raises(Exception, match=f"{table} is append-only"):  # noqa: PT011
+            with engine.begin() as conn:
+                conn.execute(text(statement))
+
+
+def test_every_governance_table_is_append_only_on_sqlite(tmp_path: Path) -> None:
+    url = _sqlite(tmp_path)
+    engine = engine_for(url)
+    _index_rows(engine)
+    record_lineage(url, "fraud", "run-1", [LineageEntry("code", "git", None, {"v": "abc"})])
+    append_event(url, "drift_alarm", actor="monitor")
+    _refused_everywhere(engine, truncate=False)
+
+
+@pytest.mark.postgres
+def test_every_governance_table_is_append_only_on_postgres(pg_database: str) -> None:
+    engine = engine_for(pg_database)
+    _index_rows(engine)
+    record_lineage(pg_database, "fraud", "run-1", [LineageEntry("code", "git", None, {"v": "a"})])
+    append_event(pg_database, "drift_alarm", actor="monitor")
+    _refused_everywhere(engine, truncate=True)
 
 
 def test_sqlite_uses_wal_and_a_long_busy_timeout(tmp_path: Path) -> None:
@@ -323,7 +379,7 @@ def test_postgres_fresh_upgrade_and_metadata_agree(pg_database: str) -> None:
 def test_postgres_legacy_database_is_stamped_and_upgraded(pg_database: str) -> None:
     _create_legacy(pg_database)
     assert current_revision(pg_database) is None
-    assert upgrade(pg_database) == "0002_governance"
+    assert upgrade(pg_database) == HEAD
     assert lineage_for_run(pg_database, "legacy-run")[0].details == {"seed": 7}
     assert _schema_diff(pg_database) == []
 
@@ -334,7 +390,7 @@ def test_postgres_processes_starting_at_once_create_and_migrate_once(
     pg_database: str, tmp_path: Path
 ) -> None:
     # The database does not exist yet: the processes race on CREATE DATABASE too.
-    assert _upgrade_in_processes(pg_database, tmp_path) == ["0002_governance"] * 4
+    assert _upgrade_in_processes(pg_database, tmp_path) == [HEAD] * 4
     engine = engine_for(pg_database)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
