@@ -1,4 +1,4 @@
-"""``govml audit``: verify the hash-chained audit trail, show its head, list events."""
+"""``govml audit``: verify the keyed audit chain, anchor it, show its head, list events."""
 
 from __future__ import annotations
 
@@ -11,16 +11,45 @@ from pipelines.config import Settings
 
 
 def cmd_audit_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from registry.audit import AuditError, verify_chain
+    from registry.audit import AuditError
+    from registry.audit_verify import verify_chain
 
     report = verify_chain(settings.governance_url, anchor=args.anchor)
-    if not report.ok:
+    for line in report.checkpoints:
+        print(f"checkpoint   {line}")
+    for line in report.unbacked:
+        print(f"NOT BACKED   {line}")
+    if report.problem is not None:
         where = f" at seq {report.first_bad_seq}" if report.first_bad_seq is not None else ""
         raise AuditError(f"chain BROKEN{where}: {report.problem}")
+    if report.unbacked:
+        raise AuditError(
+            f"{len(report.unbacked)} governance table row(s) are not backed by the audit "
+            f"chain (first: {report.unbacked[0]})"
+        )
     anchored = ", anchor found" if report.anchor_ok else ""
+    signed = (
+        f"signed from seq {report.keyed_from}"
+        if report.keyed_from is not None
+        else "NO signed event yet"
+    )
     print(
-        f"chain ok: {report.events} events, head seq {report.head_seq} "
+        f"chain ok: {report.events} events ({signed}), head seq {report.head_seq} "
         f"hash {report.head_hash}{anchored}"
+    )
+    return 0
+
+
+def cmd_audit_anchor(args: argparse.Namespace, settings: Settings) -> int:
+    from registry.audit_verify import anchor
+
+    checkpoint = anchor(settings.governance_url, actor="govml-audit", reason=args.reason or "")
+    if checkpoint is None:
+        print("nothing new since the last checkpoint")
+        return 0
+    print(
+        f"checkpoint of seq {checkpoint.seq} ({checkpoint.events} events, hash "
+        f"{checkpoint.hash}) signed with key {checkpoint.key_id}"
     )
     return 0
 
@@ -69,7 +98,7 @@ def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_audit_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add ``govml audit ...``; returns the audit subparsers so more actions can be added."""
-    audit = sub.add_parser("audit", help="the hash-chained audit trail: verify, head, log")
+    audit = sub.add_parser("audit", help="the keyed audit chain: verify, anchor, head, log")
     audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
 
     p = audit_sub.add_parser("verify", help="check every link of the chain; non-zero if broken")
@@ -79,6 +108,12 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersA
         help="a head hash (or 'SEQ HASH') recorded earlier that must still be in the chain",
     )
     p.set_defaults(func=cmd_audit_verify)
+
+    p = audit_sub.add_parser(
+        "anchor", help="write a signed checkpoint of the head to every checkpoint sink"
+    )
+    p.add_argument("--reason", default="", help="why (recorded with the checkpoint event)")
+    p.set_defaults(func=cmd_audit_anchor)
 
     p = audit_sub.add_parser("head", help="print the newest event as 'SEQ HASH' (an anchor)")
     p.set_defaults(func=cmd_audit_head)

@@ -30,6 +30,7 @@ from registry.audit import (
     is_canonical_payload,
     keyring_for,
     mac_message,
+    next_key_id,
     recomputed_hash,
     record_of,
 )
@@ -145,6 +146,16 @@ def _check_anchor(rows: list[AuditEvent], anchor: str) -> tuple[bool, int | None
     if len(parts) == 2:
         seq = int(parts[0])
         match = next((r for r in rows if r.seq == seq), None)
+        end = rows[-1].seq if rows else 0
+        if match is None and seq > end:
+            return (
+                False,
+                end + 1,
+                (
+                    f"{_deleted(end + 1, seq)} deleted after the anchor of seq {seq} "
+                    f"({_short(digest)}) was taken: the chain now ends at seq {end}"
+                ),
+            )
         if match is None and seq > 0:
             return (
                 False,
@@ -218,6 +229,10 @@ def _payload_field(row: AuditEvent, name: str) -> object:
         return None
 
 
+def _deleted(first: int, last: int) -> str:
+    return f"event seq {first} was" if first == last else f"events seq {first}..{last} were"
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _checkpoint_problem(
     rows: list[AuditEvent], cp: checkpoints.Checkpoint, ring: audit_keys.Keyring | None
@@ -231,10 +246,10 @@ def _checkpoint_problem(
         return None, f"{where} is not authentic: {wrong}"
     head = rows[-1].seq if rows else 0
     if cp.seq > head:
-        missing = f"seq {head + 1}" if cp.seq == head + 1 else f"seq {head + 1}..{cp.seq}"
         return head + 1, (
-            f"events {missing} were deleted: {where} vouches for them, the chain now ends at "
-            f"seq {head} (truncated after a checkpoint)"
+            f"{_deleted(head + 1, cp.seq)} deleted: {where} vouches for "
+            f"{'it' if cp.seq == head + 1 else 'them'}, but the chain now ends at seq {head} "
+            "(truncated after a checkpoint)"
         )
     if rows and cp.chain_id != rows[0].hash:
         return 1, f"{where} belongs to another chain (its first event hashes differently)"
@@ -396,3 +411,28 @@ def anchor(url: str, actor: str, reason: str = "") -> checkpoints.Checkpoint | N
     )
     log.info("audit checkpoint at seq %d written to %s", cp.seq, ", ".join(written))
     return cp
+
+
+def rotate_key(url: str, actor: str) -> tuple[str, str]:
+    """Make a new key sign future events; ``(old key id, new key id)``.
+
+    The chain must verify first. The new key is added to the keyring, an
+    ``audit_key_rotated`` event signed with the old key names it, then it becomes the
+    keyring's active key (the chain, not the file, decides which key signs next, so a
+    crash between the two steps loses nothing). Old keys stay for verification.
+    """
+    load_verified(url)
+    path = audit_keys.default_key_file(url)
+    ring = keyring_for(url)
+    rows = _read(url)
+    old = (next_key_id(rows[-1]) if rows else None) or ring.active
+    _ring, new = audit_keys.add_key(path)
+    append_event(
+        url,
+        KEY_ROTATED,
+        actor=actor,
+        payload={"previous_key_id": old, "new_key_id": new},
+    )
+    audit_keys.activate(path, new)
+    log.info("audit key rotated: %s -> %s (%s)", old, new, path)
+    return old, new

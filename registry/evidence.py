@@ -72,7 +72,9 @@ AUDIT_HASH_METHOD = (
     'hash = sha256(prev_hash + "\\n" + canonical_json(body)), body = {seq, occurred_at, '
     "kind, actor, model_name, model_version, run_id, payload}; canonical JSON has sorted "
     "keys, no spaces, UTF-8 kept; each event's prev_hash is the hash of event seq - 1 "
-    "(64 zeros for seq 1)"
+    "(64 zeros for seq 1); mac = HMAC-SHA-256(audit key, 'govml-audit-v1\\n' + hash) "
+    "with the key named by key_id, which is not in the pack: `govml audit verify` checks "
+    "the MACs and the signed checkpoints where the key is held"
 )
 
 
@@ -393,10 +395,20 @@ def _explainability(staging: Path, top: int = 10) -> dict[str, Any]:
     }
 
 
-def _approvals(url: str, model: str, version: str) -> list[dict[str, Any]]:
+def _chain_state(
+    url: str, model: str, version: str
+) -> tuple[list[Any], list[dict[str, Any]], str | None]:
+    """(approval states, deployments) of the version from the verified chain, or why not."""
     from registry.approvals import list_requests
+    from registry.audit import AuditError
+    from registry.governance import deployments
 
-    return [s.to_dict() for s in list_requests(url, model) if s.model_version == str(version)]
+    try:
+        states = [s for s in list_requests(url, model) if s.model_version == str(version)]
+        return states, deployments(url, model, version), None
+    except AuditError as exc:
+        log.error("%s", exc)
+        return [], [], str(exc)
 
 
 def _audit_segment(url: str, model: str, version: str, run_id: str | None) -> dict[str, Any]:
@@ -451,13 +463,16 @@ def _cross_checks(
     model: str,
     version: str,
     tags: dict[str, str],
-    approvals: list[dict[str, Any]],
+    states: list[Any],
     deployments: list[dict[str, Any]],
     segment: dict[str, Any],
+    chain_error: str | None,
 ) -> list[dict[str, Any]]:
     """Facts a validator would check by hand, checked once at export time."""
     from registry.mlflow_registry import artifact_sha256_of
+    from registry.reconcile import tag_claims_without_chain
 
+    approvals = [s.to_dict() for s in states]
     tagged = tags.get("artifact_sha256")
     checks: list[dict[str, Any]] = []
 
@@ -481,6 +496,17 @@ def _cross_checks(
             logged == tagged,
             f"model_registered event seq {registered[-1]['seq']}: {logged}",
         )
+    add(
+        "approvals and deployments are derived from the verified audit chain",
+        chain_error is None,
+        chain_error or f"{len(approvals)} request(s), {len(deployments)} deployment action(s)",
+    )
+    claims = tag_claims_without_chain(tags, states) if chain_error is None else []
+    add(
+        "the version's approval tags claim nothing the audit chain does not hold",
+        None if chain_error else not claims,
+        "; ".join(claims) or "tags agree with the chain",
+    )
     for request in approvals:
         add(
             f"approval request {request['id']} is for the tagged artifact",
@@ -496,11 +522,9 @@ def _cross_checks(
         )
     chain = segment["chain"]
     add(
-        "audit chain verifies end to end",
+        "audit chain verifies end to end (links, hashes, MACs, checkpoints, index rows)",
         bool(chain["ok"]),
-        f"{chain['events']} events, head seq {chain['head_seq']}"
-        if chain["ok"]
-        else f"BROKEN at seq {chain['first_bad_seq']}: {chain['problem']}",
+        _chain_detail(chain),
     )
     bad = segment["segment_bad_seqs"]
     add(
@@ -510,6 +534,22 @@ def _cross_checks(
         or ("bad seqs: " + ", ".join(map(str, bad)) if bad else f"{len(segment['events'])} events"),
     )
     return checks
+
+
+def _chain_detail(chain: dict[str, Any]) -> str:
+    if chain["problem"]:
+        return f"BROKEN at seq {chain['first_bad_seq']}: {chain['problem']}"
+    if chain["unbacked"]:
+        return f"{len(chain['unbacked'])} table row(s) not backed: {chain['unbacked'][0]}"
+    return f"{chain['events']} events, head seq {chain['head_seq']}"
+
+
+def _chain_state_line(chain: dict[str, Any]) -> str:
+    if chain["ok"]:
+        return "OK"
+    if chain["problem"]:
+        return f"BROKEN at seq {chain['first_bad_seq']}"
+    return "ROWS NOT BACKED by the chain"
 
 
 def _status(record: dict[str, Any], approvals: list[dict[str, Any]]) -> dict[str, Any]:
@@ -556,7 +596,6 @@ def _build(
     out_dir: Path,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Write everything but the manifest into ``staging``; (evidence, files) for it."""
-    from registry.governance import deployments as deployments_of
     from registry.mlflow_registry import RUN_TAG
 
     model, version = record["name"], record["version"]
@@ -574,8 +613,8 @@ def _build(
     )
     lineage = _lineage(url, run_id, staging, run_folder)
     gates = _gates(staging, tags)
-    approvals = _approvals(url, model, version)
-    deployments = deployments_of(url, model, version)
+    states, deployments, chain_error = _chain_state(url, model, version)
+    approvals = [state.to_dict() for state in states]
     segment = _audit_segment(url, model, version, run_id)
     chain = segment["chain"]
     approval_tags = {k: v for k, v in sorted(tags.items()) if k.startswith("govml.approval.")}
@@ -608,7 +647,7 @@ def _build(
         "status": _status(record, approvals),
         "chain": {
             "ok": bool(chain["ok"]),
-            "state": "OK" if chain["ok"] else f"BROKEN at seq {chain['first_bad_seq']}",
+            "state": _chain_state_line(chain),
             "first_bad_seq": chain["first_bad_seq"],
             "problem": chain["problem"],
             "events": chain["events"],
@@ -616,7 +655,7 @@ def _build(
             "head_hash": chain["head_hash"],
         },
         "cross_checks": _cross_checks(
-            tracking, model, version, tags, approvals, deployments, segment
+            tracking, model, version, tags, states, deployments, segment, chain_error
         ),
         "reports": reports,
         "lineage": lineage,
