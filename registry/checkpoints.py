@@ -251,18 +251,21 @@ class MlflowSink:
             raise CheckpointError(f"cannot write a checkpoint to {self.name}: {exc}") from None
 
     def latest(self) -> Checkpoint | None:
-        import mlflow.artifacts
+        import tempfile
+
         from mlflow import MlflowClient
 
         try:
             run_id = self._run_id(create=False)
             if run_id is None:
                 return None
-            files = MlflowClient(self.tracking_uri).list_artifacts(run_id, "checkpoints")
+            client = MlflowClient(self.tracking_uri)
+            files = client.list_artifacts(run_id, "checkpoints")
             names = sorted(f.path for f in files if not f.is_dir)
             if not names:
                 return None
-            text = mlflow.artifacts.load_text(f"runs:/{run_id}/{names[-1]}")
+            with tempfile.TemporaryDirectory() as folder:
+                text = Path(client.download_artifacts(run_id, names[-1], folder)).read_text()
         except Exception as exc:  # noqa: BLE001
             raise CheckpointError(f"cannot read checkpoints from {self.name}: {exc}") from None
         return parse(text, f"{self.name} {names[-1]}")
@@ -308,7 +311,11 @@ def _one_sink(item: str, governance_url: str) -> Sink:
 
 def sinks_for(governance_url: str, spec: str | None = None) -> list[Sink]:
     """The configured checkpoint sinks of a store (``GOVML_AUDIT_CHECKPOINTS``)."""
-    raw = spec if spec is not None else os.environ.get(SINKS_ENV, "")
+    if spec is None:
+        from pipelines.config import load_settings
+
+        spec = load_settings().audit_checkpoints
+    raw = spec
     items = [part.strip() for part in raw.split(",") if part.strip()]
     if not items:
         return [FileSink(default_file(governance_url))]

@@ -80,11 +80,12 @@ def append_forged(
     mac = None
     if key is not None:
         mac = hmac.new(key, ("govml-audit-v1\n" + digest).encode(), hashlib.sha256).hexdigest()
+    keyed = ", key_id, mac" if key is not None else ""  # (a store before 0003 has neither)
     conn.execute(
         text(
             "INSERT INTO audit_events (seq, occurred_at, kind, actor, model_name, model_version,"
-            " run_id, payload, prev_hash, hash, key_id, mac) VALUES (:seq, :at, :kind, :actor,"
-            " :model, :version, :run, :payload, :prev, :hash, :kid, :mac)"
+            f" run_id, payload, prev_hash, hash{keyed}) VALUES (:seq, :at, :kind, :actor,"
+            f" :model, :version, :run, :payload, :prev, :hash{', :kid, :mac' if keyed else ''})"
         ),
         {
             "seq": seq,
