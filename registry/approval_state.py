@@ -404,6 +404,9 @@ _HANDLERS = {
 }
 
 
+FOLDED_KINDS = frozenset(_HANDLERS)
+
+
 def fold_into(state: GovernanceState, event: AuditRecord) -> None:
     """Apply one event (the next in seq order) to ``state``."""
     handler = _HANDLERS.get(event.kind)

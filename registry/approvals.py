@@ -44,6 +44,7 @@ from registry.approval_state import (
     APPROVE,
     APPROVED,
     EXPIRED,
+    FOLDED_KINDS,
     PENDING,
     REJECT,
     REJECTED,
@@ -88,14 +89,14 @@ def iso_utc(value: dt.datetime) -> str:
 
 def governance_state(url: str) -> GovernanceState:
     """Approvals, roles and deployments as the verified chain has them now."""
-    return fold(load_verified(url))
+    return fold(load_verified(url, kinds=FOLDED_KINDS))
 
 
 def in_chain_transaction(url: str, work: Callable[[Session, GovernanceState], T]) -> T:
     """Run ``work`` in one transaction holding the chain's lock, on freshly folded state."""
     with Session(engine_for(url)) as session, session.begin():
         audit.lock_chain(session)
-        return work(session, fold(load_verified(url, session)))
+        return work(session, fold(load_verified(url, session, FOLDED_KINDS)))
 
 
 def _subject(request: RequestFold) -> dict[str, Any]:

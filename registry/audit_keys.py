@@ -45,7 +45,6 @@ from sqlalchemy.engine import make_url
 
 from pipelines.errors import RegistryError
 
-KEY_FILE_ENV = "GOVML_AUDIT_KEY_FILE"
 KEY_BYTES = 32
 FORMAT_VERSION = 1
 
@@ -83,15 +82,17 @@ class Keyring:
 
 
 def mac(secret: bytes, message: str) -> str:
-    return hmac.new(secret, message.encode("utf-8"), hashlib.sha256).hexdigest()
+    return hmac.digest(secret, message.encode("utf-8"), "sha256").hex()
 
 
 # --------------------------------------------------------------------------- location
 def default_key_file(governance_url: str) -> Path:
     """Where the keyring of ``governance_url`` lives (see the module docs)."""
-    explicit = os.environ.get(KEY_FILE_ENV)
-    if explicit:
-        return Path(explicit).expanduser().resolve()
+    from pipelines.config import load_settings
+
+    explicit = load_settings().audit_key_file
+    if explicit is not None:
+        return explicit
     return store_home(governance_url) / "keys" / "audit-keys.json"
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
@@ -354,53 +355,123 @@ def verify_chain(
     )
 
 
-def load_verified(url: str, session: Session | None = None) -> list[AuditRecord]:
-    """Every event, after checking links, hashes, MACs and the newest checkpoints.
+def _links(session: Session) -> list[Any]:
+    """Every event's ``(seq, prev_hash, hash, kind)`` row: what the fast check walks."""
+    columns = (AuditEvent.seq, AuditEvent.prev_hash, AuditEvent.hash, AuditEvent.kind)
+    return list(session.execute(select(*columns).order_by(AuditEvent.seq)))
 
-    Raises :class:`AuditError` naming the first problem: governance state is never
-    derived from a broken or forged chain. With ``session`` the events are read in the
-    caller's transaction (which should hold ``registry.audit.lock_chain``).
+
+def _first_key(session: Session) -> tuple[int, str] | None:
+    row = session.execute(
+        select(AuditEvent.seq, AuditEvent.key_id)
+        .where(AuditEvent.key_id.is_not(None))
+        .order_by(AuditEvent.seq)
+        .limit(1)
+    ).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+def _fast_ok(
+    links: list[Any],
+    full: list[AuditEvent],
+    ring: audit_keys.Keyring | None,
+    first_key: tuple[int, str] | None,
+) -> bool:
+    """Links and sequence of every event; body, hash and MAC of the ``full`` ones.
+
+    ``full`` holds every event that governance state is folded from, every key rotation
+    and the newest event. An event outside it may only be changed undetected here if
+    its stored hash is kept (it then changes no state: ``verify_chain`` still finds it);
+    re-hashing it changes every later hash up to the newest event, whose MAC then fails.
     """
-    if session is None:
-        rows = _read(url)
-    else:
-        rows = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
-    ring = _ring(url, rows)
-    found = _find_problem(rows, ring)
+    expected_seq, prev_hash = 1, GENESIS
+    for seq, prev, digest, _kind in links:
+        if seq != expected_seq or prev != prev_hash:
+            return False
+        expected_seq, prev_hash = seq + 1, digest
+    expected_key = first_key[1] if first_key else None
+    for row in full:
+        if not is_canonical_payload(row.payload) or row.hash != recomputed_hash(row):
+            return False
+        keyed_from = first_key[0] if first_key else None
+        if row.mac is None and (keyed_from is None or row.seq < keyed_from):
+            continue  # before the chain was keyed
+        if _mac_problem(row, expected_key, ring) is not None:
+            return False
+        expected_key = _next_expected(row, expected_key)
+    return True
+
+
+def _checked(
+    url: str, session: Session, kinds: frozenset[str] | None
+) -> tuple[list[Any], list[AuditEvent], audit_keys.Keyring | None]:
+    """Fast-check the chain; ``(links, full rows of kinds + rotations + head, keyring)``.
+
+    Raises :class:`AuditError` naming the first problem (found by the full walk).
+    """
+    links = _links(session)
+    query = select(AuditEvent).order_by(AuditEvent.seq)
+    if kinds is not None and links:
+        wanted = sorted(set(kinds) | {KEY_ROTATED})
+        query = query.where(AuditEvent.kind.in_(wanted) | (AuditEvent.seq == links[-1].seq))
+    full = list(session.scalars(query))
+    ring = _ring(url, full)
+    found = None
+    if not _fast_ok(links, full, ring, _first_key(session)):
+        everything = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
+        found = _find_problem(everything, ring)
     if found is None:
-        _lines, found = _checkpoint_lines(url, rows, ring)
+        _lines, found = _checkpoint_lines(url, links, ring)  # type: ignore[arg-type]
     if found is not None:
         seq, problem = found
         where = f" at seq {seq}" if seq is not None else ""
         raise AuditError(f"audit chain broken{where}: {problem}; governance actions are refused")
-    return [record_of(r) for r in rows]
+    return links, full, ring
+
+
+def load_verified(
+    url: str, session: Session | None = None, kinds: frozenset[str] | None = None
+) -> list[AuditRecord]:
+    """The events of ``kinds`` (default: all), after checking the chain and its checkpoints.
+
+    Every event's link, sequence number and MAC are checked, and the full body and hash
+    of each returned event and of the newest one; the newest checkpoint of each sink
+    must agree. On any problem the whole chain is walked (:func:`verify_chain`'s
+    checks) to name it, and :class:`AuditError` is raised: governance state is never
+    derived from a broken or forged chain. With ``session`` the events are read in the
+    caller's transaction (which should hold ``registry.audit.lock_chain``).
+    """
+    if session is None:
+        with Session(read_only(engine_for(url))) as own:
+            return load_verified(url, own, kinds)
+    _links_, full, _ring_ = _checked(url, session, kinds)
+    return [record_of(r) for r in full if kinds is None or r.kind in kinds]
 
 
 def anchor(url: str, actor: str, reason: str = "") -> checkpoints.Checkpoint | None:
     """Write a signed checkpoint of the current head to every sink; None if nothing new.
 
-    The checkpoint is written first, then an ``audit_checkpoint`` event records it (so
-    that event is covered by the next checkpoint).
+    The chain is checked first (a broken chain is not anchored). The checkpoint is
+    written, then an ``audit_checkpoint`` event records it (so that event is covered by
+    the next checkpoint).
     """
-    rows = _read(url)
-    if not rows:
+    with Session(read_only(engine_for(url))) as session:
+        links, _full, _ring_ = _checked(url, session, frozenset())
+    if not links:
         return None
     ring = keyring_for(url)
-    found = _find_problem(rows, ring)
-    if found is not None:
-        raise AuditError(f"not anchoring a broken chain (seq {found[0]}): {found[1]}")
     sinks = checkpoints.sinks_for(url)
     newest = [cp for _name, cp, _err in checkpoints.latest_each(sinks) if cp is not None]
     covered = max((cp.seq for cp in newest), default=0)
     if (
-        all(r.kind == "audit_checkpoint" for r in rows[covered:])
+        all(r.kind == "audit_checkpoint" for r in links[covered:])
         and covered
         and len(newest) == len(sinks)
     ):
         return None
-    head = rows[-1]
+    head = links[-1]
     cp = checkpoints.sign(
-        ring, checkpoints.store_id(url), rows[0].hash, head.seq, head.hash, len(rows)
+        ring, checkpoints.store_id(url), links[0].hash, head.seq, head.hash, len(links)
     )
     written = checkpoints.write_all(cp, sinks)
     append_event(

@@ -326,3 +326,25 @@ def test_a_keyless_store_is_upgraded_and_its_rows_backed(url: str, tmp_path: Pat
         append_forged(conn, "drift_alarm", "monitor", {})
     assert verify_chain(url).first_bad_seq == 4
     assert os.environ.get("GOVML_AUDIT_KEY_FILE") is None
+
+
+# --------------------------------------------------------------------------- the fast check
+def test_governance_reads_refuse_a_rewrite_of_any_event(url: str) -> None:
+    """Governance reads re-hash only the events they fold (and the newest): a consistent
+    rewrite of any other event still changes the newest event's hash, so it is refused."""
+    from registry import approvals
+    from tests.security.chain_attacks import rewrite_from
+
+    _events(url, 3)
+    approvals.grant_role(url, "ana", "model_risk", granted_by="admin")
+    _events(url, 3, start=3)
+    with engine_for(url).begin() as conn:
+        drop_append_only(conn)
+        rewrite_from(conn, 2, {"i": 99})
+    with pytest.raises(audit.AuditError, match="audit chain broken at seq 2: event seq 2 is not"):
+        approvals.roles_of(url, "ana")
+    with engine_for(url).begin() as conn:
+        conn.execute(text("DELETE FROM audit_events WHERE seq >= 2"))
+        append_forged(conn, "gate_result", "pipeline", {"i": 1})
+    with pytest.raises(audit.AuditError, match="audit chain broken at seq 2: event seq 2 is not"):
+        approvals.roles_of(url, "ana")
