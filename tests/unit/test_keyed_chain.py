@@ -173,9 +173,14 @@ def test_a_forged_checkpoint_is_reported(url: str) -> None:
 
 
 def test_checkpoints_in_an_mlflow_run(url: str, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    from mlflow import MlflowClient
+
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("GOVML_AUDIT_CHECKPOINTS", f"mlflow:{tracking}")
-    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", str(tmp_path / "artifacts"))
+    artifacts = tmp_path / "artifacts"
+    MlflowClient(tracking).create_experiment(
+        checkpoints.MLFLOW_EXPERIMENT, artifact_location=artifacts.as_uri()
+    )
     _events(url, 2)
     cp = anchor(url, actor="test")
     assert cp is not None
@@ -186,6 +191,7 @@ def test_checkpoints_in_an_mlflow_run(url: str, tmp_path: Path, monkeypatch) -> 
     later = anchor(url, actor="test")
     assert later is not None and sink.latest() == later
     assert verify_chain(url).ok
+    assert len(list(artifacts.rglob("*.json"))) == 2  # one artifact per checkpoint
 
 
 @pytest.fixture
