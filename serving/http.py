@@ -1,4 +1,5 @@
-"""The model server's HTTP guard: body size limit, bearer tokens, request metrics.
+"""The model server's HTTP guard: body size limit, bearer tokens, request metrics, and
+the one place where errors become HTTP answers.
 
 A pure ASGI middleware added to KServe's FastAPI app before it starts (:func:`install`):
 
@@ -9,37 +10,57 @@ A pure ASGI middleware added to KServe's FastAPI app before it starts (:func:`in
   without the scope); health, metadata and ``/metrics`` stay open; KServe's model
   repository API (``/v2/repository/...``: load, unload) needs scope ``admin``, and is
   refused (403) on a server without tokens;
+* the authenticated client and the ``X-Request-Id`` go to
+  :mod:`serving.request_context`, so the prediction log names them whichever route
+  (fast or KServe's) answers;
+* versioned V2 paths (``/v2/models/NAME/versions/V[/ready|/infer]``, which KServe
+  answers 501): for the version the server was started with (``versions``), exactly
+  the unversioned path; another version is a 404 naming the one served;
 * Prometheus ``govml_requests_total{kind,code}`` and
   ``govml_request_seconds{kind}`` for every request.
+
+Errors: :func:`error_answer` maps an exception to its answer, for the fast routes'
+handlers, for anything KServe's routes let escape, and for FastAPI's request
+validation (:func:`install` registers it): bad input 400 (the project's
+:class:`~serving.schema.InputError`, KServe's ``InvalidInput``, a body that FastAPI's
+models or KServe's own decoders cannot read), unknown model 404, anything else 500
+(a failure: logged with its traceback; the answer names no internals). Each answer is
+``{"error": "<one line>"}``.
 
 Fast routes: the V1 ``:predict`` and V2 ``/infer`` of a ready, strict model are
 answered here, after the same size and token checks, by the model's own handlers
 (:meth:`serving.model.LightGBMModel.handle_v1_predict`, ``handle_v2_infer``), without
 FastAPI's routing, pydantic models and response classes (which cost more than scoring a
-row, and far more than scoring a big batch). The answers are the ones KServe's route
-gives (same scores, same ``{"error": ...}`` bodies); a handler may be a coroutine
-function (the feature transformer's, which awaits its store and its predictor). A
-handler may decline a request
-(returns None: an unusual V2 envelope); the request then goes to KServe's app with its
-body, as does any other request, or any request while the model is not ready.
+row, and far more than scoring a big batch). A fast route takes JSON bodies (no
+content type, ``application/json``) and every body in the V2 binary tensor extension
+(an ``Inference-Header-Content-Length`` header, any content type), so that one strict
+decoder reads them all. The answers are the ones KServe's route gives (same scores,
+same ``{"error": ...}`` bodies); a handler may be a coroutine function (the feature
+transformer's, which awaits its store and its predictor). A handler may decline a
+request (returns None: an unusual V2 envelope); the request then goes to KServe's app
+with its body, as does any other request, or any request while the model is not ready.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import json
 import logging
 import os
 import time
+import traceback
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
+from types import CodeType
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
+from pipelines.errors import GovMLError
 from serving.auth import AuthError, TokenStore
-from serving.request_context import set_request_id
+from serving.request_context import set_client, set_request_id
 
 log = logging.getLogger(__name__)
 Scope = MutableMapping[str, Any]
@@ -83,6 +104,113 @@ class _TooLarge(Exception):
     pass
 
 
+# ----------------------------------------------------------------------------- errors
+INTERNAL_ERROR = "internal error; see the server log"
+#: characters of an error line (a decoder's message can quote the body)
+MAX_ERROR_CHARS = 500
+#: problems of a FastAPI validation error listed in its line
+MAX_VALIDATION_PROBLEMS = 5
+
+
+def one_line(text: str) -> str:
+    """``text`` on one line, at most :data:`MAX_ERROR_CHARS` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
+
+
+@functools.cache
+def _kserve_statuses() -> tuple[tuple[type, int], ...]:
+    """KServe's exceptions that are answers (KServe is only in the serving environment)."""
+    try:
+        from kserve.errors import InvalidInput, ModelNotFound
+    except ImportError:
+        return ()
+    return ((InvalidInput, 400), (ModelNotFound, 404))
+
+
+@functools.cache
+def _validation_error() -> tuple[type, ...]:
+    """FastAPI's request validation error (a body its models refuse: KServe's V2 JSON)."""
+    try:
+        from fastapi.exceptions import RequestValidationError
+    except ImportError:
+        return ()
+    return (RequestValidationError,)
+
+
+@functools.cache
+def _kserve_decoders() -> frozenset[CodeType]:
+    """The code of KServe's request decoders. They raise ``ValueError``, ``KeyError``,
+    ``TypeError`` or ``struct.error`` on a body they cannot read (a binary header
+    length that is not a number, a tensor shorter than its shape...), not
+    ``InvalidInput``: an exception raised inside them is the body's fault."""
+    try:
+        from kserve.protocol.dataplane import DataPlane
+        from kserve.protocol.infer_type import InferInput, InferRequest
+    except ImportError:
+        return frozenset()
+    functions = (
+        DataPlane.decode,
+        DataPlane.decode_inference_request,
+        DataPlane.decode_cloudevent,
+        DataPlane.get_binary_cloudevent,
+        InferRequest.from_bytes,
+        InferRequest.from_inference_request,
+        InferInput.as_numpy,
+    )
+    return frozenset(getattr(f, "__func__", f).__code__ for f in functions)
+
+
+def _raised_while_decoding(exc: BaseException) -> bool:
+    decoders = _kserve_decoders()
+    return any(frame.f_code in decoders for frame, _ in traceback.walk_tb(exc.__traceback__))
+
+
+def _validation_line(exc: Any) -> str:
+    """FastAPI's RequestValidationError as one line: where and what, never the input.
+
+    KServe's V2 route takes ``InferenceRequest | bytes``: a JSON body that fails the
+    model also "fails" the raw-bytes alternative, which says nothing; that is left out."""
+    errors = list(exc.errors())
+    modelled = [e for e in errors if tuple(e.get("loc", ()))[:2] != ("body", "bytes")]
+    errors = modelled or errors
+    parts = []
+    for error in errors[:MAX_VALIDATION_PROBLEMS]:
+        where = ".".join(str(p) for p in error.get("loc", ())) or "body"
+        what = error.get("msg", "invalid")
+        reason = (error.get("ctx") or {}).get("error")
+        parts.append(f"{where}: {what}" + (f" ({reason})" if reason else ""))
+    if len(errors) > MAX_VALIDATION_PROBLEMS:
+        parts.append(f"... and {len(errors) - MAX_VALIDATION_PROBLEMS} more")
+    return "invalid request body: " + "; ".join(parts)
+
+
+def error_status(exc: BaseException) -> tuple[int, str]:
+    """(HTTP status, one-line message) for an error raised while serving a request.
+
+    Bad input is 400, an unknown model 404, a refused token 401/403 (each a
+    :class:`GovMLError` or KServe error saying so); anything else is a failure, 500,
+    whose message names no internals (the traceback goes to the server log)."""
+    status = getattr(exc, "status", None)
+    if isinstance(exc, GovMLError) and isinstance(status, int) and 400 <= status < 500:
+        return status, str(exc)  # written as one line, every problem listed
+    for kind, code in _kserve_statuses():
+        if isinstance(exc, kind):
+            return code, str(exc)  # as KServe's own routes answer it
+    if isinstance(exc, _validation_error()):
+        return 400, one_line(_validation_line(exc))
+    if _raised_while_decoding(exc):
+        return 400, one_line(f"cannot decode the request body: {type(exc).__name__}: {exc}")
+    log.error("request failed", exc_info=exc)
+    return 500, INTERNAL_ERROR
+
+
+def error_answer(exc: BaseException) -> tuple[int, bytes]:
+    """(status, JSON body ``{"error": line}``) for an error: see :func:`error_status`."""
+    status, line = error_status(exc)
+    return status, json.dumps({"error": line}).encode()
+
+
 async def _json_response(send: Send, status: int, body: dict, headers: dict[str, str]) -> None:
     raw = json.dumps(body).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
@@ -95,8 +223,69 @@ JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"}
 # (body, client name, Inference-Header-Content-Length) -> (status, JSON) or None (decline),
 # or an awaitable of that
 FastHandler = Callable[[bytes, "str | None", "str | None"], Any]
-BINARY_TYPE = b"application/octet-stream"
 _JSON_HEAD = [(b"content-type", b"application/json")]
+V2_MODELS = "/v2/models/"
+VERSIONS = "/versions/"
+#: what may follow ``/v2/models/NAME/versions/V``: model metadata, readiness, inference
+VERSIONED_SUFFIXES = ("", "/ready", "/infer")
+
+
+def with_versioned_routes(
+    fast_routes: Mapping[str, Any], versions: Mapping[str, str]
+) -> dict[str, Any]:
+    """The fast routes, each model's V2 ``/infer`` also under its served version."""
+    routes = dict(fast_routes)
+    for name, version in versions.items():
+        route = routes.get(f"{V2_MODELS}{name}/infer")
+        if version and route is not None:
+            routes[f"{V2_MODELS}{name}{VERSIONS}{version}/infer"] = route
+    return routes
+
+
+MAX_VERSION_CHARS = 64
+
+
+def _version_text(version: str) -> str:
+    return version if len(version) <= MAX_VERSION_CHARS else version[:MAX_VERSION_CHARS] + "..."
+
+
+def _refusal(name: str, asked: str, served: str) -> str | None:
+    """Why version ``asked`` of model ``name`` is not served; None when it is (or when
+    the model is not one of this server's: KServe then says it does not exist)."""
+    if served == asked:
+        return None
+    asked = _version_text(asked)
+    if not served:
+        return one_line(f"model {name} has no version {asked}: it is served without a version")
+    return one_line(
+        f"model {name} has no version {asked} here: this server serves version {served}"
+    )
+
+
+def route_version(
+    path: str, query: bytes, versions: Mapping[str, str]
+) -> tuple[str, bytes, str | None]:
+    """(path, query string, refusal) of a V2 model request naming a version.
+
+    KServe answers 501 to any version, in the path (``/v2/models/NAME/versions/V``,
+    ``.../ready``, ``.../infer``) or in the query (``?model_version=V``). For the
+    served version (or a model this server does not know) the request becomes the
+    unversioned one; another version of a served model is refused (the reason)."""
+    name = path[len(V2_MODELS) :].split("/", 1)[0]
+    refusal = None
+    head, sep, tail = path[len(V2_MODELS) :].partition(VERSIONS)
+    version, slash, rest = tail.partition("/")
+    if sep and head and "/" not in head and version and slash + rest in VERSIONED_SUFFIXES:
+        path = f"{V2_MODELS}{head}{slash}{rest}"
+        if head in versions:
+            refusal = _refusal(head, version, versions[head])
+    if b"model_version" in query:
+        pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+        asked = [v for k, v in pairs if k == "model_version" and v]
+        query = urllib.parse.urlencode([(k, v) for k, v in pairs if k != "model_version"]).encode()
+        if asked and name in versions and refusal is None:
+            refusal = _refusal(name, asked[-1], versions[name])
+    return path, query, refusal
 
 
 class _Metrics:
@@ -138,18 +327,24 @@ class GuardMiddleware:
         tokens: TokenStore | None = None,
         fast_routes: dict[str, tuple[FastHandler, Callable[[], bool]]] | None = None,
         fast_only: bool = False,
+        versions: Mapping[str, str] | None = None,
     ) -> None:
         """``fast_routes``: path → (handler, is-ready) answered without KServe's app.
 
         ``fast_only``: this guard sits in front of the framework's whole middleware
         stack (see :func:`install`) and takes only the requests its fast routes answer;
         it hands every other request, untouched and uncounted, to ``app`` (whose stack
-        holds the full guard)."""
+        holds the full guard).
+
+        ``versions``: model name → the version served (``--model_version``; empty:
+        none). The versioned V2 paths of that version are the unversioned ones (the
+        versioned ``/infer`` a fast route too), another version's are a 404."""
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.tokens = tokens
-        self.fast_routes = dict(fast_routes or {})
         self.fast_only = fast_only
+        self.versions = dict(versions or {})
+        self.fast_routes = with_versioned_routes(fast_routes or {}, self.versions)
         self.metrics = _Metrics()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -202,11 +397,8 @@ class GuardMiddleware:
             fast is not None
             and scope["method"] == "POST"
             and not cloudevent
-            and (
-                content_type is None
-                or content_type in JSON_TYPES
-                or (json_length is not None and content_type == BINARY_TYPE)
-            )
+            and not scope.get("query_string")  # ?model_version=: the full guard's
+            and (content_type is None or content_type in JSON_TYPES or json_length is not None)
             and fast[1]()
         )
         if self.fast_only and not take_fast:
@@ -239,6 +431,23 @@ class GuardMiddleware:
             assert fast is not None
             await self._fast(scope, receive, send, fast[0], client, json_length, outcome)
             return
+        query = scope.get("query_string", b"")
+        if (
+            self.versions
+            and path.startswith(V2_MODELS)
+            and (VERSIONS in path or b"model_version" in query)
+        ):
+            plain, query, refused = route_version(path, query, self.versions)
+            if refused is not None:
+                await _json_response(send, 404, {"error": refused}, {})
+                return
+            scope = {**scope, "path": plain, "raw_path": plain.encode(), "query_string": query}
+        set_client(client)  # KServe's routes do not pass it on: the model reads it here
+        await self._framework(scope, receive, send)
+
+    async def _framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """KServe's app, with the body limit; an error it lets escape before answering
+        gets its answer from :func:`error_answer`."""
         seen = 0
         started_response = False
 
@@ -262,6 +471,10 @@ class GuardMiddleware:
         except _TooLarge:
             if not started_response:
                 await self._too_large(send)
+        except Exception as exc:
+            if started_response:
+                raise
+            await self._answer(send, *error_answer(exc))
 
     async def _fast(
         self,
@@ -292,14 +505,23 @@ class GuardMiddleware:
             answer = handler(body, client, json_length)
             if inspect.isawaitable(answer):  # the feature transformer's handler is async
                 answer = await answer
-        except Exception:  # noqa: BLE001 (a bug, never bad input: that is a 400)
-            log.exception("fast route failed")
-            answer = 500, b'{"error":"internal error; see the server log"}'
+        except Exception as exc:  # noqa: BLE001 (bad input 400, a bug 500: error_answer)
+            answer = error_answer(exc)
         if answer is None:  # declined: KServe's route answers, with the body read here
-            outcome["forwarded"] = self.fast_only  # the guard behind counts it
-            await self.app(scope, _replay(body, receive), send)
+            if self.fast_only:  # the guard behind checks and counts it
+                outcome["forwarded"] = True
+                await self.app(scope, _replay(body, receive), send)
+            else:
+                set_client(client)
+                await self._framework(scope, _replay(body, receive), send)
             return
         status, raw = answer
+        head = [*_JSON_HEAD, (b"content-length", str(len(raw)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        await send({"type": "http.response.body", "body": raw})
+
+    @staticmethod
+    async def _answer(send: Send, status: int, raw: bytes) -> None:
         head = [*_JSON_HEAD, (b"content-length", str(len(raw)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": raw})
@@ -311,6 +533,14 @@ class GuardMiddleware:
             {"error": f"request body larger than {self.max_body_bytes} bytes"},
             {"Connection": "close"},
         )
+
+
+async def _refused_body(request: Any, exc: Exception) -> Any:
+    """FastAPI's handler for a body its models refuse: :func:`error_answer`'s 400."""
+    from starlette.responses import Response
+
+    status, raw = error_answer(exc)
+    return Response(raw, status_code=status, media_type="application/json")
 
 
 ACCESS_LOG_ENV = "GOVML_ACCESS_LOG_FAST_ROUTES"
@@ -337,6 +567,7 @@ def install(
     max_body_bytes: int,
     tokens: TokenStore | None = None,
     fast_routes: dict[str, tuple[FastHandler, Callable[[], bool]]] | None = None,
+    versions: Mapping[str, str] | None = None,
 ) -> None:
     """Guard a FastAPI/Starlette ``app`` (KServe's) before it starts.
 
@@ -352,12 +583,21 @@ def install(
     prediction log with its request id; a line each costs more than the features of
     a transaction): :class:`QuietFastRoutes`, unless ``GOVML_ACCESS_LOG_FAST_ROUTES=1``.
     Their 4xx and 5xx answers stay in the access log.
+
+    ``versions`` (model name → served version): see :class:`GuardMiddleware`. A body
+    FastAPI's request models refuse is a 400 with one line (:func:`error_answer`), not
+    FastAPI's 422 with the offending input echoed.
     """
-    app.add_middleware(GuardMiddleware, max_body_bytes=max_body_bytes, tokens=tokens)
+    for refused in _validation_error():
+        app.add_exception_handler(refused, _refused_body)
+    app.add_middleware(
+        GuardMiddleware, max_body_bytes=max_body_bytes, tokens=tokens, versions=versions
+    )
     if not fast_routes:
         return
+    routes = with_versioned_routes(fast_routes, versions or {})
     if os.environ.get(ACCESS_LOG_ENV, "0") != "1":
-        logging.getLogger("uvicorn.access").addFilter(QuietFastRoutes(fast_routes))
+        logging.getLogger("uvicorn.access").addFilter(QuietFastRoutes(routes))
     build = app.build_middleware_stack
 
     def build_with_fast_lane() -> App:
@@ -367,6 +607,7 @@ def install(
             tokens=tokens,
             fast_routes=fast_routes,
             fast_only=True,
+            versions=versions,
         )
 
     app.build_middleware_stack = build_with_fast_lane

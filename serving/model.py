@@ -3,22 +3,24 @@
 The model comes from a local folder or any MLflow artifact URI (``models:/fraud@champion``,
 ``runs:/...``, ``s3://...``). When an expected SHA-256 is given, the model file is
 checked before loading; on mismatch the model never becomes ready and the log says why.
-Bad input maps to 400 through KServe's ``InvalidInput``; unknown models are KServe's 404.
+Bad input raises KServe's ``InvalidInput`` (or :class:`serving.schema.InputError`);
+the guard's one error mapping (:func:`serving.http.error_answer`) and KServe's handler
+answer it 400; unknown models are KServe's 404.
 
 With the model's spec (``spec_path``), input is validated strictly against the spec's
 feature schema (:mod:`serving.schema`: names, types, ranges, categories, missing-value
 policy; every problem named) and turned into the model's input matrix without pandas;
 the booster must match the spec (features, category lists) or it is refused. Each
 scored row then carries its decision at the spec's threshold, goes to the prediction
-log (asynchronous, personal data pseudonymised) and to the score metrics.
+log (asynchronous, personal data pseudonymised) and to the score metrics. Explained rows
+(``:explain``) go to the prediction log too, with their reason codes. Each row names the
+authenticated client, whichever route answered (:mod:`serving.request_context`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
-import struct
 import time
 import uuid
 from collections.abc import Mapping
@@ -39,11 +41,12 @@ from prometheus_client import Counter
 
 from pipelines import artifacts
 from pipelines.artifacts import MODEL_FILES
-from serving import compiled
+from serving import compiled, v2_binary
 from serving.fastscore import RowScorer
 from serving.metrics import ScoreHistogram, track_compiled_scorer
-from serving.request_context import current_request_id
-from serving.schema import codes_of_bytes
+from serving.prediction_log import EXPLAIN
+from serving.request_context import current_client, current_request_id
+from serving.schema import KnownCodes
 
 log = logging.getLogger(__name__)
 
@@ -354,7 +357,7 @@ class LightGBMModel(Model):
         response_headers: dict[str, str] | None = None,
     ) -> dict | InferResponse:
         if self.schema_ is not None:
-            return self._predict_strict(payload)
+            return self._predict_strict(payload, current_client())
         if isinstance(payload, InferRequest):
             try:
                 frame = payload.as_dataframe()
@@ -380,7 +383,7 @@ class LightGBMModel(Model):
         self, payload: dict | InferRequest, client: str | None = None
     ) -> dict | InferResponse:
         if not isinstance(payload, InferRequest):
-            return self.predict_v1(payload)
+            return self.predict_v1(payload, client)
         started = time.perf_counter()
         columns: dict[str, Any] = {}
         for item in payload.inputs:
@@ -436,6 +439,9 @@ class LightGBMModel(Model):
         values = []
         for name in names:
             column = columns[name]
+            if isinstance(column, KnownCodes):  # known labels, already coded
+                labels = self.schema_.feature(name).categories
+                column = [labels[int(code)] for code in column.codes]
             column = column.reshape(-1).tolist() if isinstance(column, np.ndarray) else column
             values.append(
                 [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in column]
@@ -447,34 +453,35 @@ class LightGBMModel(Model):
     def handle_v2_infer(
         self, body: bytes, json_length: str | None, client: str | None = None
     ) -> tuple[int, bytes] | None:
-        """The V2 ``/infer`` route without the web framework: (status, JSON body), or
-        None for a request it leaves to KServe's route (an envelope that is not plain:
-        extra fields, parameters, requested outputs, anything that does not decode).
+        """The V2 ``/infer`` route without the web framework: (200, JSON body), or None
+        for a request it leaves to KServe's route (a JSON envelope that is not plain:
+        extra fields, parameters, requested outputs, anything that does not decode; a
+        well-formed binary request asking for more than scores).
 
-        The request is decoded with KServe's own :class:`InferRequest` (JSON or the
-        binary tensor extension), scored by :meth:`_predict_strict` and answered in the
-        shape KServe's route gives.
+        A binary request (``json_length``: the ``Inference-Header-Content-Length``) is
+        decoded strictly by :mod:`serving.v2_binary`: a malformed one raises
+        :class:`serving.schema.InputError`, bad input raises ``InvalidInput``; the guard
+        (:func:`serving.http.error_answer`) answers both 400. A JSON request is decoded
+        with KServe's own :class:`InferRequest`. Scored by :meth:`_infer_columns` and
+        answered in the shape KServe's route gives.
         """
         started = time.perf_counter()
-        try:
-            if json_length is not None:
-                decoded = _binary_columns(body, json_length, self._label_records)
-                if decoded is None:
-                    return None
-                request_id, columns = decoded
-            else:
+        if json_length is not None:
+            decoded = v2_binary.decode(body, json_length, self._label_records)
+            if decoded is None:
+                return None
+            request_id, columns = decoded
+        else:
+            try:
                 request = _plain_infer_request(orjson.loads(body), self.name)
                 if request is None:
                     return None
                 request_id, columns = request.id, {}
                 for item in request.inputs:
                     columns[item.name] = item.as_numpy()
-        except Exception:  # noqa: BLE001 (KServe's route gives its own answer)
-            return None
-        try:
-            scores, decisions = self._infer_columns(columns, client, started)
-        except InvalidInput as exc:
-            return 400, orjson.dumps({"error": str(exc)})
+            except Exception:  # noqa: BLE001 (KServe's route gives its own answer)
+                return None
+        scores, decisions = self._infer_columns(columns, client, started)
         n = len(decisions)
         return 200, orjson.dumps(
             {
@@ -517,18 +524,15 @@ class LightGBMModel(Model):
         """The V1 ``:predict`` route without the web framework: (status, JSON body).
 
         Same answers as KServe's route (:mod:`serving.http` sends JSON requests for a
-        ready strict model here): 200 with the scores, 400 ``{"error": ...}`` naming
-        what is wrong with the body.
+        ready strict model here): 200 with the scores; a body that is not JSON or not
+        valid input raises ``InvalidInput``, which the guard answers 400
+        ``{"error": ...}`` naming what is wrong.
         """
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
-            return 400, orjson.dumps({"error": f"Unrecognized request format: {exc}"})
-        try:
-            result = self.predict_v1(payload, client)
-        except InvalidInput as exc:
-            return 400, orjson.dumps({"error": str(exc)})
-        return 200, orjson.dumps(result)
+            raise InvalidInput(f"Unrecognized request format: {exc}") from None
+        return 200, orjson.dumps(self.predict_v1(payload, client))
 
     async def explain(self, payload: dict, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """Per row: score, decision, TreeSHAP contributions (log-odds) and, for a declined
@@ -536,12 +540,14 @@ class LightGBMModel(Model):
         the pipeline's explain stage computes them (:mod:`pipelines.reasons`)."""
         from pipelines.reasons import reason_codes
 
+        started = time.perf_counter()
         if self.schema_ is None:
             raise InvalidInput("explanations need the model's spec (start with --spec)")
         assert self.booster_ is not None
         if not isinstance(payload, dict) or "instances" not in payload:
             raise InvalidInput("the body must be a JSON object with 'instances'")
-        matrix = self._strict(instances=payload["instances"])
+        instances = payload["instances"]
+        matrix = self._strict(instances=instances)
         scores = self.score_matrix(matrix)
         contribs = np.asarray(self.booster_.predict(matrix, pred_contrib=True), dtype="float64")
         names = self.schema_.names
@@ -559,111 +565,43 @@ class LightGBMModel(Model):
                     "reasons": [r._asdict() for r in row_reasons] if adverse else [],
                 }
             )
+        rows = [instances] if isinstance(instances, Mapping) else instances
+        self._log_explained(rows, out, started)
         return {"explanations": out, "model_version": self.version, "threshold": threshold}
+
+    def _log_explained(
+        self, rows: list[dict[str, Any]], explanations: list[dict[str, Any]], started: float
+    ) -> None:
+        """One prediction-log row per explained row: its features, score, decision and
+        the reason codes given (``verb: explain``, ``reasons`` in the record's extra
+        fields), with the request id and client like a prediction's; never raises."""
+        plog = self.prediction_log
+        if plog is None:
+            return
+        try:
+            request_id = current_request_id() or uuid.uuid4().hex
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            client = current_client()
+            for i, (row, item) in enumerate(zip(rows, explanations, strict=True)):
+                plog.log(
+                    {
+                        "request_id": f"{request_id}:{i}",
+                        "model_name": self.name,
+                        "model_version": self.version,
+                        "features": row,
+                        "score": item["score"],
+                        "decision": item["decision"],
+                        "latency_ms": latency_ms,
+                        "client": client,
+                        "verb": EXPLAIN,
+                        "reasons": item["reasons"],
+                    }
+                )
+        except Exception:  # noqa: BLE001 (logging must never fail a request)
+            log.exception("logging explanations failed")
 
 
 _INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
-_BINARY_KEYS = frozenset({"name", "shape", "datatype", "parameters"})
-_NUMPY_TYPES = {
-    "BOOL": "?",
-    "UINT8": "<u1",
-    "UINT16": "<u2",
-    "UINT32": "<u4",
-    "UINT64": "<u8",
-    "INT8": "<i1",
-    "INT16": "<i2",
-    "INT32": "<i4",
-    "INT64": "<i8",
-    "FP32": "<f4",
-    "FP64": "<f8",
-}
-_LENGTH = struct.Struct("<I")
-
-
-def _binary_columns(
-    body: bytes, json_length: str, coders: Mapping[str, Any] | None = None
-) -> tuple[str | None, dict[str, Any]] | None:
-    """A plain V2 binary-extension request (every input in the binary part) decoded
-    without copies: numbers as numpy views, BYTES as text, or, for the category features
-    in ``coders`` (:func:`serving.schema.label_records`), straight to the model's codes
-    when every element is a known label. None for anything else."""
-    if not json_length.isdigit() or int(json_length) > len(body):
-        return None
-    head_end = int(json_length)
-    header = orjson.loads(body[:head_end])
-    if type(header) is not dict or not set(header) <= {"id", "inputs"}:
-        return None
-    inputs, request_id = header.get("inputs"), header.get("id")
-    if (
-        type(inputs) is not list
-        or not inputs
-        or not (request_id is None or type(request_id) is str)
-    ):
-        return None
-    view = memoryview(body)
-    pos = head_end
-    columns: dict[str, Any] = {}
-    for item in inputs:
-        if type(item) is not dict or set(item) != _BINARY_KEYS:
-            return None
-        name, shape, datatype, params = (
-            item[k] for k in ("name", "shape", "datatype", "parameters")
-        )
-        if (
-            type(name) is not str
-            or type(shape) is not list
-            or not all(type(d) is int and d >= 0 for d in shape)
-            or type(params) is not dict
-            or set(params) != {"binary_data_size"}
-            or type(params["binary_data_size"]) is not int
-        ):
-            return None
-        size = params["binary_data_size"]
-        chunk = view[pos : pos + size]
-        pos += size
-        count = math.prod(shape)
-        if len(chunk) != size:
-            return None
-        if datatype == "BYTES":
-            if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
-                return None  # KServe's route explains other shapes
-            coder = coders.get(name) if coders else None
-            if coder is not None:
-                coded = codes_of_bytes(bytes(chunk), count, *coder)
-                if coded is not None:
-                    columns[name] = coded
-                    continue
-            values = _bytes_elements(chunk, count)
-            if values is None:
-                return None
-            columns[name] = values
-        elif datatype in _NUMPY_TYPES:
-            dtype = np.dtype(_NUMPY_TYPES[datatype])
-            if size != count * dtype.itemsize:
-                return None
-            columns[name] = np.frombuffer(chunk, dtype=dtype).reshape(shape)
-        else:
-            return None
-    return (request_id, columns) if pos == len(body) else None
-
-
-def _bytes_elements(chunk: memoryview, count: int) -> list[str] | None:
-    """BYTES tensor elements (4-byte little-endian length, then the bytes) as text."""
-    out = []
-    pos, end = 0, len(chunk)
-    raw = chunk.tobytes()
-    unpack = _LENGTH.unpack_from
-    try:
-        for _ in range(count):
-            (n,) = unpack(raw, pos)
-            pos += 4
-            if pos + n > end:
-                return None
-            out.append(raw[pos : pos + n].decode("utf-8"))
-            pos += n
-    except (struct.error, UnicodeDecodeError):
-        return None
-    return out if pos == end else None
 
 
 def _plain_infer_request(payload: Any, model_name: str) -> InferRequest | None:

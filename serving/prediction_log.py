@@ -43,7 +43,13 @@ latency_ms  number
 client      text: the calling system
 ========== ==========================================================
 
-Any other key is kept, pseudonymised the same way, in ``extra`` (JSON). In Parquet,
+Any other key is kept, pseudonymised the same way, in ``extra`` (JSON). The model
+server logs a row for every row it scores, through any route: a prediction's rows have
+no extra keys; an explanation's (``:explain``) have ``verb`` = ``"explain"`` and
+``reasons``, the reason codes given for the row (``feature``, ``label``,
+``contribution``; empty when the decision is not adverse). Readers that measure
+traffic, score distributions or latency (:func:`is_explanation`) count the
+explanation rows apart: a system often explains a decision it has already asked for. In Parquet,
 ``features`` and ``extra`` are JSON text columns (the feature set differs per model and
 may change between versions); in JSONL they are nested objects. :func:`read_records`
 reads either format back into the same dicts.
@@ -121,6 +127,8 @@ SCHEMA = pa.schema(
     ]
 )
 _EXTENSION: dict[str, str] = {"parquet": ".parquet", "jsonl": ".jsonl"}
+#: the ``verb`` of an explanation's rows (a prediction's rows have none)
+EXPLAIN = "explain"
 _ERROR_LOG_INTERVAL_S = 10.0
 # The writer's own Python loop (rotation bookkeeping, about 0.3 µs a line) pauses after
 # this many lines: a real sleep blocks the thread, so an event loop waiting for the GIL
@@ -1013,11 +1021,48 @@ class PredictionLog:
         log.error("prediction log: %s; %d row(s) lost%s", message, rows, more)
 
 
+def is_explanation(record: dict[str, Any]) -> bool:
+    """True for the row of an explanation (``:explain``), not of a prediction; takes a
+    record of :func:`read_records` or a raw JSONL line's object (``extra`` nested)."""
+    extra = record.get("extra")
+    nested = extra.get("verb") if isinstance(extra, dict) else None
+    return EXPLAIN in (record.get("verb"), nested)
+
+
 def complete_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The complete log files in a folder, oldest first (never a ``.tmp``)."""
     folder = Path(directory)
     found = [p for ext in _EXTENSION.values() for p in folder.glob(f"{FILE_PREFIX}*{ext}")]
     return sorted(found, key=lambda p: p.name)
+
+
+def read_directory(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Every record in a log folder so far, as :func:`read_records` gives them: the
+    complete files, then the complete lines of the JSONL files still being written
+    (a live reader's view; a file finished meanwhile is read as a complete one)."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    records = [r for path in complete_files(folder) for r in read_records(path)]
+    for tmp in sorted(folder.glob(f".{FILE_PREFIX}*.jsonl.tmp")):
+        try:
+            data = tmp.read_bytes()
+        except OSError:  # finished and renamed since the listing
+            continue
+        for line in data.split(b"\n")[:-1]:  # the last piece may be half a line
+            try:
+                records.append(_record_of_line(json.loads(line)))
+            except ValueError:
+                continue
+    return records
+
+
+def _record_of_line(row: dict[str, Any]) -> dict[str, Any]:
+    row["timestamp"] = datetime.fromisoformat(row["timestamp"])
+    extra = row.pop("extra", None)
+    if extra:
+        row.update(extra)
+    return row
 
 
 def read_records(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -1036,9 +1081,4 @@ def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
         return
     with open(path, encoding="utf-8") as handle:
         for line in handle:
-            row = json.loads(line)
-            row["timestamp"] = datetime.fromisoformat(row["timestamp"])
-            extra = row.pop("extra", None)
-            if extra:
-                row.update(extra)
-            yield row
+            yield _record_of_line(json.loads(line))

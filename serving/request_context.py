@@ -1,11 +1,18 @@
-"""The request id of the request being served, for the prediction log.
+"""The request being served, for the prediction log: its id and its authenticated client.
 
-The model server's guard (:mod:`serving.http`) sets it from the request's
+The model server's guard (:mod:`serving.http`) sets the id from the request's
 ``X-Request-Id`` header (the gateway sends one on A/B routes); the model writes it into
 its prediction log as ``<request id>:<row>``, so the gateway's A/B assignment log, the
 prediction log and the label feed join on one id. A missing or unusual header (anything
 but 1-128 letters, digits, ``.``, ``_``, ``-``) leaves it unset, and the model makes up a
-UUID as before. A context variable: each request (an asyncio task) sees its own value.
+UUID as before.
+
+The client is the name of the bearer token the guard accepted. The guard's fast routes
+hand it to their handler directly; a request that KServe's own routes answer (another
+content type, a V2 envelope with ``parameters``, ``:explain``) reaches the model through
+KServe, which passes no such thing, so the guard sets it here and the model reads it
+when it logs the rows. Context variables: each request (an asyncio task) sees its own
+values.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import re
 from contextvars import ContextVar
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("govml_request_id", default=None)
+CLIENT: ContextVar[str | None] = ContextVar("govml_client", default=None)
 _VALID = re.compile(rb"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -24,3 +32,12 @@ def set_request_id(header: bytes | None) -> None:
 
 def current_request_id() -> str | None:
     return REQUEST_ID.get()
+
+
+def set_client(name: str | None) -> None:
+    """Set (or clear) the authenticated client of the current request."""
+    CLIENT.set(name)
+
+
+def current_client() -> str | None:
+    return CLIENT.get()

@@ -19,18 +19,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from serving.auth import generate_token, write_records
 from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 pytestmark = pytest.mark.slow
+# the server answers bearer-token holders only: one client with scope predict
+TOKEN, _RECORD = generate_token("core-banking", ["predict"])
 
 
 def _post(url: str, body: object) -> tuple[int, dict]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url, data=data, method="POST", headers={"Content-Type": "application/json"}
-    )
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+    req = urllib.request.Request(url, data=data, method="POST", headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, json.loads(resp.read())
@@ -59,6 +61,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
     )
     folder = tmp_path_factory.mktemp("model")
     booster.save_model(str(folder / "model.txt"))
+    write_records(folder.parent / f"{folder.name}-tokens.json", [_RECORD])
     rows = frame.head(25).reset_index(drop=True)
     expected = booster.predict(rows)
     return folder, rows, expected
@@ -80,6 +83,8 @@ def _start(
             str(port),
             "--enable_grpc",
             "false",
+            "--tokens",
+            str(folder.parent / f"{folder.name}-tokens.json"),
             *extra,
         ],
         cwd=ROOT,

@@ -8,13 +8,9 @@ model input matrix without pandas.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import random
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,125 +21,36 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.data.german_credit import load_german_credit
-from pipelines.features import build_features, read_split
-from pipelines.training import load_model, score, train
-from serving.auth import generate_token, write_records
+from pipelines.training import score
 from serving.prediction_log import complete_files, read_records
-from tests.support import free_port
-from tests.unit.test_features import spec_of, with_training, write_ingest
+from tests.support import (
+    GERMAN_CREDIT,
+    free_port,
+    http_call,
+    serve_german_credit,
+    start_model_server,
+    stop_model_server,
+    train_german_credit,
+    v2_binary,
+    v2_inputs,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
-SPEC = ROOT / "specs" / "german_credit.yaml"
-MODEL = "german_credit"
+MODEL = GERMAN_CREDIT
 pytestmark = pytest.mark.slow
-
-
-def _call(
-    url: str, body: object | None = None, token: str | None = None, raw: bytes | None = None
-) -> tuple[int, Any, dict[str, str]]:
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    req.add_header("Content-Type", "application/json")
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=15) as resp:
-            text = resp.read()
-            try:
-                return resp.status, json.loads(text), dict(resp.headers)
-            except ValueError:
-                return resp.status, text.decode(), dict(resp.headers)
-    except urllib.error.HTTPError as err:
-        text = err.read()
-        try:
-            return err.code, json.loads(text), dict(err.headers)
-        except ValueError:
-            return err.code, text.decode(errors="replace"), dict(err.headers)
-
-
-def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    values = frame.astype(object).where(frame.notna(), None)
-    return json.loads(json.dumps(values.to_dict("records"), default=lambda o: o.item()))
-
-
-def _start(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
-    # output to a file: a pipe nobody reads fills up and blocks the server's logging
-    with log.open("w") as out:
-        return subprocess.Popen(
-            [str(SERVING_PY), "-m", "serving", "--enable_grpc", "false", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+_call = http_call
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("strict")
-    spec = with_training(spec_of(MODEL), num_boost_round=60, early_stopping_rounds=60)
-    build_features(
-        spec, write_ingest(spec, load_german_credit(), root / "ingest"), root / "features"
-    )
-    train(spec, root / "features", root / "train")
-    booster = load_model(root / "train" / "model.txt")
-    test = read_split(spec, root / "features", "test")
-    predict_token, predict_record = generate_token("core-banking", ["predict"])
-    explain_token, explain_record = generate_token("dashboards", ["explain"])
-    tokens = root / "tokens.json"
-    write_records(tokens, [predict_record, explain_record])
-    port = free_port()
-    env = dict(os.environ) | {"GOVML_PREDICTION_LOG_KEY": "k" * 32}
-    digest = hashlib.sha256((root / "train" / "model.txt").read_bytes()).hexdigest()
-    proc = _start(
-        env,
-        root / "server.log",
-        "--model_name", MODEL,
-        "--model_uri", str(root / "train"),
-        "--expected_sha256", digest,
-        "--spec", str(SPEC),
-        "--model_version", "7",
-        "--prediction_log", str(root / "predictions"),
-        "--prediction_log_format", "jsonl",
-        "--tokens", str(tokens),
-        "--max_body_bytes", "200000",
-        "--http_port", str(port),
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (root / "server.log").read_text()
-        try:
-            if _call(f"{base}/v2/models/{MODEL}/ready")[0] == 200:
-                break
-        except OSError:
-            pass
-        time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("model server not ready in 90 s")
-    ns = SimpleNamespace(
-        base=base,
-        proc=proc,
-        token=predict_token,
-        explain_token=explain_token,
-        spec=spec,
-        booster=booster,
-        test=test,
-        rows=_records(test[list(booster.feature_name())]),
-        log_dir=root / "predictions",
-        root=root,
-        env=env,
-    )
+    trained = train_german_credit(root)
+    served = serve_german_credit(root, trained, version="7")
+    ns = SimpleNamespace(**vars(served), **vars(trained), root=root)
     try:
         yield ns
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(timeout=60)
+        stop_model_server(served.proc)
 
 
 def _predict(server: SimpleNamespace, body: object, token: str | None = "default") -> tuple:
@@ -502,33 +409,7 @@ def _v2_call(
 
 
 def _v2_inputs(server: SimpleNamespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    inputs = []
-    for name in server.booster.feature_name():
-        values = [r[name] for r in rows]
-        kind = "BYTES" if any(isinstance(v, str) for v in values) else "FP64"
-        inputs.append({"name": name, "shape": [len(rows)], "datatype": kind, "data": values})
-    return inputs
-
-
-def _binary(inputs: list[dict[str, Any]], request_id: str | None = None) -> tuple[bytes, int]:
-    """The V2 binary tensor extension: a JSON header, then each tensor's raw bytes."""
-    import struct
-
-    header: dict[str, Any] = {"inputs": []}
-    if request_id:
-        header["id"] = request_id
-    raw = b""
-    for item in inputs:
-        if item["datatype"] == "BYTES":
-            data = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in item["data"])
-        else:
-            data = struct.pack(f"<{len(item['data'])}d", *item["data"])
-        meta = {k: item[k] for k in ("name", "shape", "datatype")}
-        meta["parameters"] = {"binary_data_size": len(data)}
-        header["inputs"].append(meta)
-        raw += data
-    head = json.dumps(header).encode()
-    return head + raw, len(head)
+    return v2_inputs(rows, list(server.booster.feature_name()))
 
 
 def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamespace) -> None:
@@ -560,17 +441,22 @@ def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamesp
     scores = next(o for o in ok[1]["outputs"] if o["name"] == "score")["data"]
     expected = server.booster.predict(pd.DataFrame(rows).pipe(_typed, server))
     assert scores == expected.tolist()
-    raw, head = _binary(inputs, "req-2")
-    fast = _v2_call(server, raw, "application/octet-stream", head)
-    framework = _v2_call(server, raw, "application/x-not-fast", head)
-    assert fast == framework and fast[0] == 200
-    assert next(o for o in fast[1]["outputs"] if o["name"] == "score")["data"] == scores
-    # an unknown label in a binary BYTES tensor: the same 400 both ways
-    raw, head = _binary(wrong_category, "req-3")
-    fast = _v2_call(server, raw, "application/octet-stream", head)
-    framework = _v2_call(server, raw, "application/x-not-fast", head)
-    assert fast == framework and fast[0] == 400
-    assert "no-such-category" in fast[1]["error"]
+    # the binary tensor extension (any content type: the header declares it) answers
+    # as the same request in JSON does
+    raw, head = v2_binary(inputs, "req-2")
+    body = json.dumps({"id": "req-2", "inputs": inputs}).encode()
+    as_json = _v2_call(server, body, "application/json")
+    for content_type in ("application/octet-stream", "application/x-not-fast"):
+        assert _v2_call(server, raw, content_type, head) == as_json
+    assert as_json[0] == 200
+    assert next(o for o in as_json[1]["outputs"] if o["name"] == "score")["data"] == scores
+    # an unknown label in a binary BYTES tensor: the same 400 as in JSON
+    raw, head = v2_binary(wrong_category, "req-3")
+    binary = _v2_call(server, raw, "application/octet-stream", head)
+    body = json.dumps({"inputs": wrong_category}).encode()
+    assert binary == _v2_call(server, body, "application/json")
+    assert binary[0] == 400
+    assert "no-such-category" in binary[1]["error"]
 
 
 def _typed(frame: pd.DataFrame, server: SimpleNamespace) -> pd.DataFrame:
@@ -610,12 +496,13 @@ def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
 
 def test_a_model_that_does_not_match_its_spec_is_refused(server: SimpleNamespace) -> None:
     log = server.root / "refused.log"
-    proc = _start(
+    proc = start_model_server(
         server.env,
         log,
         "--model_name", MODEL,
         "--model_uri", str(server.root / "train"),
         "--spec", str(ROOT / "specs" / "credit.yaml"),
+        "--tokens", str(server.root / "tokens.json"),
         "--http_port", str(free_port()),
     )  # fmt: skip
     proc.wait(timeout=120)

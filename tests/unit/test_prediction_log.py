@@ -611,3 +611,42 @@ def test_a_burst_of_large_batches_waits_for_the_writer_without_crowding_out_sing
     assert pl.close(timeout=30)
     kept = plog.DEFERRED_QUEUE_FACTOR * n
     assert (pl.written, pl.dropped, pl.errors) == (4 + kept, n, 0)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_explanation_row_keeps_its_reason_codes(tmp_path: Path, fmt: str) -> None:
+    """The model server logs each explained row with ``verb`` and ``reasons``; readers
+    tell those rows from predictions (raw JSONL lines too, ``extra`` nested)."""
+    import json
+
+    from serving.prediction_log import EXPLAIN, is_explanation
+
+    reasons = [{"feature": "amount", "label": "High amount", "contribution": 0.8}]
+    log = PredictionLog(tmp_path, fmt, personal_fields=["customer_id"], hmac_key=KEY)
+    log.log(record(1, verb=EXPLAIN, reasons=reasons, decision="decline"))
+    log.log(record(2))
+    assert log.close(timeout=10)
+    explained, predicted = [r for f in complete_files(tmp_path) for r in read_records(f)]
+    assert explained["verb"] == "explain" and explained["reasons"] == reasons
+    assert is_explanation(explained) and not is_explanation(predicted)
+    assert explained["features"]["customer_id"] == pseudonym(str(CUSTOMER + 1))
+    if fmt == "jsonl":
+        lines = complete_files(tmp_path)[0].read_text().splitlines()
+        assert [is_explanation(json.loads(line)) for line in lines] == [True, False]
+
+
+def test_read_directory_sees_complete_files_and_the_lines_being_written(tmp_path: Path) -> None:
+    from serving.prediction_log import read_directory
+
+    log = PredictionLog(tmp_path, "jsonl", poll_seconds=0.05)
+    log.log(record(1))
+    assert log.flush(timeout=10)  # one complete file
+    log.log(record(2, verb="explain", reasons=[]))
+    wait_for(lambda: len(read_directory(tmp_path)) == 2)  # the second still in a .tmp
+    assert not [p for p in complete_files(tmp_path) if "req-2" in p.read_text()]
+    live = read_directory(tmp_path)
+    assert [r["request_id"] for r in live] == ["req-1", "req-2"]
+    assert live[1]["verb"] == "explain" and live[1]["timestamp"].tzinfo is not None
+    assert log.close(timeout=10)
+    assert read_directory(tmp_path) == live
+    assert read_directory(tmp_path / "absent") == []

@@ -10,10 +10,21 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 from starlette.testclient import TestClient
 
 from serving.auth import TokenStore, generate_token, write_records
-from serving.http import REQUESTS, GuardMiddleware, QuietFastRoutes, install
+from serving.http import (
+    INTERNAL_ERROR,
+    REQUESTS,
+    GuardMiddleware,
+    QuietFastRoutes,
+    error_status,
+    install,
+    one_line,
+    route_version,
+)
+from serving.request_context import current_client
 
 PATH = "/v1/models/fraud:predict"
 
@@ -62,6 +73,7 @@ def call(
     path: str = PATH,
     method: str = "POST",
     chunk: int | None = None,
+    query: bytes = b"",
 ) -> tuple[int, dict]:
     chunks = [body] if chunk is None else [body[i : i + chunk] for i in range(0, len(body), chunk)]
     chunks = chunks or [b""]
@@ -79,6 +91,8 @@ def call(
 
     head = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     scope = {"type": "http", "path": path, "method": method, "headers": head}
+    if query:
+        scope["query_string"] = query
     run(guard(scope, receive, send))
     status = sent[0]["status"]
     payload = b"".join(m.get("body", b"") for m in sent[1:])
@@ -347,3 +361,199 @@ def test_use_event_loop_makes_kserve_s_flag_real() -> None:
     assert use_event_loop("asyncio") == "asyncio"
     with pytest.raises(ValueError, match="expected auto, asyncio or uvloop"):
         use_event_loop("trio")
+
+
+# ----------------------------------------------------------------------------- issue 21
+
+
+def test_the_binary_extension_is_fast_whatever_its_content_type() -> None:
+    """The header declares the extension: one strict decoder reads every binary body."""
+    guard, app, seen = v2_guard(Model())
+    for content_type in ("text/plain", "application/x-anything", "application/json"):
+        headers = {"Content-Type": content_type, "Inference-Header-Content-Length": "2"}
+        assert call(guard, b"{}\x00", headers, path=V2)[1] == {"from": "fast"}
+    assert len(seen) == 3 and app.calls == []
+    # a CloudEvent stays with KServe, which answers it as one
+    cloudevent = {"Inference-Header-Content-Length": "2", "ce-specversion": "1.0"}
+    assert call(guard, b"{}\x00", cloudevent, path=V2)[1]["from"] == "framework"
+
+
+def test_a_request_with_a_query_string_goes_to_the_framework() -> None:
+    model = Model()
+    guard, app = guard_with(model)
+    assert call(guard, b"{}", JSON, query=b"model_version=2")[1]["from"] == "framework"
+    assert model.seen == [] and app.calls == [PATH]
+
+
+class Raising(Model):
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def handle(self, body: bytes, client: str | None, json_length: str | None = None) -> Any:
+        raise self.error
+
+
+def test_an_error_raised_by_a_fast_route_gets_the_one_mapping(caplog) -> None:  # noqa: ANN001
+    from pipelines.errors import ConfigError
+    from serving.schema import InputError
+
+    bad = InputError(["row 0: amount: missing field", "row 1: kind: unknown category"])
+    guard, _ = guard_with(Raising(bad))
+    assert call(guard, b"{}", JSON) == (400, {"error": str(bad)})
+    guard, _ = guard_with(Raising(ConfigError("a setting, not the request")))
+    with caplog.at_level(logging.ERROR, logger="serving.http"):
+        assert call(guard, b"{}", JSON) == (500, {"error": INTERNAL_ERROR})
+    assert "request failed" in caplog.text and "a setting, not the request" in caplog.text
+
+
+class FailingApp(App):
+    """A framework that raises (KServe's routes let some errors escape)."""
+
+    def __init__(self, error: Exception, after_start: bool = False) -> None:
+        super().__init__()
+        self.error = error
+        self.after_start = after_start
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await receive()
+        if self.after_start:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise self.error
+
+
+def test_an_error_the_framework_lets_escape_gets_the_one_mapping() -> None:
+    from serving.schema import InputError
+
+    for error, answer in (
+        (InputError(["input amount: missing"]), (400, {"error": "1 problem(s) in the request: "
+                                                                "input amount: missing"})),
+        (KeyError("inputs"), (500, {"error": INTERNAL_ERROR})),
+    ):  # fmt: skip
+        guard = GuardMiddleware(FailingApp(error), max_body_bytes=1000)
+        assert call(guard, b"{}", {"Content-Type": "text/plain"}) == answer
+    guard = GuardMiddleware(FailingApp(KeyError("x"), after_start=True), max_body_bytes=1000)
+    with pytest.raises(KeyError):  # an answer already started cannot be replaced
+        call(guard, b"{}", {"Content-Type": "text/plain"})
+
+
+def test_error_status_lines() -> None:
+    from pipelines.errors import SpecError
+    from serving.schema import InputError
+
+    assert error_status(InputError(["a"])) == (400, "1 problem(s) in the request: a")
+    assert error_status(SpecError("no status: a failure")) == (500, INTERNAL_ERROR)
+    assert one_line("a\n  b\tc") == "a b c"
+    assert len(one_line("x" * 10_000)) == 500
+
+
+def test_the_framework_route_sees_the_authenticated_client(tmp_path) -> None:  # noqa: ANN001
+    seen: list[str | None] = []
+
+    class Reading(App):
+        async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+            seen.append(current_client())
+            await super().__call__(scope, receive, send)
+
+    token, record = generate_token("cards-auth", ["predict", "explain"])
+    write_records(tmp_path / "tokens.json", [record])
+    tokens = TokenStore.load(tmp_path / "tokens.json")
+    guard = GuardMiddleware(Reading(), max_body_bytes=1000, tokens=tokens)
+    bearer = {"Authorization": f"Bearer {token}", "Content-Type": "text/plain"}
+    assert call(guard, b"{}", bearer, path="/v1/models/fraud:explain")[0] == 200
+    assert call(guard, b"{}", bearer)[0] == 200
+    assert call(guard, b"", {}, path="/v2/health/ready", method="GET")[0] == 200
+    assert seen == ["cards-auth", "cards-auth", None]
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "expected"),
+    [
+        ("/v2/models/fraud/versions/4/infer", b"", ("/v2/models/fraud/infer", b"", None)),
+        ("/v2/models/fraud/versions/4/ready", b"", ("/v2/models/fraud/ready", b"", None)),
+        ("/v2/models/fraud/versions/4", b"", ("/v2/models/fraud", b"", None)),
+        ("/v2/models/fraud", b"model_version=4&a=1", ("/v2/models/fraud", b"a=1", None)),
+        ("/v2/models/fraud/ready", b"model_version=", ("/v2/models/fraud/ready", b"", None)),
+        (
+            "/v2/models/fraud/versions/5/infer",
+            b"",
+            (
+                "/v2/models/fraud/infer",
+                b"",
+                "model fraud has no version 5 here: this server serves version 4",
+            ),
+        ),
+        (
+            "/v2/models/fraud/ready",
+            b"model_version=5",
+            (
+                "/v2/models/fraud/ready",
+                b"",
+                "model fraud has no version 5 here: this server serves version 4",
+            ),
+        ),
+        # a model this server does not know: KServe answers that it does not exist
+        ("/v2/models/other/versions/5/ready", b"", ("/v2/models/other/ready", b"", None)),
+        # not a versioned path
+        ("/v2/models/fraud/versions/4/explain", b"", ("/v2/models/fraud/versions/4/explain",
+                                                      b"", None)),
+    ],  # fmt: skip
+)
+def test_route_version(path: str, query: bytes, expected: tuple) -> None:
+    assert route_version(path, query, {"fraud": "4"}) == expected
+
+
+def test_a_model_served_without_a_version_has_none() -> None:
+    assert route_version("/v2/models/fraud/versions/1", b"", {"fraud": ""})[2] == (
+        "model fraud has no version 1: it is served without a version"
+    )
+
+
+def test_the_served_version_is_the_unversioned_path_and_others_are_404() -> None:
+    app = App()
+    seen: list[str] = []
+
+    def handle(body: bytes, client: str | None, json_length: str | None) -> Any:
+        seen.append("fast")
+        return 200, b'{"from": "fast"}'
+
+    guard = GuardMiddleware(
+        app, max_body_bytes=1000, fast_routes={V2: (handle, lambda: True)}, versions={"fraud": "4"}
+    )
+    assert call(guard, b"{}", JSON, path="/v2/models/fraud/versions/4/infer") == (
+        200,
+        {"from": "fast"},
+    )
+    refused = {"error": "model fraud has no version 3 here: this server serves version 4"}
+    assert call(guard, b"{}", JSON, path="/v2/models/fraud/versions/3/infer") == (404, refused)
+    assert call(guard, b"", {}, path="/v2/models/fraud/versions/3/ready", method="GET") == (
+        404,
+        refused,
+    )
+    assert call(guard, b"", {}, path="/v2/models/fraud/versions/4/ready", method="GET")[0] == 200
+    assert app.calls == ["/v2/models/fraud/ready"] and seen == ["fast"]
+
+
+class Body(BaseModel):
+    """A request model like KServe's V2 InferenceRequest (taken as ``Body | bytes``)."""
+
+    inputs: list[int]
+
+
+def test_a_body_fastapi_refuses_is_a_400_with_one_line() -> None:
+    app = FastAPI()
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(name: str, body: Body | bytes) -> dict:
+        return {"ok": True}
+
+    install(app, max_body_bytes=1000)
+    with TestClient(app) as client:
+        answer = client.post("/v2/models/m/infer", json={"inputs": "x"})
+        assert (answer.status_code, answer.json()) == (
+            400,
+            {"error": "invalid request body: body.Body.inputs: Input should be a valid list"},
+        )
+        answer = client.post("/v2/models/m/infer", content=b"{", headers=JSON)
+        assert answer.status_code == 400
+        assert answer.json()["error"].startswith("invalid request body: body.1: JSON decode")
