@@ -54,6 +54,16 @@ def cmd_audit_anchor(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_audit_rotate_key(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.identity import require_admin
+    from registry.audit_verify import rotate_key
+
+    admin = require_admin(settings, args.by, args.password_file, "rotate the audit key")
+    old, new = rotate_key(settings.governance_url, actor=admin.user)
+    print(f"audit key rotated: {old} -> {new}; new events are signed with {new}")
+    return 0
+
+
 def cmd_audit_head(args: argparse.Namespace, settings: Settings) -> int:
     from registry.audit import head
 
@@ -114,6 +124,13 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersA
     )
     p.add_argument("--reason", default="", help="why (recorded with the checkpoint event)")
     p.set_defaults(func=cmd_audit_anchor)
+
+    p = audit_sub.add_parser(
+        "rotate-key", help="sign new events with a new audit key (admins; old keys kept)"
+    )
+    p.add_argument("--by", required=True, help="the admin who rotates (password checked)")
+    p.add_argument("--password-file", default=None, help="file holding the admin's password")
+    p.set_defaults(func=cmd_audit_rotate_key)
 
     p = audit_sub.add_parser("head", help="print the newest event as 'SEQ HASH' (an anchor)")
     p.set_defaults(func=cmd_audit_head)

@@ -354,3 +354,40 @@ def test_governance_reads_refuse_a_rewrite_of_any_event(url: str) -> None:
         append_forged(conn, "gate_result", "pipeline", {"i": 1})
     with pytest.raises(audit.AuditError, match="audit chain broken at seq 2: event seq 2 is not"):
         approvals.roles_of(url, "ana")
+
+
+# --------------------------------------------------------------------------- the CLI
+def test_cli_rotate_key_needs_a_proven_admin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ops.cli import main
+
+    for name in ("GOVML_GOVERNANCE_URL", "AIRFLOW_HOME", "GOVML_AIRFLOW_USERS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("GOVML_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("GOVML_AIRFLOW_PORT", str(free_port()))  # no Airflow: the password file
+    passwords = tmp_path / "var" / "airflow" / "passwords.json"
+    passwords.parent.mkdir(parents=True)
+    passwords.write_text(json.dumps({"admin": "s3cret", "reviewer": "r3view"}))
+    passwords.chmod(0o600)
+    (tmp_path / "pw").write_text("s3cret")
+    url = f"sqlite:///{tmp_path / 'var' / 'governance.db'}"
+    _events(url, 2)
+    assert main(["audit", "rotate-key", "--by", "reviewer", "--password-file", str(passwords)]) != 0
+    assert "reviewer is not an admin user: only admins rotate the audit key" in (
+        capsys.readouterr().err
+    )
+    (tmp_path / "wrong").write_text("guess")
+    assert (
+        main(["audit", "rotate-key", "--by", "admin", "--password-file", str(tmp_path / "wrong")])
+        != 0
+    )
+    assert "authentication failed for admin" in capsys.readouterr().err
+    assert (
+        main(["audit", "rotate-key", "--by", "admin", "--password-file", str(tmp_path / "pw")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("audit key rotated: ") and "s3cret" not in out
+    rotated = audit.events(url, kinds=["audit_key_rotated"])
+    assert len(rotated) == 1 and rotated[0].actor == "admin"
+    assert main(["audit", "verify"]) == 0
