@@ -54,6 +54,7 @@ import bench_serving as serving_bench  # noqa: E402
 import machine_jitter  # noqa: E402
 
 from pipelines.spec import Aggregation, ModelSpec, load_spec  # noqa: E402
+from serving.auth import deployment_tokens, provision  # noqa: E402
 
 SPEC = ROOT / "specs" / "fraud.yaml"
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
@@ -189,9 +190,10 @@ def load(
     path = work / f"bodies-{port}-{len(bodies)}-{rate}.jsonl"
     path.write_bytes(b"\n".join(bodies))
     mode = ["--rate", str(rate)] if rate else ["--connections", str(connections)]
+    token = ["--token-file", str(deployment_tokens(work / "deployment").service_token)]
     out = subprocess.run(
         [*on_cpu(0), sys.executable, str(LOAD_CLIENT), str(port),
-         "/v1/models/fraud:predict", str(path), *mode],
+         "/v1/models/fraud:predict", str(path), *mode, *token],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
@@ -359,11 +361,12 @@ def online(
         if jitter_seconds > 0:
             results["jitter_before"] = machine_jitter.measure(jitter_seconds)
             print(machine_jitter.summary(results["jitter_before"]), flush=True)
+        tokens = provision(work / "deployment")  # as the local deployer gives a deployment
         procs = [
             start(
                 ["-m", "serving", "--model_name", "fraud", "--model_uri", str(data["model_dir"]),
                  "--spec", str(SPEC), "--prediction_log", str(work / "log"),
-                 "--http_port", "18301"],
+                 "--http_port", "18301", "--tokens", str(tokens.tokens)],
                 work / "predictor.log", 0, env,
             )
         ]  # fmt: skip
@@ -423,7 +426,9 @@ def start_transformer(
     proc = start(
         ["-m", "serving.transformer", "--model_name", "fraud", "--spec", str(SPEC),
          "--predictor_host", "127.0.0.1:18301", "--http_port", str(port),
-         "--feature_store", store, "--feature_prefix", prefix, *extra],
+         "--feature_store", store, "--feature_prefix", prefix, *extra,
+         "--tokens", str(deployment_tokens(work / "deployment").tokens),
+         "--predictor_token_file", str(deployment_tokens(work / "deployment").service_token)],
         log, 1, env,
     )  # fmt: skip
     try:

@@ -5,7 +5,8 @@ The model server (the fraud model of ``bench_serving.py``, JSONL prediction log,
 is pinned to CPU 0; the gateway and ``wrk`` (1 connection) share CPU 1. Rounds alternate
 direct and gateway runs; the median round is reported. Variants: the gateway with only a
 champion, with a 50 % sticky challenger split (the entity header varies per request), and
-with a shadow that mirrors every request.
+with a shadow that mirrors every request. As deployed: the gateway checks its client's
+bearer token and calls the model server with the server's own token (``token_file``).
 
     python benchmarks/bench_gateway.py [--duration 10] [--rounds 3] [--json out.json]
 """
@@ -28,6 +29,7 @@ import bench_serving as serving_bench  # noqa: E402
 ROOT = serving_bench.ROOT
 sys.path.insert(0, str(ROOT))
 
+from serving.auth import generate_token, write_records, write_token  # noqa: E402
 from serving.gateway import write_routes  # noqa: E402
 
 WRK_ENTITIES = r"""
@@ -45,13 +47,14 @@ end
 """
 
 
-def start_gateway(work: Path, routes: dict, port: int) -> subprocess.Popen:
+def start_gateway(work: Path, routes: dict, port: int, tokens: Path) -> subprocess.Popen:
     path = work / "routes.json"
     write_routes(path, routes)
     log = work / "gateway.log"
     proc = subprocess.Popen(
         [*serving_bench.pinned(1), str(serving_bench.SERVING_PY), "-m", "serving.gateway",
-         "--routes", str(path), "--port", str(port), "--shadow_log", str(work / "shadow.jsonl")],
+         "--routes", str(path), "--port", str(port), "--shadow_log", str(work / "shadow.jsonl"),
+         "--tokens", str(tokens)],
         cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     serving_bench.wait_ready(f"http://127.0.0.1:{port}/healthz", proc, log)
@@ -88,7 +91,12 @@ def main() -> int:
         body = work / "v1_one.json"
         body.write_text(json.dumps({"instances": [model["records"][0]]}))
         server, token = serving_bench.start_ours(work, model, 18191, "jsonl")
-        champion = {"url": "http://127.0.0.1:18191", "version": "1"}
+        upstream_token = work / "upstream.token"  # the server's token, for the gateway
+        write_token(upstream_token, token)
+        gateway_token, record = generate_token("bench-gateway-client", ["predict"])
+        write_records(work / "gateway-tokens.json", [record])
+        champion = {"url": "http://127.0.0.1:18191", "version": "1",
+                    "token_file": str(upstream_token)}  # fmt: skip
         variants = {
             "gateway, champion only": {"champion": champion},
             "gateway, 50% sticky split": {
@@ -110,11 +118,13 @@ def main() -> int:
                 results["direct"].append(res)
                 print(f"round {round_ + 1} direct: p50 {res['p50_us']} µs", flush=True)
                 for name, route in variants.items():
-                    gateway = start_gateway(work, {"models": {"fraud": route}}, 18192)
+                    gateway = start_gateway(
+                        work, {"models": {"fraud": route}}, 18192, work / "gateway-tokens.json"
+                    )
                     try:
                         url = "http://127.0.0.1:18192/v1/models/fraud:predict"
-                        run_wrk(url, body, token, 2, True)  # warm-up
-                        res = run_wrk(url, body, token, args.duration, True)
+                        run_wrk(url, body, gateway_token, 2, True)  # warm-up
+                        res = run_wrk(url, body, gateway_token, args.duration, True)
                         results[name].append(res)
                         print(f"round {round_ + 1} {name}: p50 {res['p50_us']} µs", flush=True)
                     finally:

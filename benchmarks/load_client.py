@@ -3,6 +3,9 @@
     python benchmarks/load_client.py PORT PATH BODIES --rate 500      # open loop
     python benchmarks/load_client.py PORT PATH BODIES --connections 8 # closed loop
 
+``--token-file FILE``: send ``Authorization: Bearer`` with the token in FILE (the
+project's servers answer nothing else; a file keeps it off the command line).
+
 ``BODIES`` holds one request body per line; each is sent once, in order. Open loop:
 request ``i`` is sent at ``start + i / rate`` whether or not earlier ones were answered
 (a new keep-alive connection only when all are busy), so a slow server shows as
@@ -46,14 +49,15 @@ class Connection:
         return status
 
 
-def head_of(path: str) -> bytes:
+def head_of(path: str, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        + auth
     ).encode()
 
 
-async def open_loop(port: int, path: str, bodies: list[bytes], rate: float) -> dict:
-    head = head_of(path)
+async def open_loop(port: int, head: bytes, bodies: list[bytes], rate: float) -> dict:
     idle: list[Connection] = []
     latencies: list[float] = []
     failed = 0
@@ -78,8 +82,7 @@ async def open_loop(port: int, path: str, bodies: list[bytes], rate: float) -> d
     return summary(latencies, failed, time.perf_counter() - start)
 
 
-async def closed_loop(port: int, path: str, bodies: list[bytes], connections: int) -> dict:
-    head = head_of(path)
+async def closed_loop(port: int, head: bytes, bodies: list[bytes], connections: int) -> dict:
     latencies: list[float] = []
     failed = 0
     queue = iter(bodies)
@@ -123,15 +126,18 @@ def main() -> int:
     parser.add_argument("bodies")
     parser.add_argument("--rate", type=float, default=None)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--token-file", default=None, help="file holding the bearer token")
     args = parser.parse_args()
     bodies = Path(args.bodies).read_bytes().splitlines()
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    head = head_of(args.path, token)
     gc.collect()
     gc.freeze()
     gc.disable()
     if args.rate:
-        result = asyncio.run(open_loop(args.port, args.path, bodies, args.rate))
+        result = asyncio.run(open_loop(args.port, head, bodies, args.rate))
     else:
-        result = asyncio.run(closed_loop(args.port, args.path, bodies, args.connections))
+        result = asyncio.run(closed_loop(args.port, head, bodies, args.connections))
     print(json.dumps(result))
     return 0
 

@@ -17,6 +17,10 @@ step backfills the Redis namespace first (``redis://...``); either way the warm-
 recorded in the audit trail (``features_backfilled``). The smoke test then sends raw
 test transactions through the transformer and requires, for each, exactly the offline
 aggregates of the feature table and the evaluated model's score.
+
+Every call to a deployed server carries that deployment's own bearer token (the
+project's client ``govml``, ``service.token`` in the deployment's folder, never
+printed): :func:`service_token`.
 """
 
 from __future__ import annotations
@@ -54,18 +58,51 @@ def deployer_for(settings: Settings):  # noqa: ANN201
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    tokens = os.environ.get("GOVML_SERVING_TOKENS")
     return LocalDeployer(
         settings.serving_dir,
         settings.serving_python,
+        host=settings.serving_bind_host,
         env=env,
         ready_timeout=300,
-        tokens=Path(tokens) if tokens else None,
     )
+
+
+def service_token(settings: Settings, model: str, version: str) -> str:
+    """The project's own bearer token for a deployed version (its ``service.token``);
+    DeploymentError when the version has none (it was never deployed here)."""
+    from pipelines.errors import ConfigError
+    from serving.auth import deployment_tokens, read_token
+    from serving.deployers import deployment_name
+
+    files = deployment_tokens(settings.serving_dir / deployment_name(model, str(version)))
+    try:
+        return read_token(files.service_token)
+    except ConfigError as exc:
+        raise DeploymentError(f"{model} v{version}: no token to call it with: {exc}") from None
+
+
+def endpoint_token(endpoint: Endpoint) -> str:
+    """The project's own bearer token for an endpoint a deployer returned."""
+    from pipelines.errors import ConfigError
+    from serving.auth import read_token
+
+    path = endpoint.details.get("token_file")
+    if not path:
+        raise DeploymentError(f"{endpoint.name}: the deployer gave no token file")
+    try:
+        return read_token(path)
+    except ConfigError as exc:
+        raise DeploymentError(f"{endpoint.name}: no token to call it with: {exc}") from None
 
 
 def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
     from serving.deployers.kubernetes import KubernetesDeployer
+
+    if settings.kube_tokens_secret:
+        raise DeploymentError(
+            "GOVML_KUBE_TOKENS_SECRET is not used any more: every deployment gets its own "
+            "Secret <model>-v<N>-tokens (clients: govml serving token); unset it"
+        )
 
     tracking = settings.kube_tracking_uri or settings.mlflow_tracking_uri
     host = urlsplit(tracking).hostname or ""
@@ -89,7 +126,6 @@ def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
         memory_request=settings.kube_memory_request,
         memory_limit=settings.kube_memory_limit,
         ready_timeout=settings.kube_ready_timeout,
-        tokens_secret=settings.kube_tokens_secret,
         prediction_log_claim=settings.kube_prediction_log_claim,
         feature_store=settings.kube_feature_store or settings.feature_store,
         feature_key_secret=settings.kube_feature_key_secret,
@@ -99,7 +135,7 @@ def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
 def _score_remote(endpoint: Endpoint, rows: list[dict[str, Any]]) -> np.ndarray:
     url = f"{endpoint.url}/v1/models/{endpoint.model_name}:predict"
     try:
-        answer = post_json(url, {"instances": rows})
+        answer = post_json(url, {"instances": rows}, endpoint_token(endpoint))
         return np.asarray(answer["predictions"], dtype="float64")
     except (DeploymentError, KeyError, TypeError, ValueError) as exc:
         raise DeploymentError(f"{endpoint.name}: smoke test request failed: {exc}") from None
@@ -134,13 +170,10 @@ def _native(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def post_json(url: str, body: Any) -> dict[str, Any]:
-    """POST a JSON body to a model endpoint (with ``GOVML_SERVING_TOKEN`` when set);
-    the JSON answer, or DeploymentError naming the URL and what went wrong."""
-    headers = {"Content-Type": "application/json"}
-    token = os.environ.get("GOVML_SERVING_TOKEN")  # when the endpoint requires tokens
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
+def post_json(url: str, body: Any, token: str) -> dict[str, Any]:
+    """POST a JSON body to a model endpoint with a bearer token; the JSON answer, or
+    DeploymentError naming the URL and what went wrong (never the token)."""
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
     req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
@@ -172,7 +205,7 @@ def raw_transactions(spec: Any, history: Path, ids: list[Any]) -> list[dict[str,
 
 
 def smoke_test_transformer(
-    url: str, model: str, spec: Any, run_dir: Path, history: Path
+    url: str, model: str, spec: Any, run_dir: Path, history: Path, token: str
 ) -> dict[str, Any]:
     """Raw test transactions through the transformer: each must get exactly the offline
     aggregates of the run's feature table and the evaluated model's score. They are in
@@ -189,6 +222,7 @@ def smoke_test_transformer(
     answer = post_json(
         f"{url}/v1/models/{model}:predict",
         {"instances": raw_transactions(spec, history, ids)},
+        token,
     )
     got = answer.get("aggregates")
     if not isinstance(got, list) or len(got) != len(sample):
@@ -296,7 +330,12 @@ def serve_release(
         check = smoke_test(endpoint, run_dir, list(features))
         if transformer.get("url") and spec is not None and history is not None:
             check["transformer"] = smoke_test_transformer(
-                transformer["url"], release.model_name, spec, run_dir, history
+                transformer["url"],
+                release.model_name,
+                spec,
+                run_dir,
+                history,
+                endpoint_token(endpoint),
             )
     except DeploymentError:
         deployer.stop(release.name)

@@ -10,9 +10,17 @@ Options beyond KServe's own (``--http_port``, ``--workers``...):
   default: written as it comes, while Parquet compresses on the serving CPU): the
   asynchronous prediction log, with its counts in ``/metrics``; the HMAC key for
   personal data comes from ``GOVML_PREDICTION_LOG_KEY``;
-* ``--tokens FILE``: bearer tokens (hashed, :mod:`serving.auth`) required on
-  predict/explain/infer; without it the endpoint is open (a warning is logged);
+* ``--tokens FILE`` (required): bearer tokens (hashed, :mod:`serving.auth`) needed on
+  predict/explain/infer; the file is watched (a revoked token is refused, a new one
+  accepted, within about a second, without a restart). Without it the server refuses
+  to start;
+* ``--host``: the address to listen on, 127.0.0.1 unless given here or in
+  ``GOVML_SERVING_BIND_HOST`` (:mod:`serving.bind`; KServe itself would listen on
+  every interface);
 * ``--max_body_bytes``: larger request bodies get 413 (default 1 MiB).
+
+gRPC is not served (``--enable_grpc`` true is refused): KServe's gRPC server listens on
+every interface and passes no request through the bearer-token check.
 """
 
 from __future__ import annotations
@@ -24,9 +32,9 @@ import os
 import secrets
 import sys
 
-import kserve
 from kserve import model_server
 
+from serving.kserve_server import BoundModelServer, guard_settings, server_options
 from serving.model import LightGBMModel
 
 log = logging.getLogger(__name__)
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         help="jsonl (default): lines written as they come, the lowest latency cost; "
         "parquet: compressed on the serving CPU (see BENCHMARKS.md)",
     )
-    parser.add_argument("--tokens", default=None, help="bearer token file (hashed tokens)")
+    server_options(parser)
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
     parser.add_argument(
         "--switch_interval_ms",
@@ -128,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Python's thread switch interval (latency bound for the log writer thread)",
     )
     args, _ = parser.parse_known_args(argv)
+    guard = guard_settings(args)
+    if isinstance(guard, int):
+        return guard
+    host, tokens = guard
     prediction_log = _prediction_log(args)
     if prediction_log is not None:
         from serving.metrics import register_prediction_log
@@ -144,13 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     if not model.load():
         log.error("model %s not loaded; not serving", args.model_name)
         return REFUSED
-    from serving.auth import TokenStore
     from serving.http import install as install_guard
     from serving.http import use_event_loop
 
-    tokens = TokenStore.load(args.tokens) if args.tokens else None
-    if tokens is None:
-        log.warning("no --tokens: predict/explain are open to anyone who can reach the port")
     fast_routes = {}
     if model.schema_ is not None:
         fast_routes[f"/v1/models/{args.model_name}:predict"] = (
@@ -166,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         tokens=tokens,
         fast_routes=fast_routes,
+        versions={args.model_name: args.model_version},
     )
     # The prediction log's writer thread shares the GIL with the event loop: a short
     # switch interval bounds how long a request can wait for it (default 5 ms).
@@ -186,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return REFUSED
     try:
-        kserve.ModelServer(
+        log.info("listening on %s:%d", host, args.http_port)
+        BoundModelServer(
+            host,
             http_port=args.http_port,
             grpc_port=args.grpc_port,
-            enable_grpc=args.enable_grpc,
+            enable_grpc=False,
             workers=1,
         ).start([model])
     finally:

@@ -36,6 +36,22 @@ lookup reveals nothing usable about a token.
 Failures raise :class:`AuthError` with ``status`` 401 (no, malformed or unknown token)
 or 403 (a known client without the scope) and a ``www_authenticate`` header value as
 RFC 6750 describes. Messages never contain the token.
+
+**Live changes.** A store loaded from a file notices when the file changes: at most once
+per ``reload_seconds`` (1 s by default) a check looks at the file's inode, size and
+modification time (one ``stat``; the rate limit costs one clock read per request, no
+system call) and re-reads it when any of them moved. A revoked token is refused, and a
+new one accepted, within about a second, without a restart. A file that becomes
+unreadable or invalid (deleted, truncated, a bad hand edit) refuses every token until it
+is fixed (fail closed), and says so in the log once per change.
+
+**A deployment's tokens** (:func:`provision`): every deployed version gets, in its
+folder, ``tokens.json`` (the hashed records both its model server and its feature
+transformer check) holding the project's own client ``govml`` (scopes predict,
+explain), and ``service.token``, that client's token, for the project's callers on
+this host (the deploy smoke test, the transformer, the gateway, the demo). Both are
+mode 0600. Operators add and revoke the bank's clients in ``tokens.json`` with
+``govml serving token``.
 """
 
 from __future__ import annotations
@@ -52,6 +68,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -73,6 +90,12 @@ SALT_BYTES = 16
 MAX_TOKEN_CHARS = 512
 NEGATIVE_CACHE_SIZE = 4096
 DEFAULT_REALM = "govml"
+RELOAD_SECONDS = 1.0
+_monotonic = time.monotonic  # a clock read (vDSO), no system call
+TOKENS_FILE = "tokens.json"
+SERVICE_TOKEN_FILE = "service.token"
+SERVICE_CLIENT = "govml"
+SERVICE_SCOPES = ("predict", "explain")
 # RFC 6750 b64token
 _TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
@@ -238,13 +261,21 @@ class TokenStore:
         records: Iterable[TokenRecord],
         realm: str = DEFAULT_REALM,
         source: Path | None = None,
+        reload_seconds: float = RELOAD_SECONDS,
+        *,
+        stamp: tuple[int, int, int] | None = None,
     ) -> None:
+        """``source``: the file the records came from (watched, see the module doc);
+        ``stamp``: that file's :func:`file_stamp` taken *before* it was read (so a
+        change made while it was read is seen on the next look)."""
         self.realm = realm
         self.source = source
+        self.reload_seconds = reload_seconds
         self._lock = threading.Lock()
-        self._set(list(records))
+        self._next_look = _monotonic() + reload_seconds
+        self._set(list(records), stamp if stamp is not None else file_stamp(source))
 
-    def _set(self, records: list[TokenRecord]) -> None:
+    def _set(self, records: list[TokenRecord], stamp: tuple[int, int, int] | None) -> None:
         fast: list[tuple[bytes, _Client]] = []
         slow: list[_Pbkdf2Client] = []
         for r in records:
@@ -263,24 +294,45 @@ class TokenStore:
             self._slow = tuple(slow)
             self._cache: dict[bytes, _Client] = {}
             self._misses: OrderedDict[bytes, None] = OrderedDict()
-            self._stamp = _stamp(self.source)
+            self._stamp = stamp
 
     @classmethod
-    def load(cls, path: str | Path, realm: str = DEFAULT_REALM) -> TokenStore:
+    def load(
+        cls, path: str | Path, realm: str = DEFAULT_REALM, reload_seconds: float = RELOAD_SECONDS
+    ) -> TokenStore:
+        """The store of a token file, watched for changes; ConfigError if unusable now."""
         path = Path(path)
-        return cls(load_records(path), realm=realm, source=path)
+        stamp = file_stamp(path)
+        return cls(load_records(path), realm, path, reload_seconds, stamp=stamp)
 
     @property
     def clients(self) -> list[str]:
         return [c.name for _, c in self._fast] + [p.client.name for p in self._slow]
 
     def reload_if_changed(self) -> bool:
-        """Re-read the token file when it changed (a revoked token stops working)."""
-        if self.source is None or _stamp(self.source) == self._stamp:
+        """Re-read the token file if it changed since it was read; True if it did.
+
+        A revoked token stops working and a new one starts. A file that cannot be used
+        any more leaves no valid token (fail closed) and is logged as an error."""
+        if self.source is None:
             return False
-        self._set(load_records(self.source))
-        log.info("reloaded %d token record(s) from %s", len(self.clients), self.source)
+        stamp = file_stamp(self.source)
+        if stamp == self._stamp:
+            return False
+        try:
+            records = load_records(self.source)
+        except ConfigError as exc:
+            self._set([], stamp)
+            log.error("%s; refusing every token until the file is fixed", exc)
+            return True
+        self._set(records, stamp)
+        log.info("reloaded %d token record(s) from %s", len(records), self.source)
         return True
+
+    def _look(self, now: float) -> None:
+        """Pick up a changed token file (called at most once per ``reload_seconds``)."""
+        self._next_look = now + self.reload_seconds
+        self.reload_if_changed()
 
     # ------------------------------------------------------------------ checks
     def _fail(self, message: str, error: str | None = None) -> AuthError:
@@ -327,6 +379,8 @@ class TokenStore:
 
     def check(self, authorization: str | None, scope: str) -> str:
         """The client name for an ``Authorization`` header value allowed ``scope``."""
+        if self.source is not None and (now := _monotonic()) >= self._next_look:
+            self._look(now)
         token = self._token(authorization)
         digest = hashlib.sha256(token.encode()).digest()
         client = self._cache.get(digest)
@@ -342,7 +396,9 @@ class TokenStore:
         return client.name
 
 
-def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+def file_stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """(inode, size, mtime ns) of a file, None when absent: a new version of the file
+    (written in place, or replaced atomically) has another stamp."""
     if path is None:
         return None
     try:
@@ -411,6 +467,90 @@ def revoke_client(path: str | Path, name: str) -> None:
         if len(kept) == len(existing):
             raise ConfigError(f"{path}: no client named {name!r}")
         write_records(path, [r.to_dict() for r in kept])
+
+
+# ----------------------------------------------------------------------------- a deployment
+
+
+@dataclass(frozen=True)
+class DeploymentTokens:
+    """A deployment's token files: the records its servers check, and the project's
+    own client token (both mode 0600)."""
+
+    tokens: Path
+    service_token: Path
+
+
+def deployment_tokens(folder: str | Path) -> DeploymentTokens:
+    folder = Path(folder)
+    return DeploymentTokens(folder / TOKENS_FILE, folder / SERVICE_TOKEN_FILE)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically, mode 0600 from the start."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_token(path: str | Path, token: str) -> None:
+    """Keep a token in a file of its own, mode 0600 (e.g. for a caller of a server)."""
+    if not _TOKEN.fullmatch(token) or len(token) > MAX_TOKEN_CHARS:
+        raise ConfigError("a token must be 1-512 characters of A-Z a-z 0-9 - . _ ~ + / (then =)")
+    _write_private(Path(path), token + "\n")
+
+
+def read_token(path: str | Path) -> str:
+    """A token kept in a file (e.g. a deployment's ``service.token``); ConfigError when
+    the file is missing or holds no token. Never logs or returns more than the token."""
+    path = Path(path)
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: token file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the token file ({exc.strerror})") from None
+    if not _TOKEN.fullmatch(token) or len(token) > MAX_TOKEN_CHARS:
+        raise ConfigError(f"{path}: does not hold a bearer token")
+    with contextlib.suppress(OSError):
+        if path.stat().st_mode & 0o077:
+            log.warning("%s is readable by group or others; chmod 600 it", path)
+    return token
+
+
+def provision(folder: str | Path) -> DeploymentTokens:
+    """A deployment's token files, made when missing; kept when they match.
+
+    ``tokens.json`` keeps every record it has (the bank's clients added with ``govml
+    serving token new`` survive a restart of the same version); the project's own client
+    ``govml`` gets a new token when ``service.token`` is missing or does not match its
+    record. Both files end mode 0600."""
+    files = deployment_tokens(folder)
+    files.tokens.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(files.tokens):
+        records = load_records(files.tokens) if files.tokens.exists() else []
+        token = None
+        with contextlib.suppress(ConfigError):
+            token = read_token(files.service_token)
+        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
+        ours = [r for r in records if r.name == SERVICE_CLIENT]
+        if token is None or not ours or ours[0].sha256 != digest:
+            token, record = generate_token(SERVICE_CLIENT, SERVICE_SCOPES)
+            others = [r.to_dict() for r in records if r.name != SERVICE_CLIENT]
+            write_token(files.service_token, token)
+            write_records(files.tokens, [record, *others])
+            log.info("%s: new token for the project's client %r", folder, SERVICE_CLIENT)
+        for path in (files.tokens, files.service_token):
+            os.chmod(path, 0o600)
+    return files
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -26,13 +26,28 @@ requests to a ``shadow`` version whose answers never reach the client:
   does not parse keeps the previous routes (and says why in the log). The rollout
   controller changes weights by rewriting it (atomically).
 
+* **Tokens, both ways**: a scoring request (``:predict``, ``/infer``: scope predict;
+  ``:explain``: scope explain) needs a bearer token of the gateway's own clients
+  (``--tokens``, hashed, watched for changes like the model servers' files: a revoked
+  token is refused within about a second); 401/403 otherwise, before anything is
+  forwarded. The gateway never passes its clients' tokens on: it calls each model
+  server with that deployment's own token, read from the upstream's ``token_file``
+  in the routes, else from ``<deployments>/<model>-v<version>/service.token``
+  (``--deployments``, by default the folder above the routes file's: the local
+  deployer's state root). A model server that refuses the gateway's token (401/403)
+  is treated like a failed one: a challenger fails over, a champion gives 502.
+
 The answer carries ``X-Govml-Route`` (champion, challenger, failover; on an A/B route
 control, treatment, failover, or champion for a request outside the test) and
 ``X-Govml-Version``; on an A/B route also ``X-Request-Id``. Prometheus ``/metrics``:
 requests by model, route and code, the latency the gateway adds, shadow outcomes, A/B
 enrolment. ``/healthz`` answers 200.
 
-    python -m serving.gateway --routes var/serving/routes.json --port 8090
+    python -m serving.gateway --routes var/serving/gateway/routes.json \
+        --tokens var/serving/gateway/tokens.json --port 8090
+
+It listens on 127.0.0.1 unless ``--host`` or ``GOVML_SERVING_BIND_HOST`` names another
+address (:mod:`serving.bind`); it refuses to start without ``--tokens``.
 """
 
 from __future__ import annotations
@@ -57,6 +72,9 @@ import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from pipelines.errors import ConfigError
+from serving.auth import AuthError, TokenStore, deployment_tokens, file_stamp, read_token
+from serving.bind import bind_host
+from serving.deployers import deployment_name
 from serving.gateway_abtest import (
     TEST_ID,
     AbTestRoute,
@@ -75,9 +93,8 @@ Send = Callable[[Message], Awaitable[None]]
 
 BUCKETS = 10_000
 ENTITY_HEADER = b"x-govml-entity"
-FORWARDED_HEADERS = frozenset(
+FORWARDED_HEADERS = frozenset(  # never the client's authorization: see UpstreamTokens
     {
-        b"authorization",
         b"content-type",
         b"inference-header-content-length",
         b"x-request-id",
@@ -85,6 +102,13 @@ FORWARDED_HEADERS = frozenset(
     }
 )
 SCORING_SUFFIXES = (":predict", ":explain", "/infer")
+# scoring calls and the scope a gateway client needs for them
+SCOPES = ((":predict", "predict"), ("/infer", "predict"), (":explain", "explain"))
+REFUSED_CREDENTIALS = (401, 403)  # a model server refused the gateway's own token
+NO_TOKENS = (
+    "error: --tokens FILE is required: the gateway answers only bearer-token holders "
+    "(make one with: govml serving gateway-token new NAME --scope predict)"
+)
 
 REQUESTS = Counter(
     "govml_gateway_requests_total",
@@ -127,6 +151,7 @@ AB_DROPPED = Counter(
 class Upstream:
     url: str
     version: str
+    token_file: str | None = None  # the model server's token for the gateway
 
 
 @dataclass(frozen=True)
@@ -168,12 +193,15 @@ def entity_hash(entity: str, salt: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------- routes
 def _upstream(model: str, key: str, raw: Any) -> Upstream:
     where = f"routes: {model}.{key}"
-    if not isinstance(raw, dict) or set(raw) - {"url", "version"} or "url" not in raw:
-        raise ConfigError(f"{where}: expected {{url, version}}, got {raw!r}")
+    if not isinstance(raw, dict) or set(raw) - {"url", "version", "token_file"} or "url" not in raw:
+        raise ConfigError(f"{where}: expected {{url, version[, token_file]}}, got {raw!r}")
     url = raw["url"]
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}.url: expected an http(s) URL, got {url!r}")
-    return Upstream(url=url.rstrip("/"), version=str(raw.get("version", "")))
+    token_file = raw.get("token_file")
+    if token_file is not None and (not isinstance(token_file, str) or not token_file):
+        raise ConfigError(f"{where}.token_file: expected a file path, got {token_file!r}")
+    return Upstream(url=url.rstrip("/"), version=str(raw.get("version", "")), token_file=token_file)
 
 
 def _cap(model: str, raw: dict[str, Any], key: str) -> int | None:
@@ -290,6 +318,62 @@ def write_routes(path: str | os.PathLike[str], routes: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------- tokens
+class UpstreamTokens:
+    """The bearer token the gateway presents to each model server of its routes.
+
+    :meth:`refresh` (at start and on every reload tick, off the request path) looks at
+    each upstream's token file, re-reading it when its stamp changed; :meth:`header`
+    is a dict lookup. An upstream without a readable token file is called without one
+    (its server answers 401, which the gateway treats as a failure), and logged once."""
+
+    def __init__(self, deployments: Path | None) -> None:
+        self.deployments = deployments
+        self._files: dict[Path, tuple[tuple[int, int, int] | None, str | None]] = {}
+        self._headers: dict[tuple[str, Upstream], str] = {}
+
+    def path_of(self, model: str, upstream: Upstream) -> Path | None:
+        if upstream.token_file:
+            return Path(upstream.token_file)
+        if self.deployments is None or not upstream.version:
+            return None
+        folder = self.deployments / deployment_name(model, upstream.version)
+        return deployment_tokens(folder).service_token
+
+    def _token(self, path: Path) -> str | None:
+        stamp = file_stamp(path)
+        known = self._files.get(path)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        try:
+            token: str | None = read_token(path)
+        except ConfigError as exc:
+            token = None
+            log.error("gateway: no token for a model server: %s", exc)
+        self._files[path] = (stamp, token)
+        return token
+
+    def refresh(self, routes: dict[str, Route]) -> None:
+        headers: dict[tuple[str, Upstream], str] = {}
+        for route in routes.values():
+            for upstream in (route.champion, route.challenger, route.shadow):
+                path = self.path_of(route.model, upstream) if upstream else None
+                token = self._token(path) if path is not None else None
+                if upstream is not None and token is not None:
+                    headers[route.model, upstream] = f"Bearer {token}"
+        self._headers = headers
+
+    def header(self, model: str, upstream: Upstream) -> str | None:
+        return self._headers.get((model, upstream))
+
+
+def _scope(path: str) -> str | None:
+    for suffix, scope in SCOPES:
+        if path.endswith(suffix):
+            return scope
+    return None
+
+
 # ----------------------------------------------------------------------------- the app
 def _model_of(path: str) -> str | None:
     for prefix in ("/v1/models/", "/v2/models/"):
@@ -308,6 +392,8 @@ class Gateway:
         self,
         routes_path: str | os.PathLike[str],
         *,
+        tokens: TokenStore,
+        deployments: str | os.PathLike[str] | None = None,
         max_body_bytes: int = 1 << 20,
         reload_seconds: float = 0.5,
         shadow_log: str | os.PathLike[str] | None = None,
@@ -320,6 +406,10 @@ class Gateway:
         self.clock = clock
         self._experiments: dict[str, Enrolment] = {}
         self._retired: list[Enrolment] = []
+        self.tokens = tokens
+        self.upstream_tokens = UpstreamTokens(
+            Path(deployments) if deployments else self.routes_path.parent.parent
+        )
         self.routes = load_routes(self.routes_path)
         self._stamp = self._file_stamp()
         self.max_body_bytes = max_body_bytes
@@ -333,6 +423,7 @@ class Gateway:
         self._reloader: asyncio.Task | None = None
         self._publish_weights()
         self._sync_experiments()
+        self.upstream_tokens.refresh(self.routes)
 
     # -------------------------------------------------------------- lifecycle
     def _file_stamp(self) -> tuple[int, int] | None:
@@ -443,6 +534,7 @@ class Gateway:
         while True:
             await asyncio.sleep(self.reload_seconds)
             self.reload()
+            self.upstream_tokens.refresh(self.routes)
             try:
                 await self.flush()
             except Exception:  # noqa: BLE001 (the loop must go on: the next tick retries)
@@ -506,13 +598,29 @@ class Gateway:
     ) -> None:
         started = time.perf_counter()
         headers: dict[str, str] = {}
-        entity = None
+        entity = authorization = None
         for key, value in scope["headers"]:
             key = key.lower()
             if key in FORWARDED_HEADERS:
                 headers[key.decode()] = value.decode("latin-1")
             elif key == ENTITY_HEADER:
                 entity = value.decode("latin-1")
+            elif key == b"authorization":
+                authorization = value.decode("latin-1")
+        needed = _scope(path)
+        if needed is not None:
+            try:
+                self.tokens.check(authorization, needed)
+            except AuthError as exc:
+                extra = (
+                    [(b"www-authenticate", exc.www_authenticate.encode())]
+                    if exc.status == 401
+                    else []
+                )
+                body = json.dumps({"error": str(exc)}).encode()
+                await _answer(send, exc.status, body, extra=extra)
+                REQUESTS.labels(route.model, "none", str(exc.status)).inc()
+                return
         body = await _read_body(receive, self.max_body_bytes)
         if body is None:
             await _answer(
@@ -532,15 +640,32 @@ class Gateway:
         query = scope.get("query_string", b"")
         suffix = path + (f"?{query.decode('latin-1')}" if query else "")
         method = scope["method"]
-        status, answer, upstream_s = await self._call(upstream, method, suffix, headers, body)
+        signed = needed is not None  # the gateway's token only for a client it checked
+        status, answer, upstream_s = await self._call(
+            route.model, upstream, method, suffix, headers, body, signed
+        )
         if name in ("challenger", "treatment") and (
-            status is None or status >= 500 or status == 404
+            status is None or status >= 500 or status == 404 or status in REFUSED_CREDENTIALS
         ):
-            # 404: the challenger's server lacks the model the route says it serves
+            # 404: the challenger's server lacks the model the route says it serves;
+            # 401/403: it refuses the gateway's token (not the client's doing)
             log.warning("gateway: challenger %s failed (%s); answering from the champion",
                         upstream.url, status)  # fmt: skip
             name, upstream = "failover", route.champion
-            status, answer, upstream_s = await self._call(upstream, method, suffix, headers, body)
+            status, answer, upstream_s = await self._call(
+                route.model, upstream, method, suffix, headers, body, signed
+            )
+        if signed and status in REFUSED_CREDENTIALS:
+            log.error("gateway: %s refused the gateway's token (%s)", upstream.url, status)
+            status, answer = (
+                502,
+                (
+                    json.dumps(
+                        {"error": f"the model server for {route.model!r} refused the gateway"}
+                    ).encode(),
+                    "application/json",
+                ),
+            )
         if status is None:
             status, answer = (
                 502,
@@ -573,10 +698,26 @@ class Gateway:
         if route.shadow is not None and method == "POST" and path.endswith(SCORING_SUFFIXES):
             self._mirror(route, suffix, headers, body, name, upstream, status, raw, upstream_s)
 
+    def _signed(self, model: str, upstream: Upstream, headers: dict[str, str]) -> dict[str, str]:
+        """The headers with the gateway's own token for this model server."""
+        token = self.upstream_tokens.header(model, upstream)
+        return {**headers, "authorization": token} if token else headers
+
     async def _call(
-        self, upstream: Upstream, method: str, suffix: str, headers: dict[str, str], body: bytes
+        self,
+        model: str,
+        upstream: Upstream,
+        method: str,
+        suffix: str,
+        headers: dict[str, str],
+        body: bytes,
+        signed: bool,
     ) -> tuple[int | None, tuple[bytes, str], float]:
+        """One call to a model server; with the gateway's token for it when ``signed``
+        (a scoring call of an authenticated client), else as the client sent it."""
         assert self._session is not None
+        if signed:
+            headers = self._signed(model, upstream, headers)
         began = time.perf_counter()
         try:
             async with self._session.request(
@@ -643,7 +784,9 @@ class Gateway:
         try:
             async with asyncio.timeout(route.shadow_timeout_s):
                 async with self._shadow_session.post(
-                    route.shadow.url + suffix, data=body, headers=headers
+                    route.shadow.url + suffix,
+                    data=body,
+                    headers=self._signed(route.model, route.shadow, headers),
                 ) as resp:
                     status, raw = resp.status, await resp.read()
             if status >= 500:
@@ -744,7 +887,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m serving.gateway", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--routes", required=True, help="routes JSON file (reloaded on change)")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument(
+        "--tokens", default=None, help="the gateway clients' bearer token file (required)"
+    )
+    parser.add_argument(
+        "--deployments",
+        default=None,
+        help="the deployments' folder, for each model server's token (default: the folder "
+        "above the routes file's)",
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default: $GOVML_SERVING_BIND_HOST or 127.0.0.1)",
+    )
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--shadow_log", default=None, help="JSONL file of shadow comparisons")
     parser.add_argument(
@@ -759,9 +915,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if not args.tokens:
+        sys.stderr.write(NO_TOKENS + "\n")
+        return 2
     try:
+        host = bind_host(args.host)
         app = Gateway(
             args.routes,
+            tokens=TokenStore.load(args.tokens),
+            deployments=args.deployments,
             shadow_log=args.shadow_log,
             abtest_dir=args.abtest_dir,
             max_body_bytes=args.max_body_bytes,
@@ -772,11 +934,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import uvicorn
 
-    log.info("gateway on %s:%d: %s", args.host, args.port, _describe(app.routes))
+    log.info("gateway on %s:%d: %s", host, args.port, _describe(app.routes))
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.run(
             app,
-            host=args.host,
+            host=host,
             port=args.port,
             loop="uvloop",
             http="httptools",

@@ -15,6 +15,13 @@ Governance metadata: labels ``govml/model`` and ``govml/version`` (selectable, a
 the predictor pods), annotations ``govml/artifact-sha256`` (64 hex characters do not fit a
 label value, which Kubernetes caps at 63) and ``govml/approval-request``.
 
+Closed by default: the project's server image always gets ``tokens_secret`` (the
+deployment's Secret, :func:`render_tokens_secret`: ``tokens.json``, the hashed bearer
+tokens its servers check, mounted read-only and re-read when the kubelet updates it;
+``predictor-token``, the transformer's token for its predictor) and listens on the
+pod's address (``--host=0.0.0.0``, explicit: inside a pod the network policy and the
+Service are the boundary, and the token check still applies).
+
 ``validate_manifest`` checks a manifest against the ``openAPIV3Schema`` of KServe's CRD the
 way the API server reads it (see :func:`structural_to_jsonschema`); it needs
 ``jsonschema``, which only the orchestration environment has, and is imported lazily.
@@ -24,6 +31,7 @@ way the API server reads it (see :func:`structural_to_jsonschema`); it needs
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
@@ -331,6 +339,11 @@ def render_inference_service(
     ):
         if value is not None:
             problems.add(field_name, _name_problem(value, "dns1123-subdomain"))
+    if runtime == "custom" and tokens_secret is None:
+        problems.add(
+            "tokens_secret",
+            "required: the project's model server never runs without bearer tokens",
+        )
     if runtime == "lightgbm" and (spec_file or tokens_secret or prediction_log_claim):
         problems.add(
             "runtime",
@@ -400,6 +413,7 @@ def render_inference_service(
 
 TOKENS_MOUNT = "/etc/govml/tokens"
 PREDICTION_LOG_MOUNT = "/var/log/govml"
+POD_HOST = "0.0.0.0"  # noqa: S104 (a pod's own network namespace; tokens still required)
 
 
 def _governance_mounts(
@@ -418,14 +432,14 @@ def _governance_mounts(
             {"name": "govml-tokens", "secret": {"secretName": tokens_secret, "optional": False}}
         )
         mounts.append({"name": "govml-tokens", "mountPath": TOKENS_MOUNT, "readOnly": True})
-        container["args"].append(f"--tokens={TOKENS_MOUNT}/tokens.json")
+        container["args"].append(f"--tokens={TOKENS_MOUNT}/{TOKENS_SECRET_KEY}")
         container["env"].append(
             {
                 "name": "GOVML_PREDICTION_LOG_KEY",
                 "valueFrom": {
                     "secretKeyRef": {
                         "name": tokens_secret,
-                        "key": "prediction-log-key",
+                        "key": PREDICTION_LOG_KEY_SECRET_KEY,
                         "optional": True,
                     }
                 },
@@ -475,6 +489,7 @@ def _custom_container(
             "--model_uri=$(MODEL_URI)",
             "--expected_sha256=$(EXPECTED_SHA256)",
             f"--http_port={HTTP_PORT}",
+            f"--host={POD_HOST}",
         ],
         "env": env,
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
@@ -496,6 +511,84 @@ def _readiness_probe(model_name: str) -> dict[str, Any]:
 
 FEATURE_KEY_SECRET_KEY = "feature-key"
 PREDICTOR_TOKEN_SECRET_KEY = "predictor-token"
+TOKENS_SECRET_KEY = "tokens.json"
+PREDICTION_LOG_KEY_SECRET_KEY = "prediction-log-key"
+
+
+def tokens_secret_name(deployment: str) -> str:
+    """The deployment's token Secret: ``<model>-v<N>-tokens``."""
+    return f"{deployment}-tokens"
+
+
+def render_tokens_secret(
+    name: str,
+    namespace: str,
+    *,
+    tokens_json: str,
+    predictor_token: str,
+    prediction_log_key: str | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """A deployment's token Secret (``v1``, type Opaque): ``tokens.json`` (the hashed
+    records its servers check), ``predictor-token`` (the transformer's token for its
+    predictor) and, when given, ``prediction-log-key``. Values are base64 in ``data``."""
+    problems = _Problems()
+    problems.add("name", _name_problem(name, "dns1123-subdomain"))
+    problems.add("namespace", _name_problem(namespace, "dns1123-label"))
+    for key, value in (("tokens_json", tokens_json), ("predictor_token", predictor_token)):
+        if not isinstance(value, str) or not value.strip():
+            problems.add(key, "must be a non-empty string")
+    _check_map(problems, "labels", labels, labels=True)
+    problems.raise_if_any(f"Secret {name!r}")
+    values = {TOKENS_SECRET_KEY: tokens_json, PREDICTOR_TOKEN_SECRET_KEY: predictor_token}
+    if prediction_log_key:
+        values[PREDICTION_LOG_KEY_SECRET_KEY] = prediction_log_key
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {})},
+        "type": "Opaque",
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+    }
+
+
+def apply_secret(
+    manifest: Mapping[str, Any], api: Any, field_manager: str = FIELD_MANAGER
+) -> ApplyResult:
+    """Create or update a Secret with server-side apply (like :func:`apply`); errors
+    name the Secret, never its values."""
+    meta = manifest["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    where = f"secrets/{name} in namespace {namespace}"
+    try:
+        api.read_namespaced_secret(name, namespace)
+        exists = True
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "status", None) != 404:
+            raise DeploymentError(f"cannot read {where}: {_api_error(exc)}") from None
+        exists = False
+    try:
+        api.patch_namespaced_secret(
+            name, namespace, dict(manifest), field_manager=field_manager, force=True,
+            _content_type=APPLY_PATCH,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001
+        raise DeploymentError(f"cannot apply {where}: {_api_error(exc)}") from None
+    action: Literal["created", "configured"] = "configured" if exists else "created"
+    return ApplyResult(action, name, namespace, {})
+
+
+def delete_secret(name: str, namespace: str, api: Any) -> bool:
+    """Delete a Secret; True if there was one."""
+    try:
+        api.delete_namespaced_secret(name, namespace)
+    except Exception as exc:  # noqa: BLE001
+        if getattr(exc, "status", None) == 404:
+            return False
+        raise DeploymentError(
+            f"cannot delete secrets/{name} in namespace {namespace}: {_api_error(exc)}"
+        ) from None
+    return True
 
 
 def add_feature_transformer(
@@ -505,7 +598,7 @@ def add_feature_transformer(
     spec_file: str,
     feature_store: str,
     feature_key_secret: str,
-    tokens_secret: str | None = None,
+    tokens_secret: str,
 ) -> dict[str, Any]:
     """Put the feature transformer (``python -m serving.transformer``, the project's
     image) in front of the manifest's predictor: raw transactions in, the spec's
@@ -528,8 +621,7 @@ def add_feature_transformer(
             f"replicas must share their state: a redis:// URL, got {feature_store!r}",
         )
     problems.add("feature_key_secret", _name_problem(feature_key_secret, "dns1123-subdomain"))
-    if tokens_secret is not None:
-        problems.add("tokens_secret", _name_problem(tokens_secret, "dns1123-subdomain"))
+    problems.add("tokens_secret", _name_problem(tokens_secret, "dns1123-subdomain"))
     problems.raise_if_any("feature transformer")
     predictor = manifest["spec"]["predictor"]
     model_name = manifest["metadata"]["labels"][LABEL_MODEL]
@@ -552,6 +644,7 @@ def add_feature_transformer(
             f"--spec={spec_file}",
             "--feature_store=$(GOVML_FEATURE_STORE)",
             f"--http_port={HTTP_PORT}",
+            f"--host={POD_HOST}",
         ],
         "env": env,
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
@@ -565,26 +658,25 @@ def add_feature_transformer(
         for key in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "labels")
         if key in predictor
     }
-    if tokens_secret:
-        transformer["volumes"] = [
-            {"name": "govml-tokens", "secret": {"secretName": tokens_secret, "optional": False}}
-        ]
-        container["volumeMounts"] = [
-            {"name": "govml-tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}
-        ]
-        container["args"].append(f"--tokens={TOKENS_MOUNT}/tokens.json")
-        env.append(
-            {
-                "name": "GOVML_PREDICTOR_TOKEN",
-                "valueFrom": {
-                    "secretKeyRef": {
-                        "name": tokens_secret,
-                        "key": PREDICTOR_TOKEN_SECRET_KEY,
-                        "optional": False,
-                    }
-                },
-            }
-        )
+    transformer["volumes"] = [
+        {"name": "govml-tokens", "secret": {"secretName": tokens_secret, "optional": False}}
+    ]
+    container["volumeMounts"] = [
+        {"name": "govml-tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}
+    ]
+    container["args"].append(f"--tokens={TOKENS_MOUNT}/{TOKENS_SECRET_KEY}")
+    env.append(
+        {
+            "name": "GOVML_PREDICTOR_TOKEN",
+            "valueFrom": {
+                "secretKeyRef": {
+                    "name": tokens_secret,
+                    "key": PREDICTOR_TOKEN_SECRET_KEY,
+                    "optional": False,
+                }
+            },
+        }
+    )
     transformer["containers"] = [container]
     manifest["spec"]["transformer"] = transformer
     return manifest
@@ -958,6 +1050,13 @@ def _custom_objects_api(kubeconfig: str | os.PathLike[str] | None, context: str 
     from kubernetes import client
 
     return client.CustomObjectsApi(_api_client(kubeconfig, context))
+
+
+def core_api(kubeconfig: str | os.PathLike[str] | None, context: str | None) -> Any:
+    """A ``kubernetes.client.CoreV1Api`` (Secrets) for the configured cluster."""
+    from kubernetes import client
+
+    return client.CoreV1Api(_api_client(kubeconfig, context))
 
 
 def _policy_api(kubeconfig: str | os.PathLike[str] | None, context: str | None) -> Any:

@@ -24,13 +24,15 @@ fields of :mod:`serving.transactions`), in order:
    aggregates, null for an empty ``mean``/``max``/``std`` window) goes to the
    predictor's V1 ``:predict`` (KServe's ``--predictor_host``, ``--predictor_use_ssl``,
    ``--predictor_request_timeout_seconds``; over :mod:`serving.predictor_client`),
-   with the request's ``X-Request-Id`` and, when ``GOVML_PREDICTOR_TOKEN`` is set,
-   that bearer token.
+   with the request's ``X-Request-Id`` and the transformer's own bearer token for the
+   predictor (``--predictor_token_file``, e.g. the deployment's ``service.token``, or
+   ``GOVML_PREDICTOR_TOKEN``; required: the model server answers no one without one).
 
 The answer is the predictor's, plus ``aggregates``: each transaction's computed
-aggregates. A predictor that refuses the features gives its 4xx; one that fails or
-cannot be reached gives 502/503, as does an unreachable feature store; never a 500
-for bad input.
+aggregates. A predictor that refuses the features gives its 4xx (but a predictor that
+refuses the transformer's own token gives 502: the caller did nothing wrong); one that
+fails or cannot be reached gives 502/503, as does an unreachable feature store; never a
+500 for bad input.
 
 State: ``--feature_store memory`` (the default) keeps it in this process and warms it
 up from ``--history`` (a Parquet file of past transactions, e.g. the training data)
@@ -40,8 +42,10 @@ to become ready unless ``--allow_cold_start`` (features would then miss history)
 Card and customer ids appear in no log line and no key (HMAC, ``GOVML_FEATURE_KEY``).
 
 The ``:predict`` route is answered in the server's ASGI guard (:mod:`serving.http`:
-body limit, bearer tokens ``--tokens``, request metrics) without FastAPI's routing;
-other routes are KServe's.
+body limit, bearer tokens ``--tokens``, required and watched for changes, request
+metrics) without FastAPI's routing; other routes are KServe's. Like the model server it
+listens on 127.0.0.1 unless ``--host`` or ``GOVML_SERVING_BIND_HOST`` says otherwise,
+and serves no gRPC.
 """
 
 from __future__ import annotations
@@ -72,6 +76,7 @@ from pipelines.features_online import (
     states_from_history,
 )
 from serving.feature_store import PREFIX, FeatureStore, StoreError, open_store
+from serving.kserve_server import USAGE, BoundModelServer, guard_settings, refuse, server_options
 from serving.predictor_client import PredictorClient, PredictorUnavailable
 from serving.request_context import current_request_id
 from serving.schema import InputError
@@ -279,6 +284,9 @@ class FeatureTransformer(Model):
             answer = None
         if status != 200:
             detail = answer.get("error", "") if isinstance(answer, dict) else raw[:200]
+            if status in (401, 403):  # the transformer's own credentials, not the caller's
+                raise PredictorError(502, f"the predictor refused the transformer's token "
+                                          f"({status}: {detail})")  # fmt: skip
             code = status if 400 <= status < 500 else 502
             raise PredictorError(code, f"predictor answered {status}: {detail}")
         if not isinstance(answer, dict):
@@ -377,21 +385,50 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--history", default=None, help="Parquet history to warm memory up")
     parser.add_argument("--allow_cold_start", action="store_true")
     parser.add_argument("--feature_prefix", default=PREFIX, help="namespace prefix of the keys")
-    parser.add_argument("--tokens", default=None, help="bearer token file (hashed tokens)")
+    parser.add_argument(
+        "--predictor_token_file",
+        default=None,
+        help=f"file holding the bearer token for the predictor (or ${TOKEN_ENV})",
+    )
     parser.add_argument("--max_body_bytes", type=int, default=1 << 20)
+    server_options(parser)
     parser.set_defaults(predictor_request_timeout_seconds=5)
     return parser
 
 
+NO_PREDICTOR_TOKEN = (
+    f"error: --predictor_token_file FILE (or {TOKEN_ENV}) is required: the model server "
+    "answers only bearer-token holders"
+)
+
+
+def predictor_token(args: argparse.Namespace) -> str | int:
+    """The transformer's token for its predictor, or the exit code of a refusal."""
+    from serving.auth import read_token
+
+    if args.predictor_token_file:
+        try:
+            return read_token(args.predictor_token_file)
+        except GovMLError as exc:
+            return refuse(f"error: {exc}", USAGE)
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    return token or refuse(NO_PREDICTOR_TOKEN, USAGE)
+
+
 def main(argv: list[str] | None = None) -> int:
-    import kserve
     from kserve.predictor_config import PredictorConfig
 
-    from serving.auth import TokenStore
     from serving.http import install as install_guard
     from serving.http import use_event_loop
 
     args, _ = build_parser().parse_known_args(argv)
+    guard = guard_settings(args)
+    if isinstance(guard, int):
+        return guard
+    host, tokens = guard
+    token = predictor_token(args)
+    if isinstance(token, int):
+        return token
     if not args.predictor_host:
         log.error("--predictor_host is required (host:port of the model server)")
         return REFUSED
@@ -405,13 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         history=args.history,
         allow_cold_start=args.allow_cold_start,
         store_prefix=args.feature_prefix,
-        predictor_token=os.environ.get(TOKEN_ENV) or None,
+        predictor_token=token,
     )
     if not model.load():
         return REFUSED
-    tokens = TokenStore.load(args.tokens) if args.tokens else None
-    if tokens is None:
-        log.warning("no --tokens: :predict is open to anyone who can reach the port")
     from kserve import model_server
 
     route = f"/v1/models/{args.model_name}:predict"
@@ -448,10 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return REFUSED
-    kserve.ModelServer(
+    log.info("listening on %s:%d", host, args.http_port)
+    BoundModelServer(
+        host,
         http_port=args.http_port,
         grpc_port=args.grpc_port,
-        enable_grpc=args.enable_grpc,
+        enable_grpc=False,
         workers=1,
         predictor_config=config,
     ).start([model])

@@ -11,6 +11,12 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 
+def deployment_name(model_name: str, version: str) -> str:
+    """A deployment's name: ``<model>-v<version>`` (a DNS-1035 label for Kubernetes), also
+    its folder under the deployers' state root."""
+    return f"{model_name.replace('_', '-')}-v{version}"
+
+
 @dataclass(frozen=True)
 class Release:
     model_name: str
@@ -26,8 +32,8 @@ class Release:
 
     @property
     def name(self) -> str:
-        """The deployment's name: ``<model>-v<version>`` (a DNS-1035 label for Kubernetes)."""
-        return f"{self.model_name.replace('_', '-')}-v{self.version}"
+        """The deployment's name (:func:`deployment_name`)."""
+        return deployment_name(self.model_name, self.version)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -14,6 +14,17 @@ Without a cluster (no kubeconfig, no in-cluster service account) ``deploy`` fail
 a :class:`DeploymentError` that says what to set and where the validated manifest is,
 so an operator can ``kubectl apply -f`` it.
 
+Tokens: every deployment gets its own Secret ``<model>-v<N>-tokens``
+(:func:`serving.manifests.render_tokens_secret`), applied before its InferenceService,
+which always mounts it: the servers never run open. Its source of truth is the
+deployment's state folder (``tokens.json`` and ``service.token``, mode 0600, as for the
+local deployer); ``secret.yaml`` (0600) beside the manifest is what ``kubectl apply``
+needs without a cluster configured here. ``govml serving token`` edits the folder's
+``tokens.json`` and re-applies the Secret (:meth:`KubernetesDeployer.publish_tokens`);
+the kubelet then updates the mounted file (within its sync period, about a minute)
+and the servers pick it up within a second of that. KServe's built-in LightGBM
+runtime checks no token, so this deployer refuses it.
+
 Where the model comes from: ``storageUri`` is the release's model URI when the cluster
 can fetch it (``s3://``, ``gs://``, ``pvc://``..., or ``models:/`` for the project's own
 server image, which resolves it through ``MLFLOW_TRACKING_URI``). A local folder (the
@@ -33,14 +44,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import DeploymentError
+from pipelines.errors import DeploymentError, GovMLError
 from serving import manifests
+from serving.auth import DeploymentTokens, deployment_tokens, provision, read_token
 from serving.deployers import Endpoint, Release
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "inferenceservice.yaml"
 PDB_FILE = "poddisruptionbudget.yaml"
+SECRET_FILE = "secret.yaml"
+OPEN_RUNTIME = (
+    "GOVML_KSERVE_RUNTIME=lightgbm: KServe's LightGBM server checks no bearer token, so "
+    "its endpoint would answer anyone; use the project's image (GOVML_KSERVE_RUNTIME=custom)"
+)
 MLFLOW_SCHEMES = ("models:/", "runs:/")
 # KServe's modelStatus.transitionStatus values that no amount of waiting fixes
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
@@ -111,7 +128,6 @@ class KubernetesDeployer:
         memory_request: str = "1Gi",
         memory_limit: str = "2Gi",
         ready_timeout: float = 600.0,
-        tokens_secret: str | None = None,
         prediction_log_claim: str | None = None,
         feature_store: str | None = None,
         feature_key_secret: str | None = None,
@@ -119,6 +135,7 @@ class KubernetesDeployer:
         crd_path: str | os.PathLike[str] | None = None,
         api: manifests.CustomObjectsApiLike | None = None,
         policy_api: Any = None,
+        core_api: Any = None,
         env: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -131,7 +148,6 @@ class KubernetesDeployer:
         self.image = image
         self.storage_uri = storage_uri
         self.tracking_uri = tracking_uri
-        self.tokens_secret = tokens_secret
         self.prediction_log_claim = prediction_log_claim
         self.feature_store = feature_store
         self.feature_key_secret = feature_key_secret
@@ -152,6 +168,7 @@ class KubernetesDeployer:
         self.crd_path = crd_path
         self._api = api
         self._policy_api = policy_api
+        self._core_api = core_api
         self.env = dict(os.environ if env is None else env)
         self.clock = clock
         self.sleep = sleep
@@ -177,6 +194,50 @@ class KubernetesDeployer:
         if self._policy_api is None:
             self._policy_api = manifests._policy_api(self.kubeconfig, self.context)
         return self._policy_api
+
+    def core_api(self) -> Any:
+        if self._core_api is None:
+            self._core_api = manifests.core_api(self.kubeconfig, self.context)
+        return self._core_api
+
+    # ------------------------------------------------------------------ tokens
+    def tokens(self, name: str) -> DeploymentTokens:
+        """The deployment's token files in its state folder (the Secret's source)."""
+        return deployment_tokens(self._dir(name))
+
+    def render_tokens_secret(self, name: str) -> dict[str, Any]:
+        """The deployment's token Secret from its state folder (made on first use)."""
+        try:
+            files = provision(self._dir(name))
+            tokens_json = files.tokens.read_text(encoding="utf-8")
+            predictor_token = read_token(files.service_token)
+        except (GovMLError, OSError) as exc:
+            raise DeploymentError(f"{name}: its token files: {exc}") from None
+        return manifests.render_tokens_secret(
+            manifests.tokens_secret_name(name),
+            self.namespace,
+            tokens_json=tokens_json,
+            predictor_token=predictor_token,
+            prediction_log_key=self.env.get("GOVML_PREDICTION_LOG_KEY") or None,
+            labels={"govml/deployment": name},
+        )
+
+    def _write_secret(self, name: str, secret: Mapping[str, Any]) -> Path:
+        path = self._dir(name) / SECRET_FILE
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(manifests.to_yaml(secret))
+        os.chmod(path, 0o600)
+        return path
+
+    def publish_tokens(self, name: str) -> str:
+        """Re-render the deployment's Secret from its folder and apply it; where it went."""
+        secret = self.render_tokens_secret(name)
+        path = self._write_secret(name, secret)
+        if not self.cluster()[0]:
+            return f"no cluster configured: kubectl apply -f {path}"
+        result = manifests.apply_secret(secret, self.core_api())
+        return f"secrets/{result.name} {result.action} in namespace {self.namespace}"
 
     def render_disruption_budget(self, release: Release) -> dict[str, Any] | None:
         """The hot-standby budget when the version runs at least two replicas."""
@@ -211,10 +272,10 @@ class KubernetesDeployer:
         """Strict input (the spec, as the server image holds it under ``specs/``),
         bearer tokens and the prediction log, for the project's own server image."""
         if self.runtime != "custom":
-            return {}
+            raise DeploymentError(OPEN_RUNTIME)
         return {
             "spec_file": f"specs/{Path(release.spec_path).name}" if release.spec_path else None,
-            "tokens_secret": self.tokens_secret,
+            "tokens_secret": manifests.tokens_secret_name(release.name),
             "prediction_log_claim": self.prediction_log_claim,
         }
 
@@ -296,7 +357,7 @@ class KubernetesDeployer:
             spec_file=f"specs/{Path(release.spec_path).name}",
             feature_store=store,
             feature_key_secret=self.feature_key_secret,
-            tokens_secret=self.tokens_secret,
+            tokens_secret=manifests.tokens_secret_name(release.name),
         )
 
     def render_rollout_step(self, release: Release, percent: int) -> dict[str, Any]:
@@ -383,6 +444,8 @@ class KubernetesDeployer:
         """Apply the release's InferenceService and return once it is Ready."""
         manifest = self.render(release)
         path = self.write_manifest(release, manifest)
+        secret = self.render_tokens_secret(release.name)
+        secret_path = self._write_secret(release.name, secret)
         budget = self.render_disruption_budget(release)
         if budget is not None:
             (self._dir(release.name) / PDB_FILE).write_text(manifests.to_yaml(budget))
@@ -390,10 +453,12 @@ class KubernetesDeployer:
         if not configured:
             raise DeploymentError(
                 f"no Kubernetes cluster configured: {NO_CLUSTER_HINT} ({how}). The validated "
-                f"InferenceService for {release.name} is in {path}: kubectl apply -f {path}"
+                f"InferenceService for {release.name} is in {path}: kubectl apply -f "
+                f"{secret_path} -f {path}"
             )
         try:
             api = self.api()
+            manifests.apply_secret(secret, self.core_api())
         except DeploymentError as exc:
             raise DeploymentError(f"{exc}. The validated manifest is in {path}") from None
         result = manifests.apply(manifest, api=api)
@@ -428,7 +493,10 @@ class KubernetesDeployer:
             url=url,
             artifact_sha256=release.artifact_sha256,
             deployer=self.kind,
-            details={k: v for k, v in endpoint.items() if k != "url"},
+            details={
+                **{k: v for k, v in endpoint.items() if k != "url"},
+                "token_file": str(self.tokens(release.name).service_token),
+            },
         )
 
     def status(self, name: str) -> dict[str, Any]:
@@ -472,6 +540,7 @@ class KubernetesDeployer:
                 f"{manifests._api_error(exc)}"
             ) from None
         self._delete_budget(name)
+        manifests.delete_secret(manifests.tokens_secret_name(name), self.namespace, self.core_api())
         log.info("%s deleted from namespace %s", name, self.namespace)
         return True
 

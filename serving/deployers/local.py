@@ -12,6 +12,15 @@ only on warm state (its in-process store loaded from the release's history, or a
 backfilled Redis namespace), and ``deploy`` waits for that too: the version takes no
 traffic before its online state is rebuilt. State lives in ``<state root>/<model>-v<version>/``
 (``release.json``, ``endpoint.json``, ``supervisor.json``, ``server.log``).
+
+Closed by default: both servers listen on ``host`` (127.0.0.1 unless the deployer is
+given another address, e.g. from ``GOVML_SERVING_BIND_HOST``) and check the
+deployment's own bearer tokens, ``tokens.json`` in its folder, made on the first
+deploy (:func:`serving.auth.provision`) and kept on a redeploy of the same version.
+The project's own client token (``service.token``, mode 0600) is what the transformer
+presents to its model server; the endpoint names its file in ``details["token_file"]``
+for the deploy step's smoke test. Adding or revoking a client in ``tokens.json``
+(``govml serving token``) takes effect in both servers within seconds, no restart.
 """
 
 from __future__ import annotations
@@ -29,7 +38,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import DeploymentError
+from pipelines.errors import DeploymentError, GovMLError
+from serving.auth import DeploymentTokens, deployment_tokens, provision
+from serving.bind import LOOPBACK, is_loopback
 from serving.deployers import Endpoint, Release
 
 log = logging.getLogger(__name__)
@@ -95,24 +106,33 @@ class LocalDeployer:
         state_root: Path,
         python: Path,
         *,
-        host: str = "127.0.0.1",
+        host: str = LOOPBACK,
         env: dict[str, str] | None = None,
         ready_timeout: float = 120.0,
-        tokens: Path | None = None,
     ) -> None:
+        """``host``: where the servers listen and are called (loopback by default; any
+        other address is passed to them as an explicit ``--host``)."""
         self.state_root = Path(state_root)
         self.python = Path(python)
         self.host = host
         self.env = dict(os.environ if env is None else env)
         self.ready_timeout = ready_timeout
-        self.tokens = tokens
 
     # ------------------------------------------------------------------ helpers
     def _dir(self, name: str) -> Path:
         return self.state_root / name
 
     def _url(self, port: int) -> str:
-        return f"http://{self.host}:{port}"
+        host = LOOPBACK if self.host in ("0.0.0.0", "::") else self.host  # call it locally
+        return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+    def tokens(self, name: str) -> DeploymentTokens:
+        """The deployment's token files (``tokens.json``, ``service.token``)."""
+        return deployment_tokens(self._dir(name))
+
+    def publish_tokens(self, name: str) -> str:
+        """Nothing to copy: the servers watch ``tokens.json`` itself; where it is."""
+        return f"{self.tokens(name).tokens} (its servers re-read it within seconds)"
 
     def _ready(self, url: str, model: str) -> bool:
         try:
@@ -129,7 +149,12 @@ class LocalDeployer:
             url=self._url(port),
             artifact_sha256=release.artifact_sha256,
             deployer=self.kind,
-            details={"port": port, "state_dir": str(self._dir(release.name)), **state},
+            details={
+                "port": port,
+                "state_dir": str(self._dir(release.name)),
+                "token_file": str(self.tokens(release.name).service_token),
+                **state,
+            },
         )
 
     # ------------------------------------------------------------------ interface
@@ -140,6 +165,7 @@ class LocalDeployer:
         same = current.get("artifact_sha256") == release.artifact_sha256
         if release.feature_store:  # and its transformer must be running too
             same = same and bool((current.get("transformer") or {}).get("running"))
+        same = same and self._closed(folder)
         if current.get("running") and same and self._ready(current["url"], release.model_name):
             log.info("%s already serving at %s", release.name, current["url"])
             return self._endpoint(release, int(current["port"]), current)
@@ -148,6 +174,10 @@ class LocalDeployer:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in ("supervisor.json", "endpoint.json"):
             (folder / stale).unlink(missing_ok=True)
+        try:
+            tokens = provision(folder)
+        except GovMLError as exc:
+            raise DeploymentError(f"{release.name}: its token files: {exc}") from None
         port = port or _free_port(self.host)
         (folder / "release.json").write_text(json.dumps(release.to_dict(), indent=2))
         server = [
@@ -162,8 +192,7 @@ class LocalDeployer:
         ]  # fmt: skip
         if release.spec_path:
             server += ["--spec", release.spec_path]
-        if self.tokens:
-            server += ["--tokens", str(self.tokens)]
+        server += self._guard(tokens)
         supervisor = self._supervise(folder, server)
         url = self._url(port)
         self._wait_ready(url, release, folder, supervisor, "the model server")
@@ -176,13 +205,28 @@ class LocalDeployer:
         }
         if release.feature_store:
             try:
-                endpoint["transformer"] = self._start_transformer(release, folder, port)
+                endpoint["transformer"] = self._start_transformer(release, folder, port, tokens)
             except DeploymentError:
                 self._cleanup(folder, supervisor)
                 raise
         (folder / "endpoint.json").write_text(json.dumps(endpoint, indent=2))
         log.info("%s serving at %s (supervisor pid %d)", release.name, url, supervisor.pid)
         return self._endpoint(release, port, self.status(release.name))
+
+    def _closed(self, folder: Path) -> bool:
+        """Whether the deployment's running servers check its tokens: one started before
+        tokens were enforced (or by hand without them) is restarted, never reused."""
+        for state_dir in (folder, folder / "transformer"):
+            command = _read_json(state_dir / "supervisor.json").get("command")
+            if command is not None and "--tokens" not in command:
+                return False
+        return self.tokens(folder.name).tokens.is_file()
+
+    def _guard(self, tokens: DeploymentTokens) -> list[str]:
+        """The servers' token file and address (explicit: never left to their environment)."""
+        if not is_loopback(self.host):
+            log.warning("deploying servers that listen on %s, not loopback", self.host)
+        return ["--tokens", str(tokens.tokens), "--host", self.host]
 
     def _supervise(self, folder: Path, server: list[str]) -> subprocess.Popen:
         command = [
@@ -222,7 +266,9 @@ class LocalDeployer:
             + _tail(folder / "server.log")
         )
 
-    def _start_transformer(self, release: Release, folder: Path, predictor_port: int) -> dict:
+    def _start_transformer(
+        self, release: Release, folder: Path, predictor_port: int, tokens: DeploymentTokens
+    ) -> dict:
         """The feature transformer in front of the model server, ready on warm state only
         (the in-process store loads the release's history first; a Redis namespace must
         carry its backfill record)."""
@@ -236,7 +282,8 @@ class LocalDeployer:
             str(self.python), "-m", "serving.transformer",
             "--model_name", release.model_name,
             "--spec", release.spec_path,
-            "--predictor_host", f"{self.host}:{predictor_port}",
+            "--predictor_host", self._url(predictor_port).removeprefix("http://"),
+            "--predictor_token_file", str(tokens.service_token),
             "--http_port", str(port),
             "--enable_grpc", "false",
             "--feature_store", str(release.feature_store),
@@ -247,8 +294,7 @@ class LocalDeployer:
                     f"{release.name}: the in-process feature store needs a history to warm up"
                 )
             command += ["--history", release.history]
-        if self.tokens:
-            command += ["--tokens", str(self.tokens)]
+        command += self._guard(tokens)
         supervisor = self._supervise(tdir, command)
         url = self._url(port)
         self._wait_ready(url, release, tdir, supervisor, "the feature transformer")

@@ -5,6 +5,8 @@ server, with the in-process store (warmed up from history at start) and with Red
 every feature of every row: in the transformer's answer and in what the predictor
 received (its prediction log). Concurrent requests for one card lose no update; a
 retry is counted once; bad input is a 400 naming the field and changes no state.
+Both servers check the deployment's token file; the transformer calls its predictor
+with the deployment's own token (``service.token``), as the local deployer runs them.
 
 Redis is the server on 127.0.0.1:6379: in CI it must answer; elsewhere the Redis half
 skips when it does not.
@@ -34,6 +36,7 @@ from pipelines.data.fraud import FraudConfig, generate_fraud
 from pipelines.features import build_features, compute_aggregates
 from pipelines.features_online import OnlineFeatures
 from pipelines.training import train
+from serving.auth import generate_token, load_records, provision, write_records
 from serving.prediction_log import complete_files, read_records
 from serving.transactions import TransactionSchema
 from tests.support import free_port
@@ -46,6 +49,8 @@ GOVML = ROOT / ".venv" / "bin" / "govml"
 MODEL = "fraud"
 ROWS = 50_000
 KEY = "parity-test-feature-key-0123456789"
+TOKEN, TOKEN_RECORD = generate_token("parity-test", ["predict", "explain"])
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 pytestmark = pytest.mark.slow
 
 
@@ -60,7 +65,7 @@ class Client:
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
 
     def post(self, path: str, body: Any, request_id: str | None = None) -> tuple[int, Any]:
-        headers = {"Content-Type": "application/json"}
+        headers = {"Content-Type": "application/json", **AUTH}
         if request_id:
             headers["X-Request-Id"] = request_id
         self.conn.request("POST", path, json.dumps(body), headers)
@@ -151,11 +156,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         "GOVML_PREDICTION_LOG_KEY": "p" * 32,
         "GOVML_FEATURE_KEY": KEY,
     }
+    tokens = provision(root / "deployment")  # the deployment's files, as the deployer makes
+    records = [r.to_dict() for r in load_records(tokens.tokens)]
+    write_records(tokens.tokens, [*records, TOKEN_RECORD])  # the test's own client
     port = free_port()
     predictor = start(
         ["-m", "serving", "--model_name", MODEL, "--model_uri", str(root / "train"),
          "--spec", str(ROOT / "specs" / "fraud.yaml"), "--prediction_log", str(root / "log"),
-         "--prediction_log_format", "jsonl", "--http_port", str(port)],
+         "--prediction_log_format", "jsonl", "--http_port", str(port),
+         "--tokens", str(tokens.tokens)],
         root / "predictor.log", env,
     )  # fmt: skip
     try:
@@ -171,6 +180,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
             env=env,
             predictor=predictor,
             predictor_port=port,
+            tokens=tokens,
         )
     finally:
         stop(predictor)
@@ -196,7 +206,9 @@ def start_transformer(world: SimpleNamespace, kind: str) -> SimpleNamespace:
         ["-m", "serving.transformer", "--model_name", MODEL,
          "--spec", str(ROOT / "specs" / "fraud.yaml"),
          "--predictor_host", f"127.0.0.1:{world.predictor_port}", "--http_port", str(port),
-         "--feature_store", store, "--feature_prefix", prefix, *extra],
+         "--feature_store", store, "--feature_prefix", prefix, *extra,
+         "--tokens", str(world.tokens.tokens),
+         "--predictor_token_file", str(world.tokens.service_token)],
         log, world.env,
     )  # fmt: skip
     wait_ready(proc, port, log)
@@ -309,19 +321,19 @@ def test_kserves_own_route_transforms_the_same_way(
     ]  # fmt: skip
     conn = http.client.HTTPConnection("127.0.0.1", transformer.port, timeout=30)
     conn.request("POST", f"/v1/models/{MODEL}:predict", json.dumps({"instances": rows[:1]}),
-                 {"Content-Type": "text/plain"})  # fmt: skip
+                 {"Content-Type": "text/plain", **AUTH})  # fmt: skip
     response = conn.getresponse()
     body = json.loads(response.read())
     assert response.status == 200, body
     assert body["aggregates"][0]["card_tx_count_1h"] == 0 and len(body["predictions"]) == 1
     conn.request("POST", f"/v1/models/{MODEL}:predict", json.dumps({"instances": rows[:1]}),
-                 {"Content-Type": "text/plain"})  # fmt: skip
+                 {"Content-Type": "text/plain", **AUTH})  # fmt: skip
     again = json.loads(conn.getresponse().read())
     assert again["predictions"] == body["predictions"]  # the same features and score
     code, fast = Client(transformer.port).predict(rows[1:])
     assert code == 200 and fast["aggregates"][0]["card_tx_count_1h"] == 1  # recorded once
     conn.request("POST", f"/v1/models/{MODEL}:predict", json.dumps({"instances": [{}]}),
-                 {"Content-Type": "text/plain"})  # fmt: skip
+                 {"Content-Type": "text/plain", **AUTH})  # fmt: skip
     bad = conn.getresponse()
     assert bad.status == 400 and "card_id: missing field" in json.loads(bad.read())["error"]
 

@@ -2,7 +2,9 @@
 
 Champion (version 1), challenger (version 2) and shadow (version 3) serve the same
 trained German Credit model with its spec; the gateway splits, sticks, mirrors and fails
-over between them, and its answers are the servers' answers.
+over between them, and its answers are the servers' answers. Every server checks its
+deployment's own token file; the gateway takes its clients' tokens and calls each server
+with that deployment's ``service.token`` (found under ``--deployments``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
 from pipelines.training import load_model, score, train
+from serving.auth import generate_token, provision, write_records
 from serving.gateway import write_routes
 from tests.support import free_port
 from tests.unit.test_features import spec_of, with_training, write_ingest
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 SPEC = ROOT / "specs" / "german_credit.yaml"
 MODEL = "german_credit"
+CLIENT, CLIENT_RECORD = generate_token("core-banking", ["predict"])
 pytestmark = pytest.mark.slow
 
 
@@ -76,10 +80,11 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def _server(root: Path, version: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
+    tokens = provision(root / f"german-credit-v{version}")  # as the local deployer does
     proc = _start(
         ["-m", "serving", "--enable_grpc", "false", "--model_name", MODEL,
          "--model_uri", str(root / "train"), "--spec", str(SPEC), "--model_version", version,
-         "--http_port", str(port)],
+         "--http_port", str(port), "--tokens", str(tokens.tokens)],
         root / f"server-v{version}.log",
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
@@ -108,9 +113,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     routes = root / "routes.json"
     write_routes(routes, _routes(procs, percent=25))
     port = free_port()
+    write_records(root / "gateway-tokens.json", [CLIENT_RECORD])
     gateway = _start(
         ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port),
-         "--shadow_log", str(root / "shadow.jsonl")],
+         "--shadow_log", str(root / "shadow.jsonl"),
+         "--tokens", str(root / "gateway-tokens.json"), "--deployments", str(root)],
         root / "gateway.log",
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -145,7 +152,7 @@ def _reroute(stack: SimpleNamespace, routes: dict) -> None:
 
 
 def _predict(stack: SimpleNamespace, row: dict, entity: str | None) -> tuple[int, Any, Any]:
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT}"}
     if entity is not None:
         headers["X-Govml-Entity"] = entity
     req = urllib.request.Request(
@@ -237,3 +244,26 @@ def test_a_frozen_shadow_never_slows_or_fails_the_client(stack: SimpleNamespace)
         assert f'govml_gateway_shadow_total{{model="{MODEL}",outcome="timeout"}}' in metrics
     finally:
         os.killpg(shadow.pid, signal.SIGCONT)
+
+
+def test_only_the_gateways_clients_score_and_their_tokens_stay_at_the_gateway(
+    stack: SimpleNamespace,
+) -> None:
+    _reroute(stack, _routes(stack.procs, percent=0))
+    body = json.dumps({"instances": [stack.rows[0]]}).encode()
+    for url in (f"{stack.base}/v1/models/{MODEL}:predict",  # no token at the gateway
+                f"{stack.procs['1'][1]}/v1/models/{MODEL}:predict"):  # fmt: skip
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)
+        assert refused.value.code == 401
+    # the gateway's client token means nothing to a model server
+    req = urllib.request.Request(
+        f"{stack.procs['1'][1]}/v1/models/{MODEL}:predict",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT}"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(req, timeout=10)
+    assert refused.value.code == 401
+    assert _predict(stack, stack.rows[0], "customer-1")[0] == 200

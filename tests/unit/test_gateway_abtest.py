@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 
 from pipelines.errors import ConfigError
+from serving.auth import TokenStore, generate_token, write_records
 from serving.gateway import Gateway, parse_routes, write_routes
 from serving.gateway_abtest import ASSIGNMENTS, ENROLMENTS
 from serving.request_context import current_request_id, set_request_id
@@ -23,6 +24,15 @@ from serving.request_context import current_request_id, set_request_id
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "1"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "2"}
 DAY = 86_400.0
+CLIENT, CLIENT_RECORD = generate_token("core-banking", ["predict", "explain"])
+
+
+def client_tokens(folder: Path) -> TokenStore:
+    """The gateway's own clients (core-banking), as a watched token file."""
+    path = folder / "gateway-tokens.json"
+    if not path.exists():
+        write_records(path, [CLIENT_RECORD])
+    return TokenStore.load(path)
 
 
 def ab_routes(
@@ -52,7 +62,7 @@ class Clock:
 def gateway(tmp_path: Path, routes: dict, clock: Clock | None = None) -> Gateway:
     path = tmp_path / "routes.json"
     write_routes(path, routes)
-    return Gateway(path, clock=clock or Clock())
+    return Gateway(path, tokens=client_tokens(tmp_path), clock=clock or Clock())
 
 
 def arm_of(gw: Gateway, entity: str | None) -> str:
@@ -132,7 +142,7 @@ def test_enrolment_survives_route_reloads_and_restarts(tmp_path: Path) -> None:
     now = {e: arm_of(gw, e) for e in first}  # the higher cap enrols some of the others
     gw.flush_now()
     # a restart: a new gateway process rebuilds the enrolment from its file
-    again = Gateway(gw.routes_path, clock=clock)
+    again = Gateway(gw.routes_path, tokens=client_tokens(tmp_path), clock=clock)
     assert {e: arm_of(again, e) for e in first} == now
     state = again.enrolment("fraud-ab-1")
     assert state is not None and state.treatment == 400  # the cap is where it was
@@ -174,15 +184,22 @@ def run(coroutine: Awaitable[Any]) -> Any:
     return out[0]
 
 
-async def upstream(status: int) -> tuple[web.AppRunner, str]:
-    """A model server stand-in: answers ``status`` and echoes the request id it got."""
+async def upstream(status: int, token: str | None = None) -> tuple[web.AppRunner, str]:
+    """A model server stand-in: answers ``status`` and echoes the request id it got;
+    with ``token``, 401 to a request without exactly that bearer token."""
 
     async def predict(request: web.Request) -> web.Response:
         rid = request.headers.get("X-Request-Id")
-        return web.json_response({"predictions": [0.1], "request_id": rid}, status=status)
+        seen = request.headers.get("Authorization")
+        if token is not None and seen != f"Bearer {token}":
+            return web.json_response({"error": "unknown bearer token"}, status=401)
+        body = {"predictions": [0.1], "request_id": rid, "authorization": seen}
+        return web.json_response(body, status=status)
 
     app = web.Application()
     app.router.add_post("/v1/models/fraud:predict", predict)
+    app.router.add_post("/v1/models/fraud:explain", predict)
+    app.router.add_post("/v1/models/fraud:predict/extra", predict)  # not a scoring route
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -192,8 +209,11 @@ async def upstream(status: int) -> tuple[web.AppRunner, str]:
 
 
 async def request(
-    gw: Gateway, headers: dict[str, str]
+    gw: Gateway, headers: dict[str, str | None], path: str = "/v1/models/fraud:predict"
 ) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """One request through the gateway, as ``core-banking`` unless ``headers`` carry
+    another ``Authorization`` (``None``: none at all)."""
+    headers = {"Authorization": f"Bearer {CLIENT}", **headers}
     sent: list[dict] = []
     body = json.dumps({"instances": [{"amount": 1.0}]}).encode()
     messages = [{"type": "http.request", "body": body, "more_body": False}]
@@ -207,9 +227,9 @@ async def request(
     scope = {
         "type": "http",
         "method": "POST",
-        "path": "/v1/models/fraud:predict",
+        "path": path,
         "query_string": b"",
-        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items() if v is not None],
     }
     await gw(scope, receive, send)
     head = {k.decode(): v.decode() for k, v in sent[0]["headers"]}

@@ -4,7 +4,11 @@ CustomObjectsApi stand-in that stores objects and plays KServe's status updates.
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
+import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +18,10 @@ import yaml
 from pipelines.config import load_settings
 from pipelines.errors import DeploymentError
 from serving import manifests
+from serving.auth import TokenRecord, TokenStore, add_client, read_token
 from serving.deployers import Release
 from serving.deployers.kubernetes import KubernetesDeployer, cluster_configured
-from tests.unit.test_manifests import FakeApiException, FakeCustomObjectsApi
+from tests.unit.test_manifests import FakeApiException, FakeCoreApi, FakeCustomObjectsApi
 
 SHA = "5e" * 32
 URL = "http://fraud-v7.models.example.com"
@@ -145,6 +150,7 @@ def deployer(tmp_path: Path, crd: Path, api: Any = None, **kwargs: Any) -> Kuber
         "crd_path": crd,
         "api": api,
         "policy_api": FakePolicyApi() if api is not None else None,
+        "core_api": FakeCoreApi() if api is not None else None,
         "env": {"HOME": str(tmp_path / "home")},  # no kubeconfig, not in a cluster
         "clock": clock,
         "sleep": clock.sleep,
@@ -181,13 +187,60 @@ def test_deploy_applies_the_validated_manifest_and_returns_the_status_url(
     (container,) = predictor["containers"]
     assert container["image"] == "govml-serving:latest"
     assert container["resources"]["limits"]["cpu"] == "2"
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     assert env["STORAGE_URI"] == "s3://models/fraud/7"  # the template, filled in
     assert env["EXPECTED_SHA256"] == SHA  # the server refuses any other file
     # polled until Ready: two reads not ready (one sleep each), then ready
     assert api.reads == 3 and dep.clock.sleeps == [5.0, 5.0]  # type: ignore[attr-defined]
     assert dep.status("fraud-v7")["running"] is True
     assert dep.status("fraud-v7")["url"] == URL
+
+
+def test_every_deployment_gets_its_own_token_secret_applied_first(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    api = FakeKServe(ready_after=1)
+    dep = deployer(tmp_path, crd_path, api)
+    endpoint = dep.deploy(release())
+    core = dep._core_api
+    ((kind, patch),) = core.calls
+    secret = patch["body"]
+    assert kind == "patch" and secret["metadata"]["name"] == "fraud-v7-tokens"
+    assert secret == yaml.safe_load((dep._dir("fraud-v7") / "secret.yaml").read_text())
+    assert stat.S_IMODE((dep._dir("fraud-v7") / "secret.yaml").stat().st_mode) == 0o600
+    service = read_token(endpoint.details["token_file"])
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded["predictor-token"] == service  # the transformer's token for its predictor
+    records = TokenStore([TokenRecord(**r) for r in json.loads(decoded["tokens.json"])])
+    assert records.check(f"Bearer {service}", "predict") == "govml"
+    predictor = next(b for k, b in api.calls if k == "patch")["body"]["spec"]["predictor"]
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert volumes["govml-tokens"]["secret"] == {"secretName": "fraud-v7-tokens", "optional": False}
+    assert "--host=0.0.0.0" in predictor["containers"][0]["args"]
+    # a client added later reaches the cluster as a new version of the same Secret
+    bank = add_client(dep.tokens("fraud-v7").tokens, "core-banking", ["predict"])
+    published = dep.publish_tokens("fraud-v7")
+    assert published == "secrets/fraud-v7-tokens configured in namespace models"
+    republished = core.objects[("models", "fraud-v7-tokens")]
+    text = base64.b64decode(republished["data"]["tokens.json"]).decode()
+    assert hashlib.sha256(bank.encode()).hexdigest() in text and bank not in text
+    assert dep.stop("fraud-v7") is True
+    assert ("models", "fraud-v7-tokens") not in core.objects
+
+
+def test_kserves_lightgbm_runtime_is_refused_it_checks_no_token(
+    tmp_path: Path, crd_path: Path
+) -> None:
+    with pytest.raises(DeploymentError, match="KServe's LightGBM server checks no bearer token"):
+        deployer(tmp_path, crd_path, runtime="lightgbm").render(release())
+    from ops.deploy import deployer_for
+
+    settings = load_settings(
+        {"GOVML_VAR_DIR": str(tmp_path), "GOVML_DEPLOYER": "kubernetes",
+         "GOVML_KUBE_TOKENS_SECRET": "shared-tokens"}
+    )  # fmt: skip
+    with pytest.raises(DeploymentError, match="GOVML_KUBE_TOKENS_SECRET is not used any more"):
+        deployer_for(settings)
 
 
 def test_a_hot_standby_gets_a_disruption_budget_applied_and_removed_with_it(
@@ -270,7 +323,7 @@ def test_without_a_cluster_the_validated_manifest_is_left_for_kubectl(
     text = str(info.value)
     assert text.startswith("no Kubernetes cluster configured: set GOVML_KUBECONFIG")
     path = dep.manifest_path("fraud-v7")
-    assert f"kubectl apply -f {path}" in text
+    assert f"kubectl apply -f {dep._dir('fraud-v7') / 'secret.yaml'} -f {path}" in text
     manifest = yaml.safe_load(path.read_text())
     assert manifests.validate_manifest(manifest, crd_path) == []
     assert manifest["metadata"]["labels"][manifests.LABEL_VERSION] == "7"
@@ -357,7 +410,11 @@ def test_mlflow_uris_are_resolved_by_the_server_and_names_become_dns_labels(
     )
     assert endpoint.name == "german-credit-v3" and endpoint.model_name == "german-credit"
     body = next(b for k, b in api.calls if k == "patch")["body"]
-    env = {e["name"]: e["value"] for e in body["spec"]["predictor"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e["value"]
+        for e in body["spec"]["predictor"]["containers"][0]["env"]
+        if "value" in e
+    }
     assert env["MODEL_URI"] == "models:/german_credit/3" and "STORAGE_URI" not in env
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
 
@@ -421,12 +478,7 @@ def test_govml_deployer_kubernetes_builds_it_from_the_settings(tmp_path: Path) -
 def test_the_served_version_gets_its_spec_tokens_and_prediction_log(
     tmp_path: Path, crd_path: Path
 ) -> None:
-    kube = deployer(
-        tmp_path,
-        crd_path,
-        tokens_secret="fraud-endpoint-tokens",
-        prediction_log_claim="fraud-predictions",
-    )
+    kube = deployer(tmp_path, crd_path, prediction_log_claim="fraud-predictions")
     manifest = kube.render(release(spec_path="/work/main/specs/fraud.yaml"))
     args = manifest["spec"]["predictor"]["containers"][0]["args"]
     assert "--spec=specs/fraud.yaml" in args  # the server image holds specs/
@@ -434,7 +486,8 @@ def test_the_served_version_gets_its_spec_tokens_and_prediction_log(
     assert any(a.startswith("--prediction_log=") for a in args)
     plain = deployer(tmp_path / "other", crd_path).render(release())
     plain_args = plain["spec"]["predictor"]["containers"][0]["args"]
-    assert not any(a.startswith(("--spec", "--tokens", "--prediction_log")) for a in plain_args)
+    assert not any(a.startswith(("--spec", "--prediction_log")) for a in plain_args)
+    assert "--tokens=/etc/govml/tokens/tokens.json" in plain_args  # never without tokens
 
 
 def test_every_rollout_step_renders_as_a_kserve_canary_the_crd_accepts(
@@ -461,7 +514,6 @@ def test_a_spec_with_aggregates_gets_the_feature_transformer_the_crd_accepts(
     kube = deployer(
         tmp_path,
         crd_path,
-        tokens_secret="fraud-endpoint-tokens",
         feature_store="redis://redis.govml.svc:6379/0",
         feature_key_secret="fraud-feature-key",
     )
@@ -483,8 +535,9 @@ def test_a_spec_with_aggregates_gets_the_feature_transformer_the_crd_accepts(
         "key": "feature-key",
     }
     assert env["GOVML_PREDICTOR_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == (
-        "fraud-endpoint-tokens"
+        "fraud-v7-tokens"
     )
+    assert "--host=0.0.0.0" in container["args"]
     predictor = manifest["spec"]["predictor"]
     for key in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"):
         assert transformer[key] == predictor[key]
@@ -511,4 +564,5 @@ def test_the_feature_transformer_needs_redis_and_the_key_secret_on_kubernetes(
             spec_file="specs/fraud.yaml",
             feature_store="redis://r:6379",
             feature_key_secret="Not_A_Name",
+            tokens_secret="fraud-v7-tokens",
         )

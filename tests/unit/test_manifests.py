@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import os
@@ -54,6 +55,7 @@ def render(**overrides: Any) -> dict[str, Any]:
     args.update(overrides)
     if args.get("runtime") == "custom":
         args.setdefault("image", IMAGE)
+        args.setdefault("tokens_secret", "fraud-v7-tokens")  # never without (see below)
     return render_inference_service(**args)
 
 
@@ -121,7 +123,7 @@ def test_custom_container_wires_the_model_server_arguments() -> None:
     (container,) = render(runtime="custom", model_name="fraud-model")["spec"]["predictor"][
         "containers"
     ]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     # s3:// is fetched by KServe's storage initializer to /mnt/models
     assert env == {
         "MODEL_NAME": "fraud-model",
@@ -132,10 +134,16 @@ def test_custom_container_wires_the_model_server_arguments() -> None:
     assert "--model_uri=$(MODEL_URI)" in container["args"]
     assert "--expected_sha256=$(EXPECTED_SHA256)" in container["args"]
     assert "--model_name=$(MODEL_NAME)" in container["args"]
+    assert "--host=0.0.0.0" in container["args"]  # the pod's address, said explicitly
+    assert "--tokens=/etc/govml/tokens/tokens.json" in container["args"]
     mlflow = render(
         runtime="custom", storage_uri="models:/fraud/7", env={"MLFLOW_TRACKING_URI": "x"}
     )
-    env = {e["name"]: e["value"] for e in mlflow["spec"]["predictor"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e["value"]
+        for e in mlflow["spec"]["predictor"]["containers"][0]["env"]
+        if "value" in e
+    }
     assert env["MODEL_URI"] == "models:/fraud/7" and "STORAGE_URI" not in env
     assert env["MLFLOW_TRACKING_URI"] == "x"
 
@@ -156,6 +164,10 @@ BAD_INPUTS = [
     ({"min_replicas": -1}, "min_replicas: -1 is outside 0.."),
     ({"runtime": "custom", "image": None}, "image: runtime='custom' needs a container image"),
     ({"runtime": "custom", "image": ""}, "image: runtime='custom' needs a container image"),
+    (
+        {"runtime": "custom", "tokens_secret": None},
+        "tokens_secret: required: the project's model server never runs without bearer tokens",
+    ),
     ({"image": IMAGE}, "image: only runtime='custom' takes an image"),
     ({"runtime": "onnx"}, "runtime: 'onnx' is not one of"),
     ({"scale_metric": "memory"}, "scale_metric: 'memory' is not one of"),
@@ -652,3 +664,71 @@ def test_the_servers_governance_options_are_mounted_and_accepted_by_the_crd(
 def test_bad_governance_options_are_named(overrides: dict[str, Any], needle: str) -> None:
     with pytest.raises(Exception, match=needle):
         render(**overrides)
+
+
+# --------------------------------------------------------------------------- token Secret
+def test_a_deployments_token_secret_holds_its_files_base64_encoded() -> None:
+    secret = manifests.render_tokens_secret(
+        manifests.tokens_secret_name("fraud-v7"),
+        "models",
+        tokens_json='[{"name": "govml", "scopes": ["predict"], "sha256": "ab"}]',
+        predictor_token="gml_service",
+        labels={"govml/deployment": "fraud-v7"},
+    )
+    assert (secret["apiVersion"], secret["kind"], secret["type"]) == ("v1", "Secret", "Opaque")
+    assert secret["metadata"] == {
+        "name": "fraud-v7-tokens",
+        "namespace": "models",
+        "labels": {"govml/deployment": "fraud-v7"},
+    }
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {
+        "tokens.json": '[{"name": "govml", "scopes": ["predict"], "sha256": "ab"}]',
+        "predictor-token": "gml_service",
+    }
+    with_key = manifests.render_tokens_secret(
+        "fraud-v7-tokens", "models", tokens_json="[]", predictor_token="t", prediction_log_key="k"
+    )
+    assert base64.b64decode(with_key["data"]["prediction-log-key"]) == b"k"
+    with pytest.raises(DeploymentError) as info:
+        manifests.render_tokens_secret("Bad_Name", "models", tokens_json="", predictor_token="")
+    for field in ("name:", "tokens_json: must be a non-empty string", "predictor_token:"):
+        assert field in str(info.value)
+
+
+class FakeCoreApi:
+    """Stands in for kubernetes.client.CoreV1Api: Secrets by name."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def read_namespaced_secret(self, name: str, namespace: str) -> dict[str, Any]:
+        if (namespace, name) not in self.objects:
+            raise FakeApiException(404, "Not Found")
+        return self.objects[(namespace, name)]
+
+    def patch_namespaced_secret(
+        self, name: str, namespace: str, body: dict[str, Any], **kwargs: Any
+    ) -> dict[str, Any]:
+        assert kwargs["_content_type"] == "application/apply-patch+yaml"
+        self.calls.append(("patch", {"body": copy.deepcopy(body), **kwargs}))
+        self.objects[(namespace, name)] = copy.deepcopy(body)
+        return body
+
+    def delete_namespaced_secret(self, name: str, namespace: str) -> None:
+        self.calls.append(("delete", {"name": name}))
+        if self.objects.pop((namespace, name), None) is None:
+            raise FakeApiException(404, "Not Found")
+
+
+def test_a_token_secret_is_applied_server_side_and_deleted() -> None:
+    api = FakeCoreApi()
+    secret = manifests.render_tokens_secret(
+        "fraud-v7-tokens", "models", tokens_json="[]", predictor_token="gml_x"
+    )
+    assert manifests.apply_secret(secret, api).action == "created"
+    assert manifests.apply_secret(secret, api).action == "configured"
+    assert api.calls[0][1]["field_manager"] == "govml" and api.calls[0][1]["force"] is True
+    assert manifests.delete_secret("fraud-v7-tokens", "models", api) is True
+    assert manifests.delete_secret("fraud-v7-tokens", "models", api) is False

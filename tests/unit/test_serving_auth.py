@@ -10,6 +10,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,15 @@ from serving.auth import (
     AuthError,
     TokenRecord,
     TokenStore,
+    add_client,
     generate_token,
     hash_record,
     load_records,
     main,
     parse_records,
+    provision,
+    read_token,
+    revoke_client,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -172,6 +177,118 @@ def test_reload_if_changed_revokes(tmp_path: Path) -> None:
     assert store.reload_if_changed() is True
     error = auth_error(store, f"Bearer {token}")
     assert error.status == 401 and error.www_authenticate.startswith('Bearer realm="fraud"')
+
+
+def _eventually(condition: Any, limit_s: float = 2.0) -> float:
+    """Seconds until ``condition()`` holds (checked every 10 ms), or fail at the limit."""
+    began = time.monotonic()
+    while not condition():
+        assert time.monotonic() - began < limit_s, "never happened"
+        time.sleep(0.01)
+    return time.monotonic() - began
+
+
+def _accepted(store: TokenStore, token: str) -> bool:
+    try:
+        store.check(f"Bearer {token}", "predict")
+    except AuthError:
+        return False
+    return True
+
+
+def test_checks_pick_up_a_revoked_and_an_added_token_without_a_reload_call(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "tokens.json"
+    token = add_client(path, "core-banking", ["predict"])
+    store = TokenStore.load(path, reload_seconds=0.2)
+    assert _accepted(store, token)
+    revoke_client(path, "core-banking")
+    assert _eventually(lambda: not _accepted(store, token)) < 0.5
+    newer = add_client(path, "fraud-ops", ["predict"])
+    assert _eventually(lambda: _accepted(store, newer)) < 0.5
+    assert not _accepted(store, token)
+
+
+def test_the_file_is_looked_at_at_most_once_per_interval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tokens.json"
+    token = add_client(path, "core-banking", ["predict"])
+    store = TokenStore.load(path, reload_seconds=0.5)
+    looks: list[Path] = []
+    real = auth.file_stamp
+
+    def counting(where: Path | None) -> Any:
+        looks.append(where)
+        return real(where)
+
+    monkeypatch.setattr(auth, "file_stamp", counting)
+    began = time.monotonic()
+    for _ in range(10_000):
+        store.check(f"Bearer {token}", "predict")
+    assert time.monotonic() - began < 0.5
+    assert looks == []  # no system call per request
+    time.sleep(0.5)  # the interval has passed
+    store.check(f"Bearer {token}", "predict")
+    store.check(f"Bearer {token}", "predict")
+    assert looks == [path]
+
+
+def test_a_file_that_breaks_refuses_every_token_until_fixed(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "tokens.json"
+    token = add_client(path, "core-banking", ["predict"])
+    store = TokenStore.load(path, reload_seconds=0.0)
+    good = path.read_text()
+    with caplog.at_level(logging.ERROR, logger="serving.auth"):
+        path.write_text("[{")
+        assert auth_error(store, f"Bearer {token}").status == 401  # fail closed
+        assert store.clients == []
+    assert f"{path}: not valid JSON" in caplog.text
+    assert "refusing every token until the file is fixed" in caplog.text
+    path.write_text(good)
+    assert _accepted(store, token)
+    path.unlink()
+    assert not _accepted(store, token)
+    path.write_text(good)
+    assert _accepted(store, token)
+
+
+def test_a_deployment_gets_its_token_files_once_and_keeps_its_clients(tmp_path: Path) -> None:
+    folder = tmp_path / "fraud-v7"
+    files = provision(folder)
+    assert (files.tokens, files.service_token) == (
+        folder / "tokens.json",
+        folder / "service.token",
+    )
+    for path in (files.tokens, files.service_token):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    service = read_token(files.service_token)
+    store = TokenStore.load(files.tokens)
+    assert store.check(f"Bearer {service}", "explain") == auth.SERVICE_CLIENT
+    assert service not in files.tokens.read_text()
+    bank = add_client(files.tokens, "core-banking", ["predict"])
+    provision(folder)  # a redeploy of the same version
+    assert read_token(files.service_token) == service
+    assert [r.name for r in load_records(files.tokens)] == ["govml", "core-banking"]
+    files.service_token.write_text("gml_lost\n")  # does not match its record: renewed
+    provision(folder)
+    renewed = read_token(files.service_token)
+    assert renewed not in (service, "gml_lost")
+    store = TokenStore.load(files.tokens)
+    assert store.check(f"Bearer {renewed}", "predict") == "govml"
+    assert store.check(f"Bearer {bank}", "predict") == "core-banking"
+    assert auth_error(store, f"Bearer {service}").status == 401
+
+
+def test_read_token_refuses_what_is_not_a_token(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="absent.token: token file not found"):
+        read_token(tmp_path / "absent.token")
+    (tmp_path / "bad.token").write_text("two words\n")
+    with pytest.raises(ConfigError, match="bad.token: does not hold a bearer token"):
+        read_token(tmp_path / "bad.token")
 
 
 # ----------------------------------------------------------------------------- the file

@@ -1,0 +1,86 @@
+"""What the project's KServe servers share: closed by default.
+
+The model server (``python -m serving``) and the feature transformer
+(``python -m serving.transformer``) both
+
+* require ``--tokens FILE`` (hashed bearer tokens, :mod:`serving.auth`; watched for
+  changes) and refuse to start without it, in one line;
+* listen on 127.0.0.1 unless ``--host`` or ``GOVML_SERVING_BIND_HOST`` names another
+  address (:mod:`serving.bind`): :class:`BoundModelServer` makes KServe's REST server
+  listen there (KServe 0.21 itself always listens on every interface);
+* serve no gRPC: KServe's gRPC server listens on every interface and passes no request
+  through the bearer-token check, so ``--enable_grpc true`` is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import kserve
+
+from pipelines.errors import ConfigError
+from serving.auth import TokenStore
+from serving.bind import bind_host
+
+USAGE = 2
+NO_TOKENS = (
+    "error: --tokens FILE is required: govml's servers answer only bearer-token holders "
+    "(make a file with: python -m serving.auth new NAME --scope predict --file FILE)"
+)
+NO_GRPC = (
+    "error: --enable_grpc true: gRPC is not served (KServe's gRPC server listens on every "
+    "interface and checks no bearer token); use HTTP"
+)
+
+
+class BoundModelServer(kserve.ModelServer):
+    """KServe's model server, its REST server listening on ``host`` only.
+
+    KServe 0.21 hard-codes ``0.0.0.0`` in the uvicorn configuration it builds inside
+    :meth:`kserve.ModelServer.start`; ``start`` calls :meth:`setup_event_loop` after
+    building it and before serving, where the address is set to ``host``."""
+
+    def __init__(self, host: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.host = host
+
+    def setup_event_loop(self) -> None:
+        rest = getattr(self, "_rest_server", None)
+        config = getattr(rest, "config", None)
+        if config is None or self.workers != 1 or self.enable_grpc:
+            raise RuntimeError("BoundModelServer serves one REST worker, no gRPC")
+        config.host = self.host
+        super().setup_event_loop()
+
+
+def refuse(message: str, code: int) -> int:
+    """One line on stderr; the exit code."""
+    sys.stderr.write(message.rstrip() + "\n")
+    return code
+
+
+def server_options(parser: argparse.ArgumentParser) -> None:
+    """Options the model server and the feature transformer share: tokens, address."""
+    parser.add_argument(
+        "--tokens", default=None, help="bearer token file (hashed tokens; required)"
+    )
+    parser.add_argument(
+        "--host",
+        default=None,
+        help="address to listen on (default: $GOVML_SERVING_BIND_HOST or 127.0.0.1)",
+    )
+    parser.set_defaults(enable_grpc=False)
+
+
+def guard_settings(args: argparse.Namespace) -> tuple[str, TokenStore] | int:
+    """(host, token store) for a server's arguments, or the exit code of a refusal."""
+    if not args.tokens:
+        return refuse(NO_TOKENS, USAGE)
+    if args.enable_grpc:
+        return refuse(NO_GRPC, USAGE)
+    try:
+        return bind_host(args.host), TokenStore.load(args.tokens)
+    except ConfigError as exc:
+        return refuse(f"error: {exc}", USAGE)
