@@ -3,13 +3,15 @@
 The task writes a Required Action ("Approve" / "Reject" with a mandatory reason)
 and parks in the ``awaiting_input`` state: it holds no worker slot and needs no
 triggerer while it waits. Each answer, from the Airflow UI (Browse -> Required
-Actions) or from ``govml approve``/``reject`` (which answer the same action over
-the REST API as the reviewer), is checked against the four-eyes rules by
+Actions), from REST, or from ``govml approve``/``reject`` (which answer the same
+action over the REST API as the reviewer), is checked against the four-eyes rules by
 :func:`registry.approvals.decide` and recorded in the governance store, then mirrored
-as MLflow model-version tags.
+as MLflow model-version tags. An approval is checked against the artifact as the
+registry holds it *at the time of the answer* (downloaded and hashed again), not
+against the hash the request stored.
 
-* An answer that breaks a rule (self-approval, no approver role, ...) is refused
-  and recorded; the task asks again.
+* An answer that breaks a rule (self-approval, no approver role, no reason, a
+  changed artifact, ...) is refused and recorded; the task asks again.
 * An approval that is not yet enough (a high-risk change needs two people) is
   recorded; the task asks again for the next approver.
 * A rejection fails the task with the reviewer's reason; so does no answer before
@@ -17,6 +19,10 @@ as MLflow model-version tags.
   with a timeout event).
 * Enough valid approvals: the task succeeds and returns the approval, and the
   deploy step may use it.
+
+Asking again clears the answer of the same Required Action; Airflow keeps its subject
+and text, so what happened since (who was refused and why, approvals so far) is read
+from the audit trail and shown above the form by :mod:`ops.approval_notes`.
 """
 
 from __future__ import annotations
@@ -26,29 +32,22 @@ import logging
 from typing import Any
 
 from airflow.providers.standard.operators.hitl import HITLOperator
-from airflow.sdk import Param
+
+from ops.approval_form import APPROVE, OPTIONS, REJECT, form_params, reason_of
+from ops.approval_notes import as_markdown, escape, notes, progress_note
 
 log = logging.getLogger(__name__)
 
-APPROVE, REJECT = "Approve", "Reject"
 REQUEST_TASK = "request_approval"
 
 
-def _escape(text: str) -> str:
-    """Markdown-escape free text (feature names like ``__all__`` are not emphasis)."""
-    return "".join("\\" + c if c in "\\`*_{}[]<>#|" else c for c in text)
-
-
-def _body(request: dict[str, Any], mlflow_url: str | None, note: str | None) -> str:
-    lines = []
-    if note:
-        lines += [f"**{note}**", ""]
+def _body(request: dict[str, Any], mlflow_url: str | None, lines: list[str]) -> str:
     version = request["model_version"]
-    lines += [
+    text = [
         f"Model **{request['model_name']}** version **{version}** passed every automatic "
         f"gate and waits for approval before deployment.",
         "",
-        f"* artifact SHA-256: `{request['artifact_sha256']}`",
+        f"* artifact SHA-256: `{request['artifact_sha256']}` (hashed again when you approve)",
         f"* lifecycle run: `{request['run_id']}`",
         f"* approvals needed: **{request['required_approvers']}** distinct approver(s) "
         f"holding one of the roles {', '.join(request['approver_roles'])}",
@@ -59,39 +58,41 @@ def _body(request: dict[str, Any], mlflow_url: str | None, note: str | None) -> 
         f"author: {request.get('author') or '-'} (neither may decide)",
     ]
     if request.get("risk_reasons"):
-        lines += ["", "**High-risk change**, needs two approvers:"]
-        lines += [f"* {_escape(reason)}" for reason in request["risk_reasons"]]
+        text += ["", "**High-risk change**, needs two approvers:"]
+        text += [f"* {escape(reason)}" for reason in request["risk_reasons"]]
     if mlflow_url:
-        lines += [
+        text += [
             "",
             f"Review the model card, gate results and reports in MLflow: "
             f"{mlflow_url.rstrip('/')}/#/models/{request['model_name']}/versions/{version}",
         ]
-    lines += ["", "Give the reason for your decision in the **reason** field."]
-    return "\n".join(lines)
+    text += ["", "Give the reason for your decision in the **Reason** field."]
+    return as_markdown(lines) + "\n".join(text)
+
+
+def _subject(request: dict[str, Any], refused: str | None) -> str:
+    subject = f"Approve {request['model_name']} version {request['model_version']} for deployment?"
+    return f"{subject} ({refused})" if refused else subject
 
 
 class GovernedApprovalOperator(HITLOperator):
     """Approve / Reject a registered version under the spec's four-eyes rules."""
 
     def __init__(self, *, response_timeout: dt.timedelta, **kwargs: Any) -> None:
-        # inside a DAG, Airflow passes the DAG's params; the form only shows ours
+        # inside a DAG, Airflow passes the DAG's params: the form has its own (form_params)
         kwargs.pop("params", None)
         super().__init__(
             subject="Approve a model version for deployment",
-            options=[APPROVE, REJECT],
-            params={
-                "reason": Param(
-                    "",
-                    type="string",
-                    title="Reason",
-                    description="why you approve or reject (recorded in the audit trail)",
-                )
-            },
+            options=list(OPTIONS),
             response_timeout=response_timeout,
             retries=0,
             **kwargs,
         )
+
+    @property
+    def serialized_params(self) -> dict[str, dict[str, Any]]:
+        """The form, always built fresh: never the run-time (conf-overlaid) parameters."""
+        return form_params()
 
     # ------------------------------------------------------------------ helpers
     def _request(self, context: Any) -> dict[str, Any]:
@@ -107,7 +108,15 @@ class GovernedApprovalOperator(HITLOperator):
 
         return load_settings()
 
-    def _ask(self, context: Any, request: dict[str, Any], note: str | None = None) -> None:
+    def _artifact_sha256(self, request: dict[str, Any]) -> str:
+        """The registered version's artifact hashed now (raises RegistryError)."""
+        from registry.mlflow_registry import artifact_sha256_of
+
+        return artifact_sha256_of(
+            self._settings().mlflow_tracking_uri, request["model_name"], request["model_version"]
+        )
+
+    def _ask(self, context: Any, request: dict[str, Any]) -> None:
         """Write (or re-open) the Required Action and park the task until it is answered."""
         from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput
         from airflow.sdk.execution_time.hitl import upsert_hitl_detail
@@ -120,10 +129,10 @@ class GovernedApprovalOperator(HITLOperator):
                 f"{request['model_name']} v{request['model_version']}: no approval before "
                 f"{request['respond_by']}: counts as a rejection"
             )
-        self.subject = (
-            f"Approve {request['model_name']} version {request['model_version']} for deployment?"
-        )
-        self.body = _body(request, self._settings().mlflow_url, note)
+        settings = self._settings()
+        refused, lines = notes(settings.governance_url, _current(settings.governance_url, request))
+        self.subject = _subject(request, refused)
+        self.body = _body(request, settings.mlflow_url, lines)
         upsert_hitl_detail(
             ti_id=context["task_instance"].id,
             options=self.options,
@@ -135,7 +144,10 @@ class GovernedApprovalOperator(HITLOperator):
             assigned_users=self.assigned_users,
         )
         log.info(
-            "waiting for a decision on %s v%s", request["model_name"], request["model_version"]
+            "waiting for a decision on %s v%s%s",
+            request["model_name"],
+            request["model_version"],
+            "".join(f"; {line}" for line in lines),
         )
         raise TaskAwaitingInput(method_name="execute_complete", timeout=remaining)
 
@@ -160,14 +172,35 @@ class GovernedApprovalOperator(HITLOperator):
         )
         self._mirror(state)
 
+    def _settled(self, state: Any, label: str) -> dict[str, Any]:
+        """The result of a request that no longer waits: its approval, or a failed task."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from registry.approvals import APPROVED
+
+        self._mirror(state)
+        if state.status == APPROVED:
+            log.info("%s approved by %s", label, ", ".join(state.approvers))
+            return state.to_dict()
+        last = state.decisions[-1] if state.decisions else None
+        why = f" by {last.user}: {last.reason}" if last else ""
+        raise AirflowFailException(f"{label}: {state.status}{why}")
+
     # ------------------------------------------------------------------ operator
     def execute(self, context: Any) -> Any:
-        self._ask(context, self._request(context))
+        from registry.approvals import PENDING
+
+        request = self._request(context)
+        current = _current(self._settings().governance_url, request)
+        if current.status != PENDING:
+            # decided elsewhere (the CLI) before this try started (a cleared task)
+            return self._settled(current, f"{request['model_name']} v{request['model_version']}")
+        self._ask(context, request)
 
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.errors import ApprovalError
+        from pipelines.errors import ApprovalError, RegistryError
         from registry.approvals import APPROVED, PENDING, decide
 
         request = self._request(context)
@@ -176,9 +209,7 @@ class GovernedApprovalOperator(HITLOperator):
         current = _current(settings.governance_url, request)
         if current.status == APPROVED:
             # enough approvals were recorded elsewhere (the CLI) before this answer
-            self._mirror(current)
-            log.info("%s approved by %s", label, ", ".join(current.approvers))
-            return current.to_dict()
+            return self._settled(current, label)
         if event.get("error_type") == "timeout" or event.get("timedout"):
             self._expire(request)
             raise AirflowFailException(
@@ -187,22 +218,37 @@ class GovernedApprovalOperator(HITLOperator):
         if "error" in event:
             raise AirflowFailException(f"{label}: approval task error: {event['error']}")
         chosen = list(event.get("chosen_options") or [])
-        params = dict(event.get("params_input") or {})
         responder = event.get("responded_by_user") or {}
         user = str(responder.get("name") or responder.get("id") or "")
         if chosen not in ([APPROVE], [REJECT]) or not user:
-            return self._ask(context, request, f"Ignored an invalid answer {chosen} by {user!r}.")
+            log.warning("%s: ignored an invalid answer %s by %r", label, chosen, user)
+            return self._ask(context, request)
+        decision = "approve" if chosen == [APPROVE] else "reject"
+        sha = None
+        if decision == "approve":
+            # the artifact as the registry holds it now, not the hash the request stored
+            try:
+                sha = self._artifact_sha256(request)
+            except RegistryError as exc:
+                # not verifiable now (the registry is down): nothing is recorded, ask again
+                log.warning(
+                    "%s: %s's approval not recorded: cannot hash the registered artifact again: %s",
+                    label,
+                    user,
+                    exc,
+                )
+                return self._ask(context, request)
         try:
             state = decide(
                 settings.governance_url,
                 request["model_name"],
                 request["model_version"],
                 user=user,
-                decision="approve" if chosen == [APPROVE] else "reject",
-                reason=str(params.get("reason") or ""),
+                decision=decision,
+                reason=reason_of(event.get("params_input")),
                 channel="ui",
                 run_id=request["run_id"],
-                artifact_sha256=request["artifact_sha256"],
+                artifact_sha256=sha,
             )
         except ApprovalError as exc:
             log.warning("%s", exc)
@@ -210,20 +256,13 @@ class GovernedApprovalOperator(HITLOperator):
             if current.status != PENDING:
                 self._mirror(current)
                 raise AirflowFailException(str(exc)) from None
-            return self._ask(context, current.to_dict(), f"Refused: {exc}")
-        self._mirror(state)
-        if state.status == APPROVED:
-            log.info("%s approved by %s", label, ", ".join(state.approvers))
-            return state.to_dict()
+            log.info("refused, asking again: %s", exc)
+            return self._ask(context, request)
         if state.status == PENDING:
-            return self._ask(
-                context,
-                state.to_dict(),
-                f"{len(state.approvers)} of {state.required_approvers} approvals so far "
-                f"({', '.join(state.approvers)}): a second, different approver is needed.",
-            )
-        reason = next((d.reason for d in reversed(state.decisions)), "")
-        raise AirflowFailException(f"{label}: {state.status} by {user}: {reason}")
+            self._mirror(state)
+            log.info("%s: %s", label, progress_note(state.approvers, state.required_approvers))
+            return self._ask(context, request)
+        return self._settled(state, label)
 
 
 def _current(url: str, request: dict[str, Any]):  # noqa: ANN202

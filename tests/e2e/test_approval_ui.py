@@ -4,13 +4,18 @@ The German Credit lifecycle is triggered over REST by `operator`; it stops at th
 `approval` task (a Required Action). German Credit is a high-risk change (proxy
 warnings on protected attributes), so it needs two distinct approvers:
 
-* approve: `reviewer` approves in the Required Actions page (Chromium), the task
-  asks again; `validator` approves with `govml approve` (authenticated, answers the
-  same Required Action); the run goes on to `deploy`, which releases exactly that
-  version as `challenger`, and the browser shows the deploy task succeeded.
-* reject: `operator` (who triggered the run) tries to approve over REST and is
-  refused (the task asks again); `reviewer` rejects in the browser with a reason;
-  the run stops, the reason is recorded, nothing is deployed.
+* approve: `reviewer` (an Airflow `approver`: reads, answers Required Actions, nothing
+  else) finds the Reason field empty, cannot answer without a reason, approves in the
+  Required Actions page (Chromium); the task asks again, saying so above the form;
+  `validator` approves with `govml approve` (authenticated, answers the same Required
+  Action); the run goes on to `deploy`, which releases exactly that version as
+  `challenger`, and the browser shows the deploy task succeeded.
+* refusals: `operator` (who triggered the run, with a trigger reason) tries to approve
+  in the browser and is refused: the next Required Action says who was refused and why
+  above its form; an answer without a reason is refused likewise; the registered
+  model file is swapped after the request, and the reviewer's approval in the browser is
+  refused because the artifact no longer matches; `reviewer` rejects in the browser with
+  a reason; the run stops, the reason is recorded, nothing is deployed.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from types import SimpleNamespace
 
 import pytest
 
+from ops.approval_form import REASON_FIELD
 from pipelines.config import load_settings
 from tests.support import AirflowAPI, single_spec_dir, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 GOVML = str(ROOT / ".venv" / "bin" / "govml")
 DAG = "german_credit_lifecycle"
+REASON = f"#element_{REASON_FIELD}"
 pytestmark = pytest.mark.slow
 
 
@@ -60,6 +67,17 @@ def _login(browser, stack: SimpleNamespace, user: str):  # noqa: ANN001, ANN202
     return context, page
 
 
+def _open_action(browser, stack: SimpleNamespace, user: str, run_id: str):  # noqa: ANN001, ANN202
+    """Log in as ``user`` and open the run's pending action from Browse -> Required Actions."""
+    context, page = _login(browser, stack, user)
+    page.goto(f"{stack.settings.airflow_url}/required_actions", wait_until="networkidle")
+    row = page.locator("tr", has_text=run_id)
+    row.get_by_role("link", name="Approve german_credit").first.click(timeout=30_000)
+    page.get_by_text("neither may decide", exact=False).first.wait_for(timeout=30_000)
+    page.locator(REASON).wait_for(timeout=30_000)
+    return context, page
+
+
 def _decide_in_browser(
     browser,  # noqa: ANN001
     stack: SimpleNamespace,
@@ -69,22 +87,56 @@ def _decide_in_browser(
     reason: str,
     shot: Path,
 ) -> None:
-    """Log in, open the pending action from Browse -> Required Actions, answer it."""
-    context, page = _login(browser, stack, user)
+    """Answer the pending action; the form starts with an empty reason and cannot be
+    answered without one."""
+    context, page = _open_action(browser, stack, user, run_id)
     try:
-        page.goto(f"{stack.settings.airflow_url}/required_actions", wait_until="networkidle")
-        row = page.locator("tr", has_text=run_id)
-        row.get_by_role("link", name="Approve german_credit").first.click(timeout=30_000)
-        page.get_by_text("neither may decide", exact=False).first.wait_for(timeout=30_000)
-        page.locator("#element_reason").wait_for(timeout=30_000)
-        approve = page.get_by_test_id(f"hitl-option-{option}")
-        assert approve.is_disabled(), "the reason is required before answering"
-        page.locator("#element_reason").fill(reason)
-        approve.click()
+        assert page.locator(REASON).input_value() == "", "the Reason field starts empty"
+        answer = page.get_by_test_id(f"hitl-option-{option}")
+        assert answer.is_disabled(), "the reason is required before answering"
+        page.locator(REASON).fill(reason)
+        answer.click()
         page.get_by_text("approval response successful", exact=False).wait_for(timeout=30_000)
         page.screenshot(path=str(shot), full_page=True)
     finally:
         context.close()
+
+
+def _refusal_shown(
+    browser,  # noqa: ANN001
+    stack: SimpleNamespace,
+    run_id: str,
+    text: str,
+    shot: Path,
+) -> None:
+    """The run's next Required Action shows ``text`` above its form, the reason empty."""
+    stack.api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)
+    context, page = _open_action(browser, stack, "reviewer", run_id)
+    try:
+        note = page.get_by_text(text, exact=False).first
+        note.wait_for(timeout=30_000)
+        field = page.locator(REASON)
+        assert note.bounding_box()["y"] < field.bounding_box()["y"], "shown above the form"
+        assert field.input_value() == ""
+        page.screenshot(path=str(shot), full_page=True)
+    finally:
+        context.close()
+
+
+def _swap_registered_artifact(stack: SimpleNamespace, sha256: str, since: float) -> list[Path]:
+    """Change the registry's stored model file(s) of this run's version (an attacker with
+    the host account, or anonymous writes to MLflow before issue 21)."""
+    from pipelines.artifacts import MODEL_FILES, sha256_file
+
+    hits = [
+        p
+        for p in stack.settings.mlflow_artifacts.rglob("*")
+        if p.name in MODEL_FILES and p.stat().st_mtime >= since and sha256_file(p) == sha256
+    ]
+    assert hits, f"no registered model file with sha256 {sha256} under the MLflow artifacts"
+    for path in hits:
+        path.write_bytes(path.read_bytes() + b"\n")
+    return hits
 
 
 def _task_logs(stack: SimpleNamespace, run_id: str, task: str) -> str:
@@ -143,6 +195,7 @@ def test_approvers_approve_and_the_run_deploys_that_version(
     browser,  # noqa: ANN001
     stack: SimpleNamespace,
     tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     api = stack.api
     run_id = api.trigger(DAG, {"tuning_trials": 0}, user="operator")
@@ -163,6 +216,9 @@ def test_approvers_approve_and_the_run_deploys_that_version(
     )
     _until_recorded(stack, run_id, before + 1)
     api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)  # asks the second approver
+    assert api.hitl(DAG, run_id, "approval")["body"].startswith(
+        "> **1 of 2 approvals so far (reviewer): a second, different approver is needed.**"
+    )
     assert api.task_state(DAG, run_id, "deploy") is None  # not started
     assert _request(stack, run_id).approvers == ["reviewer"]
 
@@ -207,6 +263,9 @@ def test_approvers_approve_and_the_run_deploys_that_version(
 
     from registry.mlflow_registry import version_by_alias, version_tags
 
+    # the locked registry: the reviewer reads it with their own login
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "reviewer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", api.passwords["reviewer"])
     uri = stack.settings.mlflow_tracking_uri
     assert version_by_alias(uri, "german_credit", "challenger").version == final.model_version
     tags = version_tags(uri, "german_credit", final.model_version)
@@ -230,26 +289,74 @@ def test_approvers_approve_and_the_run_deploys_that_version(
     assert verify.returncode == 0 and "chain ok" in verify.stdout, verify.stdout + verify.stderr
 
 
-def test_self_approval_is_refused_and_a_rejection_stops_the_run(
+def test_refused_answers_are_shown_above_the_form_and_a_rejection_stops_the_run(
     browser,  # noqa: ANN001
     stack: SimpleNamespace,
     tmp_path: Path,
 ) -> None:
-    api = stack.api
-    run_id = api.trigger(DAG, {"tuning_trials": 0}, user="operator")
-    api.wait_awaiting_input(DAG, run_id, "approval", timeout=600)
+    import time
 
-    # whoever triggered the run cannot approve it, even over REST
-    before = _count(stack, run_id)
-    code, body = api.answer(DAG, run_id, "approval", "Approve", "looks fine to me", "operator")
-    assert code == 200, body
-    _until_recorded(stack, run_id, before + 1)
-    api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)
     from registry.audit import events
 
-    refused = events(stack.settings.governance_url, run_id=run_id, kinds=["approval_refused"])
-    assert refused and refused[-1].actor == "operator"
+    api = stack.api
+    started = time.time()
+    conf = {"tuning_trials": 0, "reason": "retrain: PSI on the age bands"}
+    run_id = api.trigger(DAG, conf, user="operator")
+    api.wait_awaiting_input(DAG, run_id, "approval", timeout=600)
+    url = stack.settings.governance_url
+
+    # whoever triggered the run cannot approve it; the Reason field did not start with
+    # the trigger's reason, and the refusal is shown above the next form
+    _decide_in_browser(
+        browser, stack, "operator", run_id, "Approve", "looks fine to me", tmp_path / "self.png"
+    )
+    _refusal_shown(
+        browser,
+        stack,
+        run_id,
+        "Refused: operator's approve: operator triggered this run and cannot approve",
+        tmp_path / "self-refused.png",
+    )
+    refused = events(url, run_id=run_id, kinds=["approval_refused"])
+    assert refused[-1].actor == "operator"
     assert "triggered this run" in refused[-1].payload["reason"]
+
+    # an answer without a reason (over REST: the form does not allow it) is refused
+    code, body = api.answer(DAG, run_id, "approval", "Approve", " ", "reviewer")
+    assert code == 200, body
+    _refusal_shown(
+        browser,
+        stack,
+        run_id,
+        "Refused: reviewer's approve: a reason",
+        tmp_path / "no-reason-refused.png",
+    )
+
+    # the registered model file changes after the request: the reviewer's approval in
+    # the browser is checked against the artifact as the registry holds it now
+    request = _request(stack, run_id)
+    _swap_registered_artifact(stack, request.artifact_sha256, since=started)
+    _decide_in_browser(
+        browser,
+        stack,
+        "reviewer",
+        run_id,
+        "Approve",
+        "model card reviewed",
+        tmp_path / "swapped.png",
+    )
+    _refusal_shown(
+        browser,
+        stack,
+        run_id,
+        "Refused: reviewer's approve: the artifact",
+        tmp_path / "swapped-refused.png",
+    )
+    last = events(url, run_id=run_id, kinds=["approval_refused"])[-1]
+    assert last.actor == "reviewer"
+    assert "is not the one submitted for approval" in last.payload["reason"]
+    assert not events(url, run_id=run_id, kinds=["approval_granted"]), "no approval recorded"
+    assert _request(stack, run_id).approvers == []
 
     _decide_in_browser(
         browser,

@@ -1,5 +1,6 @@
-"""A person opens the UIs the README names: logs into Airflow with the password
-`make up` printed, and opens MLflow. Real servers on loopback, real Chromium."""
+"""A person opens the UIs the README names: logs into Airflow with the password from
+the file `make up` names (it prints no password), and opens MLflow. Real servers on
+loopback, real Chromium."""
 
 from __future__ import annotations
 
@@ -31,10 +32,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, 
         subprocess.run([GOVML, "stack", "down"], cwd=ROOT, env=env, timeout=300, check=False)
 
 
-def test_airflow_login_with_printed_password(browser, stack, tmp_path: Path) -> None:  # noqa: ANN001
+def test_airflow_login_with_the_password_from_the_named_file(
+    browser, stack, tmp_path: Path
+) -> None:  # noqa: ANN001
     settings, up_output = stack
-    passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
-    assert f"user 'reviewer' (admin) password {passwords['reviewer']!r}" in up_output
+    path = settings.airflow_home / "passwords.json"
+    assert f"passwords in {path} (mode 0600, this account only);" in up_output
+    passwords = json.loads(path.read_text())
+    assert not any(password in up_output for password in passwords.values())
     page = browser.new_page()
     page.goto(settings.airflow_url, wait_until="networkidle")
     page.fill("input[name=username]", "reviewer")
@@ -52,10 +57,18 @@ def test_airflow_login_with_printed_password(browser, stack, tmp_path: Path) -> 
     page.close()
 
 
-def test_mlflow_ui_opens(browser, stack) -> None:  # noqa: ANN001
+def test_mlflow_ui_opens_for_a_reviewer_and_no_one_anonymous(browser, stack) -> None:  # noqa: ANN001
     settings, _ = stack
-    page = browser.new_page()
+    anonymous = browser.new_page()
+    answer = anonymous.request.get(f"{settings.mlflow_url}/api/2.0/mlflow/experiments/search")
+    assert answer.status == 401, "the locked registry refuses anonymous readers"
+    anonymous.close()
+    passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
+    context = browser.new_context(
+        http_credentials={"username": "reviewer", "password": passwords["reviewer"]}
+    )
+    page = context.new_page()
     page.goto(settings.mlflow_url, wait_until="load")
     page.get_by_text("Experiments").first.wait_for(timeout=30_000)
     assert "MLflow" in page.title()
-    page.close()
+    context.close()
