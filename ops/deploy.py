@@ -55,7 +55,10 @@ def deployer_for(settings: Settings):  # noqa: ANN201
         )
     from serving.deployers.local import LocalDeployer
 
-    env = dict(os.environ)
+    # model servers read the version from the artifact folder (serving_uri) and never
+    # write to the registry: they get no registry credentials
+    secrets = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+    env = {k: v for k, v in os.environ.items() if k not in secrets}
     env["MLFLOW_TRACKING_URI"] = settings.mlflow_tracking_uri
     env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return LocalDeployer(

@@ -1,16 +1,30 @@
 """The model endpoints of the embedded stack: ``make up`` serves each model's champion.
 
-For every registered model, :func:`serve_models` picks the version to serve:
+Before serving, the registry is reconciled with the audit chain
+(:mod:`registry.reconcile`): each alias and each aliased artifact is held to what govml
+recorded. Every new drift is recorded once (``registry_drift``) and raised as an alert
+(:mod:`ops.notify`); the report line says what was found and what is served instead.
 
-- the version holding the MLflow alias ``champion``;
-- a model without a champion yet: its most recently deployed version (the lifecycle's
-  deploy step gives it the alias ``challenger``), said so in the report.
+For every model :func:`serve_models` then serves the version the reconciler picked, fail
+safe:
 
-Only a version the governance store shows as approved (an ``approved`` request) and
-released under that approval (a ``deployments`` row naming the request) is served, with
-the approved artifact SHA-256 (the model server refuses any other file). Anything else,
-e.g. a ``champion`` alias set by hand in MLflow, is refused and reported. Serving here
-restarts an approved deployment; it is not a new one and uses no approval.
+- the version holding the MLflow alias ``champion``, when it is sound (the alias is
+  where govml last put it, the version is approved and was released under that
+  approval, its artifact is the approved one);
+- otherwise the last approved version: the one the chain last made champion, else the
+  newest promoted, else, for a model without a champion yet, its most recently deployed
+  version (the deploy step gives it the alias ``challenger``), said so in the report.
+
+A ``champion`` set by hand on an unapproved version is drift: it is never served, and it
+never takes the approved version offline. Serving here restarts an approved deployment;
+it is not a new one and uses no approval; the server gets the approved SHA-256 and
+refuses any other file.
+
+Endpoints are reconciled too: a version served at a new address (the local deployer
+picks a free port each start) gets an ``endpoint_reconciled`` event naming the old and
+the new URL, and a version still recorded at an address that no longer answers (not
+served again after ``make down``/``make up``) gets one with no URL: the recorded
+endpoint (:func:`registry.reconcile.recorded_endpoint`) is always the live one.
 
 :func:`stop_models` stops the local model servers (``make down``); servers of the
 ``kubernetes`` deployer are left to the cluster.
@@ -18,8 +32,11 @@ restarts an approved deployment; it is not a new one and uses no approval.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,124 +46,103 @@ from pipelines.errors import GovMLError
 
 log = logging.getLogger(__name__)
 
-ACTIVE_ACTIONS = ("deployed", "shadow", "canary", "promoted")
-
-
-@dataclass(frozen=True)
-class Choice:
-    """The version of one model to serve, or why none is."""
-
-    model_name: str
-    version: str | None
-    alias: str | None
-    artifact_sha256: str | None = None
-    approval_request_id: int | None = None
-    problem: str | None = None
+ACTOR = "govml-stack"
 
 
 @dataclass(frozen=True)
 class Served:
+    """One model's line in the ``make up`` report, and what else was found (``details``:
+    registry drift, endpoint changes)."""
+
     model_name: str
     version: str | None
     alias: str | None
     url: str | None
     note: str
+    details: tuple[str, ...] = ()
 
 
-def registered_models(tracking_uri: str) -> list[str]:
-    from registry.mlflow_registry import _client
+def reconcile_registry(
+    settings: Settings,
+    names: list[str] | None = None,
+    *,
+    actor: str = ACTOR,
+    tracking_uri: str | None = None,
+) -> list[Any]:
+    """Run the registry reconciler; alert on each drift it recorded now (once per drift).
 
-    return sorted(m.name for m in _client(tracking_uri).search_registered_models())
+    Returns its :class:`registry.reconcile.ModelReport` list.
+    """
+    from ops.notify import notify
+    from registry.reconcile import reconcile
 
-
-def _approved_release(url: str, name: str, version: str) -> tuple[Any, str | None]:
-    """(the approved request of ``version`` it was released under, None) or (None, why not)."""
-    from registry.approvals import APPROVED, list_requests
-    from registry.governance import deployments
-
-    approved = [
-        r
-        for r in list_requests(url, name)
-        if r.model_version == str(version) and r.status == APPROVED
-    ]
-    if not approved:
-        return None, "has no recorded approval"
-    released = {
-        row["approval_request_id"]
-        for row in deployments(url, name, str(version))
-        if row["action"] in ACTIVE_ACTIONS
-    }
-    for request in reversed(approved):
-        if request.id in released:
-            return request, None
-    return None, "is approved but was never released by the deploy step"
-
-
-def _latest_deployed(url: str, name: str) -> str | None:
-    """The most recently deployed version still in service (not rolled back or retired)."""
-    from registry.governance import deployments
-
-    last: dict[str, dict[str, Any]] = {}
-    for row in deployments(url, name):  # in time order
-        last[row["model_version"]] = row
-    active = [row for row in last.values() if row["action"] in ACTIVE_ACTIONS]
-    if not active:
-        return None
-    return max(active, key=lambda r: (r["occurred_at"], int(r["model_version"])))["model_version"]
+    reports = reconcile(
+        settings.governance_url,
+        tracking_uri or settings.mlflow_tracking_uri,
+        names,
+        actor=actor,
+    )
+    now = dt.datetime.now(dt.UTC).isoformat()
+    for report in reports:
+        serving = f"v{report.serve.version} stays served" if report.serve else "no approved version"
+        for drift in report.recorded:
+            notify({
+                "model": report.model_name, "version": drift.version, "kind": "registry_drift",
+                "severity": "alarm", "message": f"{drift.message}; {serving}",
+                "details": drift.payload(), "raised_at": now,
+            })  # fmt: skip
+    return reports
 
 
-def choose(settings: Settings, tracking_uri: str, name: str) -> Choice | None:
-    """Which version of ``name`` to serve; None when the model has nothing deployed."""
-    from registry.mlflow_registry import CHALLENGER, CHAMPION, version_by_alias
-
-    url = settings.governance_url
-    champion = version_by_alias(tracking_uri, name, CHAMPION)
-    if champion is not None:
-        version, alias = str(champion.version), CHAMPION
-    else:
-        version, alias = _latest_deployed(url, name), CHALLENGER
-        if version is None:
-            return None
-    request, problem = _approved_release(url, name, version)
-    if request is None:
-        return Choice(name, version, alias, problem=f"{name} v{version} ({alias}) {problem}")
-    return Choice(name, version, alias, request.artifact_sha256, request.id)
+def _note(report: Any, url: str) -> str:
+    serve = report.serve
+    name = report.model_name
+    if serve.alias == "champion" and serve.source == "alias":
+        return f"{name} v{serve.version} (champion) serving at {url}"
+    if serve.alias == "champion":
+        return f"{name} v{serve.version} (the last approved champion) serving at {url}"
+    return (
+        f"{name} has no champion yet: serving its most recently deployed approved "
+        f"version v{serve.version} ({serve.alias}) at {url}"
+    )
 
 
 def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Served]:
-    """Start the server of each model's champion (or latest deployed version); a report."""
+    """Reconcile the registry, then start each model's chosen server; a report.
+
+    One line per model served (or why not) and one per registry drift.
+    """
     from ops.deploy import deployer_for
-    from registry.mlflow_registry import CHAMPION, serving_uri
+    from registry.mlflow_registry import serving_uri
     from serving.deployers import Release
 
     tracking_uri = tracking_uri or settings.mlflow_tracking_uri
     out: list[Served] = []
     try:
-        names = registered_models(tracking_uri)
+        reports = reconcile_registry(settings, tracking_uri=tracking_uri)
     except Exception as exc:  # noqa: BLE001 (the stack stays up; the report says why)
-        return [Served("-", None, None, None, f"cannot list registered models: {exc}")]
+        return [Served("-", None, None, None, f"cannot reconcile the registry: {exc}")]
     deployer = None
-    for name in names:
-        try:
-            choice = choose(settings, tracking_uri, name)
-        except GovMLError as exc:
-            out.append(Served(name, None, None, None, f"{name}: not served: {exc}"))
-            continue
+    for report in reports:
+        name = report.model_name
+        drifts = tuple(f"REGISTRY DRIFT: {d.message}" for d in report.drifts)
+        choice = report.serve
         if choice is None:
+            if report.problem is not None:
+                out.append(Served(name, None, None, None, f"NOT served: {report.problem}", drifts))
+            elif drifts:
+                note = f"{name}: NOT served: no approved version to serve"
+                out.append(Served(name, None, None, None, note, drifts))
             continue
-        if choice.problem is not None:
-            out.append(
-                Served(name, choice.version, choice.alias, None, f"NOT served: {choice.problem}")
-            )
-            continue
-        assert choice.version is not None and choice.artifact_sha256 is not None
         spec_path = settings.specs_dir / f"{name}.yaml"
         try:
             deployer = deployer or deployer_for(settings)
             release = Release(
                 model_name=name,
                 version=choice.version,
-                model_uri=serving_uri(tracking_uri, name, choice.version),
+                model_uri=serving_uri(
+                    tracking_uri, name, choice.version, settings.mlflow_artifacts
+                ),
                 artifact_sha256=choice.artifact_sha256,
                 approval_request_id=choice.approval_request_id,
                 spec_path=str(spec_path) if spec_path.is_file() else None,
@@ -155,19 +151,44 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
             endpoint = deployer.deploy(release)
         except Exception as exc:  # noqa: BLE001 (one model's failure must not stop the others)
             note = f"{name} v{choice.version} ({choice.alias}): NOT served: {exc}"
-            out.append(Served(name, choice.version, choice.alias, None, note))
+            out.append(Served(name, choice.version, choice.alias, None, note, drifts))
             continue
-        if choice.alias == CHAMPION:
-            note = f"{name} v{choice.version} (champion) serving at {endpoint.url}"
-        else:
-            note = (
-                f"{name} has no champion yet: serving its most recently deployed approved "
-                f"version v{choice.version} ({choice.alias}) at {endpoint.url}"
-            )
-        out.append(Served(name, choice.version, choice.alias, endpoint.url, note))
+        moved = tuple(_reconcile_endpoints(settings, name, choice.version, endpoint))
+        note = _note(report, endpoint.url)
+        out.append(Served(name, choice.version, choice.alias, endpoint.url, note, drifts + moved))
     if not out:
         out.append(Served("-", None, None, None, "no approved, deployed model version to serve"))
     return out
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=3) as resp:  # noqa: S310
+            return resp.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _reconcile_endpoints(settings: Settings, name: str, version: str, endpoint: Any) -> list[str]:
+    """The served version's recorded endpoint is its live one; other versions recorded at
+    an address that no longer answers are recorded as not served. One line per change."""
+    from registry.reconcile import active_versions, record_endpoint, recorded_endpoint
+
+    url = settings.governance_url
+    lines = []
+    transformer = (endpoint.details.get("transformer") or {}).get("url")
+    if record_endpoint(
+        url, name, version, endpoint.url, transformer=transformer,
+        deployment=endpoint.name, reason="served by make up", actor=ACTOR,
+    ):  # fmt: skip
+        lines.append(f"endpoint of {name} v{version} recorded as {endpoint.url}")
+    for other in active_versions(url, name):
+        recorded = recorded_endpoint(url, name, other) if other != version else None
+        if recorded and recorded.get("url") and not _answers(recorded["url"]):
+            why = f"{recorded['url']} does not answer; not served by make up"
+            record_endpoint(url, name, other, None, reason=why, actor=ACTOR)
+            lines.append(f"endpoint of {name} v{other} cleared: {why}")
+    return lines
 
 
 def _features_of_last_deploy(deployer: Any, name: str, version: str) -> dict[str, Any]:

@@ -628,6 +628,7 @@ def run_monitoring(
         _record(spec, settings, result, alerts, actor)
         if inputs is not None and current is None:
             _keep_recent_labelled(spec, settings, inputs.current, as_of)
+        result["registry"] = _registry_check(spec, settings, actor)
     if log_mlflow and result.get("version"):
         _log_mlflow(spec, settings, result, out_dir)
     return result
@@ -653,6 +654,24 @@ def _keep_recent_labelled(
     tmp = folder / f".{RECENT_LABELLED}.tmp"
     frame.to_parquet(tmp, index=False)
     tmp.replace(folder / RECENT_LABELLED)
+
+
+def _registry_check(spec: ModelSpec, settings: Settings, actor: str) -> dict[str, Any]:
+    """The registry reconciler for this model: aliases and artifacts against the audit
+    chain; a drift is recorded (``registry_drift``) and alerted once (docs/registry.md)."""
+    from ops.endpoints import reconcile_registry
+    from registry.databases import normalise_url
+
+    if settings.mlflow_tracking_uri == normalise_url(settings.mlflow_backend_url):
+        # the stack is down (ops.cli_monitoring reads the store directly): the artifacts
+        # behind the tracking server cannot be checked now; the next run with it will
+        return {"skipped": "the MLflow server does not answer"}
+    try:
+        (report,) = reconcile_registry(settings, [spec.name], actor=actor)
+    except Exception as exc:  # noqa: BLE001 (MLflow may be down: the report says so)
+        log.error("registry check of %s failed: %s", spec.name, exc)
+        return {"error": str(exc)}
+    return report.to_dict()
 
 
 def _record(

@@ -283,7 +283,16 @@ def release_approved(
     sha = artifact_sha256_of(tracking_uri, model_name, str(model_version))
     state = approvals.authorise_deploy(url, model_name, str(model_version), sha, actor=actor)
     served = serve(state) if serve is not None else {}
-    set_alias(tracking_uri, model_name, CHALLENGER, str(model_version))
+    set_alias(
+        tracking_uri,
+        model_name,
+        CHALLENGER,
+        str(model_version),
+        actor=actor,
+        reason=f"released by run {run_id} under approval request {state.id}",
+        artifact_sha256=sha,
+        governance_url=url,
+    )
     record_deployment(
         url,
         state,

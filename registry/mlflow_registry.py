@@ -1,15 +1,22 @@
-"""The only module that talks to MLflow: register candidates, find the champion.
+"""The only module that talks to MLflow's registry: register candidates, find the champion.
+
+(MLflow's auth app, its accounts and roles: :mod:`registry.mlflow_auth`.)
 
 Conventions (MLflow 3): one registered model per spec (named like the spec), one
 experiment per spec (``<spec>_lifecycle``), aliases not stages (``candidate``,
 ``challenger``, ``champion``), gate results, the artifact SHA-256 and the lifecycle
 run id as model-version tags, the model card as the version's description.
+
+The registry is locked (docs/registry.md): against a tracking server every call logs in
+as the ``govml`` service account (:func:`registry.mlflow_auth.use_service_account`), and
+every alias move goes through :func:`set_alias`, which records it in the audit chain.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,11 +25,15 @@ from typing import Any
 from pipelines import artifacts
 from pipelines.errors import RegistryError
 from pipelines.spec import ModelSpec
+from registry.mlflow_auth import USERNAME_ENV, use_service_account
 
 log = logging.getLogger(__name__)
 
 RUN_TAG = "govml.lifecycle_run_id"
 CANDIDATE, CHALLENGER, CHAMPION = "candidate", "challenger", "champion"
+ALIASES = (CHAMPION, CHALLENGER, CANDIDATE)
+SERVICE_ACTOR = "govml"  # who moves an alias when the caller names nobody
+REGISTER_ACTOR = "govml-lifecycle"
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ def _client(tracking_uri: str):  # noqa: ANN202 (mlflow is imported lazily)
     import mlflow
     from mlflow import MlflowClient
 
+    use_service_account(tracking_uri)  # the locked registry: log in as the service account
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
@@ -193,6 +205,7 @@ def register(
         )
         return _finish(
             client,
+            tracking_uri,
             spec,
             run_dir,
             lifecycle_run_id,
@@ -286,6 +299,7 @@ def register(
     )
     return _finish(
         client,
+        tracking_uri,
         spec,
         run_dir,
         lifecycle_run_id,
@@ -299,6 +313,7 @@ def register(
 
 def _finish(
     client,  # noqa: ANN001
+    tracking_uri: str,
     spec: ModelSpec,
     run_dir: Path,
     lifecycle_run_id: str,
@@ -322,7 +337,15 @@ def _finish(
     }
     for key, value in tags.items():
         client.set_model_version_tag(name, version.version, key, value)
-    client.set_registered_model_alias(name, CANDIDATE, version.version)
+    set_alias(
+        tracking_uri,
+        name,
+        CANDIDATE,
+        str(version.version),
+        actor=REGISTER_ACTOR,
+        reason=f"passed the automatic gates in lifecycle run {lifecycle_run_id}",
+        artifact_sha256=artifact_sha256,
+    )
     result = RegisterResult(
         model_name=name,
         version=str(version.version),
@@ -340,9 +363,90 @@ def _finish(
     return result
 
 
-def set_alias(tracking_uri: str, name: str, alias: str, version: str) -> None:
-    """Move an alias (``champion``, ``challenger``...) to a version."""
+def registered_models(tracking_uri: str) -> list[str]:
+    """The names of every registered model, sorted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return sorted(m.name for m in _client(tracking_uri).search_registered_models())
+    except MlflowException as exc:
+        first = (str(exc.message).strip().splitlines() or [""])[0]
+        raise RegistryError(f"cannot list MLflow's models at {tracking_uri}: {first}") from None
+
+
+def aliases(tracking_uri: str, name: str) -> dict[str, str]:
+    """The model's aliases as MLflow shows them now (alias -> version); {} for no model."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        model = _client(tracking_uri).get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return {}
+        raise RegistryError(f"cannot read model {name!r} from MLflow: {exc}") from None
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
+def _account(tracking_uri: str) -> str:
+    """Who MLflow saw make a change: the login, or the host account on a database URI."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return os.environ.get(USERNAME_ENV) or "(anonymous)"
+    return "(backend store, host account)"
+
+
+def set_alias(
+    tracking_uri: str,
+    name: str,
+    alias: str,
+    version: str,
+    *,
+    actor: str = SERVICE_ACTOR,
+    reason: str = "",
+    artifact_sha256: str | None = None,
+    governance_url: str | None = None,
+) -> bool:
+    """Move ``alias`` of model ``name`` to ``version``: the one way govml moves an alias.
+
+    Each move is an ``alias_moved`` audit event (alias, from_version, to_version, the
+    version's artifact SHA-256, reason, the account that moved it): the registry's alias
+    history, which MLflow itself forgets, and what :mod:`registry.reconcile` holds MLflow
+    to. The event is written after MLflow took the move, so a failure in between leaves
+    an unaudited alias that the reconciler reports, never an event for a move that did
+    not happen. ``artifact_sha256``: the version's SHA-256 when the caller has just
+    computed it (else it is computed from the registry now). ``governance_url``: default
+    the configured store. False when the alias was there already (nothing recorded).
+    """
+    from registry import audit
+
+    if alias not in ALIASES:
+        raise RegistryError(f"unknown alias {alias!r} (govml moves {', '.join(ALIASES)})")
+    version = str(version)
+    previous = aliases(tracking_uri, name).get(alias)
+    if previous == version:
+        return False
+    sha = artifact_sha256 or artifact_sha256_of(tracking_uri, name, version)
     _client(tracking_uri).set_registered_model_alias(name, alias, version)
+    if governance_url is None:
+        from pipelines.config import load_settings
+
+        governance_url = load_settings().governance_url
+    audit.append_event(
+        governance_url,
+        "alias_moved",
+        actor=actor,
+        payload={
+            "alias": alias,
+            "from_version": previous,
+            "to_version": version,
+            "artifact_sha256": sha,
+            "reason": reason,
+            "account": _account(tracking_uri),
+        },
+        model_name=name,
+        model_version=version,
+    )
+    log.info("%s: alias %s moved from v%s to v%s by %s", name, alias, previous, version, actor)
+    return True
 
 
 def tag_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
@@ -453,12 +557,17 @@ def download_run_folder(
     return dest
 
 
-def serving_uri(tracking_uri: str, name: str, version: str) -> str:
+def serving_uri(
+    tracking_uri: str, name: str, version: str, artifacts_root: Path | None = None
+) -> str:
     """Where a model server should load a version from.
 
-    A local artifact store gives its folder (a server needs no registry access); a
-    store behind the tracking server gives ``models:/NAME/VERSION`` (resolved by the
-    server through ``MLFLOW_TRACKING_URI``).
+    A local artifact store gives its folder (a server needs no registry access, and no
+    registry login): a ``file:`` location, or an ``mlflow-artifacts:`` one that the
+    tracking server keeps in ``artifacts_root`` on this host (default: the configured
+    ``GOVML_MLFLOW_ARTIFACTS``). Any other store gives ``models:/NAME/VERSION``
+    (resolved by the server through ``MLFLOW_TRACKING_URI``, with a login that can read
+    the registry). The model server checks the file's SHA-256 either way.
     """
     from urllib.parse import unquote, urlparse
 
@@ -468,6 +577,14 @@ def serving_uri(tracking_uri: str, name: str, version: str) -> str:
         return unquote(parsed.path)
     if parsed.scheme == "" and Path(uri).exists():
         return uri
+    if parsed.scheme == "mlflow-artifacts":
+        if artifacts_root is None:
+            from pipelines.config import load_settings
+
+            artifacts_root = load_settings().mlflow_artifacts
+        local = Path(artifacts_root) / unquote(parsed.path).lstrip("/")
+        if local.is_dir() and local.resolve().is_relative_to(Path(artifacts_root).resolve()):
+            return str(local)
     return f"models:/{name}/{version}"
 
 

@@ -4,6 +4,7 @@ on the server at 127.0.0.1:5432 (databases created on the fly)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -38,12 +39,20 @@ def _stack_processes(env: dict[str, str]) -> list[psutil.Process]:
     return found
 
 
-def _request(url: str, data: dict | None = None, token: str | None = None) -> tuple[int, dict]:
+def _request(
+    url: str,
+    data: dict | None = None,
+    token: str | None = None,
+    login: tuple[str, str] | None = None,
+) -> tuple[int, dict]:
     body = json.dumps(data).encode() if data is not None else None
     req = urllib.request.Request(url, data=body, method="POST" if body else "GET")
     req.add_header("Content-Type", "application/json")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    if login:
+        basic = base64.b64encode(f"{login[0]}:{login[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {basic}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return resp.status, json.loads(resp.read() or b"{}")
@@ -68,15 +77,27 @@ def _check_services(env: dict[str, str]) -> None:
     assert health["scheduler"]["status"] == "healthy"
     assert health["triggerer"]["status"] == "healthy"
     assert health["dag_processor"]["status"] == "healthy"
-    # MLflow: the tracking server stores an experiment in its backend store.
-    code, exp = _request(
-        f"{settings.mlflow_url}/api/2.0/mlflow/experiments/create", {"name": "stack-smoke"}
-    )
+    # MLflow: locked (basic-auth app); the service account stores an experiment in the
+    # backend store, a reviewer reads it, nobody anonymous does either
+    create = f"{settings.mlflow_url}/api/2.0/mlflow/experiments/create"
+    assert _request(create, {"name": "stack-smoke"})[0] == 401
+    code, exp = _request(create, {"name": "stack-smoke"}, login=_service_login(settings))
     assert code == 200 and exp["experiment_id"]
-    code, got = _request(
-        f"{settings.mlflow_url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=stack-smoke"
-    )
+    read = f"{settings.mlflow_url}/api/2.0/mlflow/experiments/get-by-name"
+    read += "?experiment_name=stack-smoke"
+    assert _request(read)[0] == 401
+    code, got = _request(read, login=("reviewer", passwords["reviewer"]))
     assert code == 200 and got["experiment"]["name"] == "stack-smoke"
+    with urllib.request.urlopen(f"{settings.mlflow_url}/health", timeout=30) as resp:
+        assert resp.status == 200  # open: the stack's health check
+
+
+def _service_login(settings) -> tuple[str, str]:  # noqa: ANN001
+    from registry.mlflow_auth import read_service_account
+
+    account = read_service_account(settings.var_dir)
+    assert account is not None
+    return account.username, account.password
 
 
 def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
@@ -92,10 +113,13 @@ def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
         raise AssertionError(f"{exc}\n{_tail_logs(settings)}") from None
     for task in ("ingest", "validate_data", "train", "gates", "register", "request_approval"):
         assert api.task_state(dag, run_id, task) == "success", task
-    # registered through the MLflow tracking server of the stack
+    # registered through the locked MLflow tracking server of the stack by the Airflow
+    # tasks, as the service account (from its 0600 file); a reviewer reads it
+    passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
     code, found = _request(
         f"{settings.mlflow_url}/api/2.0/mlflow/model-versions/search"
-        f"?filter=name%3D%27german_credit%27"
+        f"?filter=name%3D%27german_credit%27",
+        login=("reviewer", passwords["reviewer"]),
     )
     assert code == 200
     ours = [
@@ -106,6 +130,11 @@ def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
     assert len(ours) == 1, found
     tags = {t["key"]: t["value"] for t in ours[0]["tags"]}
     assert tags["govml.approval.status"] == "pending"
+    from registry.audit import events
+
+    (moved,) = events(settings.governance_url, model_name="german_credit", kinds=["alias_moved"])
+    assert moved.payload["alias"] == "candidate" and moved.payload["account"] == "govml"
+    assert moved.payload["to_version"] == ours[0]["version"]
 
 
 def _tail_logs(settings) -> str:  # noqa: ANN001
@@ -123,7 +152,9 @@ def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
         assert up.returncode == 0, up.stdout + up.stderr
         settings = load_settings(env)
         assert settings.airflow_url in up.stdout and settings.mlflow_url in up.stdout
-        assert "user 'admin' (admin) password" in up.stdout
+        passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
+        service = _service_login(settings)[1]
+        assert not [p for p in [*passwords.values(), service] if p in up.stdout + up.stderr]
         # a fresh stack has no approved version to serve: one note, and `up` succeeds
         assert "model: no approved, deployed model version to serve" in up.stdout
         status = subprocess.run(
@@ -182,7 +213,8 @@ def test_stack_on_postgresql(tmp_path: Path, pg_admin_url: str) -> None:
     from sqlalchemy import create_engine, inspect, text
     from sqlalchemy.engine import make_url
 
-    names = {k: f"govml_it_{k}_{os.getpid()}" for k in ("airflow", "mlflow", "governance")}
+    stores = ("airflow", "mlflow", "governance", "mlflow_auth")
+    names = {k: f"govml_it_{k}_{os.getpid()}" for k in stores}
     base = make_url(pg_admin_url)
     urls = {k: base.set(database=v).render_as_string(hide_password=False) for k, v in names.items()}
     env = _env(
@@ -190,6 +222,7 @@ def test_stack_on_postgresql(tmp_path: Path, pg_admin_url: str) -> None:
         GOVML_AIRFLOW_DB_URL=urls["airflow"],
         GOVML_MLFLOW_BACKEND_URL=urls["mlflow"],
         GOVML_GOVERNANCE_URL=urls["governance"],
+        GOVML_MLFLOW_AUTH_DB_URL=urls["mlflow_auth"],
     )
     govml = str(ROOT / ".venv/bin/govml")
     try:
@@ -203,6 +236,12 @@ def test_stack_on_postgresql(tmp_path: Path, pg_admin_url: str) -> None:
             tables = set(inspect(engine).get_table_names())
             engine.dispose()
             assert ("dag_run" in tables) if key == "airflow" else ("experiments" in tables)
+        engine = create_engine(urls["mlflow_auth"])  # MLflow's users, roles and grants
+        with engine.connect() as conn:
+            users = {r[0] for r in conn.execute(text("SELECT username FROM users"))}
+        engine.dispose()
+        assert {"govml-admin", "govml", "reviewer", "validator"} <= users
+        assert not (load_settings(env).var_dir / "mlflow" / "auth" / "basic_auth.db").exists()
         engine = create_engine(urls["governance"])
         with engine.connect() as conn:
             assert conn.execute(text("SELECT current_database()")).scalar() == names["governance"]
