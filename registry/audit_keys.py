@@ -211,3 +211,27 @@ def activate(path: Path, kid: str) -> Keyring:
     ring = load(path)
     assert ring is not None
     return ring
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m registry.audit_keys new PATH``: a new keyring (for a Secret or a mount)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m registry.audit_keys", description=main.__doc__)
+    sub = parser.add_subparsers(dest="action", required=True)
+    new = sub.add_parser("new", help="write a new keyring with one key (refuses to overwrite)")
+    new.add_argument("path", type=Path)
+    args = parser.parse_args(argv)
+    if args.path.exists():
+        print(
+            f"error: {args.path} exists; rotate keys with `govml audit rotate-key`", file=sys.stderr
+        )
+        return 2
+    ring = create(args.path.resolve())
+    print(f"wrote {ring.path} (mode 0600), key {ring.active}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

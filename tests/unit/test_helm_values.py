@@ -45,5 +45,20 @@ def test_no_secret_is_inline() -> None:
     assert {s["envName"] for s in values["secret"]} == {
         "GOVML_GOVERNANCE_URL",
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
     }
     assert not re.search(r"postgresql\+\w+://\w+:[^.@]+@", VALUES.read_text().replace("...", ""))
+
+
+def test_every_pod_reads_the_audit_key_from_a_secret_mount() -> None:
+    values = yaml.safe_load(VALUES.read_text())
+    settings = {e["name"]: e["value"] for e in values["env"]}
+    key_file = Path(settings["GOVML_AUDIT_KEY_FILE"])
+    mounts = {m["name"]: m for m in values["volumeMounts"]}
+    volumes = {v["name"]: v for v in values["volumes"]}
+    mount = next(m for m in mounts.values() if key_file.parent == Path(m["mountPath"]))
+    assert mount["readOnly"] is True
+    assert volumes[mount["name"]]["secret"]["secretName"] == "govml-audit-key"
+    assert settings["GOVML_AUDIT_CHECKPOINTS"].startswith("s3://")
+
