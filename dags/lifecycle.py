@@ -24,9 +24,10 @@ from airflow.sdk import Param, dag, task
 
 from ops.approval_gate import GovernedApprovalOperator
 from ops.retrain import lifecycle_schedule
+from ops.run_dag import dag_spec_paths
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
-from pipelines.spec import ModelSpec, discover_specs, load_spec
+from pipelines.spec import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,17 +68,32 @@ def _record_timing(task_id: str, seconds: float) -> None:
     (folder / f"{task_id}.json").write_text(json.dumps({"task": task_id, "seconds": seconds}))
 
 
-def _triggered_by() -> str | None:
-    """Who triggered the run: the Airflow user, or for ``govml run`` the CLI's user."""
-    import getpass
+def _trigger() -> tuple[str | None, bool]:
+    """Who triggered the run, and whether that is proven.
+
+    A run triggered in Airflow (UI, REST API, ``govml run`` with the stack up) names the
+    user Airflow authenticated; a scheduled or asset-triggered run is the system's
+    (None). ``dag.test()`` names nobody ("dag_test"): its trigger is the user recorded
+    in the audit chain before the run started (:func:`ops.run_dag.authenticated_trigger`),
+    else it is unauthenticated. Never a name from the environment.
+    """
     import os
 
     from airflow.sdk import get_current_context
 
-    user = get_current_context()["dag_run"].triggering_user_name
-    if user == "dag_test":  # dag.test(): `govml run` passes its user in the environment
-        return os.environ.get("GOVML_TRIGGERED_BY") or getpass.getuser()
-    return user
+    from ops.run_dag import TRIGGER_NONCE_ENV, authenticated_trigger
+
+    context = get_current_context()
+    user = context["dag_run"].triggering_user_name
+    if user != "dag_test":
+        return user, True
+    found = authenticated_trigger(
+        load_settings().governance_url,
+        context["dag"].dag_id,
+        context["run_id"],
+        os.environ.get(TRIGGER_NONCE_ENV),
+    )
+    return found, found is not None
 
 
 def _run(spec_path: Path):  # noqa: ANN202
@@ -149,10 +165,15 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         def trigger(**context: Any) -> dict[str, Any]:
             """Why this run: the schedule, a retrain asset event (its reason), a person."""
             from ops.retrain import record_trigger, trigger_reason
+            from ops.run_dag import UNAUTHENTICATED
 
             run = _run(spec_path)
             why = trigger_reason(context)
-            actor = (_triggered_by() or "airflow") if why["trigger"] == "manual" else "airflow"
+            user, proven = _trigger()
+            actor = "airflow"
+            if why["trigger"] == "manual":
+                actor = (user or "airflow") if proven else UNAUTHENTICATED
+                why["trigger_authenticated"] = proven
             record_trigger(run.settings.governance_url, run.spec.name, run.run_id, why, actor)
             log.info("%s run %s: %s", run.spec.name, run.run_id, why["reason"])
             return why
@@ -329,6 +350,13 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             from registry.governance import open_approval
 
             run = _run(spec_path)
+            triggered_by, proven = _trigger()
+            if not proven:
+                log.warning(
+                    "%s: the run's trigger is not authenticated; this version cannot be "
+                    "approved for deployment (run it with `govml run --as USER`)",
+                    run.run_id,
+                )
             return open_approval(
                 run.settings.governance_url,
                 run.settings.mlflow_tracking_uri,
@@ -337,7 +365,8 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
                 registered,
                 run_id=run.run_id,
                 dag_id=spec.name + "_lifecycle",
-                triggered_by=_triggered_by(),
+                triggered_by=triggered_by,
+                trigger_authenticated=proven,
                 author=run.params.get("author"),
                 champion_model=Path(champ["model"]) if champ.get("model") else None,
                 out_dir=run.stage_dir("approval"),
@@ -390,7 +419,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
 
 def _build_all() -> dict[str, Any]:
     dags: dict[str, Any] = {}
-    for name, path in discover_specs(SETTINGS.specs_dir).items():
+    for name, path in dag_spec_paths(SETTINGS.specs_dir).items():
         try:
             spec = load_spec(path)
         except GovMLError as exc:
@@ -398,7 +427,8 @@ def _build_all() -> dict[str, Any]:
             # and the test suite report it.
             log.error("skipping lifecycle DAG for %s: %s", name, exc)
             continue
-        dags[f"{spec.name}_lifecycle"] = build_lifecycle_dag(spec, path)
+        if f"{spec.name}_lifecycle" not in dags:  # the specs folder's spec of a name wins
+            dags[f"{spec.name}_lifecycle"] = build_lifecycle_dag(spec, path)
     return dags
 
 

@@ -20,9 +20,10 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Param, dag, task
 
+from ops.run_dag import dag_spec_paths
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
-from pipelines.spec import ModelSpec, discover_specs, load_spec
+from pipelines.spec import ModelSpec, load_spec
 
 log = logging.getLogger(__name__)
 SETTINGS = load_settings()
@@ -83,15 +84,31 @@ class RolloutPhaseSensor(BaseSensorOperator):
 
 
 def _actor() -> str:
-    import getpass
-    import os
-
+    """Who starts the rollout: the user Airflow authenticated, or for ``dag.test()`` the
+    user recorded in the audit chain before the run (:mod:`ops.run_dag`). A rollout
+    moves live traffic: one whose trigger is not proven does not start."""
     from airflow.sdk import get_current_context
+    from airflow.sdk.exceptions import AirflowFailException
 
-    user = get_current_context()["dag_run"].triggering_user_name
-    if not user or user == "dag_test":
-        return os.environ.get("GOVML_TRIGGERED_BY") or getpass.getuser()
-    return user
+    from ops.run_dag import TRIGGER_NONCE_ENV, authenticated_trigger
+
+    context = get_current_context()
+    user = context["dag_run"].triggering_user_name
+    if user and user != "dag_test":
+        return user
+    if user == "dag_test":
+        found = authenticated_trigger(
+            load_settings().governance_url,
+            context["dag"].dag_id,
+            context["run_id"],
+            os.environ.get(TRIGGER_NONCE_ENV),
+        )
+        if found:
+            return found
+    raise AirflowFailException(
+        f"{context['dag'].dag_id}: the rollout's trigger is not authenticated; trigger it in "
+        "Airflow, or run it with `python -m ops.run_dag SPEC --dag rollout --as USER`"
+    )
 
 
 def build_rollout_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
@@ -149,13 +166,14 @@ def build_rollout_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
 
 def _build_all() -> dict[str, Any]:
     dags: dict[str, Any] = {}
-    for name, path in discover_specs(SETTINGS.specs_dir).items():
+    for name, path in dag_spec_paths(SETTINGS.specs_dir).items():
         try:
             spec = load_spec(path)
         except GovMLError as exc:
             log.error("skipping rollout DAG for %s: %s", name, exc)
             continue
-        dags[f"{spec.name}_rollout"] = build_rollout_dag(spec, str(path))
+        if f"{spec.name}_rollout" not in dags:  # the specs folder's spec of a name wins
+            dags[f"{spec.name}_rollout"] = build_rollout_dag(spec, str(path))
     return dags
 
 

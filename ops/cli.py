@@ -22,7 +22,9 @@ from ops.cli_evidence import add_export_parser
 from ops.cli_features import add_features_commands
 from ops.cli_governance import add_governance_commands
 from ops.cli_monitoring import add_monitoring_commands
+from ops.cli_registry import add_registry_commands
 from ops.cli_rollout import add_rollout_commands
+from ops.cli_serving import add_serving_commands
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError, SpecError
 
@@ -106,17 +108,42 @@ def _print_status(rows: list) -> None:
         print(f"{row.name:<24} {state:<8} {health:<12} {pid:<11} {row.url or ''} {row.detail}")
 
 
+def airflow_login_lines(settings: Settings) -> list[str]:
+    """Where the Airflow logins are: users and roles, and the password file (never a password)."""
+    import shlex
+    import shutil
+
+    from ops import stack
+
+    path = stack.passwords_file(settings)
+    stack.airflow_passwords(settings)  # makes the file (0600) if it is missing
+    user = next((u for u, r in settings.airflow_users if r == "approver"), "admin")
+    if shutil.which("jq"):
+        read_one = f"jq -r --arg u {shlex.quote(user)} '.[$u]' {shlex.quote(str(path))}"
+    else:
+        read_one = (
+            "python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "
+            f"{shlex.quote(str(path))} {shlex.quote(user)}"
+        )
+    users = ", ".join(f"{u} ({r})" for u, r in settings.airflow_users)
+    return [
+        f"Airflow UI : {settings.airflow_url}   users {users}",
+        f"             passwords in {path} (mode 0600, this account only);",
+        f"             read one with: {read_one}",
+    ]
+
+
 def cmd_stack_up(args: argparse.Namespace, settings: Settings) -> int:
     from ops import stack
+    from registry.mlflow_auth import service_file as mlflow_service_file
 
     rows = stack.up(settings, only=args.only or None, report=lambda line: print(f"model: {line}"))
     _print_status(rows)
-    passwords = stack.airflow_passwords(settings)
     print()
-    print(f"Airflow UI : {settings.airflow_url}   (logins below)")
-    for user, role in settings.airflow_users:
-        print(f"             user {user!r} ({role}) password {passwords[user]!r}")
-    print(f"MLflow UI  : {settings.mlflow_url}")
+    for line in airflow_login_lines(settings):
+        print(line)
+    print(f"MLflow UI  : {settings.mlflow_url}   (log in as your Airflow user; read-only)")
+    print(f"             service account in {mlflow_service_file(settings.var_dir)} (mode 0600)")
     for row in rows:
         if row.name.startswith(stack.MODEL_PREFIX):
             print(f"Model      : {row.url}   ({row.name[len(stack.MODEL_PREFIX) :]}, {row.detail})")
@@ -159,7 +186,7 @@ def cmd_config(args: argparse.Namespace, settings: Settings) -> int:
     from sqlalchemy.engine import make_url
 
     values = {k: str(v) for k, v in asdict(settings).items()}
-    for key in ("airflow_db_url", "mlflow_backend_url", "governance_url"):
+    for key in ("airflow_db_url", "mlflow_backend_url", "governance_url", "mlflow_auth_db_url"):
         values[key] = make_url(values[key]).render_as_string(hide_password=True)
     values["airflow_users"] = ",".join(f"{u}:{r}" for u, r in settings.airflow_users)
     width = max(map(len, values))
@@ -181,11 +208,17 @@ def cmd_db_init(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from ops.identity import authenticate_user, password_for
     from ops.lifecycle_runner import run_lifecycle
     from pipelines.spec import load_spec
 
-    path = _spec_path(args.spec, settings)
+    path = _spec_path(args.spec, settings).resolve()  # the DAG runs in another folder
     spec = load_spec(path)
+    identity = None  # without --as: an unauthenticated trigger (dag.test only)
+    if args.user:
+        identity = authenticate_user(
+            settings, args.user, password_for(args.user, args.password_file)
+        )
     conf = {
         "data_path": str(Path(args.data).resolve()) if args.data else None,
         "n_rows": args.rows,
@@ -201,6 +234,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         path,
         {k: v for k, v in conf.items() if v is not None},
         until=args.until,
+        identity=identity,
     )
 
 
@@ -254,8 +288,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = stack_sub.add_parser("env", help="print the Airflow environment (for `airflow` CLI use)")
     p.set_defaults(func=cmd_stack_env)
 
-    p = sub.add_parser("run", help="run a spec's lifecycle DAG now (dag.test, no scheduler)")
+    p = sub.add_parser(
+        "run",
+        help="run a spec's lifecycle DAG now, as you (in Airflow when the stack runs, "
+        "else here with dag.test)",
+    )
     p.add_argument("spec", help="spec name (fraud, credit, german_credit) or path")
+    p.add_argument(
+        "--as",
+        dest="user",
+        default=None,
+        help="your user name, proven by your password: recorded as the run's trigger "
+        "(needed with the stack up; without it the version cannot be approved)",
+    )
+    p.add_argument(
+        "--password-file", default=None, help="file holding your password (else GOVML_PASSWORD)"
+    )
     p.add_argument("--data", help="a Parquet or CSV file instead of the spec's data source")
     p.add_argument("--rows", type=_positive_int, help="rows to generate (generated sources)")
     p.add_argument("--seed", type=int, help="generator seed (generated sources)")
@@ -286,6 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_monitoring_commands(sub)
     add_abtest_commands(sub)
     add_features_commands(sub)
+    add_serving_commands(sub)
+    add_registry_commands(sub)
 
     p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
     p.add_argument(

@@ -12,19 +12,15 @@ USER, so the run goes on (or stops) at once.
 from __future__ import annotations
 
 import argparse
-import getpass
-import hmac
 import json
 import logging
-import os
-import sys
-import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import Any
 
+from ops.approval_form import APPROVE, REJECT, answer_body
+from ops.identity import authenticate_user, http_json, password_for
 from pipelines.config import Settings
-from pipelines.errors import ApprovalError, ConfigError
+from pipelines.errors import ApprovalError
 
 log = logging.getLogger(__name__)
 
@@ -35,71 +31,16 @@ APPROVAL_TASK = "approval"
 
 
 def _password(args: argparse.Namespace, user: str) -> str:
-    if args.password_file:
-        try:
-            return Path(args.password_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"--password-file {args.password_file}: {exc.strerror}") from None
-    if os.environ.get("GOVML_PASSWORD"):
-        return os.environ["GOVML_PASSWORD"]
-    if sys.stdin.isatty():
-        return getpass.getpass(f"password for {user}: ")
-    raise ApprovalError(
-        f"no password for {user}: set GOVML_PASSWORD, use --password-file, or run in a terminal"
-    )
+    return password_for(user, args.password_file)
 
 
-def _http_json(
-    method: str, url: str, body: dict | None = None, token: str | None = None, timeout: float = 10
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            return response.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            return exc.code, json.loads(raw)
-        except ValueError:
-            return exc.code, raw.decode(errors="replace")
-
-
-def _airflow_up(settings: Settings) -> bool:
-    from ops.stack import http_ok
-
-    return http_ok(f"{settings.airflow_url}/api/v2/monitor/health", timeout=2.0)[0]
+_http_json = http_json  # the Airflow REST calls below
 
 
 def authenticate(settings: Settings, user: str, password: str) -> str | None:
-    """Check USER's password; returns an Airflow API token when the api-server runs."""
-    if _airflow_up(settings):
-        try:
-            status, body = _http_json(
-                "POST",
-                f"{settings.airflow_url}/auth/token",
-                {"username": user, "password": password},
-            )
-        except OSError as exc:
-            raise ApprovalError(f"cannot reach Airflow to authenticate {user}: {exc}") from None
-        if status in (200, 201) and isinstance(body, dict) and body.get("access_token"):
-            return str(body["access_token"])
-        raise ApprovalError(f"authentication failed for {user} (Airflow answered {status})")
-    path = settings.airflow_home / "passwords.json"
-    try:
-        known = json.loads(path.read_text())
-    except (OSError, ValueError):
-        raise ApprovalError(
-            f"cannot authenticate {user}: Airflow is not running and {path} is not readable"
-        ) from None
-    expected = known.get(user)
-    if not isinstance(expected, str) or not hmac.compare_digest(expected, password):
-        raise ApprovalError(f"authentication failed for {user}")
-    return None
+    """Check USER's password (:func:`ops.identity.authenticate_user`); returns an Airflow
+    API token when the api-server runs."""
+    return authenticate_user(settings, user, password).token
 
 
 def _answer_waiting_task(
@@ -118,10 +59,7 @@ def _answer_waiting_task(
     status, body = _http_json(
         "PATCH",
         f"{base}/hitlDetails",
-        {
-            "chosen_options": ["Approve" if decision == "approve" else "Reject"],
-            "params_input": {"reason": reason},
-        },
+        answer_body(APPROVE if decision == "approve" else REJECT, reason),
         token=token,
     )
     if status == 200:
@@ -204,6 +142,10 @@ def _authenticate_admin(args: argparse.Namespace, settings: Settings) -> None:
 def cmd_roles_grant(args: argparse.Namespace, settings: Settings) -> int:
     from registry.approvals import grant_role
 
+    if args.user == args.by:
+        raise ApprovalError(
+            f"{args.by} cannot grant a role to themselves: another admin must grant it"
+        )
     _authenticate_admin(args, settings)
     new = grant_role(settings.governance_url, args.user, args.role, args.by)
     print(f"{args.user} {'now holds' if new else 'already holds'} role {args.role}")

@@ -27,6 +27,18 @@ from pipelines.datasets import materialise
 from pipelines.spec import discover_specs, load_spec
 
 
+def _demo_trigger(settings: Settings):  # noqa: ANN202 (ops.identity.Identity)
+    """The demo triggers its run as the stack's operator (role ``op``), proven with that
+    user's password from the stack's password file (the host account's, mode 0600)."""
+    from ops.identity import authenticate_user
+    from ops.stack import airflow_passwords
+
+    user = next((u for u, role in settings.airflow_users if role == "op"), None)
+    if user is None:
+        return None  # no operator configured: the run's trigger is unauthenticated
+    return authenticate_user(settings, user, airflow_passwords(settings)[user])
+
+
 def run_demo(settings: Settings, rows: int | None = None) -> int:
     console = Console()
     console.rule("[bold]govml demo: fraud lifecycle (embedded stack)")
@@ -80,7 +92,9 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
 
     conf = {"n_rows": rows} if rows else {}
     spec_path = settings.specs_dir / "fraud.yaml"
-    code, run_dir = run_lifecycle_in(settings, specs["fraud"], spec_path, conf, console)
+    code, run_dir = run_lifecycle_in(
+        settings, specs["fraud"], spec_path, conf, console, identity=_demo_trigger(settings)
+    )
     endpoint = None
     if code == 0:
         code, endpoint = approve_and_serve(settings, spec_path, run_dir, console)
@@ -99,7 +113,10 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
     console.print(
         f"verify a data set  : .venv/bin/govml data verify {manifests.get('fraud', '<manifest>')}"
     )
-    console.print("Airflow and MLflow : make up   (prints the URLs and the Airflow login);")
+    console.print(
+        "Airflow and MLflow : make up   (prints the URLs, the Airflow users and where "
+        "their passwords are);"
+    )
     console.print("                     the registered candidate is under Models → fraud")
     console.print("run it again       : .venv/bin/govml run fraud   (or trigger it in Airflow)")
     console.print("approvals          : .venv/bin/govml approvals list --status pending")
@@ -107,6 +124,10 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
     if endpoint:
         console.print(f"model endpoint     : {endpoint}/v1/models/fraud:predict (and :explain)")
         console.print("                     still running; stop it with: make down")
+        console.print(
+            "                     bearer token required (loopback only); get one with: "
+            ".venv/bin/govml serving token new fraud VERSION NAME --scope predict"
+        )
     if code == 0:
         console.print("[green]demo finished[/]")
     return code

@@ -35,10 +35,11 @@ DEMO_ACTOR = "govml-lifecycle"  # the deploy task's actor
 SCORED_ROWS = 5
 
 
-def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+def _post(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+    """POST with the deployment's own bearer token (read from its 0600 file, never shown)."""
     from ops.deploy import post_json
 
-    return post_json(url, body)
+    return post_json(url, body, token)
 
 
 def _native(value: Any) -> Any:
@@ -163,8 +164,11 @@ def approve_and_serve(
 
     console.rule(f"live scoring: POST {url}/v1/models/{model}:predict")
     try:
+        from ops.deploy import service_token
+
+        token = service_token(settings, model, version)  # the deployment's own client
         rows = sample_transactions(run_dir, spec.data.target)
-        answer = _post(f"{url}/v1/models/{model}:predict", {"instances": rows})
+        answer = _post(f"{url}/v1/models/{model}:predict", {"instances": rows}, token)
         scores = [float(s) for s in answer["predictions"]]
         table = Table(title=f"{len(rows)} test transactions scored by the live endpoint")
         for column in ("amount", "channel", "score", "decision"):
@@ -181,17 +185,23 @@ def approve_and_serve(
         console.print(table)
         flagged = [i for i, d in enumerate(decisions) if d in ("flag", "decline")]
         pick = flagged[0] if flagged else max(range(len(scores)), key=scores.__getitem__)
-        explained = _post(f"{url}/v1/models/{model}:explain", {"instances": [rows[pick]]})
+        explained = _post(
+            f"{url}/v1/models/{model}:explain", {"instances": [rows[pick]]}, token
+        )
         _print_explanation(console, explained["explanations"][0], rows[pick], bool(flagged))
         if released.get("transformer"):
-            _raw_through_transformer(console, str(released["transformer"]), spec, run_dir)
+            _raw_through_transformer(
+                console, str(released["transformer"]), spec, run_dir, token
+            )
     except (DeploymentError, KeyError, TypeError, ValueError) as exc:
         console.print(f"[red]scoring failed:[/] {exc}")
         return 1, url
     return 0, url
 
 
-def _raw_through_transformer(console: Console, url: str, spec: Any, run_dir: Path) -> None:
+def _raw_through_transformer(
+    console: Console, url: str, spec: Any, run_dir: Path, token: str
+) -> None:
     """Raw transactions (ids, time, card, amount...) through the feature transformer,
     which computes the card's, customer's and terminal's aggregates from its warm state."""
     import pandas as pd
@@ -203,7 +213,7 @@ def _raw_through_transformer(console: Console, url: str, spec: Any, run_dir: Pat
     test = pd.read_parquet(run_dir / "features" / "test.parquet", columns=[spec.data.id_column])
     ids = test[spec.data.id_column].tail(3).tolist()
     raw = raw_transactions(spec, run_dir / "ingest" / DATA_FILE, ids)
-    answer = _post(f"{url}/v1/models/{spec.name}:predict", {"instances": raw})
+    answer = _post(f"{url}/v1/models/{spec.name}:predict", {"instances": raw}, token)
     shown = [a.name for a in spec.features.aggregates][:3]
     table = Table(title="the transformer's aggregates (as offline, exactly) and the score")
     for column in ("amount", *shown, "score"):

@@ -10,6 +10,15 @@ Files under ``GOVML_SERVING_DIR``: ``gateway/routes.json`` (the gateway's routes
 model), ``gateway/shadow.jsonl`` (its shadow comparisons), ``rollouts/<model>.json``
 (the controller's state) and ``rollouts/<model>.baseline.json`` (the gateway's counters
 when the current step began).
+
+Endpoints are where the chain last recorded each version served (its deployment, or
+``make up``'s ``endpoint_reconciled``); a recorded endpoint may still be dead (a stopped
+server). The controller probes an endpoint before it routes more traffic to it
+(:func:`serving.rollout_windows.endpoint_problem`). A person's action towards a dead
+endpoint is refused: one line (:class:`~serving.rollout_controller.EndpointDown`) and a
+``rollout_paused`` audit event naming the endpoint and the probe's answer, routes
+unchanged. The controller's own step rolls back instead (``rolled_back``, with the
+same reason), so no traffic stays on the dead endpoint.
 """
 
 from __future__ import annotations
@@ -26,9 +35,10 @@ from pipelines.errors import DeploymentError
 from pipelines.rollout import Window, check_guardrails
 from pipelines.spec import ModelSpec
 from serving.deployers import Release
-from serving.rollout_controller import Event, RolloutController, RolloutError
+from serving.rollout_controller import EndpointDown, Event, RolloutController, RolloutError
 from serving.rollout_windows import (
     challenger_errors,
+    endpoint_problem,
     gateway_counts,
     log_rows,
     read_labels,
@@ -65,6 +75,7 @@ def controller(settings: Settings, spec: ModelSpec) -> RolloutController:
         spec.rollout,
         gateway_dir(settings) / "routes.json",
         settings.serving_dir / "rollouts" / f"{spec.name}.json",
+        probe=endpoint_problem,
     )
 
 
@@ -73,14 +84,18 @@ def _deployment_name(model: str, version: str) -> str:
 
 
 def endpoint_of(settings: Settings, model: str, version: str) -> dict[str, str]:
-    """The deployed endpoint of a version (from its deployment record)."""
-    from registry.governance import deployments
+    """The endpoint the chain last recorded for a version: its deployment, or where
+    ``make up`` served it since (``endpoint_reconciled``)."""
+    from registry.reconcile import recorded_endpoint
 
-    for row in reversed(deployments(settings.governance_url, model, str(version))):
-        url = (row.get("details") or {}).get("endpoint")
-        if url:
-            return {"url": str(url), "version": str(version)}
-    raise DeploymentError(f"{model} v{version} has no deployed endpoint: deploy it first")
+    found = recorded_endpoint(settings.governance_url, model, str(version))
+    if found is None:
+        raise DeploymentError(f"{model} v{version} has no deployed endpoint: deploy it first")
+    if not found.get("url"):
+        raise DeploymentError(
+            f"{model} v{version} is recorded as no longer served: deploy it again first"
+        )
+    return {"url": str(found["url"]), "version": str(version)}
 
 
 def _counts(model: str) -> dict[str, float]:
@@ -135,6 +150,23 @@ def record(settings: Settings, event: Event) -> None:
     )
 
 
+def record_refusal(
+    settings: Settings, model: str, version: str, exc: EndpointDown, actor: str, percent: int = 0
+) -> None:
+    """A refused routing to a dead endpoint, in the audit trail (``rollout_paused``)."""
+    from registry import audit
+
+    audit.append_event(
+        settings.governance_url,
+        "rollout_paused",
+        actor=actor,
+        payload={"rollout_event": "endpoint_down", "traffic_percent": percent, **exc.detail()},
+        model_name=model,
+        model_version=str(version),
+    )
+    log.info("%s", exc)  # the caller reports it (one line for a person)
+
+
 def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Event:
     """Shadow the version behind the champion (both must be deployed)."""
     from ops.abtest import RUNNING, load_state
@@ -154,7 +186,11 @@ def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Even
     ctl = controller(settings, spec)
     champion = endpoint_of(settings, spec.name, str(current.version))
     challenger = endpoint_of(settings, spec.name, str(version))
-    event = ctl.start(champion, challenger, actor)
+    try:
+        event = ctl.start(champion, challenger, actor)
+    except EndpointDown as exc:
+        record_refusal(settings, spec.name, str(version), exc, actor)
+        raise
     record(settings, event)
     _snapshot(settings, spec.name)
     return event
@@ -216,6 +252,19 @@ def evaluate(settings: Settings, spec: ModelSpec, actor: str = CONTROLLER) -> Ev
 def act(settings: Settings, spec: ModelSpec, action: str, actor: str, reason: str = "") -> Event:
     """A human's action: pause, resume, rollback, approve (the go for 100 %), promote."""
     ctl = controller(settings, spec)
+    try:
+        return _act(settings, spec, ctl, action, actor, reason)
+    except EndpointDown as exc:
+        state = ctl.load()
+        version = state.challenger["version"] if state else exc.endpoint.get("version", "")
+        record_refusal(settings, spec.name, version, exc, actor, state.percent if state else 0)
+        raise
+
+
+def _act(
+    settings: Settings, spec: ModelSpec, ctl: RolloutController, action: str, actor: str,
+    reason: str,
+) -> Event:  # fmt: skip
     if action == "pause":
         event = ctl.pause(actor, reason or "paused by an operator")
     elif action == "resume":
@@ -247,6 +296,11 @@ def promote_first(settings: Settings, spec: ModelSpec, version: str, actor: str)
             f"with `govml rollout start {spec.name} --version {version}`"
         )
     endpoint = endpoint_of(settings, spec.name, str(version))
+    why = endpoint_problem(spec.name, endpoint)
+    if why is not None:
+        exc = EndpointDown(spec.name, "champion", endpoint, why, "first promotion")
+        record_refusal(settings, spec.name, str(version), exc, actor)
+        raise exc
     from serving.gateway import load_routes, write_routes
 
     path = gateway_dir(settings) / "routes.json"

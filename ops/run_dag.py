@@ -1,6 +1,6 @@
-"""Run one spec's lifecycle DAG in-process with ``dag.test()`` (no scheduler needed).
+"""Run one spec's DAG in-process with ``dag.test()`` (no scheduler needed).
 
-``python -m ops.run_dag SPEC_PATH --conf '{"n_rows": 20000}' --run-after ISO``
+``python -m ops.run_dag SPEC_PATH --conf '{"n_rows": 20000}' --run-after ISO --as USER``
 (``--dag rollout --conf '{"version": "7"}'``: the spec's rollout DAG, to the end;
 ``--dag monitoring``: the spec's monitoring DAG)
 
@@ -9,25 +9,50 @@ Airflow configuration comes from the environment (``govml stack env``); the exit
 code is 0 when the run succeeded. The final line is a JSON summary.
 
 ``--until TASK`` runs the DAG up to that task (default ``request_approval``: the
-version is registered and its approval requested). ``--until deploy`` includes the
-human approval gate: ``dag.test()`` then waits until a reviewer answers the Required
-Action, which needs an api-server on the same metadata database (``make up``).
+version is registered and its approval requested).
+
+Only with the stack down: ``dag.test()`` refuses to run while a scheduler heartbeats
+on the metadata database (both would run the same task instances). With the stack
+up, trigger runs through Airflow (``govml run`` does, as its user).
+
+Who triggered the run (:func:`record_run_trigger`, :func:`authenticated_trigger`):
+``dag.test()`` records every run as triggered by ``"dag_test"``, so the trigger is
+proven through the audit chain instead. Before the run starts, the authenticated user
+(``--as USER`` here, or ``govml run --as USER``) is recorded as a ``run_triggered``
+event for the DAG and run id, with the SHA-256 of a one-time secret that only this
+process holds (``GOVML_RUN_TRIGGER_NONCE``); the DAG's tasks take the trigger from the
+event whose secret matches. A run without such an event has an unauthenticated
+trigger, and the version it registers cannot be approved for deployment. A name in the
+environment is never taken as the trigger.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
+import hmac
 import importlib.util
 import json
+import os
+import secrets
 import sys
 from pathlib import Path
+from typing import Any
 
+from ops.identity import Identity
 from ops.run_summary import write_summary
-from pipelines.config import load_settings
+from pipelines.config import Settings, load_settings
+from pipelines.errors import GovMLError
 from pipelines.spec import load_spec
 
 DEFAULT_UNTIL = "request_approval"
+TRIGGER_NONCE_ENV = "GOVML_RUN_TRIGGER_NONCE"
+# a spec given by path (outside the specs folder): the DAG files also build its DAGs in
+# this process, so that dag.test() finds them serialized like the others
+RUN_SPEC_ENV = "GOVML_RUN_SPEC"
+UNAUTHENTICATED = "unauthenticated"
+EXIT_REFUSED = 3
 
 
 def lifecycle_run_id(run_after: dt.datetime) -> str:
@@ -35,8 +60,71 @@ def lifecycle_run_id(run_after: dt.datetime) -> str:
     return f"manual__{run_after.isoformat()}"
 
 
+def _digest(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode()).hexdigest()
+
+
+def record_run_trigger(
+    settings: Settings, identity: Identity, dag_id: str, run_id: str, model: str | None = None
+) -> str:
+    """Record the authenticated ``identity`` as the trigger of a ``dag.test()`` run, before
+    it starts; returns the one-time secret the run's process must hold."""
+    from registry.audit import append_event
+
+    nonce = secrets.token_urlsafe(32)
+    append_event(
+        settings.governance_url,
+        "run_triggered",
+        actor=identity.user,
+        payload={
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "authenticated_by": identity.method,
+            "runner": "dag.test",
+            "nonce_sha256": _digest(nonce),
+        },
+        model_name=model,
+        run_id=run_id,
+    )
+    return nonce
+
+
+def authenticated_trigger(
+    governance_url: str, dag_id: str, run_id: str, nonce: str | None
+) -> str | None:
+    """The user recorded as the trigger of this ``dag.test()`` run, or None.
+
+    Only a ``run_triggered`` event for this DAG and run whose secret's digest matches
+    ``nonce`` counts: an event recorded for another process (a replayed run id) does not.
+    """
+    if not nonce:
+        return None
+    from registry.audit import events
+
+    digest = _digest(nonce)
+    for event in events(governance_url, run_id=run_id, kinds=["run_triggered"]):
+        payload = event.payload or {}
+        if payload.get("dag_id") == dag_id and hmac.compare_digest(
+            str(payload.get("nonce_sha256") or ""), digest
+        ):
+            return event.actor
+    return None
+
+
+def dag_spec_paths(specs_dir: Path) -> dict[str, Path]:
+    """The specs a DAG file builds DAGs for: the specs folder's, and in this module's own
+    process (``RUN_SPEC_ENV``) the spec it runs, when that one lives elsewhere."""
+    from pipelines.spec import discover_specs
+
+    paths = dict(discover_specs(specs_dir))
+    extra = os.environ.get(RUN_SPEC_ENV)
+    if extra and Path(extra).resolve() not in {p.resolve() for p in paths.values()}:
+        paths[f"{Path(extra).stem} ({extra})"] = Path(extra)
+    return paths
+
+
 def load_dag(spec_path: Path, kind: str = "lifecycle"):  # noqa: ANN201
-    """The spec's ``lifecycle`` or ``rollout`` DAG, built from the DAG file."""
+    """The spec's ``lifecycle``, ``rollout`` or ``monitoring`` DAG, built from the DAG file."""
     settings = load_settings()
     module_path = settings.home / "dags" / f"{kind}.py"
     module_spec = importlib.util.spec_from_file_location(f"govml_{kind}_dags", module_path)
@@ -51,7 +139,40 @@ def load_dag(spec_path: Path, kind: str = "lifecycle"):  # noqa: ANN201
     return module.build_lifecycle_dag(spec, spec_path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def scheduler_running() -> str | None:
+    """Why ``dag.test()`` must not run here: a live scheduler on this metadata DB."""
+    from airflow.jobs.job import most_recent_job
+
+    job = most_recent_job("SchedulerJob")
+    if job is None or not job.is_alive():
+        return None
+    return (
+        f"an Airflow scheduler runs on this metadata database (heartbeat at "
+        f"{job.latest_heartbeat:%H:%M:%S} UTC, host {job.hostname}): dag.test() would run "
+        "the same tasks; trigger the run in Airflow instead (`govml run SPEC --as USER`)"
+    )
+
+
+def use_backend_store(settings: Settings) -> None:
+    """Without a tracking server, read and write its proxied artifacts directly."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.mlflow_tracking_uri
+    if not uri.startswith(("http://", "https://")):
+        from registry.mlflow_local import serve_proxied_artifacts_from
+
+        serve_proxied_artifacts_from(settings.mlflow_artifacts)
+
+
+def _authenticate(
+    args: argparse.Namespace, settings: Settings, dag_id: str, run_id: str, model: str
+) -> None:
+    """``--as USER``: prove the user, record them as the trigger, hold the secret."""
+    from ops.identity import authenticate_user, password_for
+
+    identity = authenticate_user(settings, args.user, password_for(args.user, args.password_file))
+    os.environ[TRIGGER_NONCE_ENV] = record_run_trigger(settings, identity, dag_id, run_id, model)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("spec", type=Path)
     parser.add_argument("--conf", default="{}", help="run parameters as JSON")
@@ -67,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=["lifecycle", "rollout", "monitoring"],
         help="which DAG",
     )
+    parser.add_argument("--as", dest="user", default=None, help="who triggers the run")
+    parser.add_argument(
+        "--password-file", default=None, help="file holding the password (else GOVML_PASSWORD)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     args = parser.parse_args(argv)
     conf = json.loads(args.conf)
     run_after = (
@@ -74,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.run_after
         else dt.datetime.now(dt.UTC).replace(microsecond=0)
     )
+    settings = load_settings()
+    os.environ[RUN_SPEC_ENV] = str(args.spec.resolve())
     dag = load_dag(args.spec, args.dag)
     if args.dag == "rollout" and args.until == DEFAULT_UNTIL:
         args.until = "canary_100"  # the whole rollout
@@ -81,17 +213,31 @@ def main(argv: list[str] | None = None) -> int:
         args.until = "publish_retrain"
     if args.until not in dag.task_dict:
         parser.error(f"--until {args.until!r}: no such task; tasks: {sorted(dag.task_dict)}")
+    run_id = lifecycle_run_id(run_after)
+    summary: dict[str, Any] = {"dag_id": dag.dag_id, "run_id": run_id, "tasks": {}}
+    refused = scheduler_running()
+    if refused is None and args.user:
+        try:
+            _authenticate(args, settings, dag.dag_id, run_id, load_spec(args.spec).name)
+        except GovMLError as exc:
+            refused = str(exc)
+    if refused is not None:
+        print(f"refused: {refused}", file=sys.stderr)
+        write_summary(summary | {"state": "refused", "reason": refused})
+        return EXIT_REFUSED
+    use_backend_store(settings)
     if dag.task_dict[args.until].downstream_task_ids:
         dag = dag.partial_subset(task_ids=[args.until], include_upstream=True)
-    dag_run = dag.test(run_after=run_after, logical_date=run_after, run_conf=conf)
+    try:
+        dag_run = dag.test(run_after=run_after, logical_date=run_after, run_conf=conf)
+    except Exception as exc:  # noqa: BLE001 (reported in the summary, for the CLI's one line)
+        first = (str(exc).strip().splitlines() or [""])[0]
+        write_summary(summary | {"state": "error", "reason": f"{type(exc).__name__}: {first}"})
+        return 1
     states = {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
-    summary = {
-        "dag_id": dag.dag_id,
-        "run_id": dag_run.run_id,
-        "state": str(dag_run.state),
-        "tasks": states,
-    }
-    write_summary(summary)  # one write: task threads log to the same output
+    write_summary(  # one write: task threads log to the same output
+        summary | {"run_id": dag_run.run_id, "state": str(dag_run.state), "tasks": states}
+    )
     return 0 if str(dag_run.state) == "success" else 1
 
 

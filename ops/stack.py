@@ -10,6 +10,10 @@ Once Airflow and MLflow are healthy, ``up`` starts the model server of each mode
 approved champion (or, without a champion, its most recently deployed approved
 version) with the configured deployer (:mod:`ops.endpoints`); ``status`` lists the
 running model servers with their URLs and ``down`` stops them first.
+
+MLflow runs locked (docs/registry.md): with its basic-auth app and a permission store
+of its own (``GOVML_MLFLOW_AUTH_DB_URL``); ``up`` writes its config and, once it
+answers, provisions the ``govml`` service account and the people's read-only logins.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from registry.databases import ensure_database, normalise_url
 log = logging.getLogger(__name__)
 
 MARKER = "GOVML_STACK_ID"
+# Airflow's simple auth manager with the `approver` role (docs/approvals.md)
+AUTH_MANAGER = "ops.airflow_auth.GovmlAuthManager"
 
 
 @dataclass(frozen=True)
@@ -92,9 +98,14 @@ def _write_private(path: Path, text: str) -> None:
         handle.write(text)
 
 
+def passwords_file(settings: Settings) -> Path:
+    """The Airflow users' password file (0600, readable by the host account only)."""
+    return settings.airflow_home / "passwords.json"
+
+
 def airflow_passwords(settings: Settings) -> dict[str, str]:
     """Passwords of the local Airflow users, generated on first use and kept 0600."""
-    path = settings.airflow_home / "passwords.json"
+    path = passwords_file(settings)
     current: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
     changed = False
     for user, _role in settings.airflow_users:
@@ -150,10 +161,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API__SECRET_KEY": sec["api_secret"],
         "AIRFLOW__API_AUTH__JWT_SECRET": sec["jwt_secret"],
+        # the simple auth manager's users plus the least-privilege `approver` role
+        "AIRFLOW__CORE__AUTH_MANAGER": AUTH_MANAGER,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": users,
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(
-            settings.airflow_home / "passwords.json"
-        ),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file(settings)),
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.airflow_home / "logs"),
         "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
@@ -176,29 +188,8 @@ def services(settings: Settings) -> list[Service]:
     """The stack's processes, in start order."""
     airflow = _bin("airflow")
     af_env = airflow_env(settings)
-    mlflow = [
-        _bin("mlflow"),
-        "server",
-        "--backend-store-uri",
-        normalise_url(settings.mlflow_backend_url),
-        "--artifacts-destination",
-        str(settings.mlflow_artifacts),
-        "--host",
-        settings.mlflow_host,
-        "--port",
-        str(settings.mlflow_port),
-        "--workers",
-        "1",
-    ]
     return [
-        Service(
-            "mlflow",
-            mlflow,
-            url=settings.mlflow_url,
-            health_url=f"{settings.mlflow_url}/health",
-            port=settings.mlflow_port,
-            env={"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
-        ),
+        mlflow_service(settings),
         Service(
             "airflow-api-server",
             [
@@ -219,6 +210,60 @@ def services(settings: Settings) -> list[Service]:
         Service("airflow-triggerer", [airflow, "triggerer"], env=af_env),
         *celery_workers(settings, airflow, af_env),
     ]
+
+
+# --------------------------------------------------------------------------- MLflow (locked)
+def mlflow_service(settings: Settings) -> Service:
+    """The tracking server with MLflow's basic-auth app: no anonymous access (docs/registry.md).
+
+    Its permission store is ``GOVML_MLFLOW_AUTH_DB_URL``; :func:`prepare_mlflow_auth`
+    writes its config before it starts, :func:`provision_mlflow` sets up the accounts
+    once it answers.
+    """
+    from registry.mlflow_auth import server_env
+
+    argv = [
+        _bin("mlflow"),
+        "server",
+        "--app-name",
+        "basic-auth",
+        "--backend-store-uri",
+        normalise_url(settings.mlflow_backend_url),
+        "--artifacts-destination",
+        str(settings.mlflow_artifacts),
+        "--host",
+        settings.mlflow_host,
+        "--port",
+        str(settings.mlflow_port),
+        "--workers",
+        "1",
+    ]
+    env = {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri} | server_env(settings.var_dir)
+    return Service(
+        "mlflow",
+        argv,
+        url=settings.mlflow_url,
+        health_url=f"{settings.mlflow_url}/health",
+        port=settings.mlflow_port,
+        env=env,
+    )
+
+
+def prepare_mlflow_auth(settings: Settings) -> None:
+    """Create the permission store's database and write the auth app's config (0600)."""
+    from registry.mlflow_auth import write_server_config
+
+    ensure_database(settings.mlflow_auth_db_url)
+    write_server_config(settings.var_dir, normalise_url(settings.mlflow_auth_db_url))
+
+
+def provision_mlflow(settings: Settings) -> None:
+    """The service account (writes) and the people (the Airflow users: read), idempotent."""
+    from registry.mlflow_auth import provision
+
+    report = provision(settings.mlflow_url, settings.var_dir, airflow_passwords(settings))
+    for name in report.created_users:
+        log.info("MLflow: created user %s", name)
 
 
 def celery_workers(settings: Settings, airflow: str, af_env: dict[str, str]) -> list[Service]:
@@ -403,6 +448,9 @@ def up(
     gets one line per model (default: the log).
     """
     settings.run_dir.mkdir(parents=True, exist_ok=True)
+    mlflow = only is None or "mlflow" in only
+    if mlflow:
+        prepare_mlflow_auth(settings)
     chosen = [s for s in services(settings) if only is None or s.name in only]
     if any(s.name.startswith("airflow") for s in chosen):
         prepare_stores(settings)
@@ -414,6 +462,8 @@ def up(
             start_service(settings, svc)
         for svc in chosen:
             wait_healthy(settings, svc)
+        if mlflow:
+            provision_mlflow(settings)
         # the non-HTTP components: give them a moment to fail on bad config
         time.sleep(2.0)
         for svc in chosen:
@@ -426,6 +476,8 @@ def up(
 
         for served in serve_models(settings):
             (report or log.info)(served.note)
+            for line in served.details:
+                (report or log.info)(f"  {line}")
     return status(settings)
 
 
@@ -550,6 +602,10 @@ def model_status(settings: Settings) -> list[ServiceStatus]:
         )
         if server.get("restarts"):
             detail += f", {server['restarts']} restart(s)"
+        detail += (  # closed by default: a client needs a token of this deployment
+            f", token: govml serving token new {server.get('model_name')} "
+            f"{server.get('version')} NAME --scope predict"
+        )
         transformer = server.get("transformer") or {}
         if transformer.get("url"):
             state = "" if transformer.get("running") else " (NOT running)"

@@ -16,14 +16,18 @@ environment variable named beside it, for example
 | Airflow home | ``AIRFLOW_HOME`` | ``$GOVML_VAR_DIR/airflow`` |
 | Airflow metadata DB | ``GOVML_AIRFLOW_DB_URL`` | ``sqlite:///$AIRFLOW_HOME/airflow.db`` |
 | Airflow API/UI | ``GOVML_AIRFLOW_HOST`` / ``GOVML_AIRFLOW_PORT`` | ``127.0.0.1`` / ``8080`` |
-| Airflow users | ``GOVML_AIRFLOW_USERS`` | ``admin:admin,reviewer:admin,`` ... (1) |
+| Airflow users | ``GOVML_AIRFLOW_USERS`` | ``admin:admin,reviewer:approver,`` ... (1) |
 | approver roles at stack start | ``GOVML_APPROVER_ROLES`` | ``reviewer:model_risk,...`` (2) |
 | MLflow backend store | ``GOVML_MLFLOW_BACKEND_URL`` | ``sqlite:///$VAR/mlflow/mlflow.db`` |
 | MLflow artifacts | ``GOVML_MLFLOW_ARTIFACTS`` | ``$GOVML_VAR_DIR/mlflow/artifacts`` |
 | MLflow server | ``GOVML_MLFLOW_HOST`` / ``GOVML_MLFLOW_PORT`` | ``127.0.0.1`` / ``5000`` |
 | MLflow tracking URI | ``MLFLOW_TRACKING_URI`` | ``http://$MLFLOW_HOST:$MLFLOW_PORT`` |
+| MLflow permission store | ``GOVML_MLFLOW_AUTH_DB_URL`` | ``sqlite:///$VAR/mlflow/auth/...`` (9) |
 | governance store | ``GOVML_GOVERNANCE_URL`` | ``sqlite:///$GOVML_VAR_DIR/governance.db`` |
+| audit chain key (keyring, 0600) | ``GOVML_AUDIT_KEY_FILE`` | ``$VAR/keys/audit-keys.json`` (10) |
+| audit checkpoints | ``GOVML_AUDIT_CHECKPOINTS`` | ``$VAR/audit/checkpoints-*.jsonl`` (10) |
 | model server | ``GOVML_SERVING_HOST`` / ``GOVML_SERVING_PORT`` | ``127.0.0.1`` / ``8090`` |
+| servers' listening address | ``GOVML_SERVING_BIND_HOST`` | ``127.0.0.1`` (8) |
 | deployer, its state | ``GOVML_DEPLOYER`` / ``GOVML_SERVING_DIR`` | ``local`` / ``$VAR/serving`` |
 | serving env's Python | ``GOVML_SERVING_PYTHON`` | ``.venv-serving/bin/python`` |
 | Kubernetes cluster | ``GOVML_KUBECONFIG`` / ``GOVML_KUBE_CONTEXT`` | none (3) |
@@ -37,7 +41,7 @@ environment variable named beside it, for example
 | CPU | ``GOVML_KUBE_CPU_REQUEST`` / ``GOVML_KUBE_CPU_LIMIT`` | 1 / 1 |
 | memory | ``GOVML_KUBE_MEMORY_REQUEST`` / ``GOVML_KUBE_MEMORY_LIMIT`` | 1Gi / 2Gi |
 | InferenceService readiness wait | ``GOVML_KUBE_READY_TIMEOUT`` (seconds) | 600 |
-| endpoint tokens (Secret with ``tokens.json``) | ``GOVML_KUBE_TOKENS_SECRET`` | none (open) |
+| endpoint tokens | ``GOVML_KUBE_TOKENS_SECRET`` | not used: a Secret per deployment (8) |
 | prediction log volume (PVC) | ``GOVML_KUBE_PREDICTION_LOG_CLAIM`` | none (no log) |
 | Airflow executor | ``GOVML_AIRFLOW_EXECUTOR`` | ``LocalExecutor`` (or ``CeleryExecutor``) (6) |
 | Celery broker | ``GOVML_CELERY_BROKER_URL`` | ``redis://127.0.0.1:6379/0`` |
@@ -50,7 +54,9 @@ environment variable named beside it, for example
 | compute backend of the heavy stages | ``GOVML_COMPUTE_BACKEND`` | the spec's ``compute.backend`` |
 | Dask scheduler address | ``GOVML_DASK_SCHEDULER`` | the spec's ``compute.scheduler`` (5) |
 
-(1) ``admin:admin,reviewer:admin,validator:admin,operator:op``: Airflow's own roles.
+(1) ``admin:admin,reviewer:approver,validator:approver,operator:op``: Airflow's roles
+(``viewer``, ``user``, ``op``, ``admin``) plus ``approver``: read and answer Required
+Actions, nothing else (``ops.airflow_auth``; docs/approvals.md).
 (2) ``reviewer:model_risk,validator:model_risk``: approver roles (``govml roles``)
 granted in the governance store when the stack starts; each grant is audited.
 (3) Without ``GOVML_KUBECONFIG``, ``$KUBECONFIG``, ``~/.kube/config`` or an in-cluster
@@ -65,6 +71,18 @@ result backend defaults to it (``db+postgresql://...``).
 server. ``memory``: each transformer keeps its own state, warmed up from the run's
 ingested history while it starts; ``redis://``: the deploy step backfills the store
 first (``GOVML_FEATURE_KEY`` required). Kubernetes needs Redis and the key's Secret.
+(8) Servers are closed by default (docs/serving-security.md): loopback unless
+``GOVML_SERVING_BIND_HOST`` names another address (logged as a warning), and bearer
+tokens always, made per deployment (``tokens.json`` in its folder; on Kubernetes the
+Secret ``<model>-v<N>-tokens``); ``govml serving token`` adds and revokes clients.
+(9) The MLflow server runs MLflow's basic-auth app (docs/registry.md): users, roles and
+grants live in this database (SQLite or PostgreSQL); the accounts' credentials in
+``$VAR/mlflow/auth/`` (mode 0600). Clients log in with ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (default: the ``govml`` service account's file).
+(10) The audit chain's HMAC key lives outside the database (docs/audit.md): by default
+beside a SQLite governance store (``<its folder>/keys/``), else in ``$VAR/keys/``; in
+Kubernetes a mounted Secret. Checkpoints: comma-separated ``file:/PATH``,
+``s3://BUCKET/PREFIX`` (Object Lock, COMPLIANCE mode) and ``mlflow[:URI]``.
 """
 
 from __future__ import annotations
@@ -114,6 +132,10 @@ class Settings:
     kube_namespace: str = "govml"
     kserve_runtime: str = "custom"
     serving_image: str = "govml-serving:latest"
+    serving_bind_host: str = "127.0.0.1"
+    audit_key_file: Path | None = None  # None: beside the governance store (registry.audit_keys)
+    audit_checkpoints: str = ""  # "": the default file sink (registry.checkpoints)
+    mlflow_auth_db_url: str = ""  # load_settings: $VAR/mlflow/auth/basic_auth.db
     kube_storage_uri: str | None = None
     kube_tracking_uri: str | None = None
     kube_min_replicas: int = 2
@@ -152,11 +174,12 @@ class Settings:
 
     @property
     def database_urls(self) -> dict[str, str]:
-        """The three stores, by name."""
+        """The stores, by name (``mlflow_auth``: the MLflow server's permission store)."""
         return {
             "airflow": self.airflow_db_url,
             "mlflow": self.mlflow_backend_url,
             "governance": self.governance_url,
+            "mlflow_auth": self.mlflow_auth_db_url,
         }
 
 
@@ -191,15 +214,19 @@ def _db_url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
+# Airflow's simple auth manager roles, and govml's approver (ops.airflow_auth)
+AIRFLOW_ROLES = ("viewer", "approver", "user", "op", "admin")
+
+
 def _users(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, str], ...]:
     raw = env.get(name) or default
     users: list[tuple[str, str]] = []
     for item in raw.split(","):
         user, sep, role = item.strip().partition(":")
-        if not sep or not user or role not in ("viewer", "user", "op", "admin"):
+        if not sep or not user or role not in AIRFLOW_ROLES:
             raise ConfigError(
                 f"{name}: {item.strip()!r} must be USER:ROLE with ROLE one of "
-                "viewer, user, op, admin"
+                + ", ".join(AIRFLOW_ROLES)
             )
         users.append((user, role))
     return tuple(users)
@@ -263,7 +290,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         airflow_host=env.get("GOVML_AIRFLOW_HOST") or "127.0.0.1",
         airflow_port=_port(env, "GOVML_AIRFLOW_PORT", 8080),
         airflow_users=_users(
-            env, "GOVML_AIRFLOW_USERS", "admin:admin,reviewer:admin,validator:admin,operator:op"
+            env,
+            "GOVML_AIRFLOW_USERS",
+            "admin:admin,reviewer:approver,validator:approver,operator:op",
         ),
         approver_roles=_pairs(
             env, "GOVML_APPROVER_ROLES", "reviewer:model_risk,validator:model_risk"
@@ -278,6 +307,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         governance_url=_db_url(
             env, "GOVML_GOVERNANCE_URL", f"sqlite:///{var_dir / 'governance.db'}"
         ),
+        audit_key_file=_optional_path(env, "GOVML_AUDIT_KEY_FILE"),
+        audit_checkpoints=env.get("GOVML_AUDIT_CHECKPOINTS") or "",
         serving_host=env.get("GOVML_SERVING_HOST") or "127.0.0.1",
         serving_port=_port(env, "GOVML_SERVING_PORT", 8090),
         deployer=_choice(env, "GOVML_DEPLOYER", "local", ("local", "kubernetes")),
@@ -290,6 +321,12 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kube_namespace=env.get("GOVML_KUBE_NAMESPACE") or "govml",
         kserve_runtime=_choice(env, "GOVML_KSERVE_RUNTIME", "custom", ("custom", "lightgbm")),
         serving_image=env.get("GOVML_SERVING_IMAGE") or "govml-serving:latest",
+        serving_bind_host=env.get("GOVML_SERVING_BIND_HOST") or "127.0.0.1",
+        mlflow_auth_db_url=_db_url(
+            env,
+            "GOVML_MLFLOW_AUTH_DB_URL",
+            f"sqlite:///{var_dir / 'mlflow' / 'auth' / 'basic_auth.db'}",
+        ),
         kube_storage_uri=env.get("GOVML_KUBE_STORAGE_URI") or None,
         kube_tokens_secret=env.get("GOVML_KUBE_TOKENS_SECRET") or None,
         kube_prediction_log_claim=env.get("GOVML_KUBE_PREDICTION_LOG_CLAIM") or None,

@@ -17,7 +17,15 @@ rolled_back the champion alone                           (a new rollout)
 :meth:`RolloutController.step` takes the guardrail verdict of the current window
 (:func:`pipelines.rollout.check_guardrails`) and applies :func:`pipelines.rollout.decide`;
 a trip rolls back at once: the routes file is rewritten before ``step`` returns, so the
-gateway sends everything to the champion within its reload interval. Every transition is
+gateway sends everything to the champion within its reload interval.
+
+Traffic never goes to an endpoint that does not answer: with a ``probe`` (the endpoint's
+ready probe, :func:`serving.rollout_windows.endpoint_problem`), ``start`` checks both
+endpoints, and every transition that gives the challenger more traffic (a step up,
+the go for 100 %, promotion, resuming) checks the challenger first. A person's action
+is refused (:class:`EndpointDown`, state and routes unchanged); the controller's own
+step rolls the rollout back instead, like a tripped guardrail, so that no traffic stays
+on the dead endpoint. A rollback is never held back by a probe. Every transition is
 returned as an :class:`Event` (and kept in the state file's history) for the caller to
 record in the audit trail with the actor; the controller itself never talks to the
 registry (``serving`` imports no ``registry``).
@@ -46,6 +54,35 @@ class RolloutError(GovMLError):
     """A rollout action that does not fit the rollout's state."""
 
     exit_code = 2
+
+
+# (model, endpoint {"url", "version"}) -> None when it answers its ready probe, else why not
+Probe = Callable[[str, dict[str, str]], str | None]
+
+
+class EndpointDown(RolloutError):
+    """Traffic refused to an endpoint that does not answer its ready probe."""
+
+    def __init__(
+        self, model: str, role: str, endpoint: dict[str, str], why: str, refused: str
+    ) -> None:
+        self.model, self.role, self.endpoint = model, role, dict(endpoint)
+        self.why, self.refused = why, refused
+        super().__init__(
+            f"refused to route traffic to {model} v{endpoint.get('version')} ({role}): its "
+            f"endpoint {endpoint.get('url')} does not answer its ready probe ({why})"
+        )
+
+    def detail(self) -> dict[str, Any]:
+        """What an audit event records about the refusal."""
+        return {
+            "reason": str(self),
+            "refused": self.refused,
+            "role": self.role,
+            "endpoint": self.endpoint.get("url"),
+            "endpoint_version": self.endpoint.get("version"),
+            "probe": self.why,
+        }
 
 
 @dataclass(frozen=True)
@@ -79,12 +116,22 @@ class RolloutController:
         routes_path: str | os.PathLike[str],
         state_path: str | os.PathLike[str],
         clock: Callable[[], float] = time.time,
+        probe: Probe | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
         self.routes_path = Path(routes_path)
         self.state_path = Path(state_path)
         self.clock = clock
+        self.probe = probe
+
+    def check(self, endpoint: dict[str, str], role: str, refused: str) -> None:
+        """Raise :class:`EndpointDown` unless ``endpoint`` answers its ready probe."""
+        if self.probe is None:
+            return
+        why = self.probe(self.model, endpoint)
+        if why is not None:
+            raise EndpointDown(self.model, role, endpoint, why, refused)
 
     # ------------------------------------------------------------------ state
     def load(self) -> RolloutState | None:
@@ -148,6 +195,8 @@ class RolloutController:
                 f"{self.model}: version {current.challenger['version']} is already rolling out "
                 f"({current.phase}, {current.percent}%); roll it back or promote it first"
             )
+        self.check(champion, "champion", "start")
+        self.check(challenger, "challenger", "start")
         state = RolloutState(
             self.model, dict(champion), dict(challenger), "shadow", 0, self.clock()
         )
@@ -169,6 +218,11 @@ class RolloutController:
         )
         if decision == "rollback":
             return self._rollback(state, actor, [t.message for t in trips], automatic=True)
+        if decision == "advance":  # more traffic for the challenger: is it there?
+            try:
+                self.check(state.challenger, "challenger", f"step to {following}%")
+            except EndpointDown as exc:
+                return self._rollback(state, actor, [str(exc)], True, exc.detail())
         if decision == "hold":
             event = self._event(state, "rollout_hold", actor, elapsed_s=now - state.step_started)
         elif decision == "await_approval":
@@ -180,7 +234,10 @@ class RolloutController:
             self._routes(state)
             event = self._event(state, "rollout_step", actor)
         else:  # done: 100 % has baked, promote
-            return self.promote(actor)
+            try:
+                return self.promote(actor)
+            except EndpointDown as exc:
+                return self._rollback(state, actor, [str(exc)], True, exc.detail())
         self._save(state)
         return event
 
@@ -189,6 +246,7 @@ class RolloutController:
         state = self._active()
         if state.phase != "approval":
             raise RolloutError(f"{self.model}: nothing awaits approval ({state.phase})")
+        self.check(state.challenger, "challenger", "go for 100%")
         state.phase, state.percent, state.step_started = "canary", 100, self.clock()
         self._routes(state)
         event = self._event(state, "rollout_step", actor, approved=True)
@@ -208,6 +266,7 @@ class RolloutController:
         state = self._active()
         if state.phase != "paused":
             raise RolloutError(f"{self.model}: not paused ({state.phase})")
+        self.check(state.challenger, "challenger", "resume")
         state.phase = state.paused_from or "canary"  # type: ignore[assignment]
         state.paused_from, state.step_started = None, self.clock()  # bake again
         event = self._event(state, "rollout_resumed", actor)
@@ -218,12 +277,18 @@ class RolloutController:
         return self._rollback(self._active(), actor, [reason], automatic=False)
 
     def _rollback(
-        self, state: RolloutState, actor: str, reasons: list[str], automatic: bool
+        self,
+        state: RolloutState,
+        actor: str,
+        reasons: list[str],
+        automatic: bool,
+        down: dict[str, Any] | None = None,
     ) -> Event:
         state.phase, state.percent = "rolled_back", 0
         self._routes(state)  # first: the champion takes everything again
+        extra = {"endpoint_down": down} if down else {}
         event = self._event(
-            state, "rollout_rolled_back", actor, reasons=reasons, automatic=automatic
+            state, "rollout_rolled_back", actor, reasons=reasons, automatic=automatic, **extra
         )
         self._save(state)
         return event
@@ -233,6 +298,7 @@ class RolloutController:
         state = self._active()
         if state.phase == "shadow":
             raise RolloutError(f"{self.model}: promote from shadow skips every canary step")
+        self.check(state.challenger, "challenger", "promotion")
         state.phase, state.percent = "promoted", 100
         self._routes(state)
         event = self._event(state, "champion_promoted", actor, previous=state.champion["version"])

@@ -11,12 +11,18 @@
   ``<GOVML_VAR_DIR>/labels/<model>/`` (Parquet or JSONL) with ``request_id`` (as in
   the prediction log) and ``label`` (1: fraud / default), joined to the logged rows.
   The amount at stake is the logged feature ``amount``.
+
+And whether an endpoint answers at all (:func:`endpoint_problem`, its ready probe).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -181,3 +187,38 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return float("nan")
+
+
+def endpoint_problem(
+    model: str, endpoint: Mapping[str, Any], timeout: float = 3.0, attempts: int = 2
+) -> str | None:
+    """None when the endpoint answers its ready probe, else why it does not.
+
+    The probe is KServe's V2 model readiness, ``GET <url>/v2/models/<model>/ready``
+    (200: loaded and serving; open to probes without a token), the same the deployers
+    wait for. A recorded endpoint can be dead (its server stopped, its port reused by
+    something else): a rollout never routes traffic to one that does not answer.
+    """
+    url = f"{str(endpoint.get('url') or '').rstrip('/')}/v2/models/{model}/ready"
+    why = "no URL recorded"
+    for attempt in range(attempts):
+        if not endpoint.get("url"):
+            break
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return None
+                why = f"HTTP {resp.status}"
+        except urllib.error.HTTPError as exc:
+            why = f"HTTP {exc.code}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            if isinstance(reason, TimeoutError | socket.timeout):
+                why = f"no answer within {timeout:g} s"
+            elif isinstance(reason, ConnectionRefusedError):
+                why = "connection refused"
+            else:
+                why = str(reason).strip() or type(reason).__name__
+        if attempt + 1 < attempts:
+            time.sleep(0.5)
+    return why

@@ -133,10 +133,12 @@ class AirflowAPI:
     def answer(
         self, dag: str, run_id: str, task: str, option: str, reason: str, user: str
     ) -> tuple[int, object]:
+        from ops.approval_form import answer_body
+
         return self.call(
             "PATCH",
             f"{self._run_path(dag, run_id)}/taskInstances/{task}/-1/hitlDetails",
-            {"chosen_options": [option], "params_input": {"reason": reason}},
+            answer_body(option, reason),
             user,
         )
 
@@ -189,3 +191,206 @@ def run_async(coroutine: Any) -> Any:
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-loop") as pool:
         return pool.submit(asyncio.run, coroutine).result()
+
+
+# ----------------------------------------------------------------------------- model servers
+# The model server (python -m serving, .venv-serving) on loopback with the German Credit
+# model trained by the real pipeline stages, bearer tokens and a prediction log: shared by
+# tests/integration/test_model_server_strict.py and the serving tests in tests/security/.
+REPO = Path(__file__).resolve().parents[1]
+SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
+GERMAN_CREDIT = "german_credit"
+
+
+def http_call(
+    url: str,
+    body: object | None = None,
+    token: str | None = None,
+    raw: bytes | None = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = 15.0,
+) -> tuple[int, Any, dict[str, str]]:
+    """POST ``body`` (JSON) or ``raw`` bytes, else GET: (status, JSON or text, headers).
+    ``Content-Type`` is ``application/json`` unless ``headers`` say otherwise."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    req.add_header("Content-Type", "application/json")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    for key, value in (headers or {}).items():
+        req.add_header(key, value)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status, text, head = resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as err:
+        status, text, head = err.code, err.read(), dict(err.headers)
+    try:
+        return status, json.loads(text), head
+    except ValueError:
+        return status, text.decode(errors="replace"), head
+
+
+def start_model_server(env: dict[str, str], log: Path, *args: str) -> Any:
+    """``python -m serving ARGS`` in .venv-serving; output to ``log`` (a pipe nobody
+    reads fills up and blocks the server's logging)."""
+    import subprocess
+
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [str(SERVING_PY), "-m", "serving", "--enable_grpc", "false", *args],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+
+def wait_model_ready(base: str, model: str, proc: Any, log: Path, timeout: float = 90) -> None:
+    """Until ``model`` is ready; fails (with the server's output) if it exits or times out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"model server exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            if http_call(f"{base}/v2/models/{model}/ready", timeout=5)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"model server not ready in {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_model_server(proc: Any) -> None:
+    """Stop a server started here (SIGTERM: it completes its prediction log)."""
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def train_german_credit(root: Path) -> Any:
+    """The German Credit model trained by the real pipeline stages (features, training),
+    60 rounds: ``spec``, ``booster``, ``test`` (the test split), ``rows`` (its model
+    features as JSON records), ``model_dir``, ``sha256``."""
+    import hashlib
+    import json
+    from types import SimpleNamespace
+
+    from pipelines.data.german_credit import load_german_credit
+    from pipelines.features import build_features, read_split
+    from pipelines.training import load_model, train
+    from tests.unit.test_features import spec_of, with_training, write_ingest
+
+    spec = with_training(spec_of(GERMAN_CREDIT), num_boost_round=60, early_stopping_rounds=60)
+    ingest = write_ingest(spec, load_german_credit(), root / "ingest")
+    build_features(spec, ingest, root / "features")
+    train(spec, root / "features", root / "train")
+    booster = load_model(root / "train" / "model.txt")
+    test = read_split(spec, root / "features", "test")
+    frame = test[list(booster.feature_name())]
+    values = frame.astype(object).where(frame.notna(), None)
+    rows = json.loads(json.dumps(values.to_dict("records"), default=lambda o: o.item()))
+    digest = hashlib.sha256((root / "train" / "model.txt").read_bytes()).hexdigest()
+    return SimpleNamespace(
+        spec=spec, booster=booster, test=test, rows=rows, model_dir=root / "train", sha256=digest
+    )
+
+
+def serve_german_credit(
+    root: Path, trained: Any, *, version: str = "7", max_body_bytes: int = 200_000
+) -> Any:
+    """A ready model server for ``trained`` (:func:`train_german_credit`) on a free
+    loopback port: strict input (the spec), the approved SHA-256, version ``version``,
+    a JSONL prediction log in ``root/predictions`` and two clients, ``core-banking``
+    (scope predict: ``token``) and ``dashboards`` (scope explain: ``explain_token``).
+    Stop it with :func:`stop_model_server` (``.proc``)."""
+    import os
+    from types import SimpleNamespace
+
+    from serving.auth import generate_token, write_records
+
+    predict_token, predict_record = generate_token("core-banking", ["predict"])
+    explain_token, explain_record = generate_token("dashboards", ["explain"])
+    tokens = root / "tokens.json"
+    write_records(tokens, [predict_record, explain_record])
+    port = free_port()
+    env = dict(os.environ) | {"GOVML_PREDICTION_LOG_KEY": "k" * 32}
+    log = root / "server.log"
+    proc = start_model_server(
+        env,
+        log,
+        "--model_name", GERMAN_CREDIT,
+        "--model_uri", str(trained.model_dir),
+        "--expected_sha256", trained.sha256,
+        "--spec", str(REPO / "specs" / f"{GERMAN_CREDIT}.yaml"),
+        "--model_version", version,
+        "--prediction_log", str(root / "predictions"),
+        "--prediction_log_format", "jsonl",
+        "--tokens", str(tokens),
+        "--max_body_bytes", str(max_body_bytes),
+        "--http_port", str(port),
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_model_ready(base, GERMAN_CREDIT, proc, log)
+    return SimpleNamespace(
+        base=base,
+        proc=proc,
+        token=predict_token,
+        explain_token=explain_token,
+        log_dir=root / "predictions",
+        server_log=log,
+        env=env,
+        version=version,
+    )
+
+
+def logged_rows(log_dir: Path) -> list[dict[str, Any]]:
+    """Every prediction-log row so far: complete files and the file being written
+    (complete lines), each with its extra fields (``verb``, ``reasons``) merged in."""
+    from serving.prediction_log import read_directory
+
+    return read_directory(log_dir)
+
+
+def v2_inputs(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
+    """V2 JSON tensors of ``rows``: one per feature, ``BYTES`` for text, else ``FP64``."""
+    inputs = []
+    for name in names:
+        values = [r[name] for r in rows]
+        kind = "BYTES" if any(isinstance(v, str) for v in values) else "FP64"
+        inputs.append({"name": name, "shape": [len(rows)], "datatype": kind, "data": values})
+    return inputs
+
+
+def v2_binary(
+    inputs: list[dict[str, Any]], request_id: str | None = None
+) -> tuple[bytes, int]:
+    """(body, JSON header length) of V2 JSON tensors (:func:`v2_inputs`) in the binary
+    tensor extension: the JSON header, then each tensor's bytes (``BYTES`` elements
+    length-prefixed, numbers little-endian). A tensor may carry its own ``shape`` or
+    ``parameters`` (e.g. a wrong ``binary_data_size``) to send as they are."""
+    import json
+    import struct
+
+    header: dict[str, Any] = {"inputs": []}
+    if request_id:
+        header["id"] = request_id
+    raw = b""
+    for item in inputs:
+        if item["datatype"] == "BYTES":
+            data = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in item["data"])
+        else:
+            data = struct.pack(f"<{len(item['data'])}d", *item["data"])
+        meta = {k: item[k] for k in ("name", "shape", "datatype")}
+        meta["parameters"] = item.get("parameters") or {"binary_data_size": len(data)}
+        header["inputs"].append(meta)
+        raw += data
+    head = json.dumps(header).encode()
+    return head + raw, len(head)

@@ -30,12 +30,14 @@ from pipelines.config import load_settings
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
 from pipelines.spec import load_spec
+from serving.auth import generate_token, provision, write_records
 from tests.integration.test_gateway import _start, _stop, _wait
 from tests.support import free_port, stack_env
 from tests.unit.test_features import spec_of, with_training, write_ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "german_credit"
+CLIENT, CLIENT_RECORD = generate_token("loan-origination", ["predict"])
 pytestmark = pytest.mark.slow
 ABTEST = {
     "hypothesis": "The challenger approves more applicants without declining more good ones",
@@ -58,12 +60,12 @@ ABTEST = {
 def _server(world: SimpleNamespace, version: str, model_dir: Path) -> Any:
     port = free_port()
     folder = world.settings.serving_dir / f"german-credit-v{version}"
-    folder.mkdir(parents=True, exist_ok=True)
+    tokens = provision(folder)  # the deployment's own tokens, as the local deployer makes
     proc = _start(
         ["-m", "serving", "--enable_grpc", "false", "--model_name", MODEL,
          "--model_uri", str(model_dir), "--spec", str(world.spec_path),
          "--model_version", version, "--http_port", str(port),
-         "--prediction_log", str(folder / "predictions")],
+         "--prediction_log", str(folder / "predictions"), "--tokens", str(tokens.tokens)],
         world.root / f"server-v{version}.log",
     )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}", folder
@@ -154,10 +156,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         write_routes(routes, {"models": {MODEL: {"champion": {"url": world.urls["1"],
                                                                "version": "1"}}}})  # fmt: skip
         port = free_port()
+        write_records(routes.parent / "tokens.json", [CLIENT_RECORD])  # the bank's client
         gateway = _start(
-            ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port)],
+            ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port),
+             "--tokens", str(routes.parent / "tokens.json")],
             root / "gateway.log",
-        )
+        )  # fmt: skip
         world.procs.append(gateway)
         world.base = f"http://127.0.0.1:{port}"
         world.routes = routes
@@ -169,7 +173,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
 
 
 def _predict(world: SimpleNamespace, index: int, entity: str | None) -> tuple[str, str, str]:
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT}"}
     if entity is not None:
         headers["X-Govml-Entity"] = entity
     req = urllib.request.Request(

@@ -85,6 +85,12 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
         assert re.search(r"│ \w+\s*│\s*\S+\s*│\s*[+-]\d+\.\d{4} │", out[out.index("TreeSHAP") :])
         assert f"model endpoint     : {url}/v1/models/fraud:predict" in out
         assert "stop it with: make down" in out
+        # the demo scored with the deployment's own token and never showed it
+        from ops.deploy import service_token
+
+        token = service_token(settings, "fraud", "1")
+        assert token not in out + result.stderr
+        assert "bearer token required (loopback only)" in out
 
         report = verify_chain(settings.governance_url)
         assert report.ok and report.events > 0

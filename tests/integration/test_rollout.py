@@ -158,11 +158,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     env["GOVML_ROLLOUT_POKE_SECONDS"] = "0.5"
     from serving.auth import generate_token, write_records
 
+    # the bank's client holds a gateway token; each deployment has its own tokens, which
+    # the gateway uses to call it (the deployer makes them; ops-admin is added later)
     token, record = generate_token("core-banking", ["predict", "explain"])
-    admin, admin_record = generate_token("ops-admin", ["admin"])
-    write_records(root / "tokens.json", [record, admin_record])
-    env["GOVML_SERVING_TOKENS"] = str(root / "tokens.json")  # the deployer's servers check them
-    env["GOVML_SERVING_TOKEN"] = token
+    write_records(root / "gateway-tokens.json", [record])
     settings.mlflow_artifacts.mkdir(parents=True)
     for user in ("alice", "bob"):
         approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
@@ -213,6 +212,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         with log.open("w") as out:
             gateway = subprocess.Popen(
                 [str(SERVING_PY), "-m", "serving.gateway", "--routes", str(routes),
+                 "--tokens", str(root / "gateway-tokens.json"),
                  "--port", str(gateway_port), "--upstream_timeout_s", "0.5",
                  "--shadow_log", str(rollout.gateway_dir(settings) / "shadow.jsonl")],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
@@ -228,7 +228,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         yield SimpleNamespace(
             settings=settings, spec=spec, boosters=boosters, rows=rows, base=base,
             champion=champion, root=root, gateway_log=log, env=env, spec_path=spec_path,
-            token=token, admin=admin,
+            token=token,
         )  # fmt: skip
     finally:
         if gateway is not None:
@@ -297,10 +297,14 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
         _release(world.settings, world.spec, v2, "run-2")
         approver = threading.Thread(target=_approve_when_asked, args=(world,), daemon=True)
         approver.start()
+        from ops.stack import airflow_passwords
+
+        password = airflow_passwords(world.settings)["operator"]  # the trigger is proven
         result = subprocess.run(
             [sys.executable, "-m", "ops.run_dag", str(world.spec_path), "--dag", "rollout",
-             "--conf", json.dumps({"version": v2}), "--run-after", "2026-11-28T12:00:00+00:00"],
-            env={**world.env, "GOVML_TRIGGERED_BY": "ops-anna"}, cwd=ROOT,
+             "--conf", json.dumps({"version": v2}), "--run-after", "2026-11-28T12:00:00+00:00",
+             "--as", "operator"],
+            env={**world.env, "GOVML_PASSWORD": password}, cwd=ROOT,
             capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         approver.join(5)
@@ -315,6 +319,13 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
             "rollout_started", "rollout_step", "rollout_step", "rollout_step",
             "awaiting_approval", "rollout_step", "champion_promoted",
         ], steps  # fmt: skip
+        from registry.audit import events
+
+        started_by = [
+            e.actor for e in events(world.settings.governance_url, model_version=v2)
+            if (e.payload or {}).get("rollout_event") == "rollout_started"
+        ]  # fmt: skip
+        assert started_by == ["operator"]  # the authenticated trigger, not the environment
         champion = v2
 
         # 2. three faulty challengers, each rolled back, the alias never moving
@@ -338,12 +349,22 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
                 elif fault == "frozen":  # accepts connections, never answers
                     os.kill(state["server_pid"], signal.SIGSTOP)
                 else:  # its model unloaded: every call answers "model does not exist"
+                    from serving.auth import add_client
+
                     url = endpoint_of(world.settings, MODEL, version)["url"]
+                    admin = add_client(server / "tokens.json", "ops-admin", ["admin"])
                     req = urllib.request.Request(
                         f"{url}/v2/repository/models/{MODEL}/unload", data=b"", method="POST",
-                        headers={"Authorization": f"Bearer {world.admin}"},
+                        headers={"Authorization": f"Bearer {admin}"},
                     )  # fmt: skip
-                    assert urllib.request.urlopen(req, timeout=10).status == 200
+                    deadline = time.monotonic() + 5  # the server re-reads its tokens
+                    while True:
+                        try:
+                            assert urllib.request.urlopen(req, timeout=10).status == 200
+                            break
+                        except urllib.error.HTTPError as err:
+                            assert err.code == 401 and time.monotonic() < deadline
+                            time.sleep(0.2)
                 assert endpoint_of(world.settings, MODEL, version)
                 injected = time.monotonic()
                 kinds += _drive(world, {"rollout_rolled_back"}, limit_s=15)

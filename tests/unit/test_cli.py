@@ -107,3 +107,25 @@ def test_bad_setting_is_one_line(
     monkeypatch.setenv("GOVML_AIRFLOW_PORT", "http")
     assert main(["config"]) == 1
     assert capsys.readouterr().err.strip() == "error: GOVML_AIRFLOW_PORT='http': not a port number"
+
+
+def test_the_run_table_shows_failed_stages_as_failed() -> None:
+    from rich.console import Console
+
+    from ops.lifecycle_runner import stage_table, stages_until
+    from pipelines.spec import load_spec
+
+    spec = load_spec(ROOT / "specs" / "credit.yaml")
+    states = {"champion": "success", "ingest": "success", "validate_data": "failed"}
+    states |= {s: "upstream_failed" for s in ("features", "train", "gates", "register")}
+    console = Console(width=100, record=True, color_system=None)
+    console.print(stage_table(spec, states, {"ingest": 2.0}, stages_until("register")))
+    rows = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in console.export_text().splitlines()
+        if line.count("│") == 4
+    }
+    assert rows["ingest"] == "done" and rows["validate_data"] == "FAILED"
+    assert rows["gates"] == "not run" and rows["register"] == "not run"
+    assert rows["lineage"] == "waiting" and "request_approval" not in rows
+

@@ -8,8 +8,9 @@ import pytest
 
 from pipelines.rollout import Trip
 from pipelines.spec import Rollout
+from serving.auth import TokenStore
 from serving.gateway import Gateway, load_routes
-from serving.rollout_controller import RolloutController, RolloutError
+from serving.rollout_controller import EndpointDown, RolloutController, RolloutError
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "4"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "5"}
@@ -125,7 +126,7 @@ def test_manual_actions_are_checked_against_the_state(setup: tuple) -> None:
 def test_the_gateway_follows_the_controllers_routes(setup: tuple) -> None:
     controller, clock, routes = setup
     controller.start(CHAMPION, CHALLENGER, "ops")
-    gateway = Gateway(routes)
+    gateway = Gateway(routes, tokens=TokenStore([]))  # routing only: no client here
     assert gateway.routes["fraud"].shadow is not None
     clock.now += 3600
     controller.step([], requests=500)
@@ -140,3 +141,98 @@ def test_other_models_routes_are_kept(setup: tuple) -> None:
     write_routes(routes, {"models": {"credit": {"champion": CHAMPION}}})
     controller.start(CHAMPION, CHALLENGER, "ops")
     assert set(load_routes(routes)) == {"credit", "fraud"}
+
+
+class Probe:
+    """The endpoints' ready probe as the controller sees it: the URLs that do not answer."""
+
+    def __init__(self) -> None:
+        self.down: dict[str, str] = {}
+        self.asked: list[str] = []
+
+    def __call__(self, model: str, endpoint: dict[str, str]) -> str | None:
+        self.asked.append(endpoint["url"])
+        return self.down.get(endpoint["url"])
+
+
+@pytest.fixture
+def probed(tmp_path: Path) -> tuple[RolloutController, Clock, Path, Probe]:
+    clock, probe = Clock(), Probe()
+    routes = tmp_path / "routes.json"
+    controller = RolloutController(
+        "fraud", POLICY, routes, tmp_path / "rollout.json", clock, probe=probe
+    )
+    return controller, clock, routes, probe
+
+
+DEAD = (
+    "refused to route traffic to fraud v5 (challenger): its endpoint http://127.0.0.1:9002 "
+    "does not answer its ready probe (connection refused)"
+)
+
+
+def test_a_rollout_does_not_start_towards_a_dead_endpoint(probed: tuple) -> None:
+    controller, clock, routes, probe = probed
+    probe.down[CHALLENGER["url"]] = "connection refused"
+    with pytest.raises(EndpointDown) as refused:
+        controller.start(CHAMPION, CHALLENGER, "ops-anna")
+    assert str(refused.value) == DEAD
+    assert refused.value.detail()["refused"] == "start"
+    assert not routes.exists() and controller.load() is None  # nothing was routed
+    probe.down = {CHAMPION["url"]: "HTTP 503"}
+    with pytest.raises(EndpointDown, match=r"fraud v4 \(champion\).*\(HTTP 503\)"):
+        controller.start(CHAMPION, CHALLENGER, "ops-anna")
+    probe.down = {}
+    assert controller.start(CHAMPION, CHALLENGER, "ops-anna").kind == "rollout_started"
+
+
+def test_a_step_up_to_a_dead_challenger_rolls_the_rollout_back(probed: tuple) -> None:
+    controller, clock, routes, probe = probed
+    controller.start(CHAMPION, CHALLENGER, "ops-anna")
+    clock.now += 3600
+    assert controller.step([], requests=500).kind == "rollout_step"  # 5 %
+    probe.down[CHALLENGER["url"]] = "connection refused"
+    clock.now += 1800
+    event = controller.step([], requests=500)
+    assert event.kind == "rollout_rolled_back" and event.actor == "rollout-controller"
+    assert event.detail["reasons"] == [DEAD] and event.detail["automatic"] is True
+    assert event.detail["endpoint_down"]["refused"] == "step to 25%"
+    # not one more request for the dead endpoint: the champion takes everything
+    assert route(routes) == {"champion": "4", "challenger": None, "percent": 0, "shadow": None}
+
+
+def test_resuming_towards_a_dead_challenger_is_refused(probed: tuple) -> None:
+    controller, clock, routes, probe = probed
+    controller.start(CHAMPION, CHALLENGER, "ops-anna")
+    clock.now += 3600
+    controller.step([], requests=500)
+    controller.pause("ops-carl", "holiday freeze")
+    probe.down[CHALLENGER["url"]] = "connection refused"
+    with pytest.raises(EndpointDown) as refused:
+        controller.resume("ops-carl")
+    assert str(refused.value) == DEAD and refused.value.detail()["refused"] == "resume"
+    assert controller.status()["phase"] == "paused" and route(routes)["percent"] == 5
+    probe.down = {}  # redeployed
+    assert controller.resume("ops-carl").kind == "rollout_resumed"
+    clock.now += 1800
+    assert controller.step([], requests=500).kind == "rollout_step"
+    assert route(routes)["percent"] == 25
+
+
+def test_the_go_and_the_promotion_need_a_live_challenger_a_rollback_never_waits(
+    probed: tuple,
+) -> None:
+    controller, clock, routes, probe = probed
+    controller.start(CHAMPION, CHALLENGER, "ops")
+    for _ in range(4):
+        clock.now += 3600
+        controller.step([], requests=500)
+    assert controller.status()["phase"] == "approval"
+    probe.down[CHALLENGER["url"]] = "no answer within 3 s"
+    with pytest.raises(EndpointDown, match=r"\(no answer within 3 s\)"):
+        controller.approve("risk-ben")
+    assert route(routes)["percent"] == 50 and controller.status()["phase"] == "approval"
+    asked = len(probe.asked)
+    event = controller.rollback("ops-dana", "challenger host lost")
+    assert event.kind == "rollout_rolled_back" and len(probe.asked) == asked  # no probe
+    assert route(routes)["challenger"] is None

@@ -15,12 +15,14 @@ from pipelines.spec import Guardrails
 from serving.prediction_log import PredictionLog
 from serving.rollout_windows import (
     challenger_errors,
+    endpoint_problem,
     gateway_counts,
     log_rows,
     read_labels,
     shadow_pairs,
     window_of,
 )
+from tests.support import free_port
 
 
 def _log(folder: Path, n: int, score: float, start: int = 0) -> PredictionLog:
@@ -104,3 +106,9 @@ def test_late_labels_join_by_request_id_and_feed_the_label_guardrails(tmp_path: 
     (labels_dir / "broken.jsonl").write_text('{"request_id": "x"}\n')
     with pytest.raises(ValueError, match="broken.jsonl"):
         read_labels(labels_dir)
+
+
+def test_an_endpoint_nothing_listens_on_fails_its_ready_probe() -> None:
+    dead = {"url": f"http://127.0.0.1:{free_port()}", "version": "3"}
+    assert endpoint_problem("fraud", dead, timeout=1.0) == "connection refused"
+    assert endpoint_problem("fraud", {"version": "3"}) == "no URL recorded"

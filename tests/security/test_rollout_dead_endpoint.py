@@ -1,0 +1,251 @@
+"""Attack 11 (its rollout half): after ``make down`` / ``make up`` the deployment records
+still name endpoints at dead ports, and a rollout routed traffic to them.
+
+Real components on loopback: the registry (MLflow on SQLite), the governance store with
+its audit chain, the local deployer's real model server for the champion, the routes
+file the gateway reads. A version whose recorded endpoint is a dead port is refused at
+the start of a rollout and at a first promotion, and a challenger whose server stopped
+in the middle of a rollout is refused when someone resumes it: each time one line
+naming the endpoint and the probe's answer, a ``rollout_paused`` audit event, and not
+one route to the dead port.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from pipelines.config import load_settings
+from tests.support import free_port, stack_env
+
+ROOT = Path(__file__).resolve().parents[2]
+SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
+MODEL = "german_credit"
+pytestmark = pytest.mark.slow
+
+
+def _register(settings, booster) -> str:  # noqa: ANN001
+    import mlflow
+    import mlflow.lightgbm
+
+    from registry.mlflow_registry import artifact_location_for
+
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    if client.get_experiment_by_name("dead-endpoints") is None:
+        client.create_experiment(
+            "dead-endpoints",
+            artifact_location=artifact_location_for(uri, settings.mlflow_artifacts),
+        )
+    mlflow.set_experiment("dead-endpoints")
+    with mlflow.start_run():
+        info = mlflow.lightgbm.log_model(booster, name="model")
+    return str(mlflow.register_model(info.model_uri, MODEL).version)
+
+
+def _approve(settings, spec, version: str):  # noqa: ANN001, ANN202
+    from registry import approvals
+    from registry.mlflow_registry import artifact_sha256_of
+
+    sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
+    approvals.request_approval(
+        settings.governance_url, spec, model_version=version, artifact_sha256=sha,
+        run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev", risk_reasons=[],
+    )  # fmt: skip
+    state = None
+    for user in ("alice", "bob"):
+        state = approvals.decide(
+            settings.governance_url, MODEL, version, user=user, decision="approve",
+            reason="reviewed", channel="cli", artifact_sha256=sha,
+        )  # fmt: skip
+        if state.status == "approved":
+            break
+    return state, sha
+
+
+def _record(settings, state, url: str) -> None:  # noqa: ANN001
+    from registry.governance import record_deployment
+
+    record_deployment(
+        settings.governance_url, state, environment="local", action="deployed",
+        actor="govml-lifecycle", details={"endpoint": url}, consume=True,
+    )  # fmt: skip
+
+
+def _redeploy(settings, state, version: str, sha: str) -> str:  # noqa: ANN001
+    """The version's real model server (local deployer), recorded as `make up` records a
+    version it serves again (``endpoint_reconciled``); its URL."""
+    from ops.deploy import deployer_for
+    from registry.mlflow_registry import serving_uri
+    from registry.reconcile import record_endpoint
+    from serving.deployers import Release
+
+    uri = serving_uri(settings.mlflow_tracking_uri, MODEL, version)
+    release = Release(MODEL, version, uri, sha, state.id, str(SPEC_PATH))
+    url = deployer_for(settings).deploy(release).url
+    record_endpoint(settings.governance_url, MODEL, version, url, reason="served again")
+    return url
+
+
+def _refusals(settings) -> list:  # noqa: ANN001
+    from registry.audit import events
+
+    return [
+        e
+        for e in events(settings.governance_url, model_name=MODEL, kinds=["rollout_paused"])
+        if (e.payload or {}).get("rollout_event") == "endpoint_down"
+    ]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    from ops import stack
+    from pipelines.data.german_credit import load_german_credit
+    from pipelines.features import build_features
+    from pipelines.spec import load_spec
+    from pipelines.training import load_model, train
+    from registry import approvals
+    from tests.unit.test_features import spec_of, with_training, write_ingest
+
+    root = tmp_path_factory.mktemp("dead-endpoints")
+    var = root / "var"
+    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
+    saved = dict(os.environ)
+    os.environ.update(env)
+    settings = load_settings(env)
+    try:
+        stack.prepare_stores(settings)
+        for user in ("alice", "bob"):
+            approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
+        small = with_training(spec_of(MODEL), num_boost_round=20, early_stopping_rounds=20)
+        build_features(small, write_ingest(small, load_german_credit(), root / "i"), root / "f")
+        train(small, root / "f", root / "m")
+        booster = load_model(root / "m" / "model.txt")
+        spec = load_spec(SPEC_PATH)
+        versions = {}
+        for _ in range(2):
+            version = _register(settings, booster)
+            versions[version] = _approve(settings, spec, version)
+        yield SimpleNamespace(settings=settings, spec=spec, versions=versions, env=env)
+    finally:
+        from ops.deploy import deployer_for
+
+        deployer = deployer_for(settings)
+        for name in deployer.deployed():
+            deployer.stop(name)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> None:
+    from ops.rollout import (
+        act,
+        controller,
+        endpoint_of,
+        gateway_dir,
+        promote_first,
+        record,
+        start,
+    )
+    from serving.rollout_controller import EndpointDown
+
+    settings, spec = world.settings, world.spec
+    (v1, (state1, sha1)), (v2, (state2, sha2)) = sorted(world.versions.items())
+    routes = gateway_dir(settings) / "routes.json"
+
+    # 1. v1's recorded endpoint is a dead port (its server went with `make down`)
+    dead1 = f"http://127.0.0.1:{free_port()}"
+    _record(settings, state1, dead1)
+    with pytest.raises(EndpointDown) as refused:
+        promote_first(settings, spec, v1, "ops-anna")
+    assert str(refused.value) == (
+        f"refused to route traffic to {MODEL} v{v1} (champion): its endpoint {dead1} "
+        "does not answer its ready probe (connection refused)"
+    )
+    assert not routes.exists()
+
+    # 2. redeployed for real, it becomes the first champion
+    _redeploy(settings, state1, v1, sha1)
+    assert promote_first(settings, spec, v1, "ops-anna").kind == "champion_promoted"
+    before = routes.read_bytes()
+
+    # 3. v2's recorded endpoint is dead: the rollout does not start
+    dead2 = f"http://127.0.0.1:{free_port()}"
+    _record(settings, state2, dead2)
+    with pytest.raises(EndpointDown) as refused:
+        start(settings, spec, v2, "ops-anna")
+    assert str(refused.value) == (
+        f"refused to route traffic to {MODEL} v{v2} (challenger): its endpoint {dead2} "
+        "does not answer its ready probe (connection refused)"
+    )
+    assert routes.read_bytes() == before  # no shadow, no canary towards the dead port
+    assert controller(settings, spec).load() is None
+
+    # 4. in the middle of a rollout v2's server stops: resuming is refused, routes stay
+    url2 = _redeploy(settings, state2, v2, sha2)
+    ctl = controller(settings, spec)
+    champion = endpoint_of(settings, MODEL, v1)
+    record(settings, ctl.start(champion, endpoint_of(settings, MODEL, v2), "ops-anna"))
+    act(settings, spec, "pause", "ops-carl", "holiday freeze")
+    from ops.deploy import deployer_for
+    from serving.deployers import deployment_name
+
+    deployer_for(settings).stop(deployment_name(MODEL, v2))
+    shadowed = routes.read_bytes()
+    with pytest.raises(EndpointDown, match=rf"^refused to route traffic to {MODEL} v{v2} "):
+        act(settings, spec, "resume", "ops-carl")
+    assert routes.read_bytes() == shadowed and ctl.load().phase == "paused"
+
+    refusals = _refusals(settings)
+    assert [(e.model_version, e.payload["refused"], e.payload["endpoint"]) for e in refusals] == [
+        (v1, "first promotion", dead1),
+        (v2, "start", dead2),
+        (v2, "resume", url2),
+    ]
+    assert [e.actor for e in refusals] == ["ops-anna", "ops-anna", "ops-carl"]
+    assert refusals[1].payload["reason"] == str(refused.value)
+    from registry.audit import verify_chain
+
+    assert verify_chain(settings.governance_url).ok
+
+
+def test_the_cli_refuses_a_dead_challenger_in_one_line(world: SimpleNamespace) -> None:
+    """`govml rollout start` as an authenticated operator: one line, exit 2."""
+    import subprocess
+
+    from ops.rollout import act, controller, gateway_dir
+    from ops.stack import airflow_passwords
+    from registry.audit import events
+    from registry.reconcile import record_endpoint
+
+    settings = world.settings
+    v2 = max(world.versions, key=int)
+    dead = f"http://127.0.0.1:{free_port()}"  # its server went with `make down`
+    record_endpoint(settings.governance_url, MODEL, v2, dead, reason="recorded, now dead")
+    if controller(settings, world.spec).load() is not None:  # the first test's rollout
+        act(settings, world.spec, "rollback", "ops-carl", "clean slate")
+    before = (gateway_dir(settings) / "routes.json").read_bytes()
+    seq = events(settings.governance_url)[-1].seq
+    password = airflow_passwords(settings)["operator"]
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "govml"), "rollout", "start", MODEL, "--version", v2,
+         "--as", "operator"],
+        env={**world.env, "GOVML_PASSWORD": password}, cwd=ROOT, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"error: refused to route traffic to {MODEL} v{v2} (challenger): its endpoint {dead} "
+        "does not answer its ready probe (connection refused)\n"
+    )
+    assert (gateway_dir(settings) / "routes.json").read_bytes() == before
+    new = [e for e in events(settings.governance_url) if e.seq > seq]
+    assert [(e.kind, e.actor, e.payload.get("refused")) for e in new] == [
+        ("rollout_paused", "operator", "start")
+    ]

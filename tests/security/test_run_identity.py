@@ -1,0 +1,218 @@
+"""Attack 5: ``govml run`` took its trigger from ``GOVML_TRIGGERED_BY`` or the OS user, so
+anyone could pose as someone else, then approve their own change.
+
+Against real components: the governance store and its audit chain, Airflow's metadata
+database and ``dag.test()`` (stack down), and a real embedded stack (Airflow's API
+server and login, the scheduler; stack up). The trigger recorded on the approval request
+is the user whose password was checked, whatever the environment says; a ``dag.test()``
+run without an authenticated trigger (even one replaying another run's trigger event)
+is recorded as unauthenticated and cannot be approved; a wrong password is refused in
+one line before anything runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from ops import stack
+from pipelines.config import load_settings
+from registry.databases import normalise_url
+from tests.support import AirflowAPI, single_spec_dir, stack_env
+
+ROOT = Path(__file__).resolve().parents[2]
+GOVML = ROOT / ".venv" / "bin" / "govml"
+MODEL = "german_credit"
+DAG_ID = f"{MODEL}_lifecycle"
+IMPOSTOR = {"GOVML_TRIGGERED_BY": "reviewer", "USER": "reviewer", "LOGNAME": "reviewer"}
+NOT_PROVEN = "was not authenticated, so its version cannot be approved for deployment"
+pytestmark = pytest.mark.slow
+
+
+def _govml(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(GOVML), *args], env={**env, "COLUMNS": "160"}, cwd=ROOT, capture_output=True,
+        text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _decide(settings, version: str, user: str):  # noqa: ANN001, ANN202
+    from registry.approvals import decide
+
+    return decide(
+        settings.governance_url, MODEL, version, user=user, decision="approve",
+        reason="gates, fairness and SHAP reviewed", channel="cli",
+    )  # fmt: skip
+
+
+def _request(settings, run_id: str):  # noqa: ANN001, ANN202
+    from registry.approvals import list_requests
+
+    (request,) = [r for r in list_requests(settings.governance_url, MODEL) if r.run_id == run_id]
+    return request
+
+
+def _trigger_events(settings) -> list:  # noqa: ANN001
+    from registry.audit import events
+
+    return events(settings.governance_url, kinds=["run_triggered"])
+
+
+# --------------------------------------------------------------------------- stack down
+@pytest.fixture(scope="module")
+def down(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """An embedded stack's stores, no servers: ``govml run`` uses ``dag.test()``."""
+    var = tmp_path_factory.mktemp("identity-down") / "var"
+    specs = single_spec_dir(ROOT, var.parent / "specs", MODEL)
+    env = stack_env(var, GOVML_SPECS_DIR=str(specs))
+    settings = load_settings(env)
+    saved = dict(os.environ)
+    try:  # the stores as `govml run` prepares them (Airflow's migrated metadata DB)
+        os.environ.update(env)
+        stack.prepare_stores(settings)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    password = stack.airflow_passwords(settings)["operator"]
+    return SimpleNamespace(env=env, settings=settings, password=password, specs=specs)
+
+
+def test_a_wrong_password_is_refused_in_one_line_before_anything_runs(
+    down: SimpleNamespace,
+) -> None:
+    result = _govml({**down.env, "GOVML_PASSWORD": "not-it"}, "run", MODEL, "--as", "operator")
+    assert result.returncode == 5
+    assert result.stderr == "error: authentication failed for operator\n"
+    assert not (down.settings.runs_dir / MODEL).exists()  # no run started
+
+
+def test_the_environment_names_nobody_the_run_records_its_authenticated_user(
+    down: SimpleNamespace,
+) -> None:
+    env = {**down.env, **IMPOSTOR, "GOVML_PASSWORD": down.password}
+    result = _govml(env, "run", MODEL, "--as", "operator")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "triggered by operator" in result.stdout
+    (event,) = _trigger_events(down.settings)
+    assert event.actor == "operator" and event.payload["dag_id"] == DAG_ID
+    assert event.payload["authenticated_by"] == "password-file"
+    request = _request(down.settings, event.run_id)
+    assert request.triggered_by == "operator" and request.trigger_authenticated
+    # four-eyes holds against the real trigger; the name in the environment is no one's
+    from pipelines.errors import ApprovalError
+
+    with pytest.raises(ApprovalError, match="operator triggered this run and cannot approve"):
+        _decide(down.settings, request.model_version, "operator")
+    assert _decide(down.settings, request.model_version, "reviewer").status == "pending"
+
+
+def test_a_dag_test_run_without_its_own_trigger_event_cannot_be_approved(
+    down: SimpleNamespace,
+) -> None:
+    """``ops.run_dag`` straight, with the environment naming the reviewer, and a valid
+    ``run_triggered`` event for the same run id recorded by another process (a replay):
+    the run's trigger is unauthenticated."""
+    from ops.identity import authenticate_user
+    from ops.run_dag import lifecycle_run_id, record_run_trigger
+    from pipelines.errors import ApprovalError
+
+    settings = down.settings
+    run_after = dt.datetime(2026, 11, 3, 9, tzinfo=dt.UTC)
+    run_id = lifecycle_run_id(run_after)
+    operator = authenticate_user(settings, "operator", down.password)
+    record_run_trigger(settings, operator, DAG_ID, run_id, MODEL)  # its secret stays here
+    env = {**down.env, **stack.airflow_env(settings), **IMPOSTOR}
+    env["MLFLOW_TRACKING_URI"] = normalise_url(settings.mlflow_backend_url)  # no server
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.run_dag", str(down.specs / f"{MODEL}.yaml"),
+         "--run-after", run_after.isoformat()],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    request = _request(settings, run_id)
+    assert request.trigger_authenticated is False and request.triggered_by is None
+    from registry.audit import events
+
+    (why,) = events(settings.governance_url, run_id=run_id, kinds=["retrain_triggered"])
+    assert why.actor == "unauthenticated" and why.payload["trigger_authenticated"] is False
+    for user in ("reviewer", "validator"):  # neither approval counts
+        with pytest.raises(ApprovalError, match=NOT_PROVEN):
+            _decide(settings, request.model_version, user)
+
+
+def test_a_rollout_run_without_an_authenticated_trigger_does_not_start(
+    down: SimpleNamespace,
+) -> None:
+    """The rollout DAG moves live traffic: its ``start`` task refuses a ``dag.test()`` run
+    whose trigger only the environment names."""
+    from ops.run_summary import read_summary
+
+    settings = down.settings
+    env = {**down.env, **stack.airflow_env(settings), **IMPOSTOR}
+    env["MLFLOW_TRACKING_URI"] = normalise_url(settings.mlflow_backend_url)
+    result = subprocess.run(
+        [sys.executable, "-m", "ops.run_dag", str(down.specs / f"{MODEL}.yaml"), "--dag",
+         "rollout", "--conf", '{"version": "1"}', "--run-after", "2026-11-03T10:00:00+00:00"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-4000:]
+    assert read_summary(output)["tasks"]["start"] == "failed"
+    assert (
+        f"AirflowFailException: {MODEL}_rollout: the rollout's trigger is not authenticated"
+        in output
+    )
+    from registry.audit import events
+
+    moved = [e for e in events(settings.governance_url, model_name=MODEL)
+             if (e.payload or {}).get("rollout_event")]  # fmt: skip
+    assert moved == []  # nothing was routed
+
+
+# --------------------------------------------------------------------------- stack up
+@pytest.fixture(scope="module")
+def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """A real embedded stack (Airflow, MLflow) on free loopback ports."""
+    var = tmp_path_factory.mktemp("identity-up") / "var"
+    specs = single_spec_dir(ROOT, var.parent / "specs", MODEL)
+    env = stack_env(var, GOVML_SPECS_DIR=str(specs))
+    settings = load_settings(env)
+    started = _govml(env, "stack", "up", timeout=900)
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        api = AirflowAPI(settings)
+        api.wait_for_dag(DAG_ID)
+        yield SimpleNamespace(env=env, settings=settings, api=api)
+    finally:
+        _govml(env, "stack", "down", timeout=300)
+
+
+def test_with_the_stack_up_a_wrong_password_is_refused_by_airflows_login(
+    up: SimpleNamespace,
+) -> None:
+    result = _govml({**up.env, "GOVML_PASSWORD": "not-it"}, "run", MODEL, "--as", "operator")
+    assert result.returncode == 5
+    assert result.stderr == "error: authentication failed for operator (Airflow answered 401)\n"
+    assert up.api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")[1]["total_entries"] == 0
+
+
+def test_with_the_stack_up_airflow_records_the_user_who_logged_in(up: SimpleNamespace) -> None:
+    env = {**up.env, **IMPOSTOR, "GOVML_PASSWORD": up.api.passwords["operator"]}
+    result = _govml(env, "run", MODEL, "--as", "operator")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    code, runs = up.api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")
+    (run,) = runs["dag_runs"]
+    assert run["triggered_by"] == "rest_api" and run["triggering_user_name"] == "operator"
+    assert f"triggered {DAG_ID} run {run['dag_run_id']} in Airflow as operator" in output
+    request = _request(up.settings, run["dag_run_id"])
+    assert request.triggered_by == "operator" and request.trigger_authenticated
+    assert _trigger_events(up.settings) == []  # Airflow's login proved it, not a dag.test
