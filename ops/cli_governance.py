@@ -18,7 +18,7 @@ import urllib.request
 from typing import Any
 
 from ops.approval_form import APPROVE, REJECT, answer_body
-from ops.identity import authenticate_user, http_json, password_for
+from ops.identity import authenticate_user, http_json, password_for, require_admin
 from pipelines.config import Settings
 from pipelines.errors import ApprovalError
 
@@ -30,17 +30,9 @@ APPROVAL_TASK = "approval"
 # --------------------------------------------------------------------------- identity
 
 
-def _password(args: argparse.Namespace, user: str) -> str:
-    return password_for(user, args.password_file)
-
-
-_http_json = http_json  # the Airflow REST calls below
-
-
-def authenticate(settings: Settings, user: str, password: str) -> str | None:
-    """Check USER's password (:func:`ops.identity.authenticate_user`); returns an Airflow
-    API token when the api-server runs."""
-    return authenticate_user(settings, user, password).token
+def _token(args: argparse.Namespace, settings: Settings, user: str) -> str | None:
+    """USER proven by password (:mod:`ops.identity`); their Airflow API token (stack up)."""
+    return authenticate_user(settings, user, password_for(user, args.password_file)).token
 
 
 def _answer_waiting_task(
@@ -53,10 +45,10 @@ def _answer_waiting_task(
         f"{settings.airflow_url}/api/v2/dags/{state.dag_id}/dagRuns/"
         f"{urllib.request.quote(state.run_id, safe='')}/taskInstances/{APPROVAL_TASK}/-1"
     )
-    status, ti = _http_json("GET", base, token=token)
+    status, ti = http_json("GET", base, token=token)
     if status != 200 or not isinstance(ti, dict) or ti.get("state") != "awaiting_input":
         return "the lifecycle run is not waiting at its approval task"
-    status, body = _http_json(
+    status, body = http_json(
         "PATCH",
         f"{base}/hitlDetails",
         answer_body(APPROVE if decision == "approve" else REJECT, reason),
@@ -79,7 +71,7 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
     if not reason:
         raise ApprovalError("--reason must not be empty: the audit trail records why")
     request = get_request(settings.governance_url, args.model, args.version)
-    token = authenticate(settings, args.user, _password(args, args.user))
+    token = _token(args, settings, args.user)
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, args.model, args.version)
     state = decide(
         settings.governance_url,
@@ -133,10 +125,7 @@ def cmd_approvals_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def _authenticate_admin(args: argparse.Namespace, settings: Settings) -> None:
     """Only an Airflow admin, proving who they are, may change approver roles."""
-    roles = dict(settings.airflow_users)
-    if roles.get(args.by) != "admin":
-        raise ApprovalError(f"{args.by} is not an admin user: only admins grant or revoke roles")
-    authenticate(settings, args.by, _password(args, args.by))
+    require_admin(settings, args.by, args.password_file, "grant or revoke roles")
 
 
 def cmd_roles_grant(args: argparse.Namespace, settings: Settings) -> int:

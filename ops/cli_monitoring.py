@@ -89,7 +89,7 @@ def cmd_drift_report(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from ops.cli import _spec_path
-    from ops.cli_governance import _password, authenticate
+    from ops.identity import authenticate_user, password_for
     from ops.retrain import post_retrain_event
     from pipelines.errors import ConfigError
     from pipelines.spec import load_spec
@@ -99,10 +99,14 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("--reason must say why (it is recorded in the audit trail)")
     path = _spec_path(args.model, settings)
     spec = load_spec(path)
-    token = authenticate(settings, args.user, _password(args, args.user))
-    if token is not None:
+    identity = authenticate_user(settings, args.user, password_for(args.user, args.password_file))
+    if identity.token is not None:
         event = post_retrain_event(
-            settings.airflow_url, token, spec.name, reason, source=f"govml retrain by {args.user}"
+            settings.airflow_url,
+            identity.token,
+            spec.name,
+            reason,
+            source=f"govml retrain by {identity.user}",
         )
         print(
             f"{spec.name}: retrain event {event.get('id')} posted; the {spec.name}_lifecycle "
@@ -112,7 +116,7 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
     from ops.lifecycle_runner import run_lifecycle
 
     print(f"Airflow is not running: running the {spec.name} lifecycle here (reason: {reason})")
-    return run_lifecycle(settings, spec, path, {"reason": reason})
+    return run_lifecycle(settings, spec, path, {"reason": reason}, identity=identity)
 
 
 def add_monitoring_commands(sub: Any) -> None:

@@ -24,10 +24,9 @@ def _spec(args: argparse.Namespace, settings: Settings) -> Any:
 
 
 def _identify(args: argparse.Namespace, settings: Settings) -> str:
-    from ops.cli_governance import _password, authenticate
+    from ops.identity import authenticate_user, password_for
 
-    authenticate(settings, args.user, _password(args, args.user))
-    return args.user
+    return authenticate_user(settings, args.user, password_for(args.user, args.password_file)).user
 
 
 def _print(event: Any) -> None:

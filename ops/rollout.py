@@ -136,9 +136,17 @@ def record(settings: Settings, event: Event) -> None:
     action = ACTIONS.get(event.kind)
     if action is None:  # holds are not transitions
         return
-    if action == "promoted":
-        set_alias(settings.mlflow_tracking_uri, event.model, CHAMPION, event.version)
     state = approvals.get_request(settings.governance_url, event.model, event.version)
+    if action == "promoted":
+        set_alias(
+            settings.mlflow_tracking_uri,
+            event.model,
+            CHAMPION,
+            event.version,
+            actor=event.actor,
+            reason=f"promoted by the rollout ({event.kind})",
+            governance_url=settings.governance_url,
+        )
     record_deployment(
         settings.governance_url,
         state,

@@ -31,7 +31,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.rollout import Window
-from serving.prediction_log import FILE_PREFIX, complete_files, read_records
+from serving.prediction_log import FILE_PREFIX, complete_files, is_explanation, read_records
 
 
 def _live_lines(directory: Path) -> Iterator[dict[str, Any]]:
@@ -51,7 +51,10 @@ def _live_lines(directory: Path) -> Iterator[dict[str, Any]]:
 
 
 def log_rows(directory: str | Path, since: float) -> list[dict[str, Any]]:
-    """Prediction log rows with a timestamp at or after ``since`` (epoch seconds)."""
+    """Prediction log rows with a timestamp at or after ``since`` (epoch seconds).
+
+    Rows of ``:explain`` answers are left out: windows compare predictions, and an
+    explanation sent with its prediction's request id must not replace it."""
     folder = Path(directory)
     if not folder.is_dir():
         return []
@@ -61,7 +64,7 @@ def log_rows(directory: str | Path, since: float) -> list[dict[str, Any]]:
             continue
         rows.extend(r for r in read_records(path) if r["timestamp"].timestamp() >= since)
     rows.extend(r for r in _live_lines(folder) if r["timestamp"].timestamp() >= since)
-    return rows
+    return [r for r in rows if not is_explanation(r)]  # predictions only (not :explain)
 
 
 def gateway_counts(metrics_text: str, model: str) -> dict[str, float]:

@@ -27,6 +27,7 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
     from registry.audit import events, verify_chain
     from registry.governance import deployments
 
+    # a name in the environment proves nothing: the demo triggers as the stack's operator
     env = stack_env(tmp_path / "var", COLUMNS="160", GOVML_TRIGGERED_BY="demo-operator")
     settings = load_settings(env)
     transformer_pid = None
@@ -46,6 +47,7 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
         # the approvals went through registry.approvals: roles, four-eyes, audit events
         (request,) = list_requests(settings.governance_url, "fraud")
         assert request.status == "approved" and request.consumed_at is not None
+        assert (request.triggered_by, request.trigger_authenticated) == ("operator", True)
         approvers = request.approvers
         assert approvers == ["reviewer", "validator"][: request.required_approvers]
         assert {d.channel for d in request.decisions} == {"demo"}

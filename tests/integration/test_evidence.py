@@ -29,7 +29,7 @@ from tests.support import stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "german_credit"
-TRIGGERED_BY = "alice"
+TRIGGERED_BY = "operator"  # proven by its password (run_dag --as)
 APPROVERS = ("bob", "carol")
 DEPLOYER = "ops-dave"
 VALIDATOR = "val-erin"
@@ -53,7 +53,7 @@ def _reason(user: str) -> str:
 
 def _run_lifecycle(var_dir: Path) -> tuple[Settings, str]:
     """Prepare the stores and run the German Credit DAG up to the approval request."""
-    env = stack_env(var_dir, GOVML_TRIGGERED_BY=TRIGGERED_BY)
+    env = stack_env(var_dir)
     settings = load_settings(env)
     env.update(stack.airflow_env(settings))
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
@@ -65,6 +65,7 @@ def _run_lifecycle(var_dir: Path) -> tuple[Settings, str]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+    env["GOVML_PASSWORD"] = stack.airflow_passwords(settings)[TRIGGERED_BY]
     run_after = dt.datetime(2026, 11, 2, 9, tzinfo=dt.UTC)
     result = subprocess.run(
         [
@@ -74,6 +75,8 @@ def _run_lifecycle(var_dir: Path) -> tuple[Settings, str]:
             str(ROOT / "specs" / f"{MODEL}.yaml"),
             "--run-after",
             run_after.isoformat(),
+            "--as",
+            TRIGGERED_BY,
         ],
         env=env,
         cwd=ROOT,

@@ -112,3 +112,16 @@ def test_an_endpoint_nothing_listens_on_fails_its_ready_probe() -> None:
     dead = {"url": f"http://127.0.0.1:{free_port()}", "version": "3"}
     assert endpoint_problem("fraud", dead, timeout=1.0) == "connection refused"
     assert endpoint_problem("fraud", {"version": "3"}) == "no URL recorded"
+
+
+def test_log_rows_leave_out_explanations(tmp_path: Path) -> None:
+    since = time.time() - 1
+    log = PredictionLog(tmp_path, "jsonl", poll_seconds=0.01, batch_rows=1)
+    log.log({"request_id": "r1", "score": 0.9, "latency_ms": 2.0, "decision": "flag"})
+    log.log(
+        {"request_id": "r1", "score": 0.9, "latency_ms": 9.0, "decision": "flag",
+         "verb": "explain", "reasons": ["amount high"]}
+    )  # fmt: skip
+    assert log.close()
+    rows = log_rows(tmp_path, since)
+    assert [(r["request_id"], r["latency_ms"]) for r in rows] == [("r1", 2.0)]
