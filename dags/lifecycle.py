@@ -380,7 +380,10 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
 
         @task
         @_no_retry
-        def deploy(approved: dict[str, Any]) -> dict[str, Any]:
+        def deploy(registered: dict[str, Any]) -> dict[str, Any]:
+            """Release the version this run registered, if the keyed audit chain holds a
+            valid approval of it: the approval task's state and XCom are never trusted
+            (a forced or cleared task changes neither the chain nor this check)."""
             from ops.deploy import serve_release
             from registry.governance import release_approved
 
@@ -388,8 +391,8 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             return release_approved(
                 run.settings.governance_url,
                 run.settings.mlflow_tracking_uri,
-                approved["model_name"],
-                approved["model_version"],
+                registered["model_name"],
+                str(registered["version"]),
                 actor="govml-lifecycle",
                 run_id=run.run_id,
                 out_dir=run.stage_dir("deploy"),
@@ -412,7 +415,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         registered = register(gates(evaluated, fair, explained, lineage_path, validated))
         requested = request_approval(registered, champ)
         requested >> approval
-        deploy(approval.output)
+        approval >> deploy(registered)
 
     return lifecycle()
 

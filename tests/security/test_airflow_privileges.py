@@ -6,6 +6,9 @@ XComs and variables and trigger runs; `govml roles grant ... --by reviewer` gave
 another account the approver role; an admin could grant a role to themselves; and
 `make up` printed every password.
 
+Attack 1 (the stack half) ends the module: a forged approval in the database and a
+forced deploy over the REST API deploy nothing.
+
 Here a real stack (`govml stack up`, default users) runs the German Credit lifecycle to
 its approval task (triggered by `operator` with a trigger reason); the reviewer then
 tries each of those actions over the REST API against the real waiting run and is
@@ -215,3 +218,86 @@ def test_an_approver_answers_the_required_action(
     detail = api.hitl(DAG, waiting.run_id, "approval")
     assert detail["body"].startswith("> **1 of 2 approvals so far (reviewer)")
     assert detail["params"][REASON_FIELD]["value"] == ""
+
+
+# --------------------------------------------------------------------------- attack 1
+def _wait_task(api: AirflowAPI, run_id: str, task: str, states: set[str], timeout: float) -> str:
+    import time
+
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = api.task_state(DAG, run_id, task)
+        if state in states:
+            return state
+        time.sleep(2)
+    raise AssertionError(f"{task} still {state} after {timeout:.0f} s")
+
+
+def test_attack_1_a_forged_approval_in_the_database_deploys_nothing(
+    stack: SimpleNamespace, waiting: SimpleNamespace
+) -> None:
+    """Issue 21, attack 1 on the real stack: with one real approval of two, someone with
+    write access to the governance database adds the missing approvals as rows, and an
+    Airflow admin forces the approval task and clears ``deploy`` over the REST API. The
+    deploy step derives approval from the keyed chain and refuses; verify names the rows."""
+    from sqlalchemy import text
+
+    from ops.airflow_runs import reason_from_log
+    from registry.approvals import get_request
+    from registry.audit import events
+    from registry.audit_verify import verify_chain
+    from registry.store import engine_for
+    from tests.security.chain_attacks import drop_append_only
+
+    api, url = stack.api, stack.settings.governance_url
+    request = get_request(url, "german_credit", _version(stack, waiting), waiting.run_id)
+    assert request.status == "pending" and request.approvers == ["reviewer"]
+    with engine_for(url).begin() as conn:
+        drop_append_only(conn)
+        for user in ("validator", "mallory"):
+            conn.execute(
+                text(
+                    "INSERT INTO approval_decisions (request_id, user_name, decision, reason,"
+                    " channel, artifact_sha256, decided_at) VALUES (:r, :u, 'approve', 'ok',"
+                    " 'ui', :sha, CURRENT_TIMESTAMP)"
+                ),
+                {"r": request.id, "u": user, "sha": request.artifact_sha256},
+            )
+    path = waiting.path
+    code, body = api.call(
+        "PATCH", f"{path}/taskInstances/approval", {"new_state": "success"}, "admin"
+    )
+    assert code == 200, body
+    code, body = api.call(
+        "POST",
+        f"/api/v2/dags/{DAG}/clearTaskInstances",
+        {"dry_run": False, "task_ids": ["deploy"], "dag_run_id": waiting.run_id},
+        "admin",
+    )
+    assert code == 200, body
+    assert _wait_task(api, waiting.run_id, "deploy", {"failed", "success"}, 600) == "failed"
+    code, log = api.call("GET", f"{path}/taskInstances/deploy/logs/1?full_content=true", "admin")
+    assert code == 200
+    version = request.model_version
+    assert reason_from_log(log["content"]) == (
+        f"ApprovalError: german_credit v{version}: deployment refused: no valid approval for "
+        "this version (request status: ['pending'])"
+    )
+    assert not [e for e in events(url, run_id=waiting.run_id) if e.kind == "deployed"]
+    assert get_request(url, "german_credit", version).approvers == ["reviewer"]
+    report = verify_chain(url)
+    assert not report.ok and report.problem is None
+    forged = [line for line in report.unbacked if line.startswith("approval_decisions row ")]
+    assert len(forged) == 2 and all(
+        line.endswith("no approval_granted/approval_rejected event backs it") for line in forged
+    )
+
+
+def _version(stack: SimpleNamespace, waiting: SimpleNamespace) -> str:
+    from registry.approvals import list_requests
+
+    (request,) = [
+        r for r in list_requests(stack.settings.governance_url) if r.run_id == waiting.run_id
+    ]
+    return request.model_version

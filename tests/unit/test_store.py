@@ -336,9 +336,9 @@ def _refused_everywhere(engine, truncate: bool) -> None:  # noqa: ANN001
         if truncate
         else []
     ):
-        with pytest.raises(Exception, match=f"{table} is append-only"):  # noqa: PT011
-            with engine.begin() as conn:
-                conn.execute(text(statement))
+        refused = pytest.raises(Exception, match=f"{table} is append-only")  # noqa: PT011
+        with refused, engine.begin() as conn:
+            conn.execute(text(statement))
 
 
 def test_every_governance_table_is_append_only_on_sqlite(tmp_path: Path) -> None:
