@@ -336,6 +336,71 @@ def test_reports_missing_in_mlflow_come_from_the_run_folder(
     assert 'src="explain/shap_summary.png"' in (out / "index.html").read_text()
 
 
+def test_the_deploy_step_serves_exactly_the_approved_version(released: Released) -> None:
+    """The deploy step started the version's model server (local deployer), which loaded
+    the approved artifact and scored the run's test rows exactly like the pipeline."""
+    import urllib.request
+
+    import pandas as pd
+
+    from ops.deploy import service_token
+    from pipelines.runs import safe_run_id
+    from pipelines.training import load_model
+    from registry.governance import deployments
+
+    endpoint = released.release["endpoint"]
+    assert endpoint and endpoint.startswith("http://127.0.0.1:")
+    (row,) = deployments(released.settings.governance_url, MODEL, released.version)
+    assert row["environment"] == "local"
+    assert row["details"]["smoke_test"]["rows_checked"] > 0
+    run_dir = released.settings.runs_dir / MODEL / safe_run_id(released.run_id)
+    names = json.loads((run_dir / "features" / "features.json").read_text())["features"]
+    sample = pd.read_parquet(run_dir / "features" / "test.parquet", columns=names).dropna()
+    sample = sample.tail(5)
+    body = json.dumps({"instances": sample.to_dict(orient="records")}).encode()
+    token = service_token(released.settings, MODEL, released.version)
+    req = urllib.request.Request(
+        f"{endpoint}/v1/models/{MODEL}:predict",
+        data=body,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        answer = json.loads(resp.read())
+    expected = load_model(run_dir / "train" / "model.txt").predict(sample)
+    assert answer["predictions"] == expected.tolist()
+    assert answer["model_sha256"] == row["artifact_sha256"]
+
+
+def test_tags_claiming_an_approval_the_chain_does_not_hold_are_flagged(
+    released: Released, tmp_path: Path
+) -> None:
+    """Attack 1's evidence-pack half: MLflow tags are a mirror; the chain is the record."""
+    from mlflow import MlflowClient
+
+    from registry.evidence import export_evidence
+    from registry.mlflow_registry import tag_version
+
+    tracking = released.settings.mlflow_tracking_uri
+    tag_version(tracking, MODEL, released.version, {"govml.approval.approve.mallory": "lgtm"})
+    try:
+        out = tmp_path / "pack-forged-tags"
+        export_evidence(released.settings, MODEL, released.version, out, actor=VALIDATOR)
+        evidence = json.loads((out / "evidence.json").read_text())
+        (check,) = [
+            c
+            for c in evidence["cross_checks"]
+            if c["check"].startswith("the version's approval tags")
+        ]
+        assert check["ok"] is False
+        assert check["detail"] == (
+            "tags name mallory as an approver: no such approval in the audit chain"
+        )
+    finally:
+        MlflowClient(tracking).delete_model_version_tag(
+            MODEL, released.version, "govml.approval.approve.mallory"
+        )
+
+
 def test_a_tampered_audit_row_makes_the_pack_say_broken(
     released: Released, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -350,7 +415,7 @@ def test_a_tampered_audit_row_makes_the_pack_say_broken(
     forged = dict(granted.payload, reason="approved without review")
     engine = create_engine(url)
     with engine.begin() as conn:
-        # the migration's append-only triggers (registry/migrations/versions/0002_governance.py)
+        # the migrations' append-only triggers (registry/migrations/versions/)
         conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
         conn.execute(
             text("UPDATE audit_events SET payload = :payload WHERE seq = :seq"),
@@ -383,36 +448,3 @@ def test_a_tampered_audit_row_makes_the_pack_say_broken(
 
     exported = events(url, model_name=MODEL, kinds=["evidence_exported"])[-1]
     assert exported.payload["chain_ok"] is False and exported.payload["out_dir"] == str(out)
-
-
-def test_the_deploy_step_serves_exactly_the_approved_version(released: Released) -> None:
-    """The deploy step started the version's model server (local deployer), which loaded
-    the approved artifact and scored the run's test rows exactly like the pipeline."""
-    import urllib.request
-
-    import pandas as pd
-
-    from pipelines.runs import safe_run_id
-    from pipelines.training import load_model
-    from registry.governance import deployments
-
-    endpoint = released.release["endpoint"]
-    assert endpoint and endpoint.startswith("http://127.0.0.1:")
-    (row,) = deployments(released.settings.governance_url, MODEL, released.version)
-    assert row["environment"] == "local"
-    assert row["details"]["smoke_test"]["rows_checked"] > 0
-    run_dir = released.settings.runs_dir / MODEL / safe_run_id(released.run_id)
-    names = json.loads((run_dir / "features" / "features.json").read_text())["features"]
-    sample = pd.read_parquet(run_dir / "features" / "test.parquet", columns=names).dropna()
-    sample = sample.tail(5)
-    body = json.dumps({"instances": sample.to_dict(orient="records")}).encode()
-    req = urllib.request.Request(
-        f"{endpoint}/v1/models/{MODEL}:predict",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        answer = json.loads(resp.read())
-    expected = load_model(run_dir / "train" / "model.txt").predict(sample)
-    assert answer["predictions"] == expected.tolist()
-    assert answer["model_sha256"] == row["artifact_sha256"]
