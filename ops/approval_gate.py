@@ -201,7 +201,7 @@ class GovernedApprovalOperator(HITLOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipelines.errors import ApprovalError, RegistryError
-        from registry.approvals import APPROVED, PENDING, decide
+        from registry.approvals import APPROVED, PENDING, decide, refuse
 
         request = self._request(context)
         label = f"{request['model_name']} v{request['model_version']}"
@@ -230,12 +230,18 @@ class GovernedApprovalOperator(HITLOperator):
             try:
                 sha = self._artifact_sha256(request)
             except RegistryError as exc:
-                # not verifiable now (the registry is down): nothing is recorded, ask again
-                log.warning(
-                    "%s: %s's approval not recorded: cannot hash the registered artifact again: %s",
-                    label,
-                    user,
-                    exc,
+                # not verifiable now (the registry is down): refused (and shown), ask again
+                why = f"cannot hash the registered artifact again: {exc}"
+                log.warning("%s: %s's approval refused: %s", label, user, why)
+                refuse(
+                    settings.governance_url,
+                    request["model_name"],
+                    request["model_version"],
+                    user=user,
+                    decision=decision,
+                    why=why,
+                    channel="ui",
+                    run_id=request["run_id"],
                 )
                 return self._ask(context, request)
         try:

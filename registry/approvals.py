@@ -453,6 +453,28 @@ def decide(
     raise ApprovalError(f"{label}: {decision} by {user} refused: {problem}")
 
 
+def refuse(
+    url: str,
+    model_name: str,
+    model_version: str,
+    *,
+    user: str,
+    decision: str,
+    why: str,
+    channel: str,
+    run_id: str | None = None,
+) -> ApprovalState:
+    """Record an answer refused before the rules could be checked (e.g. the registry
+    could not re-hash the artifact): an ``approval_refused`` event, nothing decided."""
+
+    def work(session: Session, state: GovernanceState) -> ApprovalState:
+        request = _find(state, model_name, model_version, run_id)
+        _refusal(session, request, user, why, {"decision": decision, "channel": channel})
+        return request.state()
+
+    return in_chain_transaction(url, work)
+
+
 def expire(
     url: str, model_name: str, model_version: str, run_id: str | None = None
 ) -> ApprovalState:

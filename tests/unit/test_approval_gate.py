@@ -232,6 +232,18 @@ def test_an_artifact_changed_after_the_request_is_refused(gate) -> None:  # noqa
     assert first.startswith("> **Refused: reviewer's approve: the artifact ")
 
 
+def test_an_artifact_the_registry_cannot_give_again_is_refused_and_shown(gate) -> None:  # noqa: ANN001
+    _ask(gate)
+    gate.artifact.unlink()  # the registry cannot hand the file out now
+    _answered(gate, _answer("reviewer", "Approve"))
+    assert approvals.get_request(gate.url, SPEC.name, gate.version).status == "pending"
+    (refused,) = audit.events(gate.url, kinds=["approval_refused"])
+    assert refused.actor == "reviewer"
+    assert refused.payload["reason"].startswith("cannot hash the registered artifact again: ")
+    first = _served(gate)["body"].splitlines()[0]
+    assert first.startswith("> **Refused: reviewer's approve: cannot hash the registered")
+
+
 def test_a_partial_approval_asks_the_next_approver_and_says_so(high_risk_gate) -> None:  # noqa: ANN001
     gate = high_risk_gate
     _ask(gate)
