@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 from pipelines.config import Settings
-from pipelines.errors import RegistryError
 
 PROGRESS_BAR_VAR = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
 
 
-def _os_user() -> str:
-    try:
-        return getpass.getuser()
-    except (OSError, KeyError):
-        raise RegistryError("cannot tell who you are from the OS; pass --as USER") from None
+def _exporter(args: argparse.Namespace, settings: Settings) -> str:
+    """Who exports: ``--as USER`` proven by password, else the host account (by uid)."""
+    from ops.identity import authenticate_user, host_account, password_for
+
+    if args.actor is None:
+        return host_account()
+    return authenticate_user(
+        settings, args.actor, password_for(args.actor, args.password_file)
+    ).user
 
 
 @contextlib.contextmanager
@@ -47,7 +49,7 @@ def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
     from registry.audit import AuditError
     from registry.evidence import export_evidence
 
-    actor = args.actor or _os_user()
+    actor = _exporter(args, settings)
     with _quiet_downloads():
         result = export_evidence(settings, args.model, args.version, Path(args.out), actor=actor)
     print(
@@ -86,6 +88,8 @@ def add_export_parser(audit_sub: argparse._SubParsersAction) -> None:
         dest="actor",
         default=None,
         metavar="ACTOR",
-        help="who exports (recorded in the audit trail; default: your OS user)",
+        help="who exports, proven by password (recorded in the audit trail; default: the "
+        "host account running the command)",
     )
+    p.add_argument("--password-file", default=None, help="file holding your password")
     p.set_defaults(func=cmd_audit_export)

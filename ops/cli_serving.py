@@ -21,8 +21,6 @@ naming the host account that ran it.
 from __future__ import annotations
 
 import argparse
-import os
-import pwd
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,10 @@ SCOPES = ("predict", "explain", "admin")
 
 
 def _actor() -> str:
-    """The host account running the command (from the process's uid, not the
-    environment: ``$USER`` can say anything)."""
-    return f"host:{pwd.getpwuid(os.geteuid()).pw_name}"
+    """The host account running the command (:func:`ops.identity.host_account`)."""
+    from ops.identity import host_account
+
+    return host_account()
 
 
 def _deployment(settings: Settings, model: str, version: str) -> tuple[Any, str, Path]:

@@ -16,6 +16,7 @@ import getpass
 import hmac
 import json
 import os
+import pwd
 import sys
 import urllib.error
 import urllib.request
@@ -125,3 +126,9 @@ def require_admin(
     if dict(settings.airflow_users).get(user) != "admin":
         raise ApprovalError(f"{user} is not an admin user: only admins {action}")
     return authenticate_user(settings, user, password_for(user, password_file))
+
+
+def host_account() -> str:
+    """The host account running this process, as ``host:NAME``: from the process's uid,
+    never from the environment (``$USER`` can say anything)."""
+    return f"host:{pwd.getpwuid(os.geteuid()).pw_name}"

@@ -285,7 +285,7 @@ def test_export_refuses_a_non_empty_folder_and_an_unknown_version(
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")
-    argv = ["audit", "export", MODEL, released.version, "--out", str(busy), "--as", VALIDATOR]
+    argv = ["audit", "export", MODEL, released.version, "--out", str(busy)]
     assert _cli(argv, released.settings) == RegistryError.exit_code
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "not empty" in err and str(busy) in err
@@ -293,7 +293,7 @@ def test_export_refuses_a_non_empty_folder_and_an_unknown_version(
     assert (busy / "notes.txt").read_text() == "keep me"
 
     fresh = tmp_path / "fresh"
-    argv = ["audit", "export", MODEL, "99", "--out", str(fresh), "--as", VALIDATOR]
+    argv = ["audit", "export", MODEL, "99", "--out", str(fresh)]
     assert _cli(argv, released.settings) == RegistryError.exit_code
     err = capsys.readouterr().err.strip()
     assert err == f"error: {MODEL} has no version '99' (versions: {released.version})"
@@ -424,7 +424,7 @@ def test_a_tampered_audit_row_makes_the_pack_say_broken(
     engine.dispose()
 
     out = tmp_path / "pack-after-tamper"
-    argv = ["audit", "export", MODEL, released.version, "--out", str(out), "--as", VALIDATOR]
+    argv = ["audit", "export", MODEL, released.version, "--out", str(out)]  # as the host account
     assert _cli(argv, released.settings) == RegistryError.exit_code
     captured = capsys.readouterr()
     assert str(out / "index.html") in captured.out
@@ -448,3 +448,4 @@ def test_a_tampered_audit_row_makes_the_pack_say_broken(
 
     exported = events(url, model_name=MODEL, kinds=["evidence_exported"])[-1]
     assert exported.payload["chain_ok"] is False and exported.payload["out_dir"] == str(out)
+    assert exported.actor.startswith("host:")  # the uid's account, never $USER
