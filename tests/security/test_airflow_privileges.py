@@ -220,6 +220,34 @@ def test_an_approver_answers_the_required_action(
     assert detail["params"][REASON_FIELD]["value"] == ""
 
 
+# --------------------------------------------------------------------------- attack 8
+def test_attack_8_a_refused_rest_answer_is_shown_above_the_form(
+    stack: SimpleNamespace, waiting: SimpleNamespace
+) -> None:
+    """The run's own trigger answers Approve over REST: Airflow takes the answer, the task
+    refuses it under the four-eyes rules, and the Required Action then says who was
+    refused and why, above its (still empty) form."""
+    from registry.audit import events
+
+    api = stack.api
+    code, body = api.answer(DAG, waiting.run_id, "approval", "Approve", "my own model", "operator")
+    assert code == 200, body  # Airflow accepted the answer; the task decides
+    api.wait_awaiting_input(DAG, waiting.run_id, "approval", timeout=360)
+    refused = events(
+        stack.settings.governance_url, run_id=waiting.run_id, kinds=["approval_refused"]
+    )
+    assert refused[-1].actor == "operator"
+    assert refused[-1].payload["reason"] == (
+        "operator triggered this run and cannot approve or reject it (four-eyes)"
+    )
+    detail = api.hitl(DAG, waiting.run_id, "approval")
+    assert detail["body"].startswith(
+        "> **Refused: operator's approve: operator triggered this run and cannot approve or "
+        "reject it (four-eyes)"
+    ), detail["body"][:300]
+    assert detail["params"][REASON_FIELD]["value"] == ""
+
+
 # --------------------------------------------------------------------------- attack 1
 def _wait_task(api: AirflowAPI, run_id: str, task: str, states: set[str], timeout: float) -> str:
     import time
