@@ -218,6 +218,7 @@ class GovernanceState:
     role_events: list[AuditRecord] = field(default_factory=list)
     deployments: list[AuditRecord] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
+    events: dict[int, AuditRecord] = field(default_factory=dict)  # the folded ones, by seq
 
     def roles_of(self, user: str) -> set[str]:
         return set(self.roles.get(user, set()))
@@ -411,6 +412,7 @@ def fold_into(state: GovernanceState, event: AuditRecord) -> None:
     """Apply one event (the next in seq order) to ``state``."""
     handler = _HANDLERS.get(event.kind)
     if handler is not None:
+        state.events[event.seq] = event
         handler(state, event)
 
 
@@ -511,7 +513,10 @@ def _mismatch(row: Any, expected: dict[str, Any]) -> str | None:
 
 
 def unbacked_rows(session: Session, records: list[AuditRecord]) -> list[str]:
-    """One line per governance table row that the (verified) chain does not back."""
+    """One line per governance table row that the (verified) chain does not back.
+
+    ``records``: the verified chain, or at least its events of :data:`FOLDED_KINDS`
+    (the only kinds index rows name)."""
     events = _by_seq(records)
     checks = (
         (ApprovalRequest, _request_row_problem, "approval_requests"),

@@ -57,6 +57,7 @@ from registry.approval_state import (
     fold,
     fold_into,
     iso,
+    unbacked_rows,
 )
 from registry.audit_verify import load_verified
 from registry.store import ApprovalDecision, ApprovalRequest, RoleChange, engine_for
@@ -507,6 +508,12 @@ def deploy_problem(
     """
     requests = state.requests_for(model_name, str(model_version))
     approved = [r for r in requests if r.status == APPROVED]
+    tampered = unbacked_rows(session, list(state.events.values()))
+    if tampered:
+        more = f" (and {len(tampered) - 1} more)" if len(tampered) > 1 else ""
+        return (requests[-1] if requests else None), (
+            f"the governance store was changed outside govml: {tampered[0]}{more}"
+        )
     if not requests:
         return None, "no approval was requested for this version"
     if not approved:

@@ -308,9 +308,11 @@ def test_attack_1_a_forged_approval_in_the_database_deploys_nothing(
     code, log = api.call("GET", f"{path}/taskInstances/deploy/logs/1?full_content=true", "admin")
     assert code == 200
     version = request.model_version
+    decisions = [r.id for r in _decision_rows(url)]
     assert reason_from_log(log["content"]) == (
-        f"ApprovalError: german_credit v{version}: deployment refused: no valid approval for "
-        "this version (request status: ['pending'])"
+        f"ApprovalError: german_credit v{version}: deployment refused: the governance store "
+        f"was changed outside govml: approval_decisions row {decisions[-2]} is not backed by "
+        "the chain: no approval_granted/approval_rejected event backs it (and 1 more)"
     )
     assert not [e for e in events(url, run_id=waiting.run_id) if e.kind == "deployed"]
     assert get_request(url, "german_credit", version).approvers == ["reviewer"]
@@ -320,6 +322,16 @@ def test_attack_1_a_forged_approval_in_the_database_deploys_nothing(
     assert len(forged) == 2 and all(
         line.endswith("no approval_granted/approval_rejected event backs it") for line in forged
     )
+
+
+def _decision_rows(url: str) -> list:  # noqa: ANN202
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from registry.store import ApprovalDecision, engine_for
+
+    with Session(engine_for(url)) as session:
+        return list(session.scalars(select(ApprovalDecision).order_by(ApprovalDecision.id)))
 
 
 def _version(stack: SimpleNamespace, waiting: SimpleNamespace) -> str:

@@ -103,8 +103,9 @@ def test_forged_table_rows_approve_nothing(url: str) -> None:
     with pytest.raises(ApprovalError) as refused:
         approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="govml-lifecycle")
     assert str(refused.value) == (
-        "german_credit v7: deployment refused: no valid approval for this version "
-        "(request status: ['pending'])"
+        "german_credit v7: deployment refused: the governance store was changed outside "
+        "govml: approval_decisions row 2 is not backed by the chain: no approval_granted/"
+        "approval_rejected event backs it (and 2 more)"
     )
     report = verify_chain(url)
     assert not report.ok and report.problem is None
