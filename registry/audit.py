@@ -247,7 +247,7 @@ def keyring_for(url: str, session: Session | None = None) -> audit_keys.Keyring:
     ring = audit_keys.load(path)
     if ring is not None:
         return ring
-    signed = _first_signed(session) if session is not None else _first_signed_in(url)
+    signed = first_signed(session) if session is not None else _first_signed_in(url)
     if signed is not None:
         raise AuditError(
             f"the audit key file {path} is missing, but the chain holds events signed with "
@@ -257,7 +257,8 @@ def keyring_for(url: str, session: Session | None = None) -> audit_keys.Keyring:
     return audit_keys.create(path)
 
 
-def _first_signed(session: Session) -> tuple[int, str] | None:
+def first_signed(session: Session) -> tuple[int, str] | None:
+    """``(seq, key id)`` of the chain's first signed event; None before the chain is keyed."""
     row = session.execute(
         select(AuditEvent.seq, AuditEvent.key_id)
         .where(AuditEvent.key_id.is_not(None))
@@ -269,7 +270,7 @@ def _first_signed(session: Session) -> tuple[int, str] | None:
 
 def _first_signed_in(url: str) -> tuple[int, str] | None:
     with Session(read_only(engine_for(url))) as session:
-        return _first_signed(session)
+        return first_signed(session)
 
 
 def is_canonical_payload(stored: str) -> bool:

@@ -28,6 +28,7 @@ from registry.audit import (
     AuditError,
     AuditRecord,
     append_event,
+    first_signed,
     is_canonical_payload,
     keyring_for,
     mac_message,
@@ -361,16 +362,6 @@ def _links(session: Session) -> list[Any]:
     return list(session.execute(select(*columns).order_by(AuditEvent.seq)))
 
 
-def _first_key(session: Session) -> tuple[int, str] | None:
-    row = session.execute(
-        select(AuditEvent.seq, AuditEvent.key_id)
-        .where(AuditEvent.key_id.is_not(None))
-        .order_by(AuditEvent.seq)
-        .limit(1)
-    ).first()
-    return (int(row[0]), str(row[1])) if row else None
-
-
 def _fast_ok(
     links: list[Any],
     full: list[AuditEvent],
@@ -417,7 +408,7 @@ def _checked(
     full = list(session.scalars(query))
     ring = _ring(url, full)
     found = None
-    if not _fast_ok(links, full, ring, _first_key(session)):
+    if not _fast_ok(links, full, ring, first_signed(session)):
         everything = list(session.scalars(select(AuditEvent).order_by(AuditEvent.seq)))
         found = _find_problem(everything, ring)
     if found is None:

@@ -556,26 +556,11 @@ def apply_secret(
     manifest: Mapping[str, Any], api: Any, field_manager: str = FIELD_MANAGER
 ) -> ApplyResult:
     """Create or update a Secret with server-side apply (like :func:`apply`); errors
-    name the Secret, never its values."""
-    meta = manifest["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    where = f"secrets/{name} in namespace {namespace}"
-    try:
-        api.read_namespaced_secret(name, namespace)
-        exists = True
-    except Exception as exc:  # noqa: BLE001
-        if getattr(exc, "status", None) != 404:
-            raise DeploymentError(f"cannot read {where}: {_api_error(exc)}") from None
-        exists = False
-    try:
-        api.patch_namespaced_secret(
-            name, namespace, dict(manifest), field_manager=field_manager, force=True,
-            _content_type=APPLY_PATCH,
-        )  # fmt: skip
-    except Exception as exc:  # noqa: BLE001
-        raise DeploymentError(f"cannot apply {where}: {_api_error(exc)}") from None
-    action: Literal["created", "configured"] = "configured" if exists else "created"
-    return ApplyResult(action, name, namespace, {})
+    name the Secret, never its values (and the result carries none of them)."""
+    result = _apply_namespaced(
+        manifest, "secrets", api.read_namespaced_secret, api.patch_namespaced_secret, field_manager
+    )
+    return ApplyResult(result.action, result.name, result.namespace, {})
 
 
 def delete_secret(name: str, namespace: str, api: Any) -> bool:
@@ -1115,18 +1100,36 @@ def apply_pod_disruption_budget(
     manifest: Mapping[str, Any], api: Any, field_manager: str = FIELD_MANAGER
 ) -> ApplyResult:
     """Create or update a PodDisruptionBudget with server-side apply (like :func:`apply`)."""
+    return _apply_namespaced(
+        manifest,
+        "poddisruptionbudgets",
+        api.read_namespaced_pod_disruption_budget,
+        api.patch_namespaced_pod_disruption_budget,
+        field_manager,
+    )
+
+
+def _apply_namespaced(
+    manifest: Mapping[str, Any],
+    plural: str,
+    read: Any,
+    patch: Any,
+    field_manager: str,
+) -> ApplyResult:
+    """Server-side apply of one namespaced core object through the client's ``read`` and
+    ``patch`` calls; "created" when it did not exist before."""
     meta = manifest["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    where = f"poddisruptionbudgets/{name} in namespace {namespace}"
+    where = f"{plural}/{name} in namespace {namespace}"
     try:
-        api.read_namespaced_pod_disruption_budget(name, namespace)
+        read(name, namespace)
         exists = True
     except Exception as exc:  # noqa: BLE001
         if getattr(exc, "status", None) != 404:
             raise DeploymentError(f"cannot read {where}: {_api_error(exc)}") from None
         exists = False
     try:
-        result = api.patch_namespaced_pod_disruption_budget(
+        result = patch(
             name, namespace, dict(manifest), field_manager=field_manager, force=True,
             _content_type=APPLY_PATCH,
         )  # fmt: skip
