@@ -206,10 +206,13 @@ def main() -> int:
             f"{r['unkeyed_s']:.3f} | {r['state_s']:.3f} | {r['decide_s']:.3f} |"
         )
     markdown = "\n".join(lines) + (
-        "\n\nA governance action (open a request, record a decision, authorise or record a "
-        "deployment) verifies the whole chain (links, hashes, MACs, newest checkpoint) and "
-        "folds approval state from it, under the chain's lock; its cost grows linearly with "
-        "the chain. `verify: keyed` is `govml audit verify` without the index-row check.\n"
+        "\n\nA governance action (open a request and record a decision: the figure is one "
+        "of them) checks every event's link and sequence number, re-hashes and MAC-checks the "
+        "events approval state is folded from (and the newest), compares the newest "
+        "checkpoint, and folds the state, under the chain's lock; its cost grows linearly "
+        "with the chain. `verify: keyed` is `govml audit verify` (every event re-hashed and "
+        "MAC-checked) without the index-row check; the hash-only peer is the same walk "
+        "without MACs, as the chain was verified before issue 21.\n"
     )
     print(markdown)
     if args.json:
