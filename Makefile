@@ -91,9 +91,11 @@ test-unit: setup
 test-integration: setup
 	$(PY) -m pytest -q tests/integration
 
-# `make bench` rewrites BENCHMARKS.md; `make bench ONLY=serving` reruns one section.
+# `make bench` runs every benchmark, writes one JSON per benchmark into benchmarks/results/
+# and regenerates BENCHMARKS.md from the newest of each (benchmarks/report.py);
+# `make bench ONLY=serving` reruns one. `python benchmarks/report.py` alone only regenerates.
 bench: setup $(MVENV)/.installed $(EVENV)/.installed wrk
-	$(PY) benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
+	$(PY) benchmarks/report.py run $(if $(ONLY),--only $(ONLY))
 
 # wrk (C HTTP load generator) for the serving benchmark: Debian's package.
 wrk:

@@ -185,7 +185,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--features", type=int, default=50)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--json", help="write the result for benchmarks/run_all.py")
+    parser.add_argument("--json", help="write the result for benchmarks/report.py")
     args = parser.parse_args()
     if not EVIDENTLY_PY.exists():
         print("error: .venv-evidently missing: run `make bench` (it builds it)", file=sys.stderr)
