@@ -67,8 +67,10 @@ data: setup
 demo: setup
 	$(GOVML) demo
 
+# ruff, and the layer contracts of docs/architecture.md (.importlinter).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test: setup lint browser
 	$(PY) -m pytest -q tests
@@ -85,11 +87,13 @@ browser:
 	  fi; \
 	fi
 
+# tests/unit: no servers, no clusters, small data (about 2 minutes). The rest start real
+# servers (model servers, gateway, the embedded stack), clusters, browsers, or big data.
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
-test-integration: setup
-	$(PY) -m pytest -q tests/integration
+test-integration: setup browser
+	$(PY) -m pytest -q tests/integration tests/security tests/e2e
 
 # `make bench` runs every benchmark, writes one JSON per benchmark into benchmarks/results/
 # and regenerates BENCHMARKS.md from the newest of each (benchmarks/report.py);

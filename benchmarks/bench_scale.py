@@ -80,7 +80,7 @@ if backend == "local":
         Path(out) / "scores.parquet", index=False)
     times["score"] = time.perf_counter() - t
 else:
-    from pipelines.dask_backend import batch_score, build_features_dask, dask_client
+    from pipelines.backends.dask_core import batch_score, build_features_dask, dask_client
     compute = Compute(backend="dask", workers=int(workers), partition_rows=int(partition_rows),
                       memory_limit=None if memory_limit == "auto" else memory_limit)
     t = time.perf_counter()
@@ -101,10 +101,10 @@ import json, shutil, sys, time, logging
 from pathlib import Path
 logging.basicConfig(level=logging.WARNING)
 from pipelines.spec import load_spec, Compute
-from pipelines.dask_backend import batch_score, build_features_dask, dask_client, train_dask
-from pipelines.dask_ingest import ingest_dask
-from pipelines.dask_validation import validate_data_dask
-from pipelines.dask_evaluation import evaluate_dask, explain_dask
+from pipelines.backends.dask_core import batch_score, build_features_dask, dask_client, train_dask
+from pipelines.backends.dask_ingest import ingest_dask
+from pipelines.backends.dask_validation import validate_data_dask
+from pipelines.backends.dask_evaluation import evaluate_dask, explain_dask
 raw, out, workers, partition_rows, memory_limit, spec_path, rounds, model_dir = sys.argv[1:9]
 stages = sys.argv[9].split(",")
 spec = load_spec(Path(spec_path))

@@ -59,7 +59,7 @@ def run_lifecycle(rows: int, var_dir: Path) -> Path:
         [
             sys.executable,
             "-m",
-            "ops.run_dag",
+            "dags.govml_airflow.run_dag",
             str(ROOT / "specs" / "fraud.yaml"),
             "--conf",
             json.dumps({"n_rows": rows}),

@@ -40,7 +40,8 @@ def build_abtest_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
     def abtest() -> None:
         @task.short_circuit(task_id="running")
         def running() -> bool:
-            from ops.abtest import RUNNING, load_state
+            from ops.abtest import load_state
+            from serving.control.routes import RUNNING
 
             state = load_state(load_settings(), load_spec(spec_path).name)
             return state is not None and state.status == RUNNING

@@ -1,7 +1,10 @@
 """One governed lifecycle DAG per model spec in ``specs/`` (``<name>_lifecycle``).
 
-Wiring only: each task resolves the run (spec, run id, parameters, run folder) and
-calls one function from ``pipelines``, ``validation`` or ``registry``; heavy imports
+Wiring only: who triggered the run, then one task per row of the stage table
+(:data:`pipelines.stages.LIFECYCLE`: ingest, champion, validate_data, lineage,
+features, train, evaluate, fairness, explain, gates, register), then the human part:
+the approval request, the four-eyes approval and the deployment. Each task resolves the
+run (spec, run id, parameters, run folder) and calls one function; heavy imports
 happen inside the tasks, and tasks exchange paths (XCom), never DataFrames. Parsing
 reads the YAML specs and touches no database or network.
 
@@ -12,60 +15,22 @@ keep the reason in the task log and in the stage's files in the run folder.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import time
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from airflow.sdk import Param, dag, task
 
-from ops.approval_gate import GovernedApprovalOperator
-from ops.retrain import lifecycle_schedule
-from ops.run_dag import dag_spec_paths
+from dags.govml_airflow.approval_gate import GovernedApprovalOperator
+from dags.govml_airflow.assets import lifecycle_schedule
+from dags.govml_airflow.factory import build_dags, no_retry, run_context, stage_tasks
+from dags.govml_airflow.run_dag import dag_spec_paths
 from pipelines.config import load_settings
-from pipelines.errors import GovMLError
-from pipelines.spec import ModelSpec, load_spec
+from pipelines.spec import ModelSpec
+from pipelines.stages import LIFECYCLE
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 SETTINGS = load_settings()
-
-
-def _no_retry(func: Callable[..., T]) -> Callable[..., T]:
-    """A project error is a decision, not a glitch: fail the task without retries.
-
-    Also records the stage's own time in ``<run folder>/timings/<task>.json``, so the
-    orchestration overhead (run time outside the stage functions) can be measured.
-    """
-
-    @wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> T:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        started = time.perf_counter()
-        try:
-            result = func(*args, **kwargs)
-        except GovMLError as exc:
-            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
-        _record_timing(func.__name__, time.perf_counter() - started)
-        return result
-
-    return wrapper
-
-
-def _record_timing(task_id: str, seconds: float) -> None:
-    from airflow.sdk import get_current_context
-
-    from pipelines.runs import safe_run_id
-
-    context = get_current_context()
-    spec_name = context["dag"].dag_id.removesuffix("_lifecycle")
-    folder = load_settings().runs_dir / spec_name / safe_run_id(context["run_id"]) / "timings"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{task_id}.json").write_text(json.dumps({"task": task_id, "seconds": seconds}))
 
 
 def _trigger() -> tuple[str | None, bool]:
@@ -74,14 +39,14 @@ def _trigger() -> tuple[str | None, bool]:
     A run triggered in Airflow (UI, REST API, ``govml run`` with the stack up) names the
     user Airflow authenticated; a scheduled or asset-triggered run is the system's
     (None). ``dag.test()`` names nobody ("dag_test"): its trigger is the user recorded
-    in the audit chain before the run started (:func:`ops.run_dag.authenticated_trigger`),
+    in the audit chain before the run started (:func:`ops.local_run.authenticated_trigger`),
     else it is unauthenticated. Never a name from the environment.
     """
     import os
 
     from airflow.sdk import get_current_context
 
-    from ops.run_dag import TRIGGER_NONCE_ENV, authenticated_trigger
+    from ops.local_run import TRIGGER_NONCE_ENV, authenticated_trigger
 
     context = get_current_context()
     user = context["dag_run"].triggering_user_name
@@ -96,16 +61,7 @@ def _trigger() -> tuple[str | None, bool]:
     return found, found is not None
 
 
-def _run(spec_path: Path):  # noqa: ANN202
-    from airflow.sdk import get_current_context
-
-    from pipelines.runs import RunContext
-
-    context = get_current_context()
-    return RunContext.create(spec_path, context["run_id"], dict(context["params"]))
-
-
-def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
+def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
     """The lifecycle DAG for one spec."""
 
     @dag(
@@ -164,10 +120,11 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         @task
         def trigger(**context: Any) -> dict[str, Any]:
             """Why this run: the schedule, a retrain asset event (its reason), a person."""
-            from ops.retrain import record_trigger, trigger_reason
-            from ops.run_dag import UNAUTHENTICATED
+            from dags.govml_airflow.assets import trigger_reason
+            from ops.local_run import UNAUTHENTICATED
+            from ops.retrain import record_trigger
 
-            run = _run(spec_path)
+            run = run_context(spec_path)
             why = trigger_reason(context)
             user, proven = _trigger()
             actor = "airflow"
@@ -179,177 +136,11 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             return why
 
         @task
-        @_no_retry
-        def ingest() -> str:
-            from pipelines.compute import ingest_with, resolve_compute
-            from pipelines.runs import resolve_source
-
-            run = _run(spec_path)
-            compute = resolve_compute(run.spec, run.settings)
-            ingest_with(compute, run.spec, resolve_source(run), run.stage_dir("ingest"))
-            return str(run.stage_dir("ingest") / "data.parquet")
-
-        @task
-        @_no_retry
-        def champion() -> dict[str, str]:
-            from registry.mlflow_registry import fetch_champion
-
-            run = _run(spec_path)
-            found = fetch_champion(
-                run.settings.mlflow_tracking_uri, run.spec.name, run.stage_dir("champion")
-            )
-            return {k: str(v) for k, v in (found or {}).items()}
-
-        @task
-        @_no_retry
-        def validate_data(data: str, champ: dict[str, str]) -> str:
-            from pipelines.compute import resolve_compute, validate_with
-            from registry.governance import record_data_validation
-
-            run = _run(spec_path)
-            profile = Path(champ["profile"]) if champ.get("profile") else None
-            folder = run.stage_dir("validate_data")
-            compute = resolve_compute(run.spec, run.settings)
-            try:
-                validate_with(compute, run.spec, Path(data), folder, profile)
-            finally:
-                record_data_validation(run.settings.governance_url, run.spec, run.run_id, folder)
-            return str(folder)
-
-        @task
-        @_no_retry
-        def lineage(data: str) -> str:
-            from registry.lineage import capture_run_lineage
-
-            run = _run(spec_path)
-            return str(
-                capture_run_lineage(
-                    run.settings.governance_url,
-                    run.spec.name,
-                    run.spec_path,
-                    run.run_id,
-                    Path(data).parent / "fingerprint.json",
-                    run.params,
-                    run.settings.home,
-                    run.stage_dir("lineage"),
-                )
-            )
-
-        @task
-        @_no_retry
-        def features(data: str) -> str:
-            from pipelines.compute import build_features_with, resolve_compute
-
-            run = _run(spec_path)
-            compute = resolve_compute(run.spec, run.settings)
-            build_features_with(compute, run.spec, Path(data), run.stage_dir("features"))
-            return str(run.stage_dir("features"))
-
-        @task
-        @_no_retry
-        def train(features_dir: str) -> str:
-            from pipelines.compute import resolve_compute, train_with
-
-            run = _run(spec_path)
-            train_with(
-                resolve_compute(run.spec, run.settings),
-                run.spec,
-                Path(features_dir),
-                run.stage_dir("train"),
-                tuning_trials=run.params.get("tuning_trials"),
-            )
-            return str(run.stage_dir("train"))
-
-        @task
-        @_no_retry
-        def evaluate(features_dir: str, train_dir: str, champ: dict[str, str]) -> str:
-            from pipelines.compute import evaluate_with, resolve_compute
-
-            run = _run(spec_path)
-            model = Path(champ["model"]) if champ.get("model") else None
-            recent = run.settings.var_dir / "monitoring" / run.spec.name / "recent_labelled.parquet"
-            evaluate_with(
-                resolve_compute(run.spec, run.settings),
-                run.spec,
-                Path(features_dir),
-                Path(train_dir),
-                run.stage_dir("evaluate"),
-                champion_model=model,
-                recent_window=recent if recent.is_file() else None,
-            )
-            return str(run.stage_dir("evaluate"))
-
-        @task
-        @_no_retry
-        def fairness(features_dir: str, eval_dir: str) -> str:
-            from validation.fairness import assess_fairness
-
-            run = _run(spec_path)
-            assess_fairness(run.spec, Path(features_dir), Path(eval_dir), run.stage_dir("fairness"))
-            return str(run.stage_dir("fairness"))
-
-        @task
-        @_no_retry
-        def explain(features_dir: str, train_dir: str, eval_dir: str, champ: dict[str, str]) -> str:
-            from pipelines.compute import explain_with, resolve_compute
-
-            run = _run(spec_path)
-            model = Path(champ["model"]) if champ.get("model") else None
-            explain_with(
-                resolve_compute(run.spec, run.settings),
-                run.spec,
-                Path(features_dir),
-                Path(train_dir),
-                Path(eval_dir),
-                run.stage_dir("explain"),
-                champion_model=model,
-            )
-            return str(run.stage_dir("explain"))
-
-        @task
-        @_no_retry
-        def gates(
-            eval_dir: str, fairness_dir: str, explain_dir: str, _lineage: str, _validated: str
-        ) -> str:
-            from registry.governance import record_gate_results
-            from validation.gates import check_gates
-
-            run = _run(spec_path)
-            folder = run.stage_dir("gates")
-            try:
-                check_gates(run.spec, Path(eval_dir), Path(fairness_dir), Path(explain_dir), folder)
-            finally:
-                record_gate_results(run.settings.governance_url, run.spec, run.run_id, folder)
-            return str(folder)
-
-        @task
-        @_no_retry
-        def register(_gates: str) -> dict[str, Any]:
-            from pipelines.spec import spec_hash
-            from registry.governance import record_registration
-            from registry.mlflow_registry import artifact_location_for
-            from registry.mlflow_registry import register as run_register
-
-            run = _run(spec_path)
-            uri = run.settings.mlflow_tracking_uri
-            result = run_register(
-                run.spec,
-                run.run_dir,
-                run.run_id,
-                uri,
-                run.stage_dir("register"),
-                spec_sha256=spec_hash(run.spec_path),
-                artifact_location=artifact_location_for(uri, run.settings.mlflow_artifacts),
-            ).to_dict()
-            record_registration(run.settings.governance_url, run.run_id, result)
-            return result
-
-        @task
-        @_no_retry
+        @no_retry("request_approval")
         def request_approval(registered: dict[str, Any], champ: dict[str, str]) -> dict[str, Any]:
             from registry.governance import open_approval
 
-            run = _run(spec_path)
+            run = run_context(spec_path)
             triggered_by, proven = _trigger()
             if not proven:
                 log.warning(
@@ -379,7 +170,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
         )
 
         @task
-        @_no_retry
+        @no_retry("deploy")
         def deploy(registered: dict[str, Any]) -> dict[str, Any]:
             """Release the version this run registered, if the keyed audit chain holds a
             valid approval of it: the approval task's state and XCom are never trusted
@@ -387,7 +178,7 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
             from ops.deploy import serve_release
             from registry.governance import release_approved
 
-            run = _run(spec_path)
+            run = run_context(spec_path)
             return release_approved(
                 run.settings.governance_url,
                 run.settings.mlflow_tracking_uri,
@@ -401,38 +192,15 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201, C901
                 ),
             )
 
-        data = ingest()
-        trigger() >> data
-        champ = champion()
-        validated = validate_data(data, champ)
-        lineage_path = lineage(data)
-        feats = features(data)
-        validated >> feats
-        model = train(feats)
-        evaluated = evaluate(feats, model, champ)
-        fair = fairness(feats, evaluated)
-        explained = explain(feats, model, evaluated, champ)
-        registered = register(gates(evaluated, fair, explained, lineage_path, validated))
-        requested = request_approval(registered, champ)
+        why = trigger()
+        stages = stage_tasks(LIFECYCLE, spec_path)  # ingest ... gates, register
+        why >> stages[LIFECYCLE[0].task_id]
+        registered = stages["register"]
+        requested = request_approval(registered, stages["champion"])
         requested >> approval
         approval >> deploy(registered)
 
     return lifecycle()
 
 
-def _build_all() -> dict[str, Any]:
-    dags: dict[str, Any] = {}
-    for name, path in dag_spec_paths(SETTINGS.specs_dir).items():
-        try:
-            spec = load_spec(path)
-        except GovMLError as exc:
-            # A bad spec must not hide the other models' DAGs; `govml spec validate`
-            # and the test suite report it.
-            log.error("skipping lifecycle DAG for %s: %s", name, exc)
-            continue
-        if f"{spec.name}_lifecycle" not in dags:  # the specs folder's spec of a name wins
-            dags[f"{spec.name}_lifecycle"] = build_lifecycle_dag(spec, path)
-    return dags
-
-
-globals().update(_build_all())
+globals().update(build_dags(dag_spec_paths(SETTINGS.specs_dir), build_lifecycle_dag, "_lifecycle"))

@@ -19,7 +19,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from ops.retrain import PRESETS, retrain_asset
+from dags.govml_airflow.assets import PRESETS, retrain_asset
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, discover_specs, load_spec

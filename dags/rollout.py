@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Param, dag, task
 
-from ops.run_dag import dag_spec_paths
+from dags.govml_airflow.run_dag import dag_spec_paths
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, load_spec
@@ -60,7 +60,8 @@ class RolloutPhaseSensor(BaseSensorOperator):
     def poke(self, context: Any) -> bool:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ops.rollout import controller, evaluate
+        from ops.rollout import evaluate
+        from serving.control.routes import controller
 
         settings = load_settings()
         spec = load_spec(self.spec_path)
@@ -85,12 +86,12 @@ class RolloutPhaseSensor(BaseSensorOperator):
 
 def _actor() -> str:
     """Who starts the rollout: the user Airflow authenticated, or for ``dag.test()`` the
-    user recorded in the audit chain before the run (:mod:`ops.run_dag`). A rollout
+    user recorded in the audit chain before the run (:mod:`ops.local_run`). A rollout
     moves live traffic: one whose trigger is not proven does not start."""
     from airflow.sdk import get_current_context
     from airflow.sdk.exceptions import AirflowFailException
 
-    from ops.run_dag import TRIGGER_NONCE_ENV, authenticated_trigger
+    from ops.local_run import TRIGGER_NONCE_ENV, authenticated_trigger
 
     context = get_current_context()
     user = context["dag_run"].triggering_user_name
@@ -107,7 +108,8 @@ def _actor() -> str:
             return found
     raise AirflowFailException(
         f"{context['dag'].dag_id}: the rollout's trigger is not authenticated; trigger it in "
-        "Airflow, or run it with `python -m ops.run_dag SPEC --dag rollout --as USER`"
+        "Airflow, or run it with "
+        "`python -m dags.govml_airflow.run_dag SPEC --dag rollout --as USER`"
     )
 
 

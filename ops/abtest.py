@@ -39,15 +39,23 @@ from typing import Any
 
 import numpy as np
 
-from ops.rollout import endpoint_of, gateway_dir
 from pipelines import abtest as stats
 from pipelines.config import Settings
 from pipelines.errors import GovMLError
 from pipelines.spec import AB_AMOUNT_FEATURE, AbTest, ModelSpec
+from serving.control.routes import (
+    RUNNING,
+    abtest_state_path,
+    active_rollout,
+    endpoint_of,
+    gateway_dir,
+    read_routes,
+    routes_path,
+    write_route,
+)
 
 log = logging.getLogger(__name__)
 ANALYST = "abtest-analyst"
-RUNNING = "running"
 MEASURE_DAYS = 7  # the champion's traffic and baseline are measured over this many days
 
 
@@ -75,10 +83,6 @@ class TestState:
 
 
 # --------------------------------------------------------------------------- files
-def state_path(settings: Settings, model: str) -> Path:
-    return settings.serving_dir / "abtests" / f"{model}.json"
-
-
 def abtest_logs(settings: Settings, test_id: str) -> Path:
     """The gateway's A/B log folder of a test (the gateway's ``--abtest_dir`` default)."""
     return gateway_dir(settings) / "abtests" / test_id
@@ -89,7 +93,7 @@ def report_dir(settings: Settings, model: str, test_id: str) -> Path:
 
 
 def load_state(settings: Settings, model: str) -> TestState | None:
-    path = state_path(settings, model)
+    path = abtest_state_path(settings, model)
     try:
         return TestState(**json.loads(path.read_text()))
     except FileNotFoundError:
@@ -99,7 +103,7 @@ def load_state(settings: Settings, model: str) -> TestState | None:
 
 
 def _save(settings: Settings, state: TestState) -> None:
-    path = state_path(settings, state.model)
+    path = abtest_state_path(settings, state.model)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(asdict(state), indent=2, default=_json_default))
@@ -129,45 +133,18 @@ def _running(settings: Settings, spec: ModelSpec) -> TestState:
 
 
 def _deployment_folder(settings: Settings, model: str, version: str) -> Path:
-    from serving.deployers import Release
+    from serving.control.deployers import Release
 
     return settings.serving_dir / Release(model, str(version), "", "").name / "predictions"
 
 
 # --------------------------------------------------------------------------- routes
-def _routes_path(settings: Settings) -> Path:
-    return gateway_dir(settings) / "routes.json"
-
-
-def _read_routes(settings: Settings) -> dict[str, Any]:
-    path = _routes_path(settings)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"models": {}}
-    except (OSError, ValueError) as exc:
-        raise AbTestError(f"routes file {path}: {exc}") from None
-    return data if isinstance(data, dict) else {"models": {}}
-
-
-def _write_route(settings: Settings, model: str, route: dict[str, Any]) -> None:
-    """Replace one model's route (others stay as they are); atomically."""
-    from serving.gateway import write_routes
-
-    data = _read_routes(settings)
-    models = dict(data.get("models") or {})
-    models[model] = route
-    path = _routes_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_routes(path, {"models": models})
-
-
 def current_champion(settings: Settings, model: str) -> dict[str, str]:
     """The champion the gateway serves now (the test's control)."""
-    route = (_read_routes(settings).get("models") or {}).get(model)
+    route = (read_routes(settings).get("models") or {}).get(model)
     if not isinstance(route, dict) or not isinstance(route.get("champion"), dict):
         raise AbTestError(
-            f"the gateway has no route for {model} ({_routes_path(settings)}): promote a "
+            f"the gateway has no route for {model} ({routes_path(settings)}): promote a "
             f"champion first (`govml rollout promote {model} --version N`)"
         )
     if route.get("abtest"):
@@ -199,7 +176,7 @@ class Measured:
 
 def measure(settings: Settings, spec: ModelSpec, version: str, now: float) -> Measured:
     """The champion's traffic and the primary metric's baseline from its log."""
-    from serving.rollout_windows import log_rows, read_labels
+    from serving.control.rollout_windows import log_rows, read_labels
 
     ab = _section(spec)
     rows = log_rows(_deployment_folder(settings, spec.name, version), now - MEASURE_DAYS * 86_400)
@@ -335,9 +312,6 @@ def new_salt() -> str:
 
 def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> TestState:
     """Put the deployed ``version`` in an A/B test against the gateway's champion."""
-    from ops.rollout import controller
-    from serving.rollout_controller import ACTIVE
-
     ab = _section(spec)
     current = load_state(settings, spec.name)
     if current is not None and current.status == RUNNING:
@@ -345,9 +319,9 @@ def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Test
             f"{spec.name}: A/B test {current.id} (v{current.challenger['version']}) is running; "
             f"stop it first (`govml abtest stop {spec.name}`)"
         )
-    rollout = controller(settings, spec).load()
-    if rollout is not None and rollout.phase in ACTIVE:
-        raise AbTestError(f"{spec.name}: a rollout is in progress ({rollout.phase})")
+    phase = active_rollout(settings, spec)
+    if phase is not None:
+        raise AbTestError(f"{spec.name}: a rollout is in progress ({phase})")
     champion = current_champion(settings, spec.name)
     if champion["version"] == str(version):
         raise AbTestError(f"{spec.name} v{version} is the champion: nothing to test against")
@@ -368,11 +342,11 @@ def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Test
     )
     if current is not None:  # an ended test's state is kept beside, by its id
         os.replace(
-            state_path(settings, spec.name),
-            state_path(settings, spec.name).with_name(f"{current.id}.json"),
+            abtest_state_path(settings, spec.name),
+            abtest_state_path(settings, spec.name).with_name(f"{current.id}.json"),
         )
     caps = {k: v for k, v in ab.exposure_cap.model_dump().items() if v is not None}
-    _write_route(
+    write_route(
         settings,
         spec.name,
         {
@@ -406,7 +380,7 @@ def _end(
     settings: Settings, state: TestState, status: str, actor: str, detail: dict[str, Any]
 ) -> TestState:
     """Champion alone on the route first, then the state and the audit event."""
-    _write_route(settings, state.model, {"champion": state.champion})
+    write_route(settings, state.model, {"champion": state.champion})
     state.status, state.ended = status, time.time()
     state.outcome = {"status": status, "actor": actor, **detail}
     _save(settings, state)
@@ -588,7 +562,7 @@ def analyse(
 
     Returns the report (as written to ``report.json``)."""
     from ops.abtest_data import collect
-    from serving.rollout_windows import read_labels
+    from serving.control.rollout_windows import read_labels
 
     ab = _section(spec)
     state = _running(settings, spec)
@@ -637,9 +611,8 @@ def analyse(
         "action": decision.action,
         "reasons": decision.reasons,
     }
-    report = _report(
-        state, ab, observations, effect, info, monitor, guardrails, srm, segments, decision, look
-    )
+    findings = Findings(effect, info, monitor, guardrails, srm, segments, decision)
+    report = _report(state, ab, observations, findings, look)
     paths = _write_report(settings, state, report, look["look"], now)
     look["report"] = str(paths["html"])
     if (monitor is not None and new) or guard_new:  # a repeat spends nothing: not recorded
@@ -695,19 +668,26 @@ def _clean(look: dict[str, Any]) -> dict[str, Any]:
     return stats.json_safe(look)
 
 
+@dataclass(frozen=True)
+class Findings:
+    """What one look found: the effect (and its CUPED adjustment), the sequential
+    monitor, the guardrails, the sample-ratio check, the segments and the decision."""
+
+    effect: stats.Effect | None
+    cuped: stats.Cuped | None
+    monitor: stats.Monitor | None
+    guardrails: list[stats.GuardrailResult]
+    srm: stats.SampleRatio
+    segments: list[stats.SegmentEffect]
+    decision: stats.Decision
+
+
 def _report(
-    state: TestState,
-    ab: AbTest,
-    observations: Any,
-    effect: stats.Effect | None,
-    info: stats.Cuped | None,
-    monitor: stats.Monitor | None,
-    guardrails: list[stats.GuardrailResult],
-    srm: stats.SampleRatio,
-    segments: list[stats.SegmentEffect],
-    decision: stats.Decision,
-    look: dict[str, Any],
+    state: TestState, ab: AbTest, observations: Any, findings: Findings, look: dict[str, Any]
 ) -> dict[str, Any]:
+    effect, info, monitor = findings.effect, findings.cuped, findings.monitor
+    guardrails, srm, segments = findings.guardrails, findings.srm, findings.segments
+    decision = findings.decision
     frame = observations.rows
     history = [h for h in state.looks if h.get("fraction") is not None]
     if monitor is not None and look["new_information"]:

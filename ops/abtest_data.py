@@ -114,7 +114,7 @@ def collect(
     since: float,
 ) -> Observations:
     """Join the test's assignments to prediction rows and labels (see the module doc)."""
-    from serving.rollout_windows import log_rows
+    from serving.control.rollout_windows import log_rows
 
     ab = spec.abtest
     assert ab is not None

@@ -1,7 +1,7 @@
 """The Required Action's form: its options and its one field, shared by everyone who answers.
 
-The approval task (:mod:`ops.approval_gate`) writes the form; the Airflow UI, ``govml
-approve``/``reject`` and REST clients answer it with ``chosen_options`` and
+The approval task (:mod:`dags.govml_airflow.approval_gate`) writes the form; the Airflow
+UI, ``govml approve``/``reject`` and REST clients answer it with ``chosen_options`` and
 ``params_input``. This module holds the contract without importing Airflow, so the CLI
 can use it cheaply.
 

@@ -14,7 +14,7 @@ subject, for example::
 
 The middleware only adds text to successful ``GET .../hitlDetails`` answers; any
 problem leaves Airflow's answer as it was (and is logged). It is registered by the
-stack's auth manager (:mod:`ops.airflow_auth`); with another auth manager, register it
+stack's auth manager (:mod:`dags.govml_airflow.auth`); with another auth manager, register it
 from an Airflow plugin's ``fastapi_root_middlewares``.
 """
 
@@ -96,10 +96,11 @@ def as_markdown(lines: list[str]) -> str:
 
 def _state_of(url: str, dag_id: str, run_id: str) -> Any:
     """The pending approval request of a lifecycle run, or None."""
-    from registry.approvals import PENDING, list_requests
+    from registry.approval_state import ApprovalStatus
+    from registry.approvals import list_requests
 
     model = dag_id.removesuffix("_lifecycle") if dag_id.endswith("_lifecycle") else None
-    for state in list_requests(url, model, PENDING):
+    for state in list_requests(url, model, ApprovalStatus.PENDING):
         if state.run_id == run_id and state.dag_id in (None, dag_id):
             return state
     return None

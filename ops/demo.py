@@ -30,13 +30,13 @@ from pipelines.spec import discover_specs, load_spec
 def _demo_trigger(settings: Settings):  # noqa: ANN202 (ops.identity.Identity)
     """The demo triggers its run as the stack's operator (role ``op``), proven with that
     user's password from the stack's password file (the host account's, mode 0600)."""
+    from ops import stack
     from ops.identity import authenticate_user
-    from ops.stack import airflow_passwords
 
     user = next((u for u, role in settings.airflow_users if role == "op"), None)
     if user is None:
         return None  # no operator configured: the run's trigger is unauthenticated
-    return authenticate_user(settings, user, airflow_passwords(settings)[user])
+    return authenticate_user(settings, user, stack.airflow_passwords(settings)[user])
 
 
 def run_demo(settings: Settings, rows: int | None = None) -> int:
@@ -88,7 +88,7 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
     console.rule("fraud lifecycle DAG (dag.test, embedded stack)")
     from ops.demo_serving import approve_and_serve
     from ops.lifecycle_runner import run_lifecycle_in
-    from registry.audit import verify_chain
+    from registry.audit_verify import verify_chain
 
     conf = {"n_rows": rows} if rows else {}
     spec_path = settings.specs_dir / "fraud.yaml"

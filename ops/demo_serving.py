@@ -76,13 +76,14 @@ def _decision(answer: dict[str, Any], index: int, score: float) -> str:
 
 def record_demo_approvals(settings: Settings, model: str, version: str, run_id: str) -> Any:
     """The approvals the version needs, as the demo stack's reviewer and validator."""
-    from registry.approvals import APPROVED, decide, get_request
+    from registry.approval_state import ApprovalStatus
+    from registry.approvals import decide, get_request
     from registry.mlflow_registry import artifact_sha256_of, tag_version
 
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, model, version)
     state = get_request(settings.governance_url, model, version, run_id)
     for user in DEMO_APPROVERS:
-        if state.status == APPROVED:
+        if state.status == ApprovalStatus.APPROVED:
             break
         state = decide(
             settings.governance_url,
@@ -106,7 +107,7 @@ def approve_and_serve(
     from ops.deploy import serve_release
     from ops.lifecycle_runner import tracking_uri
     from pipelines.spec import load_spec
-    from registry.approvals import APPROVED
+    from registry.approval_state import ApprovalStatus
     from registry.governance import release_approved
 
     spec = load_spec(spec_path)
@@ -131,7 +132,7 @@ def approve_and_serve(
         return 1, None
     for decision in state.decisions:
         console.print(f"  {decision.user:<10} {decision.decision} via {decision.channel}")
-    if state.status != APPROVED:
+    if state.status != ApprovalStatus.APPROVED:
         console.print(f"[red]request {state.id} is {state.status}; not deployed[/]")
         return 1, None
     console.print(

@@ -32,13 +32,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from pipelines.config import Settings
 from pipelines.errors import DeploymentError
-from serving.deployers import Endpoint, Release
+from serving.control.deployers import Endpoint, Release
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def deployer_for(settings: Settings):  # noqa: ANN201
         raise DeploymentError(
             f"unknown deployer {settings.deployer!r}; use GOVML_DEPLOYER=local or kubernetes"
         )
-    from serving.deployers.local import LocalDeployer
+    from serving.control.deployers.local import LocalDeployer
 
     # model servers read the version from the artifact folder (serving_uri) and never
     # write to the registry: they get no registry credentials
@@ -74,8 +73,7 @@ def service_token(settings: Settings, model: str, version: str) -> str:
     """The project's own bearer token for a deployed version (its ``service.token``);
     DeploymentError when the version has none (it was never deployed here)."""
     from pipelines.errors import ConfigError
-    from serving.auth import deployment_tokens, read_token
-    from serving.deployers import deployment_name
+    from serving.auth import deployment_name, deployment_tokens, read_token
 
     files = deployment_tokens(settings.serving_dir / deployment_name(model, str(version)))
     try:
@@ -99,40 +97,10 @@ def endpoint_token(endpoint: Endpoint) -> str:
 
 
 def _kubernetes_deployer(settings: Settings):  # noqa: ANN202
-    from serving.deployers.kubernetes import KubernetesDeployer
+    from serving.control.deployers.kubernetes import KubernetesDeployer
+    from serving.control.deployers.target import DeploymentTarget
 
-    if settings.kube_tokens_secret:
-        raise DeploymentError(
-            "GOVML_KUBE_TOKENS_SECRET is not used any more: every deployment gets its own "
-            "Secret <model>-v<N>-tokens (clients: govml serving token); unset it"
-        )
-
-    tracking = settings.kube_tracking_uri or settings.mlflow_tracking_uri
-    host = urlsplit(tracking).hostname or ""
-    if not settings.kube_tracking_uri and (host in ("localhost", "") or host.startswith("127.")):
-        tracking = ""  # pods cannot reach this machine's loopback: ask for the real one
-    return KubernetesDeployer(
-        settings.serving_dir,
-        namespace=settings.kube_namespace,
-        kubeconfig=settings.kubeconfig,
-        context=settings.kube_context,
-        runtime=settings.kserve_runtime,  # type: ignore[arg-type]
-        image=settings.serving_image,
-        storage_uri=settings.kube_storage_uri,
-        tracking_uri=tracking if tracking.startswith(("http://", "https://")) else None,
-        min_replicas=settings.kube_min_replicas,
-        max_replicas=settings.kube_max_replicas,
-        scale_metric=settings.kube_scale_metric,  # type: ignore[arg-type]
-        scale_target=settings.kube_scale_target,
-        cpu_request=settings.kube_cpu_request,
-        cpu_limit=settings.kube_cpu_limit,
-        memory_request=settings.kube_memory_request,
-        memory_limit=settings.kube_memory_limit,
-        ready_timeout=settings.kube_ready_timeout,
-        prediction_log_claim=settings.kube_prediction_log_claim,
-        feature_store=settings.kube_feature_store or settings.feature_store,
-        feature_key_secret=settings.kube_feature_key_secret,
-    )
+    return KubernetesDeployer(settings.serving_dir, DeploymentTarget.from_settings(settings))
 
 
 def _score_remote(endpoint: Endpoint, rows: list[dict[str, Any]]) -> np.ndarray:
@@ -286,9 +254,9 @@ def warm_up_features(
 
 
 def _safe_store(url: str) -> str:
-    from serving.feature_store import _safe_url
+    from serving.feature_store import safe_url
 
-    return _safe_url(url)
+    return safe_url(url)
 
 
 def serve_release(

@@ -20,11 +20,12 @@ never takes the approved version offline. Serving here restarts an approved depl
 it is not a new one and uses no approval; the server gets the approved SHA-256 and
 refuses any other file.
 
-Endpoints are reconciled too: a version served at a new address (the local deployer
-picks a free port each start) gets an ``endpoint_reconciled`` event naming the old and
-the new URL, and a version still recorded at an address that no longer answers (not
-served again after ``make down``/``make up``) gets one with no URL: the recorded
-endpoint (:func:`registry.reconcile.recorded_endpoint`) is always the live one.
+Endpoints are reconciled too (:func:`serving.control.routes.reconcile_endpoints`): a
+version served at a new address (the local deployer picks a free port each start) gets
+an ``endpoint_reconciled`` event naming the old and the new URL, and a version still
+recorded at an address that no longer answers (not served again after ``make
+down``/``make up``) gets one with no URL: the recorded endpoint
+(:func:`registry.reconcile.recorded_endpoint`) is always the live one.
 
 :func:`stop_models` stops the local model servers (``make down``); servers of the
 ``kubernetes`` deployer are left to the cluster.
@@ -35,8 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,7 +113,8 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
     """
     from ops.deploy import deployer_for
     from registry.mlflow_registry import serving_uri
-    from serving.deployers import Release
+    from serving.control.deployers import Release
+    from serving.control.routes import reconcile_endpoints
 
     tracking_uri = tracking_uri or settings.mlflow_tracking_uri
     out: list[Served] = []
@@ -153,42 +153,12 @@ def serve_models(settings: Settings, tracking_uri: str | None = None) -> list[Se
             note = f"{name} v{choice.version} ({choice.alias}): NOT served: {exc}"
             out.append(Served(name, choice.version, choice.alias, None, note, drifts))
             continue
-        moved = tuple(_reconcile_endpoints(settings, name, choice.version, endpoint))
+        moved = tuple(reconcile_endpoints(settings, name, choice.version, endpoint, ACTOR))
         note = _note(report, endpoint.url)
         out.append(Served(name, choice.version, choice.alias, endpoint.url, note, drifts + moved))
     if not out:
         out.append(Served("-", None, None, None, "no approved, deployed model version to serve"))
     return out
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=3) as resp:  # noqa: S310
-            return resp.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _reconcile_endpoints(settings: Settings, name: str, version: str, endpoint: Any) -> list[str]:
-    """The served version's recorded endpoint is its live one; other versions recorded at
-    an address that no longer answers are recorded as not served. One line per change."""
-    from registry.reconcile import active_versions, record_endpoint, recorded_endpoint
-
-    url = settings.governance_url
-    lines = []
-    transformer = (endpoint.details.get("transformer") or {}).get("url")
-    if record_endpoint(
-        url, name, version, endpoint.url, transformer=transformer,
-        deployment=endpoint.name, reason="served by make up", actor=ACTOR,
-    ):  # fmt: skip
-        lines.append(f"endpoint of {name} v{version} recorded as {endpoint.url}")
-    for other in active_versions(url, name):
-        recorded = recorded_endpoint(url, name, other) if other != version else None
-        if recorded and recorded.get("url") and not _answers(recorded["url"]):
-            why = f"{recorded['url']} does not answer; not served by make up"
-            record_endpoint(url, name, other, None, reason=why, actor=ACTOR)
-            lines.append(f"endpoint of {name} v{other} cleared: {why}")
-    return lines
 
 
 def _features_of_last_deploy(deployer: Any, name: str, version: str) -> dict[str, Any]:

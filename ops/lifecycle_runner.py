@@ -8,10 +8,11 @@ Two modes, chosen by whether the stack's Airflow API server answers:
   task log (:mod:`ops.airflow_runs`). The CLI never runs a task itself, so it never
   races the scheduler.
 * **stack down**: the same DAG runs here with ``dag.test()`` in a child process
-  (:mod:`ops.run_dag`; it refuses if a scheduler heartbeats on the metadata database).
-  USER, authenticated against the stack's password file, is recorded as the run's
-  trigger in the audit chain before the run starts (``run_triggered``), bound to the
-  child by a one-time secret. MLflow is its backend store, used directly.
+  (:mod:`dags.govml_airflow.run_dag`; it refuses if a scheduler heartbeats on the
+  metadata database). USER, authenticated against the stack's password file, is
+  recorded as the run's trigger in the audit chain before the run starts
+  (``run_triggered``), bound to the child by a one-time secret. MLflow is its backend
+  store, used directly.
 
 Without ``--as`` the stack-down run still runs, but its trigger is not authenticated,
 and the version it registers cannot be approved for deployment.
@@ -39,7 +40,7 @@ from rich.table import Table
 
 from ops import stack
 from ops.identity import Identity, airflow_up
-from ops.run_dag import (
+from ops.local_run import (
     DEFAULT_UNTIL,
     EXIT_REFUSED,
     TRIGGER_NONCE_ENV,
@@ -51,25 +52,22 @@ from pipelines.config import Settings
 from pipelines.errors import StackError
 from pipelines.runs import safe_run_id
 from pipelines.spec import ModelSpec
+from pipelines.stages import LIFECYCLE
+from registry.approval_state import ApprovalStatus
 from registry.databases import normalise_url
 
-# stage -> the file whose appearance means the stage finished
-MARKERS = {
-    "ingest": "ingest/result.json",
-    "validate_data": "validate_data/result.json",
-    "lineage": "lineage/lineage.json",
-    "features": "features/result.json",
-    "train": "train/result.json",
-    "evaluate": "evaluate/result.json",
-    "fairness": "fairness/result.json",
-    "explain": "explain/result.json",
-    "gates": "gates/result.json",
-    "register": "register/register.json",
+# After the automated stages of the lifecycle table: the human approval and the deployment.
+GOVERNED_TASKS = {
     "request_approval": "approval/request.json",
+    "approval": "",
     "deploy": "deploy/deploy.json",
 }
+# stage -> the file whose appearance means the stage finished
+MARKERS = {row.task_id: row.done for row in LIFECYCLE if row.done} | {
+    task: done for task, done in GOVERNED_TASKS.items() if done
+}
 # the table's stages: the lifecycle's tasks in order (``approval`` is the human gate)
-STAGES = ("champion", *list(MARKERS)[:-1], "approval", "deploy")
+STAGES = (*(row.task_id for row in LIFECYCLE), *GOVERNED_TASKS)
 # Airflow task instance state -> what the table shows
 SHOWN = {
     None: "waiting",
@@ -308,7 +306,7 @@ def _run_here(
     cmd = [
         sys.executable,
         "-m",
-        "ops.run_dag",
+        "dags.govml_airflow.run_dag",
         str(spec_path),
         "--conf",
         json.dumps(conf),
@@ -417,7 +415,7 @@ def _print_request(settings: Settings, req: dict[str, Any], console: Console) ->
         f"{req['required_approvers']} approver(s) with role "
         f"{' or '.join(req['approver_roles'])}; triggered by {trigger}"
     )
-    if req["status"] == "pending" and req.get("trigger_authenticated") is not False:
+    if req["status"] == ApprovalStatus.PENDING and req.get("trigger_authenticated") is not False:
         console.print(
             f"               record decisions with: govml approve {req['model_name']} "
             f'{req["model_version"]} --as USER --reason "..." (a run triggered in '

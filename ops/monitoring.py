@@ -97,7 +97,7 @@ def _champion(settings: Settings, spec: ModelSpec) -> tuple[str, str] | None:
 def _server_metrics(settings: Settings, spec: ModelSpec, version: str) -> str | None:
     import urllib.request
 
-    from ops.rollout import endpoint_of
+    from serving.control.routes import endpoint_of
 
     try:
         url = endpoint_of(settings, spec.name, version)["url"]
@@ -658,12 +658,12 @@ def _keep_recent_labelled(
 
 def _registry_check(spec: ModelSpec, settings: Settings, actor: str) -> dict[str, Any]:
     """The registry reconciler for this model: aliases and artifacts against the audit
-    chain; a drift is recorded (``registry_drift``) and alerted once (docs/registry.md)."""
+    chain; a drift is recorded (``registry_drift``) and alerted once (docs/security.md)."""
     from ops.endpoints import reconcile_registry
     from registry.databases import normalise_url
 
     if settings.mlflow_tracking_uri == normalise_url(settings.mlflow_backend_url):
-        # the stack is down (ops.cli_monitoring reads the store directly): the artifacts
+        # the stack is down (ops.cli.monitoring reads the store directly): the artifacts
         # behind the tracking server cannot be checked now; the next run with it will
         return {"skipped": "the MLflow server does not answer"}
     try:

@@ -37,7 +37,8 @@ FEED_SUFFIXES = (".parquet", ".jsonl", ".csv")
 
 
 def deployment_dir(settings: Settings, model: str, version: str) -> Path:
-    """The local deployer's folder of one version (see :class:`serving.deployers.Release`)."""
+    """The local deployer's folder of one version (see
+    :class:`serving.control.deployers.Release`)."""
     return settings.serving_dir / f"{model.replace('_', '-')}-v{version}"
 
 
@@ -60,7 +61,7 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def read_log(directory: Path, since: dt.datetime, until: dt.datetime) -> pd.DataFrame:
     """Prediction log rows with ``since <= timestamp < until``, features as columns."""
-    from serving.rollout_windows import log_rows
+    from serving.control.rollout_windows import log_rows
 
     rows = [r for r in log_rows(directory, since.timestamp()) if r["timestamp"] < until]
     if not rows:

@@ -8,9 +8,7 @@ with its change points.
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import math
 from pathlib import Path
@@ -19,6 +17,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.figures import img_tag, png_base64
+from pipelines.formatting import html_grid, html_pairs
 from pipelines.spec import ModelSpec
 
 _STYLE = """
@@ -49,15 +49,13 @@ def _json_ready(obj: Any) -> Any:
     return obj
 
 
-def _png(fig: Any) -> str:
+def _embedded(fig: Any) -> str:
+    """A pyplot figure as an ``<img>`` element (the figure is closed)."""
     import matplotlib.pyplot as plt
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    data = png_base64(fig, dpi=90, bbox_inches="tight", software_tag=True)
     plt.close(fig)
-    return (
-        f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
-    )
+    return img_tag(data, "plot")
 
 
 def _plt():  # noqa: ANN202
@@ -82,7 +80,7 @@ def psi_bars(table: pd.DataFrame, warn: float, alarm: float) -> str:
     ax.axvline(alarm, ls="--", color="#c0392b", label=f"alarm {alarm}")
     ax.set_xlabel("PSI (whole population)")
     ax.legend(loc="lower right")
-    return _png(fig)
+    return _embedded(fig)
 
 
 def psi_heatmap(table: pd.DataFrame) -> str:
@@ -98,7 +96,7 @@ def psi_heatmap(table: pd.DataFrame) -> str:
     ax.set_yticks(range(grid.shape[0]), grid.index)
     fig.colorbar(image, ax=ax, label="PSI (grey: skipped)")
     ax.set_facecolor("#ddd")
-    return _png(fig)
+    return _embedded(fig)
 
 
 def timeline(frame: pd.DataFrame, columns: list[str], title: str, ylabel: str = "") -> str:
@@ -114,7 +112,7 @@ def timeline(frame: pd.DataFrame, columns: list[str], title: str, ylabel: str = 
     ax.set_ylabel(ylabel)
     ax.legend(fontsize=8)
     fig.autofmt_xdate()
-    return _png(fig)
+    return _embedded(fig)
 
 
 def market_plot(frame: pd.DataFrame, market: dict[str, Any]) -> str:
@@ -131,33 +129,28 @@ def market_plot(frame: pd.DataFrame, market: dict[str, Any]) -> str:
             if cp.get("indicator") == col:
                 ax.axvline(pd.Timestamp(cp["time"]), color="#c0392b", ls="--")
     axes[0].set_title("Market indicators (dashed: change points detected)")
-    return _png(fig)
+    return _embedded(fig)
 
 
 def _table(frame: pd.DataFrame, columns: list[str], limit: int = 60) -> str:
     cols = [c for c in columns if c in frame.columns]
     if frame.empty:
         return "<p>None.</p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     rows = []
     for _, row in frame[cols].head(limit).iterrows():
-        cells = []
+        cells: list[str | tuple[str, str]] = []
         for c in cols:
             v = row[c]
-            text = f"{v:.4g}" if isinstance(v, float) else str(v)
-            cls = f' class="{v}"' if c == "severity" else ""
-            cells.append(f"<td{cls}>{html.escape(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+            text = html.escape(f"{v:.4g}" if isinstance(v, float) else str(v))
+            cells.append((text, str(v)) if c == "severity" else text)
+        rows.append(cells)
+    return html_grid(cols, rows)
 
 
 def _kv(data: dict[str, Any]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(str(k))}</th>"
-        f"<td>{html.escape(json.dumps(_json_ready(v), default=str))}</td></tr>"
-        for k, v in data.items()
+    return html_pairs(
+        (str(k), html.escape(json.dumps(_json_ready(v), default=str))) for k, v in data.items()
     )
-    return f"<table>{rows}</table>"
 
 
 def render_html(spec: ModelSpec, result: dict[str, Any], sections: dict[str, Any]) -> str:

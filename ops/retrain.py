@@ -1,17 +1,20 @@
 """Retraining triggers: the nightly schedule, a monitoring Asset event, or a person.
 
-Each model has one Airflow Asset, ``govml://models/<name>/retrain``. The lifecycle DAG
-runs on "its nightly schedule **or** that asset" (:func:`lifecycle_schedule`); the
-monitoring DAG updates the asset when drift, decay or a market shift crosses its
-threshold, with the reason in the event's ``extra``. Anything else can update it too:
+Each model has one Airflow Asset, ``govml://models/<name>/retrain`` (:func:`retrain_uri`;
+the Asset itself and the lifecycle's schedule on it are in :mod:`dags.govml_airflow.assets`).
+The lifecycle DAG runs on "its nightly schedule **or** that asset"; the monitoring DAG
+updates the asset when drift, decay or a market shift crosses its threshold, with the
+reason in the event's ``extra``. Anything else can update it too:
 
 * the Airflow REST API: ``POST /api/v2/assets/events``
   ``{"asset_id": <id>, "extra": {"reason": "market-shock notice ..."}}``;
 * ``govml retrain --model fraud --reason "..."`` (which posts that event when Airflow
-  is up, or runs the lifecycle itself with the reason when it is not).
+  is up (:func:`post_retrain_event`), or runs the lifecycle itself with the reason when
+  it is not).
 
-The lifecycle's first task (:func:`trigger_reason`) turns the run's context into one
-reason and records it in the audit trail (``retrain_triggered``).
+The lifecycle's first task turns the run's context into one reason
+(:func:`dags.govml_airflow.assets.trigger_reason`) and records it in the audit trail
+(:func:`record_trigger`: ``retrain_triggered``).
 """
 
 from __future__ import annotations
@@ -27,64 +30,10 @@ from pipelines.errors import ConfigError, GovMLError
 
 log = logging.getLogger(__name__)
 
-PRESETS = {
-    "@hourly": "0 * * * *",
-    "@daily": "0 0 * * *",
-    "@nightly": "0 2 * * *",
-    "@weekly": "0 0 * * 0",
-    "@monthly": "0 0 1 * *",
-    "@yearly": "0 0 1 1 *",
-}
-
 
 def retrain_uri(model: str) -> str:
+    """The URI of the model's retrain Asset (:mod:`dags.govml_airflow.assets`)."""
     return f"govml://models/{model}/retrain"
-
-
-def retrain_asset(model: str):  # noqa: ANN201 (airflow.sdk.Asset)
-    from airflow.sdk import Asset
-
-    return Asset(name=f"{model}_retrain", uri=retrain_uri(model), group="govml-retrain")
-
-
-def lifecycle_schedule(model: str, schedule: str):  # noqa: ANN201
-    """The cron schedule OR the model's retrain asset (the asset alone for ``none``)."""
-    from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
-
-    asset = retrain_asset(model)
-    if schedule in ("none", "@once"):
-        return [asset]
-    cron = PRESETS.get(schedule, schedule)
-    return AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"), assets=[asset])
-
-
-def trigger_reason(context: dict[str, Any]) -> dict[str, Any]:
-    """Why this lifecycle run exists: schedule, asset event(s) with reasons, or a person."""
-    dag_run = context["dag_run"]
-    run_type = str(getattr(dag_run, "run_type", "") or "")
-    params = context.get("params") or {}
-    events: list[dict[str, Any]] = []
-    triggering = context.get("triggering_asset_events") or {}
-    for asset, asset_events in dict(triggering).items():
-        for event in asset_events:
-            extra = dict(getattr(event, "extra", None) or {})
-            events.append(
-                {
-                    "asset": getattr(asset, "uri", str(asset)),
-                    "reason": extra.get("reason") or "asset updated (no reason given)",
-                    "source": extra.get("source") or getattr(event, "source_dag_id", None),
-                    "timestamp": str(getattr(event, "timestamp", "")),
-                }
-            )
-    if events:
-        trigger = "asset"
-        reason = "; ".join(dict.fromkeys(e["reason"] for e in events))
-    elif "scheduled" in run_type:
-        trigger, reason = "schedule", "nightly retraining (schedule)"
-    else:
-        trigger = "manual"
-        reason = params.get("reason") or "manual run (no reason given)"
-    return {"trigger": trigger, "reason": reason, "run_type": run_type, "events": events}
 
 
 def record_trigger(

@@ -1,7 +1,8 @@
 """Rollouts from the orchestration side: the CLI and the rollout DAG call these.
 
-The controller (:mod:`serving.rollout_controller`) moves the gateway's routes; this
-module feeds it the live observations (:mod:`serving.rollout_windows`), records every
+The controller (:mod:`serving.control.rollout_controller`) moves the gateway's routes
+(:mod:`serving.control.routes`: the files, the recorded endpoints, who owns a route); this
+module feeds it the live observations (:mod:`serving.control.rollout_windows`), records every
 transition in the governance store (a ``deployments`` row and its audit event, with the
 actor), and moves the MLflow ``champion`` alias on promotion. A rollback restores the
 champion in the routes file before anything is recorded.
@@ -14,8 +15,8 @@ when the current step began).
 Endpoints are where the chain last recorded each version served (its deployment, or
 ``make up``'s ``endpoint_reconciled``); a recorded endpoint may still be dead (a stopped
 server). The controller probes an endpoint before it routes more traffic to it
-(:func:`serving.rollout_windows.endpoint_problem`). A person's action towards a dead
-endpoint is refused: one line (:class:`~serving.rollout_controller.EndpointDown`) and a
+(:func:`serving.control.rollout_windows.endpoint_problem`). A person's action towards a dead
+endpoint is refused: one line (:class:`~serving.control.rollout_controller.EndpointDown`) and a
 ``rollout_paused`` audit event naming the endpoint and the probe's answer, routes
 unchanged. The controller's own step rolls back instead (``rolled_back``, with the
 same reason), so no traffic stays on the dead endpoint.
@@ -34,9 +35,9 @@ from pipelines.config import Settings
 from pipelines.errors import DeploymentError
 from pipelines.rollout import Window, check_guardrails
 from pipelines.spec import ModelSpec
-from serving.deployers import Release
-from serving.rollout_controller import EndpointDown, Event, RolloutController, RolloutError
-from serving.rollout_windows import (
+from serving.control.deployers import Release
+from serving.control.rollout_controller import EndpointDown, Event, RolloutController, RolloutError
+from serving.control.rollout_windows import (
     challenger_errors,
     endpoint_problem,
     gateway_counts,
@@ -45,6 +46,7 @@ from serving.rollout_windows import (
     shadow_pairs,
     window_of,
 )
+from serving.control.routes import controller, endpoint_of, gateway_dir, routes_path, running_abtest
 
 log = logging.getLogger(__name__)
 CONTROLLER = "rollout-controller"
@@ -65,37 +67,8 @@ def gateway_url() -> str:
     return os.environ.get("GOVML_GATEWAY_URL", "http://127.0.0.1:8090").rstrip("/")
 
 
-def gateway_dir(settings: Settings) -> Path:
-    return settings.serving_dir / "gateway"
-
-
-def controller(settings: Settings, spec: ModelSpec) -> RolloutController:
-    return RolloutController(
-        spec.name,
-        spec.rollout,
-        gateway_dir(settings) / "routes.json",
-        settings.serving_dir / "rollouts" / f"{spec.name}.json",
-        probe=endpoint_problem,
-    )
-
-
 def _deployment_name(model: str, version: str) -> str:
     return Release(model, str(version), "", "").name
-
-
-def endpoint_of(settings: Settings, model: str, version: str) -> dict[str, str]:
-    """The endpoint the chain last recorded for a version: its deployment, or where
-    ``make up`` served it since (``endpoint_reconciled``)."""
-    from registry.reconcile import recorded_endpoint
-
-    found = recorded_endpoint(settings.governance_url, model, str(version))
-    if found is None:
-        raise DeploymentError(f"{model} v{version} has no deployed endpoint: deploy it first")
-    if not found.get("url"):
-        raise DeploymentError(
-            f"{model} v{version} is recorded as no longer served: deploy it again first"
-        )
-    return {"url": str(found["url"]), "version": str(version)}
 
 
 def _counts(model: str) -> dict[str, float]:
@@ -177,12 +150,11 @@ def record_refusal(
 
 def start(settings: Settings, spec: ModelSpec, version: str, actor: str) -> Event:
     """Shadow the version behind the champion (both must be deployed)."""
-    from ops.abtest import RUNNING, load_state
     from registry.mlflow_registry import CHAMPION, version_by_alias
 
-    test = load_state(settings, spec.name)
-    if test is not None and test.status == RUNNING:  # both would own the gateway route
-        raise RolloutError(f"{spec.name}: A/B test {test.id} is running; stop it first")
+    test_id = running_abtest(settings, spec.name)
+    if test_id is not None:  # both would own the gateway route
+        raise RolloutError(f"{spec.name}: A/B test {test_id} is running; stop it first")
     current = version_by_alias(settings.mlflow_tracking_uri, spec.name, CHAMPION)
     if current is None:
         raise RolloutError(
@@ -311,7 +283,7 @@ def promote_first(settings: Settings, spec: ModelSpec, version: str, actor: str)
         raise exc
     from serving.gateway import load_routes, write_routes
 
-    path = gateway_dir(settings) / "routes.json"
+    path = routes_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         raw = json.loads(path.read_text())

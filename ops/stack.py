@@ -11,7 +11,7 @@ approved champion (or, without a champion, its most recently deployed approved
 version) with the configured deployer (:mod:`ops.endpoints`); ``status`` lists the
 running model servers with their URLs and ``down`` stops them first.
 
-MLflow runs locked (docs/registry.md): with its basic-auth app and a permission store
+MLflow runs locked (docs/security.md): with its basic-auth app and a permission store
 of its own (``GOVML_MLFLOW_AUTH_DB_URL``); ``up`` writes its config and, once it
 answers, provisions the ``govml`` service account and the people's read-only logins.
 """
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 MARKER = "GOVML_STACK_ID"
 # Airflow's simple auth manager with the `approver` role (docs/approvals.md)
-AUTH_MANAGER = "ops.airflow_auth.GovmlAuthManager"
+AUTH_MANAGER = "dags.govml_airflow.auth.GovmlAuthManager"
 
 
 @dataclass(frozen=True)
@@ -214,7 +214,7 @@ def services(settings: Settings) -> list[Service]:
 
 # --------------------------------------------------------------------------- MLflow (locked)
 def mlflow_service(settings: Settings) -> Service:
-    """The tracking server with MLflow's basic-auth app: no anonymous access (docs/registry.md).
+    """The tracking server with MLflow's basic-auth app: no anonymous access (docs/security.md).
 
     Its permission store is ``GOVML_MLFLOW_AUTH_DB_URL``; :func:`prepare_mlflow_auth`
     writes its config before it starts, :func:`provision_mlflow` sets up the accounts

@@ -9,9 +9,7 @@ segment effects with their multiplicity-adjusted p-values, and what data went in
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 from typing import Any
 
@@ -19,15 +17,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pipelines import sequential
+from pipelines.figures import img_tag, png_base64
+from pipelines.formatting import cell, html_grid, html_pairs
 
 COLOURS = {"ship": "#1a7f37", "stop": "#cf222e", "continue": "#9a6700"}
-
-
-def _png(fig: Figure) -> str:
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 def monitor_plot(report: dict[str, Any]) -> str:
@@ -79,7 +72,7 @@ def monitor_plot(report: dict[str, Any]) -> str:
     ax.set_xlabel("information fraction (units / planned maximum)")
     ax.set_title(f"Sequential monitoring of {report['test']['primary_metric']}")
     ax.legend(loc="best", fontsize=7)
-    return _png(fig)
+    return png_base64(fig, tight_layout=True)
 
 
 def effects_plot(report: dict[str, Any]) -> str:
@@ -120,7 +113,7 @@ def effects_plot(report: dict[str, Any]) -> str:
             ax.axvline(worse_side, color="#cf222e", ls="--", label="bound")
             ax.legend(loc="best", fontsize=7)
     axes[-1].set_xlabel("difference, treatment - control (metric units)")
-    return _png(fig)
+    return png_base64(fig, tight_layout=True)
 
 
 def segments_plot(report: dict[str, Any]) -> str | None:
@@ -149,7 +142,7 @@ def segments_plot(report: dict[str, Any]) -> str | None:
     ax.invert_yaxis()
     ax.set_xlabel(f"{report['test']['primary_metric']}: treatment - control")
     ax.set_title("Segments (red: significantly worse after correction)", fontsize=9)
-    return _png(fig)
+    return png_base64(fig, tight_layout=True)
 
 
 def enrolment_plot(report: dict[str, Any]) -> str:
@@ -176,37 +169,24 @@ def enrolment_plot(report: dict[str, Any]) -> str:
     ax.set_ylabel("entities")
     ax.set_title(f"Enrolment (SRM p = {srm['pvalue']:.3g})", fontsize=9)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png_base64(fig, tight_layout=True)
 
 
 # --------------------------------------------------------------------------- HTML
 def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return html.escape(str(value))
+    return html.escape(cell(value, style="g", thousands=True))
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
-    body = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+    return html_pairs((k, _fmt(v)) for k, v in rows)
 
 
 def _grid(head: list[str], rows: list[list[Any]]) -> str:
-    top = "".join(f"<th>{html.escape(h)}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(v)}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{top}</tr>{body}</table>"
+    return html_grid(head, ([_fmt(v) for v in row] for row in rows))
 
 
 def _img(data: str | None, alt: str) -> str:
-    if data is None:
-        return ""
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return "" if data is None else img_tag(data, alt)
 
 
 def render_html(report: dict[str, Any]) -> str:

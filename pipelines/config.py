@@ -56,7 +56,7 @@ environment variable named beside it, for example
 
 (1) ``admin:admin,reviewer:approver,validator:approver,operator:op``: Airflow's roles
 (``viewer``, ``user``, ``op``, ``admin``) plus ``approver``: read and answer Required
-Actions, nothing else (``ops.airflow_auth``; docs/approvals.md).
+Actions, nothing else (``dags.govml_airflow.auth``; docs/approvals.md).
 (2) ``reviewer:model_risk,validator:model_risk``: approver roles (``govml roles``)
 granted in the governance store when the stack starts; each grant is audited.
 (3) Without ``GOVML_KUBECONFIG``, ``$KUBECONFIG``, ``~/.kube/config`` or an in-cluster
@@ -71,15 +71,15 @@ result backend defaults to it (``db+postgresql://...``).
 server. ``memory``: each transformer keeps its own state, warmed up from the run's
 ingested history while it starts; ``redis://``: the deploy step backfills the store
 first (``GOVML_FEATURE_KEY`` required). Kubernetes needs Redis and the key's Secret.
-(8) Servers are closed by default (docs/serving-security.md): loopback unless
+(8) Servers are closed by default (docs/security.md): loopback unless
 ``GOVML_SERVING_BIND_HOST`` names another address (logged as a warning), and bearer
 tokens always, made per deployment (``tokens.json`` in its folder; on Kubernetes the
 Secret ``<model>-v<N>-tokens``); ``govml serving token`` adds and revokes clients.
-(9) The MLflow server runs MLflow's basic-auth app (docs/registry.md): users, roles and
+(9) The MLflow server runs MLflow's basic-auth app (docs/security.md): users, roles and
 grants live in this database (SQLite or PostgreSQL); the accounts' credentials in
 ``$VAR/mlflow/auth/`` (mode 0600). Clients log in with ``MLFLOW_TRACKING_USERNAME`` /
 ``MLFLOW_TRACKING_PASSWORD`` (default: the ``govml`` service account's file).
-(10) The audit chain's HMAC key lives outside the database (docs/audit.md): by default
+(10) The audit chain's HMAC key lives outside the database (docs/approvals.md): by default
 beside a SQLite governance store (``<its folder>/keys/``), else in ``$VAR/keys/``; in
 Kubernetes a mounted Secret. Checkpoints: comma-separated ``file:/PATH``,
 ``s3://BUCKET/PREFIX`` (Object Lock, COMPLIANCE mode) and ``mlflow[:URI]``.
@@ -214,7 +214,7 @@ def _db_url(env: Mapping[str, str], name: str, default: str) -> str:
     return raw
 
 
-# Airflow's simple auth manager roles, and govml's approver (ops.airflow_auth)
+# Airflow's simple auth manager roles, and govml's approver (dags.govml_airflow.auth)
 AIRFLOW_ROLES = ("viewer", "approver", "user", "op", "admin")
 
 

@@ -312,7 +312,7 @@ def _plain(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
-class _Groups:
+class SegmentGroups:
     """One segment definition: a code per row of each side and the value names."""
 
     name: str
@@ -335,7 +335,7 @@ def compare(
     policy = policy or Drift()
     numeric, categorical = list(numeric), list(categorical)
     _check_columns(reference, current, numeric, categorical, segments)
-    groups = [_segment_groups(reference, current, s) for s in segments]
+    groups = [segment_groups(reference, current, s) for s in segments]
     jobs = [(f, "numeric") for f in numeric] + [(f, "categorical") for f in categorical]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
 
@@ -421,10 +421,12 @@ def _codes(ref: pd.Series, cur: pd.Series) -> tuple[np.ndarray, np.ndarray, list
     return inverse[: len(ref)], inverse[len(ref) :], [str(n) for n in names_arr]
 
 
-def _segment_groups(reference: pd.DataFrame, current: pd.DataFrame, seg: Segment) -> _Groups:
+def segment_groups(reference: pd.DataFrame, current: pd.DataFrame, seg: Segment) -> SegmentGroups:
+    """The segment's value names and each side's code per row (-1: in no value); bins are
+    named ``[lo, hi)``, other columns by value (missing as :data:`MISSING`)."""
     if seg.bins is None:
         ref, cur, names = _codes(reference[seg.column], current[seg.column])
-        return _Groups(seg.name, names, ref, cur)
+        return SegmentGroups(seg.name, names, ref, cur)
     edges = np.asarray(seg.bins, dtype=np.float64)
     names = [f"[{_num(lo)}, {_num(hi)})" for lo, hi in zip(edges[:-1], edges[1:], strict=True)]
 
@@ -434,7 +436,7 @@ def _segment_groups(reference: pd.DataFrame, current: pd.DataFrame, seg: Segment
         c[(c < 0) | (c >= len(names)) | np.isnan(x)] = -1
         return c
 
-    return _Groups(seg.name, names, code(reference[seg.column]), code(current[seg.column]))
+    return SegmentGroups(seg.name, names, code(reference[seg.column]), code(current[seg.column]))
 
 
 def _num(value: float) -> str:
@@ -453,7 +455,7 @@ def _base_row(
 
 
 def _numeric_rows(
-    name: str, ref: pd.Series, cur: pd.Series, groups: list[_Groups], policy: Drift
+    name: str, ref: pd.Series, cur: pd.Series, groups: list[SegmentGroups], policy: Drift
 ) -> list[dict[str, Any]]:
     x = ref.to_numpy(np.float64, na_value=np.nan)
     y = cur.to_numpy(np.float64, na_value=np.nan)
@@ -469,7 +471,7 @@ def _numeric_rows(
 
 
 def _split_sorted(
-    g: _Groups, sx: np.ndarray, sy: np.ndarray, order_x: np.ndarray, order_y: np.ndarray
+    g: SegmentGroups, sx: np.ndarray, sy: np.ndarray, order_x: np.ndarray, order_y: np.ndarray
 ) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Per segment value, the sorted values of each side (a stable radix sort of codes)."""
 
@@ -517,7 +519,7 @@ def _numeric_stats(
 
 
 def _categorical_rows(
-    name: str, ref: pd.Series, cur: pd.Series, groups: list[_Groups], policy: Drift
+    name: str, ref: pd.Series, cur: pd.Series, groups: list[SegmentGroups], policy: Drift
 ) -> list[dict[str, Any]]:
     rc, cc, names = _codes(ref, cur)
     k = len(names)

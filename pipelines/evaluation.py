@@ -451,8 +451,10 @@ def write_evaluation(
     out_dir: Path,
     champion_model: Path | None = None,
     recent_window: Path | None = None,
+    marker: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Metrics, scores, plots and ``result.json`` from the test rows' labels and scores.
+    """Metrics, scores, plots and ``result.json`` from the test rows' labels and scores,
+    once whatever the backend (``marker``: what a backend adds to ``result.json``).
 
     ``test`` needs the id column and the columns the business metrics and segments read
     (``amount``, the segment columns), in the order of ``y`` and the scores.
@@ -533,7 +535,7 @@ def write_evaluation(
         champion=metrics["champion"],
         champion_model=champion_model,
     )
-    write_json(out_dir / RESULT_JSON, result.to_dict())
+    write_json(out_dir / RESULT_JSON, {**result.to_dict(), **(marker or {})})
     cand = metrics["candidate"]
     log.info(
         "evaluated %s on %d test rows: ROC-AUC %s, PR-AUC %s (baseline ROC-AUC %s)",

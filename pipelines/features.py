@@ -199,7 +199,7 @@ def _time_split(
     return parts, boundaries
 
 
-def _stratified_split(
+def stratified_split(
     frame: pd.DataFrame, spec: ModelSpec
 ) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
     split = spec.data.split
@@ -285,7 +285,7 @@ def passthrough_columns(spec: ModelSpec) -> list[str]:
     return out
 
 
-def _check_input(frame: pd.DataFrame, spec: ModelSpec, source: Path) -> None:
+def check_input(frame: pd.DataFrame, spec: ModelSpec, source: Path) -> None:
     needed = [spec.data.id_column, spec.data.target, *spec.features.raw]
     if spec.data.time_column:
         needed.append(spec.data.time_column)
@@ -312,7 +312,7 @@ def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
     if not data.is_file():
         raise DataValidationError(f"{data}: ingest data not found")
     frame = retype_categories(pd.read_parquet(data), spec)
-    _check_input(frame, spec, data)
+    check_input(frame, spec, data)
     frame = frame.reset_index(drop=True)
     log.info("features for %s: %d rows from %s", spec.name, len(frame), data)
 
@@ -332,7 +332,7 @@ def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
     if spec.data.split.method == SplitMethod.TIME:
         parts, boundaries = _time_split(table, spec)
     else:
-        parts, boundaries = _stratified_split(table, spec)
+        parts, boundaries = stratified_split(table, spec)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -346,19 +346,41 @@ def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
         rows[name] = len(part)
         label_rate[name] = float(part[spec.data.target].mean()) if len(part) else None
         log.info("%s: %d rows, label rate %s", name, rows[name], label_rate[name])
+    return write_feature_record(
+        spec, FeatureTables(out_dir, paths, sha, rows, label_rate, boundaries)
+    )
 
+
+@dataclass(frozen=True)
+class FeatureTables:
+    """The split tables a features computation (local or on Dask) wrote, and their
+    statistics; ``marker`` is what a backend adds to ``features.json`` and ``result.json``."""
+
+    out_dir: Path
+    paths: dict[str, Path]
+    sha256: dict[str, str]
+    rows: dict[str, int]
+    label_rate: dict[str, float | None]
+    boundaries: dict[str, Any]
+    marker: dict[str, Any] = field(default_factory=dict)
+
+
+def write_feature_record(spec: ModelSpec, tables: FeatureTables) -> FeatureResult:
+    """The features stage's record, once whatever the backend: ``features.json`` and
+    ``result.json`` beside the split tables."""
+    out_dir = tables.out_dir
     result = FeatureResult(
         out_dir=out_dir,
-        paths=paths,
+        paths=tables.paths,
         features_json=out_dir / FEATURES_JSON,
         features=spec.features.names,
         categorical=categorical_features(spec),
         passthrough=passthrough_columns(spec),
-        rows=rows,
-        label_rate=label_rate,
+        rows=tables.rows,
+        label_rate=tables.label_rate,
         split_method=spec.data.split.method.value,
-        boundaries=boundaries,
-        sha256=sha,
+        boundaries=tables.boundaries,
+        sha256=tables.sha256,
     )
     write_json(
         result.features_json,
@@ -366,11 +388,12 @@ def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
             "features": result.features,
             "categorical": result.categorical,
             "passthrough": result.passthrough,
-            "rows": rows,
-            "label_rate": label_rate,
-            "split": {"method": result.split_method, "boundaries": boundaries},
-            "sha256": sha,
+            "rows": tables.rows,
+            "label_rate": tables.label_rate,
+            "split": {"method": result.split_method, "boundaries": tables.boundaries},
+            "sha256": tables.sha256,
+            **tables.marker,
         },
     )
-    write_json(out_dir / RESULT_JSON, result.to_dict())
+    write_json(out_dir / RESULT_JSON, {**result.to_dict(), **tables.marker})
     return result

@@ -72,9 +72,9 @@ RESULT_FILE = "result.json"
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
 
-_ROW_GROUP_ROWS = 1_048_576
-_COMPRESSION = "zstd"
-_COMPRESSION_LEVEL = 3
+ROW_GROUP_ROWS = 1_048_576
+COMPRESSION = "zstd"
+COMPRESSION_LEVEL = 3
 _EXAMPLES = 3  # bad values quoted per problem
 _NULL_TOKENS = frozenset({"", "nan", "null", "none", "na", "n/a", "nat", "<na>"})
 _TRUE_TOKENS = frozenset({"true", "t", "yes", "y", "1"})
@@ -437,9 +437,9 @@ def _write_parquet(frame: pd.DataFrame, path: Path) -> None:
         pq.write_table(
             table,
             tmp,
-            compression=_COMPRESSION,
-            compression_level=_COMPRESSION_LEVEL,
-            row_group_size=_ROW_GROUP_ROWS,
+            compression=COMPRESSION,
+            compression_level=COMPRESSION_LEVEL,
+            row_group_size=ROW_GROUP_ROWS,
             use_dictionary=True,
             write_statistics=True,
             version="2.6",
@@ -539,11 +539,49 @@ def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = out_dir / DATA_FILE
     _write_parquet(typed, data_path)
-    resolved = str(source.resolve())
+    return write_ingest_record(
+        spec,
+        out_dir,
+        IngestedData(
+            source=source,
+            format=fmt,
+            sha256=digest,
+            rows=len(typed),
+            schema=source_schema,
+            dtypes={name: str(dtype) for name, dtype in typed.dtypes.items()},
+            extra_columns=extra_columns,
+            extra_categories=extra_categories,
+            nulls={name: int(n) for name, n in typed.isna().sum().items()},
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class IngestedData:
+    """What an ingest computation (local or on Dask) read and wrote to ``data.parquet``;
+    ``marker`` is what a backend adds to ``result.json``."""
+
+    source: Path
+    format: str
+    sha256: str
+    rows: int
+    schema: Any
+    dtypes: dict[str, str]
+    extra_columns: list[str]
+    extra_categories: dict[str, list[str]]
+    nulls: dict[str, int]
+    marker: dict[str, Any] = field(default_factory=dict)
+
+
+def write_ingest_record(spec: ModelSpec, out_dir: Path, ingested: IngestedData) -> IngestResult:
+    """The ingest stage's record beside ``data.parquet``, once whatever the backend:
+    ``fingerprint.json`` and ``result.json``."""
+    data_path = out_dir / DATA_FILE
+    resolved = str(ingested.source.resolve())
     fingerprint = {
-        "rows": len(typed),
-        "schema": source_schema,
-        "sha256": digest,
+        "rows": ingested.rows,
+        "schema": ingested.schema,
+        "sha256": ingested.sha256,
         "source": resolved,
     }
     fingerprint_path = out_dir / FINGERPRINT_FILE
@@ -551,20 +589,24 @@ def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
     result = IngestResult(
         spec=spec.name,
         source=resolved,
-        format=fmt,
-        sha256=digest,
-        rows=len(typed),
-        columns=list(typed.columns),
-        dtypes={name: str(dtype) for name, dtype in typed.dtypes.items()},
-        extra_columns=extra_columns,
-        extra_categories=extra_categories,
+        format=ingested.format,
+        sha256=ingested.sha256,
+        rows=ingested.rows,
+        columns=list(spec.data.columns),
+        dtypes=ingested.dtypes,
+        extra_columns=ingested.extra_columns,
+        extra_categories=ingested.extra_categories,
         data=str(data_path),
         data_sha256=sha256_file(data_path),
         fingerprint=str(fingerprint_path),
-        nulls={name: int(n) for name, n in typed.isna().sum().items()},
+        nulls=ingested.nulls,
     )
-    write_json(out_dir / RESULT_FILE, result.to_dict())
+    write_json(out_dir / RESULT_FILE, {**result.to_dict(), **ingested.marker})
     log.info(
-        "ingested %s (%d rows, sha256 %s) into %s", source, result.rows, digest[:12], data_path
+        "ingested %s (%d rows, sha256 %s) into %s",
+        ingested.source,
+        result.rows,
+        ingested.sha256[:12],
+        data_path,
     )
     return result

@@ -210,7 +210,7 @@ def segment_codes(obs: pd.DataFrame, segment: Segment) -> tuple[np.ndarray, list
     column = obs[segment.column]
     if segment.bins is not None or isinstance(column.dtype, pd.CategoricalDtype):
         frame = obs[[segment.column]]
-        groups = drift._segment_groups(frame, frame.iloc[:0], segment)
+        groups = drift.segment_groups(frame, frame.iloc[:0], segment)
         return groups.ref.astype(np.int64), list(groups.names)
     codes, uniques = pd.factorize(column, use_na_sentinel=True)
     labels = [str(u) for u in uniques]

@@ -685,7 +685,7 @@ class Compute(_Strict):
     With ``dask`` the feature, training and batch-scoring stages run on the
     ``dask.distributed`` cluster at ``scheduler`` (``tcp://host:8786``), or on a
     ``LocalCluster`` of ``workers`` processes when no scheduler is given. The input is
-    read in partitions of about ``partition_rows`` rows (see ``pipelines/dask_backend.py``).
+    read in partitions of about ``partition_rows`` rows (see ``pipelines/backends/dask_core.py``).
     ``GOVML_COMPUTE_BACKEND`` and ``GOVML_DASK_SCHEDULER`` override the spec.
     """
 

@@ -84,7 +84,7 @@ _CATEGORICAL_KEYS = (
     "cat_column",
     "categorical_features",
 )
-_HIGHER_IS_BETTER = {"auc", "average_precision"}
+HIGHER_IS_BETTER = {"auc", "average_precision"}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -343,6 +343,14 @@ def _typed_for_lgb(
     return out
 
 
+def booster_input(
+    frame: pd.DataFrame, features: list[str], categorical: list[str], cats: dict[str, list[Any]]
+) -> pd.DataFrame:
+    """``frame``'s features typed for the Booster as training types them (for backends
+    that train elsewhere, partition by partition)."""
+    return _typed_for_lgb(frame, features, categorical, cats)
+
+
 def _category_lists(train: pd.DataFrame, categorical: list[str]) -> dict[str, list[Any]]:
     out: dict[str, list[Any]] = {}
     for name in categorical:
@@ -458,7 +466,7 @@ def _fit(
     )
 
 
-def _validation_score(
+def validation_score(
     metric: str, y: np.ndarray, p: np.ndarray, booster: lgb.Booster, w: np.ndarray | None = None
 ) -> float | None:
     """The early-stopping metric on validation at the best iteration (weighted by the
@@ -478,7 +486,7 @@ def _better(metric: str, new: float | None, old: float | None) -> bool:
         return False
     if old is None:
         return True
-    return new > old if metric in _HIGHER_IS_BETTER else new < old
+    return new > old if metric in HIGHER_IS_BETTER else new < old
 
 
 def _joblib_bytes(obj: Any) -> bytes:
@@ -525,7 +533,7 @@ def train(
     x_val = _typed_for_lgb(val_df, features, categorical, cats)
 
     metric = params["metric"]
-    if metric in _HIGHER_IS_BETTER and len(np.unique(y_val)) < 2:
+    if metric in HIGHER_IS_BETTER and len(np.unique(y_val)) < 2:
         log.warning("validation holds one class: early stopping on binary_logloss instead")
         metric = params["metric"] = "binary_logloss"
     trials = spec.training.tuning_trials if tuning_trials is None else int(tuning_trials)
@@ -544,7 +552,7 @@ def train(
         metric,
     )
     booster = _fit(params, data, nbr, esr)
-    best_score = _validation_score(metric, y_val, booster.predict(x_val), booster, w_val)
+    best_score = validation_score(metric, y_val, booster.predict(x_val), booster, w_val)
     best_params = params
     history: list[dict[str, Any]] = []
     best_trial, best_trial_params = 0, None
@@ -555,7 +563,7 @@ def train(
             trial = _sample_trial(rng)
             trial_params = _with_trial(params, trial)
             candidate = _fit(trial_params, data, nbr, esr)
-            trial_score = _validation_score(
+            trial_score = validation_score(
                 metric, y_val, candidate.predict(x_val), candidate, w_val
             )
             history.append(_trial_record(i, "random", trial, trial_score, candidate))
@@ -565,49 +573,99 @@ def train(
                 best_trial, best_trial_params = i, trial
 
     best_iteration = int(booster.best_iteration) or int(booster.current_iteration())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / MODEL_FILE
-    write_bytes_atomic(
-        model_path, booster.model_to_string(num_iteration=best_iteration).encode("utf-8")
-    )
-    model_sha = sha256_file(model_path)
-
     class_weight = "balanced" if spec.training.imbalance != "none" else None
     baseline = build_baseline(features, categorical, class_weight, spec.training.seed)
     baseline.fit(train_df[features], y_train)
-    baseline_path = out_dir / BASELINE_FILE
-    write_bytes_atomic(baseline_path, _joblib_bytes(baseline))
-    baseline_sha = sha256_file(baseline_path)
+    return write_training(
+        spec,
+        out_dir,
+        TrainedModels(
+            booster=booster,
+            model_text=booster.model_to_string(num_iteration=best_iteration),
+            baseline=baseline,
+            best_iteration=best_iteration,
+            early_stopped=booster.current_iteration() < nbr,
+            metric=metric,
+            validation_score=best_score,
+            params=best_params,
+            features=features,
+            categorical=categorical,
+            train_rows=len(train_df),
+            train_rows_before=rows_before_sampling,
+            validation_rows=len(val_df),
+            scale_pos_weight=scale_pos_weight,
+            tuning={
+                "trials": trials,
+                "metric": metric,
+                "best_trial": best_trial if trials else None,
+                "best_params": (best_trial_params or {}) if trials else None,
+                "history": history,
+            },
+        ),
+    )
 
-    tuning = {
-        "trials": trials,
-        "metric": metric,
-        "best_trial": best_trial if trials else None,
-        "best_params": (best_trial_params or {}) if trials else None,
-        "history": history,
-    }
+
+@dataclass(frozen=True)
+class TrainedModels:
+    """What a training computation (local or on Dask) hands to :func:`write_training`.
+
+    ``extra`` holds a backend's own ``training.json`` keys; ``marker`` what it adds to
+    ``result.json`` (both empty locally).
+    """
+
+    booster: lgb.Booster
+    model_text: str
+    baseline: Pipeline
+    best_iteration: int
+    early_stopped: bool
+    metric: str
+    validation_score: float | None
+    params: dict[str, Any]
+    features: list[str]
+    categorical: list[str]
+    train_rows: int
+    train_rows_before: int
+    validation_rows: int
+    scale_pos_weight: float | None
+    tuning: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+    marker: dict[str, Any] = field(default_factory=dict)
+
+
+def write_training(spec: ModelSpec, out_dir: Path, trained: TrainedModels) -> TrainResult:
+    """The training stage's files, once whatever the backend: ``model.txt``,
+    ``baseline.joblib``, ``training.json`` and ``result.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / MODEL_FILE
+    write_bytes_atomic(model_path, trained.model_text.encode("utf-8"))
+    model_sha = sha256_file(model_path)
+    baseline_path = out_dir / BASELINE_FILE
+    write_bytes_atomic(baseline_path, _joblib_bytes(trained.baseline))
+    baseline_sha = sha256_file(baseline_path)
+    nbr = spec.training.num_boost_round
     training_json = out_dir / TRAINING_JSON
     write_json(
         training_json,
         {
-            "best_iteration": best_iteration,
+            "best_iteration": trained.best_iteration,
             "num_boost_round": nbr,
-            "params": best_params,
+            "params": trained.params,
             "seed": spec.training.seed,
-            "features": features,
-            "categorical": categorical,
+            "features": trained.features,
+            "categorical": trained.categorical,
             "model_sha256": model_sha,
             "baseline_sha256": baseline_sha,
-            "tuning": tuning,
+            "tuning": trained.tuning,
             "lightgbm_version": lgb.__version__,
             "sklearn_version": sklearn.__version__,
-            "train_rows": len(train_df),
-            "scale_pos_weight": scale_pos_weight,
+            "train_rows": trained.train_rows,
+            "scale_pos_weight": trained.scale_pos_weight,
             "negative_sampling": {
                 "rate": spec.training.negative_sample_rate,
-                "train_rows_before": rows_before_sampling,
-                "validation_rows": len(val_df),
+                "train_rows_before": trained.train_rows_before,
+                "validation_rows": trained.validation_rows,
             },
+            **trained.extra,
         },
     )
     result = TrainResult(
@@ -617,25 +675,26 @@ def train(
         training_json=training_json,
         model_sha256=model_sha,
         baseline_sha256=baseline_sha,
-        best_iteration=best_iteration,
+        best_iteration=trained.best_iteration,
         num_boost_round=nbr,
-        early_stopped=booster.current_iteration() < nbr,
-        metric=metric,
-        validation_score=best_score,
-        train_rows=len(train_df),
-        validation_rows=len(val_df),
-        tuning_trials=trials,
-        params=best_params,
-        booster=booster,
+        early_stopped=trained.early_stopped,
+        metric=trained.metric,
+        validation_score=trained.validation_score,
+        train_rows=trained.train_rows,
+        validation_rows=trained.validation_rows,
+        tuning_trials=int(trained.tuning["trials"]),
+        params=trained.params,
+        booster=trained.booster,
     )
-    write_json(out_dir / RESULT_JSON, result.to_dict())
+    write_json(out_dir / RESULT_JSON, {**result.to_dict(), **trained.marker})
     log.info(
-        "trained %s: best iteration %d of %d, validation %s %s, model sha256 %s",
+        "trained %s%s: best iteration %d of %d, validation %s %s, model sha256 %s",
         spec.name,
-        best_iteration,
+        f" on {trained.marker['backend']}" if "backend" in trained.marker else "",
+        trained.best_iteration,
         nbr,
-        metric,
-        best_score,
+        trained.metric,
+        trained.validation_score,
         model_sha[:12],
     )
     return result

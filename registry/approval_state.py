@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select
@@ -24,8 +25,17 @@ from sqlalchemy.orm import Session
 from registry.audit import AuditRecord
 from registry.store import ApprovalDecision, ApprovalRequest, Deployment, RoleChange
 
-PENDING, APPROVED, REJECTED, EXPIRED, VOID = "pending", "approved", "rejected", "expired", "void"
-STATUSES = (PENDING, APPROVED, REJECTED, EXPIRED, VOID)
+
+class ApprovalStatus(StrEnum):
+    """An approval request's status; its value is what tables, tags and JSON hold."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+    VOID = "void"
+
+
 APPROVE, REJECT = "approve", "reject"
 DEPLOYMENT_KINDS = {
     "deployed": "deployed",
@@ -90,7 +100,7 @@ class ApprovalState:
     approver_roles: list[str]
     required_approvers: int
     risk_reasons: list[str]
-    status: str
+    status: ApprovalStatus
     requested_at: str
     respond_by: str
     valid_until: str | None
@@ -145,7 +155,7 @@ class RequestFold:
     payload: dict[str, Any]
     requested_at: dt.datetime
     audit_seq: int
-    status: str = PENDING
+    status: ApprovalStatus = ApprovalStatus.PENDING
     decided_at: dt.datetime | None = None
     valid_until: dt.datetime | None = None
     consumed_at: dt.datetime | None = None
@@ -250,7 +260,7 @@ def decision_problem(
     previous = request.decided_by(user)
     if previous is not None:
         return f"{user} already decided ({previous.decision}) at {previous.decided_at}"
-    if request.status != PENDING:
+    if request.status != ApprovalStatus.PENDING:
         return f"the request is {request.status}, no further decisions are accepted"
     respond_by = request.respond_by
     if respond_by is not None and now >= respond_by:
@@ -329,9 +339,9 @@ def _on_decision(state: GovernanceState, event: AuditRecord) -> None:
         (Decision(event.actor, decision, reason, channel, iso(at) or ""), event.seq)
     )
     if decision == REJECT:
-        request.status, request.decided_at = REJECTED, at
+        request.status, request.decided_at = ApprovalStatus.REJECTED, at
     elif len(request.approvers()) >= request.required:
-        request.status, request.decided_at = APPROVED, at
+        request.status, request.decided_at = ApprovalStatus.APPROVED, at
         valid_for = request.payload.get("valid_for_seconds")
         granted_until = _parse_time(event.payload.get("valid_until"))
         request.valid_until = (
@@ -343,10 +353,10 @@ def _on_status(state: GovernanceState, event: AuditRecord) -> None:
     request = _request_of(state, event)
     if request is None:
         return
-    if event.kind == "approval_expired" and request.status == PENDING:
-        request.status, request.decided_at = EXPIRED, event.occurred_at
-    elif event.kind == "approval_voided" and request.status == APPROVED:
-        request.status = VOID
+    if event.kind == "approval_expired" and request.status == ApprovalStatus.PENDING:
+        request.status, request.decided_at = ApprovalStatus.EXPIRED, event.occurred_at
+    elif event.kind == "approval_voided" and request.status == ApprovalStatus.APPROVED:
+        request.status = ApprovalStatus.VOID
 
 
 def _on_role(state: GovernanceState, event: AuditRecord) -> None:
@@ -381,7 +391,7 @@ def _on_deployment(state: GovernanceState, event: AuditRecord) -> None:
     if not consumes_approval(event):
         return
     request = state.requests.get(event.payload.get("approval_request_id"))  # type: ignore[arg-type]
-    if request is None or request.status != APPROVED:
+    if request is None or request.status != ApprovalStatus.APPROVED:
         state.anomalies.append(
             f"event seq {event.seq}: a deployment of {event.model_name} v{event.model_version} "
             f"names request {event.payload.get('approval_request_id')!r}, which is not approved"

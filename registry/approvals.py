@@ -42,14 +42,10 @@ from pipelines.spec import ModelSpec
 from registry import audit
 from registry.approval_state import (
     APPROVE,
-    APPROVED,
-    EXPIRED,
     FOLDED_KINDS,
-    PENDING,
     REJECT,
-    REJECTED,
-    VOID,
     ApprovalState,
+    ApprovalStatus,
     Decision,
     GovernanceState,
     RequestFold,
@@ -68,12 +64,7 @@ SYSTEM = "govml"
 T = TypeVar("T")
 __all__ = [
     "APPROVE",
-    "APPROVED",
-    "EXPIRED",
-    "PENDING",
     "REJECT",
-    "REJECTED",
-    "VOID",
     "ApprovalState",
     "Decision",
 ]
@@ -81,11 +72,6 @@ __all__ = [
 
 def _now() -> dt.datetime:
     return audit.clock()
-
-
-def iso_utc(value: dt.datetime) -> str:
-    """ISO-8601 with the UTC offset (SQLite returns naive datetimes)."""
-    return iso(value) or ""
 
 
 def governance_state(url: str) -> GovernanceState:
@@ -369,14 +355,16 @@ def _record_decision(
         "artifact_sha256": request.artifact_sha256,
     }
     if decision == REJECT:
-        kind, status = "approval_rejected", REJECTED
+        kind, status = "approval_rejected", ApprovalStatus.REJECTED
     else:
         kind = "approval_granted"
         approvals = len(request.approvers() | {user})
         payload["approvals"] = approvals
         payload["required_approvers"] = request.required
-        status = APPROVED if approvals >= request.required else PENDING
-        if status == APPROVED:
+        status = (
+            ApprovalStatus.APPROVED if approvals >= request.required else ApprovalStatus.PENDING
+        )
+        if status == ApprovalStatus.APPROVED:
             valid_for = int(request.payload.get("valid_for_seconds") or 0)
             payload["valid_until"] = iso(now + dt.timedelta(seconds=valid_for))
     payload["status"] = status
@@ -483,7 +471,7 @@ def expire(
 
     def work(session: Session, state: GovernanceState) -> ApprovalState:
         request = _find(state, model_name, model_version, run_id)
-        if request.status == PENDING:
+        if request.status == ApprovalStatus.PENDING:
             _expiry(session, state, request)
         return request.state()
 
@@ -507,7 +495,7 @@ def deploy_problem(
     A changed artifact voids the approval (an ``approval_voided`` event, in ``session``).
     """
     requests = state.requests_for(model_name, str(model_version))
-    approved = [r for r in requests if r.status == APPROVED]
+    approved = [r for r in requests if r.status == ApprovalStatus.APPROVED]
     tampered = unbacked_rows(session, list(state.events.values()))
     if tampered:
         more = f" (and {len(tampered) - 1} more)" if len(tampered) > 1 else ""

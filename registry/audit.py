@@ -446,10 +446,3 @@ def events(
         query = query.where(AuditEvent.kind.in_(list(kinds)))
     with Session(read_only(engine_for(url))) as session:
         return [record_of(row) for row in session.scalars(query)]
-
-
-def verify_chain(url: str, anchor: str | None = None) -> Any:
-    """Check the whole chain: :func:`registry.audit_verify.verify_chain` (a ``ChainReport``)."""
-    from registry.audit_verify import verify_chain as verify
-
-    return verify(url, anchor)

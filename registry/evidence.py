@@ -31,6 +31,7 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,10 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pipelines.artifacts import sha256_file, write_bytes_atomic, write_json
 from pipelines.config import Settings
 from pipelines.errors import RegistryError
+from pipelines.formatting import cell
 from pipelines.runs import safe_run_id
+from registry.audit import event_hash, events, iso_utc
+from registry.audit_verify import verify_chain
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +102,10 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def _ms_iso(ms: int | None) -> str | None:
     if not ms:
         return None
-    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return iso_utc(dt.datetime.fromtimestamp(ms / 1000, dt.UTC))
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -412,8 +412,6 @@ def _chain_state(
 
 
 def _audit_segment(url: str, model: str, version: str, run_id: str | None) -> dict[str, Any]:
-    from registry.audit import event_hash, events, iso_utc, verify_chain
-
     try:
         stored = events(url, model_name=model)
         unreadable = None
@@ -565,23 +563,11 @@ def _status(record: dict[str, Any], approvals: list[dict[str, Any]]) -> dict[str
 
 
 # --------------------------------------------------------------------------- render
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    if isinstance(value, dict | list):
-        return json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return str(value)
-
-
 def _render_index(evidence: dict[str, Any], files: list[dict[str, Any]]) -> str:
     env = Environment(
         loader=FileSystemLoader(_TEMPLATES), undefined=StrictUndefined, autoescape=True
     )
-    env.filters["fmt"] = _fmt
+    env.filters["fmt"] = partial(cell, containers=True)
     template = env.get_template("evidence_index.html.j2")
     return template.render(e=evidence, files=files)
 
@@ -627,7 +613,7 @@ def _build(
 
     evidence = {
         "format": "govml-evidence-pack/1",
-        "exported_at": _now_iso(),
+        "exported_at": iso_utc(dt.datetime.now(dt.UTC)),
         "exported_by": actor,
         "out_dir": str(out_dir),
         "model": {

@@ -4,7 +4,7 @@ The embedded stack's MLflow server runs ``mlflow server --app-name basic-auth``.
 permission store (users, roles, grants) is a database of its own: SQLite under
 ``$GOVML_VAR_DIR/mlflow/auth/`` by default, PostgreSQL with ``GOVML_MLFLOW_AUTH_DB_URL``.
 
-Accounts (docs/registry.md):
+Accounts (docs/security.md):
 
 - ``govml-admin``: MLflow's administrator. Used only by the stack, at start-up, to
   create the other accounts and their roles (:func:`provision`). No lifecycle code holds

@@ -13,6 +13,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
+from pipelines.formatting import cell
 from pipelines.spec import ModelSpec
 
 _LIMITATIONS = {
@@ -39,11 +40,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _fmtv(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+    return cell(value, bools=False)
 
 
 def _fmt(section: dict[str, Any] | None, name: str) -> str:

@@ -33,12 +33,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipelines.errors import RegistryError
+from registry.approval_state import ApprovalStatus
 from registry.mlflow_registry import ALIASES, CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 
 ACTIVE_ACTIONS = ("deployed", "shadow", "canary", "promoted")
-APPROVED = "approved"
 ACTOR = "govml-reconciler"
 
 
@@ -127,12 +127,20 @@ class _Chain:
         return chain
 
     def approved(self, version: str) -> Any | None:
-        found = [r for r in self.requests if r.model_version == version and r.status == APPROVED]
+        found = [
+            r
+            for r in self.requests
+            if r.model_version == version and r.status == ApprovalStatus.APPROVED
+        ]
         return found[-1] if found else None
 
     def release_of(self, version: str) -> tuple[Any | None, str]:
         """(the approved request ``version`` was released under, "") or (None, why not)."""
-        approved = [r for r in self.requests if r.model_version == version and r.status == APPROVED]
+        approved = [
+            r
+            for r in self.requests
+            if r.model_version == version and r.status == ApprovalStatus.APPROVED
+        ]
         if not approved:
             return None, "has no recorded approval"
         released = {
@@ -399,11 +407,13 @@ def tag_claims_without_chain(tags: Mapping[str, str], states: Sequence[Any]) -> 
             f"tag govml.approval.request_id={claimed_id}: the audit chain has no such "
             "approval request for this version"
         )
-    approved = [s for s in states if s.status == APPROVED]
+    approved = [s for s in states if s.status == ApprovalStatus.APPROVED]
     if request is None:
         request = approved[-1] if approved else (states[-1] if states else None)
     status = tags.get("govml.approval.status")
-    if status == APPROVED and (request is None or request.status != APPROVED):
+    if status == ApprovalStatus.APPROVED and (
+        request is None or request.status != ApprovalStatus.APPROVED
+    ):
         held = request.status if request is not None else "no request"
         problems.append(
             f"tag govml.approval.status=approved: the audit chain holds {held} for this version"
@@ -418,7 +428,9 @@ def tag_claims_without_chain(tags: Mapping[str, str], states: Sequence[Any]) -> 
     for user in sorted(claimed - real):
         problems.append(f"tags name {user} as an approver: no such approval in the audit chain")
     sha = tags.get("artifact_sha256")
-    approved_sha = request.artifact_sha256 if request and request.status == APPROVED else None
+    approved_sha = (
+        request.artifact_sha256 if request and request.status == ApprovalStatus.APPROVED else None
+    )
     if sha and approved_sha and sha != approved_sha:
         problems.append(
             f"tag artifact_sha256={sha[:12]}: the approval in the audit chain is for "

@@ -63,7 +63,6 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 # takes the write lock at once) or DEFERRED (read-only work).
 SQLITE_BEGIN_OPTION = "govml_sqlite_begin"
 
-APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired", "void")
 DECISIONS = ("approve", "reject")
 DECISION_CHANNELS = ("ui", "cli")
 DEPLOYMENT_ACTIONS = ("deployed", "shadow", "canary", "promoted", "rolled_back", "retired")

@@ -481,6 +481,12 @@ class DeploymentTokens:
     service_token: Path
 
 
+def deployment_name(model_name: str, version: str) -> str:
+    """A deployment's name: ``<model>-v<version>`` (a DNS-1035 label for Kubernetes), also
+    its folder under the deployers' state root."""
+    return f"{model_name.replace('_', '-')}-v{version}"
+
+
 def deployment_tokens(folder: str | Path) -> DeploymentTokens:
     folder = Path(folder)
     return DeploymentTokens(folder / TOKENS_FILE, folder / SERVICE_TOKEN_FILE)

@@ -396,7 +396,7 @@ class RedisStore(FeatureStore):
         try:
             self._sync.ping()
         except self._redis_errors as exc:
-            raise StoreError(f"feature store {_safe_url(self.url)}: {exc}") from None
+            raise StoreError(f"feature store {safe_url(self.url)}: {exc}") from None
 
     # ------------------------------------------------------------------ requests
     async def observe(self, pending: Sequence[Pending]) -> list[Observation]:
@@ -462,7 +462,7 @@ class RedisStore(FeatureStore):
                 written += self._merge_batch(batch)
                 total += len(batch)
         except self._redis_errors as exc:
-            raise StoreError(f"feature store {_safe_url(self.url)}: {exc}") from None
+            raise StoreError(f"feature store {safe_url(self.url)}: {exc}") from None
         return MergeResult(total, written)
 
     def _merge_batch(self, batch: list[tuple[EntityFeatures, str, EntityState]]) -> int:
@@ -500,7 +500,7 @@ class RedisStore(FeatureStore):
         try:
             raw = self._sync.get(self.keys.marker)
         except self._redis_errors as exc:
-            raise StoreError(f"feature store {_safe_url(self.url)}: {exc}") from None
+            raise StoreError(f"feature store {safe_url(self.url)}: {exc}") from None
         return None if raw is None else json.loads(raw)
 
     def clear(self) -> int:
@@ -602,7 +602,7 @@ def _token(blob: bytes | None) -> bytes:
     return b"" if blob is None else blob[:TOKEN_BYTES]
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without a password."""
     if "@" in url:
         scheme, _, rest = url.partition("://")

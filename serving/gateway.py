@@ -72,9 +72,15 @@ import aiohttp
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from pipelines.errors import ConfigError
-from serving.auth import AuthError, TokenStore, deployment_tokens, file_stamp, read_token
+from serving.auth import (
+    AuthError,
+    TokenStore,
+    deployment_name,
+    deployment_tokens,
+    file_stamp,
+    read_token,
+)
 from serving.bind import bind_host
-from serving.deployers import deployment_name
 from serving.gateway_abtest import (
     TEST_ID,
     AbTestRoute,

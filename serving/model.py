@@ -41,6 +41,8 @@ from prometheus_client import Counter
 
 from pipelines import artifacts
 from pipelines.artifacts import MODEL_FILES
+from pipelines.booster_layout import booster_categories, typed_frame
+from pipelines.errors import DataValidationError
 from serving import compiled, v2_binary
 from serving.fastscore import RowScorer
 from serving.metrics import ScoreHistogram, track_compiled_scorer
@@ -140,10 +142,12 @@ class LightGBMModel(Model):
             log.info("single-row fast path unavailable (%s); using Booster.predict", exc)
             self.scorer_ = None
         self.feature_names_ = list(booster.feature_name())
-        cat_idx = booster.params.get("categorical_feature") or []
-        pandas_cats = getattr(booster, "pandas_categorical", None) or []
-        cat_names = [self.feature_names_[i] for i in _indices(cat_idx)]
-        self.categories_ = dict(zip(cat_names, pandas_cats, strict=False))
+        try:
+            self.categories_ = booster_categories(booster)
+        except DataValidationError as exc:
+            log.error("refusing to serve %s: %s", self.name, exc)
+            self.ready = False
+            return False
         if self.spec_path and not self._load_schema(booster):
             self.ready = False
             return False
@@ -180,12 +184,11 @@ class LightGBMModel(Model):
     def _load_schema(self, booster: lgb.Booster) -> bool:
         from pipelines.errors import GovMLError
         from pipelines.spec import load_spec
-        from pipelines.training import booster_categories
         from serving.schema import FeatureSchema, label_records
 
         try:
             spec = load_spec(self.spec_path)
-            cats = booster_categories(booster)
+            cats = self.categories_
             schema = FeatureSchema.from_spec(
                 spec, categories={k: [str(c) for c in v] for k, v in cats.items()}
             )
@@ -318,21 +321,16 @@ class LightGBMModel(Model):
         return self._typed(frame)
 
     def _typed(self, frame: pd.DataFrame) -> pd.DataFrame:
-        out = {}
-        for name in self.feature_names_:
-            col = frame[name]
-            if name in self.categories_:
-                allowed = self.categories_[name]
-                bad = sorted({str(v) for v in col if v not in allowed})
-                if bad:
-                    raise InvalidInput(f"{name}: unknown categories {bad}; allowed {allowed}")
-                out[name] = pd.Categorical(col, categories=allowed)
-            else:
-                try:
-                    out[name] = pd.to_numeric(col, errors="raise").astype("float64")
-                except (ValueError, TypeError):
-                    raise InvalidInput(f"{name}: expected a number") from None
-        return pd.DataFrame(out)
+        """The rows laid out as the booster expects (:mod:`pipelines.booster_layout`);
+        an unknown category or a value that is not a number is invalid input."""
+        for name, allowed in self.categories_.items():
+            bad = sorted({str(v) for v in frame[name] if v not in allowed})
+            if bad:
+                raise InvalidInput(f"{name}: unknown categories {bad}; allowed {allowed}")
+        try:
+            return typed_frame(frame, self.feature_names_, self.categories_)
+        except DataValidationError as exc:  # "<name>: expected a number"
+            raise InvalidInput(str(exc)) from None
 
     def _score(self, frame: pd.DataFrame) -> np.ndarray:
         assert self.booster_ is not None
@@ -632,9 +630,3 @@ def _plain_infer_request(payload: Any, model_name: str) -> InferRequest | None:
             return None
         infer_inputs.append(InferInput(name=name, shape=shape, datatype=datatype, data=data))
     return InferRequest(model_name=model_name, infer_inputs=infer_inputs, request_id=request_id)
-
-
-def _indices(value: Any) -> list[int]:
-    if isinstance(value, str):
-        return [int(v) for v in value.split(",") if v.strip()]
-    return [int(v) for v in value]

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Model servers started by the tests do not compile their model in the background (each
 # would spend ~15 s of CPU in LLVM beside the test): the compiled batch scorer is tested
-# in tests/unit/test_compiled.py and by the model server of test_model_server.py, which
+# in tests/integration/test_compiled.py and by the model server of test_model_server.py, which
 # turn it on.
 os.environ.setdefault("GOVML_COMPILED", "0")
 PG_ADMIN_URL = os.environ.get(
@@ -131,3 +131,73 @@ def audit_clock(monkeypatch: pytest.MonkeyPatch) -> AuditClock:
     clock = AuditClock(dt.datetime(2026, 11, 2, 9, 0, tzinfo=dt.UTC))
     monkeypatch.setattr(audit, "clock", clock)
     return clock
+
+
+# ------------------------------------------------------------------- processes left behind
+# Every process a test starts must be stopped by that test (or its fixture). The session
+# marks its environment; at the end, after every fixture finalizer has run (pytest tears
+# the last test's fixtures down, session scope included, before ``pytest_sessionfinish``),
+# any process still alive that descends from pytest or carries the mark (a daemon that
+# detached from its parent keeps its environment) is listed, killed, and fails the run.
+SESSION_MARK = "PYTEST_GOVML_SESSION"
+os.environ.setdefault(SESSION_MARK, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+# Helpers of the interpreter itself that live as long as pytest does, not started by a test.
+_INTERPRETER_HELPERS = ("multiprocessing.resource_tracker", "multiprocessing.forkserver")
+
+
+def _session_processes() -> list[object]:
+    import psutil
+
+    me = psutil.Process()
+    mark = os.environ[SESSION_MARK]
+    found = {p.pid: p for p in me.children(recursive=True)}
+    for proc in psutil.process_iter(["uids"]):
+        if proc.pid == me.pid or proc.pid in found:
+            continue
+        try:
+            if proc.info["uids"] and proc.info["uids"].real != os.getuid():
+                continue
+            if proc.environ().get(SESSION_MARK) == mark:
+                found[proc.pid] = proc
+        except (psutil.Error, OSError):
+            continue
+    alive = []
+    for proc in found.values():
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+            cmdline = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if not any(helper in cmdline for helper in _INTERPRETER_HELPERS):
+            alive.append(proc)
+    return alive
+
+
+@pytest.hookimpl(trylast=True)  # after pytest tore the remaining fixtures down (-x, ^C)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    import psutil
+
+    if os.environ.get(SESSION_MARK, "").split("-")[0] != str(os.getpid()):
+        return  # a pytest run inside a test: its parent session checks
+    left = _session_processes()
+    if left:  # a process told to stop may need a moment to exit
+        _, left = psutil.wait_procs(left, timeout=5)
+    if not left:
+        return
+    names = []
+    for proc in left:
+        try:
+            names.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
+            proc.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(left, timeout=5)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    message = "processes started by the tests were still running (killed):\n  " + (
+        "\n  ".join(names)
+    )
+    if reporter is not None:
+        reporter.write_sep("=", "processes left behind", red=True)
+        reporter.write_line(message)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

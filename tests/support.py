@@ -1,11 +1,50 @@
-"""Helpers shared by the integration and browser tests."""
+"""Helpers shared by the tests: waiting, ports, the embedded stack, model servers, specs
+and generated data."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import pandas as pd
+
+from pipelines.data.credit import CreditConfig, generate_credit
+from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.spec import ColumnType, ModelSpec, load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
+
+
+def wait_until(
+    condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1
+) -> Any:
+    """Poll ``condition`` until it returns a truthy value (returned) or ``timeout``
+    seconds pass; then fail naming ``what`` was awaited (and the last exception the
+    condition raised, if any). The tests wait with this, never with a fixed sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = condition()
+        except (OSError, AssertionError, ValueError, KeyError) as exc:
+            value, last_error = None, exc
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error!r})" if last_error is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{detail}")
+        time.sleep(interval)
 
 
 def free_port() -> int:
@@ -45,6 +84,54 @@ def single_spec_dir(root: Path, dest: Path, name: str) -> Path:
     data["monitoring"] = {**(data.get("monitoring") or {}), "schedule": "none"}
     (dest / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     return dest
+
+
+@contextlib.contextmanager
+def running_stack(var_dir: Path, **extra: str) -> Iterator[Any]:
+    """``govml stack up`` in an isolated environment (:func:`stack_env`); ``govml stack
+    down`` afterwards, whatever happened. Yields ``env``, ``settings``, ``api`` (the
+    stack's :class:`AirflowAPI`) and ``up`` (the completed ``stack up``)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from pipelines.config import load_settings
+
+    govml = str(REPO / ".venv" / "bin" / "govml")
+    env = stack_env(var_dir, **extra)
+    try:
+        up = subprocess.run(
+            [govml, "stack", "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        settings = load_settings(env)
+        yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings), up=up)
+    finally:
+        subprocess.run([govml, "stack", "down"], cwd=REPO, env=env, timeout=300, check=False)
+
+
+def register_booster(
+    settings: Any, booster: Any, model: str, experiment: str, run_name: str | None = None
+) -> str:
+    """Log ``booster`` in a run of ``experiment`` (made in the stack's artifact store if
+    new) on the stack's MLflow server and register it as a version of ``model``: the
+    version number."""
+    import mlflow
+    import mlflow.lightgbm
+
+    from registry.mlflow_registry import artifact_location_for
+
+    uri = settings.mlflow_tracking_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = mlflow.MlflowClient(uri, uri)
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(
+            experiment, artifact_location=artifact_location_for(uri, settings.mlflow_artifacts)
+        )
+    mlflow.set_experiment(experiment)
+    with mlflow.start_run(run_name=run_name):
+        info = mlflow.lightgbm.log_model(booster, name="model")
+    return str(mlflow.register_model(info.model_uri, model).version)
 
 
 class AirflowAPI:
@@ -197,8 +284,6 @@ def run_async(coroutine: Any) -> Any:
 # The model server (python -m serving, .venv-serving) on loopback with the German Credit
 # model trained by the real pipeline stages, bearer tokens and a prediction log: shared by
 # tests/integration/test_model_server_strict.py and the serving tests in tests/security/.
-REPO = Path(__file__).resolve().parents[1]
-SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
 GERMAN_CREDIT = "german_credit"
 
 
@@ -232,6 +317,49 @@ def http_call(
         return status, json.loads(text), head
     except ValueError:
         return status, text.decode(errors="replace"), head
+
+
+def http_status(url: str, timeout: float = 5) -> int:
+    """GET ``url``: its status code, 0 when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status
+    except urllib.error.HTTPError as err:
+        return err.code
+    except OSError:
+        return 0
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen, log: Path, timeout: float = 90) -> None:
+    """Until ``url`` answers 200; fails at once (with ``log``) if ``proc`` exits."""
+
+    def ready() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        return http_status(url, 2) == 200
+
+    wait_until(ready, timeout, f"{url} to answer 200 (log {log})", interval=0.2)
+
+
+def start_serving(args: list[str], log: Path) -> subprocess.Popen:
+    """``python ARGS`` in .venv-serving in a process group of its own (see
+    :func:`stop_serving`), its output to ``log``."""
+    with log.open("w") as out:  # a file: a pipe nobody reads would block the server
+        return subprocess.Popen(
+            [str(SERVING_PY), *args], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def stop_serving(proc: subprocess.Popen) -> None:
+    """Stop a :func:`start_serving` process group (woken first if a test froze it)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGCONT)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def start_model_server(env: dict[str, str], log: Path, *args: str) -> Any:
@@ -286,7 +414,6 @@ def train_german_credit(root: Path) -> Any:
     from pipelines.data.german_credit import load_german_credit
     from pipelines.features import build_features, read_split
     from pipelines.training import load_model, train
-    from tests.unit.test_features import spec_of, with_training, write_ingest
 
     spec = with_training(spec_of(GERMAN_CREDIT), num_boost_round=60, early_stopping_rounds=60)
     ingest = write_ingest(spec, load_german_credit(), root / "ingest")
@@ -351,6 +478,66 @@ def serve_german_credit(
     )
 
 
+# ----------------------------------------------------------------------------- model specs
+# Typed ingest data from the generators and smaller training settings, for the stage tests.
+# 30,000 fraud rows: the fraud model needs ~30-45 frauds in each of validation and test to
+# learn (at 10,000 its test AUC falls below chance); credit learns from 10,000.
+FRAUD_ROWS = 30_000
+FRAUD_SEED = 7  # this seed puts ~30-45 frauds in each of validation and test
+FRAUD_RATE = 0.01
+CREDIT_ROWS = 10_000
+
+
+def spec_of(name: str) -> ModelSpec:
+    return load_spec(REPO / "specs" / f"{name}.yaml")
+
+
+def with_training(spec: ModelSpec, **training: Any) -> ModelSpec:
+    """The spec with some ``training`` settings replaced (e.g. fewer boosting rounds)."""
+    return spec.model_copy(update={"training": spec.training.model_copy(update=training)})
+
+
+def typed_frame(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``spec.data.columns`` typed like ingest's ``data.parquet``."""
+    out: dict[str, Any] = {}
+    for name, col in spec.data.columns.items():
+        s = frame[name]
+        if col.type == ColumnType.CATEGORY:
+            values = s.astype(object)
+            out[name] = pd.Categorical(
+                values.where(values.notna(), None), categories=col.categories
+            )
+        elif col.type == ColumnType.INT:
+            out[name] = s.astype("int64")
+        elif col.type == ColumnType.FLOAT:
+            out[name] = s.astype("float64")
+        elif col.type == ColumnType.DATETIME:
+            out[name] = s.astype("datetime64[ns]")
+        elif col.type == ColumnType.BOOL:
+            out[name] = s.astype(bool)
+        else:
+            out[name] = s.astype(object)
+    return pd.DataFrame(out)
+
+
+def write_ingest(spec: ModelSpec, frame: pd.DataFrame, folder: Path) -> Path:
+    """Write ``frame`` as an ingest ``data.parquet`` (typed per spec) into ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "data.parquet"
+    typed_frame(spec, frame).to_parquet(path, index=False)
+    return path
+
+
+def fraud_data(folder: Path, n_rows: int = FRAUD_ROWS, seed: int = FRAUD_SEED) -> Path:
+    cfg = FraudConfig(n_rows=n_rows, seed=seed, fraud_rate=FRAUD_RATE)
+    return write_ingest(spec_of("fraud"), generate_fraud(cfg), folder)
+
+
+def credit_data(folder: Path, n_rows: int = CREDIT_ROWS, seed: int = 11) -> Path:
+    cfg = CreditConfig(n_rows=n_rows, seed=seed)
+    return write_ingest(spec_of("credit"), generate_credit(cfg), folder)
+
+
 def logged_rows(log_dir: Path) -> list[dict[str, Any]]:
     """Every prediction-log row so far: complete files and the file being written
     (complete lines), each with its extra fields (``verb``, ``reasons``) merged in."""
@@ -369,9 +556,7 @@ def v2_inputs(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, An
     return inputs
 
 
-def v2_binary(
-    inputs: list[dict[str, Any]], request_id: str | None = None
-) -> tuple[bytes, int]:
+def v2_binary(inputs: list[dict[str, Any]], request_id: str | None = None) -> tuple[bytes, int]:
     """(body, JSON header length) of V2 JSON tensors (:func:`v2_inputs`) in the binary
     tensor extension: the JSON header, then each tensor's bytes (``BYTES`` elements
     length-prefixed, numbers little-endian). A tensor may carry its own ``shape`` or

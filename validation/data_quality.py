@@ -111,7 +111,7 @@ LABEL_RATE_SANITY_MAX = 0.5  # exclusive
 PROFILE_QUANTILES: dict[str, float] = {"p01": 0.01, "p50": 0.5, "p99": 0.99}
 MAX_EXAMPLES = 5  # unexpected values quoted per failed check (message and validation.json)
 
-_SITE_NAME = "local_site"
+SITE_NAME = "local_site"
 _RESULT_KEYS = (
     "observed_value",
     "element_count",
@@ -173,7 +173,7 @@ class DataValidationResult:
 
 
 @dataclass(frozen=True)
-class _Check:
+class Check:
     """One expectation of the suite with our bookkeeping."""
 
     key: str
@@ -185,14 +185,14 @@ class _Check:
 # ----------------------------------------------------------------------------- JSON helpers
 
 
-def _jsonable(value: Any) -> Any:
+def jsonable(value: Any) -> Any:
     """Plain JSON types: numpy scalars unwrapped, NaN/NaT to None, datetimes as ISO text."""
     if value is None or isinstance(value, bool | str):
         return value
     if value is pd.NaT or value is pd.NA:
         return None
     if isinstance(value, np.generic):
-        return _jsonable(value.item())
+        return jsonable(value.item())
     if isinstance(value, int):
         return value
     if isinstance(value, float | Decimal):
@@ -201,13 +201,13 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, pd.Timestamp | datetime | date):
         return value.isoformat()
     if isinstance(value, np.datetime64):
-        return _jsonable(pd.Timestamp(value))
+        return jsonable(pd.Timestamp(value))
     if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, set | frozenset):
-        return sorted((_jsonable(v) for v in value), key=str)
+        return sorted((jsonable(v) for v in value), key=str)
     if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     return str(value)
 
 
@@ -226,7 +226,7 @@ def _fmt(value: Any) -> str:
 # ----------------------------------------------------------------------------- profile
 
 
-def _numeric_stats(values: pd.Series) -> dict[str, float | None]:
+def numeric_stats(values: pd.Series) -> dict[str, float | None]:
     numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
     numbers = numbers[np.isfinite(numbers)]
     keys = ["min", "max", "mean", *PROFILE_QUANTILES]
@@ -273,9 +273,9 @@ def build_profile(spec: ModelSpec, frame: pd.DataFrame, data_sha256: str) -> dic
             "type": col.type.value,
         }
         if col.type in (ColumnType.FLOAT, ColumnType.INT):
-            entry.update(_numeric_stats(series))
+            entry.update(numeric_stats(series))
         elif col.type == ColumnType.BOOL:
-            entry["mean"] = _numeric_stats(series.astype("float64"))["mean"]
+            entry["mean"] = numeric_stats(series.astype("float64"))["mean"]
         elif col.type == ColumnType.CATEGORY:
             counts = series.value_counts(dropna=True, sort=False)
             entry["frequencies"] = {str(k): int(v) for k, v in counts.items()}
@@ -286,7 +286,7 @@ def build_profile(spec: ModelSpec, frame: pd.DataFrame, data_sha256: str) -> dic
         elif col.type == ColumnType.STRING:
             entry["distinct"] = int(series.nunique(dropna=True))
         columns[name] = entry
-    return _jsonable(
+    return jsonable(
         {
             "columns": columns,
             "data_sha256": data_sha256,
@@ -389,14 +389,14 @@ def _naive_utc(moment: datetime) -> datetime:
     return moment
 
 
-def _build_checks(
+def build_checks(
     spec: ModelSpec,
     frame: pd.DataFrame,
     reference: Mapping[str, Any] | None = None,
     now: datetime | None = None,
     max_age: timedelta | None = None,
     rows: int | None = None,
-) -> list[_Check]:
+) -> list[Check]:
     """The suite's expectations, in a fixed order (table, columns, label, time, reference).
 
     ``frame`` gives the columns and dtypes; ``rows`` (default ``len(frame)``) the row count
@@ -405,12 +405,12 @@ def _build_checks(
     import great_expectations as gx
 
     expect = gx.expectations
-    checks: list[_Check] = []
+    checks: list[Check] = []
 
     def add(key: str, factory: Any, description: str, blocking: bool = True, **kwargs: Any) -> None:
         meta = {"blocking": blocking, "check": key}
         expectation = factory(**kwargs, description=description, meta=meta)
-        checks.append(_Check(key, expectation, description, blocking))
+        checks.append(Check(key, expectation, description, blocking))
 
     spec_columns = list(spec.data.columns)
     add(
@@ -546,7 +546,7 @@ def _build_checks(
 # ----------------------------------------------------------------------------- running GX
 
 
-def _context(docs_dir: Path | None) -> Any:
+def gx_context(docs_dir: Path | None) -> Any:
     """A fresh in-memory GX context whose only Data Docs site is ``docs_dir`` (if any)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import (
@@ -562,7 +562,7 @@ def _context(docs_dir: Path | None) -> Any:
         data_docs_sites={}
         if docs_dir is None
         else {
-            _SITE_NAME: {
+            SITE_NAME: {
                 "class_name": "SiteBuilder",
                 "show_how_to_buttons": False,
                 "store_backend": {
@@ -576,7 +576,7 @@ def _context(docs_dir: Path | None) -> Any:
     return gx.get_context(mode="ephemeral", project_config=config)
 
 
-def _release_context() -> None:
+def release_gx_context() -> None:
     """Drop GX's global reference to the last context (and the data it saw)."""
     try:
         from great_expectations.data_context.data_context.context_factory import (
@@ -588,15 +588,15 @@ def _release_context() -> None:
         log.debug("could not release the GX context", exc_info=True)
 
 
-def _run_suite(
-    suite_name: str, frame: pd.DataFrame, checks: list[_Check], docs_dir: Path | None
+def run_suite(
+    suite_name: str, frame: pd.DataFrame, checks: list[Check], docs_dir: Path | None
 ) -> Any:
     """Run the checks through a Checkpoint that updates the Data Docs (unless ``docs_dir``
     is None); the suite result."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
 
-    context = _context(docs_dir)
+    context = gx_context(docs_dir)
     try:
         batch_definition = (
             context.data_sources.add_pandas(name="ingested")
@@ -618,14 +618,14 @@ def _run_suite(
                 validation_definitions=[definition],
                 actions=[]
                 if docs_dir is None
-                else [UpdateDataDocsAction(name="update_data_docs", site_names=[_SITE_NAME])],
+                else [UpdateDataDocsAction(name="update_data_docs", site_names=[SITE_NAME])],
                 result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20},
             )
         )
         outcome = checkpoint.run(batch_parameters={"dataframe": frame})
         return next(iter(outcome.run_results.values()))
     finally:
-        _release_context()
+        release_gx_context()
 
 
 def _exception_message(result: Any) -> str | None:
@@ -638,7 +638,7 @@ def _exception_message(result: Any) -> str | None:
     return None
 
 
-def _record(check: _Check, result: Any) -> dict[str, Any]:
+def check_record(check: Check, result: Any) -> dict[str, Any]:
     config = result.expectation_config
     kwargs = {k: v for k, v in dict(config.kwargs).items() if k != "batch_id"}
     raw = dict(result.result or {})
@@ -649,10 +649,10 @@ def _record(check: _Check, result: Any) -> dict[str, Any]:
             for item in raw["partial_unexpected_counts"][:MAX_EXAMPLES]
         ]
     elif "partial_unexpected_list" in raw and check.key.endswith(".unique"):
-        seen = list(dict.fromkeys(_jsonable(v) for v in raw["partial_unexpected_list"]))
+        seen = list(dict.fromkeys(jsonable(v) for v in raw["partial_unexpected_list"]))
         observed["unexpected_examples"] = [{"value": v} for v in seen[:MAX_EXAMPLES]]
     error = _exception_message(result)
-    return _jsonable(
+    return jsonable(
         {
             "blocking": check.blocking,
             "check": check.key,
@@ -682,7 +682,7 @@ def _failure_text(record: Mapping[str, Any]) -> str:
     return record["description"]
 
 
-def _replace_dir(new: Path, target: Path) -> None:
+def replace_dir(new: Path, target: Path) -> None:
     old = target.with_name(f".{target.name}.old")
     if old.exists():
         shutil.rmtree(old)
@@ -725,17 +725,17 @@ def validate_data(
     reference = None if reference_profile is None else load_profile(reference_profile, spec)
     data_sha256 = sha256_file(data)
     suite_name = f"{spec.name}_data_quality"
-    checks = _build_checks(spec, frame, reference, now=now, max_age=max_age)
+    checks = build_checks(spec, frame, reference, now=now, max_age=max_age)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     docs_tmp = out_dir / f".{DATA_DOCS_DIR}.tmp"
     if docs_tmp.exists():
         shutil.rmtree(docs_tmp)
     try:
-        suite_result = _run_suite(suite_name, frame, checks, docs_tmp)
+        suite_result = run_suite(suite_name, frame, checks, docs_tmp)
         if not (docs_tmp / "index.html").is_file():
             raise DataValidationError(f"{out_dir}: GX did not build the Data Docs index.html")
-        _replace_dir(docs_tmp, out_dir / DATA_DOCS_DIR)
+        replace_dir(docs_tmp, out_dir / DATA_DOCS_DIR)
     finally:
         if docs_tmp.exists():
             shutil.rmtree(docs_tmp)
@@ -747,7 +747,7 @@ def validate_data(
     missing = [check.key for check in checks if check.key not in by_key]
     if missing:  # GX returns one result per expectation; anything else is a bug
         raise RuntimeError(f"GX returned no result for check(s) {', '.join(missing)}")
-    records = [_record(check, by_key[check.key]) for check in checks]
+    records = [check_record(check, by_key[check.key]) for check in checks]
     profile = build_profile(spec, frame, data_sha256)
     return write_outcome(
         spec, data, out_dir, data_sha256, suite_name, records, profile, reference_profile

@@ -72,7 +72,7 @@ class ExplainResult:
         return to_jsonable(dataclasses.asdict(self))
 
 
-def _load_booster(path: Path) -> Any:
+def load_booster(path: Path) -> Any:
     """The booster through ``pipelines.training.load_model`` (plain LightGBM without it)."""
     if not path.exists():
         raise DataValidationError(f"explain: model file {path} does not exist")
@@ -221,7 +221,7 @@ def explain(
     seed = spec.training.seed
     id_col = spec.data.id_column
 
-    booster = _load_booster(train_dir / "model.txt")
+    booster = load_booster(train_dir / "model.txt")
     test_path = features_dir / "test.parquet"
     if not test_path.exists():
         raise DataValidationError(f"explain: {test_path} does not exist")
@@ -256,9 +256,11 @@ def explain_sample(
     out_dir: Path,
     flagged_contributions: Callable[[pd.DataFrame, Path], np.ndarray],
     champion_model: Path | None = None,
+    marker: dict[str, Any] | None = None,
 ) -> ExplainResult:
-    """The stage's outputs from its sample of test rows; ``flagged_contributions(flagged,
-    scores_path)`` gives the contributions of the flagged rows (in ``flagged`` order)."""
+    """The stage's outputs from its sample of test rows, once whatever the backend;
+    ``flagged_contributions(flagged, scores_path)`` gives the contributions of the flagged
+    rows (in ``flagged`` order), ``marker`` what a backend adds to ``result.json``."""
     seed = spec.training.seed
     features = [str(f) for f in booster.feature_name()]
     notes: list[str] = []
@@ -269,7 +271,7 @@ def explain_sample(
     rho: float | None = None
     overlap: float | None = None
     if champion_model is not None:
-        champion = _load_booster(Path(champion_model))
+        champion = load_booster(Path(champion_model))
         champ_features = [str(f) for f in champion.feature_name()]
         missing = [f for f in champ_features if f not in sample.columns]
         if missing:
@@ -315,7 +317,7 @@ def explain_sample(
         top10_overlap=overlap,
         warnings=tuple(notes),
     )
-    write_json(out_dir / "result.json", result.to_dict())
+    write_json(out_dir / "result.json", {**result.to_dict(), **(marker or {})})
     for note in notes:
         log.warning("%s: %s", spec.name, note)
     log.info(

@@ -1,6 +1,6 @@
 """Declarative promotion gates: metric, relative, fairness and proxy checks from the spec.
 
-``check_gates(spec, eval_dir, fairness_dir, explain_dir, out_dir)`` evaluates
+``evaluate_gates(spec, eval_dir, fairness_dir, explain_dir, out_dir)`` evaluates
 
 * every ``spec.gates.metrics`` entry on ``metrics.json``: absolute (the candidate's
   value against ``min``/``max``), ``relative_to: baseline`` or ``relative_to: champion``
@@ -25,26 +25,24 @@ metric or input file is missing, or the value is null) fails, with a message nam
 is missing: gates fail closed. ``explain_dir``'s ``shap_importance.json`` is not gated;
 its stability figures are copied into ``result.json`` for the reviewers.
 
-``gates.json`` and ``result.json`` are written first; then, if any check failed,
-:class:`~pipelines.errors.GateFailedError` lists every failed check's message.
+It returns a :class:`GateReport` and writes nothing: the gates stage
+(:func:`pipelines.stages.gates.check_gates`) writes ``gates.json`` and ``result.json``
+first; then, if any check failed, :class:`~pipelines.errors.GateFailedError` lists every
+failed check's message.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.artifacts import to_jsonable, write_json
-from pipelines.errors import GateFailedError
+from pipelines.artifacts import to_jsonable
 from pipelines.spec import FairnessGate, Metric, MetricGate, ModelSpec
-
-log = logging.getLogger(__name__)
 
 AT_METRICS = (Metric.RECALL_AT_FPR, Metric.PRECISION_AT_RECALL)
 PROXY_METRIC = "proxy_auc"
@@ -346,19 +344,18 @@ def _proxy_checks(fairness: dict[str, Any] | None) -> list[GateCheck]:
     return checks
 
 
-# ----------------------------------------------------------------------------- the stage
+# ----------------------------------------------------------------------------- the checks
 
 
-def check_gates(
+def evaluate_gates(
     spec: ModelSpec,
     eval_dir: str | os.PathLike[str],
     fairness_dir: str | os.PathLike[str],
     explain_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
 ) -> GateReport:
-    """Evaluate every gate; write ``gates.json`` and ``result.json``; raise if any failed."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Every gate's check on the earlier stages' files, as a report (``out_dir``: where the
+    gates stage, :mod:`pipelines.stages.gates`, writes it); writes nothing, raises nothing."""
     metrics, metrics_why = _read_json(Path(eval_dir) / "metrics.json")
     fairness, fairness_why = _read_json(Path(fairness_dir) / "fairness.json")
     shap_info, shap_why = _read_json(Path(explain_dir) / "shap_importance.json")
@@ -378,19 +375,11 @@ def check_gates(
             "stability": shap_info.get("stability"),
             "top_features": list(shap_info.get("ranking") or [])[:10],
         }
-    report = GateReport(
-        out_dir=str(out),
+    return GateReport(
+        out_dir=str(Path(out_dir)),
         passed=not any(c.status == "fail" for c in checks),
         high_risk=any(c.status == "warn" for c in checks),
         checks=tuple(checks),
         explain=explain,
         notes=tuple(notes),
     )
-    write_json(out / "gates.json", report.gates_json())
-    write_json(out / "result.json", report.to_dict())
-    for check in checks:
-        level = {"fail": logging.ERROR, "warn": logging.WARNING}.get(check.status, logging.INFO)
-        log.log(level, "%s: gate %s: %s", spec.name, check.status, check.message)
-    if not report.passed:
-        raise GateFailedError(report.failures)
-    return report

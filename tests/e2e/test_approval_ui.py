@@ -22,37 +22,18 @@ from __future__ import annotations
 
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from ops.approval_form import REASON_FIELD
-from pipelines.config import load_settings
-from tests.support import AirflowAPI, single_spec_dir, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 GOVML = str(ROOT / ".venv" / "bin" / "govml")
 DAG = "german_credit_lifecycle"
 REASON = f"#element_{REASON_FIELD}"
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    base = tmp_path_factory.mktemp("approval")
-    specs = single_spec_dir(ROOT, base / "specs", "german_credit")
-    env = stack_env(base / "var", GOVML_SPECS_DIR=str(specs))
-    try:
-        up = subprocess.run(
-            [GOVML, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
-        settings = load_settings(env)
-        yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings))
-    finally:
-        subprocess.run([GOVML, "stack", "down"], cwd=ROOT, env=env, timeout=300, check=False)
 
 
 def _login(browser, stack: SimpleNamespace, user: str):  # noqa: ANN001, ANN202

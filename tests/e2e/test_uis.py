@@ -5,37 +5,18 @@ loopback, real Chromium."""
 from __future__ import annotations
 
 import json
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pipelines.config import Settings, load_settings
-from tests.support import stack_env
-
 ROOT = Path(__file__).resolve().parents[2]
-GOVML = str(ROOT / ".venv" / "bin" / "govml")
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Settings, str]]:
-    env = stack_env(tmp_path_factory.mktemp("e2e") / "var")
-    try:
-        up = subprocess.run(
-            [GOVML, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
-        yield load_settings(env), up.stdout
-    finally:
-        subprocess.run([GOVML, "stack", "down"], cwd=ROOT, env=env, timeout=300, check=False)
 
 
 def test_airflow_login_with_the_password_from_the_named_file(
     browser, stack, tmp_path: Path
 ) -> None:  # noqa: ANN001
-    settings, up_output = stack
+    settings, up_output = stack.settings, stack.up.stdout
     path = settings.airflow_home / "passwords.json"
     assert f"passwords in {path} (mode 0600, this account only);" in up_output
     passwords = json.loads(path.read_text())
@@ -58,7 +39,7 @@ def test_airflow_login_with_the_password_from_the_named_file(
 
 
 def test_mlflow_ui_opens_for_a_reviewer_and_no_one_anonymous(browser, stack) -> None:  # noqa: ANN001
-    settings, _ = stack
+    settings = stack.settings
     anonymous = browser.new_page()
     answer = anonymous.request.get(f"{settings.mlflow_url}/api/2.0/mlflow/experiments/search")
     assert answer.status == 401, "the locked registry refuses anonymous readers"

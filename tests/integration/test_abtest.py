@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,9 +30,18 @@ from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
 from pipelines.spec import load_spec
 from serving.auth import generate_token, provision, write_records
-from tests.integration.test_gateway import _start, _stop, _wait
-from tests.support import free_port, stack_env
-from tests.unit.test_features import spec_of, with_training, write_ingest
+from tests.support import (
+    free_port,
+    logged_rows,
+    spec_of,
+    stack_env,
+    start_serving,
+    stop_serving,
+    wait_http_ok,
+    wait_until,
+    with_training,
+    write_ingest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "german_credit"
@@ -61,7 +69,7 @@ def _server(world: SimpleNamespace, version: str, model_dir: Path) -> Any:
     port = free_port()
     folder = world.settings.serving_dir / f"german-credit-v{version}"
     tokens = provision(folder)  # the deployment's own tokens, as the local deployer makes
-    proc = _start(
+    proc = start_serving(
         ["-m", "serving", "--enable_grpc", "false", "--model_name", MODEL,
          "--model_uri", str(model_dir), "--spec", str(world.spec_path),
          "--model_version", version, "--http_port", str(port),
@@ -147,7 +155,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         }
         world.procs += [s[0] for s in servers.values()]
         for version, (proc, url, _) in servers.items():
-            _wait(f"{url}/v2/models/{MODEL}/ready", proc, root / f"server-v{version}.log")
+            wait_http_ok(f"{url}/v2/models/{MODEL}/ready", proc, root / f"server-v{version}.log")
             if version != "1":
                 _deployed(settings, spec, version, url)
         world.urls = {v: s[1] for v, s in servers.items()}
@@ -157,7 +165,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
                                                                "version": "1"}}}})  # fmt: skip
         port = free_port()
         write_records(routes.parent / "tokens.json", [CLIENT_RECORD])  # the bank's client
-        gateway = _start(
+        gateway = start_serving(
             ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port),
              "--tokens", str(routes.parent / "tokens.json")],
             root / "gateway.log",
@@ -165,11 +173,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         world.procs.append(gateway)
         world.base = f"http://127.0.0.1:{port}"
         world.routes = routes
-        _wait(f"{world.base}/healthz", gateway, root / "gateway.log")
+        wait_http_ok(f"{world.base}/healthz", gateway, root / "gateway.log")
         yield world
     finally:
         for proc in world.procs:
-            _stop(proc)
+            stop_serving(proc)
 
 
 def _predict(world: SimpleNamespace, index: int, entity: str | None) -> tuple[str, str, str]:
@@ -209,22 +217,33 @@ def _settle(world: SimpleNamespace, test_id: str, expected: int) -> None:
     from ops.abtest import abtest_logs
 
     path = abtest_logs(world.settings, test_id) / "assignments.jsonl"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if path.exists() and len(path.read_text().splitlines()) >= expected:
-            break
-        time.sleep(0.2)
-    time.sleep(0.5)  # the prediction logs' writer thread flushes its last batch
+
+    def assigned() -> list[str]:
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line)["request_id"] for line in lines] if len(lines) >= expected else []
+
+    ids = wait_until(assigned, 20, f"{expected} requests in the gateway's A/B log {path}")
+
+    def logged() -> bool:  # the prediction logs' writer threads flush in batches
+        seen = {
+            row["request_id"]
+            for folder in world.settings.serving_dir.glob("german-credit-v*/predictions")
+            if folder.exists()
+            for row in logged_rows(folder)
+        }
+        return all(f"{rid}:0" in seen for rid in ids)
+
+    wait_until(logged, 20, "every A/B request in the model servers' prediction logs")
 
 
 def _until_champion(world: SimpleNamespace) -> None:
     """Until the gateway has reloaded its routes: an entity's request goes to the champion."""
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if _predict(world, 0, "probe-after-the-test")[1] == "champion":
-            return
-        time.sleep(0.2)
-    raise AssertionError("the gateway kept the A/B route")
+    wait_until(
+        lambda: _predict(world, 0, "probe-after-the-test")[1] == "champion",
+        10,
+        "the gateway to leave the A/B route (a probe answered by the champion)",
+        interval=0.2,
+    )
 
 
 def _events(world: SimpleNamespace, kinds: list[str]) -> list[Any]:
@@ -234,12 +253,12 @@ def _events(world: SimpleNamespace, kinds: list[str]) -> list[Any]:
 
 
 def _wait_ab(world: SimpleNamespace) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if _predict(world, 0, "probe-entity")[1] in ("control", "treatment"):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the gateway did not enter A/B mode")
+    wait_until(
+        lambda: _predict(world, 0, "probe-entity")[1] in ("control", "treatment"),
+        10,
+        "the gateway to enter A/B mode (a probe answered by an arm)",
+        interval=0.2,
+    )
 
 
 def test_an_aa_test_is_attributed_request_by_request_and_stops_by_hand(world) -> None:  # noqa: ANN001
@@ -276,7 +295,7 @@ def test_an_aa_test_is_attributed_request_by_request_and_stops_by_hand(world) ->
 
 def test_a_harmful_challenger_is_stopped_by_the_guardrail_and_traffic_returns(world) -> None:  # noqa: ANN001
     from ops import abtest
-    from registry import audit
+    from registry import audit_verify
 
     state = abtest.start(world.settings, world.spec, "3", actor="ops-anna")
     assert state.design["looks"] == 14 and state.design["max_total"] > 7_000
@@ -306,7 +325,7 @@ def test_a_harmful_challenger_is_stopped_by_the_guardrail_and_traffic_returns(wo
     assert stopped.actor == abtest.ANALYST and stopped.payload["test_id"] == state.id
     assert "guardrail false_positive_rate" in stopped.payload["reasons"][0]
     assert stopped.seq > analysed.seq > started.seq
-    assert audit.verify_chain(world.settings.governance_url).ok
+    assert audit_verify.verify_chain(world.settings.governance_url).ok
     assert len(answers) == 800
     status = abtest.status(world.settings, world.spec)
     assert status["status"] == "stopped" and status["last_look"]["action"] == "stop"

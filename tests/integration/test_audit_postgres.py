@@ -12,7 +12,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from registry.audit import append_event, events, head, verify_chain
+from registry.audit import append_event, events, head
+from registry.audit_verify import verify_chain
 from registry.databases import normalise_url
 from registry.store import RoleChange, dispose_engines, engine_for
 from tests.unit.test_audit import (

@@ -6,7 +6,9 @@ verifies and the server keeps running until `make down`."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -15,16 +17,35 @@ import pytest
 
 from ops import endpoints, stack
 from pipelines.config import load_settings
-from serving.deployers.local import _alive
+from serving.control.deployers.local import _alive
 from tests.support import stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+def _run_demo(env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """``govml demo`` in a process group of its own: on a timeout the whole group (the demo
+    and the lifecycle run it started) is killed, so that nothing deploys a model server
+    after the test stopped them."""
+    args = [str(ROOT / ".venv" / "bin" / "govml"), "demo", "--rows", "40000"]
+    proc = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"govml demo still running after {timeout:.0f} s:\n{out[-6000:]}{err[-3000:]}")
+    return subprocess.CompletedProcess(args, proc.returncode, out, err)
+
+
 def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
     from registry.approvals import list_requests
-    from registry.audit import events, verify_chain
+    from registry.audit import events
+    from registry.audit_verify import verify_chain
     from registry.governance import deployments
 
     # a name in the environment proves nothing: the demo triggers as the stack's operator
@@ -32,14 +53,7 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
     settings = load_settings(env)
     transformer_pid = None
     try:
-        result = subprocess.run(
-            [str(ROOT / ".venv" / "bin" / "govml"), "demo", "--rows", "40000"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
+        result = _run_demo(env, timeout=900)
         out = result.stdout
         assert result.returncode == 0, out[-6000:] + result.stderr[-3000:]
         assert "demo approvals by reviewer and validator (in a bank these are two people)" in out
@@ -109,6 +123,7 @@ def test_demo_approves_deploys_scores_and_explains(tmp_path: Path) -> None:
         transformer_pid = served["transformer"]["supervisor_pid"]
     finally:
         stopped = endpoints.stop_models(settings)
+        stack.down(settings)  # `make down`, as the demo says: whatever else it left running
     assert stopped == ["fraud-v1"]
     assert not _alive(transformer_pid)  # the transformer stops with its model server
     assert not [r for r in stack.status(settings) if r.name.startswith("model ")]

@@ -22,7 +22,7 @@ from urllib.parse import unquote
 import pytest
 
 from ops import stack
-from ops.cli_evidence import add_export_parser
+from ops.cli.evidence import add_export_parser
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError, RegistryError
 from tests.support import stack_env
@@ -71,7 +71,7 @@ def _run_lifecycle(var_dir: Path) -> tuple[Settings, str]:
         [
             sys.executable,
             "-m",
-            "ops.run_dag",
+            "dags.govml_airflow.run_dag",
             str(ROOT / "specs" / f"{MODEL}.yaml"),
             "--run-after",
             run_after.isoformat(),
@@ -182,7 +182,8 @@ def _event_hash_ok(event: dict) -> bool:
 
 
 def test_export_writes_a_verifiable_self_contained_pack(released: Released, tmp_path: Path) -> None:
-    from registry.audit import events, verify_chain
+    from registry.audit import events
+    from registry.audit_verify import verify_chain
     from registry.evidence import export_evidence
     from registry.lineage import lineage_for_run
 

@@ -39,12 +39,10 @@ from pipelines.training import train
 from serving.auth import generate_token, load_records, provision, write_records
 from serving.prediction_log import complete_files, read_records
 from serving.transactions import TransactionSchema
-from tests.support import free_port
+from tests.support import SERVING_PY, free_port, spec_of, with_training, write_ingest
 from tests.unit.test_feature_store import REDIS_URL, redis_answers
-from tests.unit.test_features import spec_of, with_training, write_ingest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 GOVML = ROOT / ".venv" / "bin" / "govml"
 MODEL = "fraud"
 ROWS = 50_000

@@ -24,7 +24,7 @@ from ops.run_summary import read_summary
 from pipelines.config import Settings, load_settings
 from pipelines.runs import safe_run_id
 from pipelines.spec import load_spec
-from tests.support import stack_env
+from tests.support import stack_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ class Lifecycle:
             [
                 sys.executable,
                 "-m",
-                "ops.run_dag",
+                "dags.govml_airflow.run_dag",
                 str(spec_path or ROOT / "specs" / f"{spec}.yaml"),
                 "--conf",
                 json.dumps(conf),
@@ -290,7 +290,6 @@ def test_mlflow_ui_shows_model_card_and_gate_tags(
     tmp_path: Path,  # noqa: ANN001
 ) -> None:
     """A reviewer opens the registered version in the MLflow UI (real server, real browser)."""
-    import time
     import urllib.request
 
     from tests.support import free_port
@@ -316,13 +315,14 @@ def test_mlflow_ui_shows_model_card_and_gate_tags(
         start_new_session=True,
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            except OSError:
-                time.sleep(1)
+        wait_until(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
+            ),
+            120,
+            f"the MLflow UI to answer on port {port}",
+            interval=1,
+        )
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/#/models/credit/versions/{version}")
         page.get_by_text("Model card: credit").first.wait_for(timeout=60_000)

@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import stat
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,11 +24,11 @@ import pytest
 
 from pipelines.errors import DeploymentError
 from serving.auth import read_token
-from serving.deployers import Release
-from serving.deployers.local import LocalDeployer, _alive
+from serving.control.deployers import Release
+from serving.control.deployers.local import LocalDeployer, _alive
+from tests.support import SERVING_PY, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 pytestmark = pytest.mark.slow
 
 
@@ -80,18 +79,17 @@ def test_deploy_serves_restarts_after_a_crash_and_stops_cleanly(model, tmp_path:
         status = deployer.status(release.name)
         first_pid = status["server_pid"]
         os.kill(first_pid, signal.SIGKILL)  # the server dies
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
+
+        def restarted() -> bool:
             status = deployer.status(release.name)
-            if status["restarts"] >= 1 and status["server_pid"] not in (None, first_pid):
-                try:
-                    if _predict(endpoint.url, rows, token) == expected.tolist():
-                        break
-                except OSError:
-                    pass
-            time.sleep(0.5)
-        else:
-            pytest.fail(f"server not restarted: {status}")
+            return (
+                status["restarts"] >= 1
+                and status["server_pid"] not in (None, first_pid)
+                and _predict(endpoint.url, rows, token) == expected.tolist()
+            )
+
+        wait_until(restarted, 90, "the supervisor to restart the killed server", interval=0.5)
+        status = deployer.status(release.name)
         assert status["running"] and status["restarts"] == 1
     finally:
         assert deployer.stop(release.name)

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -20,10 +19,9 @@ import pandas as pd
 import pytest
 
 from serving.auth import generate_token, write_records
-from tests.support import free_port
+from tests.support import SERVING_PY, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 pytestmark = pytest.mark.slow
 # the server answers bearer-token holders only: one client with scope predict
 TOKEN, _RECORD = generate_token("core-banking", ["predict"])
@@ -113,17 +111,13 @@ def server(
     proc = _start(folder, port, "--expected_sha256", digest, env=env)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            try:
-                with urllib.request.urlopen(f"{base}/v1/models/fraud", timeout=1) as resp:
-                    if json.loads(resp.read()).get("ready"):
-                        break
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.3)
-        else:
-            pytest.fail("model server not ready in 60 s")
+            with urllib.request.urlopen(f"{base}/v1/models/fraud", timeout=1) as resp:
+                return bool(json.loads(resp.read()).get("ready"))
+
+        wait_until(ready, 60, "the model server to be ready", interval=0.3)
         yield base
     finally:
         proc.terminate()
@@ -140,14 +134,14 @@ def test_v1_scores_match_the_booster_exactly(server: str, trained) -> None:  # n
 
 def test_batches_run_on_the_compiled_model_bit_for_bit(server: str, trained) -> None:  # noqa: ANN001
     _, rows, expected = trained
-    deadline = time.monotonic() + 60  # loaded from the warmed cache in well under a second
     ready = 'govml_compiled_scorer_ready{model="fraud"} 1.0'
-    while True:
+
+    def compiled() -> bool:
         with urllib.request.urlopen(f"{server}/metrics", timeout=5) as resp:
-            if ready in resp.read().decode():
-                break
-        assert time.monotonic() < deadline, "the compiled model never became ready"
-        time.sleep(0.2)
+            return ready in resp.read().decode()
+
+    # loaded from the warmed cache in well under a second
+    wait_until(compiled, 60, "the compiled model to be ready (/metrics)", interval=0.2)
     instances = [{**r, "channel": str(r["channel"])} for r in rows.to_dict(orient="records")]
     code, body = _post(f"{server}/v1/models/fraud:predict", {"instances": instances})
     assert code == 200, body

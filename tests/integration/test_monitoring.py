@@ -133,7 +133,8 @@ def test_monitoring_dag_finds_the_segment_drift_and_publishes_a_retrain_event(
 def test_the_report_alerts_and_mlflow_run_name_the_drift(
     world: dict[str, Any], monitored: dict[str, Any]
 ) -> None:
-    from registry.audit import events, verify_chain
+    from registry.audit import events
+    from registry.audit_verify import verify_chain
 
     life = world["life"]
     reports = sorted((life.settings.var_dir / "monitoring" / "fraud").glob("*/report.json"))

@@ -33,11 +33,18 @@ from pipelines.config import load_settings
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
 from pipelines.spec import Rollout
-from tests.support import free_port, stack_env
-from tests.unit.test_features import spec_of, with_training, write_ingest
+from tests.support import (
+    SERVING_PY,
+    free_port,
+    register_booster,
+    spec_of,
+    stack_env,
+    wait_until,
+    with_training,
+    write_ingest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
 MODEL = "german_credit"
 POLICY = Rollout(
@@ -89,27 +96,12 @@ class Client(threading.Thread):
             except OSError:
                 self.codes.append(0)
             next_at += self.period
+            # the pace of a constant-rate client (the behaviour under test), not a wait
             time.sleep(max(0.0, next_at - time.monotonic()))
 
 
 def _register(settings, booster, run: str) -> str:  # noqa: ANN001
-    import mlflow
-    import mlflow.lightgbm
-
-    from registry.mlflow_registry import artifact_location_for
-
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri, uri)
-    if client.get_experiment_by_name("rollout") is None:
-        client.create_experiment(
-            "rollout", artifact_location=artifact_location_for(uri, settings.mlflow_artifacts)
-        )
-    mlflow.set_experiment("rollout")
-    with mlflow.start_run(run_name=run):
-        info = mlflow.lightgbm.log_model(booster, name="model")
-    return str(mlflow.register_model(info.model_uri, MODEL).version)
+    return register_booster(settings, booster, MODEL, "rollout", run_name=run)
 
 
 def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
@@ -117,7 +109,7 @@ def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
     from ops.deploy import deployer_for
     from registry import approvals, governance
     from registry.mlflow_registry import artifact_sha256_of, serving_uri
-    from serving.deployers import Release
+    from serving.control.deployers import Release
 
     url = settings.governance_url
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
@@ -145,10 +137,11 @@ def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    from ops import rollout, stack
+    from ops import stack
     from pipelines.training import load_model, train
     from registry import approvals
     from registry.mlflow_registry import set_alias
+    from serving.control import routes as control_routes
 
     root = tmp_path_factory.mktemp("rollout")
     var = root / "var"
@@ -200,31 +193,28 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         champion = _register(settings, boosters["good"], "run-1")
         _release(settings, spec, champion, "run-1")
         set_alias(settings.mlflow_tracking_uri, MODEL, "champion", champion)
-        routes = rollout.gateway_dir(settings) / "routes.json"
+        routes = control_routes.gateway_dir(settings) / "routes.json"
         routes.parent.mkdir(parents=True, exist_ok=True)
         from serving.gateway import write_routes
 
-        write_routes(
-            routes,
-            {"models": {MODEL: {"champion": rollout.endpoint_of(settings, MODEL, champion)}}},
-        )
+        first = control_routes.endpoint_of(settings, MODEL, champion)
+        write_routes(routes, {"models": {MODEL: {"champion": first}}})
         log = root / "gateway.log"
         with log.open("w") as out:
             gateway = subprocess.Popen(
                 [str(SERVING_PY), "-m", "serving.gateway", "--routes", str(routes),
                  "--tokens", str(root / "gateway-tokens.json"),
                  "--port", str(gateway_port), "--upstream_timeout_s", "0.5",
-                 "--shadow_log", str(rollout.gateway_dir(settings) / "shadow.jsonl")],
+                 "--shadow_log", str(control_routes.gateway_dir(settings) / "shadow.jsonl")],
                 cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         base = f"http://127.0.0.1:{gateway_port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                urllib.request.urlopen(f"{base}/healthz", timeout=2)
-                break
-            except OSError:
-                time.sleep(0.2)
+        wait_until(
+            lambda: urllib.request.urlopen(f"{base}/healthz", timeout=2).status == 200,
+            60,
+            f"the gateway to answer {base}/healthz (log {log})",
+            interval=0.2,
+        )
         yield SimpleNamespace(
             settings=settings, spec=spec, boosters=boosters, rows=rows, base=base,
             champion=champion, root=root, gateway_log=log, env=env, spec_path=spec_path,
@@ -245,15 +235,15 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
 
 def _approve_when_asked(world: SimpleNamespace, limit_s: float = 240) -> None:
     """The model-risk reviewer's go for 100 %, as soon as the rollout asks for it."""
-    from ops.rollout import act, controller
+    from ops.rollout import act
+    from serving.control.routes import controller
 
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
+    def asked() -> bool:
         state = controller(world.settings, world.spec).load()
-        if state is not None and state.phase == "approval":
-            act(world.settings, world.spec, "approve", actor="alice")
-            return
-        time.sleep(0.2)
+        return state is not None and state.phase == "approval"
+
+    wait_until(asked, limit_s, "the rollout to ask for approval of 100 %", interval=0.2)
+    act(world.settings, world.spec, "approve", actor="alice")
 
 
 def _champion(world: SimpleNamespace) -> str:
@@ -269,6 +259,8 @@ def _drive(world: SimpleNamespace, until: set[str], limit_s: float = 60) -> list
     kinds = []
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
+        # the controller's tick: its windows need traffic between evaluations (a deadline
+        # bounds the loop; each evaluation is the behaviour under test)
         time.sleep(0.5)
         event = evaluate(world.settings, world.spec)
         kinds.append(event.kind)
@@ -301,7 +293,8 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
 
         password = airflow_passwords(world.settings)["operator"]  # the trigger is proven
         result = subprocess.run(
-            [sys.executable, "-m", "ops.run_dag", str(world.spec_path), "--dag", "rollout",
+            [sys.executable, "-m", "dags.govml_airflow.run_dag", str(world.spec_path),
+             "--dag", "rollout",
              "--conf", json.dumps({"version": v2}), "--run-after", "2026-11-28T12:00:00+00:00",
              "--as", "operator"],
             env={**world.env, "GOVML_PASSWORD": password}, cwd=ROOT,
@@ -338,8 +331,13 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
             kinds = _drive(world, {"rollout_step", "rollout_rolled_back"})
             if fault != "skewed":  # the skewed model trips already in shadow
                 assert kinds[-1] == "rollout_step", kinds
-                time.sleep(1.5)  # some traffic on the 5 % step
-                from ops.rollout import endpoint_of
+                seen = len(client.routes)
+                wait_until(
+                    lambda: "challenger" in client.routes[seen:],  # noqa: B023 (called now)
+                    30,
+                    "client traffic answered by the challenger on the 5 % step",
+                )
+                from serving.control.routes import endpoint_of
 
                 server = world.settings.serving_dir / f"{MODEL.replace('_', '-')}-v{version}"
                 state = json.loads((server / "supervisor.json").read_text())
@@ -357,14 +355,15 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
                         f"{url}/v2/repository/models/{MODEL}/unload", data=b"", method="POST",
                         headers={"Authorization": f"Bearer {admin}"},
                     )  # fmt: skip
-                    deadline = time.monotonic() + 5  # the server re-reads its tokens
-                    while True:
+
+                    def unloaded() -> bool:
                         try:
-                            assert urllib.request.urlopen(req, timeout=10).status == 200
-                            break
+                            return urllib.request.urlopen(req, timeout=10).status == 200  # noqa: B023
                         except urllib.error.HTTPError as err:
-                            assert err.code == 401 and time.monotonic() < deadline
-                            time.sleep(0.2)
+                            assert err.code == 401, err.code  # until it re-reads its tokens
+                            return False
+
+                    wait_until(unloaded, 5, "the server to take the new admin token and unload")
                 assert endpoint_of(world.settings, MODEL, version)
                 injected = time.monotonic()
                 kinds += _drive(world, {"rollout_rolled_back"}, limit_s=15)
@@ -375,7 +374,10 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
             assert _champion(world) == champion
             if fault == "frozen":
                 os.kill(state["server_pid"], signal.SIGCONT)
-        time.sleep(1.0)
+        sent = len(client.codes)
+        wait_until(
+            lambda: len(client.codes) >= sent + 40, 30, "40 client requests after the last fault"
+        )
     finally:
         client.stop_event.set()
         client.join(30)
@@ -385,6 +387,6 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
     for fault, kinds in faults.items():
         rolled = [k for k in kinds if k[0] == "rolled_back"]
         assert rolled, (fault, kinds)
-    from registry.audit import verify_chain
+    from registry.audit_verify import verify_chain
 
     assert verify_chain(world.settings.governance_url).ok

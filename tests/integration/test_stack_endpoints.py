@@ -24,8 +24,8 @@ from mlflow import MlflowClient
 from ops import endpoints, stack
 from pipelines.config import Settings, load_settings
 from pipelines.spec import load_spec
-from serving.deployers.local import _alive
-from tests.support import free_port, stack_env
+from serving.control.deployers.local import _alive
+from tests.support import free_port, register_booster, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -51,24 +51,8 @@ def _booster(seed: int) -> tuple[lgb.Booster, pd.DataFrame]:
 
 
 def _register(settings: Settings, name: str, seed: int) -> tuple[str, lgb.Booster]:
-    import mlflow
-    import mlflow.lightgbm
-
-    from registry.mlflow_registry import artifact_location_for
-
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri, uri)
-    if client.get_experiment_by_name("endpoints") is None:
-        client.create_experiment(
-            "endpoints", artifact_location=artifact_location_for(uri, settings.mlflow_artifacts)
-        )
-    mlflow.set_experiment("endpoints")
     booster, _ = _booster(seed)
-    with mlflow.start_run():
-        info = mlflow.lightgbm.log_model(booster, name="model")
-    return str(mlflow.register_model(info.model_uri, name).version), booster
+    return register_booster(settings, booster, name, "endpoints"), booster
 
 
 def _approve_and_release(

@@ -28,8 +28,7 @@ from urllib.parse import quote
 import pytest
 
 from ops.approval_form import REASON_FIELD
-from pipelines.config import load_settings
-from tests.support import AirflowAPI, single_spec_dir, stack_env
+from tests.support import AirflowAPI, running_stack, single_spec_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 GOVML = str(ROOT / ".venv" / "bin" / "govml")
@@ -43,16 +42,8 @@ pytestmark = pytest.mark.slow
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     base = tmp_path_factory.mktemp("privileges")
     specs = single_spec_dir(ROOT, base / "specs", "german_credit")
-    env = stack_env(base / "var", GOVML_SPECS_DIR=str(specs))
-    try:
-        up = subprocess.run(
-            [GOVML, "stack", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
-        settings = load_settings(env)
-        yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings), up=up)
-    finally:
-        subprocess.run([GOVML, "stack", "down"], cwd=ROOT, env=env, timeout=300, check=False)
+    with running_stack(base / "var", GOVML_SPECS_DIR=str(specs)) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -33,15 +33,21 @@ from pipelines.features import build_features, read_split
 from pipelines.features_online import OnlineFeatures
 from pipelines.training import load_model, train
 from serving.auth import generate_token, read_token, write_records
-from serving.deployers import Release
-from serving.deployers.local import LocalDeployer
+from serving.control.deployers import Release
+from serving.control.deployers.local import LocalDeployer
 from serving.transactions import TransactionSchema
-from tests.support import free_port, http_call, stack_env
-from tests.unit.test_features import spec_of, with_training, write_ingest
+from tests.support import (
+    SERVING_PY,
+    free_port,
+    http_call,
+    spec_of,
+    stack_env,
+    with_training,
+    write_ingest,
+)
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 GOVML = ROOT / ".venv" / "bin" / "govml"
 SPEC = ROOT / "specs" / "fraud.yaml"
 MODEL = "fraud"
@@ -187,12 +193,26 @@ def test_scoring_without_or_with_a_wrong_token_is_refused(deployment: SimpleName
 @pytest.mark.parametrize(
     ("command", "message"),
     [
-        (["-m", "serving", "--model_name", MODEL, "--model_uri", "/nowhere", "--http_port"],
-         NO_TOKENS),
-        (["-m", "serving.transformer", "--model_name", MODEL, "--spec", str(SPEC),
-          "--http_port"], NO_TOKENS),
-        (["-m", "serving.gateway", "--routes", "/nowhere/routes.json", "--port"],
-         NO_GATEWAY_TOKENS),
+        (
+            ["-m", "serving", "--model_name", MODEL, "--model_uri", "/nowhere", "--http_port"],
+            NO_TOKENS,
+        ),
+        (
+            [
+                "-m",
+                "serving.transformer",
+                "--model_name",
+                MODEL,
+                "--spec",
+                str(SPEC),
+                "--http_port",
+            ],
+            NO_TOKENS,
+        ),
+        (
+            ["-m", "serving.gateway", "--routes", "/nowhere/routes.json", "--port"],
+            NO_GATEWAY_TOKENS,
+        ),
     ],
     ids=["model-server", "transformer", "gateway"],
 )

@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines.config import load_settings
-from tests.support import free_port, stack_env
+from tests.support import free_port, register_booster, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
@@ -29,24 +29,7 @@ pytestmark = pytest.mark.slow
 
 
 def _register(settings, booster) -> str:  # noqa: ANN001
-    import mlflow
-    import mlflow.lightgbm
-
-    from registry.mlflow_registry import artifact_location_for
-
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri, uri)
-    if client.get_experiment_by_name("dead-endpoints") is None:
-        client.create_experiment(
-            "dead-endpoints",
-            artifact_location=artifact_location_for(uri, settings.mlflow_artifacts),
-        )
-    mlflow.set_experiment("dead-endpoints")
-    with mlflow.start_run():
-        info = mlflow.lightgbm.log_model(booster, name="model")
-    return str(mlflow.register_model(info.model_uri, MODEL).version)
+    return register_booster(settings, booster, MODEL, "dead-endpoints")
 
 
 def _approve(settings, spec, version: str):  # noqa: ANN001, ANN202
@@ -84,7 +67,7 @@ def _redeploy(settings, state, version: str, sha: str) -> str:  # noqa: ANN001
     from ops.deploy import deployer_for
     from registry.mlflow_registry import serving_uri
     from registry.reconcile import record_endpoint
-    from serving.deployers import Release
+    from serving.control.deployers import Release
 
     uri = serving_uri(settings.mlflow_tracking_uri, MODEL, version)
     release = Release(MODEL, version, uri, sha, state.id, str(SPEC_PATH))
@@ -111,7 +94,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     from pipelines.spec import load_spec
     from pipelines.training import load_model, train
     from registry import approvals
-    from tests.unit.test_features import spec_of, with_training, write_ingest
+    from tests.support import spec_of, with_training, write_ingest
 
     root = tmp_path_factory.mktemp("dead-endpoints")
     var = root / "var"
@@ -144,16 +127,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
 
 
 def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> None:
-    from ops.rollout import (
-        act,
-        controller,
-        endpoint_of,
-        gateway_dir,
-        promote_first,
-        record,
-        start,
-    )
-    from serving.rollout_controller import EndpointDown
+    from ops.rollout import act, promote_first, record, start
+    from serving.control.rollout_controller import EndpointDown
+    from serving.control.routes import controller, endpoint_of, gateway_dir
 
     settings, spec = world.settings, world.spec
     (v1, (state1, sha1)), (v2, (state2, sha2)) = sorted(world.versions.items())
@@ -194,7 +170,7 @@ def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> 
     record(settings, ctl.start(champion, endpoint_of(settings, MODEL, v2), "ops-anna"))
     act(settings, spec, "pause", "ops-carl", "holiday freeze")
     from ops.deploy import deployer_for
-    from serving.deployers import deployment_name
+    from serving.auth import deployment_name
 
     deployer_for(settings).stop(deployment_name(MODEL, v2))
     shadowed = routes.read_bytes()
@@ -210,7 +186,7 @@ def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> 
     ]
     assert [e.actor for e in refusals] == ["ops-anna", "ops-anna", "ops-carl"]
     assert refusals[1].payload["reason"] == str(refused.value)
-    from registry.audit import verify_chain
+    from registry.audit_verify import verify_chain
 
     assert verify_chain(settings.governance_url).ok
 
@@ -219,10 +195,11 @@ def test_the_cli_refuses_a_dead_challenger_in_one_line(world: SimpleNamespace) -
     """`govml rollout start` as an authenticated operator: one line, exit 2."""
     import subprocess
 
-    from ops.rollout import act, controller, gateway_dir
+    from ops.rollout import act
     from ops.stack import airflow_passwords
     from registry.audit import events
     from registry.reconcile import record_endpoint
+    from serving.control.routes import controller, gateway_dir
 
     settings = world.settings
     v2 = max(world.versions, key=int)

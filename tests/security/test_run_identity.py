@@ -117,11 +117,11 @@ def test_the_environment_names_nobody_the_run_records_its_authenticated_user(
 def test_a_dag_test_run_without_its_own_trigger_event_cannot_be_approved(
     down: SimpleNamespace,
 ) -> None:
-    """``ops.run_dag`` straight, with the environment naming the reviewer, and a valid
+    """``ops.local_run`` straight, with the environment naming the reviewer, and a valid
     ``run_triggered`` event for the same run id recorded by another process (a replay):
     the run's trigger is unauthenticated."""
     from ops.identity import authenticate_user
-    from ops.run_dag import lifecycle_run_id, record_run_trigger
+    from ops.local_run import lifecycle_run_id, record_run_trigger
     from pipelines.errors import ApprovalError
 
     settings = down.settings
@@ -132,7 +132,7 @@ def test_a_dag_test_run_without_its_own_trigger_event_cannot_be_approved(
     env = {**down.env, **stack.airflow_env(settings), **IMPOSTOR}
     env["MLFLOW_TRACKING_URI"] = normalise_url(settings.mlflow_backend_url)  # no server
     result = subprocess.run(
-        [sys.executable, "-m", "ops.run_dag", str(down.specs / f"{MODEL}.yaml"),
+        [sys.executable, "-m", "dags.govml_airflow.run_dag", str(down.specs / f"{MODEL}.yaml"),
          "--run-after", run_after.isoformat()],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
@@ -159,8 +159,9 @@ def test_a_rollout_run_without_an_authenticated_trigger_does_not_start(
     env = {**down.env, **stack.airflow_env(settings), **IMPOSTOR}
     env["MLFLOW_TRACKING_URI"] = normalise_url(settings.mlflow_backend_url)
     result = subprocess.run(
-        [sys.executable, "-m", "ops.run_dag", str(down.specs / f"{MODEL}.yaml"), "--dag",
-         "rollout", "--conf", '{"version": "1"}', "--run-after", "2026-11-03T10:00:00+00:00"],
+        [sys.executable, "-m", "dags.govml_airflow.run_dag", str(down.specs / f"{MODEL}.yaml"),
+         "--dag", "rollout", "--conf", '{"version": "1"}',
+         "--run-after", "2026-11-03T10:00:00+00:00"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     output = result.stdout + result.stderr

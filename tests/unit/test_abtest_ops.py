@@ -19,6 +19,7 @@ import yaml
 
 from pipelines.config import load_settings
 from pipelines.spec import parse_spec
+from serving.control import routes
 from tests.support import stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -274,5 +275,5 @@ def test_a_look_before_any_data_continues_and_a_new_test_keeps_the_old_state(
     abtest.stop(world.settings, spec, "ops-anna", "wrong version")
     second = abtest.start(world.settings, spec, "3", "ops-anna")
     assert second.id != first.id and second.salt != first.salt
-    kept = abtest.state_path(world.settings, "credit").with_name(f"{first.id}.json")
+    kept = routes.abtest_state_path(world.settings, "credit").with_name(f"{first.id}.json")
     assert json.loads(kept.read_text())["status"] == "stopped"

@@ -13,7 +13,7 @@ from airflow.api_fastapi.auth.managers.models.resource_details import (
 )
 from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
 
-from ops.airflow_auth import GovmlAuthManager
+from dags.govml_airflow.auth import GovmlAuthManager
 
 DAG = DagDetails(id="german_credit_lifecycle")
 
@@ -119,6 +119,6 @@ def test_the_stack_configures_this_auth_manager(tmp_path) -> None:  # noqa: ANN0
     from pipelines.config import load_settings
 
     env = airflow_env(load_settings({"GOVML_VAR_DIR": str(tmp_path)}))
-    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == "ops.airflow_auth.GovmlAuthManager"
+    assert env["AIRFLOW__CORE__AUTH_MANAGER"] == "dags.govml_airflow.auth.GovmlAuthManager"
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] == "False"
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"].split(",")[1] == "reviewer:approver"

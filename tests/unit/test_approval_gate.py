@@ -24,8 +24,8 @@ from airflow.sdk import DAG, Param
 from airflow.sdk.definitions.param import process_params
 from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput
 
+from dags.govml_airflow.approval_gate import GovernedApprovalOperator
 from ops.approval_form import REASON_FIELD, answer_body, form_params
-from ops.approval_gate import GovernedApprovalOperator
 from ops.approval_notes import decorate
 from pipelines.artifacts import sha256_file
 from pipelines.spec import load_spec

@@ -15,7 +15,7 @@ import pytest
 
 from pipelines.errors import ApprovalError
 from pipelines.spec import load_spec
-from registry import approvals, audit
+from registry import approvals, audit, audit_verify
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = load_spec(ROOT / "specs" / "german_credit.yaml")
@@ -81,7 +81,7 @@ def test_valid_approval_is_recorded_bound_and_used_once(url: str) -> None:
     used = approvals.get_request(url, SPEC.name, "7")
     assert used.consumed_at == (T0 + dt.timedelta(hours=2)).isoformat()
     assert _kinds(url) == ["approval_requested", "approval_granted", "deployed"]
-    assert audit.verify_chain(url).ok
+    assert audit_verify.verify_chain(url).ok
 
 
 def test_self_approval_is_refused(url: str) -> None:

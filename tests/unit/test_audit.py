@@ -33,8 +33,8 @@ from registry.audit import (
     canonical_json,
     events,
     head,
-    verify_chain,
 )
+from registry.audit_verify import verify_chain
 from registry.store import AuditEvent, RoleChange, dispose_engines, engine_for, read_only
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,7 +32,7 @@ from pipelines.evaluation import (
 from pipelines.features import build_features, read_split
 from pipelines.spec import ModelSpec
 from pipelines.training import load_model, score, train
-from tests.unit.test_features import credit_data, fraud_data, spec_of, with_training
+from tests.support import credit_data, fraud_data, spec_of, with_training
 
 PNG = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {

@@ -27,7 +27,7 @@ from validation.fairness import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-N_ROWS = 12_000
+N_ROWS = 10_000
 SEED = 2
 
 

@@ -25,8 +25,7 @@ from pipelines.features_online import OnlineFeatures, Status, states_from_histor
 from pipelines.spec import ModelSpec
 from serving.feature_store import FeatureStore, RedisStore, open_store
 from serving.resp import RespClient, RespError
-from tests.support import run_async
-from tests.unit.test_features import spec_of, typed_frame
+from tests.support import run_async, spec_of, typed_frame
 from tests.unit.test_features_online import assert_same, records
 
 REDIS_URL = os.environ.get("GOVML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

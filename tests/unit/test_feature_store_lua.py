@@ -25,9 +25,8 @@ from serving.feature_store import (
     open_store,
 )
 from serving.resp import RespClient
-from tests.support import run_async
+from tests.support import run_async, spec_of
 from tests.unit.test_feature_store import SECRET, card_row, redis_store, transaction
-from tests.unit.test_features import spec_of
 
 __all__ = ["redis_store"]  # the fixture
 

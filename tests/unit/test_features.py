@@ -1,15 +1,13 @@
 """Feature stage: point-in-time aggregates without leakage, splits, feature tables.
 
-The helpers at the top (typed ingest data from the generators, smaller training
-settings) are shared with ``test_training.py`` and ``test_evaluation.py``.
+The helpers (typed ingest data from the generators, smaller training settings) live in
+``tests/support.py``.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,65 +25,18 @@ from pipelines.features import (
     passthrough_columns,
     read_split,
 )
-from pipelines.spec import AggregateFeature, ColumnType, ModelSpec, load_spec
+from pipelines.spec import AggregateFeature, ModelSpec
+from tests.support import (
+    CREDIT_ROWS,
+    FRAUD_ROWS,
+    credit_data,
+    fraud_data,
+    spec_of,
+    typed_frame,
+    write_ingest,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-FRAUD_ROWS = 30_000
-FRAUD_SEED = 7  # this seed puts ~30-45 frauds in each of validation and test
-FRAUD_RATE = 0.01
-CREDIT_ROWS = 20_000
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def spec_of(name: str) -> ModelSpec:
-    return load_spec(ROOT / "specs" / f"{name}.yaml")
-
-
-def with_training(spec: ModelSpec, **training: Any) -> ModelSpec:
-    """The spec with some ``training`` settings replaced (e.g. fewer boosting rounds)."""
-    return spec.model_copy(update={"training": spec.training.model_copy(update=training)})
-
-
-def typed_frame(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """The columns of ``spec.data.columns`` typed like ingest's ``data.parquet``."""
-    out: dict[str, Any] = {}
-    for name, col in spec.data.columns.items():
-        s = frame[name]
-        if col.type == ColumnType.CATEGORY:
-            values = s.astype(object)
-            out[name] = pd.Categorical(
-                values.where(values.notna(), None), categories=col.categories
-            )
-        elif col.type == ColumnType.INT:
-            out[name] = s.astype("int64")
-        elif col.type == ColumnType.FLOAT:
-            out[name] = s.astype("float64")
-        elif col.type == ColumnType.DATETIME:
-            out[name] = s.astype("datetime64[ns]")
-        elif col.type == ColumnType.BOOL:
-            out[name] = s.astype(bool)
-        else:
-            out[name] = s.astype(object)
-    return pd.DataFrame(out)
-
-
-def write_ingest(spec: ModelSpec, frame: pd.DataFrame, folder: Path) -> Path:
-    """Write ``frame`` as an ingest ``data.parquet`` (typed per spec) into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "data.parquet"
-    typed_frame(spec, frame).to_parquet(path, index=False)
-    return path
-
-
-def fraud_data(folder: Path, n_rows: int = FRAUD_ROWS, seed: int = FRAUD_SEED) -> Path:
-    cfg = FraudConfig(n_rows=n_rows, seed=seed, fraud_rate=FRAUD_RATE)
-    return write_ingest(spec_of("fraud"), generate_fraud(cfg), folder)
-
-
-def credit_data(folder: Path, n_rows: int = CREDIT_ROWS, seed: int = 11) -> Path:
-    cfg = CreditConfig(n_rows=n_rows, seed=seed)
-    return write_ingest(spec_of("credit"), generate_credit(cfg), folder)
 
 
 def brute_force(agg: AggregateFeature, frame: pd.DataFrame, time_column: str) -> np.ndarray:
@@ -232,16 +183,6 @@ def test_a_late_event_does_not_change_earlier_rows() -> None:
     pd.testing.assert_frame_equal(
         after.iloc[pos].reset_index(drop=True), before[early].reset_index(drop=True)
     )
-
-
-def test_aggregates_are_fast_enough() -> None:
-    spec = spec_of("fraud")
-    frame = typed_frame(spec, generate_fraud(FraudConfig(n_rows=200_000, seed=7)))
-    start = time.perf_counter()
-    out = compute_aggregates(spec.features.aggregates, frame, "tx_time")
-    elapsed = time.perf_counter() - start
-    assert out.shape == (200_000, 11)
-    assert elapsed < 15, f"11 aggregates on 200k rows took {elapsed:.1f} s"
 
 
 # ----------------------------------------------------------------------------- build_features

@@ -23,7 +23,8 @@ from pipelines.features_online import (
     states_from_history,
 )
 from pipelines.spec import AggregateFeature, ModelSpec
-from tests.unit.test_features import _all_aggregates, _events, spec_of, typed_frame
+from tests.support import spec_of, typed_frame
+from tests.unit.test_features import _all_aggregates, _events
 
 # ----------------------------------------------------------------------------- helpers
 

@@ -13,7 +13,8 @@ import yaml
 
 from pipelines.errors import GateFailedError
 from pipelines.spec import ModelSpec, parse_spec
-from validation.gates import GateReport, check_gates
+from pipelines.stages.gates import check_gates
+from validation.gates import GateReport
 
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_TAG_KEY = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in a tag key

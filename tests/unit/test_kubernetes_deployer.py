@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import hashlib
 import json
 import stat
@@ -17,10 +18,22 @@ import yaml
 
 from pipelines.config import load_settings
 from pipelines.errors import DeploymentError
-from serving import manifests
 from serving.auth import TokenRecord, TokenStore, add_client, read_token
-from serving.deployers import Release
-from serving.deployers.kubernetes import KubernetesDeployer, cluster_configured
+from serving.control import autoscaling as kube_autoscaling
+from serving.control import checks as kube_checks
+from serving.control import crd as kube_crd
+from serving.control import inference_service as kube_isvc
+from serving.control.autoscaling import Resources, Scaling
+from serving.control.deployers import Release
+from serving.control.deployers.kubernetes import KubernetesDeployer
+from serving.control.deployers.target import (
+    Cluster,
+    DeploymentTarget,
+    KubeClients,
+    PodSources,
+    cluster_configured,
+)
+from serving.control.inference_service import ServingImage
 from tests.unit.test_manifests import FakeApiException, FakeCoreApi, FakeCustomObjectsApi
 
 SHA = "5e" * 32
@@ -29,9 +42,9 @@ URL = "http://fraud-v7.models.example.com"
 
 @pytest.fixture(scope="module")
 def crd_path() -> Path:
-    found = manifests.find_crd()
+    found = kube_crd.find_crd()
     if found is None:
-        pytest.skip(f"KServe CRD not found; set {manifests.CRD_ENV} to run")
+        pytest.skip(f"KServe CRD not found; set {kube_crd.CRD_ENV} to run")
     return found
 
 
@@ -158,7 +171,25 @@ def deployer(tmp_path: Path, crd: Path, api: Any = None, **kwargs: Any) -> Kuber
         "ready_timeout": 60.0,
     }
     options.update(kwargs)
-    return KubernetesDeployer(tmp_path / "serving", **options)
+    return KubernetesDeployer(
+        tmp_path / "serving",
+        DeploymentTarget(
+            cluster=_pick(Cluster, options),
+            server=_pick(ServingImage, options, custom=True),
+            sources=_pick(PodSources, options),
+            scaling=_pick(Scaling, options),
+            resources=_pick(Resources, options),
+        ),
+        clients=KubeClients(options.pop("api"), options.pop("policy_api"), options.pop("core_api")),
+        **options,  # env, clock, sleep
+    )
+
+
+def _pick(kind: type, options: dict[str, Any], custom: bool = False) -> Any:
+    """The fields of ``kind`` out of the flat options (the server: the project's image)."""
+    names = {f.name for f in dataclasses.fields(kind)}
+    base = {"runtime": "custom", "image": "govml-serving:latest"} if custom else {}
+    return kind(**{**base, **{k: options.pop(k) for k in list(options) if k in names}})
 
 
 def test_deploy_applies_the_validated_manifest_and_returns_the_status_url(
@@ -176,12 +207,12 @@ def test_deploy_applies_the_validated_manifest_and_returns_the_status_url(
     # exactly the manifest written for operators, and it fits the real CRD
     written = yaml.safe_load(dep.manifest_path("fraud-v7").read_text())
     assert applied == written
-    assert manifests.validate_manifest(applied, crd_path) == []
+    assert kube_crd.validate_manifest(applied, crd_path) == []
     assert patches[0]["field_manager"] == "govml" and patches[0]["force"] is True
     assert applied["metadata"]["name"] == "fraud-v7"
     assert applied["metadata"]["namespace"] == "models"
-    assert applied["metadata"]["annotations"][manifests.ANNOTATION_SHA256] == SHA
-    assert applied["metadata"]["annotations"][manifests.ANNOTATION_APPROVAL] == "42"
+    assert applied["metadata"]["annotations"][kube_checks.ANNOTATION_SHA256] == SHA
+    assert applied["metadata"]["annotations"][kube_checks.ANNOTATION_APPROVAL] == "42"
     predictor = applied["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 6)
     (container,) = predictor["containers"]
@@ -256,7 +287,7 @@ def test_a_hot_standby_gets_a_disruption_budget_applied_and_removed_with_it(
     assert budget["apiVersion"] == "policy/v1" and budget["kind"] == "PodDisruptionBudget"
     assert budget["metadata"] == {
         "name": "fraud-v7", "namespace": "models",
-        "labels": {manifests.LABEL_MODEL: "fraud", manifests.LABEL_VERSION: "7"},
+        "labels": {kube_checks.LABEL_MODEL: "fraud", kube_checks.LABEL_VERSION: "7"},
     }  # fmt: skip
     # pods one at a time; the selector is the label KServe gives the service's pods
     assert budget["spec"] == {
@@ -270,9 +301,9 @@ def test_a_hot_standby_gets_a_disruption_budget_applied_and_removed_with_it(
     single.deploy(release())
     assert single._policy_api.calls == []  # one replica: no budget that blocks drains
     with pytest.raises(DeploymentError, match="min_replicas.*at least 2 replicas"):
-        manifests.render_pod_disruption_budget("fraud-v7", "models", min_replicas=1)
+        kube_autoscaling.render_pod_disruption_budget("fraud-v7", "models", min_replicas=1)
     with pytest.raises(DeploymentError, match="namespace"):
-        manifests.render_pod_disruption_budget("fraud-v7", "Bad_NS", min_replicas=2)
+        kube_autoscaling.render_pod_disruption_budget("fraud-v7", "Bad_NS", min_replicas=2)
 
 
 def test_a_ready_condition_of_an_older_generation_is_not_enough(
@@ -325,8 +356,8 @@ def test_without_a_cluster_the_validated_manifest_is_left_for_kubectl(
     path = dep.manifest_path("fraud-v7")
     assert f"kubectl apply -f {dep._dir('fraud-v7') / 'secret.yaml'} -f {path}" in text
     manifest = yaml.safe_load(path.read_text())
-    assert manifests.validate_manifest(manifest, crd_path) == []
-    assert manifest["metadata"]["labels"][manifests.LABEL_VERSION] == "7"
+    assert kube_crd.validate_manifest(manifest, crd_path) == []
+    assert manifest["metadata"]["labels"][kube_checks.LABEL_VERSION] == "7"
     assert dep.status("fraud-v7") == {
         "manifest": str(path),
         "running": False,
@@ -356,7 +387,7 @@ def test_stop_deletes_the_inference_service_and_deployed_lists_ours(
     dep.deploy(release())
     dep.deploy(release(version="8", artifact_sha256="ab" * 32))
     assert dep.deployed() == ["fraud-v7", "fraud-v8"]
-    assert ("list", {"label_selector": manifests.LABEL_MODEL}) in api.calls
+    assert ("list", {"label_selector": kube_checks.LABEL_MODEL}) in api.calls
     assert dep.stop("fraud-v7") is True
     assert ("delete", {"namespace": "models", "name": "fraud-v7"}) in api.calls
     assert dep.deployed() == ["fraud-v8"]
@@ -451,28 +482,31 @@ def test_govml_deployer_kubernetes_builds_it_from_the_settings(tmp_path: Path) -
     )
     dep = deployer_for(settings)
     assert isinstance(dep, KubernetesDeployer)
-    assert dep.namespace == "risk-models" and dep.context == "prod"
-    assert dep.kubeconfig == tmp_path / "kubeconfig"
-    assert dep.scaling == {
-        "min_replicas": 2,  # hot standby by default
-        "max_replicas": 8,
-        "scale_metric": "rps",
-        "scale_target": 8,
-    }
-    assert dep.resources["cpu_request"] == "1"  # one CPU a replica, as benchmarked
-    assert dep.resources["memory_limit"] == "4Gi" and dep.image.endswith("serving:1.2")
-    assert dep.tracking_uri == "http://mlflow.internal:5000"
+    target = dep.target
+    assert dep.namespace == "risk-models" and target.cluster.context == "prod"
+    assert target.cluster.kubeconfig == tmp_path / "kubeconfig"
+    assert target.scaling == Scaling(
+        min_replicas=2,  # hot standby by default
+        max_replicas=8,
+        scale_metric="rps",
+        scale_target=8,
+    )
+    assert target.resources.cpu_request == "1"  # one CPU a replica, as benchmarked
+    assert target.resources.memory_limit == "4Gi"
+    assert target.server.image.endswith("serving:1.2")
+    assert target.sources.tracking_uri == "http://mlflow.internal:5000"
     assert dep.state_root == tmp_path / "serving"
     # the embedded stack's loopback MLflow is no address for pods: not passed on
     local = load_settings({"GOVML_VAR_DIR": str(tmp_path), "GOVML_DEPLOYER": "kubernetes"})
-    assert deployer_for(local).tracking_uri is None
+    assert deployer_for(local).target.sources.tracking_uri is None
     explicit = load_settings(
         {
             "GOVML_DEPLOYER": "kubernetes",
             "GOVML_KUBE_MLFLOW_TRACKING_URI": "http://mlflow.govml.svc:5000",
         }
     )
-    assert deployer_for(explicit).tracking_uri == "http://mlflow.govml.svc:5000"
+    sources = deployer_for(explicit).target.sources
+    assert sources.tracking_uri == "http://mlflow.govml.svc:5000"
 
 
 def test_the_served_version_gets_its_spec_tokens_and_prediction_log(
@@ -520,7 +554,7 @@ def test_a_spec_with_aggregates_gets_the_feature_transformer_the_crd_accepts(
     manifest = kube.render(
         release(spec_path="/work/main/specs/fraud.yaml", feature_store="redis://127.0.0.1:6379/0")
     )
-    assert manifests.validate_manifest(manifest, crd_path) == []
+    assert kube_crd.validate_manifest(manifest, crd_path) == []
     transformer = manifest["spec"]["transformer"]
     (container,) = transformer["containers"]
     assert container["command"] == ["python", "-m", "serving.transformer"]
@@ -534,9 +568,7 @@ def test_a_spec_with_aggregates_gets_the_feature_transformer_the_crd_accepts(
         "name": "fraud-feature-key",
         "key": "feature-key",
     }
-    assert env["GOVML_PREDICTOR_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == (
-        "fraud-v7-tokens"
-    )
+    assert env["GOVML_PREDICTOR_TOKEN"]["valueFrom"]["secretKeyRef"]["name"] == ("fraud-v7-tokens")
     assert "--host=0.0.0.0" in container["args"]
     predictor = manifest["spec"]["predictor"]
     for key in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget"):
@@ -558,7 +590,7 @@ def test_the_feature_transformer_needs_redis_and_the_key_secret_on_kubernetes(
     with pytest.raises(DeploymentError, match="GOVML_KUBE_FEATURE_KEY_SECRET"):
         deployer(tmp_path, crd_path).render(redis_release)
     with pytest.raises(DeploymentError, match="feature_key_secret"):
-        manifests.add_feature_transformer(
+        kube_isvc.add_feature_transformer(
             deployer(tmp_path, crd_path).render(release()),
             image="govml-serving:1",
             spec_file="specs/fraud.yaml",

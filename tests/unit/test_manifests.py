@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import itertools
 import os
 import subprocess
@@ -15,17 +16,24 @@ import pytest
 import yaml
 
 from pipelines.errors import DeploymentError
-from serving import manifests
-from serving.manifests import (
+from serving.control import apply as kube_apply
+from serving.control import checks as kube_checks
+from serving.control import crd as kube_crd
+from serving.control import secret as kube_secret
+from serving.control.apply import apply, to_yaml
+from serving.control.autoscaling import Resources, Scaling
+from serving.control.checks import (
     ANNOTATION_APPROVAL,
     ANNOTATION_SHA256,
     LABEL_MODEL,
     LABEL_VERSION,
-    apply,
+)
+from serving.control.crd import structural_to_jsonschema, validate_manifest
+from serving.control.inference_service import (
+    PodOptions,
+    ServedModel,
+    ServingImage,
     render_inference_service,
-    structural_to_jsonschema,
-    to_yaml,
-    validate_manifest,
 )
 
 SHA = "3f" * 32
@@ -36,10 +44,10 @@ SERVING_PYTHON = ROOT / ".venv-serving" / "bin" / "python"
 
 @pytest.fixture(scope="module")
 def crd_path() -> Path:
-    found = manifests.find_crd()
+    found = kube_crd.find_crd()
     if found is None:
-        tried = ", ".join(str(p) for p in manifests.crd_candidates())
-        pytest.skip(f"KServe CRD not found (tried {tried}); set {manifests.CRD_ENV} to run")
+        tried = ", ".join(str(p) for p in kube_crd.crd_candidates())
+        pytest.skip(f"KServe CRD not found (tried {tried}); set {kube_crd.CRD_ENV} to run")
     return found
 
 
@@ -56,7 +64,30 @@ def render(**overrides: Any) -> dict[str, Any]:
     if args.get("runtime") == "custom":
         args.setdefault("image", IMAGE)
         args.setdefault("tokens_secret", "fraud-v7-tokens")  # never without (see below)
-    return render_inference_service(**args)
+    return render_flat(**args)
+
+
+def _pick(kind: type, args: dict[str, Any], renamed: dict[str, str] | None = None) -> Any:
+    renamed = renamed or {}
+    names = {f.name for f in dataclasses.fields(kind)}
+    taken = {renamed.get(k, k): args.pop(k) for k in list(args) if renamed.get(k, k) in names}
+    return kind(**taken)
+
+
+def render_flat(name: str, namespace: str, storage_uri: str, **flat: Any) -> dict[str, Any]:
+    """``render_inference_service`` from the flat keywords of its inputs' fields."""
+    canary = flat.pop("canary_traffic_percent", None)
+    model = _pick(ServedModel, {"storage_uri": storage_uri, **flat}, {"model_version": "version"})
+    for key in ("model_version", "artifact_sha256", "model_name", "approval_request"):
+        flat.pop(key, None)
+    parts = {
+        "server": _pick(ServingImage, flat),
+        "scaling": _pick(Scaling, flat),
+        "resources": _pick(Resources, flat),
+        "pod": _pick(PodOptions, flat),
+    }
+    assert not flat, f"unknown render arguments {sorted(flat)}"
+    return render_inference_service(name, namespace, model, canary_traffic_percent=canary, **parts)
 
 
 # --------------------------------------------------------------------------- rendering
@@ -210,10 +241,10 @@ def test_every_bad_input_is_reported_at_once() -> None:
 
 
 def test_quantities_compare_across_units() -> None:
-    assert manifests.parse_quantity("500m") == manifests.parse_quantity("0.5")
-    assert manifests.parse_quantity("1Gi") == 1024**3
-    assert manifests.parse_quantity("1G") == 10**9
-    assert manifests.parse_quantity("1e3") == 1000
+    assert kube_checks.parse_quantity("500m") == kube_checks.parse_quantity("0.5")
+    assert kube_checks.parse_quantity("1Gi") == 1024**3
+    assert kube_checks.parse_quantity("1G") == 10**9
+    assert kube_checks.parse_quantity("1e3") == 1000
     render(cpu_request="250m", cpu_limit="0.25", memory_request="1024Mi", memory_limit="1Gi")
 
 
@@ -272,7 +303,7 @@ def test_validate_manifest_catches_custom_container_mistakes(crd_path: Path) -> 
 
 def test_the_crd_schema_prunes_unknown_predictor_fields(crd_path: Path) -> None:
     """What the real CRD says (the reason unknown fields are errors in validate_manifest)."""
-    schema = manifests.served_schema(manifests.load_crd(crd_path), "serving.kserve.io/v1beta1")
+    schema = kube_crd.served_schema(kube_crd.load_crd(crd_path), "serving.kserve.io/v1beta1")
     predictor = schema["properties"]["spec"]["properties"]["predictor"]
     assert predictor["type"] == "object"
     assert "additionalProperties" not in predictor
@@ -318,7 +349,7 @@ def test_structural_schema_translation() -> None:
     assert errors({"name": "a", "count": 2**31}) != []
     assert errors({"name": "a", "typo": 1}) != []
     assert errors({"name": "a", "tags": ["x", "x"]}) == []  # plain Draft 4: no set semantics
-    with_sets = manifests._validator_class()(schema)
+    with_sets = kube_crd._validator_class()(schema)
     assert [e.message for e in with_sets.iter_errors({"name": "a", "tags": ["x", "x"]})] == [
         "item 1: duplicate value 'x' in a list of type set"
     ]
@@ -329,14 +360,14 @@ def test_the_crd_is_found_through_the_environment_variable_first(
 ) -> None:
     link = tmp_path / "crd.yaml"
     link.symlink_to(crd_path)  # a link, not a copy
-    monkeypatch.setenv(manifests.CRD_ENV, str(link))
-    candidates = manifests.crd_candidates()
+    monkeypatch.setenv(kube_crd.CRD_ENV, str(link))
+    candidates = kube_crd.crd_candidates()
     assert candidates[0] == link
-    assert candidates[1] == ROOT.parent / "shared" / "kserve" / manifests.CRD_FILE
-    assert manifests.find_crd() == link
+    assert candidates[1] == ROOT.parent / "shared" / "kserve" / kube_crd.CRD_FILE
+    assert kube_crd.find_crd() == link
     assert validate_manifest(render()) == []  # the default path is the same lookup
-    monkeypatch.setenv(manifests.CRD_ENV, str(tmp_path / "missing.yaml"))
-    assert manifests.find_crd() not in (None, tmp_path / "missing.yaml")
+    monkeypatch.setenv(kube_crd.CRD_ENV, str(tmp_path / "missing.yaml"))
+    assert kube_crd.find_crd() not in (None, tmp_path / "missing.yaml")
 
 
 def test_validate_manifest_without_a_crd_names_where_it_looked(tmp_path: Path) -> None:
@@ -487,9 +518,10 @@ def test_apply_without_a_cluster_in_the_serving_environment(tmp_path: Path) -> N
     script = textwrap.dedent(
         f"""
         from pipelines.errors import DeploymentError
-        from serving.manifests import apply, render_inference_service
+        from serving.control.apply import apply
+        from serving.control.inference_service import ServedModel, render_inference_service
         manifest = render_inference_service(
-            "fraud", "models", "s3://m/fraud/7", model_version="7", artifact_sha256="{SHA}"
+            "fraud", "models", ServedModel("s3://m/fraud/7", "7", "{SHA}")
         )
         for kwargs in ({{}}, {{"kubeconfig": "{tmp_path}/missing.yaml", "context": "prod"}}):
             try:
@@ -522,7 +554,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from pipelines.errors import DeploymentError
-from serving.manifests import apply, render_inference_service
+from serving.control.apply import apply
+from serving.control.inference_service import ServedModel, render_inference_service
 
 requests, store = [], {}
 
@@ -569,10 +602,9 @@ with open(kubeconfig, "w") as f:
         "users: [{name: deployer, user: {token: t0ken}}]\\n"
         "contexts: [{name: fake, context: {cluster: fake, user: deployer}}]\\n"
     )
-common = dict(model_version="7", artifact_sha256="ab" * 32)
-uri = "s3://m/f/7"
-canary = render_inference_service("fraud", "models", uri, canary_traffic_percent=10, **common)
-full = render_inference_service("fraud", "models", uri, **common)
+model = ServedModel("s3://m/f/7", "7", "ab" * 32)
+canary = render_inference_service("fraud", "models", model, canary_traffic_percent=10)
+full = render_inference_service("fraud", "models", model)
 actions = [apply(canary, kubeconfig=kubeconfig).action]
 actions.append(apply(full, kubeconfig=kubeconfig, context="fake").action)
 server.shutdown()
@@ -668,8 +700,8 @@ def test_bad_governance_options_are_named(overrides: dict[str, Any], needle: str
 
 # --------------------------------------------------------------------------- token Secret
 def test_a_deployments_token_secret_holds_its_files_base64_encoded() -> None:
-    secret = manifests.render_tokens_secret(
-        manifests.tokens_secret_name("fraud-v7"),
+    secret = kube_secret.render_tokens_secret(
+        kube_secret.tokens_secret_name("fraud-v7"),
         "models",
         tokens_json='[{"name": "govml", "scopes": ["predict"], "sha256": "ab"}]',
         predictor_token="gml_service",
@@ -686,12 +718,12 @@ def test_a_deployments_token_secret_holds_its_files_base64_encoded() -> None:
         "tokens.json": '[{"name": "govml", "scopes": ["predict"], "sha256": "ab"}]',
         "predictor-token": "gml_service",
     }
-    with_key = manifests.render_tokens_secret(
+    with_key = kube_secret.render_tokens_secret(
         "fraud-v7-tokens", "models", tokens_json="[]", predictor_token="t", prediction_log_key="k"
     )
     assert base64.b64decode(with_key["data"]["prediction-log-key"]) == b"k"
     with pytest.raises(DeploymentError) as info:
-        manifests.render_tokens_secret("Bad_Name", "models", tokens_json="", predictor_token="")
+        kube_secret.render_tokens_secret("Bad_Name", "models", tokens_json="", predictor_token="")
     for field in ("name:", "tokens_json: must be a non-empty string", "predictor_token:"):
         assert field in str(info.value)
 
@@ -724,11 +756,11 @@ class FakeCoreApi:
 
 def test_a_token_secret_is_applied_server_side_and_deleted() -> None:
     api = FakeCoreApi()
-    secret = manifests.render_tokens_secret(
+    secret = kube_secret.render_tokens_secret(
         "fraud-v7-tokens", "models", tokens_json="[]", predictor_token="gml_x"
     )
-    assert manifests.apply_secret(secret, api).action == "created"
-    assert manifests.apply_secret(secret, api).action == "configured"
+    assert kube_apply.apply_secret(secret, api).action == "created"
+    assert kube_apply.apply_secret(secret, api).action == "configured"
     assert api.calls[0][1]["field_manager"] == "govml" and api.calls[0][1]["force"] is True
-    assert manifests.delete_secret("fraud-v7-tokens", "models", api) is True
-    assert manifests.delete_secret("fraud-v7-tokens", "models", api) is False
+    assert kube_apply.delete_secret("fraud-v7-tokens", "models", api) is True
+    assert kube_apply.delete_secret("fraud-v7-tokens", "models", api) is False

@@ -7,7 +7,7 @@ import hmac
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from serving.prediction_log import (
     complete_files,
     read_records,
 )
+from tests.support import wait_until
 
 KEY = b"test-key-0123456789abcdef"
 CARD = 4111111111111111  # raw values that must never reach a file
@@ -51,14 +52,6 @@ def record(i: int, **overrides: Any) -> dict[str, Any]:
 
 def pseudonym(value: str) -> str:
     return hmac.new(KEY, value.encode(), hashlib.sha256).hexdigest()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
 
 
 def all_rows(directory: Path) -> list[dict[str, Any]]:
@@ -217,12 +210,12 @@ def test_rotation_by_time_with_an_injected_clock(tmp_path: Path) -> None:
     pl = make_log(tmp_path, rotate_seconds=60, clock=clock)
     pl.log(record(0))
     pl.log(record(1))
-    wait_for(lambda: pl.buffered == 2)
+    wait_until(lambda: pl.buffered == 2, 10, "2 buffered rows", interval=0.005)
     clock.now += 30  # younger than rotate_seconds: nothing finishes
-    time.sleep(0.05)
+    time.sleep(0.05)  # a chance to act wrongly: that nothing happens has no condition to poll
     assert complete_files(tmp_path) == []
     clock.now += 31  # now 61 s old: the idle writer finishes the file by itself
-    wait_for(lambda: len(complete_files(tmp_path)) == 1)
+    wait_until(lambda: len(complete_files(tmp_path)) == 1, 10, "one finished file", interval=0.005)
     assert pl.written == 2 and pl.buffered == 0
     pl.log(record(2))
     assert pl.close()
@@ -236,7 +229,7 @@ def test_a_busy_writer_rotates_by_time_too(tmp_path: Path) -> None:
     clock = FakeClock(1_800_000_000.0)
     pl = make_log(tmp_path, rotate_seconds=10, clock=clock)
     pl.log(record(0))
-    wait_for(lambda: pl.buffered == 1)
+    wait_until(lambda: pl.buffered == 1, 10, "1 buffered row", interval=0.005)
     clock.now += 10
     pl.log(record(1))  # the next record lands in a new file
     assert pl.close()
@@ -411,8 +404,18 @@ def test_no_partial_file_is_ever_visible(
     logs.append(pl)
     for i in range(3):
         pl.log(record(i))
-    wait_for(lambda: pl.written == 2 and pl.buffered == 1)
-    wait_for(lambda: any(p.name.startswith(".") for p in tmp_path.iterdir()))  # row 2 on disk
+    wait_until(
+        lambda: pl.written == 2 and pl.buffered == 1,
+        10,
+        "2 rows written, 1 buffered",
+        interval=0.005,
+    )
+    wait_until(  # row 2 on disk
+        lambda: any(p.name.startswith(".") for p in tmp_path.iterdir()),
+        10,
+        "a file being written (a dot file)",
+        interval=0.005,
+    )
     stall = StalledSink(monkeypatch, SINKS[fmt])
     pl.log(record(3))  # the second file is being written...
     assert stall.entered.wait(10)
@@ -445,7 +448,7 @@ def test_writer_survives_an_unexpected_bug(
 
     monkeypatch.setattr(plog.PredictionLog, "_add", flaky)
     pl.log(record(0))
-    wait_for(lambda: calls["n"] >= 1)
+    wait_until(lambda: calls["n"] >= 1, 10, "a first call", interval=0.005)
     pl.log(record(1))
     assert pl.close(timeout=10)
     assert "unexpected writer failure" in caplog.text
@@ -642,7 +645,9 @@ def test_read_directory_sees_complete_files_and_the_lines_being_written(tmp_path
     log.log(record(1))
     assert log.flush(timeout=10)  # one complete file
     log.log(record(2, verb="explain", reasons=[]))
-    wait_for(lambda: len(read_directory(tmp_path)) == 2)  # the second still in a .tmp
+    wait_until(  # the second still in a .tmp
+        lambda: len(read_directory(tmp_path)) == 2, 10, "2 rows in the directory", interval=0.005
+    )
     assert not [p for p in complete_files(tmp_path) if "req-2" in p.read_text()]
     live = read_directory(tmp_path)
     assert [r["request_id"] for r in live] == ["req-1", "req-2"]

@@ -9,12 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.booster_layout import booster_categories, model_frame
 from pipelines.errors import DataValidationError
 from pipelines.reasons import (
     Reason,
-    categorical_features,
     contributions,
-    model_frame,
     reason_codes,
 )
 
@@ -88,8 +87,8 @@ def test_categories_are_retyped_like_training(
     )[["other", "size", "count", "colour", "amount"]]
     for variant in (as_text, reordered):
         np.testing.assert_allclose(contributions(loaded, variant), expected, atol=1e-12)
-    assert categorical_features(loaded) == {"colour": COLOURS, "size": SIZES}
-    assert categorical_features(booster) == {"colour": COLOURS, "size": SIZES}
+    assert booster_categories(loaded) == {"colour": COLOURS, "size": SIZES}
+    assert booster_categories(booster) == {"colour": COLOURS, "size": SIZES}
     typed = model_frame(loaded, as_text)
     assert list(typed.columns) == ["amount", "colour", "count", "size"]
     assert list(typed["colour"].cat.categories) == COLOURS

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from ops.retrain import lifecycle_schedule, post_retrain_event, retrain_uri, trigger_reason
+from dags.govml_airflow.assets import lifecycle_schedule, trigger_reason
+from ops.retrain import post_retrain_event, retrain_uri
 from pipelines.errors import ConfigError, GovMLError
 
 
@@ -24,7 +25,7 @@ def _context(run_type: str, events: dict | None = None, **params: Any) -> dict[s
 
 
 def test_an_asset_event_gives_its_reason() -> None:
-    from ops.retrain import retrain_asset
+    from dags.govml_airflow.assets import retrain_asset
 
     asset = retrain_asset("fraud")
     event = SimpleNamespace(

@@ -9,8 +9,8 @@ import pytest
 from pipelines.rollout import Trip
 from pipelines.spec import Rollout
 from serving.auth import TokenStore
+from serving.control.rollout_controller import EndpointDown, RolloutController, RolloutError
 from serving.gateway import Gateway, load_routes
-from serving.rollout_controller import EndpointDown, RolloutController, RolloutError
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "4"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "5"}

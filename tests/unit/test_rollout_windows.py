@@ -12,8 +12,7 @@ import pytest
 
 from pipelines.rollout import check_guardrails
 from pipelines.spec import Guardrails
-from serving.prediction_log import PredictionLog
-from serving.rollout_windows import (
+from serving.control.rollout_windows import (
     challenger_errors,
     endpoint_problem,
     gateway_counts,
@@ -22,6 +21,7 @@ from serving.rollout_windows import (
     shadow_pairs,
     window_of,
 )
+from serving.prediction_log import PredictionLog
 from tests.support import free_port
 
 

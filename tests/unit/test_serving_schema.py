@@ -42,7 +42,7 @@ from serving.schema import (
     validate_columns,
     validate_rows,
 )
-from tests.unit.test_features import spec_of, with_training, write_ingest
+from tests.support import spec_of, with_training, write_ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -24,7 +24,7 @@ from pipelines.training import (
     score_baseline,
     train,
 )
-from tests.unit.test_features import credit_data, fraud_data, spec_of, with_training
+from tests.support import credit_data, fraud_data, spec_of, with_training
 
 TRAINING_KEYS = {
     "best_iteration",
