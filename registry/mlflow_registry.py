@@ -7,7 +7,7 @@ experiment per spec (``<spec>_lifecycle``), aliases not stages (``candidate``,
 ``challenger``, ``champion``), gate results, the artifact SHA-256 and the lifecycle
 run id as model-version tags, the model card as the version's description.
 
-The registry is locked (docs/registry.md): against a tracking server every call logs in
+The registry is locked (docs/security.md): against a tracking server every call logs in
 as the ``govml`` service account (:func:`registry.mlflow_auth.use_service_account`), and
 every alias move goes through :func:`set_alias`, which records it in the audit chain.
 """
@@ -132,29 +132,6 @@ def _existing_version(client, name: str, run_id: str):  # noqa: ANN001, ANN202
     return None
 
 
-def _flatten(prefix: str, data: Any, out: dict[str, float]) -> None:
-    """Nested numbers as dotted MLflow metric keys (``recall_at_fpr.0.01``)."""
-    if isinstance(data, dict):
-        for key, value in data.items():
-            _flatten(f"{prefix}{key}.", value, out)
-    elif isinstance(data, int | float) and not isinstance(data, bool):
-        out[prefix.rstrip(".")] = float(data)
-
-
-def _metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for role in ("candidate", "baseline", "champion"):
-        section = metrics.get(role) or {}
-        flat: dict[str, float] = {}
-        _flatten("", section, flat)
-        for key, value in flat.items():
-            out[key if role == "candidate" else f"{role}.{key}"] = value
-    business: dict[str, float] = {}
-    _flatten("business.", metrics.get("business") or {}, business)
-    out.update(business)
-    return {k: v for k, v in out.items() if v == v}  # drop NaN
-
-
 def _gate_tags(gates: dict[str, Any]) -> dict[str, str]:
     tags = {
         "gates.passed": str(bool(gates.get("passed"))).lower(),
@@ -182,14 +159,17 @@ def register(
 
     Idempotent: when a version of this model already carries the lifecycle run id,
     it is returned (tags, description and alias refreshed) and nothing new is created.
+
+    The run reaches MLflow in bulk (:func:`registry.mlflow_run.log_lifecycle_run`), and
+    the version's tags with the version itself.
+
+    Long because: the two ways through (already registered, new version) end in the same
+    :func:`_finish` with a dozen arguments each, and read best side by side.
     """
     import mlflow
-    import mlflow.lightgbm
-    import pandas as pd
-    from mlflow.models import infer_signature
+    import mlflow.artifacts
 
-    from pipelines.training import load_model, score
-    from registry.model_card import render_model_card
+    from registry.mlflow_run import log_lifecycle_run, remember_pip_requirements
 
     client = _client(tracking_uri)
     name = spec.name
@@ -203,6 +183,7 @@ def register(
         log.info(
             "%s: run %s already registered as version %s", name, lifecycle_run_id, existing.version
         )
+        sha = existing.tags.get("artifact_sha256", "")
         return _finish(
             client,
             tracking_uri,
@@ -212,90 +193,27 @@ def register(
             existing,
             out_dir,
             created=False,
-            artifact_sha256=existing.tags.get("artifact_sha256", ""),
+            artifact_sha256=sha,
+            tags=_version_tags(spec, gates, lifecycle_run_id, sha),
         )
 
-    experiment = f"{name}_lifecycle"
-    if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(
-            experiment, artifact_location=artifact_location, tags={"govml.spec": name}
-        )
-    mlflow.set_experiment(experiment)
-    # a half-finished earlier attempt of the same lifecycle run: mark it deleted
-    for stale in mlflow.search_runs(
-        experiment_names=[experiment],
-        filter_string=f"tags.`{RUN_TAG}` = '{lifecycle_run_id}'",
-        output_format="list",
-    ):
-        client.delete_run(stale.info.run_id)
-
-    features = json.loads((run_dir / "features" / "features.json").read_text())
-    training = json.loads((run_dir / "train" / "training.json").read_text())
-    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
-    booster = load_model(run_dir / "train" / "model.txt")
-    feature_names = list(features["features"])
-    with mlflow.start_run(
-        run_name=f"{name} {lifecycle_run_id}", tags={RUN_TAG: lifecycle_run_id, "govml.spec": name}
-    ) as run:
-        params = {f"lgb.{k}": v for k, v in (training.get("params") or {}).items()}
-        params.update(
-            best_iteration=training.get("best_iteration"),
-            seed=training.get("seed"),
-            decision_threshold=spec.gates.decision_threshold,
-            features=",".join(feature_names),
-            spec_sha256=spec_sha256 or "",
-        )
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        mlflow.log_metrics(_metrics(metrics))
-        for split, context in (
-            ("train", "training"),
-            ("validation", "validation"),
-            ("test", "testing"),
-        ):
-            path = run_dir / "features" / f"{split}.parquet"
-            frame = pd.read_parquet(path)
-            dataset = mlflow.data.from_pandas(
-                frame,
-                source=str(path),
-                name=f"{name}-{split}",
-                targets=spec.data.target,
-                digest=(features.get("sha256") or {}).get(split, "")[:36] or None,
-            )
-            mlflow.log_input(dataset, context=context)
-        test = pd.read_parquet(run_dir / "features" / "test.parquet")
-        example = test[feature_names].head(5)
-        signature = infer_signature(example, score(booster, example))
-        info = mlflow.lightgbm.log_model(
-            booster, name="model", signature=signature, input_example=example
-        )
-        for stage in (
-            "validate_data",
-            "evaluate",
-            "fairness",
-            "explain",
-            "gates",
-            "lineage",
-            "train",
-        ):
-            folder = run_dir / stage
-            if folder.is_dir():
-                for item in sorted(folder.iterdir()):
-                    if item.suffix in (".parquet", ".joblib") or item.name == "model.txt":
-                        continue
-                    if item.is_dir():
-                        mlflow.log_artifacts(str(item), artifact_path=f"{stage}/{item.name}")
-                    else:
-                        mlflow.log_artifact(str(item), artifact_path=stage)
-        markdown, html = render_model_card(spec, run_dir, lifecycle_run_id)
-        mlflow.log_text(markdown, "model_card/model_card.md")
-        mlflow.log_text(html, "model_card/model_card.html")
-        run_id = run.info.run_id
+    _use_lifecycle_experiment(client, name, lifecycle_run_id, artifact_location)
+    run_id, info = log_lifecycle_run(
+        spec,
+        run_dir,
+        lifecycle_run_id,
+        spec_sha256,
+        tags={RUN_TAG: lifecycle_run_id, "govml.spec": name},
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=tmp))
         artifact_sha256 = artifacts.sha256_file(find_model_file(local))
+        remember_pip_requirements(local)
     version = mlflow.register_model(
-        info.model_uri, name, tags={RUN_TAG: lifecycle_run_id, "artifact_sha256": artifact_sha256}
+        info.model_uri,
+        name,
+        tags=_version_tags(spec, gates, lifecycle_run_id, artifact_sha256),
     )
     return _finish(
         client,
@@ -311,6 +229,42 @@ def register(
     )
 
 
+def _use_lifecycle_experiment(
+    client,  # noqa: ANN001
+    name: str,
+    lifecycle_run_id: str,
+    artifact_location: str | None,
+) -> None:
+    """Make ``<name>_lifecycle`` the active experiment (created if new), and mark deleted
+    any half-finished earlier attempt to log the same lifecycle run."""
+    import mlflow
+
+    experiment = f"{name}_lifecycle"
+    if client.get_experiment_by_name(experiment) is None:
+        client.create_experiment(
+            experiment, artifact_location=artifact_location, tags={"govml.spec": name}
+        )
+    mlflow.set_experiment(experiment)
+    for stale in mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`{RUN_TAG}` = '{lifecycle_run_id}'",
+        output_format="list",
+    ):
+        client.delete_run(stale.info.run_id)
+
+
+def _version_tags(
+    spec: ModelSpec, gates: dict[str, Any], lifecycle_run_id: str, artifact_sha256: str
+) -> dict[str, str]:
+    """Every tag govml gives a registered version at registration."""
+    return _gate_tags(gates) | {
+        RUN_TAG: lifecycle_run_id,
+        "artifact_sha256": artifact_sha256,
+        "use_case": spec.use_case,
+        "owner": spec.owner,
+    }
+
+
 def _finish(
     client,  # noqa: ANN001
     tracking_uri: str,
@@ -322,20 +276,16 @@ def _finish(
     created: bool,
     artifact_sha256: str,
     mlflow_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
 ) -> RegisterResult:
+    """The version's description and ``tags`` (none: given with the version when it was
+    created), the ``candidate`` alias, and ``out_dir/register.json``."""
     from registry.model_card import render_model_card
 
     name = spec.name
-    gates = json.loads((run_dir / "gates" / "gates.json").read_text())
     markdown, _ = render_model_card(spec, run_dir, lifecycle_run_id, version=str(version.version))
     client.update_model_version(name, version.version, description=markdown)
-    tags = _gate_tags(gates) | {
-        RUN_TAG: lifecycle_run_id,
-        "artifact_sha256": artifact_sha256,
-        "use_case": spec.use_case,
-        "owner": spec.owner,
-    }
-    for key, value in tags.items():
+    for key, value in (tags or {}).items():
         client.set_model_version_tag(name, version.version, key, value)
     set_alias(
         tracking_uri,
