@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -24,6 +23,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import write_result  # noqa: E402
 
 PG_ADMIN = os.environ.get("GOVML_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -126,20 +128,16 @@ def _measure(url: str, n: int) -> dict[str, float]:
             spec,
             model_version=str(version),
             artifact_sha256="a" * 64,
-            run_id=f"bench-{version}",
-            dag_id=None,
-            triggered_by="operator",
-            author=None,
+            origin=approvals.RunOrigin(
+                run_id=f"bench-{version}", dag_id=None, triggered_by="operator", author=None
+            ),
             risk_reasons=[],
         )
         approvals.decide(
             url,
             spec.name,
             str(version),
-            user="reviewer",
-            decision="approve",
-            reason="bench",
-            channel="cli",
+            approvals.Review(user="reviewer", decision="approve", reason="bench", channel="cli"),
         )
 
     result["decide_s"] = _timed(request_and_decide) / 2  # two governance actions
@@ -216,15 +214,14 @@ def main() -> int:
     )
     print(markdown)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "title": "Audit chain: keyed verification and chain-derived approvals",
-                    "command": "python benchmarks/bench_audit.py",
-                    "markdown": markdown,
-                    "results": [{"store": s, **r} for s, r in rows],
-                }
-            )
+        write_result(
+            args.json,
+            {
+                "title": "Audit chain: keyed verification and chain-derived approvals",
+                "command": "python benchmarks/bench_audit.py",
+                "markdown": markdown,
+                "results": [{"store": s, **r} for s, r in rows],
+            },
         )
     return 0
 

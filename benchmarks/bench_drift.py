@@ -119,7 +119,8 @@ def make_data(rows: int, features: int, seed: int) -> tuple[pd.DataFrame, pd.Dat
 
 def run_ours(ref_path: Path, cur_path: Path, spec: dict) -> dict[str, Any]:
     from pipelines.drift import compare
-    from pipelines.spec import Drift, Segment
+    from pipelines.spec_features import Segment
+    from pipelines.spec_operations import Drift
 
     t0 = time.perf_counter()
     ref, cur = pd.read_parquet(ref_path), pd.read_parquet(cur_path)

@@ -52,9 +52,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bench_serving as serving_bench  # noqa: E402
 import machine_jitter  # noqa: E402
+from common import write_result  # noqa: E402
 
-from pipelines.spec import Aggregation, ModelSpec, load_spec  # noqa: E402
-from serving.auth import deployment_tokens, provision  # noqa: E402
+from pipelines.spec import ModelSpec, load_spec  # noqa: E402
+from pipelines.spec_features import Aggregation  # noqa: E402
+from serving.token_files import deployment_tokens, provision  # noqa: E402
 
 SPEC = ROOT / "specs" / "fraud.yaml"
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
@@ -77,7 +79,8 @@ def on_cpu(cpu: int) -> list[str]:
 # ----------------------------------------------------------------------------- data
 def fraud_data(rows: int, seed: int = 0) -> Path:
     """The generated data set (cached Parquet, never in git)."""
-    from pipelines.data.fraud import FraudConfig, write_fraud
+    from pipelines.data.fraud import write_fraud
+    from pipelines.data.fraud_config import FraudConfig
 
     folder = CACHE / f"fraud-{rows}-{seed}"
     path = folder / "fraud_transactions.parquet"
@@ -201,10 +204,11 @@ def load(
 
 def build_online(work: Path, spec: ModelSpec, rows: int, trees: int) -> dict[str, Any]:
     """History and held-out day, the trained model, request bodies."""
-    from pipelines.data.fraud import FraudConfig, generate_fraud
+    from pipelines.data.fraud import generate_fraud
+    from pipelines.data.fraud_config import FraudConfig
     from pipelines.features import build_features, compute_aggregates, retype_categories
     from pipelines.features_online import OnlineFeatures
-    from pipelines.training import train
+    from pipelines.stages.train import train
     from serving.transactions import TransactionSchema
 
     frame = retype_categories(generate_fraud(FraudConfig(n_rows=rows, seed=3)), spec)
@@ -246,9 +250,11 @@ def steps(spec: ModelSpec, rows: int, count: int = 3000) -> dict[str, Any]:
     loop), pinned to CPU 1: the in-process store warmed up from the history of ``rows``
     generated transactions, then ``2 * count`` held-out ones in time order; the second
     half is timed, per stage (the first warms caches)."""
-    from pipelines.data.fraud import FraudConfig, generate_fraud
+    from pipelines.data.fraud import generate_fraud
+    from pipelines.data.fraud_config import FraudConfig
+    from pipelines.feature_history import states_from_history
     from pipelines.features import retype_categories
-    from pipelines.features_online import OnlineFeatures, states_from_history
+    from pipelines.features_online import OnlineFeatures
     from serving.feature_store import open_store
     from serving.transactions import TransactionSchema
 
@@ -543,6 +549,20 @@ def online_markdown(
     return "\n".join(lines) + "\n"
 
 
+def online_from_args(spec: ModelSpec, args: argparse.Namespace) -> dict:
+    """The online part with the command line's settings."""
+    return online(
+        spec,
+        args.online_rows,
+        args.rate,
+        args.seconds,
+        args.trees,
+        args.redis_cpu,
+        args.rounds,
+        args.jitter_seconds,
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -579,16 +599,7 @@ def main() -> int:
             print(f"| {stage} | {got[stage]['p50_us']:.1f} | {got[stage]['p99_us']:.1f} |")
         return 0
     if args.skip_offline:
-        on = online(
-            spec,
-            args.online_rows,
-            args.rate,
-            args.seconds,
-            args.trees,
-            args.redis_cpu,
-            args.rounds,
-            args.jitter_seconds,
-        )
+        on = online_from_args(spec, args)
         print(json.dumps(on, indent=2, default=str))
         print(online_markdown(on, args))
         return 0
@@ -596,31 +607,21 @@ def main() -> int:
     print(json.dumps(off, indent=2), flush=True)
     if args.skip_online:
         return 0
-    on = online(
-        spec,
-        args.online_rows,
-        args.rate,
-        args.seconds,
-        args.trees,
-        args.redis_cpu,
-        args.rounds,
-        args.jitter_seconds,
-    )
+    on = online_from_args(spec, args)
     text = markdown(off, on, args)
     print(text)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "title": "Real-time features: offline aggregates and the transformer",
-                    "command": f"python benchmarks/bench_features.py --rows {args.rows} "
-                    f"--peer-rows {args.peer_rows} --online-rows {args.online_rows} "
-                    f"--rate {args.rate:g} --seconds {args.seconds:g} --rounds {args.rounds} "
-                    f"--placement {args.placement}",
-                    "markdown": text,
-                    "results": {"offline": off, "online": on},
-                }
-            )
+        write_result(
+            args.json,
+            {
+                "title": "Real-time features: offline aggregates and the transformer",
+                "command": f"python benchmarks/bench_features.py --rows {args.rows} "
+                f"--peer-rows {args.peer_rows} --online-rows {args.online_rows} "
+                f"--rate {args.rate:g} --seconds {args.seconds:g} --rounds {args.rounds} "
+                f"--placement {args.placement}",
+                "markdown": text,
+                "results": {"offline": off, "online": on},
+            },
         )
     return 0
 

@@ -25,26 +25,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_serving as serving_bench  # noqa: E402
+from common import WRK_REQUEST, write_result  # noqa: E402
 
 ROOT = serving_bench.ROOT
 sys.path.insert(0, str(ROOT))
 
-from serving.auth import generate_token, write_records, write_token  # noqa: E402
-from serving.gateway import write_routes  # noqa: E402
+from serving.gateway_routes import write_routes  # noqa: E402
+from serving.token_files import write_records, write_token  # noqa: E402
+from serving.token_records import generate_token  # noqa: E402
 
-WRK_ENTITIES = r"""
-wrk.method = "POST"
-local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
-wrk.headers["Content-Type"] = "application/json"
-local token = os.getenv("BENCH_TOKEN")
-if token and token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
-local n = 0
+WRK_ENTITIES = (
+    WRK_REQUEST
+    + r"""local n = 0
 request = function()
   n = n + 1
   wrk.headers["X-Govml-Entity"] = "card-" .. n
   return wrk.format()
 end
 """
+)
 
 
 def start_gateway(work: Path, routes: dict, port: int, tokens: Path) -> subprocess.Popen:
@@ -156,19 +155,18 @@ def main() -> int:
     markdown = "\n".join(lines) + "\n"
     print(markdown)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "title": "Gateway: latency added in front of a model server",
-                    "command": f"python benchmarks/bench_gateway.py --duration {args.duration:g} "
-                    f"--rounds {args.rounds}",
-                    "markdown": markdown,
-                    "results": {
-                        "summary": summary,
-                        "rounds": {k: [r["p50_us"] for r in v] for k, v in results.items()},
-                    },
-                }
-            )
+        write_result(
+            args.json,
+            {
+                "title": "Gateway: latency added in front of a model server",
+                "command": f"python benchmarks/bench_gateway.py --duration {args.duration:g} "
+                f"--rounds {args.rounds}",
+                "markdown": markdown,
+                "results": {
+                    "summary": summary,
+                    "rounds": {k: [r["p50_us"] for r in v] for k, v in results.items()},
+                },
+            },
         )
     return 0
 

@@ -40,7 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipelines.data.fraud import FraudConfig, write_fraud  # noqa: E402
+from pipelines.data.fraud import write_fraud  # noqa: E402
+from pipelines.data.fraud_config import FraudConfig  # noqa: E402
 
 log = logging.getLogger("bench_generators")
 

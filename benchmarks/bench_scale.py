@@ -56,8 +56,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import psutil  # noqa: E402
+from common import write_result  # noqa: E402
 
 RUN = r"""
 import json, sys, time, logging
@@ -101,10 +103,13 @@ import json, shutil, sys, time, logging
 from pathlib import Path
 logging.basicConfig(level=logging.WARNING)
 from pipelines.spec import load_spec, Compute
-from pipelines.backends.dask_core import batch_score, build_features_dask, dask_client, train_dask
+from pipelines.backends.dask_core import batch_score, build_features_dask, dask_client
+from pipelines.backends.dask_training import train_dask
+from pipelines.stages.train import write_training
+from pipelines.stages.evaluate import write_evaluation
 from pipelines.backends.dask_ingest import ingest_dask
 from pipelines.backends.dask_validation import validate_data_dask
-from pipelines.backends.dask_evaluation import evaluate_dask, explain_dask
+from pipelines.backends.dask_evaluation import ExplainRun, evaluate_dask, explain_dask
 raw, out, workers, partition_rows, memory_limit, spec_path, rounds, model_dir = sys.argv[1:9]
 stages = sys.argv[9].split(",")
 spec = load_spec(Path(spec_path))
@@ -125,11 +130,12 @@ with dask_client(compute) as client:
                                                out / "validate", client, pr),
         "features": lambda: build_features_dask(spec, out / "ingest" / "data.parquet",
                                                 out / "features", client, pr),
-        "train": lambda: train_dask(spec, out / "features", train_dir, client, pr),
-        "evaluate": lambda: evaluate_dask(spec, out / "features", train_dir, out / "evaluate",
-                                          client, pr),
+        "train": lambda: write_training(spec, train_dir,
+                                        train_dask(spec, out / "features", client, pr)),
+        "evaluate": lambda: write_evaluation(spec, out / "evaluate", evaluate_dask(
+            spec, out / "features", train_dir, client, pr)),
         "explain": lambda: explain_dask(spec, out / "features", train_dir, out / "evaluate",
-                                        out / "explain", client, pr),
+                                        out / "explain", ExplainRun(client, pr)),
         "score": lambda: batch_score(spec, train_dir / "model.txt",
                                      out / "features" / "train.parquet",
                                      out / "scores.parquet", client, pr),
@@ -151,7 +157,7 @@ import sys
 from pathlib import Path
 from pipelines.spec import load_spec
 from pipelines.features import build_features
-from pipelines.training import train
+from pipelines.stages.train import train
 spec = load_spec(Path(sys.argv[3]))
 build_features(spec, Path(sys.argv[1]), Path(sys.argv[2]) / "features")
 train(spec, Path(sys.argv[2]) / "features", Path(sys.argv[2]) / "train")
@@ -162,9 +168,39 @@ def _label(rows: int) -> str:
     return f"{rows // 1_000_000}M" if rows % 1_000_000 == 0 else f"{rows / 1e6:g}M"
 
 
+def budget_note(args: argparse.Namespace, budget: int | None, worker_limit: str) -> str:
+    """The memory-budget sentence of a report's notes."""
+    if not budget:
+        return "No memory budget."
+    return (
+        f"Memory budget {args.memory_budget:g} GiB for the tree (Dask workers "
+        f"{worker_limit} each, spilling to disk)."
+    )
+
+
+def publish(args: argparse.Namespace, title: str, markdown: str, results: list) -> None:
+    """Print the report; with ``--json``, also write the result file, with the command line
+    that made it (less ``--json``)."""
+    print(markdown)
+    if not args.json:
+        return
+    command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
+    write_result(
+        args.json,
+        {
+            "title": title,
+            "command": command.replace(f"--json {args.json}", "").strip(),
+            "markdown": markdown,
+            "results": results,
+        },
+        indent=2,
+    )
+
+
 def dataset(cache: Path, rows: int) -> Path:
     """The generated fraud data set of ``rows`` rows (written in 1M-row chunks, cached)."""
-    from pipelines.data.fraud import FraudConfig, write_fraud
+    from pipelines.data.fraud import write_fraud
+    from pipelines.data.fraud_config import FraudConfig
 
     folder = cache / f"fraud-{rows}"
     files = sorted(folder.glob("*.parquet"))
@@ -394,24 +430,10 @@ def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -
         + ". Per stage: seconds (peak RSS of the process tree "
         "in GiB). 'in memory': the pandas sizes of the ingested table and of the three feature "
         "tables (estimated from 1M rows). "
-        + (f"Memory budget {args.memory_budget:g} GiB for the tree (Dask workers "
-           f"{worker_limit} each, spilling to disk)." if budget else "No memory budget.")
+        + budget_note(args, budget, worker_limit)
     )  # fmt: skip
     markdown = "\n".join([notes, "", *lines, "", "Growth (same stages):", *growth])
-    print(markdown)
-    if args.json:
-        command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
-        args.json.write_text(
-            json.dumps(
-                {
-                    "title": "Scale: the fraud lifecycle on the Dask backend (out of core)",
-                    "command": command.replace(f"--json {args.json}", "").strip(),
-                    "markdown": markdown,
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+    publish(args, "Scale: the fraud lifecycle on the Dask backend (out of core)", markdown, results)
     return 0
 
 
@@ -506,24 +528,10 @@ def main() -> int:
         "rows). Dask: LocalCluster "
         f"of {args.workers} worker processes, partitions of {args.partition_rows:,} rows; "
         "peak RSS is the whole process tree (client and workers). "
-        + (f"Memory budget {args.memory_budget:g} GiB for the tree (Dask workers "
-           f"{worker_limit} each, spilling to disk)." if budget else "No memory budget.")
+        + budget_note(args, budget, worker_limit)
     )  # fmt: skip
     markdown = "\n".join([notes, "", *lines, "", "Growth (time = features + scoring):", *growth])
-    print(markdown)
-    if args.json:
-        command = "python benchmarks/bench_scale.py " + " ".join(sys.argv[1:])
-        args.json.write_text(
-            json.dumps(
-                {
-                    "title": "Scale: local vs Dask backend (features and batch scoring)",
-                    "command": command.replace(f"--json {args.json}", "").strip(),
-                    "markdown": markdown,
-                    "results": results,
-                },
-                indent=2,
-            )
-        )
+    publish(args, "Scale: local vs Dask backend (features and batch scoring)", markdown, results)
     return 0
 
 

@@ -42,18 +42,17 @@ import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import WRK_REQUEST, write_result  # noqa: E402
 
 SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
 SPEC = ROOT / "specs" / "fraud.yaml"
 
-WRK_SCRIPT = r"""
-wrk.method = "POST"
-local f = io.open(os.getenv("BENCH_BODY"), "rb"); wrk.body = f:read("*a"); f:close()
-wrk.headers["Content-Type"] = "application/json"
-local token = os.getenv("BENCH_TOKEN")
-if token and token ~= "" then wrk.headers["Authorization"] = "Bearer " .. token end
-done = function(summary, latency, requests)
+WRK_SCRIPT = (
+    WRK_REQUEST
+    + r"""done = function(summary, latency, requests)
   io.write(string.format(
     "BENCH {\"requests\": %d, \"seconds\": %f, \"p50_us\": %d, \"p90_us\": %d, " ..
     "\"p99_us\": %d, \"p999_us\": %d, \"max_us\": %d, \"non2xx\": %d, \"socket_errors\": %d}\n",
@@ -62,6 +61,7 @@ done = function(summary, latency, requests)
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
+)
 
 BATCH_RAW = r"""
 import json, sys, time, numpy as np, lightgbm as lgb
@@ -87,12 +87,13 @@ def build_model(work: Path, rows: int, trees: int) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
+    from pipelines.booster_layout import category_lists, typed_frame
     from pipelines.data.manifest import data_path, manifest_path_for
     from pipelines.datasets import materialise
     from pipelines.features import build_features
     from pipelines.ingest import ingest
     from pipelines.spec import load_spec
-    from pipelines.training import _category_lists, _typed_for_lgb, base_params
+    from pipelines.training import base_params
 
     spec = load_spec(SPEC)
     data_dir = work / "data"
@@ -104,8 +105,8 @@ def build_model(work: Path, rows: int, trees: int) -> dict[str, Any]:
     features, categorical = list(meta["features"]), list(meta["categorical"])
     train = pd.read_parquet(features_dir / "train.parquet")
     test = pd.read_parquet(features_dir / "test.parquet")
-    cats = _category_lists(train, categorical)
-    x = _typed_for_lgb(train, features, categorical, cats)
+    cats = category_lists(train, categorical)
+    x = typed_frame(train, features, cats)
     y = train[spec.data.target].to_numpy().astype("int64")
     params, _ = base_params(spec, y)
     booster = lgb.train(params, lgb.Dataset(x, y), num_boost_round=trees)
@@ -180,7 +181,8 @@ def stop(proc: subprocess.Popen) -> None:
 def start_ours(
     work: Path, model: dict[str, Any], port: int, log_format: str
 ) -> tuple[subprocess.Popen, str]:
-    from serving.auth import generate_token, write_records
+    from serving.token_files import write_records
+    from serving.token_records import generate_token
 
     token, record = generate_token("bench-client", ["predict", "explain"])
     tokens = work / "tokens.json"
@@ -421,19 +423,18 @@ def main() -> int:
     markdown = render(out, args)
     print(markdown)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "title": "Model endpoint vs MLServer (LightGBM runtime)",
-                    "command": "python benchmarks/bench_serving.py "
-                    f"--rows {args.rows} --trees {args.trees} --duration {args.duration:g} "
-                    f"--rounds {args.rounds} --connections {args.connections} "
-                    f"--batch-rows {args.batch_rows}",
-                    "markdown": markdown,
-                    "results": out,
-                },
-                default=str,
-            )
+        write_result(
+            args.json,
+            {
+                "title": "Model endpoint vs MLServer (LightGBM runtime)",
+                "command": "python benchmarks/bench_serving.py "
+                f"--rows {args.rows} --trees {args.trees} --duration {args.duration:g} "
+                f"--rounds {args.rounds} --connections {args.connections} "
+                f"--batch-rows {args.batch_rows}",
+                "markdown": markdown,
+                "results": out,
+            },
+            default=str,
         )
     return 0
 

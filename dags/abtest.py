@@ -17,6 +17,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
+from dags.govml_airflow.run_dag import dags_per_spec
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, discover_specs, load_spec
@@ -40,7 +41,7 @@ def build_abtest_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
     def abtest() -> None:
         @task.short_circuit(task_id="running")
         def running() -> bool:
-            from ops.abtest import load_state
+            from ops.abtest_state import load_state
             from serving.control.routes import RUNNING
 
             state = load_state(load_settings(), load_spec(spec_path).name)
@@ -71,16 +72,13 @@ def build_abtest_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
 
 
 def _build_all() -> dict[str, Any]:
-    dags: dict[str, Any] = {}
-    for name, path in discover_specs(SETTINGS.specs_dir).items():
-        try:
-            spec = load_spec(path)
-        except GovMLError as exc:
-            log.error("skipping A/B test DAG for %s: %s", name, exc)
-            continue
-        if spec.abtest is not None:
-            dags[f"{spec.name}_abtest"] = build_abtest_dag(spec, str(path))
-    return dags
+    return dags_per_spec(
+        discover_specs(SETTINGS.specs_dir),
+        "abtest",
+        "A/B test",
+        lambda spec, path: build_abtest_dag(spec, str(path)) if spec.abtest is not None else None,
+        log,
+    )
 
 
 globals().update(_build_all())

@@ -61,6 +61,141 @@ def _trigger() -> tuple[str | None, bool]:
     return found, found is not None
 
 
+def _run_params() -> dict[str, Param]:
+    """The run parameters a user may set when triggering (:data:`pipelines.runs.PARAMS`)."""
+    return {
+        "data_path": Param(
+            None,
+            type=["null", "string"],
+            description="Parquet/CSV file instead of the spec's source",
+        ),
+        "n_rows": Param(
+            None,
+            type=["null", "integer"],
+            minimum=100,
+            description="rows to generate (generated sources)",
+        ),
+        "seed": Param(None, type=["null", "integer"], description="generator seed"),
+        "bias": Param(
+            None,
+            type=["null", "number"],
+            minimum=0,
+            maximum=1,
+            description="credit generator bias knob",
+        ),
+        "fraud_rate": Param(
+            None,
+            type=["null", "number"],
+            minimum=0.001,
+            maximum=0.01,
+            description="fraud generator target fraud rate",
+        ),
+        "tuning_trials": Param(
+            None, type=["null", "integer"], minimum=0, description="LightGBM tuning budget"
+        ),
+        "reason": Param(
+            None,
+            type=["null", "string"],
+            description="why this run (recorded in the audit trail)",
+        ),
+        "author": Param(
+            None,
+            type=["null", "string"],
+            description="who developed this model change (may not approve it)",
+        ),
+    }
+
+
+def _trigger_task(spec_path: Path):  # noqa: ANN202
+    """The first task: why this run, recorded in the audit trail."""
+
+    @task
+    def trigger(**context: Any) -> dict[str, Any]:
+        """Why this run: the schedule, a retrain asset event (its reason), a person."""
+        from dags.govml_airflow.assets import trigger_reason
+        from ops.local_run import UNAUTHENTICATED
+        from ops.retrain import record_trigger
+
+        run = run_context(spec_path)
+        why = trigger_reason(context)
+        user, proven = _trigger()
+        actor = "airflow"
+        if why["trigger"] == "manual":
+            actor = (user or "airflow") if proven else UNAUTHENTICATED
+            why["trigger_authenticated"] = proven
+        record_trigger(run.settings.governance_url, run.spec.name, run.run_id, why, actor)
+        log.info("%s run %s: %s", run.spec.name, run.run_id, why["reason"])
+        return why
+
+    return trigger
+
+
+def _request_approval_task(spec: ModelSpec, spec_path: Path):  # noqa: ANN202
+    """The task that opens the four-eyes approval of the registered version."""
+
+    @task
+    @no_retry("request_approval")
+    def request_approval(registered: dict[str, Any], champ: dict[str, str]) -> dict[str, Any]:
+        from registry.approvals import RunOrigin
+        from registry.governance import open_approval
+
+        run = run_context(spec_path)
+        triggered_by, proven = _trigger()
+        if not proven:
+            log.warning(
+                "%s: the run's trigger is not authenticated; this version cannot be "
+                "approved for deployment (run it with `govml run --as USER`)",
+                run.run_id,
+            )
+        return open_approval(
+            run.settings.governance_url,
+            run.settings.mlflow_tracking_uri,
+            run.spec,
+            run.run_dir,
+            registered,
+            origin=RunOrigin(
+                run_id=run.run_id,
+                dag_id=spec.name + "_lifecycle",
+                triggered_by=triggered_by,
+                author=run.params.get("author"),
+                trigger_authenticated=proven,
+            ),
+            champion_model=Path(champ["model"]) if champ.get("model") else None,
+            out_dir=run.stage_dir("approval"),
+        )
+
+    return request_approval
+
+
+def _deploy_task(spec_path: Path):  # noqa: ANN202
+    """The task that releases an approved version."""
+
+    @task
+    @no_retry("deploy")
+    def deploy(registered: dict[str, Any]) -> dict[str, Any]:
+        """Release the version this run registered, if the keyed audit chain holds a
+        valid approval of it: the approval task's state and XCom are never trusted
+        (a forced or cleared task changes neither the chain nor this check)."""
+        from ops.deploy import serve_release
+        from registry.governance import release_approved
+
+        run = run_context(spec_path)
+        return release_approved(
+            run.settings.governance_url,
+            run.settings.mlflow_tracking_uri,
+            registered["model_name"],
+            str(registered["version"]),
+            actor="govml-lifecycle",
+            run_id=run.run_id,
+            out_dir=run.stage_dir("deploy"),
+            serve=lambda state: serve_release(
+                run.settings, run.run_dir, state, spec_path=run.spec_path
+            ),
+        )
+
+    return deploy
+
+
 def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
     """The lifecycle DAG for one spec."""
 
@@ -74,123 +209,17 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
         max_active_runs=1,
         tags=["govml", "lifecycle", spec.use_case],
         default_args={"owner": spec.owner, "retries": 1, "retry_delay": dt.timedelta(seconds=30)},
-        params={
-            "data_path": Param(
-                None,
-                type=["null", "string"],
-                description="Parquet/CSV file instead of the spec's source",
-            ),
-            "n_rows": Param(
-                None,
-                type=["null", "integer"],
-                minimum=100,
-                description="rows to generate (generated sources)",
-            ),
-            "seed": Param(None, type=["null", "integer"], description="generator seed"),
-            "bias": Param(
-                None,
-                type=["null", "number"],
-                minimum=0,
-                maximum=1,
-                description="credit generator bias knob",
-            ),
-            "fraud_rate": Param(
-                None,
-                type=["null", "number"],
-                minimum=0.001,
-                maximum=0.01,
-                description="fraud generator target fraud rate",
-            ),
-            "tuning_trials": Param(
-                None, type=["null", "integer"], minimum=0, description="LightGBM tuning budget"
-            ),
-            "reason": Param(
-                None,
-                type=["null", "string"],
-                description="why this run (recorded in the audit trail)",
-            ),
-            "author": Param(
-                None,
-                type=["null", "string"],
-                description="who developed this model change (may not approve it)",
-            ),
-        },
+        params=_run_params(),
     )
     def lifecycle() -> None:
-        @task
-        def trigger(**context: Any) -> dict[str, Any]:
-            """Why this run: the schedule, a retrain asset event (its reason), a person."""
-            from dags.govml_airflow.assets import trigger_reason
-            from ops.local_run import UNAUTHENTICATED
-            from ops.retrain import record_trigger
-
-            run = run_context(spec_path)
-            why = trigger_reason(context)
-            user, proven = _trigger()
-            actor = "airflow"
-            if why["trigger"] == "manual":
-                actor = (user or "airflow") if proven else UNAUTHENTICATED
-                why["trigger_authenticated"] = proven
-            record_trigger(run.settings.governance_url, run.spec.name, run.run_id, why, actor)
-            log.info("%s run %s: %s", run.spec.name, run.run_id, why["reason"])
-            return why
-
-        @task
-        @no_retry("request_approval")
-        def request_approval(registered: dict[str, Any], champ: dict[str, str]) -> dict[str, Any]:
-            from registry.governance import open_approval
-
-            run = run_context(spec_path)
-            triggered_by, proven = _trigger()
-            if not proven:
-                log.warning(
-                    "%s: the run's trigger is not authenticated; this version cannot be "
-                    "approved for deployment (run it with `govml run --as USER`)",
-                    run.run_id,
-                )
-            return open_approval(
-                run.settings.governance_url,
-                run.settings.mlflow_tracking_uri,
-                run.spec,
-                run.run_dir,
-                registered,
-                run_id=run.run_id,
-                dag_id=spec.name + "_lifecycle",
-                triggered_by=triggered_by,
-                trigger_authenticated=proven,
-                author=run.params.get("author"),
-                champion_model=Path(champ["model"]) if champ.get("model") else None,
-                out_dir=run.stage_dir("approval"),
-            )
-
+        trigger = _trigger_task(spec_path)
+        request_approval = _request_approval_task(spec, spec_path)
         approval = GovernedApprovalOperator(
             task_id="approval",
             response_timeout=dt.timedelta(seconds=spec.approval.timeout_seconds),
             doc_md="Four-eyes approval: answer under Browse -> Required Actions.",
         )
-
-        @task
-        @no_retry("deploy")
-        def deploy(registered: dict[str, Any]) -> dict[str, Any]:
-            """Release the version this run registered, if the keyed audit chain holds a
-            valid approval of it: the approval task's state and XCom are never trusted
-            (a forced or cleared task changes neither the chain nor this check)."""
-            from ops.deploy import serve_release
-            from registry.governance import release_approved
-
-            run = run_context(spec_path)
-            return release_approved(
-                run.settings.governance_url,
-                run.settings.mlflow_tracking_uri,
-                registered["model_name"],
-                str(registered["version"]),
-                actor="govml-lifecycle",
-                run_id=run.run_id,
-                out_dir=run.stage_dir("deploy"),
-                serve=lambda state: serve_release(
-                    run.settings, run.run_dir, state, spec_path=run.spec_path
-                ),
-            )
+        deploy = _deploy_task(spec_path)
 
         why = trigger()
         stages = stage_tasks(LIFECYCLE, spec_path)  # ingest ... gates, register

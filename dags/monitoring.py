@@ -20,9 +20,10 @@ from typing import Any
 from airflow.sdk import dag, task
 
 from dags.govml_airflow.assets import PRESETS, retrain_asset
+from dags.govml_airflow.run_dag import dags_per_spec
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
-from pipelines.spec import ModelSpec, discover_specs, load_spec
+from pipelines.spec import ModelSpec, discover_specs
 
 log = logging.getLogger(__name__)
 SETTINGS = load_settings()
@@ -83,15 +84,9 @@ def build_monitoring_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
 
 
 def _build_all() -> dict[str, Any]:
-    dags: dict[str, Any] = {}
-    for name, path in discover_specs(SETTINGS.specs_dir).items():
-        try:
-            spec = load_spec(path)
-        except GovMLError as exc:
-            log.error("skipping monitoring DAG for %s: %s", name, exc)
-            continue
-        dags[f"{spec.name}_monitoring"] = build_monitoring_dag(spec, path)
-    return dags
+    return dags_per_spec(
+        discover_specs(SETTINGS.specs_dir), "monitoring", "monitoring", build_monitoring_dag, log
+    )
 
 
 globals().update(_build_all())

@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Param, dag, task
 
-from dags.govml_airflow.run_dag import dag_spec_paths
+from dags.govml_airflow.run_dag import dag_spec_paths, dags_per_spec
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, load_spec
@@ -167,16 +167,13 @@ def build_rollout_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
 
 
 def _build_all() -> dict[str, Any]:
-    dags: dict[str, Any] = {}
-    for name, path in dag_spec_paths(SETTINGS.specs_dir).items():
-        try:
-            spec = load_spec(path)
-        except GovMLError as exc:
-            log.error("skipping rollout DAG for %s: %s", name, exc)
-            continue
-        if f"{spec.name}_rollout" not in dags:  # the specs folder's spec of a name wins
-            dags[f"{spec.name}_rollout"] = build_rollout_dag(spec, str(path))
-    return dags
+    return dags_per_spec(
+        dag_spec_paths(SETTINGS.specs_dir),
+        "rollout",
+        "rollout",
+        lambda spec, path: build_rollout_dag(spec, str(path)),
+        log,
+    )
 
 
 globals().update(_build_all())

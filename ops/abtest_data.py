@@ -24,7 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.spec import AB_AMOUNT_FEATURE, ModelSpec, Segment
+from pipelines.spec import ModelSpec
+from pipelines.spec_abtest import AB_AMOUNT_FEATURE
+from pipelines.spec_features import Segment
 
 COLUMNS = ["request_id", "entity", "arm", "route", "score", "label", "amount", "covariate"]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from rich.console import Console
@@ -39,15 +40,10 @@ def _demo_trigger(settings: Settings):  # noqa: ANN202 (ops.identity.Identity)
     return authenticate_user(settings, user, stack.airflow_passwords(settings)[user])
 
 
-def run_demo(settings: Settings, rows: int | None = None) -> int:
-    console = Console()
-    console.rule("[bold]govml demo: fraud lifecycle (embedded stack)")
-    specs = {}
-    with console.status("validating specs"):
-        for name, path in discover_specs(settings.specs_dir).items():
-            specs[name] = load_spec(path)
-    console.print(f"[green]ok[/] {len(specs)} specs valid: {', '.join(sorted(specs))}")
-
+def _data_sets(
+    console: Console, settings: Settings, specs: dict[str, Any], rows: int | None
+) -> dict[str, Path]:
+    """Write (and verify) the demo's data sets; their manifests by spec name."""
     table = Table(title="Data sets (Parquet + manifest)")
     for col in ("spec", "rows", "label rate", "sha256", "seconds"):
         table.add_column(col)
@@ -71,19 +67,61 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
             name, f"{manifest.rows:,}", f"{rate:.3%}", manifest.sha256[:16] + "…", f"{elapsed:.1f}"
         )
     console.print(table)
+    return manifests
 
+
+def _fraud_summary(console: Console, fraud_file: Path) -> None:
+    """The fraud data's time span and its frauds by scenario."""
+    manifest = verify_manifest(fraud_file)
+    frame = pd.read_parquet(
+        data_path(fraud_file, manifest), columns=["tx_time", "fraud_scenario", "is_fraud"]
+    )
+    scenarios = frame.loc[frame["is_fraud"] == 1, "fraud_scenario"].value_counts()
+    console.print(
+        f"fraud transactions {frame['tx_time'].min():%Y-%m-%d} → "
+        f"{frame['tx_time'].max():%Y-%m-%d}; fraud by scenario: "
+        + ", ".join(f"{k} {v:,}" for k, v in scenarios.items() if v)
+    )
+
+
+def _where_to_look(
+    console: Console, settings: Settings, manifests: dict[str, Path], endpoint: str | None
+) -> None:
+    console.rule("where to look")
+    console.print(f"data and manifests : {settings.data_dir}")
+    console.print(f"specs              : {settings.specs_dir}")
+    console.print(
+        f"verify a data set  : .venv/bin/govml data verify {manifests.get('fraud', '<manifest>')}"
+    )
+    console.print(
+        "Airflow and MLflow : make up   (prints the URLs, the Airflow users and where "
+        "their passwords are);"
+    )
+    console.print("                     the registered candidate is under Models → fraud")
+    console.print("run it again       : .venv/bin/govml run fraud   (or trigger it in Airflow)")
+    console.print("approvals          : .venv/bin/govml approvals list --status pending")
+    console.print("audit trail        : .venv/bin/govml audit verify; .venv/bin/govml audit log")
+    if endpoint:
+        console.print(f"model endpoint     : {endpoint}/v1/models/fraud:predict (and :explain)")
+        console.print("                     still running; stop it with: make down")
+        console.print(
+            "                     bearer token required (loopback only); get one with: "
+            ".venv/bin/govml serving token new fraud VERSION NAME --scope predict"
+        )
+
+
+def run_demo(settings: Settings, rows: int | None = None) -> int:
+    console = Console()
+    console.rule("[bold]govml demo: fraud lifecycle (embedded stack)")
+    specs = {}
+    with console.status("validating specs"):
+        for name, path in discover_specs(settings.specs_dir).items():
+            specs[name] = load_spec(path)
+    console.print(f"[green]ok[/] {len(specs)} specs valid: {', '.join(sorted(specs))}")
+    manifests = _data_sets(console, settings, specs, rows)
     fraud_file = manifests.get("fraud")
     if fraud_file is not None:
-        manifest = verify_manifest(fraud_file)
-        frame = pd.read_parquet(
-            data_path(fraud_file, manifest), columns=["tx_time", "fraud_scenario", "is_fraud"]
-        )
-        scenarios = frame.loc[frame["is_fraud"] == 1, "fraud_scenario"].value_counts()
-        console.print(
-            f"fraud transactions {frame['tx_time'].min():%Y-%m-%d} → "
-            f"{frame['tx_time'].max():%Y-%m-%d}; fraud by scenario: "
-            + ", ".join(f"{k} {v:,}" for k, v in scenarios.items() if v)
-        )
+        _fraud_summary(console, fraud_file)
 
     console.rule("fraud lifecycle DAG (dag.test, embedded stack)")
     from ops.demo_serving import approve_and_serve
@@ -106,28 +144,7 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
     )
     if not chain.ok:
         code = 1
-
-    console.rule("where to look")
-    console.print(f"data and manifests : {settings.data_dir}")
-    console.print(f"specs              : {settings.specs_dir}")
-    console.print(
-        f"verify a data set  : .venv/bin/govml data verify {manifests.get('fraud', '<manifest>')}"
-    )
-    console.print(
-        "Airflow and MLflow : make up   (prints the URLs, the Airflow users and where "
-        "their passwords are);"
-    )
-    console.print("                     the registered candidate is under Models → fraud")
-    console.print("run it again       : .venv/bin/govml run fraud   (or trigger it in Airflow)")
-    console.print("approvals          : .venv/bin/govml approvals list --status pending")
-    console.print("audit trail        : .venv/bin/govml audit verify; .venv/bin/govml audit log")
-    if endpoint:
-        console.print(f"model endpoint     : {endpoint}/v1/models/fraud:predict (and :explain)")
-        console.print("                     still running; stop it with: make down")
-        console.print(
-            "                     bearer token required (loopback only); get one with: "
-            ".venv/bin/govml serving token new fraud VERSION NAME --scope predict"
-        )
+    _where_to_look(console, settings, manifests, endpoint)
     if code == 0:
         console.print("[green]demo finished[/]")
     return code

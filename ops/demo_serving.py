@@ -77,7 +77,7 @@ def _decision(answer: dict[str, Any], index: int, score: float) -> str:
 def record_demo_approvals(settings: Settings, model: str, version: str, run_id: str) -> Any:
     """The approvals the version needs, as the demo stack's reviewer and validator."""
     from registry.approval_state import ApprovalStatus
-    from registry.approvals import decide, get_request
+    from registry.approvals import Review, decide, get_request
     from registry.mlflow_registry import artifact_sha256_of, tag_version
 
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, model, version)
@@ -89,10 +89,12 @@ def record_demo_approvals(settings: Settings, model: str, version: str, run_id: 
             settings.governance_url,
             model,
             version,
-            user=user,
-            decision="approve",
-            reason=f"demo approval by {user}: gates, fairness and SHAP reports reviewed",
-            channel="demo",
+            Review(
+                user=user,
+                decision="approve",
+                reason=f"demo approval by {user}: gates, fairness and SHAP reports reviewed",
+                channel="demo",
+            ),
             run_id=run_id,
             artifact_sha256=sha,
         )
@@ -107,7 +109,6 @@ def approve_and_serve(
     from ops.deploy import serve_release
     from ops.lifecycle_runner import tracking_uri
     from pipelines.spec import load_spec
-    from registry.approval_state import ApprovalStatus
     from registry.governance import release_approved
 
     spec = load_spec(spec_path)
@@ -125,21 +126,8 @@ def approve_and_serve(
         f"[bold]demo approvals by {' and '.join(DEMO_APPROVERS)} "
         "(in a bank these are two people)[/]"
     )
-    try:
-        state = record_demo_approvals(settings, model, version, run_id)
-    except GovMLError as exc:
-        console.print(f"[red]approval refused:[/] {exc}")
+    if not _approve(console, settings, model, version, run_id):
         return 1, None
-    for decision in state.decisions:
-        console.print(f"  {decision.user:<10} {decision.decision} via {decision.channel}")
-    if state.status != ApprovalStatus.APPROVED:
-        console.print(f"[red]request {state.id} is {state.status}; not deployed[/]")
-        return 1, None
-    console.print(
-        f"request {state.id}: approved by {', '.join(state.approvers)} "
-        f"({len(state.approvers)}/{state.required_approvers}), bound to SHA-256 "
-        f"{state.artifact_sha256[:16]}…"
-    )
     with console.status(f"deploy step: starting the {model} v{version} model server"):
         try:
             released = release_approved(
@@ -163,6 +151,42 @@ def approve_and_serve(
         "(the endpoint reproduced the pipeline's scores exactly)"
     )
 
+    return _score_live(console, settings, spec, run_dir, released, (model, version)), url
+
+
+def _approve(console: Console, settings: Settings, model: str, version: str, run_id: str) -> bool:
+    """Record the demo's two approvals; True when the version is approved."""
+    from registry.approval_state import ApprovalStatus
+
+    try:
+        state = record_demo_approvals(settings, model, version, run_id)
+    except GovMLError as exc:
+        console.print(f"[red]approval refused:[/] {exc}")
+        return False
+    for decision in state.decisions:
+        console.print(f"  {decision.user:<10} {decision.decision} via {decision.channel}")
+    if state.status != ApprovalStatus.APPROVED:
+        console.print(f"[red]request {state.id} is {state.status}; not deployed[/]")
+        return False
+    console.print(
+        f"request {state.id}: approved by {', '.join(state.approvers)} "
+        f"({len(state.approvers)}/{state.required_approvers}), bound to SHA-256 "
+        f"{state.artifact_sha256[:16]}…"
+    )
+    return True
+
+
+def _score_live(
+    console: Console,
+    settings: Settings,
+    spec: Any,
+    run_dir: Path,
+    released: dict[str, Any],
+    served: tuple[str, str],
+) -> int:
+    """Score a few test transactions through the live endpoint and explain a flagged
+    one (raw ones through the transformer too, when there is one); the exit code."""
+    (model, version), url = served, str(released["endpoint"])
     console.rule(f"live scoring: POST {url}/v1/models/{model}:predict")
     try:
         from ops.deploy import service_token
@@ -186,18 +210,14 @@ def approve_and_serve(
         console.print(table)
         flagged = [i for i, d in enumerate(decisions) if d in ("flag", "decline")]
         pick = flagged[0] if flagged else max(range(len(scores)), key=scores.__getitem__)
-        explained = _post(
-            f"{url}/v1/models/{model}:explain", {"instances": [rows[pick]]}, token
-        )
+        explained = _post(f"{url}/v1/models/{model}:explain", {"instances": [rows[pick]]}, token)
         _print_explanation(console, explained["explanations"][0], rows[pick], bool(flagged))
         if released.get("transformer"):
-            _raw_through_transformer(
-                console, str(released["transformer"]), spec, run_dir, token
-            )
+            _raw_through_transformer(console, str(released["transformer"]), spec, run_dir, token)
     except (DeploymentError, KeyError, TypeError, ValueError) as exc:
         console.print(f"[red]scoring failed:[/] {exc}")
-        return 1, url
-    return 0, url
+        return 1
+    return 0
 
 
 def _raw_through_transformer(

@@ -73,7 +73,7 @@ def service_token(settings: Settings, model: str, version: str) -> str:
     """The project's own bearer token for a deployed version (its ``service.token``);
     DeploymentError when the version has none (it was never deployed here)."""
     from pipelines.errors import ConfigError
-    from serving.auth import deployment_name, deployment_tokens, read_token
+    from serving.token_files import deployment_name, deployment_tokens, read_token
 
     files = deployment_tokens(settings.serving_dir / deployment_name(model, str(version)))
     try:
@@ -85,7 +85,7 @@ def service_token(settings: Settings, model: str, version: str) -> str:
 def endpoint_token(endpoint: Endpoint) -> str:
     """The project's own bearer token for an endpoint a deployer returned."""
     from pipelines.errors import ConfigError
-    from serving.auth import read_token
+    from serving.token_files import read_token
 
     path = endpoint.details.get("token_file")
     if not path:
@@ -259,6 +259,24 @@ def _safe_store(url: str) -> str:
     return safe_url(url)
 
 
+def _warm_features(
+    settings: Settings, run_dir: Path, state: Any, spec_path: Path | None
+) -> tuple[Any, str | None, Path | None]:
+    """(spec, feature store, history) of the release: a spec with aggregate features
+    gets its online features warmed up before the version serves."""
+    if spec_path is None:
+        return None, None, None
+    from pipelines.spec import load_spec
+
+    spec = load_spec(spec_path)
+    if not spec.features.aggregates:
+        return spec, None, None
+    store, history = warm_up_features(
+        settings, spec, run_dir, state.model_name, str(state.model_version), state.run_id
+    )
+    return spec, store, history
+
+
 def serve_release(
     settings: Settings, run_dir: Path, state: Any, spec_path: Path | None = None
 ) -> dict[str, Any]:
@@ -266,22 +284,7 @@ def serve_release(
     from registry.mlflow_registry import serving_uri
 
     features = json.loads((run_dir / "features" / "features.json").read_text())["features"]
-    spec = None
-    store: str | None = None
-    history: Path | None = None
-    if spec_path is not None:
-        from pipelines.spec import load_spec
-
-        spec = load_spec(spec_path)
-        if spec.features.aggregates:
-            store, history = warm_up_features(
-                settings,
-                spec,
-                run_dir,
-                state.model_name,
-                str(state.model_version),
-                state.run_id,
-            )
+    spec, store, history = _warm_features(settings, run_dir, state, spec_path)
     release = Release(
         model_name=state.model_name,
         version=str(state.model_version),

@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pipelines.errors import ConfigError
-from pipelines.features_online import OnlineFeatures, read_history, states_from_history
+from pipelines.feature_history import read_history, states_from_history
+from pipelines.features_online import OnlineFeatures
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ def backfill(
     progress: bool = False,
 ) -> BackfillResult:
     """Merge the history's states into ``store_url`` and mark the namespace warm."""
-    from serving.feature_store import PREFIX, open_store
+    from serving.feature_store import open_store
+    from serving.feature_store_keys import PREFIX
 
     if store_url in ("", "memory"):
         raise ConfigError(
@@ -112,7 +114,8 @@ def backfill(
 
 def warm_record(spec: ModelSpec, store_url: str, *, prefix: str | None = None) -> dict | None:
     """The namespace's warm-up record (None: never backfilled)."""
-    from serving.feature_store import PREFIX, open_store
+    from serving.feature_store import open_store
+    from serving.feature_store_keys import PREFIX
 
     store = open_store(OnlineFeatures(spec), store_url, prefix=prefix or PREFIX)
     try:

@@ -83,7 +83,7 @@ def http_json(
 
 def airflow_up(settings: Settings) -> bool:
     """Whether the stack's Airflow API server answers its health check."""
-    from ops.stack import http_ok
+    from ops.stack_processes import http_ok
 
     return http_ok(f"{settings.airflow_url}/api/v2/monitor/health", timeout=2.0)[0]
 

@@ -48,6 +48,7 @@ from ops.local_run import (
     record_run_trigger,
 )
 from ops.run_summary import progress, read_summary
+from ops.stack_processes import http_ok
 from pipelines.config import Settings
 from pipelines.errors import StackError
 from pipelines.runs import safe_run_id
@@ -102,7 +103,7 @@ def tracking_uri(settings: Settings) -> str:
     """The tracking server when it answers, else its backend store used directly (then
     the server's ``mlflow-artifacts:`` URIs resolve to its artifact folder here)."""
     uri = settings.mlflow_tracking_uri
-    if uri.startswith("http") and not stack.http_ok(f"{uri}/health", timeout=1.0)[0]:
+    if uri.startswith("http") and not http_ok(f"{uri}/health", timeout=1.0)[0]:
         from registry.mlflow_local import serve_proxied_artifacts_from
 
         serve_proxied_artifacts_from(settings.mlflow_artifacts)
@@ -273,6 +274,23 @@ def _follow(
 
 
 # --------------------------------------------------------------------------- stack down
+def _child_environment(
+    settings: Settings, spec: ModelSpec, run_id: str, console: Console, identity: Identity | None
+) -> dict[str, str]:
+    """The ``dag.test()`` child's environment, with the trigger's one-time secret when
+    the trigger (``--as USER``) was proven and recorded."""
+    env = run_environment(settings)
+    if identity is not None:
+        dag_id = f"{spec.name}_lifecycle"
+        env[TRIGGER_NONCE_ENV] = record_run_trigger(settings, identity, dag_id, run_id, spec.name)
+    else:
+        console.print(
+            "[yellow]no --as USER: this run's trigger is not authenticated, so the version "
+            "it registers cannot be approved for deployment[/]"
+        )
+    return env
+
+
 def _run_here(
     settings: Settings,
     spec: ModelSpec,
@@ -294,15 +312,7 @@ def _run_here(
     run_id = lifecycle_run_id(run_after)
     run_dir = settings.runs_dir / spec.name / safe_run_id(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = run_environment(settings)
-    if identity is not None:
-        dag_id = f"{spec.name}_lifecycle"
-        env[TRIGGER_NONCE_ENV] = record_run_trigger(settings, identity, dag_id, run_id, spec.name)
-    else:
-        console.print(
-            "[yellow]no --as USER: this run's trigger is not authenticated, so the version "
-            "it registers cannot be approved for deployment[/]"
-        )
+    env = _child_environment(settings, spec, run_id, console, identity)
     cmd = [
         sys.executable,
         "-m",

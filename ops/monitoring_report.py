@@ -153,6 +153,104 @@ def _kv(data: dict[str, Any]) -> str:
     )
 
 
+DRIFT_COLUMNS = [
+    "segment",
+    "value",
+    "feature",
+    "psi",
+    "js_distance",
+    "ks_statistic",
+    "chi2_statistic",
+    "wasserstein_norm",
+    "pvalue_adjusted",
+    "severity",
+]
+PERFORMANCE_COLUMNS = ["roc_auc", "pr_auc", "recall_at_fpr", "label_coverage"]
+KPI_COLUMNS = [
+    "adverse_rate",
+    "approval_rate",
+    "false_positive_rate",
+    "caught_ratio",
+    "default_rate_approved",
+]
+FAIRNESS_COLUMNS = [
+    "demographic_parity_ratio",
+    "demographic_parity_difference",
+    "false_positive_rate_difference",
+    "equalized_odds_difference",
+]
+LATENCY_COLUMNS = [
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "latency_p50_ms",
+    "latency_p95_ms",
+    "latency_p99_ms",
+]
+
+
+def _frame(sections: dict[str, Any], name: str) -> pd.DataFrame | None:
+    """The section ``name`` when it is a non-empty table, else None."""
+    value = sections.get(name)
+    return value if isinstance(value, pd.DataFrame) and not value.empty else None
+
+
+def _drift_parts(spec: ModelSpec, sections: dict[str, Any]) -> list[str]:
+    drift = sections.get("drift")
+    if drift is None:
+        return []
+    table = drift.table
+    parts = [
+        "<h2>Drift per feature</h2>" + psi_bars(table, spec.drift.psi_warn, spec.drift.psi_alarm),
+        "<h2>PSI by segment</h2>" + psi_heatmap(table),
+    ]
+    if sections.get("segments_unavailable"):
+        parts.append(
+            "<p>Segments not in the data (no context feed): "
+            + html.escape(", ".join(sections["segments_unavailable"]))
+            + "</p>"
+        )
+    drifted = table[table["significant"]].sort_values("psi", ascending=False)
+    parts.append(
+        "<h2>Significant changes (after Benjamini-Hochberg)</h2>" + _table(drifted, DRIFT_COLUMNS)
+    )
+    return parts
+
+
+def _window_parts(sections: dict[str, Any]) -> list[str]:
+    """Performance, business KPIs, compliance, technical metrics and the market."""
+    parts = []
+    if (performance := _frame(sections, "performance")) is not None:
+        whole = performance[performance["segment"] == "all"]
+        parts.append(
+            "<h2>Performance (labels known so far)</h2>"
+            + _kv(sections.get("live", {}))
+            + timeline(whole, PERFORMANCE_COLUMNS, "Performance per window (whole population)")
+        )
+    if (kpis := _frame(sections, "kpis")) is not None:
+        parts.append(
+            "<h2>Business KPIs</h2>" + timeline(kpis, KPI_COLUMNS, "Business KPIs per window")
+        )
+    fairness = sections.get("fairness") or {}
+    if fairness or sections.get("compliance"):
+        parts.append("<h2>Compliance</h2>")
+        for attribute, table in fairness.items():
+            parts.append(
+                timeline(table, FAIRNESS_COLUMNS, f"Fairness on live decisions: {attribute}")
+            )
+        parts.append(_kv(sections.get("compliance") or {}))
+    if (technical := _frame(sections, "technical")) is not None:
+        parts.append(
+            "<h2>Technical</h2>"
+            + _kv(sections.get("technical_summary") or {})
+            + timeline(technical, LATENCY_COLUMNS, "Server latency per hour", "ms")
+        )
+    if (market_frame := _frame(sections, "market_frame")) is not None:
+        parts.append("<h2>Market early warning</h2>" + _kv(sections.get("market") or {}))
+        parts.append(market_plot(market_frame, sections.get("market") or {}))
+    return parts
+
+
 def render_html(spec: ModelSpec, result: dict[str, Any], sections: dict[str, Any]) -> str:
     status = html.escape(str(result.get("status")))
     parts = [
@@ -165,107 +263,8 @@ def render_html(spec: ModelSpec, result: dict[str, Any], sections: dict[str, Any
         parts.append(_kv(sections["source"]))
     alerts = pd.DataFrame(result["alerts"])
     parts.append("<h2>Alerts</h2>" + _table(alerts, ["kind", "severity", "message", "retrain"]))
-    drift = sections.get("drift")
-    if drift is not None:
-        table = drift.table
-        parts.append(
-            "<h2>Drift per feature</h2>"
-            + psi_bars(table, spec.drift.psi_warn, spec.drift.psi_alarm)
-        )
-        parts.append("<h2>PSI by segment</h2>" + psi_heatmap(table))
-        if sections.get("segments_unavailable"):
-            parts.append(
-                "<p>Segments not in the data (no context feed): "
-                + html.escape(", ".join(sections["segments_unavailable"]))
-                + "</p>"
-            )
-        drifted = table[table["significant"]].sort_values("psi", ascending=False)
-        parts.append(
-            "<h2>Significant changes (after Benjamini-Hochberg)</h2>"
-            + _table(
-                drifted,
-                [
-                    "segment",
-                    "value",
-                    "feature",
-                    "psi",
-                    "js_distance",
-                    "ks_statistic",
-                    "chi2_statistic",
-                    "wasserstein_norm",
-                    "pvalue_adjusted",
-                    "severity",
-                ],
-            )
-        )
-    performance = sections.get("performance")
-    if isinstance(performance, pd.DataFrame) and not performance.empty:
-        whole = performance[performance["segment"] == "all"]
-        parts.append(
-            "<h2>Performance (labels known so far)</h2>"
-            + _kv(sections.get("live", {}))
-            + timeline(
-                whole,
-                ["roc_auc", "pr_auc", "recall_at_fpr", "label_coverage"],
-                "Performance per window (whole population)",
-            )
-        )
-    kpis = sections.get("kpis")
-    if isinstance(kpis, pd.DataFrame) and not kpis.empty:
-        parts.append(
-            "<h2>Business KPIs</h2>"
-            + timeline(
-                kpis,
-                [
-                    "adverse_rate",
-                    "approval_rate",
-                    "false_positive_rate",
-                    "caught_ratio",
-                    "default_rate_approved",
-                ],
-                "Business KPIs per window",
-            )
-        )
-    fairness = sections.get("fairness") or {}
-    if fairness or sections.get("compliance"):
-        parts.append("<h2>Compliance</h2>")
-        for attribute, table in fairness.items():
-            parts.append(
-                timeline(
-                    table,
-                    [
-                        "demographic_parity_ratio",
-                        "demographic_parity_difference",
-                        "false_positive_rate_difference",
-                        "equalized_odds_difference",
-                    ],
-                    f"Fairness on live decisions: {attribute}",
-                )
-            )
-        parts.append(_kv(sections.get("compliance") or {}))
-    technical = sections.get("technical")
-    if isinstance(technical, pd.DataFrame) and not technical.empty:
-        parts.append(
-            "<h2>Technical</h2>"
-            + _kv(sections.get("technical_summary") or {})
-            + timeline(
-                technical,
-                [
-                    "p50_ms",
-                    "p95_ms",
-                    "p99_ms",
-                    "latency_p50_ms",
-                    "latency_p95_ms",
-                    "latency_p99_ms",
-                ],
-                "Server latency per hour",
-                "ms",
-            )
-        )
-    market_frame = sections.get("market_frame")
-    if isinstance(market_frame, pd.DataFrame) and not market_frame.empty:
-        parts.append("<h2>Market early warning</h2>" + _kv(sections.get("market") or {}))
-        parts.append(market_plot(market_frame, sections.get("market") or {}))
+    parts += _drift_parts(spec, sections)
+    parts += _window_parts(sections)
     body = "\n".join(parts)
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"

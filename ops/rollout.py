@@ -281,7 +281,7 @@ def promote_first(settings: Settings, spec: ModelSpec, version: str, actor: str)
         exc = EndpointDown(spec.name, "champion", endpoint, why, "first promotion")
         record_refusal(settings, spec.name, str(version), exc, actor)
         raise exc
-    from serving.gateway import load_routes, write_routes
+    from serving.gateway_routes import load_routes, write_routes
 
     path = routes_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

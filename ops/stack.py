@@ -19,45 +19,41 @@ answers, provisions the ``govml`` service account and the people's read-only log
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from ops.stack_processes import (
+    Service,
+    base_env,
+    http_ok,
+    log_file,
+    log_tail,
+    marked_processes,
+    pid_alive,
+    pid_file,
+    read_pid,
+    start_service,
+    wait_healthy,
+)
 from pipelines.config import Settings
 from pipelines.errors import StackError
 from registry.databases import ensure_database, normalise_url
 
 log = logging.getLogger(__name__)
 
-MARKER = "GOVML_STACK_ID"
 # Airflow's simple auth manager with the `approver` role (docs/approvals.md)
 AUTH_MANAGER = "dags.govml_airflow.auth.GovmlAuthManager"
-
-
-@dataclass(frozen=True)
-class Service:
-    """One long-running process of the stack."""
-
-    name: str
-    argv: list[str]
-    url: str | None = None
-    health_url: str | None = None
-    port: int | None = None
-    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,11 +64,6 @@ class ServiceStatus:
     healthy: bool | None
     url: str | None
     detail: str = ""
-
-
-def stack_id(settings: Settings) -> str:
-    """A stable id for this stack (its run folder), used to find its processes."""
-    return hashlib.sha256(str(settings.run_dir).encode()).hexdigest()[:16]
 
 
 def _bin(name: str) -> str:
@@ -279,64 +270,6 @@ def celery_workers(settings: Settings, airflow: str, af_env: dict[str, str]) -> 
     return workers
 
 
-def _pid_file(settings: Settings, name: str) -> Path:
-    return settings.run_dir / f"{name}.pid"
-
-
-def log_file(settings: Settings, name: str) -> Path:
-    return settings.run_dir / f"{name}.log"
-
-
-def _read_pid(settings: Settings, name: str) -> int | None:
-    path = _pid_file(settings, name)
-    try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((host, port)) == 0
-
-
-def http_ok(url: str, timeout: float = 2.0) -> tuple[bool, str]:
-    """GET ``url``; True when it answers 2xx. Returns the body's first bytes too."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback)
-            body = resp.read(4096).decode("utf-8", "replace")
-            return 200 <= resp.status < 300, body
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        return False, str(exc)
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def _base_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env[MARKER] = stack_id(settings)
-    env["PYTHONUNBUFFERED"] = "1"
-    venv_bin = str(Path(sys.executable).parent)
-    env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")
-    return env
-
-
 def bootstrap_governance(settings: Settings) -> None:
     """Migrate the governance store; grant the configured approver roles (audited)."""
     from registry.approvals import grant_role
@@ -363,7 +296,7 @@ def prepare_stores(settings: Settings) -> None:
         ensure_database(url)
     bootstrap_governance(settings)
     airflow_passwords(settings)
-    env = _base_env(settings) | airflow_env(settings)
+    env = base_env(settings) | airflow_env(settings)
     migrate_log = log_file(settings, "airflow-db-migrate")
     with migrate_log.open("w") as out:
         result = subprocess.run(
@@ -377,64 +310,8 @@ def prepare_stores(settings: Settings) -> None:
     if result.returncode != 0:
         raise StackError(
             f"airflow db migrate failed (exit {result.returncode}); see {migrate_log}:\n"
-            + _tail(migrate_log)
+            + log_tail(migrate_log)
         )
-
-
-def start_service(settings: Settings, svc: Service) -> int:
-    """Start one service in a new process group; return its pid."""
-    pid = _read_pid(settings, svc.name)
-    if _alive(pid):
-        log.info("%s already running (pid %s)", svc.name, pid)
-        assert pid is not None
-        return pid
-    if svc.port is not None and port_in_use("127.0.0.1", svc.port):
-        raise StackError(
-            f"{svc.name}: port {svc.port} is already in use by another process; "
-            "stop it or choose another port (see pipelines/config.py for the variable)"
-        )
-    env = _base_env(settings) | svc.env
-    out = log_file(settings, svc.name).open("ab")
-    proc = subprocess.Popen(  # noqa: S603 (our own binaries)
-        svc.argv,
-        env=env,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=settings.home,
-    )
-    out.close()
-    _pid_file(settings, svc.name).write_text(f"{proc.pid}\n")
-    log.info("started %s (pid %s)", svc.name, proc.pid)
-    return proc.pid
-
-
-def wait_healthy(
-    settings: Settings,
-    svc: Service,
-    timeout: float = 240.0,
-    clock: Callable[[], float] = time.monotonic,
-) -> None:
-    """Wait until the service answers its health URL, or fail with its log tail."""
-    deadline = clock() + timeout
-    while True:
-        if not _alive(_read_pid(settings, svc.name)):
-            raise StackError(
-                f"{svc.name} exited during start-up; last lines of "
-                f"{log_file(settings, svc.name)}:\n{_tail(log_file(settings, svc.name))}"
-            )
-        if svc.health_url is None:
-            return
-        ok, _ = http_ok(svc.health_url)
-        if ok:
-            return
-        if clock() > deadline:
-            raise StackError(
-                f"{svc.name} did not answer {svc.health_url} within {timeout:.0f}s; "
-                f"see {log_file(settings, svc.name)}"
-            )
-        time.sleep(1.0)
 
 
 def up(
@@ -481,22 +358,6 @@ def up(
     return status(settings)
 
 
-def _stack_processes(settings: Settings) -> list[psutil.Process]:
-    """Every live process carrying this stack's marker (any process group)."""
-    marker = stack_id(settings)
-    found = []
-    me = os.getpid()
-    for proc in psutil.process_iter(["pid"]):
-        if proc.pid == me:
-            continue
-        try:
-            if proc.environ().get(MARKER) == marker:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def down(settings: Settings, grace: float = 10.0) -> int:
     """Stop every process of the stack, model servers first; return how many were stopped."""
     from ops.endpoints import stop_models
@@ -509,8 +370,8 @@ def down(settings: Settings, grace: float = 10.0) -> int:
     victims: dict[int, psutil.Process] = {}
     groups: set[int] = set()
     for svc in services(settings):
-        pid = _read_pid(settings, svc.name)
-        if _alive(pid):
+        pid = read_pid(settings, svc.name)
+        if pid_alive(pid):
             assert pid is not None
             with contextlib.suppress(psutil.Error):
                 proc = psutil.Process(pid)
@@ -519,7 +380,7 @@ def down(settings: Settings, grace: float = 10.0) -> int:
                     victims[child.pid] = child
             with contextlib.suppress(OSError):
                 groups.add(os.getpgid(pid))
-    for proc in _stack_processes(settings):
+    for proc in marked_processes(settings):
         victims.setdefault(proc.pid, proc)
     for pgid in groups:
         with contextlib.suppress(OSError):
@@ -536,11 +397,11 @@ def down(settings: Settings, grace: float = 10.0) -> int:
             proc.kill()
     psutil.wait_procs(alive, timeout=5)
     # a child forked while we were stopping its parent
-    for proc in _stack_processes(settings):
+    for proc in marked_processes(settings):
         with contextlib.suppress(psutil.Error):
             proc.kill()
     for svc in services(settings):
-        _pid_file(settings, svc.name).unlink(missing_ok=True)
+        pid_file(settings, svc.name).unlink(missing_ok=True)
     return len(victims) + models
 
 
@@ -548,8 +409,8 @@ def status(settings: Settings) -> list[ServiceStatus]:
     """Each service: pid, whether it runs, whether it answers, and its URL."""
     result = []
     airflow_health: dict[str, dict[str, str]] = {}
-    api_pid = _read_pid(settings, "airflow-api-server")
-    if _alive(api_pid):
+    api_pid = read_pid(settings, "airflow-api-server")
+    if pid_alive(api_pid):
         ok, body = http_ok(f"{settings.airflow_url}/api/v2/monitor/health")
         if ok:
             with contextlib.suppress(ValueError):
@@ -561,8 +422,8 @@ def status(settings: Settings) -> list[ServiceStatus]:
         "airflow-api-server": "metadatabase",
     }
     for svc in services(settings):
-        pid = _read_pid(settings, svc.name)
-        running = _alive(pid)
+        pid = read_pid(settings, svc.name)
+        running = pid_alive(pid)
         healthy: bool | None = None
         detail = ""
         if running and svc.health_url:

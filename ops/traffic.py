@@ -32,6 +32,84 @@ from pipelines.features import compute_aggregates, passthrough_columns, retype_c
 from pipelines.spec import ModelSpec
 
 
+def _with_aggregates(
+    spec: ModelSpec, frame: pd.DataFrame, history: pd.DataFrame | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the rows in time order, the rows with their entity aggregates); ``history``, the
+    rows before, warms the aggregates up."""
+    time_col = spec.data.time_column
+    frame = retype_categories(frame.sort_values(time_col).reset_index(drop=True), spec)
+    if history is not None and len(history):
+        past = retype_categories(history.sort_values(time_col).reset_index(drop=True), spec)
+        both = pd.concat([past, frame], ignore_index=True)
+        aggregates = compute_aggregates(spec.features.aggregates, both, time_col)
+        aggregates = aggregates.iloc[len(past) :].reset_index(drop=True)
+    else:
+        aggregates = compute_aggregates(spec.features.aggregates, frame, time_col)
+    return frame, pd.concat([frame, aggregates], axis=1)
+
+
+def _feeds(
+    spec: ModelSpec,
+    frame: pd.DataFrame,
+    request_ids: list[str],
+    label_time: pd.Series,
+    shift: pd.Timedelta,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The label feed (each label known ``label_time``, or at the data's own label time
+    moved like the requests) and the context feed of the replayed requests."""
+    target = frame[spec.data.target].to_numpy()
+    label_col = spec.data.label_time_column
+    if label_col and label_col in frame.columns:
+        known = pd.to_datetime(frame[label_col], utc=True)
+        label_time = label_time.where(known.isna(), known + shift)
+    labels = pd.DataFrame(
+        {"request_id": request_ids, "label": target.astype(np.int64), "label_time": label_time}
+    )
+    context_cols = [c for c in passthrough_columns(spec) if c in frame.columns and c != label_col]
+    context = pd.DataFrame({"request_id": request_ids})
+    for column in context_cols:
+        context[column] = frame[column].astype(str).where(frame[column].notna(), None).to_numpy()
+    return labels, context
+
+
+def _log_predictions(
+    spec: ModelSpec,
+    version: str,
+    folder: Path,
+    features: pd.DataFrame,
+    scores: np.ndarray,
+    request_ids: list[str],
+    when: pd.Series,
+) -> np.ndarray:
+    """Write the replayed requests to the prediction log in ``folder``, as the model
+    server would have; which of them the model flagged."""
+    from serving.prediction_log import PredictionLog
+    from serving.prediction_log_files import LogOptions
+
+    flagged = scores >= spec.gates.decision_threshold
+    adverse, favourable = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
+    names = spec.features.names
+    personal = [c for c in spec.personal_data_columns if c in names]  # ids are not features
+    log = PredictionLog(folder, "jsonl", LogOptions(personal_fields=personal))
+    records = features[names].astype(object).where(features[names].notna(), None)
+    for i, row in enumerate(records.to_dict(orient="records")):
+        log.log(
+            {
+                "request_id": request_ids[i],
+                "timestamp": when.iloc[i].to_pydatetime(),
+                "model_name": spec.name,
+                "model_version": str(version),
+                "features": row,
+                "score": float(scores[i]),
+                "decision": adverse if flagged[i] else favourable,
+                "client": "replay",
+            }
+        )
+    log.close()
+    return flagged
+
+
 def replay_traffic(
     spec: ModelSpec,
     frame: pd.DataFrame,
@@ -50,59 +128,20 @@ def replay_traffic(
     see only part of their window.
     """
     from pipelines.training import load_model, score
-    from serving.prediction_log import PredictionLog
 
     time_col = spec.data.time_column
-    frame = retype_categories(frame.sort_values(time_col).reset_index(drop=True), spec)
-    if history is not None and len(history):
-        past = retype_categories(history.sort_values(time_col).reset_index(drop=True), spec)
-        both = pd.concat([past, frame], ignore_index=True)
-        aggregates = compute_aggregates(spec.features.aggregates, both, time_col)
-        aggregates = aggregates.iloc[len(past) :].reset_index(drop=True)
-    else:
-        aggregates = compute_aggregates(spec.features.aggregates, frame, time_col)
-    features = pd.concat([frame, aggregates], axis=1)
+    frame, features = _with_aggregates(spec, frame, history)
     scores = score(load_model(Path(model_path)), features)
-    flagged = scores >= spec.gates.decision_threshold
-    adverse, favourable = ("flag", "pass") if spec.use_case == "fraud" else ("decline", "approve")
     times = pd.to_datetime(frame[time_col], utc=True)
     shift = pd.Timestamp(end) - times.max()
     when = times + shift
     request_ids = [f"{spec.name}-{v}" for v in frame[spec.data.id_column]]
 
     folder = deployment_dir(settings, spec.name, version) / "predictions"
-    names = spec.features.names
-    personal = [c for c in spec.personal_data_columns if c in names]  # ids are not features
-    log = PredictionLog(folder, "jsonl", personal_fields=personal)
-    records = features[names].astype(object).where(features[names].notna(), None)
-    for i, row in enumerate(records.to_dict(orient="records")):
-        log.log(
-            {
-                "request_id": request_ids[i],
-                "timestamp": when.iloc[i].to_pydatetime(),
-                "model_name": spec.name,
-                "model_version": str(version),
-                "features": row,
-                "score": float(scores[i]),
-                "decision": adverse if flagged[i] else favourable,
-                "client": "replay",
-            }
-        )
-    log.close()
+    flagged = _log_predictions(spec, version, folder, features, scores, request_ids, when)
 
     target = frame[spec.data.target].to_numpy()
-    label_time = when + label_delay
-    label_col = spec.data.label_time_column
-    if label_col and label_col in frame.columns:
-        known = pd.to_datetime(frame[label_col], utc=True)
-        label_time = label_time.where(known.isna(), known + shift)
-    labels = pd.DataFrame(
-        {"request_id": request_ids, "label": target.astype(np.int64), "label_time": label_time}
-    )
-    context_cols = [c for c in passthrough_columns(spec) if c in frame.columns and c != label_col]
-    context = pd.DataFrame({"request_id": request_ids})
-    for column in context_cols:
-        context[column] = frame[column].astype(str).where(frame[column].notna(), None).to_numpy()
+    labels, context = _feeds(spec, frame, request_ids, when + label_delay, shift)
     stamp = pd.Timestamp(end).strftime("%Y%m%dT%H%M%S")
     for kind, table in (("labels", labels), ("context", context)):
         out = settings.var_dir / kind / spec.name

@@ -189,15 +189,8 @@ def _img(data: str | None, alt: str) -> str:
     return "" if data is None else img_tag(data, alt)
 
 
-def render_html(report: dict[str, Any]) -> str:
-    """The report page (plots embedded), from the report's JSON."""
-    test, decision = report["test"], report["decision"]
-    design = test["design"]
-    primary = report["primary"]
-    effect, monitor = primary["effect"], primary["monitor"]
-    colour = COLOURS[decision["action"]]
-    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision["reasons"])
-    guardrails = _grid(
+def _guardrails_grid(report: dict[str, Any]) -> str:
+    return _grid(
         ["metric", "bound", "harm", "z", "boundary", "breached", "difference", "CI low", "CI high"],
         [
             [
@@ -215,7 +208,10 @@ def render_html(report: dict[str, Any]) -> str:
             for g in report["guardrails"]
         ],
     )
-    segments = _grid(
+
+
+def _segments_grid(report: dict[str, Any]) -> str:
+    return _grid(
         ["segment", "value", "difference", "CI low", "CI high", "p", "adjusted p", "worse", "note"],
         [
             [
@@ -232,9 +228,13 @@ def render_html(report: dict[str, Any]) -> str:
             for s in report["segments"]
         ],
     )
-    primary_rows: list[tuple[str, Any]] = [("monitoring", monitor["method"])]
+
+
+def _primary_rows(primary: dict[str, Any]) -> list[tuple[str, Any]]:
+    effect, monitor = primary["effect"], primary["monitor"]
+    rows: list[tuple[str, Any]] = [("monitoring", monitor["method"])]
     if effect is not None:
-        primary_rows += [
+        rows += [
             ("test", effect["test"]),
             (
                 "control",
@@ -260,19 +260,69 @@ def render_html(report: dict[str, Any]) -> str:
             ("p (always-valid for mSPRT, nominal otherwise)", monitor["pvalue"]),
         ]
     if primary.get("cuped"):
-        primary_rows.append(
+        rows.append(
             (
                 "CUPED",
                 f"{primary['cuped']['covariate']}: variance "
                 f"-{primary['cuped']['variance_reduction']:.1%}",
             )
         )
-    data = report["data"]
-    plots = (
-        _img(monitor_plot(report), "sequential monitoring")
-        + _img(effects_plot(report), "effects")
-        + _img(enrolment_plot(report), "enrolment")
+    return rows
+
+
+def _plan_table(test: dict[str, Any]) -> str:
+    design = test["design"]
+    return _table(
+        [
+            ("primary metric", test["primary_metric"]),
+            ("minimum detectable effect", design["minimum_detectable_effect"]),
+            ("baseline", design["baseline"]),
+            ("alpha / power", f"{design['alpha']} / {design['power']}"),
+            ("split (treatment)", f"{design['treatment_share']:.0%}"),
+            (
+                "fixed-horizon units per arm",
+                f"{design['fixed_control']:,} / {design['fixed_treatment']:,}",
+            ),
+            (
+                "sequential",
+                f"{design['method']} ({design['spending']}), {design['looks']} looks, "
+                f"maximum {design['max_total']:,} units",
+            ),
+            ("planned duration (days)", design["days"]),
+            ("exposure cap", json.dumps(test["exposure_cap"])),
+            ("design warnings", "; ".join(design["warnings"]) or None),
+        ]
     )
+
+
+def _srm_table(srm: dict[str, Any]) -> str:
+    return _table(
+        [
+            ("control entities", srm["control"]),
+            ("treatment entities", srm["treatment"]),
+            ("expected treatment share", srm["expected_treatment_share"]),
+            ("chi-square p", srm["pvalue"]),
+            ("mismatch", srm["mismatch"]),
+        ]
+    )
+
+
+def _data_table(data: dict[str, Any]) -> str:
+    return _table(
+        [
+            (
+                "requests logged (control / treatment)",
+                f"{data['requests']['control']:,} / {data['requests']['treatment']:,}",
+            ),
+            ("scored rows joined", data["rows"]),
+            ("labelled rows", data["labelled"]),
+            ("requests without prediction rows (yet)", data["unmatched"]),
+            ("requests answered with an error", data["failed"]),
+        ]
+    )
+
+
+def _head(test: dict[str, Any], colour: str) -> str:
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <title>A/B test {html.escape(test["id"])}</title>
@@ -287,70 +337,47 @@ img {{ max-width: 100%; display: block; margin: .5rem 0 }}
 v{html.escape(str(test["challenger"]["version"]))} vs
 v{html.escape(str(test["champion"]["version"]))}</h1>
 <p><b>Hypothesis.</b> {html.escape(test["hypothesis"])}</p>
-<div class="decision"><h2 style="color:{colour}">Decision: {decision["action"]}</h2>
-<ul>{reasons}</ul><p>Look {report["look"]["number"]} at {report["look"]["time"]},
-{report["look"]["fraction"]:.1%} of the planned sample, day {report["look"]["day"]:.1f}
-of at most {design["max_days"]}{"; final look" if report["look"]["final"] else ""}.</p></div>
-<h2>Plan (fixed when the test started)</h2>
-{
-        _table(
-            [
-                ("primary metric", test["primary_metric"]),
-                ("minimum detectable effect", design["minimum_detectable_effect"]),
-                ("baseline", design["baseline"]),
-                ("alpha / power", f"{design['alpha']} / {design['power']}"),
-                ("split (treatment)", f"{design['treatment_share']:.0%}"),
-                (
-                    "fixed-horizon units per arm",
-                    f"{design['fixed_control']:,} / {design['fixed_treatment']:,}",
-                ),
-                (
-                    "sequential",
-                    f"{design['method']} ({design['spending']}), {design['looks']} looks, "
-                    f"maximum {design['max_total']:,} units",
-                ),
-                ("planned duration (days)", design["days"]),
-                ("exposure cap", json.dumps(test["exposure_cap"])),
-                ("design warnings", "; ".join(design["warnings"]) or None),
-            ]
-        )
-    }
+"""
+
+
+def _decision(report: dict[str, Any], colour: str) -> str:
+    decision, look = report["decision"], report["look"]
+    max_days = report["test"]["design"]["max_days"]
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in decision["reasons"])
+    return f"""<div class="decision"><h2 style="color:{colour}">Decision: {decision["action"]}</h2>
+<ul>{reasons}</ul><p>Look {look["number"]} at {look["time"]},
+{look["fraction"]:.1%} of the planned sample, day {look["day"]:.1f}
+of at most {max_days}{"; final look" if look["final"] else ""}.</p></div>
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    """The report page (plots embedded), from the report's JSON."""
+    test = report["test"]
+    colour = COLOURS[report["decision"]["action"]]
+    guardrails, segments = _guardrails_grid(report), _segments_grid(report)
+    primary_rows = _primary_rows(report["primary"])
+    plots = (
+        _img(monitor_plot(report), "sequential monitoring")
+        + _img(effects_plot(report), "effects")
+        + _img(enrolment_plot(report), "enrolment")
+    )
+    body = f"""<h2>Plan (fixed when the test started)</h2>
+{_plan_table(test)}
 <h2>Primary metric</h2>
 {_table(primary_rows)}
 {plots}
 <h2>Guardrails (one-sided: worse beyond the bound with significance stops the test)</h2>
 {guardrails}
 <h2>Sample ratio</h2>
-{
-        _table(
-            [
-                ("control entities", report["srm"]["control"]),
-                ("treatment entities", report["srm"]["treatment"]),
-                ("expected treatment share", report["srm"]["expected_treatment_share"]),
-                ("chi-square p", report["srm"]["pvalue"]),
-                ("mismatch", report["srm"]["mismatch"]),
-            ]
-        )
-    }
+{_srm_table(report["srm"])}
 <h2>Segments ({html.escape(report["segment_correction"])} adjusted)</h2>
 {segments}
 {_img(segments_plot(report), "segments")}
 <h2>Data</h2>
-{
-        _table(
-            [
-                (
-                    "requests logged (control / treatment)",
-                    f"{data['requests']['control']:,} / {data['requests']['treatment']:,}",
-                ),
-                ("scored rows joined", data["rows"]),
-                ("labelled rows", data["labelled"]),
-                ("requests without prediction rows (yet)", data["unmatched"]),
-                ("requests answered with an error", data["failed"]),
-            ]
-        )
-    }
+{_data_table(report["data"])}
 <p style="color:#6e7781;font-size:.8rem">govml A/B report; the JSON beside this page holds
 every number shown.</p>
 </body></html>
 """
+    return _head(test, colour) + _decision(report, colour) + body

@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from pipelines.errors import SpecError
-from pipelines.spec import Aggregation, ColumnType
+from pipelines.spec import ColumnType
+from pipelines.spec_features import Aggregation
 
 SUM_DECIMALS = 6
 SUM_SCALE = 10.0**SUM_DECIMALS  # 1e6 is exact in float64

@@ -284,19 +284,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         run_dir=_path(env, "GOVML_RUN_DIR", var_dir / "run"),
         specs_dir=_path(env, "GOVML_SPECS_DIR", home / "specs"),
         airflow_home=airflow_home,
-        airflow_db_url=_db_url(
-            env, "GOVML_AIRFLOW_DB_URL", f"sqlite:///{airflow_home / 'airflow.db'}"
-        ),
-        airflow_host=env.get("GOVML_AIRFLOW_HOST") or "127.0.0.1",
-        airflow_port=_port(env, "GOVML_AIRFLOW_PORT", 8080),
-        airflow_users=_users(
-            env,
-            "GOVML_AIRFLOW_USERS",
-            "admin:admin,reviewer:approver,validator:approver,operator:op",
-        ),
-        approver_roles=_pairs(
-            env, "GOVML_APPROVER_ROLES", "reviewer:model_risk,validator:model_risk"
-        ),
+        **_airflow(env, airflow_home),
         mlflow_backend_url=_db_url(
             env, "GOVML_MLFLOW_BACKEND_URL", f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
         ),
@@ -327,23 +315,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             "GOVML_MLFLOW_AUTH_DB_URL",
             f"sqlite:///{var_dir / 'mlflow' / 'auth' / 'basic_auth.db'}",
         ),
-        kube_storage_uri=env.get("GOVML_KUBE_STORAGE_URI") or None,
-        kube_tokens_secret=env.get("GOVML_KUBE_TOKENS_SECRET") or None,
-        kube_prediction_log_claim=env.get("GOVML_KUBE_PREDICTION_LOG_CLAIM") or None,
-        kube_tracking_uri=env.get("GOVML_KUBE_MLFLOW_TRACKING_URI") or None,
-        # hot standby: two replicas at least (and a disruption budget); one CPU each and
-        # 8 concurrent requests per replica: the serving benchmark's p99 stays ~2.5 ms there
-        kube_min_replicas=_int(env, "GOVML_KUBE_MIN_REPLICAS", 2),
-        kube_max_replicas=_int(env, "GOVML_KUBE_MAX_REPLICAS", 3, low=1),
-        kube_scale_metric=_choice(
-            env, "GOVML_KUBE_SCALE_METRIC", "concurrency", ("concurrency", "cpu", "rps")
-        ),
-        kube_scale_target=_int(env, "GOVML_KUBE_SCALE_TARGET", 8, low=1),
-        kube_cpu_request=env.get("GOVML_KUBE_CPU_REQUEST") or "1",
-        kube_cpu_limit=env.get("GOVML_KUBE_CPU_LIMIT") or "1",
-        kube_memory_request=env.get("GOVML_KUBE_MEMORY_REQUEST") or "1Gi",
-        kube_memory_limit=env.get("GOVML_KUBE_MEMORY_LIMIT") or "2Gi",
-        kube_ready_timeout=float(_int(env, "GOVML_KUBE_READY_TIMEOUT", 600, low=1)),
+        **_kube_deployment(env),
         compute_backend=(
             _choice(env, "GOVML_COMPUTE_BACKEND", "local", ("local", "dask"))
             if env.get("GOVML_COMPUTE_BACKEND")
@@ -355,6 +327,48 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         kube_feature_key_secret=env.get("GOVML_KUBE_FEATURE_KEY_SECRET") or None,
         **_executor(env),
     )
+
+
+def _airflow(env: Mapping[str, str], airflow_home: Path) -> dict[str, object]:
+    """Airflow's metadata database, web server and users."""
+    return {
+        "airflow_db_url": _db_url(
+            env, "GOVML_AIRFLOW_DB_URL", f"sqlite:///{airflow_home / 'airflow.db'}"
+        ),
+        "airflow_host": env.get("GOVML_AIRFLOW_HOST") or "127.0.0.1",
+        "airflow_port": _port(env, "GOVML_AIRFLOW_PORT", 8080),
+        "airflow_users": _users(
+            env,
+            "GOVML_AIRFLOW_USERS",
+            "admin:admin,reviewer:approver,validator:approver,operator:op",
+        ),
+        "approver_roles": _pairs(
+            env, "GOVML_APPROVER_ROLES", "reviewer:model_risk,validator:model_risk"
+        ),
+    }
+
+
+def _kube_deployment(env: Mapping[str, str]) -> dict[str, object]:
+    """How the Kubernetes deployer sizes, scales and wires a model's service."""
+    return {
+        "kube_storage_uri": env.get("GOVML_KUBE_STORAGE_URI") or None,
+        "kube_tokens_secret": env.get("GOVML_KUBE_TOKENS_SECRET") or None,
+        "kube_prediction_log_claim": env.get("GOVML_KUBE_PREDICTION_LOG_CLAIM") or None,
+        "kube_tracking_uri": env.get("GOVML_KUBE_MLFLOW_TRACKING_URI") or None,
+        # hot standby: two replicas at least (and a disruption budget); one CPU each and
+        # 8 concurrent requests per replica: the serving benchmark's p99 stays ~2.5 ms there
+        "kube_min_replicas": _int(env, "GOVML_KUBE_MIN_REPLICAS", 2),
+        "kube_max_replicas": _int(env, "GOVML_KUBE_MAX_REPLICAS", 3, low=1),
+        "kube_scale_metric": _choice(
+            env, "GOVML_KUBE_SCALE_METRIC", "concurrency", ("concurrency", "cpu", "rps")
+        ),
+        "kube_scale_target": _int(env, "GOVML_KUBE_SCALE_TARGET", 8, low=1),
+        "kube_cpu_request": env.get("GOVML_KUBE_CPU_REQUEST") or "1",
+        "kube_cpu_limit": env.get("GOVML_KUBE_CPU_LIMIT") or "1",
+        "kube_memory_request": env.get("GOVML_KUBE_MEMORY_REQUEST") or "1Gi",
+        "kube_memory_limit": env.get("GOVML_KUBE_MEMORY_LIMIT") or "2Gi",
+        "kube_ready_timeout": float(_int(env, "GOVML_KUBE_READY_TIMEOUT", 600, low=1)),
+    }
 
 
 def _feature_store(env: Mapping[str, str], name: str) -> str | None:

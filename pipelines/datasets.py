@@ -40,7 +40,8 @@ def materialise(
     out_dir.mkdir(parents=True, exist_ok=True)
     where = f"spec {spec.name!r} data.source.params"
     if source.kind == SourceKind.GENERATED and source.generator == "fraud":
-        from pipelines.data.fraud import FraudConfig, write_fraud
+        from pipelines.data.fraud import write_fraud
+        from pipelines.data.fraud_config import FraudConfig
 
         return write_fraud(_config(FraudConfig, params, where), out_dir)
     if source.kind == SourceKind.GENERATED and source.generator == "credit":

@@ -1,8 +1,10 @@
 """Evaluation stage: candidate vs baseline vs champion on the held-out test rows.
 
-``evaluate(spec, features_dir, train_dir, out_dir, champion_model=None)`` writes
-``metrics.json``, ``scores.parquet``, ``roc.png``, ``pr.png``, ``calibration.png`` and
-``result.json`` (see ``docs/lifecycle.md``).
+``evaluate(spec, features_dir, train_dir, champion_model=None)`` scores the test rows
+and computes every metric (:class:`ScoredTest`); the stage
+(:mod:`pipelines.stages.evaluate`) writes ``metrics.json``, ``scores.parquet``,
+``roc.png``, ``pr.png``, ``calibration.png`` and ``result.json`` (see
+``docs/lifecycle.md``).
 
 Definitions (score = probability of the bad outcome; flagged/declined when
 ``score >= spec.gates.decision_threshold``):
@@ -32,7 +34,6 @@ order, plus ``(missing)`` when there are nulls); ``bins`` give labelled interval
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -51,10 +52,11 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pipelines.artifacts import write_bytes_atomic, write_json
 from pipelines.errors import DataValidationError
-from pipelines.features import RESULT_JSON, read_features_json, read_split, write_parquet
-from pipelines.spec import Metric, ModelSpec
+from pipelines.features import read_features_json, read_split
+from pipelines.figures import png
+from pipelines.spec import ModelSpec
+from pipelines.spec_gates import Metric
 from pipelines.training import (
     BASELINE_FILE,
     MODEL_FILE,
@@ -309,13 +311,7 @@ def _figure() -> tuple[Figure, Any]:
     return fig, fig.subplots()
 
 
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
-    return buffer.getvalue()
-
-
-def _plots(
+def plots(
     spec: ModelSpec, y: np.ndarray, scores: dict[str, np.ndarray], calib: dict[str, Any]
 ) -> dict[str, bytes]:
     both = _both_classes(y)
@@ -350,48 +346,10 @@ def _plots(
         title=f"{spec.name}: calibration",
     )
     cal_ax.legend(loc="best", fontsize=8)
-    return {"roc.png": _png(roc_fig), "pr.png": _png(pr_fig), "calibration.png": _png(cal_fig)}
+    return {"roc.png": png(roc_fig), "pr.png": png(pr_fig), "calibration.png": png(cal_fig)}
 
 
 # ----------------------------------------------------------------------------- stage
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What the evaluation stage wrote, with the headline numbers."""
-
-    out_dir: Path
-    metrics_path: Path
-    scores_path: Path
-    plots: dict[str, Path]
-    rows: int
-    positives: int
-    threshold: float
-    candidate: dict[str, Any] = field(default_factory=dict)
-    baseline: dict[str, Any] = field(default_factory=dict)
-    champion: dict[str, Any] | None = None
-    champion_model: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        headline = ("roc_auc", "pr_auc", "ks", "brier", "log_loss")
-
-        def pick(metrics: dict[str, Any] | None) -> dict[str, Any] | None:
-            return None if metrics is None else {k: metrics.get(k) for k in headline}
-
-        return {
-            "stage": "evaluate",
-            "out_dir": str(self.out_dir),
-            "metrics_path": str(self.metrics_path),
-            "scores_path": str(self.scores_path),
-            "plots": {k: str(v) for k, v in self.plots.items()},
-            "rows": self.rows,
-            "positives": self.positives,
-            "threshold": self.threshold,
-            "candidate": pick(self.candidate),
-            "baseline": pick(self.baseline),
-            "champion": pick(self.champion),
-            "champion_model": None if self.champion_model is None else str(self.champion_model),
-        }
 
 
 def metric_points(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -408,11 +366,10 @@ def evaluate(
     spec: ModelSpec,
     features_dir: Path,
     train_dir: Path,
-    out_dir: Path,
     champion_model: Path | None = None,
     recent_window: Path | None = None,
-) -> EvalResult:
-    """Score the test rows with candidate, baseline and champion; write the metrics.
+) -> ScoredTest:
+    """Score the test rows with candidate, baseline and champion, and their metrics.
 
     With a champion and ``recent_window`` (the monitoring job's latest labelled rows,
     model features and the target), both are also scored on those rows:
@@ -420,7 +377,7 @@ def evaluate(
     then check as well (a retrained model must beat the champion on what the bank saw
     last, not only on its own test split).
     """
-    features_dir, train_dir, out_dir = Path(features_dir), Path(train_dir), Path(out_dir)
+    features_dir, train_dir = Path(features_dir), Path(train_dir)
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
     test = read_split(spec, features_dir, "test")
@@ -437,24 +394,59 @@ def evaluate(
             scores["champion"] = score(load_model(champion_model), test)
         except DataValidationError as exc:
             raise DataValidationError(f"champion {champion_model}: {exc}") from None
-    return write_evaluation(
-        spec, test, y, scores, train_dir, out_dir, champion_model, recent_window
-    )
+    return score_test(spec, test, y, scores, train_dir, champion_model, recent_window)
 
 
-def write_evaluation(
+@dataclass(frozen=True)
+class ScoredTest:
+    """The test rows' ids, labels and every model's scores, with their metrics: what an
+    evaluation computation (local or on Dask) hands to the stage's writer
+    (:func:`pipelines.stages.evaluate.write_evaluation`; ``marker``: what a backend adds
+    to ``result.json``)."""
+
+    ids: np.ndarray
+    y: np.ndarray
+    scores: dict[str, np.ndarray]
+    metrics: dict[str, Any]
+    champion_model: Path | None = None
+    marker: dict[str, Any] = field(default_factory=dict)
+
+
+def _business(
+    spec: ModelSpec, test: pd.DataFrame, y: np.ndarray, scores: dict[str, np.ndarray]
+) -> dict[str, Any]:
+    threshold = float(spec.gates.decision_threshold)
+    amount: np.ndarray | None = None
+    if spec.use_case == "fraud":
+        if AMOUNT_COLUMN in test.columns:
+            amount = test[AMOUNT_COLUMN].to_numpy(dtype=np.float64)
+        else:
+            log.warning(
+                "no %r column in the test table: fraud amount metrics are null", AMOUNT_COLUMN
+            )
+    business: dict[str, Any] = {}
+    for name in MODELS:
+        s = scores.get(name)
+        if s is None:
+            business[name] = None
+        elif spec.use_case == "fraud":
+            business[name] = fraud_business(y, s, amount, threshold)
+        else:
+            business[name] = credit_business(y, s, threshold)
+    return business
+
+
+def score_test(
     spec: ModelSpec,
     test: pd.DataFrame,
     y: np.ndarray,
     scores: dict[str, np.ndarray],
     train_dir: Path,
-    out_dir: Path,
     champion_model: Path | None = None,
     recent_window: Path | None = None,
-    marker: dict[str, Any] | None = None,
-) -> EvalResult:
-    """Metrics, scores, plots and ``result.json`` from the test rows' labels and scores,
-    once whatever the backend (``marker``: what a backend adds to ``result.json``).
+) -> ScoredTest:
+    """Every metric of ``metrics.json`` from the test rows' labels and scores, once
+    whatever the backend.
 
     ``test`` needs the id column and the columns the business metrics and segments read
     (``amount``, the segment columns), in the order of ``y`` and the scores.
@@ -479,70 +471,13 @@ def write_evaluation(
         metrics["recent_window"] = _recent_window_metrics(
             spec, Path(recent_window), train_dir / MODEL_FILE, champion_model, threshold
         )
-
-    amount: np.ndarray | None = None
-    if spec.use_case == "fraud":
-        if AMOUNT_COLUMN in test.columns:
-            amount = test[AMOUNT_COLUMN].to_numpy(dtype=np.float64)
-        else:
-            log.warning(
-                "no %r column in the test table: fraud amount metrics are null", AMOUNT_COLUMN
-            )
-    business: dict[str, Any] = {}
-    for name in MODELS:
-        s = scores.get(name)
-        if s is None:
-            business[name] = None
-        elif spec.use_case == "fraud":
-            business[name] = fraud_business(y, s, amount, threshold)
-        else:
-            business[name] = credit_business(y, s, threshold)
-    metrics["business"] = business
+    metrics["business"] = _business(spec, test, y, scores)
     metrics["segments"] = segment_metrics(spec, test, y, scores["candidate"], threshold)
-    calib = calibration(y, scores["candidate"])
-    metrics["calibration"] = calib
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    scores_frame = pd.DataFrame(
-        {
-            "id": test[spec.data.id_column].to_numpy(),
-            "target": y,
-            "score": scores["candidate"],
-            "baseline_score": scores["baseline"],
-            "champion_score": scores.get("champion", np.full(len(y), np.nan)),
-            "decision": (scores["candidate"] >= threshold).astype(np.int64),
-        }
-    )
-    scores_path = out_dir / SCORES_FILE
-    write_parquet(scores_frame, scores_path)
-    metrics_path = out_dir / METRICS_JSON
-    write_json(metrics_path, metrics)
-    plots: dict[str, Path] = {}
-    for name, data in _plots(spec, y, scores, calib).items():
-        plots[name] = out_dir / name
-        write_bytes_atomic(plots[name], data)
-
-    result = EvalResult(
-        out_dir=out_dir,
-        metrics_path=metrics_path,
-        scores_path=scores_path,
-        plots=plots,
-        rows=len(y),
-        positives=int(y.sum()),
-        threshold=threshold,
-        candidate=metrics["candidate"],
-        baseline=metrics["baseline"],
-        champion=metrics["champion"],
+    metrics["calibration"] = calibration(y, scores["candidate"])
+    return ScoredTest(
+        ids=test[spec.data.id_column].to_numpy(),
+        y=y,
+        scores=scores,
+        metrics=metrics,
         champion_model=champion_model,
     )
-    write_json(out_dir / RESULT_JSON, {**result.to_dict(), **(marker or {})})
-    cand = metrics["candidate"]
-    log.info(
-        "evaluated %s on %d test rows: ROC-AUC %s, PR-AUC %s (baseline ROC-AUC %s)",
-        spec.name,
-        len(y),
-        cand["roc_auc"],
-        cand["pr_auc"],
-        metrics["baseline"]["roc_auc"],
-    )
-    return result

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,18 +48,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sklearn.model_selection import train_test_split
 
 from pipelines.artifacts import (
     sha256_file,
-    temporary_beside,
     write_json,
 )
 from pipelines.errors import DataValidationError
-from pipelines.spec import AggregateFeature, ColumnType, ModelSpec, SplitMethod
+from pipelines.ingest import write_table
+from pipelines.spec import ColumnType, ModelSpec, SplitMethod
+from pipelines.spec_features import AggregateFeature
 from pipelines.windows import compute as compute_windows
-from pipelines.windows import counting_mask as counting_mask  # re-exported
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +66,6 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 FEATURES_JSON = "features.json"
 RESULT_JSON = "result.json"
 _NS_PER_SECOND = 1_000_000_000
-_ROW_GROUP_ROWS = 1_048_576
-_COMPRESSION = "zstd"
-_COMPRESSION_LEVEL = 3
 
 
 # ----------------------------------------------------------------------------- file helpers
@@ -82,22 +77,7 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> str:
     Returns the SHA-256 of the written file. The same frame always gives the same bytes.
     """
     table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
-    tmp = temporary_beside(path)
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            row_group_size=_ROW_GROUP_ROWS,
-            compression=_COMPRESSION,
-            compression_level=_COMPRESSION_LEVEL,
-            use_dictionary=True,
-            write_statistics=True,
-            version="2.6",
-        )
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_table(table, path)
     return sha256_file(path)
 
 
@@ -270,6 +250,14 @@ def categorical_features(spec: ModelSpec) -> list[str]:
     return [f for f in spec.features.raw if spec.data.columns[f].type in kinds]
 
 
+def table_columns(spec: ModelSpec) -> list[str]:
+    """The columns of every split table, in order: id, time, target, features, pass-through."""
+    columns = [spec.data.id_column]
+    if spec.data.time_column:
+        columns.append(spec.data.time_column)
+    return columns + [spec.data.target, *spec.features.names, *passthrough_columns(spec)]
+
+
 def passthrough_columns(spec: ModelSpec) -> list[str]:
     """Columns carried beside the features: protected attributes, segment columns that
     are not features, the label-time column (in that order, without duplicates)."""
@@ -323,10 +311,7 @@ def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
             [frame.drop(columns=aggregates.columns, errors="ignore"), aggregates], axis=1
         )
 
-    columns = [spec.data.id_column]
-    if spec.data.time_column:
-        columns.append(spec.data.time_column)
-    columns += [spec.data.target, *spec.features.names, *passthrough_columns(spec)]
+    columns = table_columns(spec)
     table = frame[columns]
 
     if spec.data.split.method == SplitMethod.TIME:

@@ -1,6 +1,6 @@
 """Online aggregates: the spec's windowed features for one live event at a time.
 
-Generated from the same :class:`~pipelines.spec.AggregateFeature` definitions as the
+Generated from the same :class:`~pipelines.spec_features.AggregateFeature` definitions as the
 offline path (:func:`pipelines.features.compute_aggregates`), with the same semantics
 and the same bits:
 
@@ -34,8 +34,9 @@ and the same bits:
   the same transaction through a second transformer) is not recorded again; it still
   gets its features.
 
-:func:`states_from_history` builds the same states from history in one vectorised
-pass (the warm-up of a new model version: ``ops.feature_backfill``).
+:func:`pipelines.feature_history.states_from_history` builds the same states from
+history in one vectorised pass (the warm-up of a new model version:
+``ops.feature_backfill``).
 """
 
 from __future__ import annotations
@@ -45,174 +46,47 @@ import hashlib
 import json
 import math
 import struct
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from pipelines.aggregates import (
     EMPTY_VALUE,
     SUM_DECIMALS,
-    TEXT_TYPES,
     canonical_value,
     fixed_point_value,
     matches,
     mean_value,
-    std_value,
     sum_value,
     value_code,
-    where_target,
 )
-from pipelines.errors import DataValidationError, GovMLError, SpecError
-from pipelines.spec import AggregateFeature, Aggregation, Column, ColumnType, ModelSpec
+from pipelines.errors import DataValidationError, SpecError
+from pipelines.feature_slots import (
+    NS_PER_SECOND,
+    Slot,
+    compile_slots,
+    finish_window,
+    spec_column_type,
+)
+from pipelines.feature_state import (
+    LAYOUT_VERSION,
+    STATE_HEADER,
+    STATE_MAGIC,
+    EntityState,
+    Event,
+    Observation,
+    Status,
+    ValueKind,
+    row_dtype,
+    stored_events,
+)
+from pipelines.spec import Column, ColumnType, ModelSpec
+from pipelines.spec_features import AggregateFeature, Aggregation
 
-if TYPE_CHECKING:
-    import pandas as pd
-
-LAYOUT_VERSION = 2  # 1: column-major (one column after another)
 #: states with at most this many events are evaluated as Python lists (faster when small)
 SMALL_STATE = 96
-_NS_PER_SECOND = 1_000_000_000
-_HEADER = struct.Struct("<2sBBI")  # magic, layout version, value columns, events
-_MAGIC = b"GF"
-
-
-class StateError(GovMLError):
-    """A stored state cannot be read (corrupt, or written with another layout)."""
-
-
-class Status(StrEnum):
-    RECORDED = "recorded"
-    DUPLICATE = "duplicate"
-    TOO_LATE = "too_late"
-
-
-class ValueKind(StrEnum):
-    FIXED = "fixed"  # int64 fixed point: sum, mean, std
-    FLOAT = "float"  # float64: max
-    CODE = "code"  # int64 code: nunique
-
-
-# a value column's kind as far as its stored bytes go (a CODE column is int64 like FIXED)
-_KIND_OF_DTYPE = {np.dtype(np.int64): ValueKind.FIXED, np.dtype(np.float64): ValueKind.FLOAT}
-_KIND_OF = {
-    Aggregation.SUM: ValueKind.FIXED,
-    Aggregation.MEAN: ValueKind.FIXED,
-    Aggregation.STD: ValueKind.FIXED,
-    Aggregation.MAX: ValueKind.FLOAT,
-    Aggregation.NUNIQUE: ValueKind.CODE,
-}
-
-
-# ----------------------------------------------------------------------------- state
-
-
-def row_dtype(kinds: Sequence[ValueKind]) -> np.dtype:
-    """One stored event: time (ns), transaction id, aggregate bits, then one 8-byte
-    value per value column of the entity, little-endian, packed."""
-    key = tuple(kinds)
-    dtype = _ROW_DTYPES.get(key)
-    if dtype is None:
-        fields = [("time", "<i8"), ("id", "<i8"), ("flags", "<u8")]
-        fields += [(f"v{i}", "<f8" if k == ValueKind.FLOAT else "<i8") for i, k in enumerate(key)]
-        dtype = _ROW_DTYPES[key] = np.dtype(fields)
-    return dtype
-
-
-_ROW_DTYPES: dict[tuple[ValueKind, ...], np.dtype] = {}
-
-
-@dataclass(frozen=True, slots=True)
-class EntityState:
-    """One entity value's recorded events, sorted by time (arrival order among ties):
-    one row per event (:func:`row_dtype`), the columns as views of the rows."""
-
-    rows: np.ndarray  # structured, row_dtype(kinds)
-    times: np.ndarray  # int64 ns
-    ids: np.ndarray  # int64 transaction ids
-    flags: np.ndarray  # uint64: bit i set when the event counts for aggregate i
-    values: tuple[np.ndarray, ...]  # one column per ValueColumn of the entity
-
-    @classmethod
-    def of_rows(cls, rows: np.ndarray) -> EntityState:
-        names = rows.dtype.names
-        assert names is not None
-        return cls(rows, rows["time"], rows["id"], rows["flags"], tuple(rows[n] for n in names[3:]))
-
-    @classmethod
-    def of_columns(
-        cls, times: np.ndarray, ids: np.ndarray, flags: np.ndarray, values: Sequence[np.ndarray]
-    ) -> EntityState:
-        kinds = [_KIND_OF_DTYPE[np.dtype(v.dtype)] for v in values]
-        rows = np.empty(len(times), dtype=row_dtype(kinds))
-        rows["time"], rows["id"], rows["flags"] = times, ids, flags
-        for i, v in enumerate(values):
-            rows[f"v{i}"] = v
-        return cls.of_rows(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    @property
-    def watermark(self) -> int:
-        """The newest event time (ns)."""
-        return int(self.times[-1])
-
-    def to_bytes(self) -> bytes:
-        """The stored form: a header, then the rows (row-major: a store inserts an
-        event by splicing its row in, without rewriting every column)."""
-        header = _HEADER.pack(_MAGIC, LAYOUT_VERSION, len(self.values), len(self.rows))
-        return header + self.rows.tobytes()
-
-    @classmethod
-    def from_bytes(cls, data: bytes | memoryview, kinds: Sequence[ValueKind]) -> EntityState:
-        """The state :meth:`to_bytes` wrote (read-only views of ``data``)."""
-        n = stored_events(data, kinds)
-        dtype = row_dtype(kinds)
-        return cls.of_rows(np.frombuffer(data, dtype=dtype, count=n, offset=_HEADER.size))
-
-    def slice(self, start: int, stop: int | None = None) -> EntityState:
-        return EntityState.of_rows(self.rows[start:stop])
-
-
-def stored_events(data: bytes | memoryview, kinds: Sequence[ValueKind]) -> int:
-    """The number of events of a stored state (:meth:`EntityState.to_bytes`), after
-    checking its header and length; :class:`StateError` for anything else."""
-    if len(data) < _HEADER.size:
-        raise StateError("feature state: too short")
-    magic, version, n_values, n = _HEADER.unpack_from(data)
-    if magic != _MAGIC or version != LAYOUT_VERSION or n_values != len(kinds):
-        raise StateError(
-            f"feature state: layout {bytes(magic)!r} v{version} with {n_values} value "
-            f"column(s), expected {_MAGIC!r} v{LAYOUT_VERSION} with {len(kinds)}"
-        )
-    if len(data) != _HEADER.size + 8 * n * (3 + n_values):
-        raise StateError(f"feature state: {len(data)} bytes do not hold {n} events")
-    return n
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One transaction as one entity's state records it."""
-
-    time: int  # ns
-    id: int
-    flags: int
-    values: tuple[int | float, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """The result of observing one event: its features (in the entity's aggregate
-    order), the new state (None when nothing changed, or when not asked for) and what
-    happened."""
-
-    features: tuple[float, ...]
-    state: EntityState | None
-    status: Status
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,38 +106,7 @@ class Pending:
         return self.entity.observe_stored(data, self.event, record=record)
 
 
-def refused(observations: Sequence[Observation]) -> bool:
-    """A transaction is refused when any of its entity values finds it too late; then
-    no state records it (the store writes nothing)."""
-    return any(o.status == Status.TOO_LATE for o in observations)
-
-
-@dataclass(frozen=True)
-class ValueColumn:
-    column: str
-    kind: ValueKind
-
-
-@dataclass(frozen=True)
-class _Slot:
-    """One aggregate as the state machine evaluates it."""
-
-    agg: AggregateFeature
-    bit: np.uint64
-    window: int  # ns
-    value: int  # index into the state's value columns, -1 for count
-
-
 # ----------------------------------------------------------------------------- one entity
-
-
-def _column_type(columns: Mapping[str, Column], name: str, what: str) -> ColumnType:
-    column = columns.get(name)
-    if column is None:
-        raise SpecError(f"{what}: column {name!r} is not in data.columns")
-    if column.type == ColumnType.DATETIME:
-        raise SpecError(f"{what}: {name} is a datetime column; it cannot be aggregated online")
-    return column.type
 
 
 class EntityFeatures:
@@ -283,33 +126,13 @@ class EntityFeatures:
         if allowed_lateness_seconds < 0:
             raise SpecError("allowed_lateness must not be negative")
         self.entity = entity
-        self.entity_type = _column_type(columns, entity, f"entity {entity}")
+        self.entity_type = spec_column_type(columns, entity, f"entity {entity}")
         self.aggregates = tuple(aggregates)
         self.names = tuple(a.name for a in aggregates)
-        self.lateness = int(allowed_lateness_seconds) * _NS_PER_SECOND
-        self.retention = max(a.window_seconds for a in aggregates) * _NS_PER_SECOND
+        self.lateness = int(allowed_lateness_seconds) * NS_PER_SECOND
+        self.retention = max(a.window_seconds for a in aggregates) * NS_PER_SECOND
         self.retention += self.lateness
-        value_columns: list[ValueColumn] = []
-        slots: list[_Slot] = []
-        where: list[tuple[tuple[str, str | float], ...]] = []
-        for i, agg in enumerate(aggregates):
-            index = -1
-            if agg.agg != Aggregation.COUNT:
-                assert agg.column is not None
-                _column_type(columns, agg.column, f"aggregate {agg.name}")
-                kind = _KIND_OF[agg.agg]
-                if kind != ValueKind.CODE and columns[agg.column].type in TEXT_TYPES:
-                    raise SpecError(f"aggregate {agg.name}: {agg.agg.value} needs a number")
-                vc = ValueColumn(agg.column, kind)
-                if vc not in value_columns:
-                    value_columns.append(vc)
-                index = value_columns.index(vc)
-            targets = tuple(
-                (col, where_target(col, _column_type(columns, col, agg.name), value))
-                for col, value in agg.where.items()
-            )
-            where.append(targets)
-            slots.append(_Slot(agg, np.uint64(1 << i), agg.window_seconds * _NS_PER_SECOND, index))
+        value_columns, slots, where = compile_slots(aggregates, columns)
         self.value_columns = tuple(value_columns)
         self.kinds = tuple(v.kind for v in value_columns)
         self.row_dtype = row_dtype(self.kinds)
@@ -324,7 +147,7 @@ class EntityFeatures:
         )
         self._where = tuple(where)
         self._types = {
-            name: _column_type(columns, name, self.entity)
+            name: spec_column_type(columns, name, self.entity)
             for name in self.needed_columns
             if name != entity
         }
@@ -336,6 +159,10 @@ class EntityFeatures:
                 "types": {k: v.value for k, v in sorted(self._types.items())},
             }
         )
+
+    def column_type(self, name: str) -> ColumnType:
+        """The spec type of one of the columns the entity's aggregates read."""
+        return self._types[name]
 
     @property
     def needed_columns(self) -> tuple[str, ...]:
@@ -426,11 +253,11 @@ class EntityFeatures:
                 continue
             part = zip(columns[column][lo:hi], flags[lo:hi], strict=True)
             values = [v for v, f in part if f & bit]
-            out.append(_finish(kind, values) if values else EMPTY_VALUE[kind])
+            out.append(finish_window(kind, values) if values else EMPTY_VALUE[kind])
         return tuple(out)
 
     @staticmethod
-    def _aggregate(slot: _Slot, state: EntityState, lo: int, hi: int) -> float:
+    def _aggregate(slot: Slot, state: EntityState, lo: int, hi: int) -> float:
         kind = slot.agg.agg
         if lo >= hi:
             return EMPTY_VALUE[kind]
@@ -450,7 +277,7 @@ class EntityFeatures:
         if kind == Aggregation.NUNIQUE:  # int64 codes; np.unique costs ~30 µs a call here
             ordered = np.sort(values)
             return float(1 + np.count_nonzero(ordered[1:] != ordered[:-1]))
-        return _finish(kind, values.tolist())
+        return finish_window(kind, values.tolist())
 
     # ------------------------------------------------------------------ transitions
     def observe(
@@ -496,14 +323,16 @@ class EntityFeatures:
         values, bits and bytes as :meth:`observe`; tested)."""
         n = 0 if data is None else stored_events(data, self.kinds)
         if n == 0:
-            stored = _HEADER.pack(_MAGIC, LAYOUT_VERSION, len(self.kinds), 1) + self._row(event)
+            stored = STATE_HEADER.pack(STATE_MAGIC, LAYOUT_VERSION, len(self.kinds), 1) + self._row(
+                event
+            )
             return Observation(self.empty(), None, Status.RECORDED), stored if record else None
         assert data is not None
         if n > SMALL_STATE:
             obs = self.observe(self.decode(data), event, record=record)
             stored = None if obs.state is None else obs.state.to_bytes()
             return Observation(obs.features, None, obs.status), stored
-        body = memoryview(data)[_HEADER.size :]
+        body = memoryview(data)[STATE_HEADER.size :]
         columns = list(zip(*self._row_struct.iter_unpack(body), strict=True))
         times = columns[0]
         t = event.time
@@ -519,7 +348,7 @@ class EntityFeatures:
         first = bisect.bisect_right(times, max(watermark, t) - self.retention)
         first = min(first, pos)  # the new event itself is never evicted (it is >= cutoff)
         size = self._row_struct.size
-        header = _HEADER.pack(_MAGIC, LAYOUT_VERSION, len(self.kinds), n - first + 1)
+        header = STATE_HEADER.pack(STATE_MAGIC, LAYOUT_VERSION, len(self.kinds), n - first + 1)
         stored = b"".join(
             (header, body[first * size : pos * size], self._row(event), body[pos * size :])
         )
@@ -550,19 +379,6 @@ class EntityFeatures:
 
     def decode(self, data: bytes) -> EntityState:
         return EntityState.from_bytes(data, self.kinds)
-
-
-def _finish(kind: Aggregation, values: list[Any]) -> float:
-    """An aggregate of a window's counting values (Python numbers, at least one)."""
-    if kind == Aggregation.SUM:
-        return sum_value(sum(values))
-    if kind == Aggregation.MEAN:
-        return mean_value(sum(values), len(values))
-    if kind == Aggregation.MAX:
-        return float(max(values))
-    if kind == Aggregation.NUNIQUE:
-        return float(len(set(values)))
-    return std_value(len(values), sum(values), sum(u * u for u in values))
 
 
 def _missing(value: Any) -> bool:
@@ -645,124 +461,14 @@ def entity_text(value: Any) -> str | None:
     give "123", as the prediction log's pseudonyms do."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
+    return canonical_text(value)
+
+
+def canonical_text(value: Any) -> str:
+    """One text per identifier: 123, 123.0, numpy.int64(123) and "123" all give "123"."""
     item = getattr(value, "item", None)
     if callable(item) and not isinstance(value, str):
         value = item()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-# ----------------------------------------------------------------------------- from history
-
-
-def read_history(spec: ModelSpec, path: Path, columns: Sequence[str]) -> pd.DataFrame:
-    """Past transactions (a Parquet file or folder: ingest's ``data.parquet``, a
-    generated data set, a lake export), only ``columns``, typed per spec."""
-    import pandas as pd
-    import pyarrow.dataset as ds
-
-    from pipelines.features import retype_categories
-
-    path = Path(path)
-    if not path.exists():
-        raise DataValidationError(f"{path}: history not found")
-    try:
-        names = set(ds.dataset(path, format="parquet").schema.names)
-    except (OSError, ValueError) as exc:
-        raise DataValidationError(f"{path}: not a Parquet history: {exc}") from None
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise DataValidationError(f"{path}: history lacks column(s) {missing}")
-    return retype_categories(pd.read_parquet(path, columns=list(columns)), spec)
-
-
-def states_from_history(
-    features: OnlineFeatures, frame: pd.DataFrame
-) -> Iterator[tuple[EntityFeatures, str, EntityState]]:
-    """The state each entity value would have after observing every row of ``frame``
-    (columns typed per spec, as ingest writes them), built in one vectorised pass per
-    entity column: ``(entity features, entity text, state)``.
-
-    Equal to replaying the rows through :meth:`EntityFeatures.observe` in time order,
-    except that no row is refused as too late (history is complete) and of rows with a
-    duplicate transaction id the first is kept.
-    """
-    import pandas as pd
-
-    from pipelines.windows import counting_mask
-
-    for column in features.needed_columns:
-        if column not in frame.columns:
-            raise DataValidationError(f"history: column {column!r} missing")
-    time = frame[features.time_column]
-    if time.isna().any():
-        raise DataValidationError(f"history: {features.time_column} has missing timestamps")
-    times = time.to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    ids = _history_ids(features, frame[features.id_column])
-    for entity in features.entities:
-        codes, uniques = pd.factorize(frame[entity.entity], sort=False)
-        flags = np.zeros(len(frame), dtype=np.uint64)
-        for i, agg in enumerate(entity.aggregates):
-            flags |= counting_mask(agg, frame).astype(np.uint64) << np.uint64(i)
-        values = [_history_values(entity, vc, frame[vc.column]) for vc in entity.value_columns]
-        table = EntityState.of_columns(times, ids, flags, values).rows
-        del flags, values  # the rows hold them: no second copy while the states are cut
-        valid = np.flatnonzero(codes >= 0)
-        order = valid[np.lexsort((times[valid], codes[valid]))]
-        sorted_codes = codes[order]
-        bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
-        starts = np.concatenate([[0], bounds]).astype(np.int64)
-        stops = np.concatenate([bounds, [len(order)]]).astype(np.int64)
-        for start, stop in zip(starts.tolist(), stops.tolist(), strict=True):
-            rows = order[start:stop]
-            rows = rows[_first_ids(ids[rows])]
-            state = entity.evict(EntityState.of_rows(table[rows]))
-            text = entity_text(uniques[sorted_codes[start]])
-            assert text is not None
-            yield entity, text, state
-
-
-def _first_ids(ids: np.ndarray) -> np.ndarray:
-    """Positions of the first occurrence of each id, in their order."""
-    if len(ids) < 2:
-        return np.arange(len(ids))
-    _, first = np.unique(ids, return_index=True)
-    if len(first) == len(ids):
-        return np.arange(len(ids))
-    return np.sort(first)
-
-
-def _history_ids(features: OnlineFeatures, ids: pd.Series) -> np.ndarray:
-    if ids.isna().any():
-        raise DataValidationError(f"history: {features.id_column} has nulls")
-    if features.id_type == ColumnType.INT:
-        return ids.to_numpy(dtype=np.int64)
-    return np.array([features.event_id(v) for v in ids.tolist()], dtype=np.int64)
-
-
-def _history_values(entity: EntityFeatures, vc: ValueColumn, series: pd.Series) -> np.ndarray:
-    """One value column of the state, vectorised (equal to :meth:`EntityFeatures.event`)."""
-    import pandas as pd
-
-    from pipelines.aggregates import FixedPointError, fixed_point, value_codes
-
-    column_type = entity._types[vc.column]
-    if vc.kind == ValueKind.CODE and column_type in TEXT_TYPES:
-        if isinstance(series.dtype, pd.CategoricalDtype):
-            table = np.array(
-                [value_code(str(c), column_type) for c in series.cat.categories] + [0],
-                dtype=np.int64,
-            )
-            return table[series.cat.codes.to_numpy()]  # code -1 (null) takes the last entry
-        return np.array([value_code(canonical_value(v, column_type), column_type)
-                         for v in series.tolist()], dtype=np.int64)  # fmt: skip
-    numbers = series.astype("float64").to_numpy()
-    if vc.kind == ValueKind.FLOAT:
-        return numbers
-    if vc.kind == ValueKind.CODE:
-        return value_codes(numbers, column_type)
-    try:
-        return fixed_point(numbers)
-    except FixedPointError as exc:
-        raise DataValidationError(f"history: {vc.column}: {exc}") from None

@@ -25,7 +25,6 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 NONE = "–"
 
@@ -68,7 +67,9 @@ def short_number(value: Any) -> str:
         if f.is_integer() and abs(f) < 1e15:
             return str(int(f))
         return f"{f:.6g}"
-    if isinstance(value, pd.Timestamp | dt.datetime):
+    if isinstance(value, dt.datetime):  # pandas' Timestamp is one too
+        import pandas as pd  # (lazily: the model server imports this module, not pandas)
+
         return pd.Timestamp(value).isoformat()
     return str(value)
 

@@ -54,10 +54,8 @@ value, and every metric is a cumulative sum, ``bincount`` or ``reduceat`` over i
 
 from __future__ import annotations
 
-import math
-from collections.abc import Collection, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,12 +64,11 @@ from pandas.tseries.offsets import BaseOffset, Tick
 
 from pipelines import drift
 from pipelines.errors import DataValidationError
-from pipelines.spec import Segment
+from pipelines.spec_features import Segment
 
 TIMESTAMP = "timestamp"
 SCORE = "score"
 DECISION = "decision"
-LATENCY = "latency_ms"
 LABEL = "label"
 LABEL_TIME = "label_time"
 ALL = drift.ALL
@@ -79,29 +76,11 @@ MAX_WINDOWS = 100_000
 """More windows than this over the data's time range is a mistake (``"1s"`` over a month)."""
 ADVERSE = {"fraud": "flag", "credit": "decline"}
 FAVOURABLE = {"fraud": "pass", "credit": "approve"}
-SCORING_KINDS = ("predict", "infer", "explain")
-"""Request kinds of ``govml_requests_total`` that are scoring traffic (see serving/http.py)."""
-REQUESTS_SAMPLE = "govml_requests_total"
 
 PERFORMANCE_COLUMNS = [
     "window_start", "window_end", "segment", "value", "n", "n_labelled", "label_coverage",
     "positives", "roc_auc", "pr_auc", "recall_at_fpr", "brier", "calibration_error",
     "mean_score", "positive_rate",
-]  # fmt: skip
-KPI_COLUMNS = {
-    "fraud": [
-        "window_start", "window_end", "n", "n_labelled", "adverse_rate", "alert_volume",
-        "false_positive_rate", "precision", "frauds_caught", "frauds_missed",
-        "fraud_amount_caught", "fraud_amount_missed", "caught_ratio",
-    ],
-    "credit": [
-        "window_start", "window_end", "n", "n_labelled", "adverse_rate", "approvals",
-        "approval_rate", "false_positive_rate", "precision", "default_rate_approved",
-    ],
-}  # fmt: skip
-TECHNICAL_COLUMNS = [
-    "window_start", "window_end", "requests", "throughput_per_s", "latency_p50_ms",
-    "latency_p95_ms", "latency_p99_ms",
 ]  # fmt: skip
 
 
@@ -280,12 +259,12 @@ def _as_numbers(values: pd.Series, column: str, expected: str = "numbers") -> np
     return values.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _numbers(obs: pd.DataFrame, column: str) -> np.ndarray:
+def column_numbers(obs: pd.DataFrame, column: str) -> np.ndarray:
     return _as_numbers(obs[column], column)
 
 
 def _scores(obs: pd.DataFrame) -> np.ndarray:
-    s = _numbers(obs, SCORE)
+    s = column_numbers(obs, SCORE)
     missing = np.isnan(s)
     if missing.any():
         raise DataValidationError(f"{SCORE}: {int(missing.sum())} missing value(s)")
@@ -297,7 +276,7 @@ def _scores(obs: pd.DataFrame) -> np.ndarray:
     return s
 
 
-def _decisions(obs: pd.DataFrame, use_case: str) -> np.ndarray:
+def decisions(obs: pd.DataFrame, use_case: str) -> np.ndarray:
     """True where the decision is the use case's adverse one."""
     adverse, favourable = ADVERSE[use_case], FAVOURABLE[use_case]
     values = obs[DECISION].astype(object)
@@ -312,7 +291,7 @@ def _decisions(obs: pd.DataFrame, use_case: str) -> np.ndarray:
     return is_adverse
 
 
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Element-wise ratio, NaN where the denominator is 0."""
     num, den = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
     out = np.full(num.shape, np.nan)
@@ -320,7 +299,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def _use_case(use_case: str) -> None:
+def check_use_case(use_case: str) -> None:
     if use_case not in ADVERSE:
         raise DataValidationError(f"use_case: {use_case!r} is not one of {sorted(ADVERSE)}")
 
@@ -356,20 +335,10 @@ def performance_by_window(
     by_score = labelled[np.argsort(-score[labelled], kind="stable")]
     groupings = [(ALL, np.zeros(len(obs), dtype=np.int64), [ALL])]
     groupings += [(s.name, *segment_codes(obs, s)) for s in segments]
+    scored = _Labelled(score, y, by_score)
+    options = _MetricOptions(fpr, calibration_bins, min_labels)
     parts = [
-        _performance_part(
-            name,
-            position,
-            windows,
-            codes,
-            values,
-            score,
-            y,
-            by_score,
-            fpr=fpr,
-            bins=calibration_bins,
-            min_labels=min_labels,
-        )  # fmt: skip
+        _performance_part(name, position, windows, codes, values, scored, options)
         for position, (name, codes, values) in enumerate(groupings)
     ]
     table = pd.concat(parts, ignore_index=True)
@@ -379,47 +348,40 @@ def performance_by_window(
     return table
 
 
+@dataclass(frozen=True)
+class _Labelled:
+    """Every row's score and known label, and the labelled rows by score, descending."""
+
+    score: np.ndarray
+    y: np.ndarray
+    by_score: np.ndarray
+
+
+@dataclass(frozen=True)
+class _MetricOptions:
+    fpr: float
+    bins: int
+    min_labels: int
+
+
 def _performance_part(
     name: str,
     position: int,
     windows: Windows,
     codes: np.ndarray,
     values: list[str],
-    score: np.ndarray,
-    y: np.ndarray,
-    by_score: np.ndarray,
-    *,
-    fpr: float,
-    bins: int,
-    min_labels: int,
+    labelled: _Labelled,
+    options: _MetricOptions,
 ) -> pd.DataFrame:
     """The rows of one segment: groups = (window, value), window-major, values in order."""
-    if name == ALL:  # every window, empty ones too
-        gid, n_groups = windows.codes, len(windows)
-        group_window = np.arange(n_groups)
-        group_value = np.zeros(n_groups, dtype=np.int64)
-    else:
-        inside = codes >= 0
-        key = windows.codes[inside] * len(values) + codes[inside]
-        span = len(windows) * len(values)
-        if span <= max(4 * len(key), 1 << 16):  # dense: compact the keys without a sort
-            seen = np.bincount(key, minlength=span) > 0
-            unique = np.flatnonzero(seen)
-            inverse = (np.cumsum(seen) - 1)[key]
-        else:
-            unique, inverse = np.unique(key, return_inverse=True)
-        gid = np.full(len(codes), -1, dtype=np.int64)
-        gid[inside] = inverse.reshape(-1)
-        n_groups = len(unique)
-        group_window, group_value = unique // len(values), unique % len(values)
+    score, y, by_score = labelled.score, labelled.y, labelled.by_score
+    gid, n_groups, group_window, group_value = _groups(name, windows, codes, values)
     member = gid >= 0
     n = np.bincount(gid[member], minlength=n_groups)
     score_sum = np.bincount(gid[member], weights=score[member], minlength=n_groups)
     rows = by_score[gid[by_score] >= 0]
     rows = rows[np.argsort(gid[rows], kind="stable")]  # by group, score descending inside
-    metrics = _label_metrics(
-        gid[rows], score[rows], y[rows], n_groups, fpr=fpr, bins=bins, min_labels=min_labels
-    )
+    metrics = _label_metrics(gid[rows], score[rows], y[rows], n_groups, options)
     return pd.DataFrame(
         {
             "window_start": windows.starts[group_window],
@@ -428,8 +390,8 @@ def _performance_part(
             "value": np.asarray(values, dtype=object)[group_value],
             "n": n.astype(np.int64),
             **metrics,
-            "label_coverage": _ratio(metrics["n_labelled"], n),
-            "mean_score": _ratio(score_sum, n),
+            "label_coverage": ratio(metrics["n_labelled"], n),
+            "mean_score": ratio(score_sum, n),
             "_segment": position,
             "_window": group_window,
             "_value": group_value,
@@ -437,15 +399,30 @@ def _performance_part(
     )
 
 
+def _groups(
+    name: str, windows: Windows, codes: np.ndarray, values: list[str]
+) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+    """Per row its group (-1: none), the number of groups, and per group its window and
+    value index."""
+    if name == ALL:  # every window, empty ones too
+        n_groups = len(windows)
+        return windows.codes, n_groups, np.arange(n_groups), np.zeros(n_groups, dtype=np.int64)
+    inside = codes >= 0
+    key = windows.codes[inside] * len(values) + codes[inside]
+    span = len(windows) * len(values)
+    if span <= max(4 * len(key), 1 << 16):  # dense: compact the keys without a sort
+        seen = np.bincount(key, minlength=span) > 0
+        unique = np.flatnonzero(seen)
+        inverse = (np.cumsum(seen) - 1)[key]
+    else:
+        unique, inverse = np.unique(key, return_inverse=True)
+    gid = np.full(len(codes), -1, dtype=np.int64)
+    gid[inside] = inverse.reshape(-1)
+    return gid, len(unique), unique // len(values), unique % len(values)
+
+
 def _label_metrics(
-    g: np.ndarray,
-    s: np.ndarray,
-    y: np.ndarray,
-    n_groups: int,
-    *,
-    fpr: float,
-    bins: int,
-    min_labels: int,
+    g: np.ndarray, s: np.ndarray, y: np.ndarray, n_groups: int, options: _MetricOptions
 ) -> dict[str, np.ndarray]:
     """Per group, the label metrics of labelled rows sorted by group, score descending."""
     n_labelled = np.bincount(g, minlength=n_groups)
@@ -464,19 +441,40 @@ def _label_metrics(
     }
     if len(g) == 0:
         return out
-    out["brier"] = _ratio(np.bincount(g, weights=(s - y) ** 2, minlength=n_groups), n_labelled)
-    out["positive_rate"] = _ratio(positives, n_labelled)
+    out["brier"] = ratio(np.bincount(g, weights=(s - y) ** 2, minlength=n_groups), n_labelled)
+    out["positive_rate"] = ratio(positives, n_labelled)
+    out["calibration_error"] = ratio(_calibration_gaps(g, s, y, n_groups, options.bins), n_labelled)
+    area, ap, recall = _ranking(g, s, y, n_groups, options.fpr)
 
-    # ECE: sum over bins of |sum(score) - sum(label)| / n. Scores descend inside a group,
-    # so each (group, bin) is one run of rows.
+    enough = n_labelled >= options.min_labels
+    both = enough & (positives > 0) & (negatives > 0)
+    out["roc_auc"] = np.where(both, ratio(area, 2.0 * positives * negatives), np.nan)
+    out["pr_auc"] = np.where(both, ratio(ap, positives), np.nan)
+    out["recall_at_fpr"] = np.where(both, recall, np.nan)
+    for key in ("brier", "calibration_error", "positive_rate"):
+        out[key] = np.where(enough, out[key], np.nan)
+    return out
+
+
+def _calibration_gaps(
+    g: np.ndarray, s: np.ndarray, y: np.ndarray, n_groups: int, bins: int
+) -> np.ndarray:
+    """Per group, the sum over bins of |sum(score) - sum(label)| (the ECE times n).
+    Scores descend inside a group, so each (group, bin) is one run of rows."""
     b = np.minimum((s * bins).astype(np.int64), bins - 1)
     run = np.flatnonzero(np.r_[True, (g[1:] != g[:-1]) | (b[1:] != b[:-1])])
     gap = np.abs(np.add.reduceat(s, run) - np.add.reduceat(y, run))
-    out["calibration_error"] = _ratio(
-        np.bincount(g[run], weights=gap, minlength=n_groups), n_labelled
-    )
+    return np.bincount(g[run], weights=gap, minlength=n_groups)
 
-    # ROC / PR points: the last row of each run of equal (group, score).
+
+def _ranking(
+    g: np.ndarray, s: np.ndarray, y: np.ndarray, n_groups: int, fpr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per group, twice the ROC area times positives times negatives, the average
+    precision times positives, and the recall at ``fpr``, from the ROC / PR points: the
+    last row of each run of equal (group, score)."""
+    positives = np.bincount(g, weights=y, minlength=n_groups)
+    negatives = np.bincount(g, minlength=n_groups) - positives
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
     position = np.cumsum(np.r_[True, g[1:] != g[:-1]]) - 1
     tp_all, fp_all = np.cumsum(y), np.cumsum(1.0 - y)
@@ -493,220 +491,4 @@ def _label_metrics(
     allowed = fp / np.where(q > 0, q, 1.0) <= fpr + 1e-12  # as evaluation.recall_at_fpr
     recall = np.zeros(n_groups)
     np.maximum.at(recall, gg[allowed], tp[allowed] / np.where(p > 0, p, 1.0)[allowed])
-
-    enough = n_labelled >= min_labels
-    both = enough & (positives > 0) & (negatives > 0)
-    out["roc_auc"] = np.where(both, _ratio(area, 2.0 * positives * negatives), np.nan)
-    out["pr_auc"] = np.where(both, _ratio(ap, positives), np.nan)
-    out["recall_at_fpr"] = np.where(both, recall, np.nan)
-    for key in ("brier", "calibration_error", "positive_rate"):
-        out[key] = np.where(enough, out[key], np.nan)
-    return out
-
-
-# ---------------------------------------------------------------------------------------
-# business KPIs
-
-
-def business_kpis(
-    obs: pd.DataFrame,
-    *,
-    window: str = "1D",
-    use_case: str,
-    amount_column: str | None = "amount",
-    as_of: pd.Timestamp | None = None,
-) -> pd.DataFrame:
-    """Business KPIs of the live decisions per window.
-
-    Both use cases: ``n``, ``n_labelled`` (labels known at ``as_of``), ``adverse_rate``
-    (share flagged / declined), ``false_positive_rate`` (labelled good rows given the
-    adverse decision, over labelled good rows) and ``precision`` (labelled adverse rows
-    that are bad, over labelled adverse rows). Fraud: ``alert_volume`` (flags),
-    ``frauds_caught`` / ``frauds_missed`` (labelled frauds flagged / passed) and their
-    ``amount_column`` sums ``fraud_amount_caught`` / ``fraud_amount_missed`` (a missing
-    amount counts 0; NaN without an amount column), ``caught_ratio`` = caught amount
-    over the frauds' total. Credit: ``approvals``, ``approval_rate`` and
-    ``default_rate_approved`` (labelled approved applications that defaulted; the
-    amount column is not used). A ratio with a zero denominator is NaN. Every row needs
-    one of the use case's two decisions (see :data:`ADVERSE`, :data:`FAVOURABLE`).
-    """
-    _use_case(use_case)
-    amount_needed = use_case == "fraud" and amount_column is not None
-    required = [TIMESTAMP, DECISION, LABEL, LABEL_TIME]
-    if amount_needed:
-        required.append(str(amount_column))
-    require_columns(obs, required, "business_kpis")
-    windows = time_windows(obs[TIMESTAMP], window)
-    adverse = _decisions(obs, use_case)
-    y, resolved = known_labels(obs, as_of)
-    w, size = windows.codes, len(windows)
-
-    def count(mask: np.ndarray) -> np.ndarray:
-        return np.bincount(w[mask], minlength=size).astype(np.int64)
-
-    known = ~np.isnan(y)
-    bad, good = known & (y == 1), known & (y == 0)
-    n, n_adverse = count(np.ones(len(w), dtype=bool)), count(adverse)
-    table: dict[str, Any] = {
-        "window_start": windows.starts,
-        "window_end": windows.ends,
-        "n": n,
-        "n_labelled": count(known),
-        "adverse_rate": _ratio(n_adverse, n),
-        "false_positive_rate": _ratio(count(good & adverse), count(good)),
-        "precision": _ratio(count(bad & adverse), count(known & adverse)),
-    }
-    if use_case == "fraud":
-        table["alert_volume"] = n_adverse
-        table["frauds_caught"] = count(bad & adverse)
-        table["frauds_missed"] = count(bad & ~adverse)
-        if amount_needed:
-            amount = np.nan_to_num(_numbers(obs, str(amount_column)), nan=0.0)
-            caught = np.bincount(w, weights=np.where(bad & adverse, amount, 0.0), minlength=size)
-            missed = np.bincount(w, weights=np.where(bad & ~adverse, amount, 0.0), minlength=size)
-        else:
-            caught = missed = np.full(size, np.nan)
-        table["fraud_amount_caught"] = caught
-        table["fraud_amount_missed"] = missed
-        table["caught_ratio"] = _ratio(caught, caught + missed)
-    else:
-        approved = ~adverse
-        table["approvals"] = count(approved)
-        table["approval_rate"] = _ratio(table["approvals"], n)
-        table["default_rate_approved"] = _ratio(count(bad & approved), count(known & approved))
-    frame = pd.DataFrame(table)[KPI_COLUMNS[use_case]]
-    frame.attrs["as_of"] = resolved
-    return frame
-
-
-# ---------------------------------------------------------------------------------------
-# technical metrics
-
-
-def technical_metrics(obs: pd.DataFrame, *, window: str = "1h") -> pd.DataFrame:
-    """Requests, throughput and latency percentiles per window.
-
-    ``throughput_per_s`` is requests over the window's full length (a first or last
-    window the data covers only in part reads low). Latency percentiles are numpy's
-    (linear interpolation) over the rows with a latency; NaN in a window without any.
-    """
-    require_columns(obs, [TIMESTAMP, LATENCY], "technical_metrics")
-    windows = time_windows(obs[TIMESTAMP], window)
-    latency = _numbers(obs, LATENCY)
-    size = len(windows)
-    requests = np.bincount(windows.codes, minlength=size).astype(np.int64)
-    has = ~np.isnan(latency)
-    p50, p95, p99 = _grouped_percentiles(windows.codes[has], latency[has], size, (50, 95, 99))
-    return pd.DataFrame(
-        {
-            "window_start": windows.starts,
-            "window_end": windows.ends,
-            "requests": requests,
-            "throughput_per_s": _ratio(requests, windows.seconds),
-            "latency_p50_ms": p50,
-            "latency_p95_ms": p95,
-            "latency_p99_ms": p99,
-        }
-    )[TECHNICAL_COLUMNS]
-
-
-def _grouped_percentiles(
-    g: np.ndarray, v: np.ndarray, n_groups: int, percentiles: Sequence[float]
-) -> list[np.ndarray]:
-    """``np.percentile(v[g == k], q)`` for every group k and q (linear method), NaN if empty."""
-    order = np.lexsort((v, g))
-    v = v[order]
-    counts = np.bincount(g, minlength=n_groups)
-    present = np.flatnonzero(counts)
-    size = counts[present]
-    offset = (np.cumsum(counts) - counts)[present]
-    out = []
-    for q in percentiles:
-        virtual = (size - 1) * (np.float64(q) / 100.0)  # as numpy's "linear" method
-        below = np.floor(virtual)
-        above = np.minimum(below + 1, size - 1)
-        gamma = virtual - below
-        a = v[offset + below.astype(np.int64)]
-        b = v[offset + above.astype(np.int64)]
-        diff = b - a
-        value = np.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
-        result = np.full(n_groups, np.nan)
-        result[present] = value
-        out.append(result)
-    return out
-
-
-def server_error_rates(
-    metrics_text: str,
-    *,
-    previous: str | None = None,
-    kinds: Collection[str] | None = SCORING_KINDS,
-) -> dict[str, Any]:
-    """Request counts and error rates from the model server's ``/metrics`` text.
-
-    Reads ``govml_requests_total{kind, code}`` (serving/http.py). ``kinds`` keeps the
-    scoring traffic by default (health probes and scrapes would dilute the rates;
-    ``None`` keeps every kind). With ``previous`` (an earlier scrape of the same
-    server) the counts are the increase between the two, a counter that went down
-    (the server restarted) counting from zero, as Prometheus' ``increase()`` does.
-    Returns ``requests``, ``by_code``, ``by_kind``, ``client_errors`` (4xx),
-    ``server_errors`` (5xx), their rates and ``error_rate`` (4xx + 5xx over all
-    requests); rates are None without requests.
-    """
-    now = _request_counts(metrics_text)
-    if previous is not None:
-        before = _request_counts(previous)
-        now = {
-            key: value - before.get(key, 0.0) if value >= before.get(key, 0.0) else value
-            for key, value in now.items()
-        }
-    wanted = None if kinds is None else set(kinds)
-    by_code: dict[str, float] = {}
-    by_kind: dict[str, float] = {}
-    for (kind, code), value in now.items():
-        if wanted is None or kind in wanted:
-            by_code[code] = by_code.get(code, 0.0) + value
-            by_kind[kind] = by_kind.get(kind, 0.0) + value
-    total = sum(by_code.values())
-    client = sum(v for c, v in by_code.items() if c.startswith("4"))
-    server = sum(v for c, v in by_code.items() if c.startswith("5"))
-
-    def rate(value: float) -> float | None:
-        return value / total if total > 0 else None
-
-    return {
-        "requests": int(round(total)),
-        "by_code": {c: int(round(v)) for c, v in sorted(by_code.items())},
-        "by_kind": {k: int(round(v)) for k, v in sorted(by_kind.items())},
-        "client_errors": int(round(client)),
-        "server_errors": int(round(server)),
-        "client_error_rate": rate(client),
-        "server_error_rate": rate(server),
-        "error_rate": rate(client + server),
-        "kinds": None if wanted is None else sorted(wanted),
-    }
-
-
-def _request_counts(metrics_text: str) -> dict[tuple[str, str], float]:
-    """``(kind, code)`` → requests of ``govml_requests_total`` in an exposition text."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    counts: dict[tuple[str, str], float] = {}
-    found = False
-    try:
-        for family in text_string_to_metric_families(metrics_text):
-            if family.name not in ("govml_requests", REQUESTS_SAMPLE):
-                continue
-            found = True
-            for sample in family.samples:
-                if sample.name != REQUESTS_SAMPLE:
-                    continue  # _created
-                key = (sample.labels.get("kind", ""), sample.labels.get("code", ""))
-                counts[key] = counts.get(key, 0.0) + float(sample.value)
-    except ValueError as exc:
-        raise DataValidationError(f"metrics: not Prometheus exposition text ({exc})") from None
-    if not found:
-        raise DataValidationError(
-            f"metrics: no {REQUESTS_SAMPLE} in the text (is this the model server's /metrics?)"
-        )
-    return {k: v for k, v in counts.items() if math.isfinite(v)}
+    return area, ap, recall

@@ -24,8 +24,9 @@ from typing import Literal
 
 import numpy as np
 
-from pipelines.drift import psi
-from pipelines.spec import Guardrails, Rollout, duration_seconds
+from pipelines.drift_stats import psi
+from pipelines.spec_base import duration_seconds
+from pipelines.spec_operations import Guardrails, Rollout
 
 Decision = Literal["advance", "hold", "rollback", "await_approval", "done"]
 MIN_ALERTS = 30  # the relative alert-rate change is compared from this many champion alerts
@@ -69,7 +70,7 @@ class Trip:
 
 
 def score_psi(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
-    """PSI of the challenger's scores against the champion's (:func:`pipelines.drift.psi`)."""
+    """PSI of the challenger's scores against the champion's (:func:`pipelines.drift_stats.psi`)."""
     return psi(reference, current, bins)
 
 

@@ -13,22 +13,6 @@ from pipelines.config import Settings, load_settings
 from pipelines.errors import DataValidationError
 from pipelines.spec import ModelSpec, load_spec
 
-STAGES = (
-    "ingest",
-    "validate_data",
-    "lineage",
-    "champion",
-    "features",
-    "train",
-    "evaluate",
-    "fairness",
-    "explain",
-    "gates",
-    "register",
-    "approval",
-    "deploy",
-)
-
 # Run parameters a user may pass when triggering a run (Airflow params / CLI flags).
 PARAMS = {
     "data_path": "a Parquet or CSV file to use instead of the spec's data source",
@@ -77,7 +61,8 @@ class RunContext:
         return cls(spec, Path(spec_path), run_id, run_dir, settings, clean)
 
     def stage_dir(self, stage: str) -> Path:
-        if stage not in STAGES:
+        """``<run>/<stage>/``, created; any stage may have one (a plain folder name)."""
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", stage):
             raise ValueError(f"unknown stage {stage!r}")
         path = self.run_dir / stage
         path.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
 """Training stage: a reproducible LightGBM candidate and a logistic-regression baseline.
 
-``train(spec, features_dir, out_dir)`` trains on ``train.parquet`` with early stopping
-on ``validation.parquet`` and writes ``model.txt``, ``baseline.joblib``,
+``fit_models(spec, features_dir)`` trains on ``train.parquet`` with early stopping on
+``validation.parquet`` and returns :class:`TrainedModels`; the stage
+(:mod:`pipelines.stages.train`) writes ``model.txt``, ``baseline.joblib``,
 ``training.json`` and ``result.json`` (see ``docs/lifecycle.md``).
 
 Reproducibility: LightGBM runs with ``seed``, ``deterministic=True``,
@@ -31,7 +32,6 @@ Scoring helpers shared by evaluation, explanation and serving: :func:`load_model
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 from dataclasses import dataclass, field
@@ -42,7 +42,6 @@ import joblib
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import sklearn
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -50,9 +49,9 @@ from sklearn.metrics import average_precision_score, log_loss, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from pipelines.artifacts import sha256_file, write_bytes_atomic, write_json
+from pipelines import booster_layout
 from pipelines.errors import DataValidationError
-from pipelines.features import RESULT_JSON, read_features_json, read_split
+from pipelines.features import read_features_json, read_split
 from pipelines.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -77,13 +76,6 @@ _ALIASES: dict[str, tuple[str, ...]] = {
     "feature_fraction": ("feature_fraction", "sub_feature", "colsample_bytree"),
     "lambda_l2": ("lambda_l2", "reg_lambda", "lambda", "l2_regularization"),
 }
-_CATEGORICAL_KEYS = (
-    "categorical_feature",
-    "categorical_column",
-    "cat_feature",
-    "cat_column",
-    "categorical_features",
-)
 HIGHER_IS_BETTER = {"auc", "average_precision"}
 
 
@@ -98,78 +90,11 @@ def load_model(path: Path) -> lgb.Booster:
     return lgb.Booster(model_file=str(path))
 
 
-def _indices(value: Any, names: list[str]) -> list[int]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else list(value)
-    out = []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        if text.startswith("name:"):
-            out += [names.index(n) for n in text[5:].split(",") if n in names]
-        elif text.lstrip("-").isdigit():
-            out.append(int(text))
-        elif text in names:
-            out.append(names.index(text))
-    return out
-
-
-def booster_categories(booster: lgb.Booster) -> dict[str, list[Any]]:
-    """Categorical feature name -> category list, from the booster's ``pandas_categorical``."""
-    names = list(booster.feature_name())
-    pandas_cats = getattr(booster, "pandas_categorical", None) or []
-    params = booster.params or {}
-    idx: list[int] = []
-    for key in _CATEGORICAL_KEYS:
-        if params.get(key) not in (None, "", []):
-            idx = _indices(params[key], names)
-            break
-    if len(idx) != len(pandas_cats):
-        raise DataValidationError(
-            f"booster has {len(pandas_cats)} pandas categorical list(s) but "
-            f"{len(idx)} categorical feature index(es)"
-        )
-    return {names[i]: list(cats) for i, cats in zip(sorted(idx), pandas_cats, strict=True)}
-
-
-def _numeric_column(col: pd.Series) -> pd.Series:
-    """Numeric features as LightGBM takes them: nullable/object/category columns as float64."""
-    if isinstance(col.dtype, pd.CategoricalDtype) or col.dtype == object:
-        return pd.to_numeric(col.astype(object), errors="raise").astype("float64")
-    if pd.api.types.is_extension_array_dtype(col.dtype):
-        return col.astype("float64")
-    return col
-
-
-def model_frame(booster: lgb.Booster, frame: pd.DataFrame) -> pd.DataFrame:
-    """The booster's feature columns of ``frame``, categoricals re-typed for prediction."""
-    names = list(booster.feature_name())
-    missing = [n for n in names if n not in frame.columns]
-    if missing:
-        raise DataValidationError(f"frame lacks model feature(s) {missing}")
-    categories = booster_categories(booster)
-    out: dict[str, Any] = {}
-    for name in names:
-        col = frame[name]
-        if name in categories:
-            cats = categories[name]
-            if isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == cats:
-                out[name] = col
-            else:
-                values = col.astype(object)
-                out[name] = pd.Categorical(values.where(values.notna(), None), categories=cats)
-        else:
-            out[name] = _numeric_column(col)
-    return pd.DataFrame(out, index=frame.index, columns=names)
-
-
 def score(booster: lgb.Booster, frame: pd.DataFrame) -> np.ndarray:
     """Probability of the bad outcome for every row of ``frame`` (float64)."""
     if len(frame) == 0:
         return np.zeros(0, dtype=np.float64)
-    return np.asarray(booster.predict(model_frame(booster, frame)), dtype=np.float64)
+    return np.asarray(booster.predict(booster_layout.model_frame(booster, frame)), dtype=np.float64)
 
 
 def _categorical_as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -248,49 +173,6 @@ def score_baseline(pipeline: Pipeline, frame: pd.DataFrame, features: list[str])
 # ----------------------------------------------------------------------------- training
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """What the training stage wrote."""
-
-    out_dir: Path
-    model_path: Path
-    baseline_path: Path
-    training_json: Path
-    model_sha256: str
-    baseline_sha256: str
-    best_iteration: int
-    num_boost_round: int
-    early_stopped: bool
-    metric: str
-    validation_score: float | None
-    train_rows: int
-    validation_rows: int
-    tuning_trials: int
-    params: dict[str, Any] = field(default_factory=dict)
-    #: the trained booster, in memory (not serialised; the file is ``model_path``)
-    booster: lgb.Booster | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": "train",
-            "out_dir": str(self.out_dir),
-            "model_path": str(self.model_path),
-            "baseline_path": str(self.baseline_path),
-            "training_json": str(self.training_json),
-            "model_sha256": self.model_sha256,
-            "baseline_sha256": self.baseline_sha256,
-            "best_iteration": self.best_iteration,
-            "num_boost_round": self.num_boost_round,
-            "early_stopped": self.early_stopped,
-            "metric": self.metric,
-            "validation_score": self.validation_score,
-            "train_rows": self.train_rows,
-            "validation_rows": self.validation_rows,
-            "tuning_trials": self.tuning_trials,
-            "params": dict(self.params),
-        }
-
-
 def _early_stopping_metric(spec: ModelSpec) -> str:
     metric = spec.training.params.get("metric")
     if isinstance(metric, str) and metric and "," not in metric:
@@ -324,42 +206,6 @@ def base_params(spec: ModelSpec, y_train: np.ndarray) -> tuple[dict[str, Any], f
     )
     params.pop("verbose", None)
     return params, scale_pos_weight
-
-
-def _typed_for_lgb(
-    frame: pd.DataFrame, features: list[str], categorical: list[str], cats: dict[str, list[Any]]
-) -> pd.DataFrame:
-    out = frame[features].copy()
-    for name in features:
-        if name not in categorical:
-            out[name] = _numeric_column(out[name])
-    for name in categorical:
-        col = out[name]
-        if not (
-            isinstance(col.dtype, pd.CategoricalDtype) and list(col.cat.categories) == cats[name]
-        ):
-            values = col.astype(object)
-            out[name] = pd.Categorical(values.where(values.notna(), None), categories=cats[name])
-    return out
-
-
-def booster_input(
-    frame: pd.DataFrame, features: list[str], categorical: list[str], cats: dict[str, list[Any]]
-) -> pd.DataFrame:
-    """``frame``'s features typed for the Booster as training types them (for backends
-    that train elsewhere, partition by partition)."""
-    return _typed_for_lgb(frame, features, categorical, cats)
-
-
-def _category_lists(train: pd.DataFrame, categorical: list[str]) -> dict[str, list[Any]]:
-    out: dict[str, list[Any]] = {}
-    for name in categorical:
-        col = train[name]
-        if isinstance(col.dtype, pd.CategoricalDtype):
-            out[name] = list(col.cat.categories)
-        else:  # a string feature: the categories seen in training, sorted
-            out[name] = sorted({str(v) for v in col.dropna()})
-    return out
 
 
 def _sample_trial(rng: np.random.Generator) -> dict[str, Any]:
@@ -489,37 +335,18 @@ def _better(metric: str, new: float | None, old: float | None) -> bool:
     return new > old if metric in HIGHER_IS_BETTER else new < old
 
 
-def _joblib_bytes(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    joblib.dump(obj, buffer)
-    return buffer.getvalue()
+def _labels(frame: pd.DataFrame, target: str) -> np.ndarray:
+    return frame[target].to_numpy().astype(np.int64)
 
 
-def train(
-    spec: ModelSpec, features_dir: Path, out_dir: Path, tuning_trials: int | None = None
-) -> TrainResult:
-    """Train the LightGBM candidate and the baseline from the feature tables."""
-    features_dir, out_dir = Path(features_dir), Path(out_dir)
-    meta = read_features_json(features_dir)
-    features = list(meta.get("features") or spec.features.names)
-    categorical = [c for c in meta.get("categorical", []) if c in features]
-    target = spec.data.target
-    train_df = read_split(spec, features_dir, "train")
-    val_df = read_split(spec, features_dir, "validation")
-    y_train = train_df[target].to_numpy().astype(np.int64)
-    y_val = val_df[target].to_numpy().astype(np.int64)
-    if len(np.unique(y_train)) < 2:
-        raise DataValidationError(f"{features_dir}: the training rows hold only one class")
-    if len(val_df) == 0:
-        raise DataValidationError(f"{features_dir}: no validation rows for early stopping")
-
-    params, scale_pos_weight = base_params(spec, y_train)  # on the full label counts
+def _sampled_splits(
+    spec: ModelSpec, train_df: pd.DataFrame, val_df: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray | None, np.ndarray | None]:
+    """The training and validation rows after negative sampling, and their weights."""
     rows_before_sampling = len(train_df)
     train_df, w_train = negative_sample(train_df, spec)
     val_df, w_val = negative_sample(val_df, spec)
     if w_train is not None:
-        y_train = train_df[target].to_numpy().astype(np.int64)
-        y_val = val_df[target].to_numpy().astype(np.int64)
         log.info(
             "negative sampling at %g: %d of %d training rows, %d validation rows",
             spec.training.negative_sample_rate,
@@ -527,30 +354,17 @@ def train(
             rows_before_sampling,
             len(val_df),
         )
+    return train_df, val_df, w_train, w_val
 
-    cats = _category_lists(train_df, categorical)
-    x_train = _typed_for_lgb(train_df, features, categorical, cats)
-    x_val = _typed_for_lgb(val_df, features, categorical, cats)
 
-    metric = params["metric"]
-    if metric in HIGHER_IS_BETTER and len(np.unique(y_val)) < 2:
-        log.warning("validation holds one class: early stopping on binary_logloss instead")
-        metric = params["metric"] = "binary_logloss"
-    trials = spec.training.tuning_trials if tuning_trials is None else int(tuning_trials)
-    if trials < 0:
-        raise ValueError(f"tuning_trials must be >= 0, got {trials}")
+def _search(
+    params: dict[str, Any], data: tuple, metric: str, trials: int, spec: ModelSpec
+) -> tuple[lgb.Booster, float | None, dict[str, Any], dict[str, Any]]:
+    """The spec's booster, then ``trials`` seeded random trials: the best booster, its
+    validation score, its params and the ``tuning`` record."""
+    _, _, x_val, y_val, _, w_val = data
     nbr = spec.training.num_boost_round
     esr = spec.training.early_stopping_rounds
-
-    data = (x_train, y_train, x_val, y_val, w_train, w_val)
-
-    log.info(
-        "training %s: %d rows, %d features, metric %s",
-        spec.name,
-        len(x_train),
-        len(features),
-        metric,
-    )
     booster = _fit(params, data, nbr, esr)
     best_score = validation_score(metric, y_val, booster.predict(x_val), booster, w_val)
     best_params = params
@@ -571,43 +385,95 @@ def train(
             if _better(metric, trial_score, best_score):
                 booster, best_score, best_params = candidate, trial_score, trial_params
                 best_trial, best_trial_params = i, trial
+    tuning = {
+        "trials": trials,
+        "metric": metric,
+        "best_trial": best_trial if trials else None,
+        "best_params": (best_trial_params or {}) if trials else None,
+        "history": history,
+    }
+    return booster, best_score, best_params, tuning
+
+
+def _metric_and_trials(
+    spec: ModelSpec, params: dict[str, Any], y_val: np.ndarray, tuning_trials: int | None
+) -> tuple[str, int]:
+    """The early-stopping metric (set in ``params``) and the tuning budget."""
+    metric = params["metric"]
+    if metric in HIGHER_IS_BETTER and len(np.unique(y_val)) < 2:
+        log.warning("validation holds one class: early stopping on binary_logloss instead")
+        metric = params["metric"] = "binary_logloss"
+    trials = spec.training.tuning_trials if tuning_trials is None else int(tuning_trials)
+    if trials < 0:
+        raise ValueError(f"tuning_trials must be >= 0, got {trials}")
+    return metric, trials
+
+
+def fit_models(
+    spec: ModelSpec, features_dir: Path, tuning_trials: int | None = None
+) -> TrainedModels:
+    """The LightGBM candidate and the baseline, trained on the feature tables (the stage
+    :mod:`pipelines.stages.train` writes them)."""
+    features_dir = Path(features_dir)
+    meta = read_features_json(features_dir)
+    features = list(meta.get("features") or spec.features.names)
+    categorical = [c for c in meta.get("categorical", []) if c in features]
+    target = spec.data.target
+    train_df = read_split(spec, features_dir, "train")
+    val_df = read_split(spec, features_dir, "validation")
+    y_train = _labels(train_df, target)
+    if len(np.unique(y_train)) < 2:
+        raise DataValidationError(f"{features_dir}: the training rows hold only one class")
+    if len(val_df) == 0:
+        raise DataValidationError(f"{features_dir}: no validation rows for early stopping")
+
+    params, scale_pos_weight = base_params(spec, y_train)  # on the full label counts
+    rows_before_sampling = len(train_df)
+    train_df, val_df, w_train, w_val = _sampled_splits(spec, train_df, val_df)
+    y_train, y_val = _labels(train_df, target), _labels(val_df, target)
+
+    cats = booster_layout.category_lists(train_df, categorical)
+    x_train = booster_layout.typed_frame(train_df, features, cats)
+    x_val = booster_layout.typed_frame(val_df, features, cats)
+
+    metric, trials = _metric_and_trials(spec, params, y_val, tuning_trials)
+    log.info(
+        "training %s: %d rows, %d features, metric %s",
+        spec.name,
+        len(x_train),
+        len(features),
+        metric,
+    )
+    data = (x_train, y_train, x_val, y_val, w_train, w_val)
+    booster, best_score, best_params, tuning = _search(params, data, metric, trials, spec)
 
     best_iteration = int(booster.best_iteration) or int(booster.current_iteration())
     class_weight = "balanced" if spec.training.imbalance != "none" else None
     baseline = build_baseline(features, categorical, class_weight, spec.training.seed)
     baseline.fit(train_df[features], y_train)
-    return write_training(
-        spec,
-        out_dir,
-        TrainedModels(
-            booster=booster,
-            model_text=booster.model_to_string(num_iteration=best_iteration),
-            baseline=baseline,
-            best_iteration=best_iteration,
-            early_stopped=booster.current_iteration() < nbr,
-            metric=metric,
-            validation_score=best_score,
-            params=best_params,
-            features=features,
-            categorical=categorical,
-            train_rows=len(train_df),
-            train_rows_before=rows_before_sampling,
-            validation_rows=len(val_df),
-            scale_pos_weight=scale_pos_weight,
-            tuning={
-                "trials": trials,
-                "metric": metric,
-                "best_trial": best_trial if trials else None,
-                "best_params": (best_trial_params or {}) if trials else None,
-                "history": history,
-            },
-        ),
+    return TrainedModels(
+        booster=booster,
+        model_text=booster.model_to_string(num_iteration=best_iteration),
+        baseline=baseline,
+        best_iteration=best_iteration,
+        early_stopped=booster.current_iteration() < spec.training.num_boost_round,
+        metric=metric,
+        validation_score=best_score,
+        params=best_params,
+        features=features,
+        categorical=categorical,
+        train_rows=len(train_df),
+        train_rows_before=rows_before_sampling,
+        validation_rows=len(val_df),
+        scale_pos_weight=scale_pos_weight,
+        tuning=tuning,
     )
 
 
 @dataclass(frozen=True)
 class TrainedModels:
-    """What a training computation (local or on Dask) hands to :func:`write_training`.
+    """What a training computation (local or on Dask) hands to the stage's writer
+    (:func:`pipelines.stages.train.write_training`).
 
     ``extra`` holds a backend's own ``training.json`` keys; ``marker`` what it adds to
     ``result.json`` (both empty locally).
@@ -630,71 +496,3 @@ class TrainedModels:
     tuning: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
     marker: dict[str, Any] = field(default_factory=dict)
-
-
-def write_training(spec: ModelSpec, out_dir: Path, trained: TrainedModels) -> TrainResult:
-    """The training stage's files, once whatever the backend: ``model.txt``,
-    ``baseline.joblib``, ``training.json`` and ``result.json``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model_path = out_dir / MODEL_FILE
-    write_bytes_atomic(model_path, trained.model_text.encode("utf-8"))
-    model_sha = sha256_file(model_path)
-    baseline_path = out_dir / BASELINE_FILE
-    write_bytes_atomic(baseline_path, _joblib_bytes(trained.baseline))
-    baseline_sha = sha256_file(baseline_path)
-    nbr = spec.training.num_boost_round
-    training_json = out_dir / TRAINING_JSON
-    write_json(
-        training_json,
-        {
-            "best_iteration": trained.best_iteration,
-            "num_boost_round": nbr,
-            "params": trained.params,
-            "seed": spec.training.seed,
-            "features": trained.features,
-            "categorical": trained.categorical,
-            "model_sha256": model_sha,
-            "baseline_sha256": baseline_sha,
-            "tuning": trained.tuning,
-            "lightgbm_version": lgb.__version__,
-            "sklearn_version": sklearn.__version__,
-            "train_rows": trained.train_rows,
-            "scale_pos_weight": trained.scale_pos_weight,
-            "negative_sampling": {
-                "rate": spec.training.negative_sample_rate,
-                "train_rows_before": trained.train_rows_before,
-                "validation_rows": trained.validation_rows,
-            },
-            **trained.extra,
-        },
-    )
-    result = TrainResult(
-        out_dir=out_dir,
-        model_path=model_path,
-        baseline_path=baseline_path,
-        training_json=training_json,
-        model_sha256=model_sha,
-        baseline_sha256=baseline_sha,
-        best_iteration=trained.best_iteration,
-        num_boost_round=nbr,
-        early_stopped=trained.early_stopped,
-        metric=trained.metric,
-        validation_score=trained.validation_score,
-        train_rows=trained.train_rows,
-        validation_rows=trained.validation_rows,
-        tuning_trials=int(trained.tuning["trials"]),
-        params=trained.params,
-        booster=trained.booster,
-    )
-    write_json(out_dir / RESULT_JSON, {**result.to_dict(), **trained.marker})
-    log.info(
-        "trained %s%s: best iteration %d of %d, validation %s %s, model sha256 %s",
-        spec.name,
-        f" on {trained.marker['backend']}" if "backend" in trained.marker else "",
-        trained.best_iteration,
-        nbr,
-        trained.metric,
-        trained.validation_score,
-        model_sha[:12],
-    )
-    return result

@@ -50,11 +50,11 @@ from pipelines.aggregates import (
     sum_values,
 )
 from pipelines.errors import DataValidationError
-from pipelines.spec import AggregateFeature, Aggregation
+from pipelines.spec_features import AggregateFeature, Aggregation
+from pipelines.window_orders import EntityOrder, Timeline, factorize, prefix, stable_order
 
 NS_PER_SECOND = 1_000_000_000
 #: window starts found by stepping left before a binary search takes over
-MAX_STEPS = 8
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -110,160 +110,6 @@ def require_numeric(frame: pd.DataFrame, agg: AggregateFeature) -> None:
             f"aggregate {agg.name}: {agg.agg.value} needs a numeric column, "
             f"{agg.column!r} is {dtype}"
         )
-
-
-def factorize(series: pd.Series) -> tuple[np.ndarray, int]:
-    """int64 codes (-1 for null) and how many distinct values."""
-    codes, uniques = pd.factorize(series, sort=False)
-    return codes.astype(np.int64, copy=False), len(uniques)
-
-
-def stable_order(codes: np.ndarray, n_codes: int) -> np.ndarray:
-    """The stable argsort of non-negative int64 codes below ``n_codes``: an LSD radix
-    sort on 16-bit digits (numpy sorts 16-bit integers stably by radix)."""
-    if n_codes <= 1:
-        return np.arange(len(codes))
-    digits = max(1, (int(n_codes - 1).bit_length() + 15) // 16)
-    if digits > 3:
-        return np.argsort(codes, kind="stable")
-    order = np.argsort((codes & 0xFFFF).astype(np.uint16), kind="stable")
-    for d in range(1, digits):
-        digit = ((codes[order] >> (16 * d)) & 0xFFFF).astype(np.uint16)
-        order = order[np.argsort(digit, kind="stable")]
-    return order
-
-
-def _group_starts(sorted_keys: np.ndarray) -> np.ndarray:
-    """Per position of a sorted array: the first position holding the same key."""
-    n = len(sorted_keys)
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    firsts = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-    return np.repeat(firsts, np.diff(np.append(firsts, n)))
-
-
-def prefix(values: np.ndarray) -> np.ndarray:
-    """``[0, v0, v0 + v1, ...]`` (int64 sums wrap around, which keeps differences exact)."""
-    out = np.zeros(len(values) + 1, dtype=values.dtype)
-    np.cumsum(values, out=out[1:])
-    return out
-
-
-# ----------------------------------------------------------------------------- orders
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Every row's time, the rows in time order, the sorted distinct times and each
-    row's rank among them."""
-
-    times: np.ndarray  # int64 ns per row
-    order: np.ndarray | None  # rows in time order (None: already in time order)
-    universe: np.ndarray  # sorted distinct times
-    rank: np.ndarray  # per row: index of its time in ``universe``
-
-    @classmethod
-    def of(cls, times: np.ndarray) -> Timeline:
-        n = len(times)
-        order = None
-        ordered = times
-        if n and not bool(np.all(times[1:] >= times[:-1])):
-            order = np.argsort(times, kind="stable")
-            ordered = times[order]
-        new = np.ones(n, dtype=bool)
-        new[1:] = ordered[1:] != ordered[:-1]
-        rank_sorted = np.cumsum(new, dtype=np.int64) - 1
-        if order is None:
-            rank = rank_sorted
-        else:
-            rank = np.empty(n, dtype=np.int64)
-            rank[order] = rank_sorted
-        return cls(times=times, order=order, universe=ordered[new], rank=rank)
-
-
-@dataclass(frozen=True)
-class EntityOrder:
-    """The rows of one entity column sorted by (entity, time) (see the module doc)."""
-
-    rows: np.ndarray  # row index per position (rows without an entity are left out)
-    codes: np.ndarray  # entity code per position
-    rank: np.ndarray  # time rank per position
-    times: np.ndarray  # time (ns) per position
-    keys: np.ndarray  # sorted int64 keys: code * n_times + rank
-    seg_start: np.ndarray  # per position: first position of its entity
-    hi: np.ndarray  # per position: first position of its (entity, time) group
-    n_times: int
-
-    @classmethod
-    def of(cls, codes: np.ndarray, n_codes: int, timeline: Timeline) -> EntityOrder:
-        n_times = len(timeline.universe)
-        if n_codes * n_times >= np.iinfo(np.int64).max:
-            raise DataValidationError("too many entities x timestamps for the aggregate index")
-        if timeline.order is None and (len(codes) == 0 or int(codes.min()) >= 0):
-            rows = stable_order(codes, n_codes)  # already in time order, no nulls
-        else:
-            by_time = timeline.order if timeline.order is not None else np.arange(len(codes))
-            by_time = by_time[codes[by_time] >= 0]
-            rows = by_time[stable_order(codes[by_time], n_codes)]
-        sorted_codes = codes[rows]
-        rank = timeline.rank[rows]
-        keys = sorted_codes * np.int64(n_times) + rank
-        seg_start = _group_starts(sorted_codes)
-        hi = _group_starts(keys)
-        return cls(rows, sorted_codes, rank, timeline.times[rows], keys, seg_start, hi, n_times)
-
-    def window_starts(self, timeline: Timeline, window: int) -> np.ndarray:
-        """Per position: the first position of its entity with time > t - window.
-
-        Short windows hold few events: ``lo`` steps left from ``hi`` while the event
-        before it is still inside the window (vectorised over the positions still
-        moving), as long as that set halves at each step; a binary search on the keys
-        finds the rest.
-        """
-        times = self.times
-        if not self._mostly_empty(window):
-            return self._search(timeline, window, None)
-        bound = times - window
-        lo = self.hi.copy()
-        active = np.flatnonzero(lo > self.seg_start)
-        for _ in range(MAX_STEPS):
-            if active.size == 0:
-                return lo
-            inside = times[lo[active] - 1] > bound[active]
-            moving = active[inside]
-            lo[moving] -= 1
-            still = moving[lo[moving] > self.seg_start[moving]]
-            halved = still.size * 2 <= active.size
-            active = still
-            if not halved:
-                break
-        if active.size:
-            lo[active] = self._search(timeline, window, active)
-        return lo
-
-    def _search(self, timeline: Timeline, window: int, at: np.ndarray | None) -> np.ndarray:
-        """Window starts by binary search on the keys, for the positions ``at`` (all)."""
-        # per distinct time u: the rank of the first distinct time > u - window (sorted
-        # queries: fast), then per position by its time's rank
-        first = np.searchsorted(timeline.universe, timeline.universe - window, "right")
-        if at is None:
-            query = self.codes * np.int64(self.n_times) + first[self.rank]
-        else:
-            query = self.codes[at] * np.int64(self.n_times) + first[self.rank[at]]
-        return np.searchsorted(self.keys, query, "left")
-
-    def _mostly_empty(self, window: int) -> bool:
-        """Whether most windows of this length hold no earlier event (then stepping
-        pays), judged on up to 4096 evenly spaced positions that have one before."""
-        n = len(self.rows)
-        if n < 2:
-            return True
-        sample = np.linspace(1, n - 1, min(4096, n - 1)).astype(np.int64)
-        sample = sample[self.hi[sample] > self.seg_start[sample]]
-        if sample.size == 0:
-            return True
-        before = self.hi[sample] - 1
-        return bool((self.times[before] > self.times[sample] - window).mean() < 0.5)
 
 
 # ----------------------------------------------------------------------------- aggregates
@@ -494,56 +340,79 @@ def compute(
     workers = workers or os.cpu_count() or 1
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
-        return _compute(aggregates, frame, time_column, pool)
+        return _Run(aggregates, frame, time_column, pool).results()
     finally:
         if pool is not None:
             pool.shutdown()
 
 
-def _compute(
-    aggregates: Sequence[AggregateFeature],
-    frame: pd.DataFrame,
-    time_column: str,
-    pool: ThreadPoolExecutor | None,
-) -> dict[str, np.ndarray]:
-    tasks = _Tasks(pool)
-    times = frame[time_column].to_numpy(dtype="datetime64[ns]").astype(np.int64)
-    entities = list(dict.fromkeys(a.entity for a in aggregates))
-    distinct = [a.column for a in aggregates if a.agg == Aggregation.NUNIQUE and a.column]
-    coded = {c: tasks.submit(factorize, frame[c]) for c in dict.fromkeys([*entities, *distinct])}
-    timeline = Timeline.of(times)
-    orders = {e: tasks.submit(lambda e: EntityOrder.of(*coded[e](), timeline), e) for e in entities}
-    starts = {
-        (a.entity, w): tasks.submit(
-            lambda e, w: orders[e]().window_starts(timeline, w), a.entity, w
-        )
-        for a in aggregates
-        for w in [int(a.window_seconds) * NS_PER_SECOND]
-    }
-    sums = {
-        (a.entity, a.column)
-        for a in aggregates
-        if a.agg in (Aggregation.SUM, Aggregation.MEAN, Aggregation.STD)
-    }
+class _Run:
+    """One call of :func:`compute`: the shared inputs (codes, entity orders, window
+    starts, gathered values, shared nunique runs) submitted as tasks, in dependency
+    order, then one task per aggregate."""
 
-    def gather(entity: str, column: str) -> tuple[np.ndarray, np.ndarray | None]:
-        values = frame[column].astype("float64").to_numpy()[orders[entity]().rows]
-        if (entity, column) not in sums:
+    def __init__(
+        self,
+        aggregates: Sequence[AggregateFeature],
+        frame: pd.DataFrame,
+        time_column: str,
+        pool: ThreadPoolExecutor | None,
+    ) -> None:
+        self.aggregates = aggregates
+        self.frame = frame
+        self.tasks = tasks = _Tasks(pool)
+        times = frame[time_column].to_numpy(dtype="datetime64[ns]").astype(np.int64)
+        entities = list(dict.fromkeys(a.entity for a in aggregates))
+        distinct = [a.column for a in aggregates if a.agg == Aggregation.NUNIQUE and a.column]
+        columns = dict.fromkeys([*entities, *distinct])
+        self.coded = coded = {c: tasks.submit(factorize, frame[c]) for c in columns}
+        self.timeline = timeline = Timeline.of(times)
+        self.orders = orders = {
+            e: tasks.submit(lambda e: EntityOrder.of(*coded[e](), timeline), e) for e in entities
+        }
+        self.starts = {
+            (a.entity, w): tasks.submit(
+                lambda e, w: orders[e]().window_starts(timeline, w), a.entity, w
+            )
+            for a in aggregates
+            for w in [int(a.window_seconds) * NS_PER_SECOND]
+        }
+        self.sums = {
+            (a.entity, a.column)
+            for a in aggregates
+            if a.agg in (Aggregation.SUM, Aggregation.MEAN, Aggregation.STD)
+        }
+        self.gathered = {
+            (a.entity, a.column): tasks.submit(self.gather, a.entity, a.column)
+            for a in aggregates
+            if a.column is not None and a.agg not in (Aggregation.COUNT, Aggregation.NUNIQUE)
+        }
+        self.pairs: dict[
+            tuple[frozenset[str], int], Callable[[], tuple[np.ndarray, np.ndarray]]
+        ] = {}
+        for agg in aggregates:
+            key = _pair_key(agg, frame)
+            if key is not None and key not in self.pairs and _pair_twice(key, aggregates, frame):
+                self.pairs[key] = tasks.submit(self.shared_runs, agg)
+
+    def results(self) -> dict[str, np.ndarray]:
+        heavy_first = sorted(self.aggregates, key=lambda a: _COST.get(a.agg, 2))
+        results = {a.name: self.tasks.submit(self.one, a) for a in heavy_first}
+        return {a.name: results[a.name]() for a in self.aggregates}
+
+    def gather(self, entity: str, column: str) -> tuple[np.ndarray, np.ndarray | None]:
+        values = self.frame[column].astype("float64").to_numpy()[self.orders[entity]().rows]
+        if (entity, column) not in self.sums:
             return values, None
         try:
             return values, fixed_point(values)
         except FixedPointError:
             return values, None  # the aggregate that sums it says why
 
-    gathered = {
-        (a.entity, a.column): tasks.submit(gather, a.entity, a.column)
-        for a in aggregates
-        if a.column is not None and a.agg not in (Aggregation.COUNT, Aggregation.NUNIQUE)
-    }
-
-    def one(agg: AggregateFeature) -> np.ndarray:
-        order = orders[agg.entity]()
-        shared = one_distinct(agg) if agg.agg == Aggregation.NUNIQUE else None
+    def one(self, agg: AggregateFeature) -> np.ndarray:
+        frame = self.frame
+        order = self.orders[agg.entity]()
+        shared = self.one_distinct(agg) if agg.agg == Aggregation.NUNIQUE else None
         if shared is not None:
             column = np.full(len(frame), EMPTY_VALUE[agg.agg])
             column[order.rows] = shared
@@ -555,49 +424,42 @@ def _compute(
         n_values = 0
         if agg.agg == Aggregation.NUNIQUE:
             assert agg.column is not None
-            codes, n_values = coded[agg.column]()
+            codes, n_values = self.coded[agg.column]()
             values = codes[order.rows]
         units = None
         if agg.agg not in (Aggregation.COUNT, Aggregation.NUNIQUE):
-            values, all_units = gathered[agg.entity, agg.column]()
+            values, all_units = self.gathered[agg.entity, agg.column]()
             units = all_units if every else None
-        lo = starts[agg.entity, int(agg.window_seconds) * NS_PER_SECOND]()
+        lo = self.starts[agg.entity, int(agg.window_seconds) * NS_PER_SECOND]()
         inputs = _Inputs(order, lo, counting, values, n_values, every, units)
         column = np.full(len(frame), EMPTY_VALUE[agg.agg])
-        column[order.rows] = aggregate_in_order(agg, inputs, timeline)
+        column[order.rows] = aggregate_in_order(agg, inputs, self.timeline)
         return column
 
     # Two nunique aggregates over the same pair of columns and window (distinct
     # terminals per card, distinct cards per terminal) have the same runs: found once,
     # from the first one's entity order, and kept per row for the other.
-    def shared_runs(agg: AggregateFeature) -> tuple[np.ndarray, np.ndarray]:
+    def shared_runs(self, agg: AggregateFeature) -> tuple[np.ndarray, np.ndarray]:
         assert agg.column is not None
-        order = orders[agg.entity]()
-        codes, n_values = coded[agg.column]()
+        n = len(self.frame)
+        order = self.orders[agg.entity]()
+        codes, n_values = self.coded[agg.column]()
         counting = np.ones(len(order.rows), dtype=bool)
         window = int(agg.window_seconds) * NS_PER_SECOND
-        begun, ended = run_bounds(order, timeline, counting, codes[order.rows], n_values, window)
-        begun_rows = np.zeros(len(frame), dtype=bool)
-        ended_rows = np.zeros(len(frame), dtype=bool)
+        begun, ended = run_bounds(
+            order, self.timeline, counting, codes[order.rows], n_values, window
+        )
+        begun_rows = np.zeros(n, dtype=bool)
+        ended_rows = np.zeros(n, dtype=bool)
         begun_rows[order.rows] = begun
         ended_rows[order.rows] = ended
         return begun_rows, ended_rows
 
-    pairs: dict[tuple[frozenset[str], int], Callable[[], tuple[np.ndarray, np.ndarray]]] = {}
-    for agg in aggregates:
-        key = _pair_key(agg, frame)
-        if key is not None and key not in pairs and _pair_twice(key, aggregates, frame):
-            pairs[key] = tasks.submit(shared_runs, agg)
-
-    def one_distinct(agg: AggregateFeature) -> np.ndarray | None:
-        key = _pair_key(agg, frame)
-        if key is None or key not in pairs:
+    def one_distinct(self, agg: AggregateFeature) -> np.ndarray | None:
+        key = _pair_key(agg, self.frame)
+        if key is None or key not in self.pairs:
             return None
-        order = orders[agg.entity]()
-        begun_rows, ended_rows = pairs[key]()
-        lo = starts[agg.entity, int(agg.window_seconds) * NS_PER_SECOND]()
+        order = self.orders[agg.entity]()
+        begun_rows, ended_rows = self.pairs[key]()
+        lo = self.starts[agg.entity, int(agg.window_seconds) * NS_PER_SECOND]()
         return nunique_from_runs(order, lo, begun_rows[order.rows], ended_rows[order.rows])
-
-    heavy_first = sorted(aggregates, key=lambda a: _COST.get(a.agg, 2))
-    results = {a.name: tasks.submit(one, a) for a in heavy_first}
-    return {a.name: results[a.name]() for a in aggregates}

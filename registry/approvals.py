@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select
@@ -40,6 +41,15 @@ from sqlalchemy.orm import Session
 from pipelines.errors import ApprovalError
 from pipelines.spec import ModelSpec
 from registry import audit
+from registry.approval_events import (
+    SYSTEM,
+    open_request_of,
+    record_decision,
+    record_expiry,
+    record_refusal,
+    request_row,
+    request_subject,
+)
 from registry.approval_state import (
     APPROVE,
     FOLDED_KINDS,
@@ -53,14 +63,13 @@ from registry.approval_state import (
     fold,
     fold_into,
     iso,
-    unbacked_rows,
 )
 from registry.audit_verify import load_verified
-from registry.store import ApprovalDecision, ApprovalRequest, RoleChange, engine_for
+from registry.row_backing import unbacked_rows
+from registry.store import ApprovalRequest, RoleChange, engine_for
 
 log = logging.getLogger(__name__)
 
-SYSTEM = "govml"
 T = TypeVar("T")
 __all__ = [
     "APPROVE",
@@ -84,14 +93,6 @@ def in_chain_transaction(url: str, work: Callable[[Session, GovernanceState], T]
     with Session(engine_for(url)) as session, session.begin():
         audit.lock_chain(session)
         return work(session, fold(load_verified(url, session, FOLDED_KINDS)))
-
-
-def _subject(request: RequestFold) -> dict[str, Any]:
-    return {
-        "model_name": request.model_name,
-        "model_version": request.model_version,
-        "run_id": request.run_id,
-    }
 
 
 def _name(value: str, what: str) -> str:
@@ -201,7 +202,30 @@ def assess_risk(
 # --------------------------------------------------------------------------- requests
 
 
-# --------------------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class RunOrigin:
+    """The lifecycle run a version comes from, and who started it.
+
+    ``trigger_authenticated``: whether ``triggered_by`` was proven (Airflow's login,
+    ``govml run``'s password check, or the schedule); an unproven trigger's version
+    cannot be approved.
+    """
+
+    run_id: str
+    dag_id: str | None
+    triggered_by: str | None
+    author: str | None
+    trigger_authenticated: bool = True
+
+
+@dataclass(frozen=True)
+class Review:
+    """One reviewer's answer to an approval request, and where it was given."""
+
+    user: str
+    decision: str
+    reason: str
+    channel: str
 
 
 def request_approval(
@@ -210,31 +234,18 @@ def request_approval(
     *,
     model_version: str,
     artifact_sha256: str,
-    run_id: str,
-    dag_id: str | None,
-    triggered_by: str | None,
-    author: str | None,
+    origin: RunOrigin,
     risk_reasons: list[str],
-    trigger_authenticated: bool = True,
 ) -> ApprovalState:
-    """Open (or return the already open) approval request of a lifecycle run's version.
-
-    ``trigger_authenticated``: whether ``triggered_by`` was proven (Airflow's login,
-    ``govml run``'s password check, or the schedule); an unproven trigger's version
-    cannot be approved.
-    """
+    """Open (or return the already open) approval request of a lifecycle run's version."""
     now = _now()
+    run_id, dag_id, triggered_by = origin.run_id, origin.dag_id, origin.triggered_by
+    author, trigger_authenticated = origin.author, origin.trigger_authenticated
     required = spec.approval.high_risk_approvers if risk_reasons else spec.approval.min_approvers
 
     def work(session: Session, state: GovernanceState) -> ApprovalState:
-        for existing in state.requests_for(spec.name, str(model_version)):
-            if existing.run_id != run_id:
-                continue
-            if existing.artifact_sha256 != artifact_sha256:
-                raise ApprovalError(
-                    f"{spec.name} v{model_version}: the artifact changed since approval was "
-                    f"requested ({existing.artifact_sha256[:12]} -> {artifact_sha256[:12]})"
-                )
+        existing = open_request_of(state, spec.name, str(model_version), run_id, artifact_sha256)
+        if existing is not None:
             return existing.state()
         request_id = (session.scalar(select(func.max(ApprovalRequest.id))) or 0) + 1
         respond_by = now + dt.timedelta(seconds=spec.approval.timeout_seconds)
@@ -260,25 +271,7 @@ def request_approval(
             model_version=str(model_version),
             run_id=run_id,
         )
-        session.add(
-            ApprovalRequest(
-                id=request_id,
-                model_name=spec.name,
-                model_version=str(model_version),
-                artifact_sha256=artifact_sha256,
-                run_id=run_id,
-                dag_id=dag_id,
-                triggered_by=triggered_by,
-                author=author,
-                approver_roles=list(spec.approval.roles),
-                required_approvers=required,
-                risk_reasons=list(risk_reasons),
-                requested_at=record.occurred_at,
-                respond_by=respond_by,
-                valid_for_seconds=spec.approval.expires_after_seconds,
-                audit_seq=record.seq,
-            )
-        )
+        session.add(request_row(record, spec, dag_id, respond_by))
         fold_into(state, record)
         return state.requests[request_id].state()
 
@@ -311,92 +304,12 @@ def list_requests(
     return [s for s in states if status is None or s.status == status]
 
 
-def _refusal(
-    session: Session, request: RequestFold, actor: str, why: str, extra: dict[str, Any]
-) -> None:
-    audit.append_event(
-        session,
-        "approval_refused",
-        actor=actor,
-        payload={"request_id": request.id, "reason": why, **extra},
-        **_subject(request),
-    )
-
-
-def _expiry(session: Session, state: GovernanceState, request: RequestFold) -> None:
-    record = audit.append_event(
-        session,
-        "approval_expired",
-        actor=SYSTEM,
-        payload={
-            "request_id": request.id,
-            "respond_by": iso(request.respond_by),
-            "reason": "no decision before the response deadline: counts as a rejection",
-        },
-        **_subject(request),
-    )
-    fold_into(state, record)
-
-
-def _record_decision(
-    session: Session,
-    state: GovernanceState,
-    request: RequestFold,
-    user: str,
-    decision: str,
-    reason: str,
-    channel: str,
-    now: dt.datetime,
-) -> ApprovalState:
-    payload: dict[str, Any] = {
-        "request_id": request.id,
-        "reason": reason,
-        "channel": channel,
-        "artifact_sha256": request.artifact_sha256,
-    }
-    if decision == REJECT:
-        kind, status = "approval_rejected", ApprovalStatus.REJECTED
-    else:
-        kind = "approval_granted"
-        approvals = len(request.approvers() | {user})
-        payload["approvals"] = approvals
-        payload["required_approvers"] = request.required
-        status = (
-            ApprovalStatus.APPROVED if approvals >= request.required else ApprovalStatus.PENDING
-        )
-        if status == ApprovalStatus.APPROVED:
-            valid_for = int(request.payload.get("valid_for_seconds") or 0)
-            payload["valid_until"] = iso(now + dt.timedelta(seconds=valid_for))
-    payload["status"] = status
-    record = audit.append_event(session, kind, actor=user, payload=payload, **_subject(request))
-    session.add(
-        ApprovalDecision(
-            request_id=request.id,
-            user_name=user,
-            decision=decision,
-            reason=reason,
-            channel=channel,
-            artifact_sha256=request.artifact_sha256,
-            decided_at=record.occurred_at,
-            audit_seq=record.seq,
-        )
-    )
-    seen = len(state.anomalies)
-    fold_into(state, record)
-    if len(state.anomalies) > seen:  # the chain would not count it: never record it
-        raise ApprovalError(state.anomalies[-1])
-    return request.state()
-
-
 def decide(
     url: str,
     model_name: str,
     model_version: str,
+    review: Review,
     *,
-    user: str,
-    decision: str,
-    reason: str,
-    channel: str,
     run_id: str | None = None,
     artifact_sha256: str | None = None,
 ) -> ApprovalState:
@@ -408,11 +321,11 @@ def decide(
     wakes the waiting Airflow task with the same answer) is not a second decision:
     the current state is returned.
     """
-    decision = decision.lower()
+    decision, channel = review.decision.lower(), review.channel
     if decision not in (APPROVE, REJECT):
         raise ApprovalError(f"decision must be {APPROVE!r} or {REJECT!r}, not {decision!r}")
-    user = _name(user, "user")
-    reason = (reason or "").strip()
+    user = _name(review.user, "user")
+    reason = (review.reason or "").strip()
 
     def work(session: Session, state: GovernanceState) -> tuple[ApprovalState, str | None, int]:
         now = _now()
@@ -424,14 +337,14 @@ def decide(
             state.roles_of(user), request, user, decision, reason, artifact_sha256, now
         )
         if problem == "expired":
-            _expiry(session, state, request)
+            record_expiry(session, state, request)
             problem = f"the response deadline {iso(request.respond_by)} has passed"
         if problem is None:
-            recorded = _record_decision(
+            recorded = record_decision(
                 session, state, request, user, decision, reason, channel, now
             )
             return recorded, None, request.id
-        _refusal(session, request, user, problem, {"decision": decision, "channel": channel})
+        record_refusal(session, request, user, problem, {"decision": decision, "channel": channel})
         return request.state(), problem, request.id
 
     result, problem, request_id = in_chain_transaction(url, work)
@@ -458,7 +371,7 @@ def refuse(
 
     def work(session: Session, state: GovernanceState) -> ApprovalState:
         request = _find(state, model_name, model_version, run_id)
-        _refusal(session, request, user, why, {"decision": decision, "channel": channel})
+        record_refusal(session, request, user, why, {"decision": decision, "channel": channel})
         return request.state()
 
     return in_chain_transaction(url, work)
@@ -472,7 +385,7 @@ def expire(
     def work(session: Session, state: GovernanceState) -> ApprovalState:
         request = _find(state, model_name, model_version, run_id)
         if request.status == ApprovalStatus.PENDING:
-            _expiry(session, state, request)
+            record_expiry(session, state, request)
         return request.state()
 
     return in_chain_transaction(url, work)
@@ -519,7 +432,7 @@ def deploy_problem(
                 "found_sha256": artifact_sha256,
                 "reason": "the artifact changed after approval",
             },
-            **_subject(request),
+            **request_subject(request),
         )
         fold_into(state, record)
         return request, (
@@ -561,7 +474,9 @@ def authorise_deploy(
         if problem is None and request is not None:
             return request.state(), None
         if request is not None:
-            _refusal(session, request, actor, f"deploy refused: {problem}", {"action": "deploy"})
+            record_refusal(
+                session, request, actor, f"deploy refused: {problem}", {"action": "deploy"}
+            )
         return None, problem
 
     result, problem = in_chain_transaction(url, work)

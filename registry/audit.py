@@ -128,8 +128,11 @@ def iso_utc(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _plain(obj: Any, path: str) -> Any:
-    """Reduce ``obj`` to JSON types; NaN and infinities become None."""
+_NOT_SCALAR = object()
+
+
+def _plain_scalar(obj: Any) -> Any:
+    """A scalar as its JSON value (NaN and infinities: None); ``_NOT_SCALAR`` otherwise."""
     if obj is None or isinstance(obj, bool | str):
         return obj
     if isinstance(obj, int):
@@ -141,11 +144,19 @@ def _plain(obj: Any, path: str) -> Any:
     if isinstance(obj, dt.date | dt.time):
         return obj.isoformat()
     if isinstance(obj, enum.Enum):
+        return _NOT_SCALAR
+    if isinstance(obj, Decimal | PurePath):
+        return str(obj)
+    return _NOT_SCALAR
+
+
+def _plain(obj: Any, path: str) -> Any:
+    """Reduce ``obj`` to JSON types; NaN and infinities become None."""
+    scalar = _plain_scalar(obj)
+    if scalar is not _NOT_SCALAR:
+        return scalar
+    if isinstance(obj, enum.Enum):
         return _plain(obj.value, path)
-    if isinstance(obj, Decimal):
-        return str(obj)
-    if isinstance(obj, PurePath):
-        return str(obj)
     if isinstance(obj, Mapping):
         return {str(k): _plain(v, f"{path}.{k}") for k, v in obj.items()}
     if isinstance(obj, list | tuple):

@@ -335,7 +335,7 @@ def verify_chain(
         first_bad, problem = None, None
     unbacked: tuple[str, ...] = ()
     if with_index and found is None:
-        from registry.approval_state import unbacked_rows
+        from registry.row_backing import unbacked_rows
 
         with Session(read_only(engine_for(url))) as session:
             unbacked = tuple(unbacked_rows(session, [record_of(r) for r in rows]))

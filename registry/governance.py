@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from sqlalchemy.orm import Session
 from pipelines.errors import ApprovalError
 from pipelines.spec import ModelSpec
 from registry import approvals, audit
-from registry.approval_state import DEPLOYMENT_KINDS, GovernanceState, deployment_row
+from registry.approval_state import DEPLOYMENT_KINDS, GovernanceState
 from registry.audit_verify import anchor
+from registry.row_backing import deployment_row
 from registry.store import Deployment
 
 log = logging.getLogger(__name__)
@@ -133,13 +135,9 @@ def open_approval(
     run_dir: Path,
     registered: dict[str, Any],
     *,
-    run_id: str,
-    dag_id: str | None,
-    triggered_by: str | None,
-    author: str | None,
+    origin: approvals.RunOrigin,
     champion_model: Path | None,
     out_dir: Path,
-    trigger_authenticated: bool = True,
 ) -> dict[str, Any]:
     """Assess the change's risk and open the approval request for the registered version.
 
@@ -157,17 +155,61 @@ def open_approval(
         spec,
         model_version=str(registered["version"]),
         artifact_sha256=registered["artifact_sha256"],
-        run_id=run_id,
-        dag_id=dag_id,
-        triggered_by=triggered_by,
-        author=author,
+        origin=origin,
         risk_reasons=reasons,
-        trigger_authenticated=trigger_authenticated,
     )
     tag_version(tracking_uri, state.model_name, state.model_version, state.mlflow_tags())
     payload = state.to_dict()
     write_json(Path(out_dir) / "request.json", payload)
     return payload
+
+
+def _check_consumable(
+    session: Session, chain: GovernanceState, state: approvals.ApprovalState, actor: str
+) -> None:
+    """Refuse unless ``state`` is still this version's valid, unused approval."""
+    found, problem = approvals.deploy_problem(
+        session,
+        chain,
+        state.model_name,
+        state.model_version,
+        state.artifact_sha256,
+        actor,
+        audit.clock(),
+    )
+    if problem is not None or found is None or found.id != state.id:
+        why = problem or f"approval request {state.id} is not this version's approval"
+        raise ApprovalError(f"{state.model_name} v{state.model_version}: deployment refused: {why}")
+
+
+@dataclass(frozen=True)
+class _Action:
+    """What a deployment did: where, which action, at what traffic share, by whom."""
+
+    environment: str
+    action: str
+    actor: str
+    traffic_percent: float | None
+    details: dict[str, Any]
+
+
+def _deployment_index_row(
+    record: audit.AuditRecord, state: approvals.ApprovalState, done: _Action
+) -> Deployment:
+    """The ``deployments`` row a deployment event backs."""
+    return Deployment(
+        model_name=state.model_name,
+        model_version=state.model_version,
+        artifact_sha256=state.artifact_sha256,
+        environment=done.environment,
+        action=done.action,
+        traffic_percent=done.traffic_percent,
+        approval_request_id=state.id,
+        actor=done.actor,
+        occurred_at=record.occurred_at,
+        details=done.details,
+        audit_seq=record.seq,
+    )
 
 
 def record_deployment(
@@ -192,20 +234,7 @@ def record_deployment(
     def work(session: Session, chain: GovernanceState) -> None:
         request = chain.requests.get(state.id)
         if consume:
-            found, problem = approvals.deploy_problem(
-                session,
-                chain,
-                state.model_name,
-                state.model_version,
-                state.artifact_sha256,
-                actor,
-                audit.clock(),
-            )
-            if problem is not None or found is None or found.id != state.id:
-                why = problem or f"approval request {state.id} is not this version's approval"
-                raise ApprovalError(
-                    f"{state.model_name} v{state.model_version}: deployment refused: {why}"
-                )
+            _check_consumable(session, chain, state, actor)
         record = audit.append_event(
             session,
             kind,
@@ -224,21 +253,8 @@ def record_deployment(
             model_version=state.model_version,
             run_id=state.run_id,
         )
-        session.add(
-            Deployment(
-                model_name=state.model_name,
-                model_version=state.model_version,
-                artifact_sha256=state.artifact_sha256,
-                environment=environment,
-                action=action,
-                traffic_percent=traffic_percent,
-                approval_request_id=state.id,
-                actor=actor,
-                occurred_at=record.occurred_at,
-                details=dict(details or {}),
-                audit_seq=record.seq,
-            )
-        )
+        done = _Action(environment, action, actor, traffic_percent, dict(details or {}))
+        session.add(_deployment_index_row(record, state, done))
 
     approvals.in_chain_transaction(url, work)
     anchor(url, actor, reason=f"{action} {state.model_name} v{state.model_version}")
@@ -252,6 +268,14 @@ def deployments(url: str, model_name: str, model_version: str | None = None) -> 
         if event.model_name == model_name
         and (model_version is None or event.model_version == str(model_version))
     ]
+
+
+def _released_by(url: str, model_name: str, version: str, run_id: str) -> dict[str, Any] | None:
+    """The version's ``deployed`` row of lifecycle run ``run_id`` (None: not released yet)."""
+    for done in deployments(url, model_name, version):
+        if done["action"] == "deployed" and done["details"].get("lifecycle_run_id") == run_id:
+            return done
+    return None
 
 
 def release_approved(
@@ -273,13 +297,13 @@ def release_approved(
     then does the version get the ``challenger`` alias and a ``deployments`` row
     (using the approval), with the endpoint in the row's details.
     """
-    from registry.mlflow_registry import CHALLENGER, artifact_sha256_of, set_alias, tag_version
+    from registry.mlflow_registry import CHALLENGER, artifact_sha256_of, set_alias
 
-    for done in deployments(url, model_name, str(model_version)):
-        if done["action"] == "deployed" and done["details"].get("lifecycle_run_id") == run_id:
-            log.info("%s v%s already released by run %s", model_name, model_version, run_id)
-            anchor(url, actor, reason=f"deployed {model_name} v{model_version}")
-            return _release_result(done, out_dir)
+    done = _released_by(url, model_name, str(model_version), run_id)
+    if done is not None:
+        log.info("%s v%s already released by run %s", model_name, model_version, run_id)
+        anchor(url, actor, reason=f"deployed {model_name} v{model_version}")
+        return _release_result(done, out_dir)
     sha = artifact_sha256_of(tracking_uri, model_name, str(model_version))
     state = approvals.authorise_deploy(url, model_name, str(model_version), sha, actor=actor)
     served = serve(state) if serve is not None else {}
@@ -302,13 +326,7 @@ def release_approved(
         details={"alias": CHALLENGER, "lifecycle_run_id": run_id, **served},
         consume=True,
     )
-    released = approvals.get_request(url, model_name, str(model_version), state.run_id)
-    tag_version(
-        tracking_uri,
-        model_name,
-        str(model_version),
-        released.mlflow_tags() | {"govml.deployed_at": dt.datetime.now(dt.UTC).isoformat()},
-    )
+    _tag_released(url, tracking_uri, state)
     log.info(
         "%s v%s released as %s (approvers %s)",
         model_name,
@@ -317,6 +335,19 @@ def release_approved(
         ", ".join(state.approvers),
     )
     return _release_result(deployments(url, model_name, str(model_version))[-1], out_dir)
+
+
+def _tag_released(url: str, tracking_uri: str, state: approvals.ApprovalState) -> None:
+    """Mirror the used approval and the release time as the version's MLflow tags."""
+    from registry.mlflow_registry import tag_version
+
+    released = approvals.get_request(url, state.model_name, state.model_version, state.run_id)
+    tag_version(
+        tracking_uri,
+        state.model_name,
+        state.model_version,
+        released.mlflow_tags() | {"govml.deployed_at": dt.datetime.now(dt.UTC).isoformat()},
+    )
 
 
 def _release_result(row: dict[str, Any], out_dir: Path | None) -> dict[str, Any]:

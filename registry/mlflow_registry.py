@@ -61,7 +61,9 @@ def artifact_location_for(tracking_uri: str, artifacts: Path) -> str | None:
     return artifacts.resolve().as_uri()
 
 
-def _client(tracking_uri: str):  # noqa: ANN202 (mlflow is imported lazily)
+def mlflow_client(tracking_uri: str):  # noqa: ANN202 (mlflow is imported lazily)
+    """The MLflow client of ``tracking_uri`` (tracking and registry), logged in as the
+    service account on the locked registry."""
     import mlflow
     from mlflow import MlflowClient
 
@@ -82,7 +84,7 @@ def version_by_alias(tracking_uri: str, name: str, alias: str):  # noqa: ANN201
     """The model version holding ``alias``, or None."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     try:
         return client.get_model_version_by_alias(name, alias)
     except MlflowException:
@@ -164,14 +166,15 @@ def register(
     the version's tags with the version itself.
 
     Long because: the two ways through (already registered, new version) end in the same
-    :func:`_finish` with a dozen arguments each, and read best side by side.
+    :func:`_finish`, and read best side by side.
     """
     import mlflow
     import mlflow.artifacts
 
     from registry.mlflow_run import log_lifecycle_run, remember_pip_requirements
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
+    registration = _Registration(tracking_uri, spec, run_dir, lifecycle_run_id, out_dir)
     name = spec.name
     gates = json.loads((run_dir / "gates" / "gates.json").read_text())
     if not gates.get("passed"):
@@ -186,12 +189,8 @@ def register(
         sha = existing.tags.get("artifact_sha256", "")
         return _finish(
             client,
-            tracking_uri,
-            spec,
-            run_dir,
-            lifecycle_run_id,
+            registration,
             existing,
-            out_dir,
             created=False,
             artifact_sha256=sha,
             tags=_version_tags(spec, gates, lifecycle_run_id, sha),
@@ -217,12 +216,8 @@ def register(
     )
     return _finish(
         client,
-        tracking_uri,
-        spec,
-        run_dir,
-        lifecycle_run_id,
+        registration,
         version,
-        out_dir,
         created=True,
         artifact_sha256=artifact_sha256,
         mlflow_run_id=run_id,
@@ -265,14 +260,22 @@ def _version_tags(
     }
 
 
+@dataclass(frozen=True)
+class _Registration:
+    """One :func:`register` call: where, which model, which lifecycle run, which folder."""
+
+    tracking_uri: str
+    spec: ModelSpec
+    run_dir: Path
+    lifecycle_run_id: str
+    out_dir: Path
+
+
 def _finish(
     client,  # noqa: ANN001
-    tracking_uri: str,
-    spec: ModelSpec,
-    run_dir: Path,
-    lifecycle_run_id: str,
+    registration: _Registration,
     version,  # noqa: ANN001
-    out_dir: Path,
+    *,
     created: bool,
     artifact_sha256: str,
     mlflow_run_id: str | None = None,
@@ -281,6 +284,9 @@ def _finish(
     """The version's description and ``tags`` (none: given with the version when it was
     created), the ``candidate`` alias, and ``out_dir/register.json``."""
     from registry.model_card import render_model_card
+
+    tracking_uri, spec, run_dir = registration.tracking_uri, registration.spec, registration.run_dir
+    lifecycle_run_id, out_dir = registration.lifecycle_run_id, registration.out_dir
 
     name = spec.name
     markdown, _ = render_model_card(spec, run_dir, lifecycle_run_id, version=str(version.version))
@@ -318,7 +324,7 @@ def registered_models(tracking_uri: str) -> list[str]:
     from mlflow.exceptions import MlflowException
 
     try:
-        return sorted(m.name for m in _client(tracking_uri).search_registered_models())
+        return sorted(m.name for m in mlflow_client(tracking_uri).search_registered_models())
     except MlflowException as exc:
         first = (str(exc.message).strip().splitlines() or [""])[0]
         raise RegistryError(f"cannot list MLflow's models at {tracking_uri}: {first}") from None
@@ -329,9 +335,9 @@ def aliases(tracking_uri: str, name: str) -> dict[str, str]:
     from mlflow.exceptions import MlflowException
 
     try:
-        model = _client(tracking_uri).get_registered_model(name)
+        model = mlflow_client(tracking_uri).get_registered_model(name)
     except MlflowException as exc:
-        if _not_found(exc):
+        if not_found(exc):
             return {}
         raise RegistryError(f"cannot read model {name!r} from MLflow: {exc}") from None
     return {alias: str(version) for alias, version in (model.aliases or {}).items()}
@@ -375,7 +381,7 @@ def set_alias(
     if previous == version:
         return False
     sha = artifact_sha256 or artifact_sha256_of(tracking_uri, name, version)
-    _client(tracking_uri).set_registered_model_alias(name, alias, version)
+    mlflow_client(tracking_uri).set_registered_model_alias(name, alias, version)
     if governance_url is None:
         from pipelines.config import load_settings
 
@@ -401,13 +407,13 @@ def set_alias(
 
 def tag_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
     """Set model-version tags (approval decisions, deployment state)."""
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     for key, value in tags.items():
         client.set_model_version_tag(name, str(version), key, str(value))
 
 
 def version_tags(tracking_uri: str, name: str, version: str) -> dict[str, str]:
-    return dict(_client(tracking_uri).get_model_version(name, str(version)).tags or {})
+    return dict(mlflow_client(tracking_uri).get_model_version(name, str(version)).tags or {})
 
 
 def artifact_sha256_of(tracking_uri: str, name: str, version: str) -> str:
@@ -415,7 +421,7 @@ def artifact_sha256_of(tracking_uri: str, name: str, version: str) -> str:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
-    _client(tracking_uri)  # sets the registry URI that resolves models:/ URIs
+    mlflow_client(tracking_uri)  # sets the registry URI that resolves models:/ URIs
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = Path(
@@ -430,81 +436,9 @@ def artifact_sha256_of(tracking_uri: str, name: str, version: str) -> str:
         return artifacts.sha256_file(find_model_file(local))
 
 
-# --------------------------------------------------------------------------- evidence (read-only)
-def _not_found(exc: Exception) -> bool:
+def not_found(exc: Exception) -> bool:
+    """Whether an MLflow error means the model or version does not exist."""
     return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-def version_record(tracking_uri: str, name: str, version: str) -> dict[str, Any]:
-    """A registered version as plain data (tags, description, aliases, MLflow run).
-
-    Raises :class:`RegistryError` naming the model or version when MLflow does not
-    know it, and the versions that do exist.
-    """
-    from mlflow.exceptions import MlflowException
-
-    client = _client(tracking_uri)
-    try:
-        model = client.get_registered_model(name)
-    except MlflowException as exc:
-        if _not_found(exc):
-            raise RegistryError(f"no registered model named {name!r} in MLflow") from None
-        raise RegistryError(f"cannot read model {name!r} from MLflow: {exc}") from None
-    try:
-        found = client.get_model_version(name, str(version))
-    except MlflowException as exc:
-        if not _not_found(exc) and getattr(exc, "error_code", "") != "INVALID_PARAMETER_VALUE":
-            raise RegistryError(
-                f"cannot read {name} version {version} from MLflow: {exc}"
-            ) from None
-        known = sorted(
-            (str(v.version) for v in client.search_model_versions(f"name = '{name}'")),
-            key=lambda v: (len(v), v),
-        )
-        raise RegistryError(
-            f"{name} has no version {version!r} (versions: {', '.join(known) or 'none'})"
-        ) from None
-    aliases = sorted(a for a, v in (model.aliases or {}).items() if str(v) == str(found.version))
-    return {
-        "name": name,
-        "version": str(found.version),
-        "run_id": found.run_id,
-        "source": found.source,
-        "status": found.status,
-        "user_id": found.user_id or None,
-        "created_ms": found.creation_timestamp,
-        "updated_ms": found.last_updated_timestamp,
-        "description": found.description or "",
-        "tags": dict(found.tags or {}),
-        "aliases": aliases,
-    }
-
-
-def download_run_folder(
-    tracking_uri: str, run_id: str, artifact_path: str, dest: Path
-) -> Path | None:
-    """Download one artifact folder of an MLflow run to ``dest``; None when it has none."""
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    _client(tracking_uri)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        try:
-            local = Path(
-                mlflow.artifacts.download_artifacts(
-                    run_id=run_id,
-                    artifact_path=artifact_path,
-                    dst_path=tmp,
-                    tracking_uri=tracking_uri,
-                )
-            )
-        except (MlflowException, OSError) as exc:
-            log.info("run %s has no artifacts under %s: %s", run_id, artifact_path, exc)
-            return None
-        if not local.is_dir() or not any(local.iterdir()):
-            return None
-        local.replace(dest)
-    return dest
 
 
 def serving_uri(
@@ -521,7 +455,7 @@ def serving_uri(
     """
     from urllib.parse import unquote, urlparse
 
-    uri = _client(tracking_uri).get_model_version_download_uri(name, str(version))
+    uri = mlflow_client(tracking_uri).get_model_version_download_uri(name, str(version))
     parsed = urlparse(uri)
     if parsed.scheme == "file":
         return unquote(parsed.path)
@@ -536,44 +470,3 @@ def serving_uri(
         if local.is_dir() and local.resolve().is_relative_to(Path(artifacts_root).resolve()):
             return str(local)
     return f"models:/{name}/{version}"
-
-
-def log_monitoring(
-    tracking_uri: str,
-    name: str,
-    version: str | None,
-    folder: Path,
-    metrics: dict[str, float],
-    tags: dict[str, str],
-    artifact_location: str | None = None,
-) -> str:
-    """Log one monitoring run (report files, headline metrics) against a served version.
-
-    The run goes to experiment ``<name>_monitoring`` with tags ``govml.model_name`` and
-    ``govml.model_version``; the version itself gets ``govml.monitoring.last_run`` and
-    ``govml.monitoring.status``, so the MLflow UI shows the latest verdict on the version's
-    page. Returns the MLflow run id.
-    """
-    import math
-
-    import mlflow
-
-    client = _client(tracking_uri)
-    experiment = f"{name}_monitoring"
-    if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(
-            experiment, artifact_location=artifact_location, tags={"govml.spec": name}
-        )
-    mlflow.set_experiment(experiment)
-    run_tags = {"govml.model_name": name, "govml.model_version": str(version or ""), **tags}
-    with mlflow.start_run(run_name=f"{name} v{version} {folder.name}", tags=run_tags) as run:
-        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
-        if finite:
-            mlflow.log_metrics(finite)
-        mlflow.log_artifacts(str(folder), artifact_path="monitoring")
-        run_id = run.info.run_id
-    if version:
-        client.set_model_version_tag(name, str(version), "govml.monitoring.last_run", run_id)
-        status = tags.get("govml.monitoring.status", "")
-        client.set_model_version_tag(name, str(version), "govml.monitoring.status", status)
-    return run_id

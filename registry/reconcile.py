@@ -22,13 +22,14 @@ takes a model offline that has a sound approved version.
 :func:`reconcile` checks every model and records each *distinct* drift once as a
 ``registry_drift`` event (again only once govml moved that alias). The callers (``make
 up``, the monitoring job, ``govml registry check``) raise the alert.
-:func:`tag_claims_without_chain` is the evidence pack's check of approval tags.
+:func:`registry.evidence_audit.tag_claims_without_chain` is the evidence pack's check of
+approval tags.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -387,56 +388,6 @@ def reconcile(
             )
         reports.append(report)
     return reports
-
-
-# --------------------------------------------------------------------------- evidence
-def tag_claims_without_chain(tags: Mapping[str, str], states: Sequence[Any]) -> list[str]:
-    """Each approval a version's MLflow tags claim that the chain does not hold.
-
-    ``tags``: the version's tags; ``states``: the chain's approval requests of that
-    version (``registry.approvals.list_requests`` filtered to it). One line per claim:
-    an ``approved`` status, a request id, approvers or an approved artifact SHA-256 the
-    chain does not back. Tags are a mirror for the MLflow UI; the chain is the record.
-    """
-    problems: list[str] = []
-    by_id = {str(s.id): s for s in states}
-    claimed_id = tags.get("govml.approval.request_id")
-    request = by_id.get(claimed_id) if claimed_id else None
-    if claimed_id and request is None:
-        problems.append(
-            f"tag govml.approval.request_id={claimed_id}: the audit chain has no such "
-            "approval request for this version"
-        )
-    approved = [s for s in states if s.status == ApprovalStatus.APPROVED]
-    if request is None:
-        request = approved[-1] if approved else (states[-1] if states else None)
-    status = tags.get("govml.approval.status")
-    if status == ApprovalStatus.APPROVED and (
-        request is None or request.status != ApprovalStatus.APPROVED
-    ):
-        held = request.status if request is not None else "no request"
-        problems.append(
-            f"tag govml.approval.status=approved: the audit chain holds {held} for this version"
-        )
-    real = set(request.approvers) if request is not None else set()
-    claimed = {u for u in (tags.get("govml.approval.approvers") or "").split(",") if u}
-    claimed |= {
-        key.removeprefix("govml.approval.approve.")
-        for key in tags
-        if key.startswith("govml.approval.approve.")
-    }
-    for user in sorted(claimed - real):
-        problems.append(f"tags name {user} as an approver: no such approval in the audit chain")
-    sha = tags.get("artifact_sha256")
-    approved_sha = (
-        request.artifact_sha256 if request and request.status == ApprovalStatus.APPROVED else None
-    )
-    if sha and approved_sha and sha != approved_sha:
-        problems.append(
-            f"tag artifact_sha256={sha[:12]}: the approval in the audit chain is for "
-            f"{approved_sha[:12]}"
-        )
-    return problems
 
 
 # --------------------------------------------------------------------------- endpoints

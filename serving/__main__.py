@@ -26,7 +26,6 @@ every interface and passes no request through the bearer-token check.
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
 import os
 import secrets
@@ -34,12 +33,18 @@ import sys
 
 from kserve import model_server
 
-from serving.kserve_server import BoundModelServer, guard_settings, server_options
+from serving.kserve_server import (
+    chose_event_loop,
+    freeze_start_up,
+    guard_settings,
+    server_options,
+    start,
+)
 from serving.model import LightGBMModel
+from serving.schema_openapi import document_requests
 
 log = logging.getLogger(__name__)
 REFUSED = 3
-GC_THRESHOLDS = (50_000, 20, 100)
 
 
 def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
@@ -47,6 +52,7 @@ def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
         return None
     from pipelines.spec import load_spec
     from serving.prediction_log import PredictionLog
+    from serving.prediction_log_files import LogOptions
 
     key = os.environ.get("GOVML_PREDICTION_LOG_KEY")
     if not key:
@@ -58,58 +64,11 @@ def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
     kwargs = {"fmt": args.prediction_log_format}
     if args.spec:
         return PredictionLog.for_spec(load_spec(args.spec), args.prediction_log, key, **kwargs)
-    return PredictionLog(args.prediction_log, hmac_key=key, **kwargs)
+    return PredictionLog(args.prediction_log, options=LogOptions(hmac_key=key), **kwargs)
 
 
-def _document_requests(  # noqa: ANN001
-    app, model_name: str, schema, body: dict | None = None, verbs: tuple = ("predict", "explain")
-) -> None:
-    """Make ``/openapi.json`` describe the real V1 request body of this model.
-
-    KServe's routes take a free-form body; the document gets the feature schema
-    (:func:`serving.schema.openapi_schema`) for ``:predict`` and ``:explain``, with
-    the model name fixed, and the bearer-token security scheme.
-    """
-    from serving.schema import openapi_schema
-
-    original = app.openapi
-
-    def openapi() -> dict:
-        if app.openapi_schema:
-            return app.openapi_schema
-        document = original()
-        request = dict(body) if body is not None else openapi_schema(schema)
-        request.pop("$schema", None)
-        components = document.setdefault("components", {})
-        components.setdefault("schemas", {})[f"{model_name}_request"] = request
-        components.setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http",
-            "scheme": "bearer",
-        }
-        for verb in verbs:
-            operation = document["paths"].get(f"/v1/models/{{model_name}}:{verb}", {}).get("post")
-            if operation is None:
-                continue
-            operation["requestBody"] = {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{model_name}_request"}
-                    }
-                },
-            }
-            operation["security"] = [{"bearer": []}]
-            for name, code in (("bad input", "400"), ("no or bad token", "401")):
-                operation.setdefault("responses", {})[code] = {"description": name}
-            operation["responses"]["403"] = {"description": "token without this scope"}
-            operation["responses"]["413"] = {"description": "body too large"}
-        app.openapi_schema = document
-        return document
-
-    app.openapi = openapi
-
-
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """KServe's model server options, and the project's."""
     parser = argparse.ArgumentParser(parents=[model_server.parser], conflict_handler="resolve")
     parser.add_argument(
         "--model_uri", required=True, help="local folder or MLflow URI (models:/fraud@champion)"
@@ -135,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.5,
         help="Python's thread switch interval (latency bound for the log writer thread)",
     )
-    args, _ = parser.parse_known_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, _ = build_parser().parse_known_args(argv)
     guard = guard_settings(args)
     if isinstance(guard, int):
         return guard
@@ -157,55 +120,43 @@ def main(argv: list[str] | None = None) -> int:
         log.error("model %s not loaded; not serving", args.model_name)
         return REFUSED
     from serving.http import install as install_guard
-    from serving.http import use_event_loop
 
-    fast_routes = {}
-    if model.schema_ is not None:
-        fast_routes[f"/v1/models/{args.model_name}:predict"] = (
-            lambda body, client, _json_length: model.handle_v1_predict(body, client),
-            lambda: model.ready,
-        )
-        fast_routes[f"/v2/models/{args.model_name}/infer"] = (
-            lambda body, client, json_length: model.handle_v2_infer(body, json_length, client),
-            lambda: model.ready,
-        )
     install_guard(
         model_server.app,
         max_body_bytes=args.max_body_bytes,
         tokens=tokens,
-        fast_routes=fast_routes,
+        fast_routes=_fast_routes(model, args.model_name),
         versions={args.model_name: args.model_version},
     )
     # The prediction log's writer thread shares the GIL with the event loop: a short
     # switch interval bounds how long a request can wait for it (default 5 ms).
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
-    # The prediction log keeps request objects alive until its writer takes them, so
-    # the cyclic GC runs often; a full collection walks every object of the process
-    # (KServe, FastAPI, LightGBM, MLflow: about a million), pausing requests for
-    # milliseconds. Freeze what start-up made (never collected again) and collect
-    # the young generation less often.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    freeze_start_up()
     if model.schema_ is not None:
-        _document_requests(model_server.app, args.model_name, model.schema_)
-    try:
-        log.info("event loop: %s", use_event_loop(args.event_loop))
-    except ValueError as exc:
-        log.error("%s", exc)
+        document_requests(model_server.app, args.model_name, model.schema_)
+    if not chose_event_loop(args.event_loop, log):
         return REFUSED
     try:
-        log.info("listening on %s:%d", host, args.http_port)
-        BoundModelServer(
-            host,
-            http_port=args.http_port,
-            grpc_port=args.grpc_port,
-            enable_grpc=False,
-            workers=1,
-        ).start([model])
+        start(host, args, model, log)
     finally:
         model.close_prediction_log()
     return 0
+
+
+def _fast_routes(model: LightGBMModel, name: str) -> dict:
+    """The V1 and V2 scoring routes the guard answers itself (a strict model only)."""
+    if model.schema_ is None:
+        return {}
+    return {
+        f"/v1/models/{name}:predict": (
+            lambda body, client, _json_length: model.handle_v1_predict(body, client),
+            lambda: model.ready,
+        ),
+        f"/v2/models/{name}/infer": (
+            lambda body, client, json_length: model.handle_v2_infer(body, json_length, client),
+            lambda: model.ready,
+        ),
+    }
 
 
 if __name__ == "__main__":

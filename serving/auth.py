@@ -57,50 +57,27 @@ mode 0600. Operators add and revoke the bank's clients in ``tokens.json`` with
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import hashlib
 import hmac
-import json
 import logging
-import os
-import re
-import secrets
 import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
-
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import ConfigError, GovMLError
+from serving.token_files import add_client, revoke_client
+from serving.token_records import TokenRecord, is_token, load_records
 
 log = logging.getLogger(__name__)
 
-TOKEN_PREFIX = "gml_"
-TOKEN_BYTES = 32
-PBKDF2_ITERATIONS = 600_000
-MIN_PBKDF2_ITERATIONS = 100_000
-SALT_BYTES = 16
-MAX_TOKEN_CHARS = 512
 NEGATIVE_CACHE_SIZE = 4096
 DEFAULT_REALM = "govml"
 RELOAD_SECONDS = 1.0
 _monotonic = time.monotonic  # a clock read (vDSO), no system call
-TOKENS_FILE = "tokens.json"
-SERVICE_TOKEN_FILE = "service.token"
-SERVICE_CLIENT = "govml"
-SERVICE_SCOPES = ("predict", "explain")
-# RFC 6750 b64token
-_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$"
-_SCOPE = r"^[a-z][a-z0-9_:.-]{0,63}$"
-_HEX64 = r"^[0-9a-fA-F]{64}$"
 
 
 class AuthError(GovMLError):
@@ -115,128 +92,7 @@ class AuthError(GovMLError):
 # ----------------------------------------------------------------------------- the file
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
-
-
-class Pbkdf2Hash(_Strict):
-    salt: Annotated[str, Field(pattern=r"^[0-9a-fA-F]+$", min_length=2 * SALT_BYTES)]
-    iterations: Annotated[int, Field(ge=MIN_PBKDF2_ITERATIONS)]
-    hash: Annotated[str, Field(pattern=_HEX64)]
-
-
-class TokenRecord(_Strict):
-    """One client: its name, the hash of its token and its scopes."""
-
-    name: Annotated[str, Field(pattern=_NAME)]
-    scopes: Annotated[list[Annotated[str, Field(pattern=_SCOPE)]], Field(min_length=1)]
-    sha256: Annotated[str, Field(pattern=_HEX64)] | None = None
-    pbkdf2_sha256: Pbkdf2Hash | None = None
-
-    @model_validator(mode="after")
-    def _one_hash(self) -> TokenRecord:
-        if (self.sha256 is None) == (self.pbkdf2_sha256 is None):
-            raise ValueError("give exactly one of 'sha256' or 'pbkdf2_sha256'")
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
-
-
-def _problems(prefix: str, exc: ValidationError) -> list[str]:
-    """pydantic's errors as ``prefix.field: problem`` lines."""
-    out = []
-    for err in exc.errors():
-        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        elif err["type"] == "missing":
-            msg = "required field is missing"
-        out.append(f"{prefix}{where}: {msg}")
-    return out
-
-
-def parse_records(data: Any, source: str = "<tokens>") -> list[TokenRecord]:
-    """Validate an already-parsed token file: a list of records, unique names and hashes."""
-    if data is None:
-        return []
-    if not isinstance(data, list):
-        raise ConfigError(f"{source}: a token file holds a list of records")
-    records: list[TokenRecord] = []
-    problems: list[str] = []
-    for i, item in enumerate(data):
-        try:
-            records.append(TokenRecord.model_validate(item))
-        except ValidationError as exc:
-            problems += _problems(f"[{i}]", exc)
-    names = [r.name for r in records]
-    for name in sorted({n for n in names if names.count(n) > 1}):
-        problems.append(f"client name {name!r} appears more than once")
-    hashes = [r.sha256.lower() for r in records if r.sha256]
-    if len(set(hashes)) != len(hashes):
-        problems.append("two records hold the same sha256 (one token for two clients)")
-    if problems:
-        raise ConfigError(f"{source}: " + "; ".join(problems))
-    return records
-
-
-def _read(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: token file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the token file ({exc.strerror})") from None
-    try:
-        return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as exc:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise ConfigError(f"{path}: not valid {kind}: {str(exc).splitlines()[0]}") from None
-
-
-def load_records(path: str | Path) -> list[TokenRecord]:
-    """The records of a token file (warns when group or others may read it)."""
-    path = Path(path)
-    records = parse_records(_read(path), str(path))
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o077:
-            log.warning("%s is readable by group or others; chmod 600 it", path)
-    return records
-
-
 # ----------------------------------------------------------------------------- tokens
-
-
-def generate_token(
-    name: str, scopes: Sequence[str], kdf: Literal["sha256", "pbkdf2"] = "sha256"
-) -> tuple[str, dict[str, Any]]:
-    """A new random token and the record to store for it (which holds only its hash)."""
-    token = TOKEN_PREFIX + secrets.token_urlsafe(TOKEN_BYTES)
-    return token, hash_record(name, scopes, token, kdf)
-
-
-def hash_record(
-    name: str,
-    scopes: Sequence[str],
-    token: str,
-    kdf: Literal["sha256", "pbkdf2"] = "sha256",
-    iterations: int = PBKDF2_ITERATIONS,
-) -> dict[str, Any]:
-    """The record for a given token (for tokens issued elsewhere use ``kdf="pbkdf2"``)."""
-    if not _TOKEN.fullmatch(token) or len(token) > MAX_TOKEN_CHARS:
-        raise ConfigError("a token must be 1-512 characters of A-Z a-z 0-9 - . _ ~ + / (then =)")
-    data: dict[str, Any] = {"name": name, "scopes": list(scopes)}
-    if kdf == "sha256":
-        data["sha256"] = hashlib.sha256(token.encode()).hexdigest()
-    else:
-        salt = secrets.token_bytes(SALT_BYTES)
-        digest = hashlib.pbkdf2_hmac("sha256", token.encode(), salt, iterations)
-        data["pbkdf2_sha256"] = {"salt": salt.hex(), "iterations": iterations, "hash": digest.hex()}
-    try:
-        return TokenRecord.model_validate(data).to_dict()
-    except ValidationError as exc:
-        raise ConfigError("; ".join(_problems("new record", exc))) from None
 
 
 @dataclass(frozen=True)
@@ -348,7 +204,7 @@ class TokenStore:
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             raise self._fail("expected 'Authorization: Bearer <token>'", "invalid_request")
-        if len(token) > MAX_TOKEN_CHARS or not _TOKEN.fullmatch(token):
+        if not is_token(token):
             raise self._fail("malformed bearer token", "invalid_token")
         return token
 
@@ -411,152 +267,7 @@ def file_stamp(path: Path | None) -> tuple[int, int, int] | None:
 # ----------------------------------------------------------------------------- writing
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside ``path`` (two admins do not lose each other's records)."""
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """Replace the token file atomically; the new file has mode 0600."""
-    if path.suffix == ".json":
-        text = json.dumps(list(records), indent=2) + "\n"
-    else:
-        text = yaml.safe_dump(list(records), sort_keys=False)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def add_client(
-    path: str | Path, name: str, scopes: Sequence[str], kdf: Literal["sha256", "pbkdf2"] = "sha256"
-) -> str:
-    """Generate a token for a new client, append its record to ``path``; the token."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
-        existing = load_records(path) if path.exists() else []
-        if any(r.name == name for r in existing):
-            raise ConfigError(f"{path}: client {name!r} already has a token (revoke it first)")
-        token, record = generate_token(name, scopes, kdf)
-        write_records(path, [r.to_dict() for r in existing] + [record])
-    return token
-
-
-def revoke_client(path: str | Path, name: str) -> None:
-    """Remove a client's record from ``path``."""
-    path = Path(path)
-    with _locked(path):
-        existing = load_records(path)
-        kept = [r for r in existing if r.name != name]
-        if len(kept) == len(existing):
-            raise ConfigError(f"{path}: no client named {name!r}")
-        write_records(path, [r.to_dict() for r in kept])
-
-
 # ----------------------------------------------------------------------------- a deployment
-
-
-@dataclass(frozen=True)
-class DeploymentTokens:
-    """A deployment's token files: the records its servers check, and the project's
-    own client token (both mode 0600)."""
-
-    tokens: Path
-    service_token: Path
-
-
-def deployment_name(model_name: str, version: str) -> str:
-    """A deployment's name: ``<model>-v<version>`` (a DNS-1035 label for Kubernetes), also
-    its folder under the deployers' state root."""
-    return f"{model_name.replace('_', '-')}-v{version}"
-
-
-def deployment_tokens(folder: str | Path) -> DeploymentTokens:
-    folder = Path(folder)
-    return DeploymentTokens(folder / TOKENS_FILE, folder / SERVICE_TOKEN_FILE)
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically, mode 0600 from the start."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_token(path: str | Path, token: str) -> None:
-    """Keep a token in a file of its own, mode 0600 (e.g. for a caller of a server)."""
-    if not _TOKEN.fullmatch(token) or len(token) > MAX_TOKEN_CHARS:
-        raise ConfigError("a token must be 1-512 characters of A-Z a-z 0-9 - . _ ~ + / (then =)")
-    _write_private(Path(path), token + "\n")
-
-
-def read_token(path: str | Path) -> str:
-    """A token kept in a file (e.g. a deployment's ``service.token``); ConfigError when
-    the file is missing or holds no token. Never logs or returns more than the token."""
-    path = Path(path)
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: token file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the token file ({exc.strerror})") from None
-    if not _TOKEN.fullmatch(token) or len(token) > MAX_TOKEN_CHARS:
-        raise ConfigError(f"{path}: does not hold a bearer token")
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o077:
-            log.warning("%s is readable by group or others; chmod 600 it", path)
-    return token
-
-
-def provision(folder: str | Path) -> DeploymentTokens:
-    """A deployment's token files, made when missing; kept when they match.
-
-    ``tokens.json`` keeps every record it has (the bank's clients added with ``govml
-    serving token new`` survive a restart of the same version); the project's own client
-    ``govml`` gets a new token when ``service.token`` is missing or does not match its
-    record. Both files end mode 0600."""
-    files = deployment_tokens(folder)
-    files.tokens.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(files.tokens):
-        records = load_records(files.tokens) if files.tokens.exists() else []
-        token = None
-        with contextlib.suppress(ConfigError):
-            token = read_token(files.service_token)
-        digest = hashlib.sha256(token.encode()).hexdigest() if token else None
-        ours = [r for r in records if r.name == SERVICE_CLIENT]
-        if token is None or not ours or ours[0].sha256 != digest:
-            token, record = generate_token(SERVICE_CLIENT, SERVICE_SCOPES)
-            others = [r.to_dict() for r in records if r.name != SERVICE_CLIENT]
-            write_token(files.service_token, token)
-            write_records(files.tokens, [record, *others])
-            log.info("%s: new token for the project's client %r", folder, SERVICE_CLIENT)
-        for path in (files.tokens, files.service_token):
-            os.chmod(path, 0o600)
-    return files
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -82,7 +82,12 @@ def enabled() -> bool:
 
 # ----------------------------------------------------------------------------- lleaves
 def _patch_lleaves() -> None:
-    """Make lleaves sum trees in LightGBM's order across cache blocks (see the module doc)."""
+    """Make lleaves sum trees in LightGBM's order across cache blocks (see the module doc).
+
+    Long because: the inner function is lleaves 1.3.0's ``_populate_instruction_block``
+    copied line for line except the block marked CHANGED, so that it can be diffed
+    against upstream when lleaves is upgraded.
+    """
     from lleaves.compiler.codegen import codegen as cg
     from llvmlite import ir
 

@@ -7,12 +7,14 @@ Both stores hold one :class:`~pipelines.features_online.EntityState` per entity 
   values' states, computes the features and the new states
   (:meth:`~pipelines.features_online.Pending.observe`) and writes them so that no
   concurrent update is lost: :class:`InProcessStore` under a lock,
-  :class:`RedisStore` in one Lua script (:data:`OBSERVE_SCRIPT`, atomic on the Redis
+  :class:`RedisStore` in one Lua script
+  (:data:`~serving.feature_store_scripts.OBSERVE_SCRIPT`, atomic on the Redis
   server) that applies the same rules to every entity value of the transaction at
   once and returns the prior states, from which Python computes the features. Each
   Redis value starts with a random 8-byte version token that every write renews: the
   backfill (:meth:`RedisStore.merge`) writes with a compare-and-set on it
-  (:data:`CAS_SCRIPT`), so a concurrent observe makes it read and merge again.
+  (:data:`~serving.feature_store_scripts.CAS_SCRIPT`), so a concurrent observe makes it
+  read and merge again.
   A transaction that any of its entity values finds too late is written nowhere.
 * **Pseudonymous keys.** A state's key is ``<namespace>:<entity column>:<HMAC-SHA256
   of the entity value>`` (32 hex digits): card and customer ids are never stored or
@@ -37,11 +39,8 @@ and terminal) are in different hash slots and the observe script touches them al
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import logging
-import os
 import secrets
 import struct
 import threading
@@ -51,140 +50,27 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipelines.errors import ConfigError, GovMLError
-from pipelines.features_online import (
-    EntityFeatures,
+from pipelines.feature_state import (
     EntityState,
     Event,
     Observation,
-    OnlineFeatures,
-    Pending,
     StateError,
     Status,
     ValueKind,
     refused,
 )
+from pipelines.features_online import EntityFeatures, OnlineFeatures, Pending
+from serving.feature_store_keys import PREFIX, KeyMaker, secret_from_env
+from serving.feature_store_scripts import CAS_SCRIPT, OBSERVE_SCRIPT, OBSERVE_SHA
 from serving.resp import Encoded, RespClient, RespError, bulk
 
 log = logging.getLogger(__name__)
 
-KEY_ENV = "GOVML_FEATURE_KEY"
-MIN_KEY_BYTES = 16
-PREFIX = "govml:features"
 TOKEN_BYTES = 8
 TTL_SLACK_MS = 3_600_000
 MAX_ATTEMPTS = 50
 MERGE_BATCH = 500
 
-# Compare-and-set (the backfill): write ARGV[2] (token + state) only if the stored token
-# is ARGV[1] ('' when the key must be absent). GETRANGE of a missing key is ''. Sent
-# with EVAL (Redis caches the compiled script; no NOSCRIPT handling after a restart).
-CAS_SCRIPT = """
-if redis.call('GETRANGE', KEYS[1], 0, 7) ~= ARGV[1] then return 0 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
-"""
-
-
-# One transaction (KEYS: its N entity keys), what EntityFeatures.observe and the store's
-# rules do, atomically: read every state, decide each one's status, write nothing if any
-# is too late, else write each recorded one (the event inserted in time order after its
-# ties, the events at or below the new watermark minus the retention evicted), and
-# return {status, prior value or false} per key (0 recorded, 1 duplicate, 2 too late).
-# A value is the version token (8 bytes), the state header (8) and one row of R bytes
-# per event (time, id, flags, values; 8 bytes each): an insert splices the event's row
-# in. Lua numbers are doubles, so an int64 time is handled as two exact halves: h, the
-# signed high 32 bits, and l, the unsigned low 32 bits ((h, l) compare as the time;
-# h may leave the int32 range after a subtraction or addition, still exactly). ARGV,
-# 11 per key: the expected state header prefix (magic, version, value columns), the
-# event's row (R bytes), its id (8 bytes), the new version token, the TTL (ms), then h
-# and l of the event time, of the event time + allowed lateness and of the retention.
-# A value with another header or length is an error reply, and nothing is written.
-OBSERVE_SCRIPT = """
-local byte, sub, floor, find = string.byte, string.sub, math.floor, string.find
-local function time(v, at)
-  local b1, b2, b3, b4, b5, b6, b7, b8 = byte(v, at, at + 7)
-  local h = ((b8 * 256 + b7) * 256 + b6) * 256 + b5
-  if b8 >= 128 then h = h - 4294967296 end
-  return h, ((b4 * 256 + b3) * 256 + b2) * 256 + b1
-end
-local function upto(v, r, n, h, l)
-  local lo, hi = 0, n
-  while lo < hi do
-    local mid = floor((lo + hi) / 2)
-    local th, tl = time(v, 17 + r * mid)
-    if th < h or (th == h and tl <= l) then lo = mid + 1 else hi = mid end
-  end
-  return lo
-end
-local function u32(x)
-  return string.char(x % 256, floor(x / 256) % 256, floor(x / 65536) % 256,
-    floor(x / 16777216) % 256)
-end
-local plan, out, late = {}, {}, false
-for i = 1, #KEYS do
-  local a = (i - 1) * 11
-  local v = redis.call('GET', KEYS[i])
-  local r = #ARGV[a + 2]
-  local status, n, pos, first = 0, 0, 0, 0
-  if v then
-    if #v < 16 or sub(v, 9, 12) ~= ARGV[a + 1] then
-      return redis.error_reply('STATE ' .. KEYS[i] .. ': not a state of this layout')
-    end
-    local c1, c2, c3, c4 = byte(v, 13, 16)
-    n = ((c4 * 256 + c3) * 256 + c2) * 256 + c1
-    if #v ~= 16 + n * r then
-      return redis.error_reply('STATE ' .. KEYS[i] .. ': ' .. #v .. ' bytes do not hold '
-        .. n .. ' events')
-    end
-    if n > 0 then
-      local eh, el = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
-      local lh, ll = tonumber(ARGV[a + 8]), tonumber(ARGV[a + 9])
-      local wh, wl = time(v, 17 + r * (n - 1))
-      local at = find(v, ARGV[a + 3], 25, true)
-      while at and (at - 25) % r ~= 0 do
-        at = find(v, ARGV[a + 3], at + 1, true)
-      end
-      if wh > lh or (wh == lh and wl > ll) then
-        status, late = 2, true
-      elseif at then
-        status = 1
-      else
-        if eh > wh or (eh == wh and el >= wl) then
-          pos, wh, wl = n, eh, el
-        else
-          pos = upto(v, r, n, eh, el)
-        end
-        local ch, cl = wh - tonumber(ARGV[a + 10]), wl - tonumber(ARGV[a + 11])
-        if cl < 0 then ch, cl = ch - 1, cl + 4294967296 end
-        local fh, fl = time(v, 17)
-        if fh < ch or (fh == ch and fl <= cl) then first = upto(v, r, n, ch, cl) end
-        if first > pos then first = pos end
-      end
-    end
-  end
-  plan[i] = {status, n, pos, first, r}
-  out[2 * i - 1] = status
-  out[2 * i] = v
-end
-if late then return out end
-for i = 1, #KEYS do
-  local p = plan[i]
-  if p[1] == 0 then
-    local a = (i - 1) * 11
-    local v, n, pos, first, r = out[2 * i], p[2], p[3], p[4], p[5]
-    local value = ARGV[a + 4] .. ARGV[a + 1] .. u32(n - first + 1)
-    if v then
-      value = value .. sub(v, 17 + r * first, 16 + r * pos) .. ARGV[a + 2]
-        .. sub(v, 17 + r * pos, 16 + r * n)
-    else
-      value = value .. ARGV[a + 2]
-    end
-    redis.call('SET', KEYS[i], value, 'PX', ARGV[a + 5])
-  end
-end
-return out
-"""
-OBSERVE_SHA = hashlib.sha1(OBSERVE_SCRIPT.encode()).hexdigest()
 _STATUS_OF = (Status.RECORDED, Status.DUPLICATE, Status.TOO_LATE)
 _ARGS_PER_KEY = 11
 _INT64_MAX = 2**63 - 1
@@ -196,43 +82,6 @@ class StoreError(GovMLError):
     """The feature store cannot be reached or stays contended (HTTP 503)."""
 
     status = 503
-
-
-# ----------------------------------------------------------------------------- keys
-
-
-class KeyMaker:
-    """Pseudonymous state keys of one spec's online features."""
-
-    def __init__(self, online: OnlineFeatures, secret: bytes, prefix: str = PREFIX) -> None:
-        if len(secret) < MIN_KEY_BYTES:
-            raise ConfigError(f"{KEY_ENV}: the key needs at least {MIN_KEY_BYTES} bytes")
-        self._secret = secret
-        self.key_id = hmac.new(secret, b"govml-key-id", hashlib.sha256).hexdigest()[:16]
-        self.namespace = f"{prefix}:{online.spec_name}:{online.fingerprint}:{self.key_id[:8]}"
-
-    def key(self, entity: str, text: str) -> str:
-        digest = hmac.digest(self._secret, f"{entity}\x00{text}".encode(), "sha256")
-        return f"{self.namespace}:{entity}:{digest[:16].hex()}"
-
-    @property
-    def marker(self) -> str:
-        """The key of the warm-up record (:meth:`FeatureStore.mark_warm`)."""
-        return f"{self.namespace}:warm"
-
-
-def secret_from_env(required: bool) -> bytes:
-    """``GOVML_FEATURE_KEY``; a random key when unset and not ``required``."""
-    value = os.environ.get(KEY_ENV, "")
-    if value:
-        return value.encode("utf-8")
-    if required:
-        raise ConfigError(
-            f"{KEY_ENV} is not set: the feature store keys card and customer ids by their "
-            "HMAC; give the transformer and `govml features backfill` the same key"
-        )
-    log.warning("%s is not set: the in-process feature store uses a random key", KEY_ENV)
-    return secrets.token_bytes(32)
 
 
 # ----------------------------------------------------------------------------- stores
@@ -550,8 +399,8 @@ class _Layout:
     def _fields(event: Event) -> tuple[int | float, ...]:
         return (event.time, event.id, event.flags, *event.values)
 
-    def encoded(self, event: Event, token: bytes) -> bytes:
-        """:meth:`arguments`, RESP-encoded (:data:`_ARGS_PER_KEY` bulk strings)."""
+    def _packed(self, event: Event) -> tuple[bytes, int, int, int, int]:
+        """(packed item, event time's high and low halves, and its expiry's)."""
         t = event.time
         try:
             item = self._item.pack(t, event.id, event.flags, *event.values)
@@ -559,6 +408,11 @@ class _Layout:
             raise StoreError(f"feature store: event out of range: {exc}") from None
         th, tl = divmod(t, _HALF)
         lh, ll = divmod(t + self.lateness, _HALF)
+        return item, th, tl, lh, ll
+
+    def encoded(self, event: Event, token: bytes) -> bytes:
+        """:meth:`arguments`, RESP-encoded (:data:`_ARGS_PER_KEY` bulk strings)."""
+        item, th, tl, lh, ll = self._packed(event)
         return b"%b$%d\r\n%b\r\n$8\r\n%b\r\n$%d\r\n%b\r\n%b%b%b%b%b%b" % (
             self._head_bulk,
             len(item),
@@ -576,13 +430,7 @@ class _Layout:
 
     def arguments(self, event: Event, token: bytes) -> tuple[bytes | int, ...]:
         """The script's arguments for one key (the readable form of :meth:`encoded`)."""
-        t = event.time
-        try:
-            item = self._item.pack(t, event.id, event.flags, *event.values)
-        except struct.error as exc:
-            raise StoreError(f"feature store: event out of range: {exc}") from None
-        th, tl = divmod(t, _HALF)
-        lh, ll = divmod(t + self.lateness, _HALF)
+        item, th, tl, lh, ll = self._packed(event)
         return (
             self.head,
             item,

@@ -44,30 +44,24 @@ with its body, as does any other request, or any request while the model is not 
 from __future__ import annotations
 
 import asyncio
-import functools
 import inspect
 import json
 import logging
 import os
 import time
-import traceback
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
-from types import CodeType
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import Counter, Histogram
 
-from pipelines.errors import GovMLError
+from serving.asgi import App, Message, Receive, Scope, Send
 from serving.auth import AuthError, TokenStore
-from serving.request_context import set_client, set_request_id
+from serving.http_errors import error_answer, validation_error
+from serving.http_versions import V2_MODELS, VERSIONS, route_version, with_versioned_routes
+from serving.request_context import RequestHeaders, set_client, set_request_id
 
 log = logging.getLogger(__name__)
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 REQUESTS = Counter(
     "govml_requests_total", "HTTP requests by kind and status code", ["kind", "code"]
@@ -104,113 +98,6 @@ class _TooLarge(Exception):
     pass
 
 
-# ----------------------------------------------------------------------------- errors
-INTERNAL_ERROR = "internal error; see the server log"
-#: characters of an error line (a decoder's message can quote the body)
-MAX_ERROR_CHARS = 500
-#: problems of a FastAPI validation error listed in its line
-MAX_VALIDATION_PROBLEMS = 5
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line, at most :data:`MAX_ERROR_CHARS` characters."""
-    line = " ".join(text.split())
-    return line if len(line) <= MAX_ERROR_CHARS else line[: MAX_ERROR_CHARS - 3] + "..."
-
-
-@functools.cache
-def _kserve_statuses() -> tuple[tuple[type, int], ...]:
-    """KServe's exceptions that are answers (KServe is only in the serving environment)."""
-    try:
-        from kserve.errors import InvalidInput, ModelNotFound
-    except ImportError:
-        return ()
-    return ((InvalidInput, 400), (ModelNotFound, 404))
-
-
-@functools.cache
-def _validation_error() -> tuple[type, ...]:
-    """FastAPI's request validation error (a body its models refuse: KServe's V2 JSON)."""
-    try:
-        from fastapi.exceptions import RequestValidationError
-    except ImportError:
-        return ()
-    return (RequestValidationError,)
-
-
-@functools.cache
-def _kserve_decoders() -> frozenset[CodeType]:
-    """The code of KServe's request decoders. They raise ``ValueError``, ``KeyError``,
-    ``TypeError`` or ``struct.error`` on a body they cannot read (a binary header
-    length that is not a number, a tensor shorter than its shape...), not
-    ``InvalidInput``: an exception raised inside them is the body's fault."""
-    try:
-        from kserve.protocol.dataplane import DataPlane
-        from kserve.protocol.infer_type import InferInput, InferRequest
-    except ImportError:
-        return frozenset()
-    functions = (
-        DataPlane.decode,
-        DataPlane.decode_inference_request,
-        DataPlane.decode_cloudevent,
-        DataPlane.get_binary_cloudevent,
-        InferRequest.from_bytes,
-        InferRequest.from_inference_request,
-        InferInput.as_numpy,
-    )
-    return frozenset(getattr(f, "__func__", f).__code__ for f in functions)
-
-
-def _raised_while_decoding(exc: BaseException) -> bool:
-    decoders = _kserve_decoders()
-    return any(frame.f_code in decoders for frame, _ in traceback.walk_tb(exc.__traceback__))
-
-
-def _validation_line(exc: Any) -> str:
-    """FastAPI's RequestValidationError as one line: where and what, never the input.
-
-    KServe's V2 route takes ``InferenceRequest | bytes``: a JSON body that fails the
-    model also "fails" the raw-bytes alternative, which says nothing; that is left out."""
-    errors = list(exc.errors())
-    modelled = [e for e in errors if tuple(e.get("loc", ()))[:2] != ("body", "bytes")]
-    errors = modelled or errors
-    parts = []
-    for error in errors[:MAX_VALIDATION_PROBLEMS]:
-        where = ".".join(str(p) for p in error.get("loc", ())) or "body"
-        what = error.get("msg", "invalid")
-        reason = (error.get("ctx") or {}).get("error")
-        parts.append(f"{where}: {what}" + (f" ({reason})" if reason else ""))
-    if len(errors) > MAX_VALIDATION_PROBLEMS:
-        parts.append(f"... and {len(errors) - MAX_VALIDATION_PROBLEMS} more")
-    return "invalid request body: " + "; ".join(parts)
-
-
-def error_status(exc: BaseException) -> tuple[int, str]:
-    """(HTTP status, one-line message) for an error raised while serving a request.
-
-    Bad input is 400, an unknown model 404, a refused token 401/403 (each a
-    :class:`GovMLError` or KServe error saying so); anything else is a failure, 500,
-    whose message names no internals (the traceback goes to the server log)."""
-    status = getattr(exc, "status", None)
-    if isinstance(exc, GovMLError) and isinstance(status, int) and 400 <= status < 500:
-        return status, str(exc)  # written as one line, every problem listed
-    for kind, code in _kserve_statuses():
-        if isinstance(exc, kind):
-            return code, str(exc)  # as KServe's own routes answer it
-    if isinstance(exc, _validation_error()):
-        return 400, one_line(_validation_line(exc))
-    if _raised_while_decoding(exc):
-        return 400, one_line(f"cannot decode the request body: {type(exc).__name__}: {exc}")
-    log.error("request failed", exc_info=exc)
-    return 500, INTERNAL_ERROR
-
-
-def error_answer(exc: BaseException) -> tuple[int, bytes]:
-    """(status, JSON body ``{"error": line}``) for an error: see :func:`error_status`."""
-    status, line = error_status(exc)
-    return status, json.dumps({"error": line}).encode()
-
-
 async def _json_response(send: Send, status: int, body: dict, headers: dict[str, str]) -> None:
     raw = json.dumps(body).encode()
     head = [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode())]
@@ -224,68 +111,6 @@ JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"}
 # or an awaitable of that
 FastHandler = Callable[[bytes, "str | None", "str | None"], Any]
 _JSON_HEAD = [(b"content-type", b"application/json")]
-V2_MODELS = "/v2/models/"
-VERSIONS = "/versions/"
-#: what may follow ``/v2/models/NAME/versions/V``: model metadata, readiness, inference
-VERSIONED_SUFFIXES = ("", "/ready", "/infer")
-
-
-def with_versioned_routes(
-    fast_routes: Mapping[str, Any], versions: Mapping[str, str]
-) -> dict[str, Any]:
-    """The fast routes, each model's V2 ``/infer`` also under its served version."""
-    routes = dict(fast_routes)
-    for name, version in versions.items():
-        route = routes.get(f"{V2_MODELS}{name}/infer")
-        if version and route is not None:
-            routes[f"{V2_MODELS}{name}{VERSIONS}{version}/infer"] = route
-    return routes
-
-
-MAX_VERSION_CHARS = 64
-
-
-def _version_text(version: str) -> str:
-    return version if len(version) <= MAX_VERSION_CHARS else version[:MAX_VERSION_CHARS] + "..."
-
-
-def _refusal(name: str, asked: str, served: str) -> str | None:
-    """Why version ``asked`` of model ``name`` is not served; None when it is (or when
-    the model is not one of this server's: KServe then says it does not exist)."""
-    if served == asked:
-        return None
-    asked = _version_text(asked)
-    if not served:
-        return one_line(f"model {name} has no version {asked}: it is served without a version")
-    return one_line(
-        f"model {name} has no version {asked} here: this server serves version {served}"
-    )
-
-
-def route_version(
-    path: str, query: bytes, versions: Mapping[str, str]
-) -> tuple[str, bytes, str | None]:
-    """(path, query string, refusal) of a V2 model request naming a version.
-
-    KServe answers 501 to any version, in the path (``/v2/models/NAME/versions/V``,
-    ``.../ready``, ``.../infer``) or in the query (``?model_version=V``). For the
-    served version (or a model this server does not know) the request becomes the
-    unversioned one; another version of a served model is refused (the reason)."""
-    name = path[len(V2_MODELS) :].split("/", 1)[0]
-    refusal = None
-    head, sep, tail = path[len(V2_MODELS) :].partition(VERSIONS)
-    version, slash, rest = tail.partition("/")
-    if sep and head and "/" not in head and version and slash + rest in VERSIONED_SUFFIXES:
-        path = f"{V2_MODELS}{head}{slash}{rest}"
-        if head in versions:
-            refusal = _refusal(head, version, versions[head])
-    if b"model_version" in query:
-        pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
-        asked = [v for k, v in pairs if k == "model_version" and v]
-        query = urllib.parse.urlencode([(k, v) for k, v in pairs if k != "model_version"]).encode()
-        if asked and name in versions and refusal is None:
-            refusal = _refusal(name, asked[-1], versions[name])
-    return path, query, refusal
 
 
 class _Metrics:
@@ -376,39 +201,43 @@ class GuardMiddleware:
         path: str,
         outcome: dict[str, Any],
     ) -> None:
-        authorization = length = content_type = json_length = request_id = None
-        cloudevent = False
-        for key, value in scope["headers"]:
-            key = key.lower()
-            if key == b"x-request-id":
-                request_id = value
-            elif key == b"authorization":
-                authorization = value.decode("latin-1")
-            elif key == b"content-length":
-                length = value
-            elif key == b"content-type":
-                content_type = value.lower()
-            elif key == b"inference-header-content-length":
-                json_length = value.decode("latin-1")
-            elif key.startswith(b"ce-"):
-                cloudevent = True
+        headers = RequestHeaders.of(scope)
         fast = self.fast_routes.get(path)
         take_fast = (
             fast is not None
             and scope["method"] == "POST"
-            and not cloudevent
+            and not headers.cloudevent
             and not scope.get("query_string")  # ?model_version=: the full guard's
-            and (content_type is None or content_type in JSON_TYPES or json_length is not None)
+            and (
+                headers.content_type is None
+                or headers.content_type in JSON_TYPES
+                or headers.json_length is not None
+            )
             and fast[1]()
         )
         if self.fast_only and not take_fast:
             outcome["forwarded"] = True
             await self.app(scope, receive, send)
             return
-        set_request_id(request_id)  # the prediction log's id for this request's rows
+        set_request_id(headers.request_id)  # the prediction log's id for this request's rows
+        length = headers.length
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             await self._too_large(send)
             return
+        allowed, client = await self._authorize(scope, send, kind, headers.authorization)
+        if not allowed:
+            return
+        if take_fast:
+            assert fast is not None
+            await self._fast(scope, receive, send, fast[0], client, headers.json_length, outcome)
+            return
+        await self._versioned(scope, receive, send, path, client)
+
+    async def _authorize(
+        self, scope: Scope, send: Send, kind: str, authorization: str | None
+    ) -> tuple[bool, Any]:
+        """(allowed, client): the bearer token checked for the route's scope; a refusal
+        is answered here."""
         client = None
         if kind == "repository" and self.tokens is None:
             # loading and unloading models changes what the bank is served: never open
@@ -418,19 +247,21 @@ class GuardMiddleware:
                 {"error": "the model repository API needs tokens (--tokens) with scope admin"},
                 {},
             )
-            return
+            return False, None
         if kind in SCOPES and self.tokens is not None:
             try:
                 client = self.tokens.check(authorization, SCOPES[kind])
             except AuthError as exc:
                 extra = {"WWW-Authenticate": exc.www_authenticate} if exc.status == 401 else {}
                 await _json_response(send, exc.status, {"error": str(exc)}, extra)
-                return
+                return False, None
             scope.setdefault("state", {})["govml_client"] = client
-        if take_fast:
-            assert fast is not None
-            await self._fast(scope, receive, send, fast[0], client, json_length, outcome)
-            return
+        return True, client
+
+    async def _versioned(
+        self, scope: Scope, receive: Receive, send: Send, path: str, client: Any
+    ) -> None:
+        """KServe's routes, a ``/versions/<v>`` path or ``?model_version=`` mapped first."""
         query = scope.get("query_string", b"")
         if (
             self.versions
@@ -588,7 +419,7 @@ def install(
     FastAPI's request models refuse is a 400 with one line (:func:`error_answer`), not
     FastAPI's 422 with the offending input echoed.
     """
-    for refused in _validation_error():
+    for refused in validation_error():
         app.add_exception_handler(refused, _refused_body)
     app.add_middleware(
         GuardMiddleware, max_body_bytes=max_body_bytes, tokens=tokens, versions=versions

@@ -4,7 +4,7 @@ The model comes from a local folder or any MLflow artifact URI (``models:/fraud@
 ``runs:/...``, ``s3://...``). When an expected SHA-256 is given, the model file is
 checked before loading; on mismatch the model never becomes ready and the log says why.
 Bad input raises KServe's ``InvalidInput`` (or :class:`serving.schema.InputError`);
-the guard's one error mapping (:func:`serving.http.error_answer`) and KServe's handler
+the guard's one error mapping (:func:`serving.http_errors.error_answer`) and KServe's handler
 answer it 400; unknown models are KServe's 404.
 
 With the model's spec (``spec_path``), input is validated strictly against the spec's
@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Mapping
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import lightgbm as lgb
@@ -33,22 +32,30 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 from kserve import Model
 from kserve.errors import InvalidInput
-from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from prometheus_client import Counter
 
 from pipelines import artifacts
-from pipelines.artifacts import MODEL_FILES
 from pipelines.booster_layout import booster_categories, typed_frame
 from pipelines.errors import DataValidationError
-from serving import compiled, v2_binary
+from serving import compiled
 from serving.fastscore import RowScorer
 from serving.metrics import ScoreHistogram, track_compiled_scorer
-from serving.prediction_log import EXPLAIN
+from serving.model_files import find_model_file, resolve_model_dir
+from serving.model_records import (
+    Served,
+    decode_infer_body,
+    explanation_rows,
+    infer_answer,
+    json_columns,
+    log_explanations,
+    log_rows,
+    rows_of,
+)
+from serving.prediction_log import RowContext
 from serving.request_context import current_client, current_request_id
-from serving.schema import KnownCodes
 
 log = logging.getLogger(__name__)
 
@@ -67,24 +74,6 @@ SCORES = ScoreHistogram(
 DECISIONS = Counter(
     "govml_decisions_total", "Scored rows by decision", ["model", "version", "decision"]
 )
-
-
-def find_model_file(folder: Path) -> Path:
-    """The LightGBM model file in a folder (searched recursively, MLflow layout too)."""
-    found = artifacts.find_model_file(folder)
-    if found is None:
-        raise FileNotFoundError(f"no LightGBM model file ({', '.join(MODEL_FILES)}) under {folder}")
-    return found
-
-
-def resolve_model_dir(model_uri: str) -> Path:
-    """A local folder for a local path or an MLflow artifact URI (downloaded)."""
-    local = Path(model_uri)
-    if local.exists():
-        return local
-    import mlflow.artifacts
-
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
 
 
 class LightGBMModel(Model):
@@ -184,7 +173,8 @@ class LightGBMModel(Model):
     def _load_schema(self, booster: lgb.Booster) -> bool:
         from pipelines.errors import GovMLError
         from pipelines.spec import load_spec
-        from serving.schema import FeatureSchema, label_records
+        from serving.schema import FeatureSchema
+        from serving.schema_columns import label_records
 
         try:
             spec = load_spec(self.spec_path)
@@ -222,7 +212,8 @@ class LightGBMModel(Model):
         return True
 
     def _strict(self, instances: Any = None, columns: Any = None) -> np.ndarray:
-        from serving.schema import InputError, validate_columns, validate_rows
+        from serving.schema import InputError, validate_rows
+        from serving.schema_columns import validate_columns
 
         try:
             if columns is not None:
@@ -245,53 +236,54 @@ class LightGBMModel(Model):
         decisions = [s >= threshold for s in values]
         latency_ms = (time.perf_counter() - started) * 1000.0
         try:
-            if len(values) == 1:
-                self._scores_hist.observe(values[0])
-                self._decision_counts[decisions[0]].inc()
-            else:
-                self._scores_hist.observe_many(scores)
-                flagged = sum(decisions)
-                if flagged:
-                    self._decision_counts[True].inc(flagged)
-                if flagged < len(decisions):
-                    self._decision_counts[False].inc(len(decisions) - flagged)
-            plog = self.prediction_log
-            if plog is not None and len(values) > 1:
-                labels = self.labels_
-                plog.log_batch(
-                    None if matrix is not None else rows,
-                    values,
-                    [labels[0] if flagged else labels[1] for flagged in decisions],
-                    request_id=current_request_id() or uuid.uuid4().hex,
-                    model_name=self.name,
-                    model_version=self.version,
-                    latency_ms=latency_ms,
-                    client=client,
-                    # the JSON text of the features is built in the log's writer thread: a
-                    # large request is answered without waiting for its log lines
-                    feature_columns=None if matrix is None else partial(self._json_columns, matrix),
-                )
-            elif plog is not None:
-                request_id = current_request_id() or uuid.uuid4().hex
-                labels = self.labels_
-                for i, (row, score, flagged) in enumerate(
-                    zip(rows, values, decisions, strict=True)
-                ):
-                    plog.log(
-                        {
-                            "request_id": f"{request_id}:{i}",
-                            "model_name": self.name,
-                            "model_version": self.version,
-                            "features": row,
-                            "score": score,
-                            "decision": labels[0] if flagged else labels[1],
-                            "latency_ms": latency_ms,
-                            "client": client,
-                        }
-                    )
+            self._count(scores, values, decisions)
+            if self.prediction_log is not None:
+                self._log(rows, values, decisions, latency_ms, client, matrix)
         except Exception:  # noqa: BLE001 (logging must never fail a request)
             log.exception("recording predictions failed")
         return decisions
+
+    def _log(
+        self,
+        rows: list[dict[str, Any]] | None,
+        values: list[float],
+        decisions: list[bool],
+        latency_ms: float,
+        client: str | None,
+        matrix: np.ndarray | None,
+    ) -> None:
+        """The request's rows into the prediction log: a batch, or one record per row."""
+        plog = self.prediction_log
+        labels = [self.labels_[0] if flagged else self.labels_[1] for flagged in decisions]
+        if len(values) > 1:
+            plog.log_batch(
+                None if matrix is not None else rows,
+                values,
+                labels,
+                request_id=current_request_id() or uuid.uuid4().hex,
+                context=RowContext(self.name, self.version, latency_ms, client),
+                # the JSON text of the features is built in the log's writer thread: a
+                # large request is answered without waiting for its log lines
+                feature_columns=None
+                if matrix is None
+                else partial(json_columns, self.schema_, self._json_labels, matrix),
+            )
+        else:
+            served = Served(self.name, self.version)
+            log_rows(plog, served, rows, values, labels, latency_ms, client)
+
+    def _count(self, scores: np.ndarray, values: list[float], decisions: list[bool]) -> None:
+        """The score histogram and the decision counters of a request's rows."""
+        if len(values) == 1:
+            self._scores_hist.observe(values[0])
+            self._decision_counts[decisions[0]].inc()
+            return
+        self._scores_hist.observe_many(scores)
+        flagged = sum(decisions)
+        if flagged:
+            self._decision_counts[True].inc(flagged)
+        if flagged < len(decisions):
+            self._decision_counts[False].inc(len(decisions) - flagged)
 
     # ------------------------------------------------------------------ input
     def _frame(self, rows: Any) -> pd.DataFrame:
@@ -411,42 +403,8 @@ class LightGBMModel(Model):
         if len(scores) > 1:  # the log takes the checked matrix as JSON value columns
             decisions = self._record(None, scores, started, client, matrix)
         else:
-            decisions = self._record(self._rows_of(columns), scores, started, client)
+            decisions = self._record(rows_of(self.schema_, columns), scores, started, client)
         return scores, decisions
-
-    def _json_columns(self, matrix: np.ndarray) -> dict[str, pa.Array]:
-        """Each feature's values as JSON text, straight from the checked input matrix
-        (labels for categories, ``null`` for missing): the prediction log's batch input."""
-        out = {}
-        for j, f in enumerate(self.schema_.features):
-            column = matrix[:, j]
-            missing = np.isnan(column)
-            if f.name in self._json_labels:
-                codes = np.where(missing, 0, column).astype(np.int64)
-                text = self._json_labels[f.name].take(pa.array(codes))
-            else:
-                text = pc.cast(pa.array(column), pa.string())
-            if missing.any():
-                text = pc.if_else(pa.array(missing), pa.scalar("null"), text)
-            out[f.name] = text
-        return out
-
-    def _rows_of(self, columns: dict[str, Any]) -> list[dict[str, Any]]:
-        """The request's rows as sent (category labels, not codes) for the prediction log."""
-        names = self.schema_.names
-        values = []
-        for name in names:
-            column = columns[name]
-            if isinstance(column, KnownCodes):  # known labels, already coded
-                labels = self.schema_.feature(name).categories
-                column = [labels[int(code)] for code in column.codes]
-            column = column.reshape(-1).tolist() if isinstance(column, np.ndarray) else column
-            values.append(
-                [v.decode("utf-8", "replace") if isinstance(v, bytes) else v for v in column]
-                if column and isinstance(column[0], bytes)
-                else column
-            )
-        return [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
 
     def handle_v2_infer(
         self, body: bytes, json_length: str | None, client: str | None = None
@@ -459,42 +417,17 @@ class LightGBMModel(Model):
         A binary request (``json_length``: the ``Inference-Header-Content-Length``) is
         decoded strictly by :mod:`serving.v2_binary`: a malformed one raises
         :class:`serving.schema.InputError`, bad input raises ``InvalidInput``; the guard
-        (:func:`serving.http.error_answer`) answers both 400. A JSON request is decoded
+        (:func:`serving.http_errors.error_answer`) answers both 400. A JSON request is decoded
         with KServe's own :class:`InferRequest`. Scored by :meth:`_infer_columns` and
         answered in the shape KServe's route gives.
         """
         started = time.perf_counter()
-        if json_length is not None:
-            decoded = v2_binary.decode(body, json_length, self._label_records)
-            if decoded is None:
-                return None
-            request_id, columns = decoded
-        else:
-            try:
-                request = _plain_infer_request(orjson.loads(body), self.name)
-                if request is None:
-                    return None
-                request_id, columns = request.id, {}
-                for item in request.inputs:
-                    columns[item.name] = item.as_numpy()
-            except Exception:  # noqa: BLE001 (KServe's route gives its own answer)
-                return None
+        decoded = decode_infer_body(body, json_length, self._label_records, self.name)
+        if decoded is None:
+            return None
+        request_id, columns = decoded
         scores, decisions = self._infer_columns(columns, client, started)
-        n = len(decisions)
-        return 200, orjson.dumps(
-            {
-                "model_name": self.name,
-                "model_version": self.version or None,
-                "id": request_id or str(uuid.uuid4()),
-                "parameters": None,
-                "outputs": [
-                    {"name": "score", "shape": [n], "datatype": "FP64", "parameters": None,
-                     "data": scores.tolist()},
-                    {"name": "decision", "shape": [n], "datatype": "BOOL", "parameters": None,
-                     "data": decisions},
-                ],
-            }
-        )  # fmt: skip
+        return 200, infer_answer(self.name, self.version, request_id, scores, decisions)
 
     def predict_v1(self, payload: Any, client: str | None = None) -> dict[str, Any]:
         """A V1 ``{"instances": [...]}`` body (strict schema): scores and decisions."""
@@ -551,82 +484,7 @@ class LightGBMModel(Model):
         names = self.schema_.names
         threshold = self.threshold_ if self.threshold_ is not None else 0.5
         reasons = reason_codes(contribs, names, self.reason_labels_)
-        out = []
-        for score, row, row_reasons in zip(scores, contribs, reasons, strict=True):
-            adverse = bool(score >= threshold)
-            out.append(
-                {
-                    "score": float(score),
-                    "decision": self.labels_[0] if adverse else self.labels_[1],
-                    "contributions": dict(zip(names, map(float, row[:-1]), strict=True)),
-                    "expected_value": float(row[-1]),
-                    "reasons": [r._asdict() for r in row_reasons] if adverse else [],
-                }
-            )
+        out = explanation_rows(scores, contribs, names, threshold, reasons, self.labels_)
         rows = [instances] if isinstance(instances, Mapping) else instances
-        self._log_explained(rows, out, started)
+        log_explanations(self.prediction_log, Served(self.name, self.version), rows, out, started)
         return {"explanations": out, "model_version": self.version, "threshold": threshold}
-
-    def _log_explained(
-        self, rows: list[dict[str, Any]], explanations: list[dict[str, Any]], started: float
-    ) -> None:
-        """One prediction-log row per explained row: its features, score, decision and
-        the reason codes given (``verb: explain``, ``reasons`` in the record's extra
-        fields), with the request id and client like a prediction's; never raises."""
-        plog = self.prediction_log
-        if plog is None:
-            return
-        try:
-            request_id = current_request_id() or uuid.uuid4().hex
-            latency_ms = (time.perf_counter() - started) * 1000.0
-            client = current_client()
-            for i, (row, item) in enumerate(zip(rows, explanations, strict=True)):
-                plog.log(
-                    {
-                        "request_id": f"{request_id}:{i}",
-                        "model_name": self.name,
-                        "model_version": self.version,
-                        "features": row,
-                        "score": item["score"],
-                        "decision": item["decision"],
-                        "latency_ms": latency_ms,
-                        "client": client,
-                        "verb": EXPLAIN,
-                        "reasons": item["reasons"],
-                    }
-                )
-        except Exception:  # noqa: BLE001 (logging must never fail a request)
-            log.exception("logging explanations failed")
-
-
-_INPUT_KEYS = frozenset({"name", "shape", "datatype", "data"})
-
-
-def _plain_infer_request(payload: Any, model_name: str) -> InferRequest | None:
-    """A V2 JSON body with nothing but ``id`` and plain ``inputs`` as KServe's
-    InferRequest; None for anything else (KServe's route answers those)."""
-    if type(payload) is not dict or not set(payload) <= {"id", "inputs"}:
-        return None
-    inputs, request_id = payload.get("inputs"), payload.get("id")
-    if (
-        type(inputs) is not list
-        or not inputs
-        or not (request_id is None or type(request_id) is str)
-    ):
-        return None
-    infer_inputs = []
-    for item in inputs:
-        if type(item) is not dict or set(item) != _INPUT_KEYS:
-            return None
-        name, shape, datatype, data = item["name"], item["shape"], item["datatype"], item["data"]
-        if (
-            type(name) is not str
-            or type(datatype) is not str
-            or datatype == "FP16"
-            or type(data) is not list
-            or type(shape) is not list
-            or not all(type(d) is int for d in shape)
-        ):
-            return None
-        infer_inputs.append(InferInput(name=name, shape=shape, datatype=datatype, data=data))
-    return InferRequest(model_name=model_name, infer_inputs=infer_inputs, request_id=request_id)

@@ -107,26 +107,7 @@ class PredictorClient:
             if not exc.partial:
                 raise ConnectionResetError("connection closed before the answer") from None
             raise
-        lines = head[:-4].split(b"\r\n")
-        if len(lines) > MAX_HEADER_LINES:
-            raise ValueError("too many header lines")
-        parts = lines[0].split(None, 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-            raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
-        status = int(parts[1])
-        keep = parts[0] == b"HTTP/1.1"
-        length: int | None = None
-        chunked = False
-        for header in lines[1:]:
-            name, _, value = header.partition(b":")
-            name = name.strip().lower()
-            value = value.strip()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"transfer-encoding":
-                chunked = b"chunked" in value.lower()
-            elif name == b"connection":
-                keep = value.lower() != b"close"
+        status, length, chunked, keep = _parse_head(head)
         if chunked:
             return status, await _chunks(reader), keep
         if length is None:  # the body runs to the end of the connection
@@ -138,6 +119,31 @@ class PredictorClient:
     async def aclose(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+def _parse_head(head: bytes) -> tuple[int, int | None, bool, bool]:
+    """(status, content length, chunked, keep alive) from an answer's status line and headers."""
+    lines = head[:-4].split(b"\r\n")
+    if len(lines) > MAX_HEADER_LINES:
+        raise ValueError("too many header lines")
+    parts = lines[0].split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+        raise ValueError(f"not an HTTP answer: {lines[0][:60]!r}")
+    status = int(parts[1])
+    keep = parts[0] == b"HTTP/1.1"
+    length: int | None = None
+    chunked = False
+    for header in lines[1:]:
+        name, _, value = header.partition(b":")
+        name = name.strip().lower()
+        value = value.strip()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = b"chunked" in value.lower()
+        elif name == b"connection":
+            keep = value.lower() != b"close"
+    return status, length, chunked, keep
 
 
 async def _chunks(reader: asyncio.StreamReader) -> bytes:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import re
 from contextvars import ContextVar
+from dataclasses import dataclass
+
+from serving.asgi import Scope
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("govml_request_id", default=None)
 CLIENT: ContextVar[str | None] = ContextVar("govml_client", default=None)
@@ -41,3 +44,34 @@ def set_client(name: str | None) -> None:
 
 def current_client() -> str | None:
     return CLIENT.get()
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    """The request headers the guard (:mod:`serving.http`) reads (names lower-cased)."""
+
+    authorization: str | None = None
+    length: bytes | None = None
+    content_type: bytes | None = None
+    json_length: str | None = None
+    request_id: bytes | None = None
+    cloudevent: bool = False
+
+    @classmethod
+    def of(cls, scope: Scope) -> RequestHeaders:
+        headers = cls()
+        for key, value in scope["headers"]:
+            key = key.lower()
+            if key == b"x-request-id":
+                headers.request_id = value
+            elif key == b"authorization":
+                headers.authorization = value.decode("latin-1")
+            elif key == b"content-length":
+                headers.length = value
+            elif key == b"content-type":
+                headers.content_type = value.lower()
+            elif key == b"inference-header-content-length":
+                headers.json_length = value.decode("latin-1")
+            elif key.startswith(b"ce-"):
+                headers.cloudevent = True
+        return headers

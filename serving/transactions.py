@@ -23,7 +23,8 @@ from typing import Any
 from pipelines.errors import SpecError
 from pipelines.features_online import OnlineFeatures
 from pipelines.spec import ColumnType, ModelSpec
-from serving.schema import MAX_LISTED_FIELDS, MAX_PROBLEMS, InputError, column_check
+from serving.feature_values import column_check
+from serving.schema import MAX_LISTED_FIELDS, MAX_PROBLEMS, InputError
 
 DEFAULT_MAX_ROWS = 1000
 _ISO = re.compile(
@@ -100,7 +101,8 @@ class TransactionSchema:
     def json_schema(self) -> dict[str, Any]:
         """JSON Schema (draft 2020-12 / OpenAPI 3.1) of the V1 request of raw
         transactions, field by field as :meth:`validate` checks them."""
-        from serving.schema import JSON_SCHEMA_DIALECT, _field_schema, _raw_feature
+        from serving.feature_values import raw_feature
+        from serving.schema_openapi import JSON_SCHEMA_DIALECT, field_schema
 
         columns = self._spec_columns
         properties: dict[str, Any] = {}
@@ -117,7 +119,7 @@ class TransactionSchema:
                     "type": "string" if name == self.id_column else ["string", "null"]
                 }
             else:
-                field = _field_schema(_raw_feature(name, column, None))
+                field = field_schema(raw_feature(name, column, None))
                 if name == self.id_column and isinstance(field.get("type"), list):
                     field["type"] = [t for t in field["type"] if t != "null"]
                 properties[name] = field

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import argparse
 import contextvars
-import gc
 import logging
 import math
 import os
@@ -68,15 +67,20 @@ from kserve.protocol.infer_type import InferRequest
 from prometheus_client import Counter, Histogram
 
 from pipelines.errors import DataValidationError, GovMLError
-from pipelines.features_online import (
-    OnlineFeatures,
-    Status,
-    read_history,
-    refused,
-    states_from_history,
+from pipelines.feature_history import read_history, states_from_history
+from pipelines.feature_state import Status, refused
+from pipelines.features_online import OnlineFeatures
+from serving.feature_store import FeatureStore, StoreError, open_store
+from serving.feature_store_keys import PREFIX
+from serving.kserve_server import (
+    USAGE,
+    chose_event_loop,
+    freeze_start_up,
+    guard_settings,
+    refuse,
+    server_options,
+    start,
 )
-from serving.feature_store import PREFIX, FeatureStore, StoreError, open_store
-from serving.kserve_server import USAGE, BoundModelServer, guard_settings, refuse, server_options
 from serving.predictor_client import PredictorClient, PredictorUnavailable
 from serving.request_context import current_request_id
 from serving.schema import InputError
@@ -85,7 +89,6 @@ from serving.transactions import TransactionSchema
 log = logging.getLogger(__name__)
 REFUSED = 3
 TOKEN_ENV = "GOVML_PREDICTOR_TOKEN"
-GC_THRESHOLDS = (50_000, 20, 100)
 
 EVENTS = Counter(
     "govml_feature_events_total",
@@ -404,7 +407,7 @@ NO_PREDICTOR_TOKEN = (
 
 def predictor_token(args: argparse.Namespace) -> str | int:
     """The transformer's token for its predictor, or the exit code of a refusal."""
-    from serving.auth import read_token
+    from serving.token_files import read_token
 
     if args.predictor_token_file:
         try:
@@ -415,11 +418,22 @@ def predictor_token(args: argparse.Namespace) -> str | int:
     return token or refuse(NO_PREDICTOR_TOKEN, USAGE)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _predictor_config(args: argparse.Namespace) -> Any:
+    """KServe's settings for the calls to the predictor (V1, as the options say)."""
     from kserve.predictor_config import PredictorConfig
 
+    return PredictorConfig(
+        predictor_host=args.predictor_host,
+        predictor_protocol="v1",
+        predictor_use_ssl=args.predictor_use_ssl,
+        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+        predictor_request_retries=args.predictor_request_retries,
+        predictor_health_check=args.enable_predictor_health_check,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
     from serving.http import install as install_guard
-    from serving.http import use_event_loop
 
     args, _ = build_parser().parse_known_args(argv)
     guard = guard_settings(args)
@@ -460,37 +474,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         },
     )
-    from serving.__main__ import _document_requests
+    from serving.schema_openapi import document_requests
 
     assert model.schema_ is not None
-    _document_requests(
+    document_requests(
         model_server.app, args.model_name, None, model.schema_.json_schema(), verbs=("predict",)
     )
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-    config = PredictorConfig(
-        predictor_host=args.predictor_host,
-        predictor_protocol="v1",
-        predictor_use_ssl=args.predictor_use_ssl,
-        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
-        predictor_request_retries=args.predictor_request_retries,
-        predictor_health_check=args.enable_predictor_health_check,
-    )
-    try:
-        log.info("event loop: %s", use_event_loop(args.event_loop))
-    except ValueError as exc:
-        log.error("%s", exc)
+    freeze_start_up()
+    if not chose_event_loop(args.event_loop, log):
         return REFUSED
-    log.info("listening on %s:%d", host, args.http_port)
-    BoundModelServer(
-        host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        enable_grpc=False,
-        workers=1,
-        predictor_config=config,
-    ).start([model])
+    start(host, args, model, log, predictor_config=_predictor_config(args))
     return 0
 
 

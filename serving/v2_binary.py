@@ -18,7 +18,7 @@ what those ask for; KServe's own decoder then only sees bodies it can read.
 
 Numbers come back as numpy views of the body (no copies); ``BYTES`` as text (raw
 bytes where an element is not UTF-8, which the schema check names), or, for the
-category features given in ``coders`` (:func:`serving.schema.label_records`), straight
+category features given in ``coders`` (:func:`serving.schema_columns.label_records`), straight
 as the model's codes when every element is a known label.
 
 Imports numpy and :mod:`serving.schema` only (no KServe), and orjson where it is
@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from serving.schema import InputError, codes_of_bytes
+from serving.schema import InputError
+from serving.schema_columns import codes_of_bytes
 
 try:
     from orjson import loads as _json_loads
@@ -185,9 +186,7 @@ def _check_input(i: int, item: Any) -> tuple[str, str, list[int], int | None, bo
         raise _bad(f"input {_input(name)}: both 'data' and parameters.binary_data_size")
     size = params["binary_data_size"]
     if type(size) is not int or size < 0:
-        raise _bad(
-            f"input {_input(name)}: parameters.binary_data_size must be a whole number >= 0"
-        )
+        raise _bad(f"input {_input(name)}: parameters.binary_data_size must be a whole number >= 0")
     plain = len(params) == 1 and _BINARY_INPUT_KEYS.issuperset(item)
     return name, datatype, shape, size, plain
 

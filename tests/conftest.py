@@ -36,6 +36,15 @@ def _pg_answers() -> str | None:
         return str(exc).splitlines()[0]
 
 
+@pytest.fixture
+def fresh_engines() -> Iterator[None]:
+    """Dispose of the governance store's cached engines after the test."""
+    yield
+    from registry.store import dispose_engines
+
+    dispose_engines()
+
+
 @pytest.fixture(scope="session")
 def root() -> Path:
     return ROOT

@@ -1,5 +1,6 @@
-"""Helpers shared by the tests: waiting, ports, the embedded stack, model servers, specs
-and generated data."""
+"""Helpers shared by the tests: waiting, ports, the embedded stack, model servers and the
+prediction log (specs and generated data: ``tests.datasets``; V2 request bodies:
+``tests.v2_protocol``)."""
 
 from __future__ import annotations
 
@@ -8,17 +9,14 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from pipelines.data.credit import CreditConfig, generate_credit
-from pipelines.data.fraud import FraudConfig, generate_fraud
-from pipelines.spec import ColumnType, ModelSpec, load_spec
+from tests.datasets import spec_of, with_training, write_ingest
 
 REPO = Path(__file__).resolve().parents[1]
 SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
@@ -30,7 +28,6 @@ def wait_until(
     """Poll ``condition`` until it returns a truthy value (returned) or ``timeout``
     seconds pass; then fail naming ``what`` was awaited (and the last exception the
     condition raised, if any). The tests wait with this, never with a fixed sleep."""
-    import time
 
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
@@ -186,7 +183,6 @@ class AirflowAPI:
         return f"/api/v2/dags/{dag}/dagRuns/{quote(run_id, safe='')}"
 
     def wait_for_dag(self, dag: str, timeout: float = 180) -> None:
-        import time
 
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # the dag-processor parses dags/ after start-up
@@ -240,7 +236,6 @@ class AirflowAPI:
         and the scheduler fails the task instance); people do not answer that fast, and
         a loaded CI machine widens the window, so the tests wait as a person would.
         """
-        import time
 
         deadline = time.monotonic() + timeout
         state = None
@@ -259,7 +254,6 @@ class AirflowAPI:
         raise AssertionError(f"{task} not awaiting input (state {state}, run {run_id})")
 
     def wait_run(self, dag: str, run_id: str, timeout: float) -> str:
-        import time
 
         deadline = time.monotonic() + timeout
         state = self.run_state(dag, run_id)
@@ -380,7 +374,6 @@ def start_model_server(env: dict[str, str], log: Path, *args: str) -> Any:
 
 def wait_model_ready(base: str, model: str, proc: Any, log: Path, timeout: float = 90) -> None:
     """Until ``model`` is ready; fails (with the server's output) if it exits or times out."""
-    import time
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -413,7 +406,8 @@ def train_german_credit(root: Path) -> Any:
 
     from pipelines.data.german_credit import load_german_credit
     from pipelines.features import build_features, read_split
-    from pipelines.training import load_model, train
+    from pipelines.stages.train import train
+    from pipelines.training import load_model
 
     spec = with_training(spec_of(GERMAN_CREDIT), num_boost_round=60, early_stopping_rounds=60)
     ingest = write_ingest(spec, load_german_credit(), root / "ingest")
@@ -441,7 +435,8 @@ def serve_german_credit(
     import os
     from types import SimpleNamespace
 
-    from serving.auth import generate_token, write_records
+    from serving.token_files import write_records
+    from serving.token_records import generate_token
 
     predict_token, predict_record = generate_token("core-banking", ["predict"])
     explain_token, explain_record = generate_token("dashboards", ["explain"])
@@ -478,104 +473,24 @@ def serve_german_credit(
     )
 
 
-# ----------------------------------------------------------------------------- model specs
-# Typed ingest data from the generators and smaller training settings, for the stage tests.
-# 30,000 fraud rows: the fraud model needs ~30-45 frauds in each of validation and test to
-# learn (at 10,000 its test AUC falls below chance); credit learns from 10,000.
-FRAUD_ROWS = 30_000
-FRAUD_SEED = 7  # this seed puts ~30-45 frauds in each of validation and test
-FRAUD_RATE = 0.01
-CREDIT_ROWS = 10_000
-
-
-def spec_of(name: str) -> ModelSpec:
-    return load_spec(REPO / "specs" / f"{name}.yaml")
-
-
-def with_training(spec: ModelSpec, **training: Any) -> ModelSpec:
-    """The spec with some ``training`` settings replaced (e.g. fewer boosting rounds)."""
-    return spec.model_copy(update={"training": spec.training.model_copy(update=training)})
-
-
-def typed_frame(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
-    """The columns of ``spec.data.columns`` typed like ingest's ``data.parquet``."""
-    out: dict[str, Any] = {}
-    for name, col in spec.data.columns.items():
-        s = frame[name]
-        if col.type == ColumnType.CATEGORY:
-            values = s.astype(object)
-            out[name] = pd.Categorical(
-                values.where(values.notna(), None), categories=col.categories
-            )
-        elif col.type == ColumnType.INT:
-            out[name] = s.astype("int64")
-        elif col.type == ColumnType.FLOAT:
-            out[name] = s.astype("float64")
-        elif col.type == ColumnType.DATETIME:
-            out[name] = s.astype("datetime64[ns]")
-        elif col.type == ColumnType.BOOL:
-            out[name] = s.astype(bool)
-        else:
-            out[name] = s.astype(object)
-    return pd.DataFrame(out)
-
-
-def write_ingest(spec: ModelSpec, frame: pd.DataFrame, folder: Path) -> Path:
-    """Write ``frame`` as an ingest ``data.parquet`` (typed per spec) into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "data.parquet"
-    typed_frame(spec, frame).to_parquet(path, index=False)
-    return path
-
-
-def fraud_data(folder: Path, n_rows: int = FRAUD_ROWS, seed: int = FRAUD_SEED) -> Path:
-    cfg = FraudConfig(n_rows=n_rows, seed=seed, fraud_rate=FRAUD_RATE)
-    return write_ingest(spec_of("fraud"), generate_fraud(cfg), folder)
-
-
-def credit_data(folder: Path, n_rows: int = CREDIT_ROWS, seed: int = 11) -> Path:
-    cfg = CreditConfig(n_rows=n_rows, seed=seed)
-    return write_ingest(spec_of("credit"), generate_credit(cfg), folder)
-
-
 def logged_rows(log_dir: Path) -> list[dict[str, Any]]:
     """Every prediction-log row so far: complete files and the file being written
     (complete lines), each with its extra fields (``verb``, ``reasons``) merged in."""
-    from serving.prediction_log import read_directory
+    from serving.prediction_log_files import read_directory
 
     return read_directory(log_dir)
 
 
-def v2_inputs(rows: list[dict[str, Any]], names: list[str]) -> list[dict[str, Any]]:
-    """V2 JSON tensors of ``rows``: one per feature, ``BYTES`` for text, else ``FP64``."""
-    inputs = []
-    for name in names:
-        values = [r[name] for r in rows]
-        kind = "BYTES" if any(isinstance(v, str) for v in values) else "FP64"
-        inputs.append({"name": name, "shape": [len(rows)], "datatype": kind, "data": values})
-    return inputs
+@contextlib.contextmanager
+def http_server(handler: type) -> Iterator[str]:
+    """An ``HTTPServer`` with ``handler`` on a free local port, served on a daemon thread
+    while the context is open; yields its base URL (``http://127.0.0.1:<port>``)."""
+    import threading
+    from http.server import HTTPServer
 
-
-def v2_binary(inputs: list[dict[str, Any]], request_id: str | None = None) -> tuple[bytes, int]:
-    """(body, JSON header length) of V2 JSON tensors (:func:`v2_inputs`) in the binary
-    tensor extension: the JSON header, then each tensor's bytes (``BYTES`` elements
-    length-prefixed, numbers little-endian). A tensor may carry its own ``shape`` or
-    ``parameters`` (e.g. a wrong ``binary_data_size``) to send as they are."""
-    import json
-    import struct
-
-    header: dict[str, Any] = {"inputs": []}
-    if request_id:
-        header["id"] = request_id
-    raw = b""
-    for item in inputs:
-        if item["datatype"] == "BYTES":
-            data = b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in item["data"])
-        else:
-            data = struct.pack(f"<{len(item['data'])}d", *item["data"])
-        meta = {k: item[k] for k in ("name", "shape", "datatype")}
-        meta["parameters"] = item.get("parameters") or {"binary_data_size": len(data)}
-        header["inputs"].append(meta)
-        raw += data
-    head = json.dumps(header).encode()
-    return head + raw, len(head)
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()

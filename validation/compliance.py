@@ -41,7 +41,12 @@ from pipelines.monitoring import (
     time_windows,
 )
 from pipelines.reasons import DEFAULT_REASONS
-from validation.fairness import FAIRNESS_METRICS, MIN_GROUP_ROWS, group_labels, metrics_from_counts
+from validation.group_fairness import (
+    FAIRNESS_METRICS,
+    MIN_GROUP_ROWS,
+    group_labels,
+    metrics_from_counts,
+)
 
 SELECTION_METRICS = ("demographic_parity_ratio", "demographic_parity_difference")
 LABEL_METRICS = tuple(m for m in FAIRNESS_METRICS if m not in SELECTION_METRICS)

@@ -73,42 +73,33 @@ cheap, e.g. while Airflow parses DAG files.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from pipelines.artifacts import write_json
 from pipelines.data.manifest import sha256_file
 from pipelines.errors import DataValidationError
-from pipelines.spec import ColumnType, MissingPolicy, ModelSpec
+from pipelines.formatting import short_number
+from pipelines.spec import ModelSpec
+from validation.data_checks import Check, build_checks
+from validation.data_profile import build_profile, jsonable, load_profile
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 VALIDATION_FILE = "validation.json"
 PROFILE_FILE = "profile.json"
 RESULT_FILE = "result.json"
 DATA_DOCS_DIR = "data_docs"
-PROFILE_FORMAT = 1
 
-ROW_COUNT_MIN_RATIO = 0.5
-ROW_COUNT_MAX_RATIO = 2.0
-LABEL_RATE_RELATIVE_TOLERANCE = 0.4
-LABEL_RATE_STANDARD_ERRORS = 3.0
-REFERENCE_MAX_TIME_TOLERANCE = timedelta(days=2)
-LABEL_RATE_SANITY_MIN = 0.0  # exclusive
-LABEL_RATE_SANITY_MAX = 0.5  # exclusive
-PROFILE_QUANTILES: dict[str, float] = {"p01": 0.01, "p50": 0.5, "p99": 0.99}
 MAX_EXAMPLES = 5  # unexpected values quoted per failed check (message and validation.json)
 
 SITE_NAME = "local_site"
@@ -170,377 +161,6 @@ class DataValidationResult:
             "validation": self.validation,
             "warnings": list(self.warnings),
         }
-
-
-@dataclass(frozen=True)
-class Check:
-    """One expectation of the suite with our bookkeeping."""
-
-    key: str
-    expectation: Any  # a great_expectations Expectation
-    description: str
-    blocking: bool
-
-
-# ----------------------------------------------------------------------------- JSON helpers
-
-
-def jsonable(value: Any) -> Any:
-    """Plain JSON types: numpy scalars unwrapped, NaN/NaT to None, datetimes as ISO text."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if value is pd.NaT or value is pd.NA:
-        return None
-    if isinstance(value, np.generic):
-        return jsonable(value.item())
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float | Decimal):
-        f = float(value)
-        return f if math.isfinite(f) else None
-    if isinstance(value, pd.Timestamp | datetime | date):
-        return value.isoformat()
-    if isinstance(value, np.datetime64):
-        return jsonable(pd.Timestamp(value))
-    if isinstance(value, Mapping):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, set | frozenset):
-        return sorted((jsonable(v) for v in value), key=str)
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    return str(value)
-
-
-def _fmt(value: Any) -> str:
-    """Short human text for a bound or an observed value."""
-    if isinstance(value, float | np.floating):
-        f = float(value)
-        if f.is_integer() and abs(f) < 1e15:
-            return str(int(f))
-        return f"{f:.6g}"
-    if isinstance(value, pd.Timestamp | datetime):
-        return pd.Timestamp(value).isoformat()
-    return str(value)
-
-
-# ----------------------------------------------------------------------------- profile
-
-
-def numeric_stats(values: pd.Series) -> dict[str, float | None]:
-    numbers = pd.to_numeric(values, errors="coerce").astype("float64").to_numpy()
-    numbers = numbers[np.isfinite(numbers)]
-    keys = ["min", "max", "mean", *PROFILE_QUANTILES]
-    if numbers.size == 0:
-        return dict.fromkeys(keys)
-    stats: dict[str, float | None] = {
-        "min": float(numbers.min()),
-        "max": float(numbers.max()),
-        "mean": float(numbers.mean()),
-    }
-    qs = np.quantile(numbers, list(PROFILE_QUANTILES.values()))
-    stats.update({k: float(q) for k, q in zip(PROFILE_QUANTILES, qs, strict=True)})
-    return stats
-
-
-def _label_rate(spec: ModelSpec, frame: pd.DataFrame) -> float | None:
-    target = spec.data.target
-    if target not in frame:
-        return None
-    values = pd.to_numeric(frame[target], errors="coerce").astype("float64").dropna()
-    return float(values.mean()) if len(values) else None
-
-
-def _max_time(spec: ModelSpec, frame: pd.DataFrame) -> str | None:
-    time_col = spec.data.time_column
-    if time_col is None or time_col not in frame:
-        return None
-    if not pd.api.types.is_datetime64_any_dtype(frame[time_col].dtype):
-        return None
-    latest = frame[time_col].max()
-    return None if pd.isna(latest) else pd.Timestamp(latest).isoformat()
-
-
-def build_profile(spec: ModelSpec, frame: pd.DataFrame, data_sha256: str) -> dict[str, Any]:
-    """The profile of one data set (``profile.json``; a future reference profile)."""
-    columns: dict[str, Any] = {}
-    for name, col in spec.data.columns.items():
-        if name not in frame:
-            continue
-        series = frame[name]
-        entry: dict[str, Any] = {
-            "dtype": str(series.dtype),
-            "nulls": int(series.isna().sum()),
-            "type": col.type.value,
-        }
-        if col.type in (ColumnType.FLOAT, ColumnType.INT):
-            entry.update(numeric_stats(series))
-        elif col.type == ColumnType.BOOL:
-            entry["mean"] = numeric_stats(series.astype("float64"))["mean"]
-        elif col.type == ColumnType.CATEGORY:
-            counts = series.value_counts(dropna=True, sort=False)
-            entry["frequencies"] = {str(k): int(v) for k, v in counts.items()}
-        elif col.type == ColumnType.DATETIME and pd.api.types.is_datetime64_any_dtype(series):
-            lo, hi = series.min(), series.max()
-            entry["min"] = None if pd.isna(lo) else pd.Timestamp(lo).isoformat()
-            entry["max"] = None if pd.isna(hi) else pd.Timestamp(hi).isoformat()
-        elif col.type == ColumnType.STRING:
-            entry["distinct"] = int(series.nunique(dropna=True))
-        columns[name] = entry
-    return jsonable(
-        {
-            "columns": columns,
-            "data_sha256": data_sha256,
-            "format": PROFILE_FORMAT,
-            "label_rate": _label_rate(spec, frame),
-            "max_time": _max_time(spec, frame),
-            "rows": len(frame),
-            "spec": spec.name,
-            "target": spec.data.target,
-            "time_column": spec.data.time_column,
-        }
-    )
-
-
-def load_profile(path: Path, spec: ModelSpec | None = None) -> dict[str, Any]:
-    """Read a ``profile.json`` written by ``validate_data``; DataValidationError if unusable."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataValidationError(f"{path}: reference profile not found") from exc
-    except (OSError, ValueError) as exc:
-        raise DataValidationError(f"{path}: reference profile is not readable JSON: {exc}") from exc
-    problems: list[str] = []
-    if not isinstance(data, dict):
-        raise DataValidationError(f"{path}: reference profile must be a JSON object")
-    rows = data.get("rows")
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
-        problems.append("'rows' must be a positive integer")
-    rate = data.get("label_rate")
-    if rate is not None and (not isinstance(rate, int | float) or not 0 <= rate <= 1):
-        problems.append("'label_rate' must be null or a number in [0, 1]")
-    max_time = data.get("max_time")
-    if max_time is not None:
-        try:
-            pd.Timestamp(max_time)
-        except (TypeError, ValueError):
-            problems.append(f"'max_time' is not a timestamp: {max_time!r}")
-    if not isinstance(data.get("columns", {}), dict):
-        problems.append("'columns' must be an object")
-    if spec is not None and data.get("spec") not in (None, spec.name):
-        problems.append(f"profile is for spec {data.get('spec')!r}, not {spec.name!r}")
-    if problems:
-        raise DataValidationError(f"{path}: invalid reference profile: " + "; ".join(problems))
-    return data
-
-
-# ----------------------------------------------------------------------------- suite
-
-
-def _expected_dtype(col_type: ColumnType, dtype: Any) -> str:
-    if col_type == ColumnType.FLOAT:
-        return "float64"
-    if col_type == ColumnType.INT:
-        return "Int64" if isinstance(dtype, pd.Int64Dtype) else "int64"
-    if col_type == ColumnType.BOOL:
-        return "boolean" if isinstance(dtype, pd.BooleanDtype) else "bool"
-    if col_type == ColumnType.CATEGORY:
-        return "category"
-    if col_type == ColumnType.DATETIME:
-        return "datetime64[ns]"
-    return "string" if isinstance(dtype, pd.StringDtype) else "object"
-
-
-def _bounds_text(lo: Any, hi: Any) -> str:
-    if lo is not None and hi is not None:
-        return f"between {_fmt(lo)} and {_fmt(hi)}"
-    if lo is not None:
-        return f"at least {_fmt(lo)}"
-    return f"at most {_fmt(hi)}"
-
-
-def _label_rate_bounds(
-    reference: Mapping[str, Any] | None, rows: int
-) -> tuple[float, float, bool, str]:
-    """(min, max, strict, how) for the target mean."""
-    ref_rate = None if reference is None else reference.get("label_rate")
-    if ref_rate is None:
-        return (
-            LABEL_RATE_SANITY_MIN,
-            LABEL_RATE_SANITY_MAX,
-            True,
-            f"strictly between {_fmt(LABEL_RATE_SANITY_MIN)} and {_fmt(LABEL_RATE_SANITY_MAX)}",
-        )
-    p = float(ref_rate)
-    se = math.sqrt(p * (1.0 - p) / max(rows, 1))
-    half = max(LABEL_RATE_RELATIVE_TOLERANCE * p, LABEL_RATE_STANDARD_ERRORS * se)
-    lo, hi = max(0.0, p - half), min(1.0, p + half)
-    how = (
-        f"between {_fmt(lo)} and {_fmt(hi)} (reference {_fmt(p)} "
-        f"± max({_fmt(LABEL_RATE_RELATIVE_TOLERANCE * 100)}%, "
-        f"{_fmt(LABEL_RATE_STANDARD_ERRORS)} standard errors))"
-    )
-    return lo, hi, False, how
-
-
-def _naive_utc(moment: datetime) -> datetime:
-    if moment.tzinfo is not None:
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
-    return moment
-
-
-def build_checks(
-    spec: ModelSpec,
-    frame: pd.DataFrame,
-    reference: Mapping[str, Any] | None = None,
-    now: datetime | None = None,
-    max_age: timedelta | None = None,
-    rows: int | None = None,
-) -> list[Check]:
-    """The suite's expectations, in a fixed order (table, columns, label, time, reference).
-
-    ``frame`` gives the columns and dtypes; ``rows`` (default ``len(frame)``) the row count
-    the label-rate bound uses (the Dask backend passes one partition and the total).
-    """
-    import great_expectations as gx
-
-    expect = gx.expectations
-    checks: list[Check] = []
-
-    def add(key: str, factory: Any, description: str, blocking: bool = True, **kwargs: Any) -> None:
-        meta = {"blocking": blocking, "check": key}
-        expectation = factory(**kwargs, description=description, meta=meta)
-        checks.append(Check(key, expectation, description, blocking))
-
-    spec_columns = list(spec.data.columns)
-    add(
-        "table.columns",
-        expect.ExpectTableColumnsToMatchOrderedList,
-        "table: the spec's columns in spec order",
-        column_list=spec_columns,
-    )
-    add(
-        "table.min_rows",
-        expect.ExpectTableRowCountToBeBetween,
-        f"table: at least {spec.data.min_rows} rows (data.min_rows)",
-        min_value=spec.data.min_rows,
-    )
-    data = spec.data
-    for name, col in data.columns.items():
-        if name not in frame:
-            continue
-        dtype_name = _expected_dtype(col.type, frame[name].dtype)
-        add(
-            f"{name}.type",
-            expect.ExpectColumnTypeToBe,
-            f"{name}: dtype {dtype_name}",
-            column=name,
-            type_=dtype_name,
-        )
-        if col.missing == MissingPolicy.FORBID:
-            add(
-                f"{name}.not_null",
-                expect.ExpectColumnValuesToNotBeNull,
-                f"{name}: no nulls",
-                column=name,
-            )
-        if col.min is not None or col.max is not None:
-            add(
-                f"{name}.range",
-                expect.ExpectColumnValuesToBeBetween,
-                f"{name}: values {_bounds_text(col.min, col.max)}",
-                column=name,
-                min_value=col.min,
-                max_value=col.max,
-            )
-        if col.categories is not None:
-            add(
-                f"{name}.categories",
-                expect.ExpectColumnValuesToBeInSet,
-                f"{name}: values in the spec's {len(col.categories)} categories",
-                column=name,
-                value_set=list(col.categories),
-            )
-        if col.unique or name == data.id_column:
-            add(
-                f"{name}.unique",
-                expect.ExpectColumnValuesToBeUnique,
-                f"{name}: unique values" + (" (id column)" if name == data.id_column else ""),
-                column=name,
-            )
-
-    rows = len(frame) if rows is None else rows
-    if data.target in frame:
-        lo, hi, strict, how = _label_rate_bounds(reference, rows)
-        add(
-            "label_rate",
-            expect.ExpectColumnMeanToBeBetween,
-            f"{data.target}: label rate {how}",
-            column=data.target,
-            min_value=lo,
-            max_value=hi,
-            strict_min=strict,
-            strict_max=strict,
-        )
-
-    time_col = data.time_column
-    has_time = time_col is not None and time_col in frame
-    if has_time and max_age is not None:
-        moment = _naive_utc(now or datetime.now(UTC))
-        oldest = moment - max_age
-        add(
-            "freshness",
-            expect.ExpectColumnMaxToBeBetween,
-            f"{time_col}: latest time at or after {_fmt(oldest)} (now - {max_age})",
-            column=time_col,
-            min_value=oldest,
-        )
-
-    if reference is None:
-        return checks
-    ref_rows = int(reference["rows"])
-    lo_rows = math.ceil(ROW_COUNT_MIN_RATIO * ref_rows)
-    hi_rows = math.floor(ROW_COUNT_MAX_RATIO * ref_rows)
-    add(
-        "reference.rows",
-        expect.ExpectTableRowCountToBeBetween,
-        f"table: rows between {lo_rows} and {hi_rows} ({_fmt(ROW_COUNT_MIN_RATIO)}x-"
-        f"{_fmt(ROW_COUNT_MAX_RATIO)}x the reference's {ref_rows})",
-        min_value=lo_rows,
-        max_value=hi_rows,
-    )
-    ref_time = reference.get("max_time")
-    if has_time and ref_time is not None:
-        ref_latest = pd.Timestamp(ref_time).to_pydatetime()
-        bound = ref_latest - REFERENCE_MAX_TIME_TOLERANCE
-        add(
-            "reference.max_time",
-            expect.ExpectColumnMaxToBeBetween,
-            f"{time_col}: latest time at or after {_fmt(bound)} (the reference's latest, "
-            f"{_fmt(ref_latest)}, minus {REFERENCE_MAX_TIME_TOLERANCE.days} days)",
-            column=time_col,
-            min_value=bound,
-        )
-    ref_columns = reference.get("columns") or {}
-    drift_columns = set(spec.features.raw) | {seg.column for seg in spec.segments}
-    for name, col in data.columns.items():
-        numeric = col.type in (ColumnType.FLOAT, ColumnType.INT)
-        if not numeric or name not in drift_columns or name not in frame:
-            continue
-        ref_col = ref_columns.get(name) or {}
-        p01, p99 = ref_col.get("p01"), ref_col.get("p99")
-        if not isinstance(p01, int | float) or not isinstance(p99, int | float):
-            continue
-        add(
-            f"reference.{name}.median",
-            expect.ExpectColumnMedianToBeBetween,
-            f"{name}: median between the reference's p01 and p99 ({_fmt(p01)}..{_fmt(p99)})",
-            blocking=False,
-            column=name,
-            min_value=float(p01),
-            max_value=float(p99),
-        )
-    return checks
 
 
 # ----------------------------------------------------------------------------- running GX
@@ -678,7 +298,7 @@ def _failure_text(record: Mapping[str, Any]) -> str:
             detail += ", e.g. " + ", ".join(examples[:3])
         return f"{record['description']} ({detail})"
     if "observed_value" in observed:
-        return f"{record['description']} (observed {_fmt(observed['observed_value'])})"
+        return f"{record['description']} (observed {short_number(observed['observed_value'])})"
     return record["description"]
 
 
@@ -691,6 +311,24 @@ def replace_dir(new: Path, target: Path) -> None:
     new.rename(target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def build_data_docs(out_dir: Path, build: Callable[[Path], T]) -> T:
+    """``build(folder)`` writes the Data Docs in a temporary folder, which then replaces
+    ``out_dir/data_docs``; its value is returned."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    docs_tmp = out_dir / f".{DATA_DOCS_DIR}.tmp"
+    if docs_tmp.exists():
+        shutil.rmtree(docs_tmp)
+    try:
+        value = build(docs_tmp)
+        if not (docs_tmp / "index.html").is_file():
+            raise DataValidationError(f"{out_dir}: GX did not build the Data Docs index.html")
+        replace_dir(docs_tmp, out_dir / DATA_DOCS_DIR)
+    finally:
+        if docs_tmp.exists():
+            shutil.rmtree(docs_tmp)
+    return value
 
 
 def _read_data(data: Path) -> pd.DataFrame:
@@ -727,18 +365,7 @@ def validate_data(
     suite_name = f"{spec.name}_data_quality"
     checks = build_checks(spec, frame, reference, now=now, max_age=max_age)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    docs_tmp = out_dir / f".{DATA_DOCS_DIR}.tmp"
-    if docs_tmp.exists():
-        shutil.rmtree(docs_tmp)
-    try:
-        suite_result = run_suite(suite_name, frame, checks, docs_tmp)
-        if not (docs_tmp / "index.html").is_file():
-            raise DataValidationError(f"{out_dir}: GX did not build the Data Docs index.html")
-        replace_dir(docs_tmp, out_dir / DATA_DOCS_DIR)
-    finally:
-        if docs_tmp.exists():
-            shutil.rmtree(docs_tmp)
+    suite_result = build_data_docs(out_dir, lambda docs: run_suite(suite_name, frame, checks, docs))
 
     by_key = {}
     for result in suite_result.results:
@@ -749,36 +376,36 @@ def validate_data(
         raise RuntimeError(f"GX returned no result for check(s) {', '.join(missing)}")
     records = [check_record(check, by_key[check.key]) for check in checks]
     profile = build_profile(spec, frame, data_sha256)
-    return write_outcome(
-        spec, data, out_dir, data_sha256, suite_name, records, profile, reference_profile
-    )
+    checked = CheckedData(data, data_sha256, suite_name, records, profile, reference_profile)
+    return write_outcome(spec, out_dir, checked)
 
 
-def write_outcome(
-    spec: ModelSpec,
-    data: Path,
-    out_dir: Path,
-    data_sha256: str,
-    suite_name: str,
-    records: list[dict[str, Any]],
-    profile: dict[str, Any],
-    reference_profile: Path | None,
-    backend: str | None = None,
-) -> DataValidationResult:
-    """Write ``validation.json``, ``profile.json`` and ``result.json`` from the check
-    records; raise DataValidationError listing every failed blocking check.
+@dataclass(frozen=True)
+class CheckedData:
+    """What the checks found on one data file, before it is written: the check records
+    and the data profile (``backend``: ``"dask"`` on the Dask backend, recorded in
+    ``result.json``)."""
 
-    ``backend`` (the Dask backend passes ``"dask"``) is recorded in ``result.json``."""
-    failed = [_failure_text(r) for r in records if not r["success"] and r["blocking"]]
-    warnings = [_failure_text(r) for r in records if not r["success"] and not r["blocking"]]
-    rows = int(profile["rows"])
+    data: Path
+    data_sha256: str
+    suite_name: str
+    records: list[dict[str, Any]]
+    profile: dict[str, Any]
+    reference_profile: Path | None
+    backend: str | None = None
 
-    validation = {
-        "data": str(data),
-        "data_sha256": data_sha256,
+
+def _validation_record(
+    spec: ModelSpec, checked: CheckedData, failed: list[str], warnings: list[str]
+) -> dict[str, Any]:
+    """``validation.json``."""
+    records, reference_profile = checked.records, checked.reference_profile
+    return {
+        "data": str(checked.data),
+        "data_sha256": checked.data_sha256,
         "expectations": records,
         "reference_profile": None if reference_profile is None else str(reference_profile),
-        "rows": rows,
+        "rows": int(checked.profile["rows"]),
         "spec": spec.name,
         "statistics": {
             "evaluated": len(records),
@@ -787,19 +414,29 @@ def write_outcome(
             "warnings": len(warnings),
         },
         "success": not failed,
-        "suite": suite_name,
+        "suite": checked.suite_name,
     }
+
+
+def write_outcome(spec: ModelSpec, out_dir: Path, checked: CheckedData) -> DataValidationResult:
+    """Write ``validation.json``, ``profile.json`` and ``result.json`` from the check
+    records; raise DataValidationError listing every failed blocking check."""
+    records, profile, data = checked.records, checked.profile, checked.data
+    failed = [_failure_text(r) for r in records if not r["success"] and r["blocking"]]
+    warnings = [_failure_text(r) for r in records if not r["success"] and not r["blocking"]]
+    validation = _validation_record(spec, checked, failed, warnings)
     validation_path = out_dir / VALIDATION_FILE
     profile_path = out_dir / PROFILE_FILE
     write_json(validation_path, validation)
     write_json(profile_path, profile)
+    reference_profile = checked.reference_profile
     outcome = DataValidationResult(
         spec=spec.name,
         data=str(data),
-        data_sha256=data_sha256,
-        suite=suite_name,
+        data_sha256=checked.data_sha256,
+        suite=checked.suite_name,
         passed=not failed,
-        rows=rows,
+        rows=int(profile["rows"]),
         label_rate=profile["label_rate"],
         expectations=len(records),
         failed=failed,
@@ -810,6 +447,7 @@ def write_outcome(
         reference_profile=None if reference_profile is None else str(reference_profile),
         checks=validation["statistics"],
     )
+    backend = checked.backend
     write_json(
         out_dir / RESULT_FILE,
         outcome.to_dict() if backend is None else {**outcome.to_dict(), "backend": backend},

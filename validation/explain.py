@@ -248,6 +248,46 @@ def explain(
     )
 
 
+def _champion_stability(
+    champion_model: Path | None,
+    sample: pd.DataFrame,
+    importance: dict[str, float],
+    notes: list[str],
+) -> tuple[float | None, float | None]:
+    """Spearman correlation and top-10 overlap of the champion's importance with the
+    candidate's (``None`` without a champion, or with a note when it cannot be computed)."""
+    if champion_model is None:
+        return None, None
+    champion = load_booster(Path(champion_model))
+    champ_features = [str(f) for f in champion.feature_name()]
+    missing = [f for f in champ_features if f not in sample.columns]
+    if missing:
+        notes.append(f"champion stability not computed: the test features lack {missing}")
+        return None, None
+    champ_importance = mean_abs_shap(contributions(champion, sample), champ_features)
+    return stability(importance, champ_importance)
+
+
+def _reason_codes(
+    spec: ModelSpec,
+    features: list[str],
+    scores_path: Path,
+    flagged_contributions: Callable[[pd.DataFrame, Path], np.ndarray],
+) -> pd.DataFrame:
+    """The reason codes of the flagged rows of ``scores.parquet``, by id."""
+    if not scores_path.exists():
+        raise DataValidationError(f"explain: {scores_path} does not exist")
+    scores = pd.read_parquet(scores_path, columns=["id", "score", "decision"])
+    flagged = scores[scores["decision"].astype(np.int64) == 1].sort_values("id", kind="stable")
+    return reason_code_frame(
+        flagged["id"].to_numpy(),
+        flagged["score"].to_numpy(),
+        flagged_contributions(flagged, scores_path),
+        features,
+        dict(spec.reason_codes),
+    )
+
+
 def explain_sample(
     spec: ModelSpec,
     booster: Any,
@@ -268,32 +308,11 @@ def explain_sample(
     importance = mean_abs_shap(contribs, features)
     order = ranking(importance)
 
-    rho: float | None = None
-    overlap: float | None = None
-    if champion_model is not None:
-        champion = load_booster(Path(champion_model))
-        champ_features = [str(f) for f in champion.feature_name()]
-        missing = [f for f in champ_features if f not in sample.columns]
-        if missing:
-            notes.append(f"champion stability not computed: the test features lack {missing}")
-        else:
-            champ_importance = mean_abs_shap(contributions(champion, sample), champ_features)
-            rho, overlap = stability(importance, champ_importance)
+    rho, overlap = _champion_stability(champion_model, sample, importance, notes)
 
     summary_plot(contribs, sample, features, out_dir / SHAP_SUMMARY, seed)
 
-    scores_path = eval_dir / "scores.parquet"
-    if not scores_path.exists():
-        raise DataValidationError(f"explain: {scores_path} does not exist")
-    scores = pd.read_parquet(scores_path, columns=["id", "score", "decision"])
-    flagged = scores[scores["decision"].astype(np.int64) == 1].sort_values("id", kind="stable")
-    table = reason_code_frame(
-        flagged["id"].to_numpy(),
-        flagged["score"].to_numpy(),
-        flagged_contributions(flagged, scores_path),
-        features,
-        dict(spec.reason_codes),
-    )
+    table = _reason_codes(spec, features, eval_dir / "scores.parquet", flagged_contributions)
     buffer = io.BytesIO()
     table.to_parquet(buffer, index=False)
     write_bytes_atomic(out_dir / "reason_codes.parquet", buffer.getvalue())

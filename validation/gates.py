@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.artifacts import to_jsonable
-from pipelines.spec import FairnessGate, Metric, MetricGate, ModelSpec
+from pipelines.formatting import distinct_number
+from pipelines.spec import ModelSpec
+from pipelines.spec_gates import FairnessGate, Metric, MetricGate
 
 AT_METRICS = (Metric.RECALL_AT_FPR, Metric.PRECISION_AT_RECALL)
 PROXY_METRIC = "proxy_auc"
@@ -125,22 +127,13 @@ def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 # ----------------------------------------------------------------------------- judging
 
 
-def _fmt(value: float, other: float | None = None) -> str:
-    """Short number; more digits when needed to tell it apart from ``other``."""
-    for digits in range(4, 13):
-        text = f"{value:.{digits}g}"
-        if other is None or value == other or text != f"{other:.{digits}g}":
-            return text
-    return repr(value)
-
-
 def _judge(
     name: str, value: float, minimum: float | None, maximum: float | None, margin: float
 ) -> tuple[str, str, float, str]:
     """(status, op, threshold, message) of ``value`` against exactly one of min/max."""
     if minimum is not None:
         op, threshold = ">=", float(minimum)
-        v, t = _fmt(value, threshold), _fmt(threshold, value)
+        v, t = distinct_number(value, threshold), distinct_number(threshold, value)
         if value < threshold:
             return "fail", op, threshold, f"{name} {v} < min {t}"
         message = f"{name} {v} >= min {t}"
@@ -148,13 +141,13 @@ def _judge(
     else:
         assert maximum is not None
         op, threshold = "<=", float(maximum)
-        v, t = _fmt(value, threshold), _fmt(threshold, value)
+        v, t = distinct_number(value, threshold), distinct_number(threshold, value)
         if value > threshold:
             return "fail", op, threshold, f"{name} {v} > max {t}"
         message = f"{name} {v} <= max {t}"
         status = "warn" if value > threshold - margin else "pass"
     if status == "warn":
-        message += f" (within warn margin {_fmt(margin)})"
+        message += f" (within warn margin {distinct_number(margin)})"
     return status, op, threshold, message
 
 
@@ -226,7 +219,10 @@ def _metric_check(gate: MetricGate, metrics: dict[str, Any] | None, why: str | N
         context = ""
         if gate.relative_to:
             reference = _metric(metrics, gate.relative_to, gate)
-            context = f" (candidate {_fmt(value)}, {gate.relative_to} {_fmt(reference)})"
+            context = (
+                f" (candidate {distinct_number(value)}, "
+                f"{gate.relative_to} {distinct_number(reference)})"
+            )
             value = value - reference
     except _Unavailable as exc:
         return unavailable(str(exc))
@@ -302,7 +298,7 @@ def _proxy_checks(fairness: dict[str, Any] | None) -> list[GateCheck]:
         feature, attribute = str(entry.get("feature")), str(entry.get("attribute"))
         score, threshold = entry.get("score"), entry.get("threshold")
         group = f", best predicted group {entry['group']}" if entry.get("group") else ""
-        score_text = "n/a" if score is None else _fmt(float(score))
+        score_text = "n/a" if score is None else distinct_number(float(score))
         message = (
             f"proxy {feature}->{attribute}: {feature} predicts {attribute} with AUC "
             f"{score_text} > {threshold}{group} (possible proxy: high risk)"
@@ -326,7 +322,8 @@ def _proxy_checks(fairness: dict[str, Any] | None) -> list[GateCheck]:
         top = max(scores) if scores else None
         message = (
             f"proxy: no feature predicts a protected attribute with AUC > {threshold} "
-            f"({len(entries)} checked" + (f", highest {_fmt(top)})" if top is not None else ")")
+            f"({len(entries)} checked"
+            + (f", highest {distinct_number(top)})" if top is not None else ")")
         )
         checks.append(
             GateCheck(

@@ -116,6 +116,30 @@ class GovernedApprovalOperator(HITLOperator):
             self._settings().mlflow_tracking_uri, request["model_name"], request["model_version"]
         )
 
+    def _rehashed(self, request: dict[str, Any], user: str, label: str) -> str | None:
+        """The artifact as the registry holds it now, not the hash the request stored;
+        None when it cannot be hashed now (the registry is down): ``user``'s approval is
+        then refused (and shown), to be asked again."""
+        from pipelines.errors import RegistryError
+        from registry.approvals import refuse
+
+        try:
+            return self._artifact_sha256(request)
+        except RegistryError as exc:
+            why = f"cannot hash the registered artifact again: {exc}"
+            log.warning("%s: %s's approval refused: %s", label, user, why)
+            refuse(
+                self._settings().governance_url,
+                request["model_name"],
+                request["model_version"],
+                user=user,
+                decision="approve",
+                why=why,
+                channel="ui",
+                run_id=request["run_id"],
+            )
+            return None
+
     def _ask(self, context: Any, request: dict[str, Any]) -> None:
         """Write (or re-open) the Required Action and park the task until it is answered."""
         from airflow.sdk.exceptions import AirflowFailException, TaskAwaitingInput
@@ -200,9 +224,9 @@ class GovernedApprovalOperator(HITLOperator):
     def execute_complete(self, context: Any, event: dict[str, Any]) -> Any:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipelines.errors import ApprovalError, RegistryError
+        from pipelines.errors import ApprovalError
         from registry.approval_state import ApprovalStatus
-        from registry.approvals import decide, refuse
+        from registry.approvals import Review, decide
 
         request = self._request(context)
         label = f"{request['model_name']} v{request['model_version']}"
@@ -227,33 +251,20 @@ class GovernedApprovalOperator(HITLOperator):
         decision = "approve" if chosen == [APPROVE] else "reject"
         sha = None
         if decision == "approve":
-            # the artifact as the registry holds it now, not the hash the request stored
-            try:
-                sha = self._artifact_sha256(request)
-            except RegistryError as exc:
-                # not verifiable now (the registry is down): refused (and shown), ask again
-                why = f"cannot hash the registered artifact again: {exc}"
-                log.warning("%s: %s's approval refused: %s", label, user, why)
-                refuse(
-                    settings.governance_url,
-                    request["model_name"],
-                    request["model_version"],
-                    user=user,
-                    decision=decision,
-                    why=why,
-                    channel="ui",
-                    run_id=request["run_id"],
-                )
+            sha = self._rehashed(request, user, label)
+            if sha is None:
                 return self._ask(context, request)
         try:
             state = decide(
                 settings.governance_url,
                 request["model_name"],
                 request["model_version"],
-                user=user,
-                decision=decision,
-                reason=reason_of(event.get("params_input")),
-                channel="ui",
+                Review(
+                    user=user,
+                    decision=decision,
+                    reason=reason_of(event.get("params_input")),
+                    channel="ui",
+                ),
                 run_id=request["run_id"],
                 artifact_sha256=sha,
             )

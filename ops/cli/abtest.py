@@ -99,7 +99,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
     )
     for reason in decision["reasons"]:
         print(f"  - {reason}")
-    from ops.abtest import report_dir
+    from ops.abtest_state import report_dir
 
     folder = report_dir(settings, spec.name, report["test"]["id"])
     print(f"  report: {folder / 'latest.html'} (JSON: {folder / 'latest.json'})")

@@ -65,7 +65,7 @@ def _answer_waiting_task(
 
 
 def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
-    from registry.approvals import decide, get_request
+    from registry.approvals import Review, decide, get_request
     from registry.mlflow_registry import artifact_sha256_of, tag_version
 
     decision = args.decision
@@ -79,10 +79,7 @@ def cmd_decide(args: argparse.Namespace, settings: Settings) -> int:
         settings.governance_url,
         args.model,
         args.version,
-        user=args.user,
-        decision=decision,
-        reason=reason,
-        channel="cli",
+        Review(user=args.user, decision=decision, reason=reason, channel="cli"),
         run_id=request.run_id,
         artifact_sha256=sha,
     )
@@ -179,9 +176,7 @@ def add_governance_commands(sub: Any) -> None:
     approvals_sub = approvals.add_subparsers(dest="action", required=True, metavar="ACTION")
     p = approvals_sub.add_parser("list", help="list approval requests")
     p.add_argument("--model", default=None)
-    p.add_argument(
-        "--status", default=None, choices=[status.value for status in ApprovalStatus]
-    )
+    p.add_argument("--status", default=None, choices=[status.value for status in ApprovalStatus])
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_approvals_list)
 

@@ -44,17 +44,18 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
     import dataclasses
 
     from ops.lifecycle_runner import tracking_uri
-    from ops.monitoring import run_monitoring
+    from ops.monitoring import MonitoringSteps, MonitoringWindow, run_monitoring
 
     # the tracking server when it answers, else its backend store (stack not up)
     settings = dataclasses.replace(settings, mlflow_tracking_uri=tracking_uri(settings))
     result = run_monitoring(
         spec_path(args.model, settings),
         settings=settings,
-        reference=_existing(args.reference, "--reference") if args.reference else None,
-        current=_existing(args.current, "--current") if args.current else None,
-        record=not args.no_record,
-        log_mlflow=not args.no_record,
+        window=MonitoringWindow(
+            reference=_existing(args.reference, "--reference") if args.reference else None,
+            current=_existing(args.current, "--current") if args.current else None,
+        ),
+        steps=MonitoringSteps(record=not args.no_record, log_mlflow=not args.no_record),
     )
     if args.json:
         json.dump(result, sys.stdout, indent=2, default=str)
@@ -65,7 +66,7 @@ def cmd_monitor(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_drift_report(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.monitoring import run_monitoring
+    from ops.monitoring import MonitoringSteps, MonitoringWindow, run_monitoring
 
     out = Path(args.out)
     if out.suffix != ".html":
@@ -75,12 +76,12 @@ def cmd_drift_report(args: argparse.Namespace, settings: Settings) -> int:
     result = run_monitoring(
         spec_path(args.spec, settings),
         settings=settings,
-        reference=_existing(args.reference, "--reference"),
-        current=_existing(args.current, "--current"),
+        window=MonitoringWindow(
+            reference=_existing(args.reference, "--reference"),
+            current=_existing(args.current, "--current"),
+        ),
         html_path=out,
-        record=False,
-        log_mlflow=False,
-        market=False,
+        steps=MonitoringSteps(record=False, log_mlflow=False, market=False),
     )
     _print_result(result)
     return 0

@@ -32,7 +32,7 @@ def _serving(report: Any) -> str:
 
 def _reachable(settings: Settings) -> None:
     """The check needs the tracking server (it downloads artifacts through it)."""
-    from ops.stack import http_ok
+    from ops.stack_processes import http_ok
 
     uri = settings.mlflow_tracking_uri
     if uri.startswith(("http://", "https://")) and not http_ok(f"{uri}/health", timeout=5)[0]:

@@ -41,7 +41,7 @@ def _actor() -> str:
 def _deployment(settings: Settings, model: str, version: str) -> tuple[Any, str, Path]:
     """(deployer, deployment name, its token file); refuses a version never deployed."""
     from ops.deploy import deployer_for
-    from serving.auth import deployment_name
+    from serving.token_files import deployment_name
 
     deployer = deployer_for(settings)
     name = deployment_name(model, version)
@@ -61,7 +61,7 @@ def _gateway_file(settings: Settings) -> Path:
 
 
 def _own_client(name: str) -> None:
-    from serving.auth import SERVICE_CLIENT
+    from serving.token_files import SERVICE_CLIENT
 
     if name == SERVICE_CLIENT:
         raise ConfigError(
@@ -88,7 +88,7 @@ def _issue(
     settings: Settings, path: Path, args: argparse.Namespace, where: dict[str, Any], model: Any
 ) -> str:
     """Add the client to ``path``, audit it (undone if the audit fails); the token."""
-    from serving.auth import add_client, revoke_client
+    from serving.token_files import add_client, revoke_client
 
     _own_client(args.name)
     scopes = list(dict.fromkeys(args.scope))
@@ -105,7 +105,7 @@ def _issue(
 def _revoke(
     settings: Settings, path: Path, args: argparse.Namespace, where: dict[str, Any], model: Any
 ) -> None:
-    from serving.auth import revoke_client
+    from serving.token_files import revoke_client
 
     _own_client(args.name)
     revoke_client(path, args.name)  # first: a revocation never waits for the audit trail
@@ -121,7 +121,7 @@ def _print_token(token: str, args: argparse.Namespace, where: str) -> None:
 
 
 def _list(path: Path) -> int:
-    from serving.auth import load_records
+    from serving.token_records import load_records
 
     records = load_records(path)
     if not records:

@@ -29,10 +29,10 @@ from pipelines.errors import ConfigError
 from pipelines.spec import Compute, ModelSpec
 
 if TYPE_CHECKING:
-    from pipelines.evaluation import EvalResult
+    from pipelines.evaluation import ScoredTest
     from pipelines.features import FeatureResult
     from pipelines.ingest import IngestResult
-    from pipelines.training import TrainResult
+    from pipelines.training import TrainedModels
     from validation.data_quality import DataValidationResult
     from validation.explain import ExplainResult
 
@@ -67,19 +67,17 @@ class Backend(Protocol):
         self,
         spec: ModelSpec,
         features_dir: Path,
-        out_dir: Path,
         tuning_trials: int | None = None,
-    ) -> TrainResult: ...
+    ) -> TrainedModels: ...
 
     def evaluate(
         self,
         spec: ModelSpec,
         features_dir: Path,
         train_dir: Path,
-        out_dir: Path,
         champion_model: Path | None = None,
         recent_window: Path | None = None,
-    ) -> EvalResult: ...
+    ) -> ScoredTest: ...
 
     def explain(
         self,

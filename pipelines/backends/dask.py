@@ -16,10 +16,10 @@ from pipelines.spec import ModelSpec
 if TYPE_CHECKING:
     from distributed import Client
 
-    from pipelines.evaluation import EvalResult
+    from pipelines.evaluation import ScoredTest
     from pipelines.features import FeatureResult
     from pipelines.ingest import IngestResult
-    from pipelines.training import TrainResult
+    from pipelines.training import TrainedModels
     from validation.data_quality import DataValidationResult
     from validation.explain import ExplainResult
 
@@ -70,31 +70,26 @@ class DaskBackend:
         self,
         spec: ModelSpec,
         features_dir: Path,
-        out_dir: Path,
         tuning_trials: int | None = None,
-    ) -> TrainResult:
-        from pipelines.backends.dask_core import train_dask
+    ) -> TrainedModels:
+        from pipelines.backends.dask_training import train_dask
 
-        return train_dask(
-            spec, features_dir, out_dir, self.client, self.partition_rows, tuning_trials
-        )
+        return train_dask(spec, features_dir, self.client, self.partition_rows, tuning_trials)
 
     def evaluate(
         self,
         spec: ModelSpec,
         features_dir: Path,
         train_dir: Path,
-        out_dir: Path,
         champion_model: Path | None = None,
         recent_window: Path | None = None,
-    ) -> EvalResult:
+    ) -> ScoredTest:
         from pipelines.backends.dask_evaluation import evaluate_dask
 
         return evaluate_dask(
             spec,
             features_dir,
             train_dir,
-            out_dir,
             self.client,
             self.partition_rows,
             champion_model=champion_model,
@@ -110,15 +105,7 @@ class DaskBackend:
         out_dir: Path,
         champion_model: Path | None = None,
     ) -> ExplainResult:
-        from pipelines.backends.dask_evaluation import explain_dask
+        from pipelines.backends.dask_evaluation import ExplainRun, explain_dask
 
-        return explain_dask(
-            spec,
-            features_dir,
-            train_dir,
-            eval_dir,
-            out_dir,
-            self.client,
-            self.partition_rows,
-            champion_model=champion_model,
-        )
+        cluster = ExplainRun(self.client, self.partition_rows, champion_model)
+        return explain_dask(spec, features_dir, train_dir, eval_dir, out_dir, cluster)

@@ -25,14 +25,7 @@ Results against the local backend:
   (row groups) differ, so their SHA-256 differ.
 * **batch scoring: exactly equal** to :func:`pipelines.training.score` (LightGBM
   predicts each row independently; every partition runs the same booster).
-* **training: within a tolerance.** ``lightgbm.dask`` trains data-parallel: histograms
-  are built per worker and merged, so bin boundaries and tie-breaks differ from a
-  single-process run; models are not bit-identical. ``lightgbm.dask`` has no early
-  stopping: the backend trains ``num_boost_round`` trees while recording the
-  validation metric and keeps the best iteration (the local rule, without stopping
-  early). The test-set ROC-AUC stays within :data:`AUC_TOLERANCE` of the local model's
-  (tested). The logistic-regression baseline is fitted on a seeded sample of at most
-  :data:`BASELINE_SAMPLE_ROWS` training rows.
+* **training: within a tolerance** (:mod:`pipelines.backends.dask_training`).
 * Ingest (:mod:`pipelines.backends.dask_ingest`), data validation
   (:mod:`pipelines.backends.dask_validation`), evaluation and SHAP
   (:mod:`pipelines.backends.dask_evaluation`) have their own Dask modules; fairness runs
@@ -64,26 +57,21 @@ from pipelines.features import (
     FeatureResult,
     FeatureTables,
     compute_aggregates,
-    passthrough_columns,
-    read_features_json,
     retype_categories,
+    table_columns,
     write_feature_record,
 )
-from pipelines.spec import AggregateFeature, Compute, ModelSpec, SplitMethod
+from pipelines.spec import Compute, ModelSpec, SplitMethod
+from pipelines.spec_features import AggregateFeature
 
 if TYPE_CHECKING:
     import dask.dataframe as dd
     import lightgbm as lgb
     from distributed import Client
 
-    from pipelines.training import TrainResult
-
 log = logging.getLogger(__name__)
 
 ROW = "_row"
-#: test-set ROC-AUC of a lightgbm.dask model vs the local model on the same features
-AUC_TOLERANCE = 0.02
-BASELINE_SAMPLE_ROWS = 500_000
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -403,10 +391,7 @@ def build_features_dask(
         if spec.features.aggregates:
             assert spec.data.time_column is not None
             frame = aggregates_dask(frame, spec.features.aggregates, spec.data.time_column)
-        columns = [spec.data.id_column]
-        if spec.data.time_column:
-            columns.append(spec.data.time_column)
-        columns += [spec.data.target, *spec.features.names, *passthrough_columns(spec)]
+        columns = table_columns(spec)
         table = frame[columns]
         if spec.data.split.method == SplitMethod.TIME:
             parts = _split_time(table, spec, n)
@@ -499,213 +484,3 @@ def batch_score(
         "sha256": digest,
         "model_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
     }
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def _typed_partition(
-    part: pd.DataFrame, features: list[str], categorical: list[str], cats: dict[str, list[Any]]
-) -> pd.DataFrame:
-    from pipelines.training import booster_input
-
-    return booster_input(part, features, categorical, cats)
-
-
-def _category_lists_dask(frame: dd.DataFrame, categorical: list[str]) -> dict[str, list[Any]]:
-    """The local rule: spec categories for category columns, sorted seen values for strings."""
-    out: dict[str, list[Any]] = {}
-    for name in categorical:
-        dtype = frame._meta[name].dtype
-        if isinstance(dtype, pd.CategoricalDtype):
-            out[name] = list(dtype.categories)
-        else:
-            seen = frame[name].dropna().astype(str).unique().compute()
-            out[name] = sorted(set(seen.tolist()))
-    return out
-
-
-_WEIGHT = "__govml_weight__"
-
-
-def _sampled_partition(part: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
-    from pipelines.training import negative_sample
-
-    return negative_sample(part, spec, weight_column=_WEIGHT)[0]
-
-
-def _sampled(frame: dd.DataFrame, spec: ModelSpec) -> dd.DataFrame:
-    """:func:`pipelines.training.negative_sample` per partition (it depends on each row's
-    id alone), the weights in the ``_WEIGHT`` column."""
-    meta = frame._meta.assign(**{_WEIGHT: np.array([], dtype=np.float64)})
-    return frame.map_partitions(_sampled_partition, spec, meta=meta)
-
-
-def _best_iteration(history: list[float], higher_is_better: bool) -> int:
-    values = np.asarray(history, dtype=np.float64)
-    if values.size == 0:
-        return 0
-    best = int(np.argmax(values) if higher_is_better else np.argmin(values))
-    return best + 1
-
-
-def train_dask(
-    spec: ModelSpec,
-    features_dir: Path,
-    out_dir: Path,
-    client: Client,
-    partition_rows: int,
-    tuning_trials: int | None = None,
-) -> TrainResult:
-    """:func:`pipelines.training.train` with ``lightgbm.dask`` on the cluster.
-
-    Same files (``model.txt``, ``baseline.joblib``, ``training.json``, ``result.json``);
-    the model is within :data:`AUC_TOLERANCE` test ROC-AUC of the local one.
-    """
-    import lightgbm as lgb
-    from lightgbm.dask import DaskLGBMClassifier
-
-    from pipelines.training import (
-        HIGHER_IS_BETTER,
-        TrainedModels,
-        base_params,
-        build_baseline,
-        score,
-        validation_score,
-        write_training,
-    )
-
-    trials = spec.training.tuning_trials if tuning_trials is None else int(tuning_trials)
-    if trials:
-        raise ConfigError(
-            f"tuning_trials={trials}: hyper-parameter search is not available on the dask "
-            "backend; tune with compute.backend local on a sample, then set training.params"
-        )
-    features_dir, out_dir = Path(features_dir), Path(out_dir)
-    meta = read_features_json(features_dir)
-    features = list(meta.get("features") or spec.features.names)
-    categorical = [c for c in meta.get("categorical", []) if c in features]
-    target = spec.data.target
-    with on_cluster(client):
-        train_df = read_partitioned(features_dir / "train.parquet", spec, partition_rows)
-        val_df = read_partitioned(features_dir / "validation.parquet", spec, partition_rows)
-        counts = train_df[target].astype("int64").value_counts().compute()
-        if len(counts) < 2:
-            raise DataValidationError(f"{features_dir}: the training rows hold only one class")
-        sampled = spec.training.negative_sample_rate < 1.0
-        if sampled:  # the rows and weights of the local rule, partition by partition,
-            # kept on the workers (a small share of the rows) for training, counts and
-            # the baseline's sample
-            train_df, val_df = client.persist([_sampled(train_df, spec), _sampled(val_df, spec)])
-        y_train_all = train_df[target].astype("int64")
-        cats = _category_lists_dask(train_df, categorical)
-        x_meta = _typed_partition(train_df._meta, features, categorical, cats)
-        x_train = train_df.map_partitions(
-            _typed_partition, features, categorical, cats, meta=x_meta
-        )
-        x_val = val_df.map_partitions(_typed_partition, features, categorical, cats, meta=x_meta)
-        y_val_local = val_df[target].compute().to_numpy().astype(np.int64)
-        w_val_local = val_df[_WEIGHT].compute().to_numpy() if sampled else None
-        if len(y_val_local) == 0:
-            raise DataValidationError(f"{features_dir}: no validation rows for early stopping")
-
-        y_counts = np.array([int(counts.get(0, 0)), int(counts.get(1, 0))])
-        params, scale_pos_weight = base_params(spec, np.array([0, 1]))
-        if scale_pos_weight is not None:  # the local rule on the full label counts
-            scale_pos_weight = float(y_counts[0] / y_counts[1]) if y_counts[1] else 1.0
-            params["scale_pos_weight"] = scale_pos_weight
-        metric = params["metric"]
-        if metric in HIGHER_IS_BETTER and len(np.unique(y_val_local)) < 2:
-            log.warning("validation holds one class: choosing the iteration on binary_logloss")
-            metric = params["metric"] = "binary_logloss"
-        nbr = spec.training.num_boost_round
-        fit_params = {k: v for k, v in params.items() if k not in ("seed", "num_threads")}
-        model = DaskLGBMClassifier(
-            client=client,
-            n_estimators=nbr,
-            random_state=params["seed"],
-            tree_learner="data",
-            **{k: v for k, v in fit_params.items() if k != "objective"},
-        )
-        # as recorded: LightGBM on dask takes its threads from each worker's nthreads
-        params = {**fit_params, "objective": "binary", "seed": params["seed"]}
-        params["tree_learner"] = "data"
-        log.info(
-            "training %s on dask: %d rows, %d features, %d trees, metric %s",
-            spec.name,
-            int(y_counts.sum()),
-            len(features),
-            nbr,
-            metric,
-        )
-        with client.as_current():  # lightgbm.dask waits on the default client
-            model.fit(
-                x_train,
-                y_train_all,
-                sample_weight=train_df[_WEIGHT] if sampled else None,
-                eval_X=(x_val,),
-                eval_y=(val_df[target].astype("int64"),),
-                eval_sample_weight=[val_df[_WEIGHT]] if sampled else None,
-                eval_names=["validation"],
-            )
-        booster = model.booster_
-        history = list(model.evals_result_.get("validation", {}).get(metric, []))
-        best_iteration = _best_iteration(history, metric in HIGHER_IS_BETTER) or nbr
-        x_val_local = x_val.compute()
-        p_val = booster.predict(x_val_local, num_iteration=best_iteration)
-        best_score = validation_score(metric, y_val_local, p_val, booster, w_val_local)
-
-        model_text = booster.model_to_string(num_iteration=best_iteration)
-        check = score(lgb.Booster(model_str=model_text), x_val_local.iloc[:5])
-        if not np.allclose(check, p_val[:5]):
-            raise RuntimeError("the saved model does not reproduce the trained booster")
-
-        rows_before_sampling = int(y_counts.sum())
-        n_train = int(len(train_df)) if sampled else rows_before_sampling
-        fraction = min(1.0, BASELINE_SAMPLE_ROWS / max(n_train, 1))
-        sample = (
-            train_df[[*features, target]]
-            .sample(frac=fraction, random_state=spec.training.seed)
-            .compute()
-            if fraction < 1.0
-            else train_df[[*features, target]].compute()
-        )
-
-    class_weight = "balanced" if spec.training.imbalance != "none" else None
-    baseline = build_baseline(features, categorical, class_weight, spec.training.seed)
-    baseline.fit(sample[features], sample[target].to_numpy().astype(np.int64))
-    workers = len(client.scheduler_info().get("workers", {}))
-    return write_training(
-        spec,
-        out_dir,
-        TrainedModels(
-            booster=lgb.Booster(model_str=model_text),
-            model_text=model_text,
-            baseline=baseline,
-            best_iteration=best_iteration,
-            early_stopped=False,
-            metric=metric,
-            validation_score=best_score,
-            params=params,
-            features=features,
-            categorical=categorical,
-            train_rows=n_train,
-            train_rows_before=rows_before_sampling,
-            validation_rows=len(y_val_local),
-            scale_pos_weight=scale_pos_weight,
-            tuning={
-                "trials": 0,
-                "metric": metric,
-                "best_trial": None,
-                "best_params": None,
-                "history": [],
-            },
-            extra={
-                "backend": "dask",
-                "dask_workers": workers,
-                "validation_history": history,
-                "baseline_rows": len(sample),
-            },
-            marker={"backend": "dask"},
-        ),
-    )

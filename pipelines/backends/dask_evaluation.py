@@ -21,8 +21,10 @@ fairness stage and the gates read them unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,7 +40,7 @@ from pipelines.spec import ModelSpec
 if TYPE_CHECKING:
     from distributed import Client
 
-    from pipelines.evaluation import EvalResult
+    from pipelines.evaluation import ScoredTest
     from validation.explain import ExplainResult
 
 log = logging.getLogger(__name__)
@@ -99,18 +101,17 @@ def evaluate_dask(
     spec: ModelSpec,
     features_dir: Path,
     train_dir: Path,
-    out_dir: Path,
     client: Client,
     partition_rows: int,
     champion_model: Path | None = None,
     recent_window: Path | None = None,
-) -> EvalResult:
+) -> ScoredTest:
     """:func:`pipelines.evaluation.evaluate` with the scoring on the cluster (module doc)."""
-    from pipelines.evaluation import AMOUNT_COLUMN, write_evaluation
+    from pipelines.evaluation import AMOUNT_COLUMN, score_test
     from pipelines.features import read_features_json
     from pipelines.training import BASELINE_FILE, MODEL_FILE
 
-    features_dir, train_dir, out_dir = Path(features_dir), Path(train_dir), Path(out_dir)
+    features_dir, train_dir = Path(features_dir), Path(train_dir)
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
     pieces = _pieces(features_dir / "test.parquet", partition_rows)
@@ -150,17 +151,8 @@ def evaluate_dask(
     scores["baseline"] = test.pop("baseline").to_numpy(dtype=np.float64)
     scores = {k: scores[k] for k in ("candidate", "baseline", "champion") if k in scores}
     log.info("evaluate %s on dask: %d test rows in %d partitions", spec.name, len(y), n)
-    return write_evaluation(
-        spec,
-        test,
-        y,
-        scores,
-        train_dir,
-        out_dir,
-        champion_model,
-        recent_window,
-        marker={"backend": "dask", "partitions": n},
-    )
+    scored = score_test(spec, test, y, scores, train_dir, champion_model, recent_window)
+    return dataclasses.replace(scored, marker={"backend": "dask", "partitions": n})
 
 
 # ----------------------------------------------------------------------------- explain
@@ -186,19 +178,83 @@ def _contributions_piece(
     return rows[id_column].to_numpy(), contributions(_model(*model), rows)
 
 
+def _sampled_ids(
+    client: Client, pieces: list[Piece], id_col: str, max_rows: int, seed: int
+) -> np.ndarray | None:
+    """The ids of :func:`validation.explain.sample_rows`' rows, sorted (``None`` when the
+    ids are not unique)."""
+    n = len(pieces)
+    ids = np.concatenate(client.gather(client.map(_ids, pieces, [id_col] * n)) or [[]])
+    ordered = np.sort(ids, kind="stable")
+    unique = len(ordered) < 2 or bool((ordered[1:] != ordered[:-1]).all())
+    if not unique:
+        return None
+    if len(ordered) > max_rows:  # validation.explain.sample_rows' positions
+        picked = np.sort(np.random.default_rng(seed).choice(len(ordered), max_rows, replace=False))
+        return ordered[picked]
+    return ordered
+
+
+@dataclass(frozen=True)
+class _FlaggedContributions:
+    """The contributions of the flagged rows, found on the cluster (in ``flagged`` order)."""
+
+    client: Client
+    pieces: list[Piece]
+    id_col: str
+    model: tuple[str, float]
+    width: int
+    test_path: Path
+
+    def __call__(self, flagged: pd.DataFrame, scores_path: Path) -> np.ndarray:
+        wanted = flagged["id"].to_numpy()
+        n = len(self.pieces)
+        found = self.client.gather(
+            self.client.map(
+                _contributions_piece,
+                self.pieces,
+                [self.id_col] * n,
+                [wanted] * n,
+                [self.model] * n,
+            )
+        )
+        got_ids = np.concatenate([f[0] for f in found]) if found else np.zeros(0)
+        width = self.width
+        matrix = np.concatenate([f[1] for f in found]) if found else np.zeros((0, width))
+        position = pd.Index(got_ids).get_indexer(wanted)
+        unknown = int((position < 0).sum())
+        if unknown:
+            raise DataValidationError(
+                f"explain: {unknown} flagged row(s) of {scores_path} have no "
+                f"{self.id_col!r} in {self.test_path}"
+            )
+        return matrix[position] if len(wanted) else np.zeros((0, width))
+
+
+@dataclass(frozen=True)
+class ExplainRun:
+    """Where :func:`explain_dask` runs: the cluster and its partition size, and the
+    champion model to explain beside the candidate (if any)."""
+
+    client: Client
+    partition_rows: int
+    champion_model: Path | None = None
+
+
 def explain_dask(
     spec: ModelSpec,
     features_dir: Path,
     train_dir: Path,
     eval_dir: Path,
     out_dir: Path,
-    client: Client,
-    partition_rows: int,
-    champion_model: Path | None = None,
+    cluster: ExplainRun,
     max_rows: int = 2000,
 ) -> ExplainResult:
     """:func:`validation.explain.explain` with the rows found on the cluster (module doc)."""
     from validation.explain import explain_sample, load_booster
+
+    client, partition_rows = cluster.client, cluster.partition_rows
+    champion_model = cluster.champion_model
 
     features_dir, train_dir, eval_dir = Path(features_dir), Path(train_dir), Path(eval_dir)
     out_dir = Path(out_dir)
@@ -216,44 +272,16 @@ def explain_dask(
         raise DataValidationError(f"explain: {test_path} lacks the id column {id_col!r}")
     n = len(pieces)
 
-    ids = np.concatenate(client.gather(client.map(_ids, pieces, [id_col] * n)) or [[]])
-    ordered = np.sort(ids, kind="stable")
-    unique = len(ordered) < 2 or bool((ordered[1:] != ordered[:-1]).all())
-    if len(ordered) > max_rows:  # validation.explain.sample_rows' positions
-        picked = np.sort(np.random.default_rng(seed).choice(len(ordered), max_rows, replace=False))
-        chosen = ordered[picked]
-    else:
-        chosen = ordered
-    del ids, ordered
-    if not unique:
+    chosen = _sampled_ids(client, pieces, id_col, max_rows, seed)
+    if chosen is None:
         raise DataValidationError(f"explain: {test_path} has duplicate ids in {id_col!r}")
     tables = client.gather(client.map(_rows_with_ids, pieces, [id_col] * n, [chosen] * n))
     sample = pa.concat_tables(tables).to_pandas()
     sample = sample.sort_values(id_col, kind="stable").reset_index(drop=True)
 
-    def flagged_contributions(flagged: pd.DataFrame, scores_path: Path) -> np.ndarray:
-        wanted = flagged["id"].to_numpy()
-        found = client.gather(
-            client.map(
-                _contributions_piece,
-                pieces,
-                [id_col] * n,
-                [wanted] * n,
-                [_key(model_path)] * n,
-            )
-        )
-        got_ids = np.concatenate([f[0] for f in found]) if found else np.zeros(0)
-        width = len(booster.feature_name()) + 1
-        matrix = np.concatenate([f[1] for f in found]) if found else np.zeros((0, width))
-        position = pd.Index(got_ids).get_indexer(wanted)
-        unknown = int((position < 0).sum())
-        if unknown:
-            raise DataValidationError(
-                f"explain: {unknown} flagged row(s) of {scores_path} have no "
-                f"{id_col!r} in {test_path}"
-            )
-        return matrix[position] if len(wanted) else np.zeros((0, width))
-
+    flagged_contributions = _FlaggedContributions(
+        client, pieces, id_col, _key(model_path), len(booster.feature_name()) + 1, test_path
+    )
     log.info("explain %s on dask: %d sampled rows from %d partitions", spec.name, len(sample), n)
     return explain_sample(
         spec,

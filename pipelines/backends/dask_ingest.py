@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.column_casts import Problem
 from pipelines.data.manifest import schema_to_list, sha256_file
 from pipelines.errors import DataValidationError
 from pipelines.ingest import (
@@ -49,12 +50,13 @@ from pipelines.ingest import (
     ROW_GROUP_ROWS,
     IngestedData,
     IngestResult,
-    Problem,
     check_source,
     conform_columns,
     ingest,
     mismatch_error,
+    warn_extras,
     write_ingest_record,
+    write_table,
 )
 from pipelines.spec import ColumnType, ModelSpec
 
@@ -252,17 +254,7 @@ def write_piece(
             series = series.astype("boolean" if name in nullable else bool)
         columns[name] = series
     out = pd.DataFrame(columns)
-    table = pa.Table.from_pandas(out, preserve_index=False)
-    pq.write_table(
-        table,
-        part,
-        compression=COMPRESSION,
-        compression_level=COMPRESSION_LEVEL,
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=True,
-        write_statistics=True,
-        version="2.6",
-    )
+    write_table(pa.Table.from_pandas(out, preserve_index=False), Path(part))
     return {"rows": len(out), "dtypes": {n: str(d) for n, d in out.dtypes.items()}}
 
 
@@ -336,16 +328,7 @@ def ingest_dask(
         for name, col in spec.data.columns.items()
         if col.type in (ColumnType.INT, ColumnType.BOOL) and nulls[name] > 0
     }
-    if extra_columns:
-        log.warning(
-            "%s: ignoring %d column(s) not in spec %r: %s",
-            source,
-            len(extra_columns),
-            spec.name,
-            ", ".join(extra_columns),
-        )
-    for name, values in extra_categories.items():
-        log.info("%s: column %r has values outside the spec's categories: %s", source, name, values)
+    warn_extras(spec, source, extra_columns, extra_categories)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     parts_dir = out_dir / f".{DATA_FILE}.parts"

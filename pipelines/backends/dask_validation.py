@@ -32,7 +32,6 @@ The Data Docs are rendered by GX from the combined suite result.
 from __future__ import annotations
 
 import logging
-import shutil
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -100,7 +99,8 @@ def validate_piece(
     rows: int,
 ) -> dict[str, Any]:
     """The GX suite on one partition (no Data Docs) and the partition's profile parts."""
-    from validation.data_quality import build_checks, run_suite
+    from validation.data_checks import build_checks
+    from validation.data_quality import run_suite
 
     frame = _frame(piece)
     with _GX_LOCK:
@@ -294,8 +294,8 @@ def _profile(
     data_sha256: str,
     gathered: dict[str, pd.Series],
 ) -> dict[str, Any]:
-    """:func:`validation.data_quality.build_profile` from partition results (module doc)."""
-    from validation.data_quality import PROFILE_FORMAT, jsonable, numeric_stats
+    """:func:`validation.data_profile.build_profile` from partition results (module doc)."""
+    from validation.data_profile import PROFILE_FORMAT, jsonable, numeric_stats
 
     columns: dict[str, Any] = {}
     for name, col in spec.data.columns.items():
@@ -405,6 +405,43 @@ def render_data_docs(suite_name: str, checks: list[Any], combined: list[Any], do
 # ----------------------------------------------------------------------------- stage
 
 
+def _combined_result(
+    check: Any,
+    outcomes: list[dict[str, Any]],
+    client: Client,
+    pieces: list[Piece],
+    rows: int,
+    partials: list[dict[str, Any]],
+    gathered: dict[str, pd.Series],
+    meta: pd.DataFrame,
+) -> Any:
+    """One check's result over every partition, as GX's own result."""
+    from great_expectations.core import ExpectationValidationResult
+
+    parts = [o["results"][check.key] for o in outcomes]
+    success, raw, info = _combine_check(
+        check, parts, client, pieces, rows, partials, gathered, meta
+    )
+    return ExpectationValidationResult(
+        success=success,
+        expectation_config=check.expectation.configuration,
+        result=raw,
+        exception_info=info,
+    )
+
+
+def _plan(data: Path, partition_rows: int) -> tuple[list[Piece], int, pd.DataFrame]:
+    """The data file's pieces, its rows and an empty frame of its columns."""
+    if not data.is_file():
+        raise DataValidationError(f"{data}: data file not found")
+    try:
+        pieces, rows, _ = plan_pieces([data], partition_rows)
+        meta = pq.ParquetFile(data).schema_arrow.empty_table().to_pandas()
+    except (OSError, pa.ArrowException, ValueError) as exc:
+        raise DataValidationError(f"{data}: not a readable Parquet file: {exc}") from exc
+    return pieces, rows, meta
+
+
 def validate_data_dask(
     spec: ModelSpec,
     data: Path,
@@ -416,25 +453,12 @@ def validate_data_dask(
     max_age: timedelta | None = None,
 ) -> DataValidationResult:
     """:func:`validation.data_quality.validate_data` on the cluster (module doc)."""
-    from great_expectations.core import ExpectationValidationResult
-
-    from validation.data_quality import (
-        DATA_DOCS_DIR,
-        build_checks,
-        check_record,
-        load_profile,
-        replace_dir,
-        write_outcome,
-    )
+    from validation.data_checks import build_checks
+    from validation.data_profile import load_profile
+    from validation.data_quality import CheckedData, build_data_docs, check_record, write_outcome
 
     data, out_dir = Path(data), Path(out_dir)
-    if not data.is_file():
-        raise DataValidationError(f"{data}: data file not found")
-    try:
-        pieces, rows, _ = plan_pieces([data], partition_rows)
-        meta = pq.ParquetFile(data).schema_arrow.empty_table().to_pandas()
-    except (OSError, pa.ArrowException, ValueError) as exc:
-        raise DataValidationError(f"{data}: not a readable Parquet file: {exc}") from exc
+    pieces, rows, meta = _plan(data, partition_rows)
     if not pieces:  # no rows: the local stage reports it through its checks
         from validation.data_quality import validate_data
 
@@ -447,49 +471,22 @@ def validate_data_dask(
     log.info("validating %s on dask: %d rows in %d partitions", data, rows, len(pieces))
 
     n = len(pieces)
-    outcomes = client.gather(
-        client.map(
-            validate_piece,
-            [spec] * n,
-            pieces,
-            [reference] * n,
-            [now] * n,
-            [max_age] * n,
-            [rows] * n,
-        )
-    )
+    args = ([spec] * n, pieces, [reference] * n, [now] * n, [max_age] * n, [rows] * n)
+    outcomes = client.gather(client.map(validate_piece, *args))
     partials = [o["profile"] for o in outcomes]
     first = _frame((pieces[0][0], 0, min(rows, 1)))
     checks = build_checks(spec, first, reference, now=now, max_age=max_age, rows=rows)
     gathered: dict[str, pd.Series] = {}
-    combined = []
-    for check in checks:
-        parts = [o["results"][check.key] for o in outcomes]
-        success, raw, info = _combine_check(
-            check, parts, client, pieces, rows, partials, gathered, meta
-        )
-        combined.append(
-            ExpectationValidationResult(
-                success=success,
-                expectation_config=check.expectation.configuration,
-                result=raw,
-                exception_info=info,
-            )
-        )
+    combined = [
+        _combined_result(check, outcomes, client, pieces, rows, partials, gathered, meta)
+        for check in checks
+    ]
     records = [check_record(check, result) for check, result in zip(checks, combined, strict=True)]
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    docs_tmp = out_dir / f".{DATA_DOCS_DIR}.tmp"
-    shutil.rmtree(docs_tmp, ignore_errors=True)
-    try:
-        render_data_docs(suite_name, checks, combined, docs_tmp)
-        if not (docs_tmp / "index.html").is_file():
-            raise DataValidationError(f"{out_dir}: GX did not build the Data Docs index.html")
-        replace_dir(docs_tmp, out_dir / DATA_DOCS_DIR)
-    finally:
-        shutil.rmtree(docs_tmp, ignore_errors=True)
+    build_data_docs(out_dir, lambda tmp: render_data_docs(suite_name, checks, combined, tmp))
 
     profile = _profile(spec, partials, client, pieces, data_sha256, gathered)
-    return write_outcome(
-        spec, data, out_dir, data_sha256, suite_name, records, profile, reference_profile, "dask"
+    checked = CheckedData(
+        data, data_sha256, suite_name, records, profile, reference_profile, "dask"
     )
+    return write_outcome(spec, out_dir, checked)

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from pipelines.evaluation import EvalResult
+    from pipelines.evaluation import ScoredTest
     from pipelines.features import FeatureResult
     from pipelines.ingest import IngestResult
-    from pipelines.training import TrainResult
+    from pipelines.training import TrainedModels
     from validation.data_quality import DataValidationResult
     from validation.explain import ExplainResult
 
@@ -49,29 +49,26 @@ class LocalBackend:
         self,
         spec: ModelSpec,
         features_dir: Path,
-        out_dir: Path,
         tuning_trials: int | None = None,
-    ) -> TrainResult:
-        from pipelines.training import train
+    ) -> TrainedModels:
+        from pipelines.training import fit_models
 
-        return train(spec, features_dir, out_dir, tuning_trials=tuning_trials)
+        return fit_models(spec, features_dir, tuning_trials=tuning_trials)
 
     def evaluate(
         self,
         spec: ModelSpec,
         features_dir: Path,
         train_dir: Path,
-        out_dir: Path,
         champion_model: Path | None = None,
         recent_window: Path | None = None,
-    ) -> EvalResult:
+    ) -> ScoredTest:
         from pipelines.evaluation import evaluate
 
         return evaluate(
             spec,
             features_dir,
             train_dir,
-            out_dir,
             champion_model=champion_model,
             recent_window=recent_window,
         )

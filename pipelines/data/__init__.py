@@ -7,7 +7,8 @@ Every data set is written as ``<name>.parquet`` with a ``<name>.manifest.json``
 from __future__ import annotations
 
 from pipelines.data.credit import CreditConfig, generate_credit, write_credit
-from pipelines.data.fraud import FraudConfig, generate_fraud, write_fraud
+from pipelines.data.fraud import generate_fraud, write_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.data.german_credit import (
     GERMAN_CREDIT_COLUMNS,
     load_german_credit,

@@ -25,18 +25,15 @@ approves that group far less often (demographic-parity ratio well below 0.8 at
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
 import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipelines.data.generator_config import GeneratorConfig
 from pipelines.data.manifest import Manifest, write_parquet_with_manifest
 from pipelines.errors import DataValidationError
 
@@ -118,7 +115,7 @@ _LABEL_SHIFT = 2.5  # log-odds shift of its recorded label at bias = 1
 
 
 @dataclass(frozen=True)
-class CreditConfig:
+class CreditConfig(GeneratorConfig):
     """Parameters of one synthetic credit data set."""
 
     n_rows: int
@@ -128,16 +125,10 @@ class CreditConfig:
     bias: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_int("n_rows", self.n_rows, 100, 200_000_000)
-        _check_int("seed", self.seed, 0, 2**63 - 1)
-        message = f"CreditConfig.start must be a 'YYYY-MM-DD' date string, got {self.start!r}"
-        if not isinstance(self.start, str) or len(self.start) != 10:
-            raise DataValidationError(message)
-        try:
-            dt.date.fromisoformat(self.start)
-        except ValueError as exc:
-            raise DataValidationError(message) from exc
-        _check_int("days", self.days, 1, 3_660)
+        self.check_int("n_rows", 100, 200_000_000)
+        self.check_int("seed", 0, 2**63 - 1)
+        self.check_date("start")
+        self.check_int("days", 1, 3_660)
         bias = self.bias
         if (
             not isinstance(bias, int | float | np.floating)
@@ -146,23 +137,6 @@ class CreditConfig:
             or not 0.0 <= float(bias) <= 1.0
         ):
             raise DataValidationError(f"CreditConfig.bias must be a number in [0, 1], got {bias!r}")
-
-    def to_params(self) -> dict[str, Any]:
-        """The configuration as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> CreditConfig:
-        """Rebuild a config from manifest params (keys that are not fields are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in params.items() if k in names})
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool):
-        raise DataValidationError(f"CreditConfig.{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise DataValidationError(f"CreditConfig.{name} must be in [{low}, {high}], got {value}")
 
 
 def _z(x: np.ndarray) -> np.ndarray:
@@ -190,11 +164,27 @@ def _categorical(codes: np.ndarray, categories: tuple[str, ...]) -> pd.Categoric
     return pd.Categorical.from_codes(codes.astype(np.int8), categories=list(categories))
 
 
-def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
-    """One synthetic credit data set (columns :data:`COLUMNS`, sorted by application time)."""
-    rng = np.random.default_rng([cfg.seed, 0])
-    n = cfg.n_rows
+@dataclass(frozen=True)
+class _Applicants:
+    """Who applies: protected attributes, where they live, income, bureau data."""
 
+    race: np.ndarray
+    sex: np.ndarray
+    age_band: np.ndarray
+    is_disadvantaged: np.ndarray
+    region: np.ndarray
+    log_income: np.ndarray
+    income: np.ndarray
+    employment_years: np.ndarray
+    history: np.ndarray
+    home: np.ndarray
+    dti: np.ndarray
+    util: np.ndarray
+    delinquencies: np.ndarray
+    inquiries: np.ndarray
+
+
+def _applicants(rng: np.random.Generator, n: int) -> _Applicants:
     # protected attributes
     race = rng.choice(len(RACE_ETHNICITY), size=n, p=_RACE_P)
     sex = rng.choice(len(SEXES), size=n, p=_SEX_P)
@@ -233,42 +223,71 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
     util = np.round(np.clip(util, 0.0, 1.2), 3)
     delinquencies = rng.poisson(0.12 + 0.6 * util**2)
     inquiries = rng.poisson(np.where(age < 30, 1.1, 0.9))
+    return _Applicants(
+        race, sex, age_band, is_disadvantaged, region, log_income, income,
+        employment_years, history, home, dti, util, delinquencies, inquiries,
+    )  # fmt: skip
 
-    # the loan
+
+def _loan(
+    rng: np.random.Generator, income: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The loan applied for: purpose, amount and the index of its term in LOAN_TERMS."""
+    n = len(income)
     purpose = rng.choice(len(PURPOSES), size=n, p=_PURPOSE_P)
     loan_ratio = rng.lognormal(np.log(0.22) + _PURPOSE_AMOUNT[purpose], 0.5, size=n)
     loan_amount = np.round(np.clip(income * loan_ratio, 1_000.0, 150_000.0) / 50.0) * 50.0
     term_idx = np.floor(1.2 * np.log(loan_amount / 3_000.0) + rng.normal(0.0, 0.8, size=n) + 1.0)
-    term_idx = np.clip(term_idx, 0, len(LOAN_TERMS) - 1).astype(np.int64)
-    term = np.asarray(LOAN_TERMS)[term_idx]
+    return purpose, loan_amount, np.clip(term_idx, 0, len(LOAN_TERMS) - 1).astype(np.int64)
 
-    # postcode risk index: local economy, plus (with bias) a proxy for the group
-    postcode_base = _REGION_POSTCODE[region] + rng.normal(0.0, 1.0, size=n)
-    postcode_latent = postcode_base + _PROXY_SHIFT * cfg.bias * is_disadvantaged
-    postcode_index = np.round(_sigmoid(0.9 * postcode_latent), 4)
 
-    # the outcome: features only, plus (with bias) a group shift of the recorded label
+def _default_logit(
+    p: _Applicants,
+    loan_amount: np.ndarray,
+    term_idx: np.ndarray,
+    purpose: np.ndarray,
+    postcode_base: np.ndarray,
+    bias: float,
+) -> np.ndarray:
+    """The outcome: features only, plus (with bias) a group shift of the recorded label."""
     logit = (
         # non-linear, as in real bureau data: risk jumps past the 43% DTI line and for
         # maxed-out revolving credit, and delinquencies weigh more on a thin file
-        0.45 * _z(dti)
-        + 1.10 * (dti > 0.43)
-        + 0.40 * _z(util)
-        + 1.40 * np.clip((util - 0.8) / 0.2, 0.0, 2.0)
-        + 0.50 * delinquencies * (1.0 + 0.8 * (history < 36))
-        + 0.60 * (history < 24)
-        + 0.15 * inquiries
-        - 0.50 * _z(log_income)
-        - 0.12 * _z(history.astype(float))
-        - 0.08 * _z(employment_years)
-        + 0.30 * _z(np.log(loan_amount / income))
+        0.45 * _z(p.dti)
+        + 1.10 * (p.dti > 0.43)
+        + 0.40 * _z(p.util)
+        + 1.40 * np.clip((p.util - 0.8) / 0.2, 0.0, 2.0)
+        + 0.50 * p.delinquencies * (1.0 + 0.8 * (p.history < 36))
+        + 0.60 * (p.history < 24)
+        + 0.15 * p.inquiries
+        - 0.50 * _z(p.log_income)
+        - 0.12 * _z(p.history.astype(float))
+        - 0.08 * _z(p.employment_years)
+        + 0.30 * _z(np.log(loan_amount / p.income))
         + 0.10 * (term_idx - 2)
         + _PURPOSE_RISK[purpose]
-        + _HOME_RISK[home]
+        + _HOME_RISK[p.home]
         + 0.35 * _z(postcode_base)
-        + _LABEL_SHIFT * cfg.bias * is_disadvantaged
+        + _LABEL_SHIFT * bias * p.is_disadvantaged
     )
-    logit = logit + _calibrate_intercept(logit, TARGET_DEFAULT_RATE)
+    return logit + _calibrate_intercept(logit, TARGET_DEFAULT_RATE)
+
+
+def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
+    """One synthetic credit data set (columns :data:`COLUMNS`, sorted by application time)."""
+    rng = np.random.default_rng([cfg.seed, 0])
+    n = cfg.n_rows
+    p = _applicants(rng, n)
+
+    purpose, loan_amount, term_idx = _loan(rng, p.income)
+    term = np.asarray(LOAN_TERMS)[term_idx]
+
+    # postcode risk index: local economy, plus (with bias) a proxy for the group
+    postcode_base = _REGION_POSTCODE[p.region] + rng.normal(0.0, 1.0, size=n)
+    postcode_latent = postcode_base + _PROXY_SHIFT * cfg.bias * p.is_disadvantaged
+    postcode_index = np.round(_sigmoid(0.9 * postcode_latent), 4)
+
+    logit = _default_logit(p, loan_amount, term_idx, purpose, postcode_base, cfg.bias)
     default = (rng.random(n) < _sigmoid(logit)).astype(np.int8)
 
     # when: business hours over the period, ids in time order
@@ -287,22 +306,22 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
             "application_id": np.arange(1, n + 1, dtype=np.int64),
             "application_time": app_time,
             "customer_id": customer_id,
-            "income": o(income).astype(np.float64),
-            "debt_to_income": o(dti),
-            "credit_utilisation": o(util),
-            "credit_history_months": o(history).astype(np.int32),
-            "delinquencies_2y": o(delinquencies).astype(np.int32),
-            "inquiries_6m": o(inquiries).astype(np.int32),
-            "employment_years": o(employment_years),
+            "income": o(p.income).astype(np.float64),
+            "debt_to_income": o(p.dti),
+            "credit_utilisation": o(p.util),
+            "credit_history_months": o(p.history).astype(np.int32),
+            "delinquencies_2y": o(p.delinquencies).astype(np.int32),
+            "inquiries_6m": o(p.inquiries).astype(np.int32),
+            "employment_years": o(p.employment_years),
             "loan_amount": o(loan_amount),
             "loan_term_months": o(term).astype(np.int32),
             "purpose": _categorical(o(purpose), PURPOSES),
-            "home_ownership": _categorical(o(home), HOME_OWNERSHIP),
-            "region": _categorical(o(region), REGIONS),
+            "home_ownership": _categorical(o(p.home), HOME_OWNERSHIP),
+            "region": _categorical(o(p.region), REGIONS),
             "postcode_risk_index": o(postcode_index),
-            "age_band": _categorical(o(age_band), AGE_BANDS),
-            "sex": _categorical(o(sex), SEXES),
-            "race_ethnicity": _categorical(o(race), RACE_ETHNICITY),
+            "age_band": _categorical(o(p.age_band), AGE_BANDS),
+            "sex": _categorical(o(p.sex), SEXES),
+            "race_ethnicity": _categorical(o(p.race), RACE_ETHNICITY),
             TARGET: o(default),
             "label_time": app_time + pd.DateOffset(months=12),
         }

@@ -35,8 +35,14 @@ MANIFEST_SUFFIX = ".manifest.json"
 PARQUET_SUFFIX = ".parquet"
 DEFAULT_ROW_GROUP_ROWS = 1_048_576
 _HASH_BLOCK = 1 << 20  # 1 MiB
-_COMPRESSION = "zstd"
-_COMPRESSION_LEVEL = 3
+#: how every Parquet file of the project is written (same options, same bytes)
+PARQUET_OPTIONS: dict[str, Any] = {
+    "compression": "zstd",
+    "compression_level": 3,
+    "use_dictionary": True,
+    "write_statistics": True,
+    "version": "2.6",
+}
 
 Frame = pd.DataFrame | pa.Table
 
@@ -155,6 +161,63 @@ def _check_params(params: Mapping[str, Any], name: str) -> dict[str, Any]:
         ) from exc
 
 
+class _RowGroups:
+    """A Parquet file written in row groups of exactly ``row_group_rows`` (the last may be
+    shorter) whatever the input chunks; the first chunk fixes the schema."""
+
+    def __init__(self, path: Path, name: str, row_group_rows: int) -> None:
+        self.path, self.name, self.row_group_rows = path, name, row_group_rows
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.total_rows = 0
+
+    def add(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+            self.writer = pq.ParquetWriter(self.path, self.schema, **PARQUET_OPTIONS)
+        elif not table.schema.equals(self.schema):
+            try:
+                table = table.cast(self.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                raise DataValidationError(
+                    f"data set {self.name!r}: chunk schema differs from the first chunk: {exc}"
+                ) from exc
+        if table.num_rows == 0:
+            return
+        self.pending.append(table)
+        self.pending_rows += table.num_rows
+        self.total_rows += table.num_rows
+        if self.pending_rows >= self.row_group_rows:
+            self.flush(final=False)
+
+    def flush(self, final: bool) -> None:
+        assert self.writer is not None
+        if not self.pending:
+            return
+        merged = pa.concat_tables(self.pending)
+        size, offset = self.row_group_rows, 0
+        while merged.num_rows - offset >= size or (final and offset < merged.num_rows):
+            piece = merged.slice(offset, size)
+            self.writer.write_table(piece, row_group_size=size)
+            offset += piece.num_rows
+        rest = merged.slice(offset)
+        self.pending = [rest] if rest.num_rows else []
+        self.pending_rows = rest.num_rows
+
+    def finish(self) -> None:
+        if self.writer is None:
+            raise DataValidationError(f"data set {self.name!r}: no data to write")
+        self.flush(final=True)
+        self.writer.close()
+        self.writer = None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
 def write_parquet_with_manifest(
     data: Frame | Iterable[Frame],
     out_dir: str | os.PathLike[str],
@@ -181,79 +244,30 @@ def write_parquet_with_manifest(
     parquet_path = out / f"{name}{PARQUET_SUFFIX}"
     tmp_path = out / f".{name}{PARQUET_SUFFIX}.tmp"
 
-    writer: pq.ParquetWriter | None = None
-    schema: pa.Schema | None = None
-    pending: list[pa.Table] = []
-    pending_rows = 0
-    total_rows = 0
-
-    def flush(final: bool) -> None:
-        nonlocal pending, pending_rows
-        assert writer is not None
-        if not pending:
-            return
-        merged = pa.concat_tables(pending)
-        offset = 0
-        while merged.num_rows - offset >= row_group_rows or (final and offset < merged.num_rows):
-            piece = merged.slice(offset, row_group_rows)
-            writer.write_table(piece, row_group_size=row_group_rows)
-            offset += piece.num_rows
-        rest = merged.slice(offset)
-        pending = [rest] if rest.num_rows else []
-        pending_rows = rest.num_rows
-
+    groups = _RowGroups(tmp_path, name, row_group_rows)
     try:
         for table in _iter_tables(data):
-            if schema is None:
-                schema = table.schema
-                writer = pq.ParquetWriter(
-                    tmp_path,
-                    schema,
-                    compression=_COMPRESSION,
-                    compression_level=_COMPRESSION_LEVEL,
-                    use_dictionary=True,
-                    write_statistics=True,
-                    version="2.6",
-                )
-            elif not table.schema.equals(schema):
-                try:
-                    table = table.cast(schema)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-                    raise DataValidationError(
-                        f"data set {name!r}: chunk schema differs from the first chunk: {exc}"
-                    ) from exc
-            if table.num_rows == 0:
-                continue
-            pending.append(table)
-            pending_rows += table.num_rows
-            total_rows += table.num_rows
-            if pending_rows >= row_group_rows:
-                flush(final=False)
-        if writer is None:
-            raise DataValidationError(f"data set {name!r}: no data to write")
-        flush(final=True)
-        writer.close()
-        writer = None
+            groups.add(table)
+        groups.finish()
         os.replace(tmp_path, parquet_path)
     finally:
-        if writer is not None:
-            writer.close()
+        groups.close()
         if tmp_path.exists():
             tmp_path.unlink()
 
-    assert schema is not None
+    assert groups.schema is not None
     manifest = Manifest(
         name=name,
         path=parquet_path.name,
-        rows=total_rows,
-        schema=schema_to_list(schema),
+        rows=groups.total_rows,
+        schema=schema_to_list(groups.schema),
         sha256=sha256_file(parquet_path),
         generator=generator,
         params=clean_params,
     )
     manifest_file = manifest_path_for(out, name)
     manifest_file.write_text(manifest.to_json(), encoding="utf-8")
-    log.info("wrote %s (%d rows, sha256 %s)", parquet_path, total_rows, manifest.sha256[:12])
+    log.info("wrote %s (%d rows, sha256 %s)", parquet_path, groups.total_rows, manifest.sha256[:12])
     return manifest
 
 

@@ -98,7 +98,8 @@ def structural_to_jsonschema(schema: Mapping[str, Any]) -> dict[str, Any]:
     return _convert(schema)
 
 
-def _convert(node: Mapping[str, Any]) -> dict[str, Any]:
+def _convert_keys(node: Mapping[str, Any]) -> dict[str, Any]:
+    """The node's own keywords, sub-schemas converted; extensions left to :func:`_convert`."""
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key == "properties":
@@ -111,6 +112,11 @@ def _convert(node: Mapping[str, Any]) -> dict[str, Any]:
             continue  # handled below
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def _convert(node: Mapping[str, Any]) -> dict[str, Any]:
+    out = _convert_keys(node)
     if node.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out.setdefault("anyOf", [{"type": "integer"}, {"type": "string"}])

@@ -1,5 +1,5 @@
-"""KServe ``InferenceService`` manifests: one model version behind KServe, and the feature
-transformer in front of it.
+"""KServe ``InferenceService`` manifests: one model version behind KServe (the feature
+transformer in front of it: :mod:`serving.control.feature_transformer`).
 
 ``render_inference_service`` builds the manifest (``serving.kserve.io/v1beta1``) for one
 model version (:class:`ServedModel`), checking every input first and raising one
@@ -23,7 +23,6 @@ boundary, and the token check still applies). Checking against the CRD:
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,9 +42,7 @@ from serving.control.checks import (
     name_problem,
 )
 from serving.control.secret import (
-    FEATURE_KEY_SECRET_KEY,
     PREDICTION_LOG_KEY_SECRET_KEY,
-    PREDICTOR_TOKEN_SECRET_KEY,
     TOKENS_SECRET_KEY,
 )
 
@@ -135,53 +132,29 @@ def _storage_problem(storage_uri: object, runtime: str) -> str | None:
 
 
 # --------------------------------------------------------------------------- render
-def render_inference_service(
-    name: str,
-    namespace: str,
-    model: ServedModel,
-    *,
-    server: ServingImage = LIGHTGBM,
-    scaling: Scaling = Scaling(),
-    resources: Resources = Resources(),
-    pod: PodOptions = PodOptions(),
-    canary_traffic_percent: int | None = None,
-) -> dict[str, Any]:
-    """The ``InferenceService`` for one model version; every bad input named at once.
-
-    What is served (:class:`ServedModel`), by which server (:class:`ServingImage`), at
-    which scale (:class:`~serving.control.autoscaling.Scaling`,
-    :class:`~serving.control.autoscaling.Resources`) with which pods (:class:`PodOptions`).
-    ``canary_traffic_percent`` sends that share of traffic to this (latest) revision and
-    the rest to the previous ready one; ``None`` sends it all.
-    """
-    storage_uri, model_name, model_version = model.storage_uri, model.model_name, model.version
-    artifact_sha256, approval_request = model.artifact_sha256, model.approval_request
-    runtime, image, spec_file = server.runtime, server.image, server.spec_file
-    tokens_secret, prediction_log_claim = server.tokens_secret, server.prediction_log_claim
-    service_account, env, labels, annotations = (
-        pod.service_account,
-        pod.env,
-        pod.labels,
-        pod.annotations,
-    )
-    problems = Problems()
+def _check_model(
+    problems: Problems, name: str, namespace: str, model: ServedModel, server: ServingImage
+) -> None:
+    """Problems with the names, the runtime and what is served (in message order)."""
+    runtime, image = server.runtime, server.image
     problems.add("name", name_problem(name, "dns1035"))
     problems.add("namespace", name_problem(namespace, "dns1123-label"))
     if runtime not in RUNTIMES:
         problems.add("runtime", f"{runtime!r} is not one of {list(RUNTIMES)}")
-    problems.add("storage_uri", _storage_problem(storage_uri, runtime))
+    problems.add("storage_uri", _storage_problem(model.storage_uri, runtime))
     if runtime == "custom" and (not isinstance(image, str) or not image.strip() or " " in image):
         problems.add("image", f"runtime='custom' needs a container image, got {image!r}")
     if runtime == "lightgbm" and image is not None:
         problems.add("image", "only runtime='custom' takes an image (KServe picks lgbserver's)")
-    served_name = name if model_name is None else model_name
-    if model_name is not None:  # (the default, name, is checked above)
+    if model.model_name is not None:  # (the default, name, is checked above)
         problems.add(
             "model_name",
-            name_problem(model_name, "dns1123-subdomain") or label_value_problem(model_name),
+            name_problem(model.model_name, "dns1123-subdomain")
+            or label_value_problem(model.model_name),
         )
-    version = str(model_version) if is_int(model_version) else model_version
+    version = _version_label(model)
     problems.add("model_version", label_value_problem(version) or (None if version else "empty"))
+    artifact_sha256, approval_request = model.artifact_sha256, model.approval_request
     if not isinstance(artifact_sha256, str) or not SHA256_HEX.match(artifact_sha256):
         problems.add(
             "artifact_sha256", f"must be 64 lower-case hex characters, got {artifact_sha256!r}"
@@ -190,14 +163,12 @@ def render_inference_service(
         not isinstance(approval_request, str) or not approval_request
     ):
         problems.add("approval_request", "must be a non-empty string when given")
-    check_scaling(problems, scaling)
-    check_resources(problems, resources)
-    if canary_traffic_percent is not None:
-        check_int(problems, "canary_traffic_percent", canary_traffic_percent, 0, 100)
-    if service_account is not None:
-        problems.add("service_account", name_problem(service_account, "dns1123-subdomain"))
-    check_map(problems, "labels", labels, labels=True)
-    check_map(problems, "annotations", annotations, labels=False)
+
+
+def _check_server(problems: Problems, server: ServingImage, pod: PodOptions) -> None:
+    """Problems with the governance options and the environment (in message order)."""
+    runtime, spec_file = server.runtime, server.spec_file
+    tokens_secret, prediction_log_claim = server.tokens_secret, server.prediction_log_claim
     if spec_file is not None and (
         not isinstance(spec_file, str) or not spec_file.endswith((".yaml", ".yml"))
     ):
@@ -219,22 +190,37 @@ def render_inference_service(
             "spec_file, tokens_secret and prediction_log_claim need runtime='custom' "
             "(KServe's LightGBM server has no strict input, tokens or prediction log)",
         )
-    if env is not None:
-        for key, value in env.items():
-            if not isinstance(key, str) or not key or not isinstance(value, str):
-                problems.add("env", f"{key!r}: names and values must be non-empty strings")
-            elif runtime == "custom" and key in RESERVED_ENV:
-                problems.add("env", f"{key!r} is set by the renderer")
-    problems.raise_if_any(f"InferenceService {name!r}")
+    for key, value in (pod.env or {}).items():
+        if not isinstance(key, str) or not key or not isinstance(value, str):
+            problems.add("env", f"{key!r}: names and values must be non-empty strings")
+        elif runtime == "custom" and key in RESERVED_ENV:
+            problems.add("env", f"{key!r} is set by the renderer")
 
-    govml_labels = {LABEL_MODEL: served_name, LABEL_VERSION: version}
-    meta_annotations = dict(annotations or {})
-    meta_annotations[ANNOTATION_SHA256] = artifact_sha256
-    if approval_request is not None:
-        meta_annotations[ANNOTATION_APPROVAL] = approval_request
+
+def _version_label(model: ServedModel) -> Any:
+    """The model version as a label value (whole numbers become strings)."""
+    return str(model.version) if is_int(model.version) else model.version
+
+
+def _predictor(
+    name: str,
+    model: ServedModel,
+    server: ServingImage,
+    placement: _Placement,
+) -> dict[str, Any]:
+    """The ``spec.predictor`` of a checked InferenceService."""
+    scaling, pod = placement.scaling, placement.pod
+    served_name = name if model.model_name is None else model.model_name
+    version = _version_label(model)
     resources = {
-        "requests": {"cpu": str(resources.cpu_request), "memory": str(resources.memory_request)},
-        "limits": {"cpu": str(resources.cpu_limit), "memory": str(resources.memory_limit)},
+        "requests": {
+            "cpu": str(placement.resources.cpu_request),
+            "memory": str(placement.resources.memory_request),
+        },
+        "limits": {
+            "cpu": str(placement.resources.cpu_limit),
+            "memory": str(placement.resources.memory_limit),
+        },
     }
     predictor: dict[str, Any] = {
         "minReplicas": scaling.min_replicas,
@@ -242,38 +228,91 @@ def render_inference_service(
         "scaleMetric": scaling.scale_metric,
         "scaleTarget": scaling.scale_target,
     }
-    if canary_traffic_percent is not None:
-        predictor["canaryTrafficPercent"] = canary_traffic_percent
-    if service_account is not None:
-        predictor["serviceAccountName"] = service_account
-    predictor["labels"] = dict(govml_labels)
-    env_list = [{"name": k, "value": v} for k, v in (env or {}).items()]
-    if runtime == "lightgbm":
-        model: dict[str, Any] = {
+    if placement.canary_traffic_percent is not None:
+        predictor["canaryTrafficPercent"] = placement.canary_traffic_percent
+    if pod.service_account is not None:
+        predictor["serviceAccountName"] = pod.service_account
+    predictor["labels"] = {LABEL_MODEL: served_name, LABEL_VERSION: version}
+    env_list = [{"name": k, "value": v} for k, v in (pod.env or {}).items()]
+    if server.runtime == "lightgbm":
+        served: dict[str, Any] = {
             "modelFormat": {"name": "lightgbm", "version": LIGHTGBM_FORMAT_VERSION},
-            "storageUri": storage_uri,
+            "storageUri": model.storage_uri,
             "resources": resources,
         }
         if env_list:
-            model["env"] = env_list
-        predictor["model"] = model
-    else:
-        assert image is not None
-        container = _custom_container(
-            image, served_name, storage_uri, artifact_sha256, resources, env_list
-        )
-        container["args"].append(f"--model_version={version}")
-        volumes = _governance_mounts(container, spec_file, tokens_secret, prediction_log_claim)
-        predictor["containers"] = [container]
-        if volumes:
-            predictor["volumes"] = volumes
+            served["env"] = env_list
+        predictor["model"] = served
+        return predictor
+    assert server.image is not None
+    container = _custom_container(
+        server.image, served_name, model.storage_uri, model.artifact_sha256, resources, env_list
+    )
+    container["args"].append(f"--model_version={version}")
+    volumes = _governance_mounts(
+        container, server.spec_file, server.tokens_secret, server.prediction_log_claim
+    )
+    predictor["containers"] = [container]
+    if volumes:
+        predictor["volumes"] = volumes
+    return predictor
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where and how many pods run one revision (the renderer's keyword arguments)."""
+
+    scaling: Scaling
+    resources: Resources
+    pod: PodOptions
+    canary_traffic_percent: int | None
+
+
+def render_inference_service(
+    name: str,
+    namespace: str,
+    model: ServedModel,
+    *,
+    server: ServingImage = LIGHTGBM,
+    scaling: Scaling = Scaling(),
+    resources: Resources = Resources(),
+    pod: PodOptions = PodOptions(),
+    canary_traffic_percent: int | None = None,
+) -> dict[str, Any]:
+    """The ``InferenceService`` for one model version; every bad input named at once.
+
+    What is served (:class:`ServedModel`), by which server (:class:`ServingImage`), at
+    which scale (:class:`~serving.control.autoscaling.Scaling`,
+    :class:`~serving.control.autoscaling.Resources`) with which pods (:class:`PodOptions`).
+    ``canary_traffic_percent`` sends that share of traffic to this (latest) revision and
+    the rest to the previous ready one; ``None`` sends it all.
+    """
+    problems = Problems()
+    _check_model(problems, name, namespace, model, server)
+    check_scaling(problems, scaling)
+    check_resources(problems, resources)
+    if canary_traffic_percent is not None:
+        check_int(problems, "canary_traffic_percent", canary_traffic_percent, 0, 100)
+    if pod.service_account is not None:
+        problems.add("service_account", name_problem(pod.service_account, "dns1123-subdomain"))
+    check_map(problems, "labels", pod.labels, labels=True)
+    check_map(problems, "annotations", pod.annotations, labels=False)
+    _check_server(problems, server, pod)
+    problems.raise_if_any(f"InferenceService {name!r}")
+
+    placement = _Placement(scaling, resources, pod, canary_traffic_percent)
+    predictor = _predictor(name, model, server, placement)
+    meta_annotations = dict(pod.annotations or {})
+    meta_annotations[ANNOTATION_SHA256] = model.artifact_sha256
+    if model.approval_request is not None:
+        meta_annotations[ANNOTATION_APPROVAL] = model.approval_request
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {**dict(labels or {}), **govml_labels},
+            "labels": {**dict(pod.labels or {}), **predictor["labels"]},
             "annotations": meta_annotations,
         },
         "spec": {"predictor": predictor},
@@ -364,11 +403,11 @@ def _custom_container(
         "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
         "resources": resources,
         # KServe answers 503 here until the model is loaded and ready.
-        "readinessProbe": _readiness_probe(model_name),
+        "readinessProbe": readiness_probe(model_name),
     }
 
 
-def _readiness_probe(model_name: str) -> dict[str, Any]:
+def readiness_probe(model_name: str) -> dict[str, Any]:
     return {
         "httpGet": {"path": f"/v1/models/{model_name}", "port": HTTP_PORT},
         "initialDelaySeconds": 2,
@@ -376,94 +415,3 @@ def _readiness_probe(model_name: str) -> dict[str, Any]:
         "timeoutSeconds": 2,
         "failureThreshold": 3,
     }
-
-
-def add_feature_transformer(
-    manifest: dict[str, Any],
-    *,
-    image: str,
-    spec_file: str,
-    feature_store: str,
-    feature_key_secret: str,
-    tokens_secret: str,
-) -> dict[str, Any]:
-    """Put the feature transformer (``python -m serving.transformer``, the project's
-    image) in front of the manifest's predictor: raw transactions in, the spec's
-    aggregates from the Redis state (``feature_store``, a ``redis://`` URL as the pods
-    reach it; the key from ``feature_key_secret``'s ``feature-key``), the feature vector
-    to the predictor. KServe adds ``--predictor_host`` (the predictor's service) to the
-    container's arguments; replicas, autoscaling and resources follow the predictor's.
-    The transformer becomes ready only on a backfilled namespace (its readiness probe).
-    """
-    problems = Problems()
-    if not isinstance(image, str) or not image.strip() or " " in image:
-        problems.add("image", f"the transformer needs the project's image, got {image!r}")
-    if not isinstance(spec_file, str) or not spec_file.endswith((".yaml", ".yml")):
-        problems.add("spec_file", f"must be a .yaml path in the image, got {spec_file!r}")
-    if not isinstance(feature_store, str) or not feature_store.startswith(
-        ("redis://", "rediss://")
-    ):
-        problems.add(
-            "feature_store",
-            f"replicas must share their state: a redis:// URL, got {feature_store!r}",
-        )
-    problems.add("feature_key_secret", name_problem(feature_key_secret, "dns1123-subdomain"))
-    problems.add("tokens_secret", name_problem(tokens_secret, "dns1123-subdomain"))
-    problems.raise_if_any("feature transformer")
-    predictor = manifest["spec"]["predictor"]
-    model_name = manifest["metadata"]["labels"][LABEL_MODEL]
-    resources = (predictor.get("containers") or [predictor.get("model") or {}])[0].get("resources")
-    env: list[dict[str, Any]] = [
-        {"name": "GOVML_FEATURE_STORE", "value": feature_store},
-        {
-            "name": "GOVML_FEATURE_KEY",
-            "valueFrom": {
-                "secretKeyRef": {"name": feature_key_secret, "key": FEATURE_KEY_SECRET_KEY}
-            },
-        },
-    ]
-    container: dict[str, Any] = {
-        "name": CONTAINER_NAME,
-        "image": image,
-        "command": ["python", "-m", "serving.transformer"],
-        "args": [
-            f"--model_name={model_name}",
-            f"--spec={spec_file}",
-            "--feature_store=$(GOVML_FEATURE_STORE)",
-            f"--http_port={HTTP_PORT}",
-            f"--host={POD_HOST}",
-        ],
-        "env": env,
-        "ports": [{"name": "http1", "containerPort": HTTP_PORT, "protocol": "TCP"}],
-        # ready only once the model's namespace carries its backfill record
-        "readinessProbe": _readiness_probe(model_name),
-    }
-    if resources:
-        container["resources"] = copy.deepcopy(resources)
-    transformer: dict[str, Any] = {
-        key: predictor[key]
-        for key in ("minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "labels")
-        if key in predictor
-    }
-    transformer["volumes"] = [
-        {"name": "govml-tokens", "secret": {"secretName": tokens_secret, "optional": False}}
-    ]
-    container["volumeMounts"] = [
-        {"name": "govml-tokens", "mountPath": TOKENS_MOUNT, "readOnly": True}
-    ]
-    container["args"].append(f"--tokens={TOKENS_MOUNT}/{TOKENS_SECRET_KEY}")
-    env.append(
-        {
-            "name": "GOVML_PREDICTOR_TOKEN",
-            "valueFrom": {
-                "secretKeyRef": {
-                    "name": tokens_secret,
-                    "key": PREDICTOR_TOKEN_SECRET_KEY,
-                    "optional": False,
-                }
-            },
-        }
-    )
-    transformer["containers"] = [container]
-    manifest["spec"]["transformer"] = transformer
-    return manifest

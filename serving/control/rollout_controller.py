@@ -43,8 +43,8 @@ from typing import Any, Literal
 
 from pipelines.errors import GovMLError
 from pipelines.rollout import StepState, Trip, decide
-from pipelines.spec import Rollout
-from serving.gateway import write_routes
+from pipelines.spec_operations import Rollout
+from serving.gateway_routes import write_routes
 
 Phase = Literal["shadow", "canary", "approval", "paused", "promoted", "rolled_back"]
 ACTIVE: tuple[Phase, ...] = ("shadow", "canary", "approval", "paused")

@@ -31,7 +31,8 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.rollout import Window
-from serving.prediction_log import FILE_PREFIX, complete_files, is_explanation, read_records
+from serving.prediction_log_files import complete_files, is_explanation, read_records
+from serving.prediction_log_records import FILE_PREFIX
 
 
 def _live_lines(directory: Path) -> Iterator[dict[str, Any]]:

@@ -69,7 +69,7 @@ def read_routes(settings: Settings) -> dict[str, Any]:
 
 def write_route(settings: Settings, model: str, route: dict[str, Any]) -> None:
     """Replace one model's route (others stay as they are); atomically."""
-    from serving.gateway import write_routes
+    from serving.gateway_routes import write_routes
 
     data = read_routes(settings)
     models = dict(data.get("models") or {})

@@ -29,18 +29,17 @@ from pipelines.config import load_settings
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
 from pipelines.spec import load_spec
-from serving.auth import generate_token, provision, write_records
+from serving.token_files import provision, write_records
+from serving.token_records import generate_token
+from tests.datasets import spec_of, with_training, write_ingest
 from tests.support import (
     free_port,
     logged_rows,
-    spec_of,
     stack_env,
     start_serving,
     stop_serving,
     wait_http_ok,
     wait_until,
-    with_training,
-    write_ingest,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,12 +84,21 @@ def _deployed(settings: Any, spec: Any, version: str, url: str) -> None:
 
     gov = settings.governance_url
     approvals.request_approval(
-        gov, spec, model_version=version, artifact_sha256="0" * 64, run_id=f"run-{version}",
-        dag_id=None, triggered_by="dev", author="dev", risk_reasons=[],
-    )  # fmt: skip
+        gov,
+        spec,
+        model_version=version,
+        artifact_sha256="0" * 64,
+        origin=approvals.RunOrigin(
+            run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev"
+        ),
+        risk_reasons=[],
+    )
     for user in ("alice", "bob"):
         state = approvals.decide(
-            gov, MODEL, version, user=user, decision="approve", reason="ok", channel="cli"
+            gov,
+            MODEL,
+            version,
+            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
         )
         if state.status == "approved":
             break
@@ -113,10 +121,10 @@ def fixed_salt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    from pipelines.training import train
+    from pipelines.stages.train import train
     from registry import approvals
     from registry.store import upgrade
-    from serving.gateway import write_routes
+    from serving.gateway_routes import write_routes
 
     root = tmp_path_factory.mktemp("abtest")
     settings = load_settings(stack_env(root / "var"))
@@ -214,7 +222,7 @@ def _traffic(world: SimpleNamespace, n: int, seed: int) -> list[tuple[str, str, 
 
 def _settle(world: SimpleNamespace, test_id: str, expected: int) -> None:
     """Until the gateway's A/B log and the servers' prediction logs hold every request."""
-    from ops.abtest import abtest_logs
+    from ops.abtest_state import abtest_logs
 
     path = abtest_logs(world.settings, test_id) / "assignments.jsonl"
 
@@ -262,7 +270,7 @@ def _wait_ab(world: SimpleNamespace) -> None:
 
 
 def test_an_aa_test_is_attributed_request_by_request_and_stops_by_hand(world) -> None:  # noqa: ANN001
-    from ops import abtest
+    from ops import abtest, abtest_state
 
     state = abtest.start(world.settings, world.spec, "2", actor="ops-anna")
     _wait_ab(world)
@@ -280,7 +288,7 @@ def test_an_aa_test_is_attributed_request_by_request_and_stops_by_hand(world) ->
     assert effect["control"]["units"] + effect["treatment"]["units"] == 601
     assert report["primary"]["cuped"]["covariate"] == "duration_months"
     assert {s["segment"] for s in report["segments"]} == {"purpose", "housing"}
-    folder = abtest.report_dir(world.settings, MODEL, state.id)
+    folder = abtest_state.report_dir(world.settings, MODEL, state.id)
     page = (folder / "latest.html").read_text()
     assert "Decision: continue" in page and page.count("data:image/png;base64,") >= 3
     assert json.loads((folder / "latest.json").read_text())["test"]["id"] == state.id

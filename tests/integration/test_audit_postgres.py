@@ -3,34 +3,29 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from registry.audit import append_event, events, head
 from registry.audit_verify import verify_chain
 from registry.databases import normalise_url
 from registry.store import RoleChange, dispose_engines, engine_for
-from tests.unit.test_audit import (
+from tests.audit_chain import (
     TAMPERS,
     append_in_processes,
     assert_process_chain,
+    assert_raced_chain,
+    assert_refused,
     build_chain,
     tamper,
 )
+from tests.racing import run_threads
 
-pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    yield
-    dispose_engines()
+pytestmark = [pytest.mark.postgres, pytest.mark.usefixtures("fresh_engines")]
 
 
 @pytest.mark.timeout(180)
@@ -68,19 +63,9 @@ def test_fifty_concurrent_writers_keep_one_chain(
         except BaseException as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(150)
+    run_threads(50, writer, join_timeout=150)
     assert errors == []
-    assert not [r for r in caplog.records if "raced" in r.getMessage()]  # the lock held
-    report = verify_chain(pg_database)
-    assert report.ok, report.problem
-    stored = events(pg_database)
-    assert [e.seq for e in stored] == list(range(1, 51))
-    assert len({e.hash for e in stored}) == 50
-    assert sorted(e.payload["i"] for e in stored) == list(range(50))
+    assert_raced_chain(pg_database, caplog, 50)
     assert len(events(pg_database, kinds=["role_granted"])) == 25
 
 
@@ -92,14 +77,7 @@ def test_four_processes_keep_one_chain(pg_database: str, tmp_path: Path) -> None
 
 def test_triggers_refuse_update_delete_and_truncate(pg_database: str) -> None:
     build_chain(pg_database, 3)
-    engine = engine_for(pg_database)
-    for statement in (
-        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 2",
-        "DELETE FROM audit_events WHERE seq = 3",
-        "TRUNCATE audit_events",
-    ):
-        with pytest.raises(DBAPIError, match="audit_events is append-only"), engine.begin() as c:
-            c.execute(text(statement))
+    assert_refused(pg_database, "TRUNCATE audit_events")
     assert verify_chain(pg_database).ok and head(pg_database)[0] == 3
 
 

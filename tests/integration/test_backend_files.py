@@ -18,7 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipelines.backends import BACKEND_KEYS, open_backend
-from pipelines.data.fraud import FraudConfig, write_fraud
+from pipelines.data.fraud import write_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import GateFailedError
 from pipelines.spec import Compute, ModelSpec, load_spec
 
@@ -31,8 +32,10 @@ RUN_TIME = re.compile(r"\d{8}T\d{6}\.\d+Z")
 
 
 def _run_chain(spec: ModelSpec, raw: Path, run_dir: Path, compute: Compute) -> None:
+    from pipelines.stages.evaluate import write_evaluation
+    from pipelines.stages.fairness import assess_fairness
     from pipelines.stages.gates import check_gates
-    from validation.fairness import assess_fairness
+    from pipelines.stages.train import write_training
 
     d = {name: run_dir / name for name in (*STAGES, "gates")}
     with open_backend(compute) as backend:
@@ -40,8 +43,8 @@ def _run_chain(spec: ModelSpec, raw: Path, run_dir: Path, compute: Compute) -> N
         data = d["ingest"] / "data.parquet"
         backend.validate_data(spec, data, d["validate_data"])
         backend.build_features(spec, data, d["features"])
-        backend.train(spec, d["features"], d["train"])
-        backend.evaluate(spec, d["features"], d["train"], d["evaluate"])
+        write_training(spec, d["train"], backend.train(spec, d["features"]))
+        write_evaluation(spec, d["evaluate"], backend.evaluate(spec, d["features"], d["train"]))
         assess_fairness(spec, d["features"], d["evaluate"], d["fairness"])
         backend.explain(spec, d["features"], d["train"], d["evaluate"], d["explain"])
     # a small model may fail a gate: the files are written all the same

@@ -17,15 +17,20 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines.backends import resolve_compute
 from pipelines.config import load_settings
-from pipelines.data.fraud import FraudConfig, write_fraud
+from pipelines.data.fraud import write_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import ConfigError, DataValidationError, SpecError
 from pipelines.features import SPLITS, build_features, compute_aggregates, read_features_json
 from pipelines.features import read_split as read_split_local
 from pipelines.ingest import ingest
-from pipelines.spec import AggregateFeature, Compute, ModelSpec, load_spec, parse_spec
-from pipelines.training import load_model, score, train
+from pipelines.spec import Compute, ModelSpec, load_spec, parse_spec
+from pipelines.spec_features import AggregateFeature
+from pipelines.stages.train import train, write_training
+from pipelines.training import load_model, score
+from tests.datasets import spec_of, with_training
 
 dask_backend = pytest.importorskip("pipelines.backends.dask_core")
+dask_training = pytest.importorskip("pipelines.backends.dask_training")
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 24_000
@@ -34,10 +39,7 @@ PARTITION_ROWS = 2_500  # ~10 partitions: every card's history spans several of 
 
 @pytest.fixture(scope="module")
 def spec() -> ModelSpec:
-    base = load_spec(ROOT / "specs" / "fraud.yaml")
-    return base.model_copy(
-        update={"training": base.training.model_copy(update={"num_boost_round": 120})}
-    )
+    return with_training(spec_of("fraud"), num_boost_round=120)
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +175,15 @@ def test_distributed_training_within_auc_tolerance(
 ) -> None:
     local, dist = feature_dirs
     local_model = train(spec, local, tmp_path / "local")
-    dask_model = dask_backend.train_dask(spec, dist, tmp_path / "dask", client, 3000)
+    dask_model = write_training(
+        spec, tmp_path / "dask", dask_training.train_dask(spec, dist, client, 3000)
+    )
     test = read_split_local(spec, local, "test")
     y = test["is_fraud"].to_numpy()
     auc_local = roc_auc_score(y, score(load_model(local_model.model_path), test))
     auc_dask = roc_auc_score(y, score(load_model(dask_model.model_path), test))
     assert auc_local > 0.8 and auc_dask > 0.8
-    assert abs(auc_dask - auc_local) <= dask_backend.AUC_TOLERANCE, (auc_local, auc_dask)
+    assert abs(auc_dask - auc_local) <= dask_training.AUC_TOLERANCE, (auc_local, auc_dask)
     for name in ("model.txt", "baseline.joblib", "training.json", "result.json"):
         assert (tmp_path / "dask" / name).is_file()
     assert 1 <= dask_model.best_iteration <= 120
@@ -194,7 +198,9 @@ def test_negative_sampling_keeps_the_local_rows(
         update={"training": spec.training.model_copy(update={"negative_sample_rate": 0.3})}
     )
     local_model = train(sampled, local, tmp_path / "local")
-    dask_model = dask_backend.train_dask(sampled, dist, tmp_path / "dask", client, 3000)
+    dask_model = write_training(
+        sampled, tmp_path / "dask", dask_training.train_dask(sampled, dist, client, 3000)
+    )
     local_meta = json.loads((tmp_path / "local" / "training.json").read_text())
     dask_meta = json.loads((tmp_path / "dask" / "training.json").read_text())
     assert dask_meta["negative_sampling"] == local_meta["negative_sampling"]
@@ -204,14 +210,14 @@ def test_negative_sampling_keeps_the_local_rows(
     y = test["is_fraud"].to_numpy()
     auc_local = roc_auc_score(y, score(load_model(local_model.model_path), test))
     auc_dask = roc_auc_score(y, score(load_model(dask_model.model_path), test))
-    assert abs(auc_dask - auc_local) <= dask_backend.AUC_TOLERANCE, (auc_local, auc_dask)
+    assert abs(auc_dask - auc_local) <= dask_training.AUC_TOLERANCE, (auc_local, auc_dask)
 
 
 def test_tuning_is_refused_on_dask(
     spec: ModelSpec, feature_dirs: tuple[Path, Path], client: object, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match="tuning_trials=3"):
-        dask_backend.train_dask(spec, feature_dirs[1], tmp_path, client, 3000, tuning_trials=3)
+        dask_training.train_dask(spec, feature_dirs[1], client, 3000, tuning_trials=3)
 
 
 def test_unreachable_scheduler_is_one_clear_error() -> None:

@@ -13,13 +13,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.data.fraud import FraudConfig, write_fraud
+from pipelines.data.fraud import write_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import DataValidationError
 from pipelines.ingest import ingest
-from pipelines.spec import ModelSpec, load_spec
+from pipelines.spec import ModelSpec
 
 dask_backend = pytest.importorskip("pipelines.backends.dask_core")
 from pipelines.backends.dask_ingest import ingest_dask  # noqa: E402
+from tests.datasets import spec_of, with_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 12_000
@@ -28,10 +30,7 @@ PARTITION_ROWS = 1_700
 
 @pytest.fixture(scope="module")
 def spec() -> ModelSpec:
-    base = load_spec(ROOT / "specs" / "fraud.yaml")
-    return base.model_copy(
-        update={"training": base.training.model_copy(update={"num_boost_round": 60})}
-    )
+    return with_training(spec_of("fraud"), num_boost_round=60)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +228,7 @@ def trained(
     spec: ModelSpec, ingested: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     from pipelines.features import build_features
-    from pipelines.training import train
+    from pipelines.stages.train import train
 
     folder = tmp_path_factory.mktemp("dask-trained")
     build_features(spec, ingested[0] / "data.parquet", folder / "features")
@@ -244,8 +243,8 @@ def _json(path: Path) -> dict:
 def test_evaluate_and_explain_equal_local(
     spec: ModelSpec, trained: tuple[Path, Path], client: object, tmp_path: Path
 ) -> None:
-    from pipelines.backends.dask_evaluation import evaluate_dask, explain_dask
-    from pipelines.evaluation import evaluate
+    from pipelines.backends.dask_evaluation import ExplainRun, evaluate_dask, explain_dask
+    from pipelines.stages.evaluate import evaluate, write_evaluation
     from validation.explain import explain
 
     features, train_dir = trained
@@ -255,8 +254,10 @@ def test_evaluate_and_explain_equal_local(
     )
     champion = train_dir / "model.txt"  # the candidate as its own champion: every path runs
     local = evaluate(spec, features, train_dir, tmp_path / "eval-local", champion_model=champion)
-    dist = evaluate_dask(
-        spec, features, train_dir, tmp_path / "eval-dask", client, 700, champion_model=champion
+    dist = write_evaluation(
+        spec,
+        tmp_path / "eval-dask",
+        evaluate_dask(spec, features, train_dir, client, 700, champion_model=champion),
     )
     assert local.rows > 1_000 and local.positives > 0
     assert _json(dist.metrics_path) == _json(local.metrics_path)
@@ -273,8 +274,8 @@ def test_evaluate_and_explain_equal_local(
         spec, features, train_dir, tmp_path / "eval-local", tmp_path / "ex-local", **kwargs
     )
     ex_dask = explain_dask(
-        spec, features, train_dir, tmp_path / "eval-dask", tmp_path / "ex-dask", client, 700,
-        **kwargs,
+        spec, features, train_dir, tmp_path / "eval-dask", tmp_path / "ex-dask",
+        ExplainRun(client, 700, champion), max_rows=500,
     )  # fmt: skip
     assert ex_dask.to_dict() | {"out_dir": ""} == ex_local.to_dict() | {"out_dir": ""}
     assert ex_local.reason_rows > 0 and ex_local.rows_explained == 500

@@ -11,17 +11,15 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data.fraud import (
+from pipelines.data.fraud import COLUMNS, generate_fraud, write_fraud
+from pipelines.data.fraud_config import (
     AGE_BANDS,
     CHANNELS,
-    COLUMNS,
     MCCS,
     REGIONS,
     SCENARIOS,
     SEGMENTS,
     FraudConfig,
-    generate_fraud,
-    write_fraud,
 )
 from pipelines.data.manifest import verify_manifest
 from pipelines.errors import DataValidationError

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.drift import compare
 from pipelines.spec import load_spec
 

@@ -108,10 +108,7 @@ def released(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Released]:
             url,
             MODEL,
             version,
-            user=user,
-            decision="approve",
-            reason=reasons[user],
-            channel="cli",
+            approvals.Review(user=user, decision="approve", reason=reasons[user], channel="cli"),
         )
     assert state.status == "approved"
     # A deploy task has MLFLOW_TRACKING_URI in its environment; artifact_sha256_of resolves
@@ -316,7 +313,7 @@ def test_reports_missing_in_mlflow_come_from_the_run_folder(
     from mlflow import MlflowClient
 
     from registry.evidence import export_evidence
-    from registry.mlflow_registry import version_record
+    from registry.mlflow_evidence import version_record
 
     uri = released.settings.mlflow_tracking_uri
     run_id = version_record(uri, MODEL, released.version)["run_id"]

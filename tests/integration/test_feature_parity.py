@@ -32,14 +32,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.features import build_features, compute_aggregates
 from pipelines.features_online import OnlineFeatures
-from pipelines.training import train
-from serving.auth import generate_token, load_records, provision, write_records
-from serving.prediction_log import complete_files, read_records
+from pipelines.stages.train import train
+from serving.prediction_log_files import complete_files, read_records
+from serving.token_files import provision, write_records
+from serving.token_records import generate_token, load_records
 from serving.transactions import TransactionSchema
-from tests.support import SERVING_PY, free_port, spec_of, with_training, write_ingest
+from tests.datasets import spec_of, with_training, write_ingest
+from tests.support import SERVING_PY, free_port
 from tests.unit.test_feature_store import REDIS_URL, redis_answers
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import time
 
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.features import compute_aggregates
-from tests.support import spec_of, typed_frame
+from tests.datasets import spec_of, typed_frame
 
 
 def test_aggregates_are_fast_enough() -> None:

@@ -25,19 +25,19 @@ import pytest
 
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
-from pipelines.training import load_model, score, train
-from serving.auth import generate_token, provision, write_records
-from serving.gateway import write_routes
+from pipelines.stages.train import train
+from pipelines.training import load_model, score
+from serving.gateway_routes import write_routes
+from serving.token_files import provision, write_records
+from serving.token_records import generate_token
+from tests.datasets import spec_of, with_training, write_ingest
 from tests.support import (
     free_port,
     http_status,
-    spec_of,
     start_serving,
     stop_serving,
     wait_http_ok,
     wait_until,
-    with_training,
-    write_ingest,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.evaluation import evaluate
 from pipelines.features import SPLITS, build_features, read_split
 from pipelines.ingest import ingest
 from pipelines.spec import load_spec
+from pipelines.stages.evaluate import evaluate
 from tests.integration.test_lifecycle_dag import ROOT, Lifecycle, _summary
 from validation.data_quality import validate_data
 from validation.explain import explain

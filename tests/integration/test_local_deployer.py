@@ -17,15 +17,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 
 from pipelines.errors import DeploymentError
-from serving.auth import read_token
 from serving.control.deployers import Release
 from serving.control.deployers.local import LocalDeployer, _alive
+from serving.token_files import read_token
+from tests.datasets import small_booster
 from tests.support import SERVING_PY, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,13 +37,8 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame,
     rng = np.random.default_rng(3)
     frame = pd.DataFrame({"amount": rng.lognormal(3, 1, 1500), "hour": rng.integers(0, 24, 1500)})
     y = ((frame["amount"] > 40) & (frame["hour"] < 6)).astype(int)
-    booster = lgb.train(
-        {"objective": "binary", "verbose": -1, "seed": 1, "num_threads": 1},
-        lgb.Dataset(frame, y),
-        num_boost_round=15,
-    )
     folder = tmp_path_factory.mktemp("model")
-    booster.save_model(str(folder / "model.txt"))
+    booster = small_booster(frame, y, 15, folder)
     digest = hashlib.sha256((folder / "model.txt").read_bytes()).hexdigest()
     rows = frame.head(10)
     return folder, rows, booster.predict(rows), digest

@@ -13,12 +13,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import pytest
 
-from serving.auth import generate_token, write_records
+from serving.token_files import write_records
+from serving.token_records import generate_token
+from tests.datasets import small_booster
 from tests.support import SERVING_PY, free_port, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,13 +53,8 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
         }
     )
     y = ((frame["amount"] > 60) & (frame["channel"] == "online")).astype(int)
-    booster = lgb.train(
-        {"objective": "binary", "verbose": -1, "seed": 1, "num_threads": 1},
-        lgb.Dataset(frame, y),
-        num_boost_round=20,
-    )
     folder = tmp_path_factory.mktemp("model")
-    booster.save_model(str(folder / "model.txt"))
+    booster = small_booster(frame, y, 20, folder)
     write_records(folder.parent / f"{folder.name}-tokens.json", [_RECORD])
     rows = frame.head(25).reset_index(drop=True)
     expected = booster.predict(rows)

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from pipelines.training import score
-from serving.prediction_log import complete_files, read_records
+from serving.prediction_log_files import complete_files, read_records
 from tests.support import (
     GERMAN_CREDIT,
     free_port,
@@ -31,9 +31,8 @@ from tests.support import (
     start_model_server,
     stop_model_server,
     train_german_credit,
-    v2_binary,
-    v2_inputs,
 )
+from tests.v2_protocol import v2_binary, v2_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = GERMAN_CREDIT
@@ -460,7 +459,7 @@ def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamesp
 
 
 def _typed(frame: pd.DataFrame, server: SimpleNamespace) -> pd.DataFrame:
-    from pipelines.training import model_frame
+    from pipelines.booster_layout import model_frame
 
     return model_frame(server.booster, frame)
 

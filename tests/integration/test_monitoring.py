@@ -15,9 +15,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pandas as pd
@@ -25,6 +24,7 @@ import pytest
 import yaml
 
 from tests.integration.test_lifecycle_dag import ROOT, Lifecycle, _summary
+from tests.support import http_server
 
 pytestmark = pytest.mark.slow
 
@@ -44,16 +44,15 @@ class _Hook(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def webhook() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/alerts"
-    server.shutdown()
+    with http_server(_Hook) as base:
+        yield base + "/alerts"
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, webhook: str) -> dict[str, Any]:
     from ops.traffic import replay_traffic
-    from pipelines.data.fraud import FraudConfig, generate_fraud
+    from pipelines.data.fraud import generate_fraud
+    from pipelines.data.fraud_config import FraudConfig
     from pipelines.spec import load_spec
     from registry.mlflow_registry import set_alias
 

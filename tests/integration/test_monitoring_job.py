@@ -12,9 +12,10 @@ import pytest
 import yaml
 
 from ops.cli import main
-from ops.monitoring import run_monitoring
+from ops.monitoring import MonitoringSteps, MonitoringWindow, run_monitoring
 from pipelines.config import load_settings
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = dt.datetime(2026, 11, 29, 12, tzinfo=dt.UTC)
@@ -50,8 +51,9 @@ def test_drift_in_one_region_is_an_alarm_with_a_retrain(
 ) -> None:
     ref, cur = periods
     result = run_monitoring(
-        ROOT / "specs" / "fraud.yaml", settings=settings, reference=ref, current=cur,
-        html_path=tmp_path / "r.html", record=False, log_mlflow=False, market=False, now=NOW,
+        ROOT / "specs" / "fraud.yaml", settings=settings, html_path=tmp_path / "r.html",
+        window=MonitoringWindow(reference=ref, current=cur, now=NOW),
+        steps=MonitoringSteps(record=False, log_mlflow=False, market=False),
     )  # fmt: skip
     assert result["status"] == "alarm" and result["retrain"] is True
     (drift,) = [a for a in result["alerts"] if a["kind"] == "drift"]
@@ -83,9 +85,9 @@ def test_decay_on_labelled_scores_asks_for_a_retrain(settings, tmp_path: Path) -
     frame(0.5).to_parquet(tmp_path / "ref.parquet")
     frame(2.5).to_parquet(tmp_path / "cur.parquet")  # the same rates, far weaker ranking
     result = run_monitoring(
-        ROOT / "specs" / "fraud.yaml", settings=settings, reference=tmp_path / "ref.parquet",
-        current=tmp_path / "cur.parquet", out_dir=tmp_path / "out", record=False,
-        log_mlflow=False, market=False, now=NOW,
+        ROOT / "specs" / "fraud.yaml", settings=settings, out_dir=tmp_path / "out",
+        window=MonitoringWindow(tmp_path / "ref.parquet", tmp_path / "cur.parquet", NOW),
+        steps=MonitoringSteps(record=False, log_mlflow=False, market=False),
     )  # fmt: skip
     live = result["live"]
     assert live["decay"] == "yes" and live["reference_roc_auc"] - live["roc_auc"] > 0.05
@@ -101,8 +103,9 @@ def test_too_few_rows_are_not_assessed(
     small = tmp_path / "small.parquet"
     pd.read_parquet(cur).head(100).to_parquet(small)
     result = run_monitoring(
-        ROOT / "specs" / "fraud.yaml", settings=settings, reference=ref, current=small,
-        out_dir=tmp_path / "out", record=False, log_mlflow=False, market=False, now=NOW,
+        ROOT / "specs" / "fraud.yaml", settings=settings, out_dir=tmp_path / "out",
+        window=MonitoringWindow(reference=ref, current=small, now=NOW),
+        steps=MonitoringSteps(record=False, log_mlflow=False, market=False),
     )  # fmt: skip
     assert "not assessed" in result["status"] and result["alerts"] == []
     assert result["retrain"] is False
@@ -117,15 +120,15 @@ def test_a_market_shock_raises_an_alert_once(settings, tmp_path: Path, periods) 
     spec_path.write_text(yaml.safe_dump(data))
     ref, _ = periods  # no drift between a frame and itself: the only alert is the market's
     first = run_monitoring(
-        spec_path, settings=settings, reference=ref, current=ref, out_dir=tmp_path / "a",
-        record=False, log_mlflow=False, now=NOW,
+        spec_path, settings=settings, window=MonitoringWindow(ref, ref, NOW),
+        out_dir=tmp_path / "a", steps=MonitoringSteps(record=False, log_mlflow=False),
     )  # fmt: skip
     (market,) = [a for a in first["alerts"] if a["kind"] == "market"]
     assert market["retrain"] and market["message"].startswith("market shift")
     assert "Market early warning" in (tmp_path / "a" / "report.html").read_text()
     second = run_monitoring(
-        spec_path, settings=settings, reference=ref, current=ref, out_dir=tmp_path / "b",
-        record=False, log_mlflow=False, now=NOW,
+        spec_path, settings=settings, window=MonitoringWindow(ref, ref, NOW),
+        out_dir=tmp_path / "b", steps=MonitoringSteps(record=False, log_mlflow=False),
     )  # fmt: skip
     assert [a for a in second["alerts"] if a["kind"] == "market"] == []  # state carried
 

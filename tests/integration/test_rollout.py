@@ -32,17 +32,9 @@ from ops.run_summary import read_summary
 from pipelines.config import load_settings
 from pipelines.data.german_credit import load_german_credit
 from pipelines.features import build_features, read_split
-from pipelines.spec import Rollout
-from tests.support import (
-    SERVING_PY,
-    free_port,
-    register_booster,
-    spec_of,
-    stack_env,
-    wait_until,
-    with_training,
-    write_ingest,
-)
+from pipelines.spec_operations import Rollout
+from tests.datasets import spec_of, with_training, write_ingest
+from tests.support import SERVING_PY, free_port, register_booster, stack_env, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
@@ -114,12 +106,19 @@ def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
     url = settings.governance_url
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
     approvals.request_approval(
-        url, spec, model_version=version, artifact_sha256=sha, run_id=run, dag_id=None,
-        triggered_by="dev", author="dev", risk_reasons=[],
-    )  # fmt: skip
+        url,
+        spec,
+        model_version=version,
+        artifact_sha256=sha,
+        origin=approvals.RunOrigin(run_id=run, dag_id=None, triggered_by="dev", author="dev"),
+        risk_reasons=[],
+    )
     for user in ("alice", "bob"):
         state = approvals.decide(
-            url, MODEL, version, user=user, decision="approve", reason="ok", channel="cli"
+            url,
+            MODEL,
+            version,
+            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
         )
         if state.status == "approved":
             break
@@ -138,7 +137,8 @@ def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     from ops import stack
-    from pipelines.training import load_model, train
+    from pipelines.stages.train import train
+    from pipelines.training import load_model
     from registry import approvals
     from registry.mlflow_registry import set_alias
     from serving.control import routes as control_routes
@@ -149,7 +149,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     settings = load_settings(env)
     env.update(stack.airflow_env(settings))  # the rollout DAG runs with dag.test()
     env["GOVML_ROLLOUT_POKE_SECONDS"] = "0.5"
-    from serving.auth import generate_token, write_records
+    from serving.token_files import write_records
+    from serving.token_records import generate_token
 
     # the bank's client holds a gateway token; each deployment has its own tokens, which
     # the gateway uses to call it (the deployer makes them; ops-admin is added later)
@@ -195,7 +196,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
         set_alias(settings.mlflow_tracking_uri, MODEL, "champion", champion)
         routes = control_routes.gateway_dir(settings) / "routes.json"
         routes.parent.mkdir(parents=True, exist_ok=True)
-        from serving.gateway import write_routes
+        from serving.gateway_routes import write_routes
 
         first = control_routes.endpoint_of(settings, MODEL, champion)
         write_routes(routes, {"models": {MODEL: {"champion": first}}})
@@ -347,7 +348,7 @@ def test_a_full_rollout_then_three_faulty_challengers_rolled_back(world: SimpleN
                 elif fault == "frozen":  # accepts connections, never answers
                     os.kill(state["server_pid"], signal.SIGSTOP)
                 else:  # its model unloaded: every call answers "model does not exist"
-                    from serving.auth import add_client
+                    from serving.token_files import add_client
 
                     url = endpoint_of(world.settings, MODEL, version)["url"]
                     admin = add_client(server / "tokens.json", "ops-admin", ["admin"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ops.stack import MARKER, stack_id
+from ops.stack_processes import MARKER, stack_id
 from pipelines.config import load_settings
 from tests.support import AirflowAPI, single_spec_dir, stack_env
 

@@ -69,15 +69,15 @@ def _approve_and_release(
         spec,
         model_version=version,
         artifact_sha256=sha,
-        run_id=run_id,
-        dag_id=None,
-        triggered_by="dev",
-        author="dev",
+        origin=approvals.RunOrigin(run_id=run_id, dag_id=None, triggered_by="dev", author="dev"),
         risk_reasons=[],
     )
     for user in ("alice", "bob")[: spec.approval.min_approvers]:
         state = approvals.decide(
-            url, name, version, user=user, decision="approve", reason="ok", channel="cli"
+            url,
+            name,
+            version,
+            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
         )
     assert state.status == "approved"
     governance.record_deployment(

@@ -28,23 +28,19 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.features import build_features, read_split
 from pipelines.features_online import OnlineFeatures
-from pipelines.training import load_model, train
-from serving.auth import generate_token, read_token, write_records
+from pipelines.stages.train import train
+from pipelines.training import load_model
 from serving.control.deployers import Release
 from serving.control.deployers.local import LocalDeployer
+from serving.token_files import read_token, write_records
+from serving.token_records import generate_token
 from serving.transactions import TransactionSchema
-from tests.support import (
-    SERVING_PY,
-    free_port,
-    http_call,
-    spec_of,
-    stack_env,
-    with_training,
-    write_ingest,
-)
+from tests.datasets import spec_of, with_training, write_ingest
+from tests.support import SERVING_PY, free_port, http_call, stack_env
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]

@@ -55,14 +55,19 @@ def _pending(url: str) -> approvals.ApprovalState:
         SPEC,
         model_version="7",
         artifact_sha256=SHA,
-        run_id="run-1",
-        dag_id="german_credit_lifecycle",
-        triggered_by="operator",
-        author="alice",
+        origin=approvals.RunOrigin(
+            run_id="run-1",
+            dag_id="german_credit_lifecycle",
+            triggered_by="operator",
+            author="alice",
+        ),
         risk_reasons=RISK,
     )
     approvals.decide(
-        url, SPEC.name, "7", user="reviewer", decision="approve", reason="ok", channel="cli"
+        url,
+        SPEC.name,
+        "7",
+        approvals.Review(user="reviewer", decision="approve", reason="ok", channel="cli"),
     )
     return state
 
@@ -138,7 +143,10 @@ def test_a_forged_approval_event_stops_every_governance_action(url: str) -> None
     assert str(refused.value) == broken
     with pytest.raises(audit.AuditError, match=re.escape(broken)):
         approvals.decide(
-            url, SPEC.name, "7", user="validator", decision="approve", reason="x", channel="ui"
+            url,
+            SPEC.name,
+            "7",
+            approvals.Review(user="validator", decision="approve", reason="x", channel="ui"),
         )
 
 
@@ -185,7 +193,10 @@ def test_an_event_signed_with_another_key_is_named(url: str, tmp_path: Path) -> 
 def _deployed(url: str) -> int:
     """Approve (second approver), deploy once; the deployment writes a checkpoint."""
     approvals.decide(
-        url, SPEC.name, "7", user="validator", decision="approve", reason="ok", channel="ui"
+        url,
+        SPEC.name,
+        "7",
+        approvals.Review(user="validator", decision="approve", reason="ok", channel="ui"),
     )
     state = approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="govml-lifecycle")
     record_deployment(

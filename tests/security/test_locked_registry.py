@@ -100,12 +100,21 @@ def _approve_and_release(settings: Settings, version: str) -> None:
     spec = load_spec(ROOT / "specs" / "fraud.yaml").model_copy(update={"name": MODEL})
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
     approvals.request_approval(
-        url, spec, model_version=version, artifact_sha256=sha, run_id=f"run-{version}",
-        dag_id=None, triggered_by="dev", author="dev", risk_reasons=[],
-    )  # fmt: skip
+        url,
+        spec,
+        model_version=version,
+        artifact_sha256=sha,
+        origin=approvals.RunOrigin(
+            run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev"
+        ),
+        risk_reasons=[],
+    )
     for user in ("alice", "bob")[: spec.approval.min_approvers]:
         state = approvals.decide(
-            url, MODEL, version, user=user, decision="approve", reason="ok", channel="cli"
+            url,
+            MODEL,
+            version,
+            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
         )
     assert state.status == "approved"
     set_alias(settings.mlflow_tracking_uri, MODEL, CHALLENGER, version, reason="released")

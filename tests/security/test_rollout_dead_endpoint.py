@@ -38,15 +38,24 @@ def _approve(settings, spec, version: str):  # noqa: ANN001, ANN202
 
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
     approvals.request_approval(
-        settings.governance_url, spec, model_version=version, artifact_sha256=sha,
-        run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev", risk_reasons=[],
-    )  # fmt: skip
+        settings.governance_url,
+        spec,
+        model_version=version,
+        artifact_sha256=sha,
+        origin=approvals.RunOrigin(
+            run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev"
+        ),
+        risk_reasons=[],
+    )
     state = None
     for user in ("alice", "bob"):
         state = approvals.decide(
-            settings.governance_url, MODEL, version, user=user, decision="approve",
-            reason="reviewed", channel="cli", artifact_sha256=sha,
-        )  # fmt: skip
+            settings.governance_url,
+            MODEL,
+            version,
+            approvals.Review(user=user, decision="approve", reason="reviewed", channel="cli"),
+            artifact_sha256=sha,
+        )
         if state.status == "approved":
             break
     return state, sha
@@ -92,9 +101,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     from pipelines.data.german_credit import load_german_credit
     from pipelines.features import build_features
     from pipelines.spec import load_spec
-    from pipelines.training import load_model, train
+    from pipelines.stages.train import train
+    from pipelines.training import load_model
     from registry import approvals
-    from tests.support import spec_of, with_training, write_ingest
+    from tests.datasets import spec_of, with_training, write_ingest
 
     root = tmp_path_factory.mktemp("dead-endpoints")
     var = root / "var"
@@ -170,7 +180,7 @@ def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> 
     record(settings, ctl.start(champion, endpoint_of(settings, MODEL, v2), "ops-anna"))
     act(settings, spec, "pause", "ops-carl", "holiday freeze")
     from ops.deploy import deployer_for
-    from serving.auth import deployment_name
+    from serving.token_files import deployment_name
 
     deployer_for(settings).stop(deployment_name(MODEL, v2))
     shadowed = routes.read_bytes()

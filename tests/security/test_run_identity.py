@@ -44,12 +44,16 @@ def _govml(env: dict[str, str], *args: str, timeout: float = 900) -> subprocess.
 
 
 def _decide(settings, version: str, user: str):  # noqa: ANN001, ANN202
-    from registry.approvals import decide
+    from registry.approvals import Review, decide
 
     return decide(
-        settings.governance_url, MODEL, version, user=user, decision="approve",
-        reason="gates, fairness and SHAP reviewed", channel="cli",
-    )  # fmt: skip
+        settings.governance_url,
+        MODEL,
+        version,
+        Review(
+            user=user, decision="approve", reason="gates, fairness and SHAP reviewed", channel="cli"
+        ),
+    )
 
 
 def _request(settings, run_id: str):  # noqa: ANN001, ANN202

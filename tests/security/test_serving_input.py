@@ -28,9 +28,8 @@ from tests.support import (
     serve_german_credit,
     stop_model_server,
     train_german_credit,
-    v2_binary,
-    v2_inputs,
 )
+from tests.v2_protocol import v2_binary, v2_inputs
 
 pytestmark = pytest.mark.slow
 MODEL = GERMAN_CREDIT

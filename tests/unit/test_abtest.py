@@ -19,27 +19,31 @@ from scipy import stats
 
 from pipelines import sequential
 from pipelines.abtest import (
-    Arm,
     GuardrailResult,
     SampleRatio,
+    decide,
+    group_sequential_look,
+    guardrail_check,
+    metric_values,
+    msprt_look,
+    segment_effects,
+    srm_check,
+)
+from pipelines.abtest_design import (
+    design_test,
+    power_means,
+    power_proportions,
+    sample_size_means,
+    sample_size_proportions,
+)
+from pipelines.abtest_effects import (
+    Arm,
     clustered_arm,
     clustered_test,
     cuped,
-    decide,
-    design_test,
     difference_test,
-    group_sequential_look,
-    guardrail_check,
     holm,
-    metric_values,
-    msprt_look,
-    power_means,
-    power_proportions,
     proportion_arm,
-    sample_size_means,
-    sample_size_proportions,
-    segment_effects,
-    srm_check,
     two_proportion_test,
     welch_test,
 )

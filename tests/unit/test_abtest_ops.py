@@ -32,7 +32,7 @@ PURPOSES = ["debt_consolidation", "home_improvement", "car", "education", "other
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     from ops import abtest
     from registry.store import upgrade
-    from serving.gateway import write_routes
+    from serving.gateway_routes import write_routes
 
     settings = load_settings(stack_env(tmp_path / "var"))
     upgrade(settings.governance_url)
@@ -64,7 +64,7 @@ def _day(
     treatment_share: float = 0.5,
 ) -> float:
     """One day of traffic: n new applicants, labels for all; the clock at the day's end."""
-    from ops.abtest import abtest_logs
+    from ops.abtest_state import abtest_logs
 
     rng = world.rng
     folder = abtest_logs(world.settings, state.id)  # type: ignore[attr-defined]
@@ -141,7 +141,7 @@ def test_start_fixes_the_plan_and_puts_the_route_in_ab_mode(world: SimpleNamespa
 
 
 def test_a_harmful_challenger_is_stopped_by_its_guardrail(world: SimpleNamespace) -> None:
-    from ops import abtest
+    from ops import abtest, abtest_state
     from pipelines.errors import GovMLError
 
     spec = _spec()
@@ -162,7 +162,7 @@ def test_a_harmful_challenger_is_stopped_by_its_guardrail(world: SimpleNamespace
     with pytest.raises(GovMLError, match="no A/B test running"):
         abtest.analyse(world.settings, spec, now=now)
     # every look's report is kept, and the audit event names the JSON's SHA-256
-    folder = abtest.report_dir(world.settings, "credit", state.id)
+    folder = abtest_state.report_dir(world.settings, "credit", state.id)
     assert len(list(folder.glob("look-*/report.json"))) == len(actions)
     import hashlib
 
@@ -264,13 +264,13 @@ def test_a_manual_stop_needs_a_reason_and_a_running_test(world: SimpleNamespace)
 def test_a_look_before_any_data_continues_and_a_new_test_keeps_the_old_state(
     world: SimpleNamespace,
 ) -> None:
-    from ops import abtest
+    from ops import abtest, abtest_state
 
     spec = _spec()
     first = abtest.start(world.settings, spec, "2", "ops-anna")
     report = abtest.analyse(world.settings, spec, now=first.started + 3_600)
     assert report["decision"] == {"action": "continue", "reasons": ["no data on approval_rate yet"]}
-    folder = abtest.report_dir(world.settings, "credit", first.id)
+    folder = abtest_state.report_dir(world.settings, "credit", first.id)
     assert "Decision: continue" in (folder / "latest.html").read_text()
     abtest.stop(world.settings, spec, "ops-anna", "wrong version")
     second = abtest.start(world.settings, spec, "3", "ops-anna")

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from pipelines.errors import SpecError
-from pipelines.spec import AbMetric, load_spec
+from pipelines.spec import load_spec
+from pipelines.spec_abtest import AbMetric
 
 ROOT = Path(__file__).resolve().parents[2]
 SPECS = ROOT / "specs"

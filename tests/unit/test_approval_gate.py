@@ -69,10 +69,9 @@ def _gate(
         SPEC,
         model_version=version,
         artifact_sha256=sha256_file(artifact / "model.txt"),
-        run_id=RUN_ID,
-        dag_id="german_credit_lifecycle",
-        triggered_by="alice",
-        author=None,
+        origin=approvals.RunOrigin(
+            run_id=RUN_ID, dag_id="german_credit_lifecycle", triggered_by="alice", author=None
+        ),
         risk_reasons=risk,
     )
     op = GovernedApprovalOperator(task_id="approval", response_timeout=dt.timedelta(hours=24))
@@ -274,6 +273,16 @@ def test_a_rejection_stops_the_run_with_the_reason(gate) -> None:  # noqa: ANN00
     assert _tags(gate)["govml.approval.status"] == "rejected"
 
 
+def approve_in_cli(gate: SimpleNamespace, user: str, reason: str) -> None:
+    """``user`` approves the gate's version through the CLI channel."""
+    approvals.decide(
+        gate.url,
+        SPEC.name,
+        gate.version,
+        approvals.Review(user=user, decision="approve", reason=reason, channel="cli"),
+    )
+
+
 def test_no_answer_within_the_timeout_is_a_rejection(gate) -> None:  # noqa: ANN001
     event = {"error": "The Human-in-the-loop response timeout has passed", "error_type": "timeout"}
     with pytest.raises(AirflowFailException, match="counts as a rejection"):
@@ -283,15 +292,7 @@ def test_no_answer_within_the_timeout_is_a_rejection(gate) -> None:  # noqa: ANN
 
 
 def test_a_cli_decision_woken_task_does_not_count_twice(gate) -> None:  # noqa: ANN001
-    approvals.decide(
-        gate.url,
-        SPEC.name,
-        gate.version,
-        user="reviewer",
-        decision="approve",
-        reason="looked at the evidence",
-        channel="cli",
-    )
+    approve_in_cli(gate, "reviewer", "looked at the evidence")
     result = gate.op.execute_complete(gate.context, _answer("reviewer", "Approve"))
     assert result["status"] == "approved"
     assert [d["channel"] for d in result["decisions"]] == ["cli"]
@@ -300,15 +301,7 @@ def test_a_cli_decision_woken_task_does_not_count_twice(gate) -> None:  # noqa: 
 def test_an_approval_completed_elsewhere_is_honoured_even_at_the_timeout(gate) -> None:  # noqa: ANN001
     # the CLI recorded the decision but could not wake the task; the next resume
     # (here: the scheduler's timeout event) must not turn an approval into a rejection
-    approvals.decide(
-        gate.url,
-        SPEC.name,
-        gate.version,
-        user="validator",
-        decision="approve",
-        reason="ok",
-        channel="cli",
-    )
+    approve_in_cli(gate, "validator", "ok")
     event = {"error": "The Human-in-the-loop response timeout has passed", "error_type": "timeout"}
     result = gate.op.execute_complete(gate.context, event)
     assert result["status"] == "approved" and result["approvers"] == ["validator"]
@@ -316,14 +309,6 @@ def test_an_approval_completed_elsewhere_is_honoured_even_at_the_timeout(gate) -
 
 
 def test_a_request_decided_between_two_tries_is_not_asked_again(gate) -> None:  # noqa: ANN001
-    approvals.decide(
-        gate.url,
-        SPEC.name,
-        gate.version,
-        user="validator",
-        decision="approve",
-        reason="ok",
-        channel="cli",
-    )
+    approve_in_cli(gate, "validator", "ok")
     result = gate.op.execute(gate.context)
     assert result["status"] == "approved" and gate.written == []

@@ -65,10 +65,7 @@ def client(tmp_path: Path) -> TestClient:
         SPEC,
         model_version="7",
         artifact_sha256="a" * 64,
-        run_id=RUN,
-        dag_id=DAG,
-        triggered_by="operator",
-        author=None,
+        origin=approvals.RunOrigin(run_id=RUN, dag_id=DAG, triggered_by="operator", author=None),
         risk_reasons=[],
     )
     with pytest.raises(ApprovalError):
@@ -76,10 +73,7 @@ def client(tmp_path: Path) -> TestClient:
             url,
             SPEC.name,
             "7",
-            user="operator",
-            decision="approve",
-            reason="mine",
-            channel="ui",
+            approvals.Review(user="operator", decision="approve", reason="mine", channel="ui"),
             run_id=RUN,
         )
     app = Starlette(

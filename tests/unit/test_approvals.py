@@ -37,10 +37,9 @@ def _request(url: str, version: str = "7", risk: list[str] | None = None, run: s
         SPEC,
         model_version=version,
         artifact_sha256=SHA,
-        run_id=run,
-        dag_id="german_credit_lifecycle",
-        triggered_by="alice",
-        author="bob",
+        origin=approvals.RunOrigin(
+            run_id=run, dag_id="german_credit_lifecycle", triggered_by="alice", author="bob"
+        ),
         risk_reasons=list(risk or []),
     )
 
@@ -50,7 +49,7 @@ def _decide(url: str, user: str, decision: str = "approve", version: str = "7", 
     clock = audit.clock
     clock.at(kw.pop("now", T0 + dt.timedelta(hours=1)))  # type: ignore[attr-defined]
     return approvals.decide(
-        url, SPEC.name, version, user=user, decision=decision, channel="cli", **kw
+        url, SPEC.name, version, approvals.Review(user, decision, kw.pop("reason"), "cli"), **kw
     )
 
 
@@ -215,10 +214,9 @@ def test_requesting_twice_returns_the_same_request_and_a_changed_artifact_is_ref
             SPEC,
             model_version="7",
             artifact_sha256="d" * 64,
-            run_id="run-1",
-            dag_id=None,
-            triggered_by="alice",
-            author=None,
+            origin=approvals.RunOrigin(
+                run_id="run-1", dag_id=None, triggered_by="alice", author=None
+            ),
             risk_reasons=[],
         )
     assert _kinds(url).count("approval_requested") == 1

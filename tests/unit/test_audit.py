@@ -1,26 +1,20 @@
 """The hash-chained audit trail: canonical form, appends under concurrency, tamper detection.
 
-The tamper helpers here (``build_chain``, ``disable_append_only``, ``TAMPERS``) are
-also used by tests/integration/test_audit_postgres.py.
+The chain builders, tamperers and concurrent writers are in ``tests.audit_chain`` (shared
+with tests/integration/test_audit_postgres.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
@@ -35,215 +29,30 @@ from registry.audit import (
     head,
 )
 from registry.audit_verify import verify_chain
-from registry.store import AuditEvent, RoleChange, dispose_engines, engine_for, read_only
+from registry.store import AuditEvent, RoleChange, engine_for, read_only
+from tests.audit_chain import (
+    TAMPERS,
+    append_in_processes,
+    assert_process_chain,
+    assert_raced_chain,
+    assert_refused,
+    build_chain,
+    modify_payload,
+    spec_hash,
+    tamper,
+    truncate_tail,
+)
+from tests.racing import run_threads
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engines() -> Iterator[None]:
-    yield
-    dispose_engines()
+pytestmark = pytest.mark.usefixtures("fresh_engines")
 
 
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'governance.db'}"
-
-
-# --------------------------------------------------------------------------- helpers
-def build_chain(url: str, n: int = 10) -> list[str]:
-    """``n`` events with payload ``{"i": seq}``; returns their hashes (index 0 = seq 1)."""
-    hashes = []
-    for i in range(1, n + 1):
-        record = append_event(
-            url,
-            "gate_result",
-            actor="pipeline",
-            payload={"i": i},
-            model_name="fraud",
-            model_version=str(1 + i % 2),
-            run_id=f"run-{i % 3}",
-        )
-        hashes.append(record.hash)
-    return hashes
-
-
-def disable_append_only(conn: Connection) -> None:
-    """What a DBA with full rights can do: switch off the append-only triggers."""
-    if conn.dialect.name == "sqlite":
-        conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_update"))
-        conn.execute(text("DROP TRIGGER IF EXISTS audit_events_no_delete"))
-    else:
-        conn.execute(text("ALTER TABLE audit_events DISABLE TRIGGER USER"))
-
-
-def _shift(conn: Connection, where: str, delta: int) -> None:
-    """``seq = seq + delta`` for the rows ``where`` without tripping UNIQUE(seq) midway."""
-    conn.execute(text(f"UPDATE audit_events SET seq = -(seq + :d) WHERE {where}"), {"d": delta})
-    conn.execute(text("UPDATE audit_events SET seq = -seq WHERE seq < 0"))
-
-
-def _hash_of(conn: Connection, seq: int) -> str:
-    return conn.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": seq}).scalar()
-
-
-def _spec_hash(prev_hash: str, body: dict) -> str:
-    """The documented formula, written out independently of registry.audit."""
-    text_ = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((prev_hash + "\n" + text_).encode()).hexdigest()
-
-
-def _forge(conn: Connection, seq: int, prev_hash: str, digest: str | None) -> None:
-    occurred = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
-    body = {
-        "seq": seq,
-        "occurred_at": "2026-11-28T12:00:00.000000Z",
-        "kind": "approval_granted",
-        "actor": "mallory",
-        "model_name": "fraud",
-        "model_version": "9",
-        "run_id": None,
-        "payload": {"forged": True},
-    }
-    conn.execute(
-        text(
-            "INSERT INTO audit_events (seq, occurred_at, kind, actor, model_name, model_version,"
-            " run_id, payload, prev_hash, hash) VALUES (:seq, :at, 'approval_granted', 'mallory',"
-            " 'fraud', '9', NULL, :payload, :prev, :hash)"
-        ),
-        {
-            "seq": seq,
-            "at": occurred if conn.dialect.name == "postgresql" else "2026-11-28 12:00:00.000000",
-            "payload": '{"forged":true}',
-            "prev": prev_hash,
-            "hash": digest or _spec_hash(prev_hash, body),
-        },
-    )
-
-
-def modify_payload(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET payload = :p WHERE seq = 5"), {"p": '{"i":999}'})
-    return 5
-
-
-def reformat_payload(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET payload = :p WHERE seq = 5"), {"p": '{"i": 5}'})
-    return 5
-
-
-def modify_and_rehash(conn: Connection) -> int:
-    """Change seq 5's actor and recompute its own hash: seq 6 still links to the old one."""
-    row = conn.execute(text("SELECT * FROM audit_events WHERE seq = 5")).mappings().one()
-    occurred = row["occurred_at"]
-    if isinstance(occurred, str):
-        occurred = dt.datetime.fromisoformat(occurred)
-    body = {
-        "seq": 5,
-        "occurred_at": occurred.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        if occurred.tzinfo
-        else occurred.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "kind": row["kind"],
-        "actor": "mallory",
-        "model_name": row["model_name"],
-        "model_version": row["model_version"],
-        "run_id": row["run_id"],
-        "payload": json.loads(row["payload"]),
-    }
-    conn.execute(
-        text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE seq = 5"),
-        {"h": _spec_hash(row["prev_hash"], body)},
-    )
-    return 5
-
-
-def delete_middle(conn: Connection) -> int:
-    conn.execute(text("DELETE FROM audit_events WHERE seq = 5"))
-    return 5
-
-
-def delete_first(conn: Connection) -> int:
-    conn.execute(text("DELETE FROM audit_events WHERE seq = 1"))
-    return 1
-
-
-def delete_and_renumber(conn: Connection) -> int:
-    conn.execute(text("DELETE FROM audit_events WHERE seq = 5"))
-    _shift(conn, "seq > 5", -1)
-    return 5
-
-
-def insert_forged(conn: Connection) -> int:
-    """A competent forger: correct prev_hash and own hash at seq 5, later seqs renumbered."""
-    prev = _hash_of(conn, 4)
-    _shift(conn, "seq >= 5", 1)
-    _forge(conn, 5, prev, None)
-    return 5
-
-
-def insert_forged_garbage(conn: Connection) -> int:
-    _shift(conn, "seq >= 5", 1)
-    _forge(conn, 5, "f" * 64, "e" * 64)
-    return 5
-
-
-def swap_seqs(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = 3"))
-    conn.execute(text("UPDATE audit_events SET seq = 3 WHERE seq = 7"))
-    conn.execute(text("UPDATE audit_events SET seq = 7 WHERE seq = -1"))
-    return 3
-
-
-def swap_adjacent(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = 5"))
-    conn.execute(text("UPDATE audit_events SET seq = 5 WHERE seq = 6"))
-    conn.execute(text("UPDATE audit_events SET seq = 6 WHERE seq = -1"))
-    return 5
-
-
-def change_last(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET actor = 'mallory' WHERE seq = 10"))
-    return 10
-
-
-def change_timestamp(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET occurred_at = '2020-01-01 00:00:00' WHERE seq = 8"))
-    return 8
-
-
-def truncate_tail(seq: int) -> Callable[[Connection], int]:
-    """Delete every event from ``seq`` on: a clean cut that leaves a valid, shorter chain."""
-
-    def cut(conn: Connection) -> int:
-        conn.execute(text("DELETE FROM audit_events WHERE seq >= :s"), {"s": seq})
-        return seq
-
-    return cut
-
-
-TAMPERS: dict[str, Callable[[Connection], int]] = {
-    f.__name__: f
-    for f in (
-        modify_payload,
-        reformat_payload,
-        modify_and_rehash,
-        delete_middle,
-        delete_first,
-        delete_and_renumber,
-        insert_forged,
-        insert_forged_garbage,
-        swap_seqs,
-        swap_adjacent,
-        change_last,
-        change_timestamp,
-    )
-}
-
-
-def tamper(url: str, how: Callable[[Connection], int]) -> int:
-    with engine_for(url).begin() as conn:
-        disable_append_only(conn)
-        return how(conn)
 
 
 # --------------------------------------------------------------------------- canonical form
@@ -343,7 +152,7 @@ def test_append_links_events_with_the_documented_hash(url: str) -> None:
         "run_id": "run-9",
         "payload": second.payload,
     }
-    assert second.hash == _spec_hash(first.hash, body)
+    assert second.hash == spec_hash(first.hash, body)
     assert head(url) == (2, second.hash)
     assert events(url) == [first, second]  # stored exactly as returned
     with Session(engine_for(url)) as session:
@@ -411,69 +220,9 @@ def test_fifty_concurrent_threads_keep_one_chain(
         except BaseException as exc:  # noqa: BLE001 (reported below)
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(i,)) for i in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    run_threads(50, writer, join_timeout=120)
     assert errors == []
-    assert not [r for r in caplog.records if "raced" in r.getMessage()]  # the lock held
-    report = verify_chain(url)
-    assert report.ok, report.problem
-    stored = events(url)
-    assert [e.seq for e in stored] == list(range(1, 51))
-    assert len({e.hash for e in stored}) == 50
-    assert sorted(e.payload["i"] for e in stored) == list(range(50))
-
-
-_APPEND_WORKER = """
-import pathlib, sys, time
-from registry.audit import append_event
-from registry.store import engine_for
-url, worker = sys.argv[1], sys.argv[2]
-ready, go = pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
-engine_for(url)
-ready.touch()
-while not go.exists():
-    time.sleep(0.005)
-for i in range(10):
-    append_event(url, "gate_result", actor="worker-" + worker, payload={"w": worker, "i": i})
-"""
-
-
-def append_in_processes(url: str, tmp_path: Path, processes: int = 4) -> None:
-    """``processes`` processes start together (racing on the migration), then append 10 each."""
-    go = tmp_path / "go"
-    ready = [tmp_path / f"ready-{w}" for w in range(processes)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _APPEND_WORKER, url, str(w), str(r), str(go)],
-            cwd=ROOT,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for w, r in enumerate(ready)
-    ]
-    deadline = time.monotonic() + 90
-    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
-        if any(p.poll() not in (None, 0) for p in procs):
-            break
-        time.sleep(0.02)
-    go.touch()
-    for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, err
-
-
-def assert_process_chain(url: str, processes: int = 4) -> None:
-    report = verify_chain(url)
-    assert report.ok, report.problem
-    stored = events(url)
-    assert [e.seq for e in stored] == list(range(1, 10 * processes + 1))
-    assert len({e.hash for e in stored}) == 10 * processes
-    for w in range(processes):  # each writer's events are in its own order
-        mine = [e.payload["i"] for e in stored if e.payload["w"] == str(w)]
-        assert mine == list(range(10))
+    assert_raced_chain(url, caplog, 50)
 
 
 @pytest.mark.timeout(240)
@@ -486,13 +235,7 @@ def test_four_processes_keep_one_chain_on_sqlite(url: str, tmp_path: Path) -> No
 def test_triggers_refuse_update_and_delete(url: str) -> None:
     build_chain(url, 3)
     engine = engine_for(url)
-    for statement in (
-        "UPDATE audit_events SET actor = 'mallory' WHERE seq = 2",
-        "DELETE FROM audit_events WHERE seq = 3",
-        "DELETE FROM audit_events",
-    ):
-        with pytest.raises(DBAPIError, match="audit_events is append-only"), engine.begin() as c:
-            c.execute(text(statement))
+    assert_refused(url, "DELETE FROM audit_events")
     with pytest.raises(DBAPIError, match="append-only"), Session(engine) as session:
         session.begin()
         row = session.scalars(select(AuditEvent).where(AuditEvent.seq == 1)).one()

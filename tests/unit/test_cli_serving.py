@@ -11,7 +11,9 @@ import pytest
 
 from ops.cli import main
 from pipelines.config import load_settings
-from serving.auth import TokenStore, load_records, provision
+from serving.auth import TokenStore
+from serving.token_files import provision
+from serving.token_records import load_records
 
 
 @pytest.fixture

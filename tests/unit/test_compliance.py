@@ -23,7 +23,7 @@ from validation.compliance import (
     model_card_completeness,
     top_adverse_factors,
 )
-from validation.fairness import FAIRNESS_METRICS, MIN_GROUP_ROWS, assess_groups, group_labels
+from validation.group_fairness import FAIRNESS_METRICS, MIN_GROUP_ROWS, assess_groups, group_labels
 
 START = pd.Timestamp("2024-03-01", tz="UTC")
 DAY = pd.Timedelta(days=1)

@@ -1,5 +1,6 @@
-"""The DAG folder parses with zero import errors, one lifecycle DAG per spec, without
-touching a database or the network (both are made impossible in the parsing process)."""
+"""The DAG folder parses with zero import errors, one lifecycle DAG per spec and one
+A/B test DAG per spec with an ``abtest`` section, without touching a database, the
+network or heavy libraries (all made impossible or checked in the parsing process)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,8 +69,21 @@ def _parse(dag_folder: Path, specs_dir: Path, tmp_path: Path) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_dag_folder_parses_one_dag_per_spec(tmp_path: Path) -> None:
-    parsed = _parse(ROOT / "dags", ROOT / "specs", tmp_path)
+@pytest.fixture(scope="module")
+def parsed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One isolated parse of the DAG folder over the repository's specs plus
+    ``sme_credit`` (a copy of credit without an ``abtest`` section)."""
+    tmp_path = tmp_path_factory.mktemp("dag-parse")
+    specs = tmp_path / "specs"
+    shutil.copytree(ROOT / "specs", specs)
+    data = yaml.safe_load((ROOT / "specs" / "credit.yaml").read_text())
+    data["name"] = "sme_credit"
+    del data["abtest"]  # no abtest section: no A/B DAG
+    (specs / "sme_credit.yaml").write_text(yaml.safe_dump(data))
+    return _parse(ROOT / "dags", specs, tmp_path)
+
+
+def test_dag_folder_parses_one_dag_per_spec(parsed: dict) -> None:
     assert parsed["errors"] == {}
     assert {"fraud_lifecycle", "credit_lifecycle", "german_credit_lifecycle"} <= set(parsed["dags"])
     fraud = parsed["dags"]["fraud_lifecycle"]
@@ -119,3 +134,14 @@ def test_a_new_spec_file_adds_a_dag_without_code(tmp_path: Path) -> None:
         "credit_lifecycle", "sme_credit_lifecycle", "credit_rollout", "sme_credit_rollout",
         "credit_abtest", "sme_credit_abtest", "credit_monitoring", "sme_credit_monitoring",
     }  # fmt: skip
+
+
+def test_one_daily_abtest_dag_per_spec_with_an_abtest_section(parsed: dict) -> None:
+    assert parsed["errors"] == {}
+    abtests = {d for d in parsed["dags"] if d.endswith("_abtest")}
+    assert abtests == {"fraud_abtest", "credit_abtest"}
+    for dag_id in abtests:
+        dag = parsed["dags"][dag_id]
+        assert dag["tasks"] == ["analyse", "running"]
+        assert dag["schedule"] == "@daily" and dag["catchup"] is False
+    assert parsed["heavy"] == []

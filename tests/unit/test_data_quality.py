@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,13 +20,14 @@ from pipelines.data import (
 )
 from pipelines.errors import DataValidationError
 from pipelines.ingest import DATA_FILE, ingest
-from pipelines.spec import ModelSpec, load_spec, parse_spec
+from pipelines.spec import ModelSpec, load_spec
+from tests.datasets import small_spec
+from validation.data_profile import load_profile
 from validation.data_quality import (
     DATA_DOCS_DIR,
     PROFILE_FILE,
     RESULT_FILE,
     VALIDATION_FILE,
-    load_profile,
     validate_data,
 )
 
@@ -76,6 +78,26 @@ def credit_reference(
     out = tmp_path_factory.mktemp("credit_reference")
     validate_data(specs["credit"], good["credit"], out)
     return out / PROFILE_FILE
+
+
+@dataclass(frozen=True)
+class CreditCase:
+    """The credit spec, its generated frame, the ingest helper and the reference profile."""
+
+    spec: ModelSpec
+    frame: pd.DataFrame
+    ingested: Ingest
+    reference: Path
+
+
+@pytest.fixture
+def credit(
+    specs: dict[str, ModelSpec],
+    frames: dict[str, pd.DataFrame],
+    ingested: Ingest,
+    credit_reference: Path,
+) -> CreditCase:
+    return CreditCase(specs["credit"], frames["credit"], ingested, credit_reference)
 
 
 def _records(out_dir: Path) -> dict[str, dict]:
@@ -223,33 +245,25 @@ def test_profile_round_trips_as_reference(
 
 
 def test_half_the_label_rate_fails_against_the_reference(
-    specs: dict[str, ModelSpec],
-    frames: dict[str, pd.DataFrame],
-    ingested: Ingest,
-    credit_reference: Path,
-    tmp_path: Path,
+    credit: CreditCase, tmp_path: Path
 ) -> None:
-    frame = frames["credit"].copy()
+    frame = credit.frame.copy()
     positives = frame.index[frame["default_12m"] == 1]
     frame.loc[positives[::2], "default_12m"] = 0  # half the defaults
-    data = ingested("credit", frame)
+    data = credit.ingested("credit", frame)
     # without a reference only the sanity bound applies: passes
-    validate_data(specs["credit"], data, tmp_path / "plain")
+    validate_data(credit.spec, data, tmp_path / "plain")
     with pytest.raises(DataValidationError, match=r"1 data check failed .*default_12m: label rate"):
-        validate_data(specs["credit"], data, tmp_path / "ref", reference_profile=credit_reference)
+        validate_data(credit.spec, data, tmp_path / "ref", reference_profile=credit.reference)
     assert not _records(tmp_path / "ref")["label_rate"]["success"]
 
 
 def test_a_tenth_of_the_rows_fails_against_the_reference(
-    specs: dict[str, ModelSpec],
-    frames: dict[str, pd.DataFrame],
-    ingested: Ingest,
-    credit_reference: Path,
-    tmp_path: Path,
+    credit: CreditCase, tmp_path: Path
 ) -> None:
-    data = ingested("credit", frames["credit"].iloc[::10].reset_index(drop=True))
+    data = credit.ingested("credit", credit.frame.iloc[::10].reset_index(drop=True))
     with pytest.raises(DataValidationError) as info:
-        validate_data(specs["credit"], data, tmp_path, reference_profile=credit_reference)
+        validate_data(credit.spec, data, tmp_path, reference_profile=credit.reference)
     message = str(info.value)
     assert (
         "table: rows between 1500 and 6000 (0.5x-2x the reference's 3000) (observed 300)" in message
@@ -273,17 +287,11 @@ def test_label_rate_sanity_bound_without_reference(
         validate_data(specs["german_credit"], data, tmp_path)
 
 
-def test_median_drift_warns_without_failing(
-    specs: dict[str, ModelSpec],
-    frames: dict[str, pd.DataFrame],
-    ingested: Ingest,
-    credit_reference: Path,
-    tmp_path: Path,
-) -> None:
-    frame = frames["credit"].copy()
+def test_median_drift_warns_without_failing(credit: CreditCase, tmp_path: Path) -> None:
+    frame = credit.frame.copy()
     frame["income"] = frame["income"] * 4  # still within the spec's range
-    data = ingested("credit", frame)
-    result = validate_data(specs["credit"], data, tmp_path, reference_profile=credit_reference)
+    data = credit.ingested("credit", frame)
+    result = validate_data(credit.spec, data, tmp_path, reference_profile=credit.reference)
     assert result.passed
     assert len(result.warnings) == 1 and result.warnings[0].startswith("income: median between")
     assert _records(tmp_path)["reference.income.median"]["blocking"] is False
@@ -360,28 +368,12 @@ def test_nulls_in_a_forbid_int_column_fail_validation_not_ingest(
 
 
 def test_bool_and_string_columns_validate(tmp_path: Path) -> None:
-    spec = parse_spec(
+    spec = small_spec(
         {
-            "name": "small",
-            "use_case": "credit",
-            "owner": "tests",
-            "data": {
-                "source": {"kind": "file", "path": "small.csv"},
-                "id_column": "id",
-                "entity_column": "id",
-                "target": "label",
-                "split": {"method": "stratified"},
-                "min_rows": 3,
-                "columns": {
-                    "id": {"type": "int", "unique": True},
-                    "flag": {"type": "bool"},
-                    "note": {"type": "string", "missing": "allow"},
-                    "label": {"type": "bool"},
-                },
-            },
-            "features": {"raw": ["flag"]},
-            "gates": {"metrics": [{"metric": "roc_auc", "min": 0.5}]},
-            "approval": {"roles": ["model_risk"]},
+            "id": {"type": "int", "unique": True},
+            "flag": {"type": "bool"},
+            "note": {"type": "string", "missing": "allow"},
+            "label": {"type": "bool"},
         }
     )
     source = tmp_path / "small.csv"

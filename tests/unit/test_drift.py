@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from pipelines.drift import benjamini_hochberg, compare, ks_matrix, psi, psi_matrix
+from pipelines.drift import compare
+from pipelines.drift_stats import benjamini_hochberg, ks_matrix, psi, psi_matrix
 from pipelines.errors import DataValidationError
-from pipelines.spec import Drift, Segment
+from pipelines.spec_features import Segment
+from pipelines.spec_operations import Drift
 
 
 def test_ks_agrees_with_scipy_for_small_and_large_samples() -> None:

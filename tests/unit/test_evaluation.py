@@ -22,17 +22,18 @@ from pipelines.evaluation import (
     calibration,
     classification_metrics,
     credit_business,
-    evaluate,
     fraud_business,
     metric_points,
     precision_at_recall,
     recall_at_fpr,
     segment_labels,
 )
-from pipelines.features import build_features, read_split
+from pipelines.features import read_split
 from pipelines.spec import ModelSpec
-from pipelines.training import load_model, score, train
-from tests.support import credit_data, fraud_data, spec_of, with_training
+from pipelines.stages.evaluate import evaluate
+from pipelines.stages.train import train
+from pipelines.training import load_model, score
+from tests.datasets import spec_of, with_training
 
 PNG = b"\x89PNG\r\n\x1a\n"
 METRIC_KEYS = {
@@ -159,25 +160,29 @@ def test_metric_points_follow_the_gates() -> None:
 
 
 @pytest.fixture(scope="module")
-def credit_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path, Path, Path]:
+def credit_run(
+    credit_features: tuple[ModelSpec, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ModelSpec, Path, Path, Path]:
     """Credit features, a candidate and a different champion model."""
+    base, features = credit_features
     root = tmp_path_factory.mktemp("credit")
-    spec = with_training(spec_of("credit"), num_boost_round=80)
-    build_features(spec, credit_data(root / "ingest"), root / "features")
-    train(spec, root / "features", root / "train")
+    spec = with_training(base, num_boost_round=80)
+    train(spec, features, root / "train")
     champion_spec = with_training(spec, params={"learning_rate": 0.1, "num_leaves": 4}, seed=5)
-    train(champion_spec, root / "features", root / "champion")
-    return spec, root / "features", root / "train", root / "champion" / "model.txt"
+    train(champion_spec, features, root / "champion")
+    return spec, features, root / "train", root / "champion" / "model.txt"
 
 
 @pytest.fixture(scope="module")
-def fraud_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path, Path]:
+def fraud_run(
+    fraud_features: tuple[ModelSpec, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ModelSpec, Path, Path]:
+    base, features = fraud_features
     root = tmp_path_factory.mktemp("fraud")
-    spec = with_training(spec_of("fraud"), num_boost_round=60, early_stopping_rounds=15)
-    build_features(spec, fraud_data(root / "ingest"), root / "features")
-    train(spec, root / "features", root / "train")
-    evaluate(spec, root / "features", root / "train", root / "evaluate")
-    return spec, root / "features", root / "evaluate"
+    spec = with_training(base, num_boost_round=60, early_stopping_rounds=15)
+    train(spec, features, root / "train")
+    evaluate(spec, features, root / "train", root / "evaluate")
+    return spec, features, root / "evaluate"
 
 
 def test_champion_scoring_path(
@@ -221,32 +226,37 @@ def test_champion_scoring_path(
     assert json.loads((tmp_path / "result.json").read_text())["champion_model"] == str(champion)
 
 
-def test_without_champion_the_champion_is_null(
-    credit_run: tuple[ModelSpec, Path, Path, Path], tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def credit_evaluated(
+    credit_run: tuple[ModelSpec, Path, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The credit candidate evaluated without a champion (read-only)."""
     spec, features, train_dir, _ = credit_run
-    evaluate(spec, features, train_dir, tmp_path)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    out = tmp_path_factory.mktemp("credit-evaluate")
+    evaluate(spec, features, train_dir, out)
+    return out
+
+
+def test_without_champion_the_champion_is_null(credit_evaluated: Path) -> None:
+    metrics = json.loads((credit_evaluated / "metrics.json").read_text())
     assert metrics["champion"] is None and metrics["business"]["champion"] is None
-    assert pd.read_parquet(tmp_path / "scores.parquet")["champion_score"].isna().all()
+    assert pd.read_parquet(credit_evaluated / "scores.parquet")["champion_score"].isna().all()
 
 
 def test_evaluation_is_idempotent(
-    credit_run: tuple[ModelSpec, Path, Path, Path], tmp_path: Path
+    credit_run: tuple[ModelSpec, Path, Path, Path], credit_evaluated: Path, tmp_path: Path
 ) -> None:
     spec, features, train_dir, _ = credit_run
-    evaluate(spec, features, train_dir, tmp_path / "a")
     evaluate(spec, features, train_dir, tmp_path / "b")
     for name in ("metrics.json", "scores.parquet", "roc.png", "pr.png", "calibration.png"):
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+        assert (credit_evaluated / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
 
 def test_credit_segments_and_business(
-    credit_run: tuple[ModelSpec, Path, Path, Path], tmp_path: Path
+    credit_run: tuple[ModelSpec, Path, Path, Path], credit_evaluated: Path
 ) -> None:
-    spec, features, train_dir, _ = credit_run
-    evaluate(spec, features, train_dir, tmp_path)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    spec = credit_run[0]
+    metrics = json.loads((credit_evaluated / "metrics.json").read_text())
     rows = metrics["candidate"]["rows"]
     segments = metrics["segments"]
     assert set(segments) == {"region", "purpose", "age_band", "tenure_band"}

@@ -15,12 +15,10 @@ import pytest
 from pipelines.data.credit import CreditConfig, generate_credit
 from pipelines.errors import DataValidationError
 from pipelines.spec import ModelSpec, load_spec
-from validation.fairness import (
-    ALL_FEATURES,
+from pipelines.stages.fairness import assess_fairness
+from validation.fairness import ALL_FEATURES, MIN_INTERSECTION_GROUP_ROWS, PROXY_AUC_THRESHOLD
+from validation.group_fairness import (
     FAIRNESS_METRICS,
-    MIN_INTERSECTION_GROUP_ROWS,
-    PROXY_AUC_THRESHOLD,
-    assess_fairness,
     assess_groups,
     group_labels,
     metrics_from_counts,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,14 +17,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import ConfigError
+from pipelines.feature_history import states_from_history
+from pipelines.feature_state import Status
 from pipelines.features import compute_aggregates
-from pipelines.features_online import OnlineFeatures, Status, states_from_history
+from pipelines.features_online import OnlineFeatures
 from pipelines.spec import ModelSpec
 from serving.feature_store import FeatureStore, RedisStore, open_store
 from serving.resp import RespClient, RespError
-from tests.support import run_async, spec_of, typed_frame
+from tests.datasets import spec_of, typed_frame
+from tests.racing import run_threads
+from tests.support import run_async
 from tests.unit.test_features_online import assert_same, records
 
 REDIS_URL = os.environ.get("GOVML_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -144,11 +148,7 @@ def test_concurrent_transactions_for_one_card_lose_no_update(store: FeatureStore
 
         run_async(many())
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(4, worker)
     state = store.state("card_id", "42")
     assert state is not None and len(state) == 200 and len(set(state.ids.tolist())) == 200
     assert np.all(np.diff(state.times) >= 0)

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipelines.features_online import EntityState, Event, OnlineFeatures, Status
+from pipelines.feature_state import EntityState, Event, Status
+from pipelines.features_online import OnlineFeatures
 from serving import feature_store
 from serving.feature_store import (
     TOKEN_BYTES,
@@ -25,7 +26,9 @@ from serving.feature_store import (
     open_store,
 )
 from serving.resp import RespClient
-from tests.support import run_async, spec_of
+from tests.datasets import spec_of
+from tests.racing import run_threads
+from tests.support import run_async
 from tests.unit.test_feature_store import SECRET, card_row, redis_store, transaction
 
 __all__ = ["redis_store"]  # the fixture
@@ -214,11 +217,7 @@ def test_two_replicas_concurrently_lose_no_update(redis_store: RedisStore) -> No
 
         run_async(many())
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(2, worker)
     state = redis_store.state("card_id", "8")
     assert state is not None and sorted(state.ids.tolist()) == sorted(
         [i for i in range(150)] + [1000 + i for i in range(150)]

@@ -7,6 +7,7 @@ The helpers (typed ingest data from the generators, smaller training settings) l
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,8 @@ import pytest
 
 from pipelines.artifacts import sha256_file
 from pipelines.data.credit import CreditConfig, generate_credit
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.data.german_credit import load_german_credit
 from pipelines.errors import DataValidationError
 from pipelines.features import (
@@ -25,12 +27,11 @@ from pipelines.features import (
     passthrough_columns,
     read_split,
 )
-from pipelines.spec import AggregateFeature, ModelSpec
-from tests.support import (
+from pipelines.spec import ModelSpec
+from pipelines.spec_features import AggregateFeature
+from tests.datasets import (
     CREDIT_ROWS,
     FRAUD_ROWS,
-    credit_data,
-    fraud_data,
     spec_of,
     typed_frame,
     write_ingest,
@@ -188,20 +189,7 @@ def test_a_late_event_does_not_change_earlier_rows() -> None:
 # ----------------------------------------------------------------------------- build_features
 
 
-@pytest.fixture(scope="module")
-def fraud_features(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path]:
-    root = tmp_path_factory.mktemp("fraud")
-    spec = spec_of("fraud")
-    build_features(spec, fraud_data(root / "ingest"), root / "features")
-    return spec, root / "features"
-
-
-@pytest.fixture(scope="module")
-def credit_features(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path]:
-    root = tmp_path_factory.mktemp("credit")
-    spec = spec_of("credit")
-    build_features(spec, credit_data(root / "ingest"), root / "features")
-    return spec, root / "features"
+# fraud_features, credit_features: tests/unit/conftest.py
 
 
 def test_feature_tables_follow_the_contract(fraud_features: tuple[ModelSpec, Path]) -> None:
@@ -299,10 +287,12 @@ def test_stratified_split_keeps_label_rates(credit_features: tuple[ModelSpec, Pa
 def test_build_features_is_idempotent_and_deterministic(
     credit_features: tuple[ModelSpec, Path], tmp_path: Path
 ) -> None:
-    spec, folder = credit_features
+    spec, shared = credit_features
+    folder = tmp_path / "features"  # the shared tables are read-only: rerun on a copy
+    shutil.copytree(shared, folder)
     names = ["train.parquet", "validation.parquet", "test.parquet", "features.json"]
     first = {n: sha256_file(folder / n) for n in names}
-    data = folder.parent / "ingest" / "data.parquet"
+    data = shared.parent / "ingest" / "data.parquet"
     build_features(spec, data, folder)  # rerun in place
     assert {n: sha256_file(folder / n) for n in names} == first
     build_features(spec, data, tmp_path / "again")  # and into another folder

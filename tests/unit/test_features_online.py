@@ -11,19 +11,16 @@ import pandas as pd
 import pytest
 
 from pipelines import features_online
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import DataValidationError, SpecError
+from pipelines.feature_history import states_from_history
+from pipelines.feature_state import EntityState, StateError, Status, refused
 from pipelines.features import compute_aggregates
-from pipelines.features_online import (
-    EntityState,
-    OnlineFeatures,
-    StateError,
-    Status,
-    refused,
-    states_from_history,
-)
-from pipelines.spec import AggregateFeature, ModelSpec
-from tests.support import spec_of, typed_frame
+from pipelines.features_online import OnlineFeatures
+from pipelines.spec import ModelSpec
+from pipelines.spec_features import AggregateFeature
+from tests.datasets import spec_of, typed_frame
 from tests.unit.test_features import _all_aggregates, _events
 
 # ----------------------------------------------------------------------------- helpers

@@ -12,15 +12,11 @@ from typing import Any
 import pytest
 
 from pipelines.errors import ConfigError
-from serving.auth import (
-    TokenStore,
-    generate_token,
-    provision,
-    read_token,
-    revoke_client,
-    write_records,
-)
-from serving.gateway import BUCKETS, Gateway, bucket, load_routes, parse_routes, write_routes
+from serving.auth import TokenStore
+from serving.gateway import Gateway
+from serving.gateway_routes import BUCKETS, bucket, load_routes, parse_routes, write_routes
+from serving.token_files import provision, read_token, revoke_client, write_records
+from serving.token_records import generate_token
 from tests.unit.test_gateway_abtest import CLIENT, CLIENT_RECORD, request, run, upstream
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "1"}

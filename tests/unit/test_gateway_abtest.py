@@ -16,10 +16,13 @@ import pytest
 from aiohttp import web
 
 from pipelines.errors import ConfigError
-from serving.auth import TokenStore, generate_token, write_records
-from serving.gateway import Gateway, parse_routes, write_routes
+from serving.auth import TokenStore
+from serving.gateway import Gateway
 from serving.gateway_abtest import ASSIGNMENTS, ENROLMENTS
+from serving.gateway_routes import parse_routes, write_routes
 from serving.request_context import current_request_id, set_request_id
+from serving.token_files import write_records
+from serving.token_records import generate_token
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "1"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "2"}

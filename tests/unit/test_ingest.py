@@ -13,7 +13,8 @@ from pipelines.data import CreditConfig, FraudConfig, generate_credit, generate_
 from pipelines.data.manifest import sha256_file
 from pipelines.errors import DataValidationError
 from pipelines.ingest import DATA_FILE, FINGERPRINT_FILE, RESULT_FILE, ingest
-from pipelines.spec import ColumnType, ModelSpec, load_spec, parse_spec
+from pipelines.spec import ColumnType, ModelSpec, load_spec
+from tests.datasets import small_spec
 
 EXPECTED_DTYPE = {
     ColumnType.FLOAT: "float64",
@@ -256,31 +257,15 @@ def test_empty_parquet_is_an_error(
         ingest(fraud_spec, path, tmp_path / "out")
 
 
-def small_spec() -> ModelSpec:
+def bool_and_string_spec() -> ModelSpec:
     """A tiny spec with bool and string columns (the shipped specs have none)."""
-    return parse_spec(
+    return small_spec(
         {
-            "name": "small",
-            "use_case": "credit",
-            "owner": "tests",
-            "data": {
-                "source": {"kind": "file", "path": "small.csv"},
-                "id_column": "id",
-                "entity_column": "id",
-                "target": "label",
-                "split": {"method": "stratified"},
-                "min_rows": 3,
-                "columns": {
-                    "id": {"type": "int", "unique": True},
-                    "seen": {"type": "datetime"},
-                    "flag": {"type": "bool"},
-                    "note": {"type": "string", "missing": "allow"},
-                    "label": {"type": "int", "min": 0, "max": 1},
-                },
-            },
-            "features": {"raw": ["flag"]},
-            "gates": {"metrics": [{"metric": "roc_auc", "min": 0.5}]},
-            "approval": {"roles": ["model_risk"]},
+            "id": {"type": "int", "unique": True},
+            "seen": {"type": "datetime"},
+            "flag": {"type": "bool"},
+            "note": {"type": "string", "missing": "allow"},
+            "label": {"type": "int", "min": 0, "max": 1},
         }
     )
 
@@ -293,7 +278,7 @@ def test_bool_and_string_columns(tmp_path: Path) -> None:
         "2,2026-01-02T10:00:00,False,,1\n"
         "3,2026-01-03,1, padded ,0\n"
     )
-    result = ingest(small_spec(), path, tmp_path / "out")
+    result = ingest(bool_and_string_spec(), path, tmp_path / "out")
     data = pd.read_parquet(tmp_path / "out" / DATA_FILE)
     assert result.dtypes == {
         "id": "int64",
@@ -309,7 +294,7 @@ def test_bool_and_string_columns(tmp_path: Path) -> None:
 
     path.write_text("id,seen,flag,note,label\n1,2026-01-01,maybe,x,0\n2,2026-01-02,no,y,1.5\n")
     with pytest.raises(DataValidationError) as info:
-        ingest(small_spec(), path, tmp_path / "bad")
+        ingest(bool_and_string_spec(), path, tmp_path / "bad")
     message = str(info.value)
     assert "'flag' (bool): 1 value(s) not parseable as bool (e.g. 'maybe')" in message
     assert "'label' (int): 1 non-integer value(s) (e.g. '1.5')" in message

@@ -18,11 +18,11 @@ import yaml
 
 from pipelines.config import load_settings
 from pipelines.errors import DeploymentError
-from serving.auth import TokenRecord, TokenStore, add_client, read_token
+from serving.auth import TokenStore
 from serving.control import autoscaling as kube_autoscaling
 from serving.control import checks as kube_checks
 from serving.control import crd as kube_crd
-from serving.control import inference_service as kube_isvc
+from serving.control import feature_transformer
 from serving.control.autoscaling import Resources, Scaling
 from serving.control.deployers import Release
 from serving.control.deployers.kubernetes import KubernetesDeployer
@@ -34,6 +34,8 @@ from serving.control.deployers.target import (
     cluster_configured,
 )
 from serving.control.inference_service import ServingImage
+from serving.token_files import add_client, read_token
+from serving.token_records import TokenRecord
 from tests.unit.test_manifests import FakeApiException, FakeCoreApi, FakeCustomObjectsApi
 
 SHA = "5e" * 32
@@ -590,7 +592,7 @@ def test_the_feature_transformer_needs_redis_and_the_key_secret_on_kubernetes(
     with pytest.raises(DeploymentError, match="GOVML_KUBE_FEATURE_KEY_SECRET"):
         deployer(tmp_path, crd_path).render(redis_release)
     with pytest.raises(DeploymentError, match="feature_key_secret"):
-        kube_isvc.add_feature_transformer(
+        feature_transformer.add_feature_transformer(
             deployer(tmp_path, crd_path).render(release()),
             image="govml-serving:1",
             spec_file="specs/fraud.yaml",

@@ -17,13 +17,11 @@ from pipelines.market import (
     ChangePoint,
     MarketConfig,
     MarketWatchConfig,
-    MarketWatcher,
-    detect_changes,
     generate_market,
     resolve_shock_index,
     summarize_changes,
-    watch_market,
 )
+from pipelines.market_watch import MarketWatcher, detect_changes, watch_market
 
 SHOCK = 160  # of 250 business days: a 100-day baseline, 59 calm days, then the new regime
 MAX_ALERT_DELAY = 10  # business days from the regime change to the first alert
@@ -341,7 +339,7 @@ def test_watch_config_defaults_and_transforms() -> None:
 def test_the_spec_knows_the_market_fields() -> None:
     import dataclasses
 
-    from pipelines.spec import MARKET_PARAMS, MARKET_WATCH_FIELDS
+    from pipelines.spec_operations import MARKET_PARAMS, MARKET_WATCH_FIELDS
 
     assert set(MARKET_PARAMS) == {f.name for f in dataclasses.fields(MarketConfig)}
     assert set(MARKET_WATCH_FIELDS) == set(MarketWatchConfig.model_fields)

@@ -10,15 +10,10 @@ from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_s
 
 from pipelines.errors import DataValidationError
 from pipelines.evaluation import recall_at_fpr
-from pipelines.monitoring import (
-    business_kpis,
-    performance_by_window,
-    server_error_rates,
-    technical_metrics,
-    time_windows,
-)
+from pipelines.monitoring import performance_by_window, time_windows
+from pipelines.monitoring_kpis import business_kpis, server_error_rates, technical_metrics
 from pipelines.rollout import calibration_error
-from pipelines.spec import Segment
+from pipelines.spec_features import Segment
 
 START = pd.Timestamp("2024-03-01", tz="UTC")
 DAY = pd.Timedelta(days=1)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
 
 from ops.notify import notify
+from tests.support import http_server
 
 ALERT = {"model": "fraud", "kind": "drift", "severity": "alarm", "message": "amount drifts"}
 
@@ -31,10 +31,8 @@ class _Hook(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def hook() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/hook"
-    server.shutdown()
+    with http_server(_Hook) as base:
+        yield base + "/hook"
 
 
 def test_webhook_receives_the_alert(hook: str) -> None:

@@ -18,13 +18,15 @@ import pytest
 
 from pipelines.errors import ConfigError
 from serving import prediction_log as plog
-from serving.prediction_log import (
+from serving.prediction_log import PredictionLog, RowContext
+from serving.prediction_log_files import (
     JsonlSink,
+    LogOptions,
     ParquetSink,
-    PredictionLog,
     complete_files,
     read_records,
 )
+from serving.prediction_log_records import Pseudonymiser
 from tests.support import wait_until
 
 KEY = b"test-key-0123456789abcdef"
@@ -62,7 +64,7 @@ def make_log(directory: Path, fmt: str = "parquet", **kwargs: Any) -> Prediction
     kwargs.setdefault("personal_fields", ["customer_id", "card_id"])
     kwargs.setdefault("hmac_key", KEY)
     kwargs.setdefault("poll_seconds", 0.01)
-    return PredictionLog(directory, fmt, **kwargs)  # type: ignore[arg-type]
+    return PredictionLog(directory, fmt, LogOptions(**kwargs))  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -169,15 +171,15 @@ def test_pseudonym_is_the_same_for_equal_ids_of_any_type(tmp_path: Path) -> None
 
 def test_personal_fields_need_a_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="hmac_key"):
-        PredictionLog(tmp_path, personal_fields=["customer_id"])
+        PredictionLog(tmp_path, options=LogOptions(personal_fields=["customer_id"]))
     with pytest.raises(ConfigError, match="at least 16 bytes"):
-        PredictionLog(tmp_path, personal_fields=["customer_id"], hmac_key="short")
+        PredictionLog(tmp_path, options=LogOptions(["customer_id"], hmac_key="short"))
     with pytest.raises(ConfigError, match="fmt"):
         PredictionLog(tmp_path, "csv")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="compression"):
-        PredictionLog(tmp_path, compression="rot13")
+        PredictionLog(tmp_path, options=LogOptions(compression="rot13"))
     with pytest.raises(ConfigError, match="rotate_rows"):
-        PredictionLog(tmp_path, rotate_rows=0)
+        PredictionLog(tmp_path, options=LogOptions(rotate_rows=0))
 
 
 def test_for_spec_takes_the_personal_fields_from_the_spec(tmp_path: Path, root: Path) -> None:
@@ -477,8 +479,8 @@ def test_a_batch_is_written_like_the_same_rows_logged_one_by_one(tmp_path: Path,
         )
     batch = make_log(tmp_path / "batch", fmt)
     queued = batch.log_batch(
-        rows, scores, decisions, request_id="r1", model_name="fraud", model_version="7",
-        latency_ms=1.5, client="cards",
+        rows, scores, decisions, request_id="r1",
+        context=RowContext(model_name="fraud", model_version="7", latency_ms=1.5, client="cards"),
     )  # fmt: skip
     assert queued == 20
     assert one.close() and batch.close()
@@ -510,7 +512,7 @@ def test_a_batch_given_as_json_value_columns_reads_back_as_the_rows(
     assert [r["request_id"] for r in rows] == [f"c:{i}" for i in range(n)]
     assert rows[3]["features"]["amount"] == 4.5
     assert rows[0]["features"]["merchant"] == "grocery" and rows[-1]["features"]["merchant"] is None
-    assert rows[0]["features"]["card_id"] == plog.Pseudonymiser(KEY, ["card_id"]).value(4000)
+    assert rows[0]["features"]["card_id"] == Pseudonymiser(KEY, ["card_id"]).value(4000)
 
 
 def test_batches_and_single_records_interleave_in_order(tmp_path: Path) -> None:
@@ -547,7 +549,11 @@ def test_a_large_batch_is_encoded_by_the_writer_and_reads_back_the_same(
     for start in range(0, n, 100):  # below DEFER_ROWS: encoded on the caller's thread
         part = slice(start, start + 100)
         now_encoded.log_batch(
-            rows[part], scores[part], decisions[part], request_id=f"r{start}", model_version="3"
+            rows[part],
+            scores[part],
+            decisions[part],
+            request_id=f"r{start}",
+            context=RowContext(model_version="3"),
         )
     later = make_log(tmp_path / "large", fmt)
     calls: list[int] = []
@@ -561,8 +567,9 @@ def test_a_large_batch_is_encoded_by_the_writer_and_reads_back_the_same(
         }
 
     assert later.log_batch(None, scores, decisions, request_id="big", feature_columns=columns,
-                           model_version="3") == n  # fmt: skip
-    assert later.log_batch(rows, scores, decisions, request_id="big2", model_version="3") == n
+                           context=RowContext(model_version="3")) == n  # fmt: skip
+    assert later.log_batch(rows, scores, decisions, request_id="big2",
+                           context=RowContext(model_version="3")) == n  # fmt: skip
     assert now_encoded.close() and later.close()
     assert calls and calls[0] != threading.get_ident()  # built in the writer thread
     small, large = all_rows(tmp_path / "small"), all_rows(tmp_path / "large")
@@ -622,10 +629,11 @@ def test_an_explanation_row_keeps_its_reason_codes(tmp_path: Path, fmt: str) -> 
     tell those rows from predictions (raw JSONL lines too, ``extra`` nested)."""
     import json
 
-    from serving.prediction_log import EXPLAIN, is_explanation
+    from serving.prediction_log_files import is_explanation
+    from serving.prediction_log_records import EXPLAIN
 
     reasons = [{"feature": "amount", "label": "High amount", "contribution": 0.8}]
-    log = PredictionLog(tmp_path, fmt, personal_fields=["customer_id"], hmac_key=KEY)
+    log = PredictionLog(tmp_path, fmt, LogOptions(personal_fields=["customer_id"], hmac_key=KEY))
     log.log(record(1, verb=EXPLAIN, reasons=reasons, decision="decline"))
     log.log(record(2))
     assert log.close(timeout=10)
@@ -639,9 +647,9 @@ def test_an_explanation_row_keeps_its_reason_codes(tmp_path: Path, fmt: str) -> 
 
 
 def test_read_directory_sees_complete_files_and_the_lines_being_written(tmp_path: Path) -> None:
-    from serving.prediction_log import read_directory
+    from serving.prediction_log_files import read_directory
 
-    log = PredictionLog(tmp_path, "jsonl", poll_seconds=0.05)
+    log = PredictionLog(tmp_path, "jsonl", LogOptions(poll_seconds=0.05))
     log.log(record(1))
     assert log.flush(timeout=10)  # one complete file
     log.log(record(2, verb="explain", reasons=[]))

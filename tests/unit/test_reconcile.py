@@ -17,11 +17,11 @@ import pytest
 
 from pipelines.spec import load_spec
 from registry import approvals, audit, governance, mlflow_auth
+from registry.evidence_audit import tag_claims_without_chain
 from registry.reconcile import (
     active_versions,
     record_endpoint,
     recorded_endpoint,
-    tag_claims_without_chain,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,11 +39,20 @@ def url(tmp_path: Path) -> str:
 
 def _approved(url: str, version: str = "3") -> approvals.ApprovalState:
     approvals.request_approval(
-        url, SPEC, model_version=version, artifact_sha256=SHA, run_id=f"run-{version}",
-        dag_id=None, triggered_by="operator", author="alice", risk_reasons=[],
-    )  # fmt: skip
+        url,
+        SPEC,
+        model_version=version,
+        artifact_sha256=SHA,
+        origin=approvals.RunOrigin(
+            run_id=f"run-{version}", dag_id=None, triggered_by="operator", author="alice"
+        ),
+        risk_reasons=[],
+    )
     return approvals.decide(
-        url, SPEC.name, version, user="reviewer", decision="approve", reason="ok", channel="cli"
+        url,
+        SPEC.name,
+        version,
+        approvals.Review(user="reviewer", decision="approve", reason="ok", channel="cli"),
     )
 
 
@@ -56,9 +65,15 @@ def test_tags_that_mirror_the_chain_claim_nothing_more(url: str) -> None:
 
 def test_forged_approval_tags_are_each_named(url: str) -> None:
     approvals.request_approval(
-        url, SPEC, model_version="4", artifact_sha256=SHA, run_id="run-4",
-        dag_id=None, triggered_by="operator", author="alice", risk_reasons=[],
-    )  # fmt: skip
+        url,
+        SPEC,
+        model_version="4",
+        artifact_sha256=SHA,
+        origin=approvals.RunOrigin(
+            run_id="run-4", dag_id=None, triggered_by="operator", author="alice"
+        ),
+        risk_reasons=[],
+    )
     pending = approvals.get_request(url, SPEC.name, "4")
     forged = {
         "govml.approval.request_id": str(pending.id),

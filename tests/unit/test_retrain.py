@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 from dags.govml_airflow.assets import lifecycle_schedule, trigger_reason
 from ops.retrain import post_retrain_event, retrain_uri
 from pipelines.errors import ConfigError, GovMLError
+from tests.support import http_server
 
 
 def _context(run_type: str, events: dict | None = None, **params: Any) -> dict[str, Any]:
@@ -87,10 +87,8 @@ class _Airflow(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def airflow() -> Iterator[str]:
-    server = HTTPServer(("127.0.0.1", 0), _Airflow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
+    with http_server(_Airflow) as base:
+        yield base
 
 
 def test_post_retrain_event_posts_to_the_models_asset(airflow: str) -> None:

@@ -14,7 +14,8 @@ from pipelines.rollout import (
     disagreement_rate,
     score_psi,
 )
-from pipelines.spec import Guardrails, Rollout, load_spec
+from pipelines.spec import load_spec
+from pipelines.spec_operations import Guardrails, Rollout
 
 FRAUD = load_spec("specs/fraud.yaml")
 THRESHOLD = FRAUD.gates.decision_threshold

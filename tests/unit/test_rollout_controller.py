@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.rollout import Trip
-from pipelines.spec import Rollout
+from pipelines.spec_operations import Rollout
 from serving.auth import TokenStore
 from serving.control.rollout_controller import EndpointDown, RolloutController, RolloutError
-from serving.gateway import Gateway, load_routes
+from serving.gateway import Gateway
+from serving.gateway_routes import load_routes
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "4"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "5"}
@@ -136,7 +137,7 @@ def test_the_gateway_follows_the_controllers_routes(setup: tuple) -> None:
 
 def test_other_models_routes_are_kept(setup: tuple) -> None:
     controller, clock, routes = setup
-    from serving.gateway import write_routes
+    from serving.gateway_routes import write_routes
 
     write_routes(routes, {"models": {"credit": {"champion": CHAMPION}}})
     controller.start(CHAMPION, CHALLENGER, "ops")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines.rollout import check_guardrails
-from pipelines.spec import Guardrails
+from pipelines.spec_operations import Guardrails
 from serving.control.rollout_windows import (
     challenger_errors,
     endpoint_problem,
@@ -22,11 +22,12 @@ from serving.control.rollout_windows import (
     window_of,
 )
 from serving.prediction_log import PredictionLog
+from serving.prediction_log_files import LogOptions
 from tests.support import free_port
 
 
 def _log(folder: Path, n: int, score: float, start: int = 0) -> PredictionLog:
-    log = PredictionLog(folder, "jsonl", poll_seconds=0.01, batch_rows=1)
+    log = PredictionLog(folder, "jsonl", LogOptions(poll_seconds=0.01, batch_rows=1))
     for i in range(start, start + n):
         log.log(
             {"request_id": f"r{i}", "score": score, "latency_ms": 2.0 + i % 3,
@@ -116,7 +117,7 @@ def test_an_endpoint_nothing_listens_on_fails_its_ready_probe() -> None:
 
 def test_log_rows_leave_out_explanations(tmp_path: Path) -> None:
     since = time.time() - 1
-    log = PredictionLog(tmp_path, "jsonl", poll_seconds=0.01, batch_rows=1)
+    log = PredictionLog(tmp_path, "jsonl", LogOptions(poll_seconds=0.01, batch_rows=1))
     log.log({"request_id": "r1", "score": 0.9, "latency_ms": 2.0, "decision": "flag"})
     log.log(
         {"request_id": "r1", "score": 0.9, "latency_ms": 9.0, "decision": "flag",

@@ -19,23 +19,19 @@ import yaml
 
 from pipelines.errors import ConfigError
 from serving import auth
-from serving.auth import (
-    AuthError,
+from serving.auth import AuthError, TokenStore, main
+from serving.token_files import SERVICE_CLIENT, add_client, provision, read_token, revoke_client
+from serving.token_records import (
+    MIN_PBKDF2_ITERATIONS,
     TokenRecord,
-    TokenStore,
-    add_client,
     generate_token,
     hash_record,
     load_records,
-    main,
     parse_records,
-    provision,
-    read_token,
-    revoke_client,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-LOW_ITERATIONS = auth.MIN_PBKDF2_ITERATIONS  # the cheapest PBKDF2 the file format allows
+LOW_ITERATIONS = MIN_PBKDF2_ITERATIONS  # the cheapest PBKDF2 the file format allows
 
 
 def store_of(*records: dict[str, Any]) -> TokenStore:
@@ -267,7 +263,7 @@ def test_a_deployment_gets_its_token_files_once_and_keeps_its_clients(tmp_path: 
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     service = read_token(files.service_token)
     store = TokenStore.load(files.tokens)
-    assert store.check(f"Bearer {service}", "explain") == auth.SERVICE_CLIENT
+    assert store.check(f"Bearer {service}", "explain") == SERVICE_CLIENT
     assert service not in files.tokens.read_text()
     bank = add_client(files.tokens, "core-banking", ["predict"])
     provision(folder)  # a redeploy of the same version

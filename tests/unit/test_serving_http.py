@@ -13,18 +13,13 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel
 from starlette.testclient import TestClient
 
-from serving.auth import TokenStore, generate_token, write_records
-from serving.http import (
-    INTERNAL_ERROR,
-    REQUESTS,
-    GuardMiddleware,
-    QuietFastRoutes,
-    error_status,
-    install,
-    one_line,
-    route_version,
-)
+from serving.auth import TokenStore
+from serving.http import REQUESTS, GuardMiddleware, QuietFastRoutes, install
+from serving.http_errors import INTERNAL_ERROR, error_status, one_line
+from serving.http_versions import route_version
 from serving.request_context import current_client
+from serving.token_files import write_records
+from serving.token_records import generate_token
 
 PATH = "/v1/models/fraud:predict"
 
@@ -495,8 +490,11 @@ def test_the_framework_route_sees_the_authenticated_client(tmp_path) -> None:  #
         # a model this server does not know: KServe answers that it does not exist
         ("/v2/models/other/versions/5/ready", b"", ("/v2/models/other/ready", b"", None)),
         # not a versioned path
-        ("/v2/models/fraud/versions/4/explain", b"", ("/v2/models/fraud/versions/4/explain",
-                                                      b"", None)),
+        (
+            "/v2/models/fraud/versions/4/explain",
+            b"",
+            ("/v2/models/fraud/versions/4/explain", b"", None),
+        ),
     ],  # fmt: skip
 )
 def test_route_version(path: str, query: bytes, expected: tuple) -> None:

@@ -22,27 +22,22 @@ import pandas as pd
 import pytest
 from lightgbm.basic import _data_from_pandas
 
+from pipelines.booster_layout import booster_categories, model_frame
 from pipelines.data.credit import CreditConfig, generate_credit
-from pipelines.data.fraud import FraudConfig, generate_fraud
+from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud_config import FraudConfig
 from pipelines.data.german_credit import load_german_credit
 from pipelines.errors import SpecError
 from pipelines.features import build_features, read_split
 from pipelines.spec import ModelSpec, parse_spec
-from pipelines.training import booster_categories, load_model, model_frame, score, train
+from pipelines.stages.train import train
+from pipelines.training import load_model, score
 from serving import schema as serving_schema
-from serving.schema import (
-    FLOAT_MAX,
-    MAX_PROBLEMS,
-    FeatureKind,
-    FeatureSchema,
-    InputError,
-    codes_of_bytes,
-    label_records,
-    openapi_schema,
-    validate_columns,
-    validate_rows,
-)
-from tests.support import spec_of, with_training, write_ingest
+from serving.feature_values import FLOAT_MAX, FeatureKind
+from serving.schema import MAX_PROBLEMS, FeatureSchema, InputError, validate_rows
+from serving.schema_columns import codes_of_bytes, label_records, validate_columns
+from serving.schema_openapi import openapi_schema
+from tests.datasets import spec_of, with_training, write_ingest
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.schema import FeatureInfo, FeatureKind, FeatureSchema, InputError, KnownCodes
-from serving.schema import label_records as records_of
+from serving.feature_values import FeatureInfo, FeatureKind
+from serving.schema import FeatureSchema, InputError
+from serving.schema_columns import KnownCodes
+from serving.schema_columns import label_records as records_of
 from serving.v2_binary import bytes_elements, decode, header_length
 
 KINDS = ["card_present", "online"]

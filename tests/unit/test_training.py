@@ -12,19 +12,19 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from pipelines.artifacts import sha256_file
+from pipelines.booster_layout import booster_categories
 from pipelines.errors import DataValidationError
-from pipelines.features import build_features, read_split
+from pipelines.features import read_split
 from pipelines.spec import ModelSpec
+from pipelines.stages.train import TrainResult, train
 from pipelines.training import (
-    booster_categories,
     load_baseline,
     load_model,
     negative_sample,
     score,
     score_baseline,
-    train,
 )
-from tests.support import credit_data, fraud_data, spec_of, with_training
+from tests.datasets import with_training
 
 TRAINING_KEYS = {
     "best_iteration",
@@ -45,20 +45,28 @@ TRAINING_KEYS = {
 
 
 @pytest.fixture(scope="module")
-def fraud(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path, Path]:
-    root = tmp_path_factory.mktemp("fraud")
-    spec = with_training(spec_of("fraud"), num_boost_round=150, early_stopping_rounds=20)
-    build_features(spec, fraud_data(root / "ingest"), root / "features")
-    train(spec, root / "features", root / "train")
-    return spec, root / "features", root / "train"
+def fraud(
+    fraud_features: tuple[ModelSpec, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[ModelSpec, Path, Path]:
+    base, features = fraud_features
+    spec = with_training(base, num_boost_round=150, early_stopping_rounds=20)
+    out = tmp_path_factory.mktemp("fraud") / "train"
+    train(spec, features, out)
+    return spec, features, out
 
 
 @pytest.fixture(scope="module")
-def credit(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelSpec, Path]:
-    root = tmp_path_factory.mktemp("credit")
-    spec = spec_of("credit")
-    build_features(spec, credit_data(root / "ingest"), root / "features")
-    return spec, root / "features"
+def fraud_again(
+    fraud: tuple[ModelSpec, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> TrainResult:
+    """The same training run a second time, into another folder (booster in memory)."""
+    spec, features, _ = fraud
+    return train(spec, features, tmp_path_factory.mktemp("fraud-again") / "again")
+
+
+@pytest.fixture(scope="module")
+def credit(credit_features: tuple[ModelSpec, Path]) -> tuple[ModelSpec, Path]:
+    return credit_features
 
 
 def _training_json(folder: Path) -> dict:
@@ -87,16 +95,14 @@ def test_training_writes_the_contract(fraud: tuple[ModelSpec, Path, Path]) -> No
 
 
 def test_training_is_bit_for_bit_reproducible(
-    fraud: tuple[ModelSpec, Path, Path], tmp_path: Path
+    fraud: tuple[ModelSpec, Path, Path], fraud_again: TrainResult
 ) -> None:
-    spec, features, out = fraud
-    again = train(spec, features, tmp_path / "again")
-    assert sha256_file(tmp_path / "again" / "model.txt") == sha256_file(out / "model.txt")
-    assert again.model_sha256 == _training_json(out)["model_sha256"]
-    assert again.baseline_sha256 == _training_json(out)["baseline_sha256"]
-    assert (tmp_path / "again" / "training.json").read_bytes() == (
-        out / "training.json"
-    ).read_bytes()
+    _, _, out = fraud
+    again_dir = fraud_again.model_path.parent
+    assert sha256_file(again_dir / "model.txt") == sha256_file(out / "model.txt")
+    assert fraud_again.model_sha256 == _training_json(out)["model_sha256"]
+    assert fraud_again.baseline_sha256 == _training_json(out)["baseline_sha256"]
+    assert (again_dir / "training.json").read_bytes() == (out / "training.json").read_bytes()
 
 
 def test_the_model_beats_chance_on_fraud(fraud: tuple[ModelSpec, Path, Path]) -> None:
@@ -111,10 +117,10 @@ def test_the_model_beats_chance_on_fraud(fraud: tuple[ModelSpec, Path, Path]) ->
 
 
 def test_reloaded_model_scores_exactly_like_the_in_memory_booster(
-    fraud: tuple[ModelSpec, Path, Path], tmp_path: Path
+    fraud: tuple[ModelSpec, Path, Path], fraud_again: TrainResult
 ) -> None:
     spec, features, _ = fraud
-    result = train(spec, features, tmp_path / "t")
+    result = fraud_again
     assert result.booster is not None
     test = read_split(spec, features, "test")
     in_memory = result.booster.predict(test[spec.features.names])

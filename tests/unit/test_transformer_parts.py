@@ -14,7 +14,8 @@ from pipelines.features_online import OnlineFeatures
 from serving.predictor_client import PredictorClient, PredictorUnavailable
 from serving.schema import InputError
 from serving.transactions import TransactionSchema, parse_time_ns
-from tests.support import run_async, spec_of
+from tests.datasets import spec_of
+from tests.support import run_async
 
 
 def good_row() -> dict:

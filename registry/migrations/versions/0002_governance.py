@@ -40,6 +40,11 @@ POSTGRES_TRIGGERS = [
 
 
 def upgrade() -> None:
+    """The governance tables as this revision created them.
+
+    Long because: one flat list of table declarations; a migration is history and is
+    never rewritten.
+    """
     op.create_table(
         "audit_events",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from serving.auth import deployment_name
+from serving.token_files import deployment_name
 
 
 @dataclass(frozen=True)

@@ -49,17 +49,18 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import DeploymentError, GovMLError
-from serving.auth import DeploymentTokens, deployment_tokens, provision, read_token
 from serving.control import apply as kube
 from serving.control.autoscaling import render_pod_disruption_budget
-from serving.control.checks import ANNOTATION_SHA256, LABEL_MODEL
+from serving.control.checks import LABEL_MODEL
 from serving.control.crd import validate_manifest
 from serving.control.deployers import Endpoint, Release
+from serving.control.deployers.kserve_status import describe, is_ready, not_found, status_of
 from serving.control.deployers.target import (
     DeploymentTarget,
     KubeClients,
     cluster_configured,
 )
+from serving.control.feature_transformer import add_feature_transformer
 from serving.control.inference_service import (
     GROUP,
     PLURAL,
@@ -68,10 +69,10 @@ from serving.control.inference_service import (
     PodOptions,
     ServedModel,
     ServingImage,
-    add_feature_transformer,
     render_inference_service,
 )
 from serving.control.secret import render_tokens_secret, tokens_secret_name
+from serving.token_files import DeploymentTokens, deployment_tokens, provision, read_token
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,6 @@ OPEN_RUNTIME = (
     "its endpoint would answer anyone; use the project's image (GOVML_KSERVE_RUNTIME=custom)"
 )
 MLFLOW_SCHEMES = ("models:/", "runs:/")
-# KServe's modelStatus.transitionStatus values that no amount of waiting fixes
-FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 NO_CLUSTER_HINT = (
     "set GOVML_KUBECONFIG (and GOVML_KUBE_CONTEXT) or KUBECONFIG, or run inside a cluster"
 )
@@ -93,15 +92,6 @@ NO_CLUSTER_HINT = (
 def _served_name(model_name: str) -> str:
     """The name the model answers to: a DNS-1123 subdomain (``german_credit`` -> ``-``)."""
     return model_name.replace("_", "-").lower()
-
-
-def _conditions(obj: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    status = obj.get("status") or {}
-    return {c.get("type", "?"): dict(c) for c in status.get("conditions") or [] if c}
-
-
-def _not_found(exc: Exception) -> bool:
-    return getattr(exc, "status", None) == 404
 
 
 class KubernetesDeployer:
@@ -354,7 +344,7 @@ class KubernetesDeployer:
                 GROUP, VERSION, self.namespace, PLURAL, name
             )
         except Exception as exc:  # noqa: BLE001 (ApiException, urllib3 errors: all reported)
-            if _not_found(exc):
+            if not_found(exc):
                 return None
             raise DeploymentError(
                 f"cannot read {PLURAL}/{name} in namespace {self.namespace}: {kube.api_error(exc)}"
@@ -370,39 +360,14 @@ class KubernetesDeployer:
             obj = self._get(name)
             if obj is not None:
                 last = obj
-                status = obj.get("status") or {}
-                observed = status.get("observedGeneration")
-                current = generation is None or observed is None or observed >= generation
-                ready = _conditions(obj).get("Ready", {})
-                if current and str(ready.get("status")) == "True" and status.get("url"):
+                if is_ready(name, obj, generation):
                     return obj
-                model_status = status.get("modelStatus") or {}
-                if current and model_status.get("transitionStatus") in FAILED_TRANSITIONS:
-                    failure = model_status.get("lastFailureInfo") or {}
-                    why = " ".join(str(failure[k]) for k in ("reason", "message") if failure.get(k))
-                    raise DeploymentError(
-                        f"{name}: KServe could not load the model "
-                        f"({model_status['transitionStatus']}: {why or 'no details'})"
-                    )
             if self.clock() >= deadline:
                 raise DeploymentError(
                     f"{name}: InferenceService not Ready within {timeout:.0f} s "
-                    f"in namespace {self.namespace}: {self._describe(last)}"
+                    f"in namespace {self.namespace}: {describe(last)}"
                 )
             self.sleep(self.target.cluster.poll_interval)
-
-    @staticmethod
-    def _describe(obj: Mapping[str, Any]) -> str:
-        if not obj:
-            return "the object was not found"
-        conditions = _conditions(obj)
-        if not conditions:
-            return "no status conditions yet"
-        return "; ".join(
-            f"{kind}={c.get('status')}"
-            + (f" ({c.get('reason')}: {c.get('message')})" if c.get("message") else "")
-            for kind, c in sorted(conditions.items())
-        )
 
     # ------------------------------------------------------------------ interface
     def deploy(self, release: Release) -> Endpoint:
@@ -473,20 +438,7 @@ class KubernetesDeployer:
         obj = self._get(name)
         if obj is None:
             return {**base, "running": False, "cluster": True, "exists": False}
-        status = obj.get("status") or {}
-        ready = str(_conditions(obj).get("Ready", {}).get("status")) == "True"
-        annotations = (obj.get("metadata") or {}).get("annotations") or {}
-        return {
-            **base,
-            "running": ready,
-            "cluster": True,
-            "exists": True,
-            "url": status.get("url"),
-            "artifact_sha256": annotations.get(ANNOTATION_SHA256),
-            "generation": (obj.get("metadata") or {}).get("generation"),
-            "observed_generation": status.get("observedGeneration"),
-            "conditions": self._describe(obj),
-        }
+        return {**base, **status_of(obj)}
 
     def stop(self, name: str) -> bool:
         """Delete the InferenceService; True if there was one."""
@@ -498,7 +450,7 @@ class KubernetesDeployer:
                 GROUP, VERSION, self.namespace, PLURAL, name
             )
         except Exception as exc:  # noqa: BLE001
-            if _not_found(exc):
+            if not_found(exc):
                 return False
             raise DeploymentError(
                 f"cannot delete {PLURAL}/{name} in namespace {self.namespace}: "
@@ -515,7 +467,7 @@ class KubernetesDeployer:
         try:
             self.policy_api().delete_namespaced_pod_disruption_budget(name, self.namespace)
         except Exception as exc:  # noqa: BLE001
-            if not _not_found(exc):
+            if not not_found(exc):
                 raise DeploymentError(
                     f"cannot delete poddisruptionbudgets/{name} in namespace "
                     f"{self.namespace}: {kube.api_error(exc)}"

@@ -16,7 +16,7 @@ traffic before its online state is rebuilt. State lives in ``<state root>/<model
 Closed by default: both servers listen on ``host`` (127.0.0.1 unless the deployer is
 given another address, e.g. from ``GOVML_SERVING_BIND_HOST``) and check the
 deployment's own bearer tokens, ``tokens.json`` in its folder, made on the first
-deploy (:func:`serving.auth.provision`) and kept on a redeploy of the same version.
+deploy (:func:`serving.token_files.provision`) and kept on a redeploy of the same version.
 The project's own client token (``service.token``, mode 0600) is what the transformer
 presents to its model server; the endpoint names its file in ``details["token_file"]``
 for the deploy step's smoke test. Adding or revoking a client in ``tokens.json``
@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import DeploymentError, GovMLError
-from serving.auth import DeploymentTokens, deployment_tokens, provision
 from serving.bind import LOOPBACK, is_loopback
 from serving.control.deployers import Endpoint, Release
+from serving.token_files import DeploymentTokens, deployment_tokens, provision
 
 log = logging.getLogger(__name__)
 
