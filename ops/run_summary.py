@@ -1,4 +1,4 @@
-"""The one-line run summary ``ops/run_dag.py`` prints for the CLI and the tests.
+"""The one-line run summary ``dags/govml_airflow/run_dag.py`` prints for the CLI and the tests.
 
 ``GOVML-RUN {"dag_id": ..., "run_id": ..., "state": ..., "tasks": {...}}`` on stdout.
 The DAG's tasks log from other threads to the same output (stderr merged into stdout by
