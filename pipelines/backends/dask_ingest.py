@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -289,6 +290,66 @@ def join_parts(parts: list[Path], path: Path) -> None:
             tmp.unlink()
 
 
+@dataclass(frozen=True)
+class MergedScan:
+    """What the partitions' scans found, merged: extra columns and categories, null
+    counts, and the integer/boolean columns that hold nulls (written nullable)."""
+
+    extra_columns: list[str]
+    extra_categories: dict[str, list[str]]
+    nulls: dict[str, int]
+    nullable: set[str]
+
+
+def _merge_scans(spec: ModelSpec, source: str, scans: list[dict[str, Any]]) -> MergedScan:
+    """Merge the partitions' scans; a column that does not fit the spec anywhere fails."""
+    problems = merge_problems(spec, scans)
+    if problems:
+        raise mismatch_error(spec, source, problems)
+    found: dict[str, list[str]] = {}
+    for scan in scans:
+        for name, values in scan["extra_categories"].items():
+            found.setdefault(name, []).extend(values)
+    extra_categories = {
+        name: sorted(set(found[name])) for name in spec.data.columns if name in found
+    }
+    nulls = {name: sum(scan["nulls"].get(name, 0) for scan in scans) for name in spec.data.columns}
+    nullable = {
+        name
+        for name, col in spec.data.columns.items()
+        if col.type in (ColumnType.INT, ColumnType.BOOL) and nulls[name] > 0
+    }
+    return MergedScan(scans[0]["extra_columns"], extra_categories, nulls, nullable)
+
+
+def _write_pieces(
+    client: Client, spec: ModelSpec, pieces: list[Any], out_dir: Path, merged: MergedScan
+) -> list[dict[str, Any]]:
+    """Write each partition typed on the cluster, then join them into ``data.parquet``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts_dir = out_dir / f".{DATA_FILE}.parts"
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    parts_dir.mkdir()
+    try:
+        parts = [str(parts_dir / f"part.{i:06d}.parquet") for i in range(len(pieces))]
+        n = len(pieces)
+        written = client.gather(
+            client.map(
+                write_piece,
+                [spec] * n,
+                pieces,
+                parts,
+                [merged.extra_categories] * n,
+                [merged.nullable] * n,
+                pure=False,
+            )
+        )
+        join_parts([Path(p) for p in parts], out_dir / DATA_FILE)
+    finally:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return written
+
+
 # ----------------------------------------------------------------------------- stage
 
 
@@ -309,49 +370,9 @@ def ingest_dask(
     log.info("ingest %s on dask: %d rows in %d partitions", source, rows, len(pieces))
 
     scans = client.gather(client.map(scan_piece, [spec] * len(pieces), pieces))
-    problems = merge_problems(spec, scans)
-    if problems:
-        raise mismatch_error(spec, str(source), problems)
-    extra_columns = scans[0]["extra_columns"]
-    extra_categories: dict[str, list[str]] = {}
-    for scan in scans:
-        for name, values in scan["extra_categories"].items():
-            extra_categories.setdefault(name, []).extend(values)
-    extra_categories = {
-        name: sorted(set(extra_categories[name]))
-        for name in spec.data.columns
-        if name in extra_categories
-    }
-    nulls = {name: sum(scan["nulls"].get(name, 0) for scan in scans) for name in spec.data.columns}
-    nullable = {
-        name
-        for name, col in spec.data.columns.items()
-        if col.type in (ColumnType.INT, ColumnType.BOOL) and nulls[name] > 0
-    }
-    warn_extras(spec, source, extra_columns, extra_categories)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts_dir = out_dir / f".{DATA_FILE}.parts"
-    shutil.rmtree(parts_dir, ignore_errors=True)
-    parts_dir.mkdir()
-    data_path = out_dir / DATA_FILE
-    try:
-        parts = [str(parts_dir / f"part.{i:06d}.parquet") for i in range(len(pieces))]
-        n = len(pieces)
-        written = client.gather(
-            client.map(
-                write_piece,
-                [spec] * n,
-                pieces,
-                parts,
-                [extra_categories] * n,
-                [nullable] * n,
-                pure=False,
-            )
-        )
-        join_parts([Path(p) for p in parts], data_path)
-    finally:
-        shutil.rmtree(parts_dir, ignore_errors=True)
+    merged = _merge_scans(spec, str(source), scans)
+    warn_extras(spec, source, merged.extra_columns, merged.extra_categories)
+    written = _write_pieces(client, spec, pieces, Path(out_dir), merged)
     if sum(w["rows"] for w in written) != rows:
         raise DataValidationError(f"{source}: changed while it was ingested")
 
@@ -365,9 +386,9 @@ def ingest_dask(
             rows=rows,
             schema=source_schema,
             dtypes=written[0]["dtypes"],
-            extra_columns=extra_columns,
-            extra_categories=extra_categories,
-            nulls=nulls,
+            extra_columns=merged.extra_columns,
+            extra_categories=merged.extra_categories,
+            nulls=merged.nulls,
             marker={"backend": "dask", "partitions": len(pieces)},
         ),
     )

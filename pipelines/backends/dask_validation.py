@@ -43,9 +43,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.backends.dask_ingest import Piece, plan_pieces, read_piece
+from pipelines.backends.dask_profile import (
+    gather_column,
+    merged_profile,
+    partial_profile,
+    read_column,
+)
 from pipelines.data.manifest import sha256_file
 from pipelines.errors import DataValidationError
-from pipelines.spec import ColumnType, ModelSpec
+from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -66,28 +72,6 @@ def _frame(piece: Piece) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------- workers
-
-
-def _partial_profile(spec: ModelSpec, frame: pd.DataFrame) -> dict[str, Any]:
-    out: dict[str, Any] = {"rows": len(frame), "columns": {}}
-    for name, col in spec.data.columns.items():
-        if name not in frame:
-            continue
-        series = frame[name]
-        entry: dict[str, Any] = {"dtype": str(series.dtype), "nulls": int(series.isna().sum())}
-        if col.type == ColumnType.CATEGORY:
-            counts = series.value_counts(dropna=True, sort=False)
-            entry["frequencies"] = [(k, int(v)) for k, v in counts.items()]
-        elif col.type == ColumnType.DATETIME and pd.api.types.is_datetime64_any_dtype(series):
-            entry["min"], entry["max"] = series.min(), series.max()
-        elif col.type == ColumnType.STRING:
-            entry["values"] = set(series.dropna().unique().tolist())
-        out["columns"][name] = entry
-    target = spec.data.target
-    if target in frame:
-        values = pd.to_numeric(frame[target], errors="coerce").astype("float64").dropna()
-        out["target"] = (float(values.sum()), len(values))
-    return out
 
 
 def validate_piece(
@@ -114,18 +98,11 @@ def validate_piece(
             "result": dict(result.result or {}),
             "exception_info": result.exception_info,
         }
-    return {"results": results, "profile": _partial_profile(spec, frame)}
-
-
-def _column(piece: Piece, column: str) -> pd.Series:
-    table = read_piece(piece, [column])
-    series = table.to_pandas()[column]
-    series.index = pd.RangeIndex(piece[1], piece[2])
-    return series
+    return {"results": results, "profile": partial_profile(spec, frame)}
 
 
 def _duplicate_rows(piece: Piece, column: str, values: np.ndarray) -> tuple[list[Any], list[int]]:
-    series = _column(piece, column)
+    series = read_column(piece, column)
     hit = series[series.isin(values)].head(PARTIAL_UNEXPECTED)
     return hit.tolist(), hit.index.tolist()
 
@@ -204,7 +181,7 @@ def _unique_counts(
     from pipelines.backends.dask_core import on_cluster
 
     with on_cluster(client):
-        series = dd.from_map(_column, pieces, column=column, meta=meta.iloc[:0])
+        series = dd.from_map(read_column, pieces, column=column, meta=meta.iloc[:0])
         counts = series.value_counts(split_out=max(len(pieces), 1))
         dups = counts[counts > 1].compute()
     unexpected = int(dups.sum())
@@ -218,11 +195,6 @@ def _unique_counts(
     values = [v for vs, _ in found for v in vs][:PARTIAL_UNEXPECTED]
     index = [i for _, ix in found for i in ix][:PARTIAL_UNEXPECTED]
     return unexpected, (values, index)
-
-
-def _gather(client: Client, pieces: list[Piece], column: str) -> pd.Series:
-    parts = client.gather(client.map(_column, pieces, [column] * len(pieces)))
-    return pd.concat(parts)
 
 
 def _combine_check(
@@ -265,7 +237,7 @@ def _combine_check(
     if key.startswith("reference.") and key.endswith(".median"):
         column = kwargs["column"]
         if column not in gathered:
-            gathered[column] = _gather(client, pieces, column)
+            gathered[column] = gather_column(client, pieces, column)
         median = gathered[column].median()
         median = None if pd.isna(median) else float(median)
         return _within(median, kwargs), {"observed_value": median}, info
@@ -281,76 +253,6 @@ def _raised(info: Any) -> bool:
     if "raised_exception" in info:
         return bool(info.get("raised_exception"))
     return any(isinstance(v, dict) and v.get("raised_exception") for v in info.values())
-
-
-# ----------------------------------------------------------------------------- profile
-
-
-def _profile(
-    spec: ModelSpec,
-    partials: list[dict[str, Any]],
-    client: Client,
-    pieces: list[Piece],
-    data_sha256: str,
-    gathered: dict[str, pd.Series],
-) -> dict[str, Any]:
-    """:func:`validation.data_profile.build_profile` from partition results (module doc)."""
-    from validation.data_profile import PROFILE_FORMAT, jsonable, numeric_stats
-
-    columns: dict[str, Any] = {}
-    for name, col in spec.data.columns.items():
-        entries = [p["columns"][name] for p in partials if name in p["columns"]]
-        if not entries:
-            continue
-        entry: dict[str, Any] = {
-            "dtype": entries[0]["dtype"],
-            "nulls": sum(e["nulls"] for e in entries),
-            "type": col.type.value,
-        }
-        if col.type in (ColumnType.FLOAT, ColumnType.INT, ColumnType.BOOL):
-            series = gathered.pop(name, None)
-            if series is None:
-                series = _gather(client, pieces, name)
-            if col.type == ColumnType.BOOL:
-                entry["mean"] = numeric_stats(series.astype("float64"))["mean"]
-            else:
-                entry.update(numeric_stats(series))
-            del series
-        elif col.type == ColumnType.CATEGORY:
-            freq: dict[Any, int] = {}
-            for e in entries:
-                for k, v in e["frequencies"]:
-                    freq[k] = freq.get(k, 0) + v
-            entry["frequencies"] = {str(k): int(v) for k, v in freq.items()}
-        elif col.type == ColumnType.DATETIME and "min" in entries[0]:
-            lows = [e["min"] for e in entries if not pd.isna(e["min"])]
-            highs = [e["max"] for e in entries if not pd.isna(e["max"])]
-            entry["min"] = pd.Timestamp(min(lows)).isoformat() if lows else None
-            entry["max"] = pd.Timestamp(max(highs)).isoformat() if highs else None
-        elif col.type == ColumnType.STRING:
-            entry["distinct"] = len(set().union(*(e["values"] for e in entries)))
-        columns[name] = entry
-    rows = sum(p["rows"] for p in partials)
-    target = [p["target"] for p in partials if "target" in p]
-    count = sum(c for _, c in target)
-    label_rate = sum(s for s, _ in target) / count if target and count else None
-    time_col = spec.data.time_column
-    max_time = None
-    if time_col and time_col in columns and "max" in columns[time_col]:
-        max_time = columns[time_col]["max"]
-    return jsonable(
-        {
-            "columns": columns,
-            "data_sha256": data_sha256,
-            "format": PROFILE_FORMAT,
-            "label_rate": label_rate,
-            "max_time": max_time,
-            "rows": rows,
-            "spec": spec.name,
-            "target": spec.data.target,
-            "time_column": spec.data.time_column,
-        }
-    )
 
 
 # ----------------------------------------------------------------------------- docs
@@ -485,7 +387,7 @@ def validate_data_dask(
 
     build_data_docs(out_dir, lambda tmp: render_data_docs(suite_name, checks, combined, tmp))
 
-    profile = _profile(spec, partials, client, pieces, data_sha256, gathered)
+    profile = merged_profile(spec, partials, client, pieces, data_sha256, gathered)
     checked = CheckedData(
         data, data_sha256, suite_name, records, profile, reference_profile, "dask"
     )
