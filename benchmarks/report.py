@@ -46,7 +46,27 @@ def _lifecycle(results: dict[str, Any]) -> list[Check]:
     return [
         _check("orchestration overhead < 15 % of the run", f"{share:.1f} %", share < 15),
         _check("whole run < 600 s", f"{total:.1f} s", total < 600),
+        *_lifecycle_issue22(results),
     ]
+
+
+def _lifecycle_issue22(results: dict[str, Any]) -> list[Check]:
+    """Issue 22's targets: the DAG at most 1.3x the plain script (registration in both),
+    ``register`` at most 5 s at 1M rows. Older records hold neither figure."""
+    checks: list[Check] = []
+    if "ratio" in results:
+        ratio = results["ratio"]
+        checks.append(
+            _check(
+                "DAG ≤ 1.3x the plain script, registration in both", f"{ratio:.2f}x", ratio <= 1.3
+            )
+        )
+    register_s = results.get("airflow", {}).get("stages", {}).get("register")
+    if register_s is not None and "ratio" in results:
+        checks.append(
+            _check("`register` ≤ 5 s at 1M rows", f"{register_s:.1f} s", register_s <= 5.0)
+        )
+    return checks
 
 
 def _serving(results: dict[str, Any]) -> list[Check]:
