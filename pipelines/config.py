@@ -190,14 +190,22 @@ def _path(env: Mapping[str, str], name: str, default: Path) -> Path:
     return Path(raw).expanduser().resolve()
 
 
-def _port(env: Mapping[str, str], name: str, default: int) -> int:
+def _whole(env: Mapping[str, str], name: str, what: str) -> tuple[str, int] | None:
+    """``(raw, value)`` of a whole-number variable; None when it is unset or empty."""
     raw = env.get(name)
     if raw is None or raw == "":
-        return default
+        return None
     try:
-        port = int(raw)
+        return raw, int(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r}: not a port number") from None
+        raise ConfigError(f"{name}={raw!r}: not {what}") from None
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    parsed = _whole(env, name, "a port number")
+    if parsed is None:
+        return default
+    raw, port = parsed
     if not 1 <= port <= 65535:
         raise ConfigError(f"{name}={raw!r}: a port must be between 1 and 65535")
     return port
@@ -251,13 +259,10 @@ def _pairs(env: Mapping[str, str], name: str, default: str) -> tuple[tuple[str, 
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int = 0) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
+    parsed = _whole(env, name, "a whole number")
+    if parsed is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r}: not a whole number") from None
+    raw, value = parsed
     if value < low:
         raise ConfigError(f"{name}={raw!r}: must be at least {low}")
     return value

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from pipelines.errors import SpecError
+from pipelines.files import read_text
 from pipelines.spec_abtest import AB_AMOUNT_FEATURE, AB_METRIC_USE_CASES, AbMetric, AbTest
 from pipelines.spec_base import (
     NAME_PATTERN,
@@ -424,12 +425,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> ModelSpec:
 def load_spec(path: str | Path) -> ModelSpec:
     """Read and validate one spec file."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read spec file ({exc.strerror})") from None
+    text = read_text(path, SpecError, "spec file not found", "cannot read spec file")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

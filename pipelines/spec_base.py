@@ -44,3 +44,11 @@ def check_duration(value: str) -> str:
     if not DURATION_PATTERN.match(value):
         raise ValueError(f"{value!r} is not a duration like 30m, 1h or 7d")
     return value
+
+
+def duration_field(value: str, field: str, examples: str = "30m, 1h, 7d") -> str:
+    """``value`` if it is a duration; else the ValueError a spec field's validator raises:
+    ``FIELD 'value' must look like EXAMPLES`` (without ``FIELD `` when ``field`` is empty)."""
+    if not DURATION_PATTERN.match(value):
+        raise ValueError(" ".join(filter(None, (field, f"{value!r} must look like {examples}"))))
+    return value

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import Field, field_validator, model_validator
 
-from pipelines.spec_base import DURATION_PATTERN, NAME_PATTERN, StrictModel, duration_seconds
+from pipelines.spec_base import NAME_PATTERN, StrictModel, duration_field, duration_seconds
 
 
 class Aggregation(StrEnum):
@@ -33,9 +33,7 @@ class AggregateFeature(StrictModel):
     @field_validator("window")
     @classmethod
     def _window(cls, value: str) -> str:
-        if not DURATION_PATTERN.match(value):
-            raise ValueError(f"window {value!r} must look like 30m, 1h, 7d")
-        return value
+        return duration_field(value, "window")
 
     @model_validator(mode="after")
     def _check(self) -> AggregateFeature:
@@ -61,9 +59,7 @@ class OnlineFeatures(StrictModel):
     @field_validator("allowed_lateness")
     @classmethod
     def _lateness(cls, value: str) -> str:
-        if not DURATION_PATTERN.match(value):
-            raise ValueError(f"allowed_lateness {value!r} must look like 0s, 5m, 1h")
-        return value
+        return duration_field(value, "allowed_lateness", "0s, 5m, 1h")
 
     @property
     def allowed_lateness_seconds(self) -> int:

@@ -8,10 +8,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pipelines.spec_base import (
-    DURATION_PATTERN,
     StrictModel,
     check_duration,
     check_schedule,
+    duration_field,
     duration_seconds,
 )
 
@@ -135,9 +135,7 @@ class Shadow(StrictModel):
     @field_validator("duration")
     @classmethod
     def _duration(cls, value: str) -> str:
-        if not DURATION_PATTERN.match(value):
-            raise ValueError(f"duration {value!r} must look like 30m, 1h, 7d")
-        return value
+        return duration_field(value, "duration")
 
 
 class Rollout(StrictModel):
@@ -161,9 +159,7 @@ class Rollout(StrictModel):
     @field_validator("bake_time")
     @classmethod
     def _bake(cls, value: str) -> str:
-        if not DURATION_PATTERN.match(value):
-            raise ValueError(f"bake_time {value!r} must look like 30m, 1h, 7d")
-        return value
+        return duration_field(value, "bake_time")
 
 
 class Approval(StrictModel):
@@ -176,9 +172,7 @@ class Approval(StrictModel):
     @field_validator("expires_after", "timeout")
     @classmethod
     def _duration(cls, value: str) -> str:
-        if not DURATION_PATTERN.match(value):
-            raise ValueError(f"{value!r} must look like 30m, 24h, 7d")
-        return value
+        return duration_field(value, "", "30m, 24h, 7d")
 
     @model_validator(mode="after")
     def _counts(self) -> Approval:

@@ -187,26 +187,21 @@ def canonical_json(obj: Any) -> str:
     )
 
 
-def _body(
-    seq: int,
-    occurred_at: dt.datetime,
-    kind: str,
-    actor: str,
-    model_name: str | None,
-    model_version: str | None,
-    run_id: str | None,
-    payload: dict[str, Any],
-) -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "occurred_at": iso_utc(occurred_at),
-        "kind": kind,
-        "actor": actor,
-        "model_name": model_name,
-        "model_version": model_version,
-        "run_id": run_id,
-        "payload": payload,
-    }
+BODY_FIELDS = ("seq", "occurred_at", "kind", "actor", "model_name", "model_version", "run_id")
+"""What an event's hash covers, with its ``payload``."""
+
+
+def _body(values: Mapping[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+    """The hashed form of an event whose columns are ``values`` (``occurred_at``: ISO UTC)."""
+    body = {name: values[name] for name in BODY_FIELDS}
+    body["occurred_at"] = iso_utc(body["occurred_at"])
+    body["payload"] = payload
+    return body
+
+
+def _columns(event: AuditEvent | AuditRecord) -> dict[str, Any]:
+    """The stored columns of a row or record, by :class:`AuditRecord`'s field names."""
+    return {f.name: getattr(event, f.name) for f in dataclasses.fields(AuditRecord)}
 
 
 def event_hash(prev_hash: str, body: Mapping[str, Any]) -> str:
@@ -218,20 +213,9 @@ def record_of(row: AuditEvent) -> AuditRecord:
     occurred = row.occurred_at
     if occurred.tzinfo is None:  # SQLite returns naive datetimes; they are UTC
         occurred = occurred.replace(tzinfo=dt.UTC)
-    return AuditRecord(
-        seq=row.seq,
-        occurred_at=occurred.astimezone(dt.UTC),
-        kind=row.kind,
-        actor=row.actor,
-        model_name=row.model_name,
-        model_version=row.model_version,
-        run_id=row.run_id,
-        payload=json.loads(row.payload),
-        prev_hash=row.prev_hash,
-        hash=row.hash,
-        key_id=row.key_id,
-        mac=row.mac,
-    )
+    values = _columns(row)
+    values.update(occurred_at=occurred.astimezone(dt.UTC), payload=json.loads(row.payload))
+    return AuditRecord(**values)
 
 
 def mac_message(digest: str) -> str:
@@ -298,17 +282,7 @@ def recomputed_hash(row: AuditEvent) -> str:
         payload = json.loads(row.payload)
     except ValueError:
         return "unparseable payload"
-    body = _body(
-        row.seq,
-        row.occurred_at,
-        row.kind,
-        row.actor,
-        row.model_name,
-        row.model_version,
-        row.run_id,
-        payload,
-    )
-    return event_hash(row.prev_hash, body)
+    return event_hash(row.prev_hash, _body(_columns(row), payload))
 
 
 # --------------------------------------------------------------------------- append
@@ -343,41 +317,23 @@ def _append(
             f"the chain's next event must be signed with key {kid}, which is not in the "
             f"keyring {ring.path}: restore it (GOVML_AUDIT_KEY_FILE)"
         )
-    occurred_at = clock()
-    body = _body(seq, occurred_at, kind, actor, model_name, model_version, run_id, payload)
-    digest = event_hash(prev_hash, body)
+    values = {
+        "seq": seq,
+        "occurred_at": clock(),
+        "kind": kind,
+        "actor": actor,
+        "model_name": model_name,
+        "model_version": model_version,
+        "run_id": run_id,
+    }
+    digest = event_hash(prev_hash, _body(values, payload))
     tag = audit_keys.mac(ring.keys[kid], mac_message(digest))
-    session.add(
-        AuditEvent(
-            seq=seq,
-            occurred_at=occurred_at,
-            kind=kind,
-            actor=actor,
-            model_name=model_name,
-            model_version=model_version,
-            run_id=run_id,
-            payload=payload_text,
-            prev_hash=prev_hash,
-            hash=digest,
-            key_id=kid,
-            mac=tag,
-        )
+    record = AuditRecord(
+        **values, payload=payload, prev_hash=prev_hash, hash=digest, key_id=kid, mac=tag
     )
+    session.add(AuditEvent(**{**_columns(record), "payload": payload_text}))
     session.flush()
-    return AuditRecord(
-        seq,
-        occurred_at,
-        kind,
-        actor,
-        model_name,
-        model_version,
-        run_id,
-        payload,
-        prev_hash,
-        digest,
-        kid,
-        tag,
-    )
+    return record
 
 
 def append_event(

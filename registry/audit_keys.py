@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -44,6 +43,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from pipelines.errors import RegistryError
+from pipelines.files import exclusive_lock
 
 KEY_BYTES = 32
 FORMAT_VERSION = 1
@@ -125,14 +125,8 @@ def _write_private(path: Path, data: dict) -> None:
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive lock beside the keyring (two processes never both create a key)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with exclusive_lock(path):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def _parse(path: Path, text: str) -> Keyring:

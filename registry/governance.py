@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +31,24 @@ log = logging.getLogger(__name__)
 ACTOR = "govml-lifecycle"
 
 
-def append_once(
-    url: str,
-    kind: str,
-    *,
-    actor: str,
-    payload: dict[str, Any],
-    model_name: str | None = None,
-    model_version: str | None = None,
-    run_id: str | None = None,
-) -> bool:
-    """Append an event unless the identical one (kind, subject, payload) is there; True if new."""
+@dataclass(frozen=True)
+class Subject:
+    """What a lifecycle event is about: the model, the lifecycle run, the version once
+    registered (the filter ``audit.events`` takes and the columns an event stores)."""
+
+    model_name: str
+    run_id: str
+    model_version: str | None = None
+
+
+def append_once(url: str, kind: str, payload: dict[str, Any], subject: Subject) -> bool:
+    """Append the lifecycle's event unless the identical one (kind, subject, payload) is
+    there; True if new."""
     wanted = json.loads(audit.canonical_json(payload))
-    for event in audit.events(
-        url, model_name=model_name, model_version=model_version, run_id=run_id, kinds=[kind]
-    ):
-        if event.payload == wanted:
-            return False
-    audit.append_event(
-        url,
-        kind,
-        actor=actor,
-        payload=payload,
-        model_name=model_name,
-        model_version=model_version,
-        run_id=run_id,
-    )
+    about = asdict(subject)
+    if any(e.payload == wanted for e in audit.events(url, **about, kinds=[kind])):
+        return False
+    audit.append_event(url, kind, actor=ACTOR, payload=payload, **about)
     return True
 
 
@@ -82,9 +74,7 @@ def record_data_validation(url: str, spec: ModelSpec, run_id: str, folder: Path)
         "warnings": list(result.get("warnings") or []),
         "reference_profile": result.get("reference_profile"),
     }
-    return append_once(
-        url, "data_validated", actor=ACTOR, payload=payload, model_name=spec.name, run_id=run_id
-    )
+    return append_once(url, "data_validated", payload, Subject(spec.name, run_id))
 
 
 def record_gate_results(url: str, spec: ModelSpec, run_id: str, folder: Path) -> int:
@@ -98,9 +88,7 @@ def record_gate_results(url: str, spec: ModelSpec, run_id: str, folder: Path) ->
             k: check.get(k) for k in ("name", "status", "value", "op", "threshold", "message")
         }
         payload["passed_overall"] = bool(gates.get("passed"))
-        new += append_once(
-            url, "gate_result", actor=ACTOR, payload=payload, model_name=spec.name, run_id=run_id
-        )
+        new += append_once(url, "gate_result", payload, Subject(spec.name, run_id))
     return new
 
 
@@ -111,15 +99,8 @@ def record_registration(url: str, run_id: str, result: dict[str, Any]) -> bool:
         "mlflow_run_id": result.get("run_id"),
         "model_uri": result.get("model_uri"),
     }
-    return append_once(
-        url,
-        "model_registered",
-        actor=ACTOR,
-        payload=payload,
-        model_name=result["model_name"],
-        model_version=str(result["version"]),
-        run_id=run_id,
-    )
+    subject = Subject(result["model_name"], run_id, str(result["version"]))
+    return append_once(url, "model_registered", payload, subject)
 
 
 def _model_features(path: Path) -> list[str]:

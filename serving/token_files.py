@@ -8,13 +8,12 @@ them so that two admins do not lose each other's records.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from pipelines.errors import ConfigError
+from pipelines.files import exclusive_lock
 from serving.token_records import generate_token, is_token, load_records, warn_if_shared
 
 log = logging.getLogger("serving.auth")  # the token files' log, as before
@@ -36,18 +36,6 @@ SERVICE_CLIENT = "govml"
 
 
 SERVICE_SCOPES = ("predict", "explain")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock beside ``path`` (two admins do not lose each other's records)."""
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
@@ -65,7 +53,7 @@ def add_client(
     """Generate a token for a new client, append its record to ``path``; the token."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(path):
+    with exclusive_lock(path):
         existing = load_records(path) if path.exists() else []
         if any(r.name == name for r in existing):
             raise ConfigError(f"{path}: client {name!r} already has a token (revoke it first)")
@@ -77,7 +65,7 @@ def add_client(
 def revoke_client(path: str | Path, name: str) -> None:
     """Remove a client's record from ``path``."""
     path = Path(path)
-    with _locked(path):
+    with exclusive_lock(path):
         existing = load_records(path)
         kept = [r for r in existing if r.name != name]
         if len(kept) == len(existing):
@@ -153,7 +141,7 @@ def provision(folder: str | Path) -> DeploymentTokens:
     record. Both files end mode 0600."""
     files = deployment_tokens(folder)
     files.tokens.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(files.tokens):
+    with exclusive_lock(files.tokens):
         records = load_records(files.tokens) if files.tokens.exists() else []
         token = None
         with contextlib.suppress(ConfigError):

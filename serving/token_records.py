@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import ConfigError
+from pipelines.files import read_text
 
 log = logging.getLogger("serving.auth")  # the token files' log, as before
 
@@ -123,12 +124,7 @@ def parse_records(data: Any, source: str = "<tokens>") -> list[TokenRecord]:
 
 
 def _read(path: Path) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: token file not found") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the token file ({exc.strerror})") from None
+    text = read_text(path, ConfigError, "token file not found", "cannot read the token file")
     try:
         return json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as exc:

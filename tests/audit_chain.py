@@ -5,8 +5,8 @@ it, and concurrent writers whose appends must keep one chain."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +18,9 @@ from sqlalchemy.exc import DBAPIError
 from registry.audit import append_event, events
 from registry.audit_verify import verify_chain
 from registry.store import engine_for
-from tests.racing import run_together
+from tests.racing import run_threads, run_together
+from tests.security.chain_attacks import documented_body, iso
+from tests.security.chain_attacks import event_hash as spec_hash
 
 
 def build_chain(url: str, n: int = 10) -> list[str]:
@@ -57,36 +59,31 @@ def _hash_of(conn: Connection, seq: int) -> str:
     return conn.execute(text("SELECT hash FROM audit_events WHERE seq = :s"), {"s": seq}).scalar()
 
 
-def spec_hash(prev_hash: str, body: dict) -> str:
-    """The documented formula, written out independently of registry.audit."""
-    text_ = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256((prev_hash + "\n" + text_).encode()).hexdigest()
-
-
 def _forge(conn: Connection, seq: int, prev_hash: str, digest: str | None) -> None:
     occurred = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
-    body = {
+    forged = {
         "seq": seq,
-        "occurred_at": "2026-11-28T12:00:00.000000Z",
         "kind": "approval_granted",
         "actor": "mallory",
         "model_name": "fraud",
         "model_version": "9",
         "run_id": None,
-        "payload": {"forged": True},
     }
+    digest = digest or spec_hash(
+        prev_hash, documented_body(forged, iso(occurred), {"forged": True})
+    )
     conn.execute(
         text(
             "INSERT INTO audit_events (seq, occurred_at, kind, actor, model_name, model_version,"
-            " run_id, payload, prev_hash, hash) VALUES (:seq, :at, 'approval_granted', 'mallory',"
-            " 'fraud', '9', NULL, :payload, :prev, :hash)"
+            " run_id, payload, prev_hash, hash) VALUES (:seq, :at, :kind, :actor, :model_name,"
+            " :model_version, :run_id, :payload, :prev, :hash)"
         ),
         {
-            "seq": seq,
+            **forged,
             "at": occurred if conn.dialect.name == "postgresql" else "2026-11-28 12:00:00.000000",
             "payload": '{"forged":true}',
             "prev": prev_hash,
-            "hash": digest or spec_hash(prev_hash, body),
+            "hash": digest,
         },
     )
 
@@ -104,21 +101,9 @@ def reformat_payload(conn: Connection) -> int:
 def modify_and_rehash(conn: Connection) -> int:
     """Change seq 5's actor and recompute its own hash: seq 6 still links to the old one."""
     row = conn.execute(text("SELECT * FROM audit_events WHERE seq = 5")).mappings().one()
-    occurred = row["occurred_at"]
-    if isinstance(occurred, str):
-        occurred = dt.datetime.fromisoformat(occurred)
-    body = {
-        "seq": 5,
-        "occurred_at": occurred.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        if occurred.tzinfo
-        else occurred.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "kind": row["kind"],
-        "actor": "mallory",
-        "model_name": row["model_name"],
-        "model_version": row["model_version"],
-        "run_id": row["run_id"],
-        "payload": json.loads(row["payload"]),
-    }
+    body = documented_body(
+        {**row, "actor": "mallory"}, iso(row["occurred_at"]), json.loads(row["payload"])
+    )
     conn.execute(
         text("UPDATE audit_events SET actor = 'mallory', hash = :h WHERE seq = 5"),
         {"h": spec_hash(row["prev_hash"], body)},
@@ -126,18 +111,21 @@ def modify_and_rehash(conn: Connection) -> int:
     return 5
 
 
+def _delete(conn: Connection, seq: int) -> int:
+    conn.execute(text("DELETE FROM audit_events WHERE seq = :s"), {"s": seq})
+    return seq
+
+
 def delete_middle(conn: Connection) -> int:
-    conn.execute(text("DELETE FROM audit_events WHERE seq = 5"))
-    return 5
+    return _delete(conn, 5)
 
 
 def delete_first(conn: Connection) -> int:
-    conn.execute(text("DELETE FROM audit_events WHERE seq = 1"))
-    return 1
+    return _delete(conn, 1)
 
 
 def delete_and_renumber(conn: Connection) -> int:
-    conn.execute(text("DELETE FROM audit_events WHERE seq = 5"))
+    _delete(conn, 5)
     _shift(conn, "seq > 5", -1)
     return 5
 
@@ -156,18 +144,21 @@ def insert_forged_garbage(conn: Connection) -> int:
     return 5
 
 
+def _swap(conn: Connection, a: int, b: int) -> int:
+    """Events ``a`` and ``b`` change places (seq -1 in between); returns ``a``."""
+    for old, new in ((a, -1), (b, a), (-1, b)):
+        conn.execute(
+            text("UPDATE audit_events SET seq = :new WHERE seq = :old"), {"new": new, "old": old}
+        )
+    return a
+
+
 def swap_seqs(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = 3"))
-    conn.execute(text("UPDATE audit_events SET seq = 3 WHERE seq = 7"))
-    conn.execute(text("UPDATE audit_events SET seq = 7 WHERE seq = -1"))
-    return 3
+    return _swap(conn, 3, 7)
 
 
 def swap_adjacent(conn: Connection) -> int:
-    conn.execute(text("UPDATE audit_events SET seq = -1 WHERE seq = 5"))
-    conn.execute(text("UPDATE audit_events SET seq = 5 WHERE seq = 6"))
-    conn.execute(text("UPDATE audit_events SET seq = 6 WHERE seq = -1"))
-    return 5
+    return _swap(conn, 5, 6)
 
 
 def change_last(conn: Connection) -> int:
@@ -227,7 +218,44 @@ def assert_refused(url: str, clear: str) -> None:
             c.execute(text(statement))
 
 
+def assert_tamper_found(url: str, how: str) -> str:
+    """A 10-event chain, tampered with by ``TAMPERS[how]``: verification names the event
+    the tamperer touched. Returns the problem the report gives."""
+    build_chain(url, 10)
+    assert verify_chain(url).ok
+    bad_seq = tamper(url, TAMPERS[how])
+    report = verify_chain(url)
+    assert not report.ok
+    assert report.first_bad_seq == bad_seq, report.problem
+    assert report.problem and f"seq {bad_seq}" in report.problem
+    return report.problem
+
+
 # --------------------------------------------------------------------------- concurrency
+def race_writers(
+    url: str,
+    caplog: pytest.LogCaptureFixture,
+    count: int,
+    write: Callable[[int, threading.Barrier], object],
+    join_timeout: float,
+) -> None:
+    """``count`` threads each run ``write(i, barrier)``, which waits on the barrier and
+    appends ``{"i": i}``; none may fail, and they must leave one valid chain."""
+    engine_for(url)
+    barrier = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def writer(i: int) -> None:
+        try:
+            write(i, barrier)
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    run_threads(count, writer, join_timeout=join_timeout)
+    assert errors == []
+    assert_raced_chain(url, caplog, count)
+
+
 def assert_raced_chain(url: str, caplog: pytest.LogCaptureFixture, count: int) -> None:
     """``count`` racing writers, each appending ``{"i": i}``, left one valid chain."""
     assert not [r for r in caplog.records if "raced" in r.getMessage()]  # the lock held

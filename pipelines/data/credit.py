@@ -74,6 +74,15 @@ FEATURES: tuple[str, ...] = (
     "region",
     "postcode_risk_index",
 )
+CREDIT_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "purpose": PURPOSES,
+    "home_ownership": HOME_OWNERSHIP,
+    "region": REGIONS,
+    "age_band": AGE_BANDS,
+    "sex": SEXES,
+    "race_ethnicity": RACE_ETHNICITY,
+}
+"""The categorical columns and their categories, in code order."""
 TARGET = "default_12m"
 COLUMNS: tuple[str, ...] = (
     "application_id",
@@ -160,8 +169,9 @@ def _calibrate_intercept(logit: np.ndarray, target: float) -> float:
     return (low + high) / 2
 
 
-def _categorical(codes: np.ndarray, categories: tuple[str, ...]) -> pd.Categorical:
-    return pd.Categorical.from_codes(codes.astype(np.int8), categories=list(categories))
+def _categorical(codes: np.ndarray, column: str) -> pd.Categorical:
+    categories = list(CREDIT_CATEGORIES[column])
+    return pd.Categorical.from_codes(codes.astype(np.int8), categories=categories)
 
 
 @dataclass(frozen=True)
@@ -315,13 +325,13 @@ def generate_credit(cfg: CreditConfig) -> pd.DataFrame:
             "employment_years": o(p.employment_years),
             "loan_amount": o(loan_amount),
             "loan_term_months": o(term).astype(np.int32),
-            "purpose": _categorical(o(purpose), PURPOSES),
-            "home_ownership": _categorical(o(p.home), HOME_OWNERSHIP),
-            "region": _categorical(o(p.region), REGIONS),
+            "purpose": _categorical(o(purpose), "purpose"),
+            "home_ownership": _categorical(o(p.home), "home_ownership"),
+            "region": _categorical(o(p.region), "region"),
             "postcode_risk_index": o(postcode_index),
-            "age_band": _categorical(o(p.age_band), AGE_BANDS),
-            "sex": _categorical(o(p.sex), SEXES),
-            "race_ethnicity": _categorical(o(p.race), RACE_ETHNICITY),
+            "age_band": _categorical(o(p.age_band), "age_band"),
+            "sex": _categorical(o(p.sex), "sex"),
+            "race_ethnicity": _categorical(o(p.race), "race_ethnicity"),
             TARGET: o(default),
             "label_time": app_time + pd.DateOffset(months=12),
         }

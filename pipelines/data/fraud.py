@@ -96,7 +96,7 @@ COLUMNS: tuple[str, ...] = (
     "chargeback_time",
 )
 
-_CATEGORIES: dict[str, tuple[str, ...]] = {
+FRAUD_CATEGORIES: dict[str, tuple[str, ...]] = {
     "mcc": MCCS,
     "merchant_segment": SEGMENTS,
     "channel": CHANNELS,
@@ -139,7 +139,7 @@ _NS = 1_000_000_000
 
 def _dictionary(codes: np.ndarray, column: str) -> pa.Array:
     return pa.DictionaryArray.from_arrays(
-        pa.array(codes.astype(np.int8, copy=False)), pa.array(list(_CATEGORIES[column]))
+        pa.array(codes.astype(np.int8, copy=False)), pa.array(list(FRAUD_CATEGORIES[column]))
     )
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from pipelines.data.fraud_config import (
     HOUR_PROFILE,
     REGIONS,
+    SCENARIO_INDEX,
     STREAM_BNPL,
     STREAM_LEGIT,
     USUAL_TERMINALS,
@@ -66,6 +67,32 @@ class Rows:
 
     def __len__(self) -> int:
         return int(self.sec.shape[0])
+
+
+def labelled_rows(
+    world: World,
+    scenario: str,
+    sec: np.ndarray,
+    cust: np.ndarray,
+    card: np.ndarray,
+    term: np.ndarray,
+    amount: np.ndarray,
+    dist: np.ndarray,
+) -> Rows:
+    """Transactions of one scenario (``none``: legitimate), online where the terminal is an
+    online merchant's; a fraud's chargeback is set when the plan is merged (-1: none)."""
+    n = len(sec)
+    return Rows(
+        sec=sec,
+        cust=cust,
+        card=card,
+        term=term,
+        online=term >= world.n_phys,
+        amount=amount,
+        dist=dist,
+        scenario=np.full(n, SCENARIO_INDEX[scenario], dtype=np.int8),
+        chargeback=np.full(n, -1 if scenario == "none" else 0, dtype=np.int64),
+    )
 
 
 def empty_rows() -> Rows:
@@ -150,14 +177,4 @@ def legit_hour(cfg: FraudConfig, world: World, hour: int, n: int) -> Rows:
     amount = draw_amounts(seg, world.spend_mu[cust], z, factor)
     dist = np.where(online, online_dist, physical_distance(world, cust, np.where(online, 0, term)))
     dist = np.round(dist, 2)
-    return Rows(
-        sec=sec,
-        cust=cust,
-        card=card,
-        term=term,
-        online=online,
-        amount=amount,
-        dist=dist,
-        scenario=np.zeros(n, dtype=np.int8),
-        chargeback=np.full(n, -1, dtype=np.int64),
-    )
+    return labelled_rows(world, "none", sec, cust, card, term, amount, dist)

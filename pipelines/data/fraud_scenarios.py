@@ -16,7 +16,6 @@ from pipelines.data.fraud_config import (
     CRYPTO_MCC,
     HOUR_PROFILE,
     MCC_INDEX,
-    SCENARIO_INDEX,
     SECONDS_PER_DAY,
     SEG_INDEX,
     STREAM_FRAUD,
@@ -27,6 +26,7 @@ from pipelines.data.fraud_legit import (
     Rows,
     draw_amounts,
     empty_rows,
+    labelled_rows,
     online_distance,
     physical_distance,
 )
@@ -56,31 +56,6 @@ class _Events:
     sizes: np.ndarray
     ev: np.ndarray
     total_sec: int
-
-
-def _fraud_rows(
-    scenario: str,
-    sec: np.ndarray,
-    cust: np.ndarray,
-    card: np.ndarray,
-    term: np.ndarray,
-    online: np.ndarray,
-    amount: np.ndarray,
-    dist: np.ndarray,
-) -> Rows:
-    """One scenario's rows (their chargebacks are set when the plan is merged)."""
-    n = len(sec)
-    return Rows(
-        sec=sec,
-        cust=cust,
-        card=card,
-        term=term,
-        online=online,
-        amount=amount,
-        dist=dist,
-        scenario=np.full(n, SCENARIO_INDEX[scenario], dtype=np.int8),
-        chargeback=np.zeros(n, dtype=np.int64),
-    )
 
 
 def _group_starts(sizes: np.ndarray) -> np.ndarray:
@@ -133,13 +108,13 @@ def _card_testing(
     term = terms_ev[ev, pick]
     small = np.round(rng.uniform(0.5, 4.99, size=n), 2)
     amount = np.where(rng.random(n) < 0.3, 1.0, small)
-    rows = _fraud_rows(
+    rows = labelled_rows(
+        world,
         "card_testing",
         sec,
         cust_ev[ev],
         card_ev[ev],
         term,
-        np.ones(n, dtype=bool),
         amount,
         rng.uniform(80.0, 1400.0, size=n),
     )
@@ -174,13 +149,13 @@ def _account_takeover(
     )
     far_ip = rng.uniform(150.0, 900.0, size=n)
     dist = np.where(online, far_ip, physical_distance(world, cust, t_phys))
-    rows = _fraud_rows(
+    rows = labelled_rows(
+        world,
         "account_takeover",
         sec,
         cust,
         card_ev[ev],
         term,
-        online,
         amount,
         dist,
     )
@@ -219,13 +194,13 @@ def _compromised_terminal(
     amount = draw_amounts(
         world.term_seg[term], world.spend_mu[cust], rng.standard_normal(n), factor
     )
-    rows = _fraud_rows(
+    rows = labelled_rows(
+        world,
         "compromised_terminal",
         sec,
         cust,
         world.card_base[cust],
         term,
-        np.zeros(n, dtype=bool),
         amount,
         physical_distance(world, cust, term),
     )
@@ -246,13 +221,13 @@ def _new_pattern(
     crypto = np.flatnonzero(world.term_mcc == MCC_INDEX[CRYPTO_MCC])
     term = crypto[rng.integers(0, crypto.shape[0], size=n)]
     amount = np.round(np.exp(rng.uniform(np.log(600.0), np.log(4800.0), size=n)), 2)
-    rows = _fraud_rows(
+    rows = labelled_rows(
+        world,
         "new_pattern",
         sec,
         cust_ev[ev],
         card_ev[ev],
         term,
-        np.ones(n, dtype=bool),
         amount,
         online_distance(rng, n),
     )

@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.errors import DataValidationError
+from pipelines.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -274,12 +275,7 @@ def write_parquet_with_manifest(
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:
     """Read a ``*.manifest.json`` file; raise DataValidationError if missing or malformed."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataValidationError(f"manifest {p} not found") from exc
-    except (OSError, ValueError) as exc:
-        raise DataValidationError(f"manifest {p} is not readable JSON: {exc}") from exc
+    data = read_json(p, DataValidationError, f"manifest {p}")
     if not isinstance(data, dict):
         raise DataValidationError(f"manifest {p} must hold a JSON object")
     return Manifest.from_dict(data, source=f"manifest {p}")

@@ -11,13 +11,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data.fraud import COLUMNS, generate_fraud, write_fraud
+from pipelines.data.fraud import COLUMNS, FRAUD_CATEGORIES, generate_fraud, write_fraud
 from pipelines.data.fraud_config import (
     AGE_BANDS,
     CHANNELS,
     MCCS,
     REGIONS,
-    SCENARIOS,
     SEGMENTS,
     FraudConfig,
 )
@@ -72,15 +71,8 @@ def test_columns_and_dtypes_are_exact(base: pd.DataFrame) -> None:
 
 
 def test_categories_are_fixed_lists(base: pd.DataFrame) -> None:
-    expected = {
-        "mcc": MCCS,
-        "merchant_segment": SEGMENTS,
-        "channel": CHANNELS,
-        "region": REGIONS,
-        "customer_age_band": AGE_BANDS,
-        "fraud_scenario": SCENARIOS,
-    }
-    for col, cats in expected.items():
+    assert {c for c, t in EXPECTED_DTYPES.items() if t == "category"} == set(FRAUD_CATEGORIES)
+    for col, cats in FRAUD_CATEGORIES.items():
         assert tuple(base[col].cat.categories) == cats, col
     assert set(CHANNELS) == {"card_present", "online"}
     assert set(REGIONS) == {"north", "south", "east", "west", "central"}

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import text
@@ -45,6 +46,24 @@ def event_hash(prev_hash: str, body: dict[str, Any]) -> str:
     return hashlib.sha256((prev_hash + "\n" + canonical(body)).encode()).hexdigest()
 
 
+SUBJECT_COLUMNS = ("seq", "kind", "actor", "model_name", "model_version", "run_id")
+
+
+def iso(at: dt.datetime | str) -> str:
+    """A stored time as the hashed form writes it: ISO-8601 UTC, microseconds (naive: UTC)."""
+    if isinstance(at, str):  # SQLite hands timestamps back as text
+        at = dt.datetime.fromisoformat(at)
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=dt.UTC)
+    return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def documented_body(row: Mapping[str, Any], occurred_at: str, payload: Any) -> dict[str, Any]:
+    """What an event's hash covers, as the docs define it: ``SUBJECT_COLUMNS`` of ``row``,
+    ``occurred_at`` (ISO-8601 UTC) and the payload."""
+    return {**{c: row[c] for c in SUBJECT_COLUMNS}, "occurred_at": occurred_at, "payload": payload}
+
+
 def head(conn: Connection) -> tuple[int, str]:
     row = conn.execute(text("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")).first()
     return (int(row[0]), str(row[1])) if row else (0, "0" * 64)
@@ -64,19 +83,16 @@ def append_forged(
 ) -> int:
     """Append an event with a correct prev_hash and hash (and a MAC with ``key``, if given)."""
     seq, prev = head(conn)
-    seq += 1
     at = dt.datetime.now(dt.UTC)
-    body = {
-        "seq": seq,
-        "occurred_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    row = {
+        "seq": seq + 1,
         "kind": kind,
         "actor": actor,
         "model_name": model_name,
         "model_version": model_version,
         "run_id": run_id,
-        "payload": payload,
     }
-    digest = event_hash(prev, body)
+    digest = event_hash(prev, documented_body(row, iso(at), payload))
     mac = None
     if key is not None:
         mac = hmac.new(key, ("govml-audit-v1\n" + digest).encode(), hashlib.sha256).hexdigest()
@@ -85,16 +101,12 @@ def append_forged(
         text(
             "INSERT INTO audit_events (seq, occurred_at, kind, actor, model_name, model_version,"
             f" run_id, payload, prev_hash, hash{keyed}) VALUES (:seq, :at, :kind, :actor,"
-            f" :model, :version, :run, :payload, :prev, :hash{', :kid, :mac' if keyed else ''})"
+            " :model_name, :model_version, :run_id, :payload, :prev, :hash"
+            f"{', :kid, :mac' if keyed else ''})"
         ),
         {
-            "seq": seq,
+            **row,
             "at": at if conn.dialect.name == "postgresql" else at.strftime("%Y-%m-%d %H:%M:%S.%f"),
-            "kind": kind,
-            "actor": actor,
-            "model": model_name,
-            "version": model_version,
-            "run": run_id,
             "payload": canonical(payload),
             "prev": prev,
             "hash": digest,
@@ -102,7 +114,7 @@ def append_forged(
             "mac": mac,
         },
     )
-    return seq
+    return row["seq"]
 
 
 def rewrite_from(conn: Connection, first: int, change: dict[str, Any]) -> int:
@@ -125,21 +137,7 @@ def rewrite_from(conn: Connection, first: int, change: dict[str, Any]) -> int:
         payload = json.loads(row["payload"])
         if row["seq"] == first:
             payload.update(change)
-        occurred = row["occurred_at"]
-        if isinstance(occurred, str):
-            occurred = dt.datetime.fromisoformat(occurred)
-        if occurred.tzinfo is None:
-            occurred = occurred.replace(tzinfo=dt.UTC)
-        body = {
-            "seq": row["seq"],
-            "occurred_at": occurred.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "kind": row["kind"],
-            "actor": row["actor"],
-            "model_name": row["model_name"],
-            "model_version": row["model_version"],
-            "run_id": row["run_id"],
-            "payload": payload,
-        }
+        body = documented_body(row, iso(row["occurred_at"]), payload)
         digest = event_hash(prev, body)
         conn.execute(
             text(

@@ -65,6 +65,18 @@ def _kinds(url: str) -> list[str]:
     return [e.kind for e in audit.events(url, model_name=SPEC.name)]
 
 
+def _refused_deploy(url: str, match: str, version: str = "7") -> None:
+    with pytest.raises(ApprovalError, match=match):
+        approvals.authorise_deploy(url, SPEC.name, version, SHA, actor="deployer")
+
+
+def _assert_ended(url: str, status: str, kind: str) -> None:
+    """Version 7's request ended with ``status`` (event ``kind``): nothing deploys it."""
+    assert approvals.get_request(url, SPEC.name, "7").status == status
+    assert kind in _kinds(url)
+    _refused_deploy(url, "no valid approval")
+
+
 def test_valid_approval_is_recorded_bound_and_used_once(url: str) -> None:
     request = _request(url)
     assert request.status == "pending" and request.required_approvers == 1
@@ -112,8 +124,7 @@ def test_one_approver_is_not_enough_for_a_high_risk_change(url: str) -> None:
     _request(url, risk=["gate warning: roc_auc 0.71 within warn margin"])
     state = _decide(url, "reviewer")
     assert (state.status, state.required_approvers) == ("pending", 2)
-    with pytest.raises(ApprovalError, match="no valid approval"):
-        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    _refused_deploy(url, "no valid approval")
     # the same person again does not count twice
     again = _decide(url, "reviewer")
     assert again.status == "pending" and again.approvers == ["reviewer"]
@@ -125,18 +136,14 @@ def test_an_expired_approval_cannot_deploy(url: str) -> None:
     _request(url)
     _decide(url, "reviewer")
     audit.clock.at(T0 + dt.timedelta(hours=74))  # type: ignore[attr-defined]
-    with pytest.raises(ApprovalError, match="expired"):
-        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    _refused_deploy(url, "expired")
 
 
 def test_no_answer_before_the_deadline_counts_as_a_rejection(url: str) -> None:
     _request(url)
     with pytest.raises(ApprovalError, match="deadline"):
         _decide(url, "reviewer", now=T0 + dt.timedelta(hours=25))
-    assert approvals.get_request(url, SPEC.name, "7").status == "expired"
-    assert "approval_expired" in _kinds(url)
-    with pytest.raises(ApprovalError, match="no valid approval"):
-        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    _assert_ended(url, "expired", "approval_expired")
 
 
 def test_expire_marks_a_pending_request(url: str) -> None:
@@ -147,11 +154,9 @@ def test_expire_marks_a_pending_request(url: str) -> None:
 def test_approving_version_7_never_deploys_version_8(url: str) -> None:
     _request(url, version="7")
     _decide(url, "reviewer", version="7")
-    with pytest.raises(ApprovalError, match="no approval was requested"):
-        approvals.authorise_deploy(url, SPEC.name, "8", SHA, actor="deployer")
+    _refused_deploy(url, "no approval was requested", "8")
     _request(url, version="8", run="run-2")
-    with pytest.raises(ApprovalError, match="no valid approval"):
-        approvals.authorise_deploy(url, SPEC.name, "8", SHA, actor="deployer")
+    _refused_deploy(url, "no valid approval", "8")
 
 
 def test_a_tampered_artifact_voids_the_approval(url: str) -> None:
@@ -159,11 +164,7 @@ def test_a_tampered_artifact_voids_the_approval(url: str) -> None:
     _decide(url, "reviewer")
     with pytest.raises(ApprovalError, match="artifact changed after approval"):
         approvals.authorise_deploy(url, SPEC.name, "7", "b" * 64, actor="deployer")
-    assert approvals.get_request(url, SPEC.name, "7").status == "void"
-    assert "approval_voided" in _kinds(url)
-    # restoring the original file does not revive a void approval
-    with pytest.raises(ApprovalError, match="no valid approval"):
-        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    _assert_ended(url, "void", "approval_voided")  # restoring the file revives nothing
 
 
 def test_a_reviewer_who_saw_another_artifact_is_refused(url: str) -> None:
@@ -178,8 +179,7 @@ def test_a_replayed_approval_is_refused(url: str) -> None:
     audit.clock.at(T0 + dt.timedelta(hours=2))  # type: ignore[attr-defined]
     _deploy(url, approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer"))
     # the approval was used by one deployment; replaying it for another is refused
-    with pytest.raises(ApprovalError, match="already used"):
-        approvals.authorise_deploy(url, SPEC.name, "7", SHA, actor="deployer")
+    _refused_deploy(url, "already used")
     state = approvals.get_request(url, SPEC.name, "7")
     with pytest.raises(ApprovalError, match="already used"):
         _deploy(url, state)
