@@ -17,7 +17,7 @@ from typing import Any
 
 from airflow.sdk import dag, task
 
-from dags.govml_airflow.run_dag import dags_per_spec
+from dags.govml_airflow.factory import dag_arguments, dags_per_spec
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, discover_specs, load_spec
@@ -28,15 +28,10 @@ SETTINGS = load_settings()
 
 def build_abtest_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
     @dag(
-        dag_id=f"{spec.name}_abtest",
         description=f"Daily A/B test analysis for {spec.name}: report, decision, stop rule",
         doc_md=__doc__,
         schedule="@daily",
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        tags=["govml", "abtest", spec.use_case],
-        default_args={"owner": spec.owner, "retries": 1, "retry_delay": dt.timedelta(minutes=5)},
+        **dag_arguments(spec, "abtest", retries=1, retry_delay=dt.timedelta(minutes=5)),
     )
     def abtest() -> None:
         @task.short_circuit(task_id="running")
@@ -75,9 +70,9 @@ def _build_all() -> dict[str, Any]:
     return dags_per_spec(
         discover_specs(SETTINGS.specs_dir),
         "abtest",
-        "A/B test",
         lambda spec, path: build_abtest_dag(spec, str(path)) if spec.abtest is not None else None,
         log,
+        label="A/B test",
     )
 
 

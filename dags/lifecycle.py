@@ -23,7 +23,13 @@ from airflow.sdk import Param, dag, task
 
 from dags.govml_airflow.approval_gate import GovernedApprovalOperator
 from dags.govml_airflow.assets import lifecycle_schedule
-from dags.govml_airflow.factory import build_dags, no_retry, run_context, stage_tasks
+from dags.govml_airflow.factory import (
+    dag_arguments,
+    dags_per_spec,
+    no_retry,
+    run_context,
+    stage_tasks,
+)
 from dags.govml_airflow.run_dag import dag_spec_paths
 from pipelines.config import load_settings
 from pipelines.spec import ModelSpec
@@ -61,48 +67,29 @@ def _trigger() -> tuple[str | None, bool]:
     return found, found is not None
 
 
+# run parameter -> (JSON type besides null, its bounds, the trigger form's description)
+RUN_PARAMS: dict[str, tuple[str, dict[str, float], str]] = {
+    "data_path": ("string", {}, "Parquet/CSV file instead of the spec's source"),
+    "n_rows": ("integer", {"minimum": 100}, "rows to generate (generated sources)"),
+    "seed": ("integer", {}, "generator seed"),
+    "bias": ("number", {"minimum": 0, "maximum": 1}, "credit generator bias knob"),
+    "fraud_rate": (
+        "number",
+        {"minimum": 0.001, "maximum": 0.01},
+        "fraud generator target fraud rate",
+    ),
+    "tuning_trials": ("integer", {"minimum": 0}, "LightGBM tuning budget"),
+    "reason": ("string", {}, "why this run (recorded in the audit trail)"),
+    "author": ("string", {}, "who developed this model change (may not approve it)"),
+}
+
+
 def _run_params() -> dict[str, Param]:
-    """The run parameters a user may set when triggering (:data:`pipelines.runs.PARAMS`)."""
+    """The run parameters a user may set when triggering (:data:`pipelines.runs.PARAMS`),
+    each optional (null by default)."""
     return {
-        "data_path": Param(
-            None,
-            type=["null", "string"],
-            description="Parquet/CSV file instead of the spec's source",
-        ),
-        "n_rows": Param(
-            None,
-            type=["null", "integer"],
-            minimum=100,
-            description="rows to generate (generated sources)",
-        ),
-        "seed": Param(None, type=["null", "integer"], description="generator seed"),
-        "bias": Param(
-            None,
-            type=["null", "number"],
-            minimum=0,
-            maximum=1,
-            description="credit generator bias knob",
-        ),
-        "fraud_rate": Param(
-            None,
-            type=["null", "number"],
-            minimum=0.001,
-            maximum=0.01,
-            description="fraud generator target fraud rate",
-        ),
-        "tuning_trials": Param(
-            None, type=["null", "integer"], minimum=0, description="LightGBM tuning budget"
-        ),
-        "reason": Param(
-            None,
-            type=["null", "string"],
-            description="why this run (recorded in the audit trail)",
-        ),
-        "author": Param(
-            None,
-            type=["null", "string"],
-            description="who developed this model change (may not approve it)",
-        ),
+        name: Param(None, type=["null", kind], description=text, **bounds)
+        for name, (kind, bounds, text) in RUN_PARAMS.items()
     }
 
 
@@ -200,16 +187,11 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
     """The lifecycle DAG for one spec."""
 
     @dag(
-        dag_id=f"{spec.name}_lifecycle",
         description=f"Governed training lifecycle for {spec.name} ({spec.use_case})",
         doc_md=__doc__ + f"\n\n**Spec**: `{spec_path}`\n\n{spec.description}",
         schedule=lifecycle_schedule(spec.name, spec.schedule),
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        tags=["govml", "lifecycle", spec.use_case],
-        default_args={"owner": spec.owner, "retries": 1, "retry_delay": dt.timedelta(seconds=30)},
         params=_run_params(),
+        **dag_arguments(spec, "lifecycle", retries=1, retry_delay=dt.timedelta(seconds=30)),
     )
     def lifecycle() -> None:
         trigger = _trigger_task(spec_path)
@@ -232,4 +214,8 @@ def build_lifecycle_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
     return lifecycle()
 
 
-globals().update(build_dags(dag_spec_paths(SETTINGS.specs_dir), build_lifecycle_dag, "_lifecycle"))
+def _build_all() -> dict[str, Any]:
+    return dags_per_spec(dag_spec_paths(SETTINGS.specs_dir), "lifecycle", build_lifecycle_dag, log)
+
+
+globals().update(_build_all())

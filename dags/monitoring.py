@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import dag, task
 
 from dags.govml_airflow.assets import PRESETS, retrain_asset
-from dags.govml_airflow.run_dag import dags_per_spec
+from dags.govml_airflow.factory import dag_arguments, dags_per_spec
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, discover_specs
@@ -35,15 +35,10 @@ def build_monitoring_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
     schedule = spec.monitoring.schedule
 
     @dag(
-        dag_id=f"{spec.name}_monitoring",
         description=f"Drift, decay, KPIs and compliance of the {spec.name} champion",
         doc_md=__doc__,
         schedule=None if schedule == "none" else PRESETS.get(schedule, schedule),
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        tags=["govml", "monitoring", spec.use_case],
-        default_args={"owner": spec.owner, "retries": 1, "retry_delay": dt.timedelta(minutes=1)},
+        **dag_arguments(spec, "monitoring", retries=1, retry_delay=dt.timedelta(minutes=1)),
     )
     def monitoring() -> None:
         @task
@@ -85,7 +80,7 @@ def build_monitoring_dag(spec: ModelSpec, spec_path: Path):  # noqa: ANN201
 
 def _build_all() -> dict[str, Any]:
     return dags_per_spec(
-        discover_specs(SETTINGS.specs_dir), "monitoring", "monitoring", build_monitoring_dag, log
+        discover_specs(SETTINGS.specs_dir), "monitoring", build_monitoring_dag, log
     )
 
 

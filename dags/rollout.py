@@ -13,14 +13,14 @@ asks for a human go before 100 %, ``await_go`` waits for ``govml rollout approve
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Param, dag, task
 
-from dags.govml_airflow.run_dag import dag_spec_paths, dags_per_spec
+from dags.govml_airflow.factory import dag_arguments, dags_per_spec
+from dags.govml_airflow.run_dag import dag_spec_paths
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 from pipelines.spec import ModelSpec, load_spec
@@ -117,18 +117,13 @@ def build_rollout_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
     policy = spec.rollout
 
     @dag(
-        dag_id=f"{spec.name}_rollout",
         description=f"Shadow, canary steps and promotion for {spec.name}",
         doc_md=__doc__,
         schedule=None,
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
-        catchup=False,
-        max_active_runs=1,
-        tags=["govml", "rollout", spec.use_case],
-        default_args={"owner": spec.owner, "retries": 0},
         params={
             "version": Param("", type="string", minLength=1, description="version to roll out")
         },
+        **dag_arguments(spec, "rollout", retries=0),
     )
     def rollout() -> None:
         @task(task_id="start")
@@ -169,7 +164,6 @@ def build_rollout_dag(spec: ModelSpec, spec_path: str):  # noqa: ANN201
 def _build_all() -> dict[str, Any]:
     return dags_per_spec(
         dag_spec_paths(SETTINGS.specs_dir),
-        "rollout",
         "rollout",
         lambda spec, path: build_rollout_dag(spec, str(path)),
         log,

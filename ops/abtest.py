@@ -135,7 +135,7 @@ class Measured:
 
 def measure(settings: Settings, spec: ModelSpec, version: str, now: float) -> Measured:
     """The champion's traffic and the primary metric's baseline from its log."""
-    from serving.control.rollout_windows import log_rows, read_labels
+    from serving.control.rollout_windows import log_rows, logged_feature, read_labels
 
     ab = _section(spec)
     rows = log_rows(_deployment_folder(settings, spec.name, version), now - MEASURE_DAYS * 86_400)
@@ -150,7 +150,7 @@ def measure(settings: Settings, spec: ModelSpec, version: str, now: float) -> Me
         ab.primary_metric.value,
         np.array([r["score"] for r in scored], np.float64),
         np.array([labels.get(str(r.get("request_id")), np.nan) for r in scored], np.float64),
-        np.array([_number((r.get("features") or {}).get(amount)) for r in scored]),
+        np.array([logged_feature(r, amount) for r in scored]),
         spec.gates.decision_threshold,
     )
     picked = values[eligible]
@@ -163,13 +163,6 @@ def measure(settings: Settings, spec: ModelSpec, version: str, now: float) -> Me
         float(picked.std(ddof=1)) or None,
         len(picked) / len(scored),
     )
-
-
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def design(

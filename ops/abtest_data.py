@@ -101,13 +101,6 @@ def segment_label(segment: Segment, value: Any) -> str | None:
     return f"[{edges[position]:g}, {edges[position + 1]:g})"
 
 
-def _number(value: Any) -> float:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
 def collect(
     spec: ModelSpec,
     test_folder: Path,
@@ -116,7 +109,7 @@ def collect(
     since: float,
 ) -> Observations:
     """Join the test's assignments to prediction rows and labels (see the module doc)."""
-    from serving.control.rollout_windows import log_rows
+    from serving.control.rollout_windows import log_rows, logged_feature
 
     ab = spec.abtest
     assert ab is not None
@@ -142,8 +135,8 @@ def collect(
                     index,
                     float(row["score"]),
                     labels.get(row_id, np.nan),
-                    _number(features.get(amount_feature)),
-                    _number(features.get(ab.cuped_covariate)) if ab.cuped_covariate else np.nan,
+                    logged_feature(row, amount_feature),
+                    logged_feature(row, ab.cuped_covariate) if ab.cuped_covariate else np.nan,
                     *(segment_label(s, features.get(s.column)) for s in segments.values()),
                 )
             )

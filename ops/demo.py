@@ -125,14 +125,13 @@ def run_demo(settings: Settings, rows: int | None = None) -> int:
 
     console.rule("fraud lifecycle DAG (dag.test, embedded stack)")
     from ops.demo_serving import approve_and_serve
-    from ops.lifecycle_runner import run_lifecycle_in
+    from ops.lifecycle_runner import LifecycleRequest, run_lifecycle_in
     from registry.audit_verify import verify_chain
 
     conf = {"n_rows": rows} if rows else {}
     spec_path = settings.specs_dir / "fraud.yaml"
-    code, run_dir = run_lifecycle_in(
-        settings, specs["fraud"], spec_path, conf, console, identity=_demo_trigger(settings)
-    )
+    request = LifecycleRequest(specs["fraud"], spec_path, conf, identity=_demo_trigger(settings))
+    code, run_dir = run_lifecycle_in(settings, request, console)
     endpoint = None
     if code == 0:
         code, endpoint = approve_and_serve(settings, spec_path, run_dir, console)

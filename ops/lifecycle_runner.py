@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -156,34 +157,36 @@ def failure_reason(log_text: str) -> str:
     return other
 
 
+@dataclass(frozen=True)
+class LifecycleRequest:
+    """One run of a spec's lifecycle DAG: the spec and its file, the run parameters
+    (Airflow's ``conf``), the last stage to wait for, and who triggers it (``--as``)."""
+
+    spec: ModelSpec
+    spec_path: Path
+    conf: dict[str, Any]
+    until: str = DEFAULT_UNTIL
+    identity: Identity | None = None
+
+    @property
+    def dag_id(self) -> str:
+        return f"{self.spec.name}_lifecycle"
+
+
 def run_lifecycle(
-    settings: Settings,
-    spec: ModelSpec,
-    spec_path: Path,
-    conf: dict[str, Any],
-    console: Console | None = None,
-    until: str = DEFAULT_UNTIL,
-    identity: Identity | None = None,
+    settings: Settings, request: LifecycleRequest, console: Console | None = None
 ) -> int:
-    return run_lifecycle_in(settings, spec, spec_path, conf, console, until, identity)[0]
+    return run_lifecycle_in(settings, request, console)[0]
 
 
 def run_lifecycle_in(
-    settings: Settings,
-    spec: ModelSpec,
-    spec_path: Path,
-    conf: dict[str, Any],
-    console: Console | None = None,
-    until: str = DEFAULT_UNTIL,
-    identity: Identity | None = None,
+    settings: Settings, request: LifecycleRequest, console: Console | None = None
 ) -> tuple[int, Path]:
     """:func:`run_lifecycle`, also returning the run folder."""
     console = console or Console()
-    if airflow_up(settings):
-        code, run_id = _run_in_airflow(settings, spec, spec_path, conf, console, until, identity)
-    else:
-        code, run_id = _run_here(settings, spec, spec_path, conf, console, until, identity)
-    run_dir = settings.runs_dir / spec.name / safe_run_id(run_id)
+    run = _run_in_airflow if airflow_up(settings) else _run_here
+    code, run_id = run(settings, request, console)
+    run_dir = settings.runs_dir / request.spec.name / safe_run_id(run_id)
     _print_results(settings, run_dir, console)
     return code, run_dir
 
@@ -194,17 +197,12 @@ def _in_specs_folder(settings: Settings, spec_path: Path) -> bool:
 
 
 def _run_in_airflow(
-    settings: Settings,
-    spec: ModelSpec,
-    spec_path: Path,
-    conf: dict[str, Any],
-    console: Console,
-    until: str,
-    identity: Identity | None,
+    settings: Settings, request: LifecycleRequest, console: Console
 ) -> tuple[int, str]:
     """Trigger the run in Airflow as the user and follow it; (exit code, run id)."""
     from ops.airflow_runs import AirflowRuns
 
+    spec, spec_path, identity = request.spec, request.spec_path, request.identity
     if identity is None or identity.token is None:
         raise StackError(
             f"Airflow runs at {settings.airflow_url}: govml run triggers the run there as "
@@ -216,16 +214,16 @@ def _run_in_airflow(
             "the run uses the DAG Airflow parsed from there; copy the spec there (or stop "
             "the stack to run this file here)"
         )
-    dag_id = f"{spec.name}_lifecycle"
+    dag_id = request.dag_id
     api = AirflowRuns(settings.airflow_url, identity.token, identity.user)
     api.dag(dag_id)
-    run = api.trigger(dag_id, conf, note=f"govml run --as {identity.user}")
+    run = api.trigger(dag_id, request.conf, note=f"govml run --as {identity.user}")
     run_id = str(run["dag_run_id"])
     console.print(
         f"triggered {dag_id} run {run_id} in Airflow as {run.get('triggering_user_name')}"
     )
-    code = _follow(api, spec, dag_id, run_id, stages_until(until), console)
-    if code == 0 and until != "deploy":
+    code = _follow(api, spec, dag_id, run_id, stages_until(request.until), console)
+    if code == 0 and request.until != "deploy":
         console.print(
             f"the run goes on in Airflow ({settings.airflow_url}/dags/{dag_id}); its approval "
             "task waits for the reviewers' answers"
@@ -275,14 +273,15 @@ def _follow(
 
 # --------------------------------------------------------------------------- stack down
 def _child_environment(
-    settings: Settings, spec: ModelSpec, run_id: str, console: Console, identity: Identity | None
+    settings: Settings, request: LifecycleRequest, run_id: str, console: Console
 ) -> dict[str, str]:
     """The ``dag.test()`` child's environment, with the trigger's one-time secret when
     the trigger (``--as USER``) was proven and recorded."""
     env = run_environment(settings)
-    if identity is not None:
-        dag_id = f"{spec.name}_lifecycle"
-        env[TRIGGER_NONCE_ENV] = record_run_trigger(settings, identity, dag_id, run_id, spec.name)
+    if request.identity is not None:
+        env[TRIGGER_NONCE_ENV] = record_run_trigger(
+            settings, request.identity, request.dag_id, run_id, request.spec.name
+        )
     else:
         console.print(
             "[yellow]no --as USER: this run's trigger is not authenticated, so the version "
@@ -291,16 +290,9 @@ def _child_environment(
     return env
 
 
-def _run_here(
-    settings: Settings,
-    spec: ModelSpec,
-    spec_path: Path,
-    conf: dict[str, Any],
-    console: Console,
-    until: str,
-    identity: Identity | None,
-) -> tuple[int, str]:
+def _run_here(settings: Settings, request: LifecycleRequest, console: Console) -> tuple[int, str]:
     """``dag.test()`` in a child process, the trigger recorded first; (exit code, run id)."""
+    spec, until = request.spec, request.until
     if until == "deploy":
         raise StackError(
             "--until deploy waits for the reviewers' answers, which Airflow takes: start the "
@@ -312,14 +304,14 @@ def _run_here(
     run_id = lifecycle_run_id(run_after)
     run_dir = settings.runs_dir / spec.name / safe_run_id(run_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = _child_environment(settings, spec, run_id, console, identity)
+    env = _child_environment(settings, request, run_id, console)
     cmd = [
         sys.executable,
         "-m",
         "dags.govml_airflow.run_dag",
-        str(spec_path),
+        str(request.spec_path),
         "--conf",
-        json.dumps(conf),
+        json.dumps(request.conf),
         "--run-after",
         run_after.isoformat(),
         "--until",

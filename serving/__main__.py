@@ -33,18 +33,11 @@ import sys
 
 from kserve import model_server
 
-from serving.kserve_server import (
-    chose_event_loop,
-    freeze_start_up,
-    guard_settings,
-    server_options,
-    start,
-)
+from serving.kserve_server import REFUSED, Loaded, serve_main, server_options
 from serving.model import LightGBMModel
 from serving.schema_openapi import document_requests
 
 log = logging.getLogger(__name__)
-REFUSED = 3
 
 
 def _prediction_log(args: argparse.Namespace):  # noqa: ANN202
@@ -98,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, _ = build_parser().parse_known_args(argv)
-    guard = guard_settings(args)
-    if isinstance(guard, int):
-        return guard
-    host, tokens = guard
+    return serve_main(build_parser(), argv, log, _load)
+
+
+def _load(args: argparse.Namespace) -> Loaded | int:
+    """The model server's model, loaded (or the exit code of a refusal)."""
     prediction_log = _prediction_log(args)
     if prediction_log is not None:
         from serving.metrics import register_prediction_log
@@ -119,28 +112,17 @@ def main(argv: list[str] | None = None) -> int:
     if not model.load():
         log.error("model %s not loaded; not serving", args.model_name)
         return REFUSED
-    from serving.http import install as install_guard
-
-    install_guard(
-        model_server.app,
-        max_body_bytes=args.max_body_bytes,
-        tokens=tokens,
-        fast_routes=_fast_routes(model, args.model_name),
-        versions={args.model_name: args.model_version},
-    )
     # The prediction log's writer thread shares the GIL with the event loop: a short
     # switch interval bounds how long a request can wait for it (default 5 ms).
     sys.setswitchinterval(args.switch_interval_ms / 1000.0)
-    freeze_start_up()
     if model.schema_ is not None:
         document_requests(model_server.app, args.model_name, model.schema_)
-    if not chose_event_loop(args.event_loop, log):
-        return REFUSED
-    try:
-        start(host, args, model, log)
-    finally:
-        model.close_prediction_log()
-    return 0
+    return Loaded(
+        model,
+        _fast_routes(model, args.model_name),
+        versions={args.model_name: args.model_version},
+        close=model.close_prediction_log,
+    )
 
 
 def _fast_routes(model: LightGBMModel, name: str) -> dict:

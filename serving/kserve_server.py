@@ -1,7 +1,8 @@
 """What the project's KServe servers share: closed by default.
 
 The model server (``python -m serving``) and the feature transformer
-(``python -m serving.transformer``) both
+(``python -m serving.transformer``) both run :func:`serve_main` with their own model
+loading, so both
 
 * require ``--tokens FILE`` (hashed bearer tokens, :mod:`serving.auth`; watched for
   changes) and refuse to start without it, in one line;
@@ -18,6 +19,8 @@ import argparse
 import gc
 import logging
 import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kserve
@@ -27,6 +30,7 @@ from serving.auth import TokenStore
 from serving.bind import bind_host
 
 USAGE = 2
+REFUSED = 3  # not started: the model, the options or the event loop refused
 GC_THRESHOLDS = (50_000, 20, 100)
 NO_TOKENS = (
     "error: --tokens FILE is required: govml's servers answer only bearer-token holders "
@@ -112,6 +116,58 @@ def chose_event_loop(choice: str, log: logging.Logger) -> bool:
         log.error("%s", exc)
         return False
     return True
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A server's loaded model: the routes the guard answers itself, the versions it
+    reports, KServe's extra model server options, and what to close when it stops."""
+
+    model: Any
+    fast_routes: dict[str, Any]
+    versions: Mapping[str, str] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    close: Callable[[], None] = lambda: None
+
+
+def serve_main(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    log: logging.Logger,
+    load: Callable[[argparse.Namespace], Loaded | int],
+) -> int:
+    """A server's ``main``: its arguments (refused without tokens or with gRPC), its
+    model from ``load`` (or the exit code ``load`` refused with), then served until
+    stopped, closed by default: KServe's app guarded (:func:`serving.http.install`:
+    ``--max_body_bytes``, the tokens, the fast routes), start-up frozen, the
+    ``--event_loop`` installed; 0, or :data:`REFUSED` when the event loop cannot be."""
+    from kserve import model_server
+
+    from serving.http import install
+
+    args, _ = parser.parse_known_args(argv)
+    guard = guard_settings(args)
+    if isinstance(guard, int):
+        return guard
+    loaded = load(args)
+    if isinstance(loaded, int):
+        return loaded
+    host, tokens = guard
+    try:
+        install(
+            model_server.app,
+            max_body_bytes=args.max_body_bytes,
+            tokens=tokens,
+            fast_routes=loaded.fast_routes,
+            versions=loaded.versions,
+        )
+        freeze_start_up()
+        if not chose_event_loop(args.event_loop, log):
+            return REFUSED
+        start(host, args, loaded.model, log, **loaded.options)
+        return 0
+    finally:
+        loaded.close()
 
 
 def start(host: str, args: argparse.Namespace, model: Any, log: logging.Logger, **kw: Any) -> None:

@@ -72,22 +72,13 @@ from pipelines.feature_state import Status, refused
 from pipelines.features_online import OnlineFeatures
 from serving.feature_store import FeatureStore, StoreError, open_store
 from serving.feature_store_keys import PREFIX
-from serving.kserve_server import (
-    USAGE,
-    chose_event_loop,
-    freeze_start_up,
-    guard_settings,
-    refuse,
-    server_options,
-    start,
-)
+from serving.kserve_server import REFUSED, USAGE, Loaded, refuse, serve_main, server_options
 from serving.predictor_client import PredictorClient, PredictorUnavailable
 from serving.request_context import current_request_id
 from serving.schema import InputError
 from serving.transactions import TransactionSchema
 
 log = logging.getLogger(__name__)
-REFUSED = 3
 TOKEN_ENV = "GOVML_PREDICTOR_TOKEN"
 
 EVENTS = Counter(
@@ -433,13 +424,11 @@ def _predictor_config(args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from serving.http import install as install_guard
+    return serve_main(build_parser(), argv, log, _load)
 
-    args, _ = build_parser().parse_known_args(argv)
-    guard = guard_settings(args)
-    if isinstance(guard, int):
-        return guard
-    host, tokens = guard
+
+def _load(args: argparse.Namespace) -> Loaded | int:
+    """The feature transformer, loaded (or the exit code of a refusal)."""
     token = predictor_token(args)
     if isinstance(token, int):
         return token
@@ -462,29 +451,20 @@ def main(argv: list[str] | None = None) -> int:
         return REFUSED
     from kserve import model_server
 
-    route = f"/v1/models/{args.model_name}:predict"
-    install_guard(
-        model_server.app,
-        max_body_bytes=args.max_body_bytes,
-        tokens=tokens,
-        fast_routes={
-            route: (
-                lambda body, client, _length: model.handle_v1_predict(body, client),
-                lambda: model.ready,
-            )
-        },
-    )
     from serving.schema_openapi import document_requests
 
     assert model.schema_ is not None
     document_requests(
         model_server.app, args.model_name, None, model.schema_.json_schema(), verbs=("predict",)
     )
-    freeze_start_up()
-    if not chose_event_loop(args.event_loop, log):
-        return REFUSED
-    start(host, args, model, log, predictor_config=_predictor_config(args))
-    return 0
+    route = f"/v1/models/{args.model_name}:predict"
+    fast_routes = {
+        route: (
+            lambda body, client, _length: model.handle_v1_predict(body, client),
+            lambda: model.ready,
+        )
+    }
+    return Loaded(model, fast_routes, options={"predictor_config": _predictor_config(args)})
 
 
 if __name__ == "__main__":

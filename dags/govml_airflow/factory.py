@@ -3,12 +3,14 @@
 :func:`stage_tasks` turns the rows of a stage table (:data:`pipelines.stages.LIFECYCLE`)
 into TaskFlow tasks wired by their ``inputs`` and ``after``; :func:`no_retry` makes a
 project error fail the task without retries and records the stage's own time;
-:func:`run_context` resolves the run inside a task; :func:`build_dags` builds one DAG
-per spec file. Imports of the heavy pieces happen inside the tasks.
+:func:`run_context` resolves the run inside a task; :func:`dags_per_spec` builds one DAG
+per spec file and :func:`dag_arguments` holds what every DAG of a spec shares. Imports
+of the heavy pieces happen inside the tasks.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import inspect
 import json
 import logging
@@ -113,21 +115,43 @@ def stage_tasks(table: Iterable[Stage], spec_path: Path) -> dict[str, Any]:
     return out
 
 
-def build_dags(
-    spec_paths: dict[str, Path], build: Callable[[ModelSpec, Path], Any], suffix: str
-) -> dict[str, Any]:
-    """``build(spec, path)`` for every spec file, by ``<spec name><suffix>``.
+def dag_arguments(spec: ModelSpec, kind: str, **default_args: Any) -> dict[str, Any]:
+    """The ``@dag`` arguments every DAG of a spec shares: its id ``<model>_<kind>``, the
+    start date, no catch-up, one run at a time, the tags, and the spec's owner with
+    ``default_args`` (retries) for its tasks."""
+    return {
+        "dag_id": f"{spec.name}_{kind}",
+        "start_date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "catchup": False,
+        "max_active_runs": 1,
+        "tags": ["govml", kind, spec.use_case],
+        "default_args": {"owner": spec.owner, **default_args},
+    }
 
-    A bad spec must not hide the other models' DAGs (``govml spec validate`` and the test
-    suite report it); the specs folder's spec of a name wins.
-    """
+
+def dags_per_spec(
+    paths: dict[str, Path],
+    kind: str,
+    build: Callable[[ModelSpec, Path], Any],
+    log: logging.Logger,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """One DAG per spec, ``<model>_<kind>``, built by ``build`` (None: that spec has
+    none). A bad spec must not hide the other models' DAGs (``govml spec validate`` and
+    the test suite report it): it is logged (``skipping <label> DAG``, the label
+    defaulting to the kind) and skipped; of two specs of one model name, the first wins
+    (the specs folder's)."""
     dags: dict[str, Any] = {}
-    for name, path in spec_paths.items():
+    for name, path in paths.items():
         try:
             spec = load_spec(path)
         except GovMLError as exc:
-            log.error("skipping %s DAG for %s: %s", suffix.strip("_"), name, exc)
+            log.error("skipping %s DAG for %s: %s", label or kind, name, exc)
             continue
-        if f"{spec.name}{suffix}" not in dags:
-            dags[f"{spec.name}{suffix}"] = build(spec, path)
+        dag_id = f"{spec.name}_{kind}"
+        if dag_id in dags:
+            continue
+        built = build(spec, path)
+        if built is not None:
+            dags[dag_id] = built
     return dags

@@ -27,10 +27,8 @@ import argparse
 import datetime as dt
 import importlib.util
 import json
-import logging
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +42,7 @@ from ops.local_run import (
 from ops.run_summary import write_summary
 from pipelines.config import Settings, load_settings
 from pipelines.errors import GovMLError
-from pipelines.spec import ModelSpec, load_spec
+from pipelines.spec import load_spec
 
 # a spec given by path (outside the specs folder): the DAG files also build its DAGs in
 # this process, so that dag.test() finds them serialized like the others
@@ -61,32 +59,6 @@ def dag_spec_paths(specs_dir: Path) -> dict[str, Path]:
     if extra and Path(extra).resolve() not in {p.resolve() for p in paths.values()}:
         paths[f"{Path(extra).stem} ({extra})"] = Path(extra)
     return paths
-
-
-def dags_per_spec(
-    paths: dict[str, Path],
-    kind: str,
-    label: str,
-    build: Callable[[ModelSpec, Path], Any],
-    log: logging.Logger,
-) -> dict[str, Any]:
-    """One DAG per spec, ``<model>_<kind>``, built by ``build`` (None: that spec has
-    none). A spec that does not load is logged (``skipping <label> DAG``) and skipped;
-    of two specs of one model name, the first wins (the specs folder's)."""
-    dags: dict[str, Any] = {}
-    for name, path in paths.items():
-        try:
-            spec = load_spec(path)
-        except GovMLError as exc:
-            log.error("skipping %s DAG for %s: %s", label, name, exc)
-            continue
-        dag_id = f"{spec.name}_{kind}"
-        if dag_id in dags:
-            continue
-        built = build(spec, path)
-        if built is not None:
-            dags[dag_id] = built
-    return dags
 
 
 def load_dag(spec_path: Path, kind: str = "lifecycle"):  # noqa: ANN201

@@ -29,6 +29,7 @@ from ops.cli import (
     spec,
     stack,
 )
+from ops.cli.common import Commands
 from pipelines.config import load_settings
 from pipelines.errors import GovMLError
 
@@ -42,14 +43,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     spec.add_spec_commands(sub)
     data.add_data_commands(sub)
     stack.add_stack_commands(sub)
     run.add_run_command(sub)
     stack.add_config_commands(sub)
-    evidence.add_export_parser(audit.add_audit_commands(sub))
+    evidence.add_export_parser(audit.add_audit_commands(sub).subparsers)
     governance.add_governance_commands(sub)
     rollout.add_rollout_commands(sub)
     monitoring.add_monitoring_commands(sub)

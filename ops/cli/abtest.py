@@ -15,7 +15,13 @@ import argparse
 import json
 from typing import Any
 
-from ops.cli.common import acting_user, add_identity_arguments, load_model_spec, positive_int
+from ops.cli.common import (
+    Commands,
+    acting_user,
+    add_identity_arguments,
+    load_model_spec,
+    positive_int,
+)
 from pipelines.config import Settings
 
 
@@ -115,11 +121,9 @@ def cmd_stop(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_abtest_commands(sub: Any) -> None:
-    abtest = sub.add_parser("abtest", help="A/B tests: design, start, status, report, stop")
-    verbs = abtest.add_subparsers(dest="abtest_command", required=True, metavar="ACTION")
-
-    p = verbs.add_parser("design", help="sample size, sequential plan and duration")
+def add_abtest_commands(sub: Commands) -> None:
+    verbs = sub.group("abtest", "A/B tests: design, start, status, report, stop")
+    p = verbs.add("design", cmd_design, "sample size, sequential plan and duration")
     p.add_argument("model")
     p.add_argument(
         "--daily-traffic",
@@ -135,22 +139,17 @@ def add_abtest_commands(sub: Any) -> None:
         "(default: measured from the champion's labelled log)",
     )
     p.add_argument("--json", action="store_true", help="the design as JSON")
-    p.set_defaults(func=cmd_design)
-    p = verbs.add_parser("start", help="A/B test a deployed version against the champion")
+    p = verbs.add("start", cmd_start, "A/B test a deployed version against the champion")
     p.add_argument("model")
     p.add_argument("--version", required=True, help="the deployed version to test")
     add_identity_arguments(p)
-    p.set_defaults(func=cmd_start)
-    p = verbs.add_parser("status", help="the running (or last) test: enrolment, last look")
+    p = verbs.add("status", cmd_status, "the running (or last) test: enrolment, last look")
     p.add_argument("model")
-    p.set_defaults(func=cmd_status)
-    p = verbs.add_parser(
-        "report", help="analyse now: report (HTML, JSON), decision, and act on stop/ship"
+    p = verbs.add(
+        "report", cmd_report, "analyse now: report (HTML, JSON), decision, and act on stop/ship"
     )
     p.add_argument("model")
-    p.set_defaults(func=cmd_report)
-    p = verbs.add_parser("stop", help="end the test: the champion serves all traffic")
+    p = verbs.add("stop", cmd_stop, "end the test: the champion serves all traffic")
     p.add_argument("model")
     p.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     add_identity_arguments(p)
-    p.set_defaults(func=cmd_stop)

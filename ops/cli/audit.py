@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ops.cli.common import positive_int
+from ops.cli.common import Commands, positive_int
 from pipelines.config import Settings
 
 
@@ -106,41 +106,34 @@ def cmd_audit_log(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_audit_commands(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
-    """Add ``govml audit ...``; returns the audit subparsers so more actions can be added."""
-    audit = sub.add_parser("audit", help="the keyed audit chain: verify, anchor, head, log")
-    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
-
-    p = audit_sub.add_parser("verify", help="check every link of the chain; non-zero if broken")
+def add_audit_commands(sub: Commands) -> Commands:
+    """Add ``govml audit ...``; returns its commands so more actions can be added."""
+    audit_sub = sub.group("audit", "the keyed audit chain: verify, anchor, head, log")
+    p = audit_sub.add(
+        "verify", cmd_audit_verify, "check every link of the chain; non-zero if broken"
+    )
     p.add_argument(
         "--anchor",
         metavar="HASH",
         help="a head hash (or 'SEQ HASH') recorded earlier that must still be in the chain",
     )
-    p.set_defaults(func=cmd_audit_verify)
-
-    p = audit_sub.add_parser(
-        "anchor", help="write a signed checkpoint of the head to every checkpoint sink"
+    p = audit_sub.add(
+        "anchor", cmd_audit_anchor, "write a signed checkpoint of the head to every checkpoint sink"
     )
     p.add_argument("--reason", default="", help="why (recorded with the checkpoint event)")
-    p.set_defaults(func=cmd_audit_anchor)
-
-    p = audit_sub.add_parser(
-        "rotate-key", help="sign new events with a new audit key (admins; old keys kept)"
+    p = audit_sub.add(
+        "rotate-key",
+        cmd_audit_rotate_key,
+        "sign new events with a new audit key (admins; old keys kept)",
     )
     p.add_argument("--by", required=True, help="the admin who rotates (password checked)")
     p.add_argument("--password-file", default=None, help="file holding the admin's password")
-    p.set_defaults(func=cmd_audit_rotate_key)
-
-    p = audit_sub.add_parser("head", help="print the newest event as 'SEQ HASH' (an anchor)")
-    p.set_defaults(func=cmd_audit_head)
-
-    p = audit_sub.add_parser("log", help="list audit events, oldest first")
+    audit_sub.add("head", cmd_audit_head, "print the newest event as 'SEQ HASH' (an anchor)")
+    p = audit_sub.add("log", cmd_audit_log, "list audit events, oldest first")
     p.add_argument("--model", help="only this model name")
     p.add_argument("--version", help="only this model version")
     p.add_argument("--run", help="only this lifecycle run id")
     p.add_argument("--kind", action="append", help="only this event kind (repeatable)")
     p.add_argument("--limit", type=positive_int, help="only the newest N events")
     p.add_argument("--json", action="store_true", help="print a JSON array")
-    p.set_defaults(func=cmd_audit_log)
     return audit_sub

@@ -1,10 +1,13 @@
-"""What the ``govml`` command groups share: spec lookup, the ``--as`` identity, argument types."""
+"""What the ``govml`` command groups share: spec lookup, the ``--as`` identity, argument
+types, and the parsers of command groups and commands."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines.config import Settings
 from pipelines.errors import SpecError
@@ -79,3 +82,29 @@ def unit_float(value: str) -> float:
     if not 0.0 <= number <= 1.0:
         raise argparse.ArgumentTypeError(f"{value!r} must be between 0 and 1")
     return number
+
+
+# --------------------------------------------------------------------------- parsers
+
+
+@dataclass(frozen=True)
+class Commands:
+    """The commands of ``govml`` or of one of its command groups (argparse subparsers)."""
+
+    subparsers: Any
+
+    def add(
+        self, name: str, func: Callable[..., int], help_text: str, **defaults: Any
+    ) -> argparse.ArgumentParser:
+        """One command that runs ``func(args, settings)`` (with ``defaults`` in ``args``);
+        its arguments go on the parser returned."""
+        parser = self.subparsers.add_parser(name, help=help_text)
+        parser.set_defaults(func=func, **defaults)
+        return parser
+
+    def group(self, name: str, help_text: str, metavar: str | None = "ACTION") -> Commands:
+        """``NAME ACTION ...``: a command group, its action in ``args.<name>_command``
+        (``metavar`` None shows the actions' names instead of ACTION)."""
+        parser = self.subparsers.add_parser(name, help=help_text)
+        dest = f"{name.replace('-', '_')}_command"
+        return Commands(parser.add_subparsers(dest=dest, required=True, metavar=metavar))

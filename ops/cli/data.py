@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from ops.cli.common import positive_int, spec_path
+from ops.cli.common import Commands, positive_int, spec_path
 from pipelines.config import Settings
 from pipelines.errors import SpecError
 
@@ -39,16 +38,13 @@ def cmd_data_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_data_commands(sub: Any) -> None:
-    data = sub.add_parser("data", help="generate and verify data sets")
-    data_sub = data.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = data_sub.add_parser("generate", help="write a spec's data set as Parquet + manifest")
+def add_data_commands(sub: Commands) -> None:
+    verbs = sub.group("data", "generate and verify data sets")
+    p = verbs.add("generate", cmd_data_generate, "write a spec's data set as Parquet + manifest")
     p.add_argument("specs", nargs="*", help="spec names or paths (fraud, credit, german_credit)")
     p.add_argument("--all", action="store_true", help="every spec in the specs folder")
     p.add_argument("--rows", type=positive_int, help="override the number of rows")
     p.add_argument("--seed", type=int, help="override the random seed")
     p.add_argument("--out", help="output folder (default: $GOVML_DATA_DIR/<spec>)")
-    p.set_defaults(func=cmd_data_generate)
-    p = data_sub.add_parser("verify", help="check a data set against its manifest")
+    p = verbs.add("verify", cmd_data_verify, "check a data set against its manifest")
     p.add_argument("manifests", nargs="+", help="*.manifest.json files")
-    p.set_defaults(func=cmd_data_verify)

@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Any
 
-from ops.cli.common import load_model_spec
+from ops.cli.common import Commands, load_model_spec
 from pipelines.config import Settings
 
 
@@ -59,16 +58,15 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_features_commands(sub: Any) -> None:
-    features = sub.add_parser("features", help="online feature state (backfill, status)")
-    verbs = features.add_subparsers(dest="features_command", required=True)
+def add_features_commands(sub: Commands) -> None:
+    verbs = sub.group("features", "online feature state (backfill, status)", metavar=None)
 
     def store(p: argparse.ArgumentParser) -> None:
         p.add_argument("model")
         p.add_argument("--store", required=True, help="redis://host:port/db")
         p.add_argument("--prefix", default=None, help="key prefix (default govml:features)")
 
-    p = verbs.add_parser("backfill", help="warm up a store from history before traffic")
+    p = verbs.add("backfill", cmd_backfill, "warm up a store from history before traffic")
     store(p)
     p.add_argument("--history", required=True, help="Parquet file or folder of transactions")
     p.add_argument(
@@ -77,7 +75,4 @@ def add_features_commands(sub: Any) -> None:
         default=os.environ.get("USER") or "operator",
         help="who runs the backfill (audit trail; default $USER)",
     )
-    p.set_defaults(func=cmd_backfill)
-    p = verbs.add_parser("status", help="a store's namespace and warm-up record")
-    store(p)
-    p.set_defaults(func=cmd_status)
+    store(verbs.add("status", cmd_status, "a store's namespace and warm-up record"))

@@ -18,7 +18,7 @@ import urllib.request
 from typing import Any
 
 from ops.approval_form import APPROVE, REJECT, answer_body
-from ops.cli.common import authenticate
+from ops.cli.common import Commands, authenticate
 from ops.identity import http_json, require_admin
 from pipelines.config import Settings
 from pipelines.errors import ApprovalError
@@ -160,9 +160,14 @@ def cmd_roles_list(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_governance_commands(sub: Any) -> None:
+def add_governance_commands(sub: Commands) -> None:
     for decision, verb in (("approve", "approve"), ("reject", "reject")):
-        p = sub.add_parser(verb, help=f"{verb} a registered model version (four-eyes rules apply)")
+        p = sub.add(
+            verb,
+            cmd_decide,
+            f"{verb} a registered model version (four-eyes rules apply)",
+            decision=decision,
+        )
         p.add_argument("model", help="registered model name (the spec name)")
         p.add_argument("version", help="model version number")
         p.add_argument("--as", dest="user", required=True, help="your user name")
@@ -170,27 +175,21 @@ def add_governance_commands(sub: Any) -> None:
         p.add_argument(
             "--password-file", default=None, help="file holding your password (else GOVML_PASSWORD)"
         )
-        p.set_defaults(func=cmd_decide, decision=decision)
 
-    approvals = sub.add_parser("approvals", help="approval requests and their decisions")
-    approvals_sub = approvals.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = approvals_sub.add_parser("list", help="list approval requests")
+    verbs = sub.group("approvals", "approval requests and their decisions")
+    p = verbs.add("list", cmd_approvals_list, "list approval requests")
     p.add_argument("--model", default=None)
     p.add_argument("--status", default=None, choices=[status.value for status in ApprovalStatus])
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_approvals_list)
 
-    roles = sub.add_parser("roles", help="approver roles (who may approve which models)")
-    roles_sub = roles.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verbs = sub.group("roles", "approver roles (who may approve which models)")
     for action, func, help_text in (
         ("grant", cmd_roles_grant, "give a user an approver role"),
         ("revoke", cmd_roles_revoke, "take an approver role away"),
     ):
-        p = roles_sub.add_parser(action, help=help_text)
+        p = verbs.add(action, func, help_text)
         p.add_argument("user")
         p.add_argument("role")
         p.add_argument("--by", required=True, help="the admin who grants/revokes (recorded)")
         p.add_argument("--password-file", default=None, help="file holding the admin's password")
-        p.set_defaults(func=func)
-    p = roles_sub.add_parser("list", help="list role grants")
-    p.set_defaults(func=cmd_roles_list)
+    verbs.add("list", cmd_roles_list, "list role grants")

@@ -19,7 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ops.cli.common import add_identity_arguments, authenticate, spec_path
+from ops.cli.common import (
+    Commands,
+    add_identity_arguments,
+    authenticate,
+    spec_path,
+)
 from pipelines.config import Settings
 
 
@@ -111,32 +116,28 @@ def cmd_retrain(args: argparse.Namespace, settings: Settings) -> int:
             f"DAG runs on it (reason: {reason})"
         )
         return 0
-    from ops.lifecycle_runner import run_lifecycle
+    from ops.lifecycle_runner import LifecycleRequest, run_lifecycle
 
     print(f"Airflow is not running: running the {spec.name} lifecycle here (reason: {reason})")
-    return run_lifecycle(settings, spec, path, {"reason": reason}, identity=identity)
+    return run_lifecycle(
+        settings, LifecycleRequest(spec, path, {"reason": reason}, identity=identity)
+    )
 
 
-def add_monitoring_commands(sub: Any) -> None:
-    p = sub.add_parser("monitor", help="run a model's monitoring job now (drift, decay, KPIs)")
+def add_monitoring_commands(sub: Commands) -> None:
+    p = sub.add("monitor", cmd_monitor, "run a model's monitoring job now (drift, decay, KPIs)")
     p.add_argument("model", help="spec name or path")
     p.add_argument("--reference", help="reference data file instead of the champion's test split")
     p.add_argument("--current", help="current data file instead of the prediction log")
     p.add_argument("--no-record", action="store_true", help="no audit events, no MLflow run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=cmd_monitor)
-
-    drift = sub.add_parser("drift", help="drift reports")
-    verbs = drift.add_subparsers(dest="drift_command", required=True)
-    p = verbs.add_parser("report", help="drift of CURRENT against REFERENCE, as HTML + JSON")
+    verbs = sub.group("drift", "drift reports", metavar=None)
+    p = verbs.add("report", cmd_drift_report, "drift of CURRENT against REFERENCE, as HTML + JSON")
     p.add_argument("--reference", required=True, help="reference data (Parquet/CSV/JSONL)")
     p.add_argument("--current", required=True, help="current data (Parquet/CSV/JSONL)")
     p.add_argument("--spec", required=True, help="spec name or path (features, segments)")
     p.add_argument("--out", required=True, help="report path (.html; the .json goes beside)")
-    p.set_defaults(func=cmd_drift_report)
-
-    p = sub.add_parser("retrain", help="trigger a retrain with a recorded reason")
+    p = sub.add("retrain", cmd_retrain, "trigger a retrain with a recorded reason")
     p.add_argument("model", help="spec name or path")
     p.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
     add_identity_arguments(p)
-    p.set_defaults(func=cmd_retrain)

@@ -13,6 +13,7 @@ import argparse
 import json
 from typing import Any
 
+from ops.cli.common import Commands
 from pipelines.config import Settings
 from pipelines.errors import RegistryError
 
@@ -86,16 +87,13 @@ def cmd_registry_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_registry_commands(sub: argparse._SubParsersAction) -> None:
+def add_registry_commands(sub: Commands) -> None:
     """Add ``govml registry check``."""
-    registry = sub.add_parser(
-        "registry", help="the locked MLflow registry: check it against the audit chain"
-    )
-    registry_sub = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = registry_sub.add_parser(
+    verbs = sub.group("registry", "the locked MLflow registry: check it against the audit chain")
+    p = verbs.add(
         "check",
-        help="compare aliases and artifact hashes with the audit chain; non-zero on drift",
+        cmd_registry_check,
+        "compare aliases and artifact hashes with the audit chain; non-zero on drift",
     )
     p.add_argument("models", nargs="*", help="model names (default: every registered model)")
     p.add_argument("--json", action="store_true", help="print the reports as JSON")
-    p.set_defaults(func=cmd_registry_check)

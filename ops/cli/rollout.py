@@ -12,7 +12,12 @@ import argparse
 import json
 from typing import Any
 
-from ops.cli.common import acting_user, add_identity_arguments, load_model_spec
+from ops.cli.common import (
+    Commands,
+    acting_user,
+    add_identity_arguments,
+    load_model_spec,
+)
 from pipelines.config import Settings
 from pipelines.errors import ApprovalError
 
@@ -70,21 +75,16 @@ def cmd_act(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_rollout_commands(sub: Any) -> None:
-    rollout = sub.add_parser("rollout", help="shadow, canary steps, promotion and rollback")
-    verbs = rollout.add_subparsers(dest="rollout_command", required=True)
-
-    p = verbs.add_parser("status", help="where a model's rollout stands")
+def add_rollout_commands(sub: Commands) -> None:
+    verbs = sub.group("rollout", "shadow, canary steps, promotion and rollback", metavar=None)
+    p = verbs.add("status", cmd_status, "where a model's rollout stands")
     p.add_argument("model")
-    p.set_defaults(func=cmd_status)
-    p = verbs.add_parser("start", help="shadow a deployed version behind the champion")
+    p = verbs.add("start", cmd_start, "shadow a deployed version behind the champion")
     p.add_argument("model")
     p.add_argument("--version", required=True)
     add_identity_arguments(p)
-    p.set_defaults(func=cmd_start)
-    p = verbs.add_parser("step", help="evaluate the guardrails now: advance, hold or roll back")
+    p = verbs.add("step", cmd_step, "evaluate the guardrails now: advance, hold or roll back")
     p.add_argument("model")
-    p.set_defaults(func=cmd_step)
     for action, text in (
         ("pause", "stop automatic steps (routes stay as they are)"),
         ("resume", "resume automatic steps (the bake time starts again)"),
@@ -92,11 +92,10 @@ def add_rollout_commands(sub: Any) -> None:
         ("approve", "the go for 100%% (an approver role of the spec)"),
         ("promote", "make the challenger the champion (or --version: the first champion)"),
     ):
-        p = verbs.add_parser(action, help=text)
+        p = verbs.add(action, cmd_act, text, action=action)
         p.add_argument("model")
         add_identity_arguments(p)
         if action in ("pause", "rollback"):
             p.add_argument("--reason", required=True, help="why (recorded in the audit trail)")
         if action == "promote":
             p.add_argument("--version", default=None, help="the first champion of a new model")
-        p.set_defaults(func=cmd_act, action=action)

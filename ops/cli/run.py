@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-from ops.cli.common import authenticate, positive_int, spec_path, unit_float
+from ops.cli.common import Commands, authenticate, positive_int, spec_path, unit_float
 from pipelines.config import Settings
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from ops.lifecycle_runner import run_lifecycle
+    from ops.lifecycle_runner import LifecycleRequest, run_lifecycle
     from pipelines.spec import load_spec
 
     path = spec_path(args.spec, settings).resolve()  # the DAG runs in another folder
@@ -28,13 +27,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         "author": args.author,
         "reason": args.reason,
     }
+    given = {k: v for k, v in conf.items() if v is not None}
     return run_lifecycle(
-        settings,
-        spec,
-        path,
-        {k: v for k, v in conf.items() if v is not None},
-        until=args.until,
-        identity=identity,
+        settings, LifecycleRequest(spec, path, given, until=args.until, identity=identity)
     )
 
 
@@ -44,10 +39,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     return run_demo(settings, rows=args.rows)
 
 
-def add_run_command(sub: Any) -> None:
-    p = sub.add_parser(
+def add_run_command(sub: Commands) -> None:
+    p = sub.add(
         "run",
-        help="run a spec's lifecycle DAG now, as you (in Airflow when the stack runs, "
+        cmd_run,
+        "run a spec's lifecycle DAG now, as you (in Airflow when the stack runs, "
         "else here with dag.test)",
     )
     p.add_argument("spec", help="spec name (fraud, credit, german_credit) or path")
@@ -75,15 +71,13 @@ def add_run_command(sub: Any) -> None:
         help="last stage (default request_approval; 'deploy' waits for the human approval, "
         "which needs `make up`)",
     )
-    p.set_defaults(func=cmd_run)
 
 
-def add_demo_command(sub: Any) -> None:
-    p = sub.add_parser("demo", help="generate data and run the fraud lifecycle end to end")
+def add_demo_command(sub: Commands) -> None:
+    p = sub.add("demo", cmd_demo, "generate data and run the fraud lifecycle end to end")
     p.add_argument(
         "--rows",
         type=positive_int,
         default=None,
         help="fraud transactions to generate (default: the spec's)",
     )
-    p.set_defaults(func=cmd_demo)

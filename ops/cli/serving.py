@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ops.cli.common import Commands
 from pipelines.config import Settings
 from pipelines.errors import ConfigError, DeploymentError
 
@@ -192,34 +193,28 @@ def _new_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_serving_commands(sub: Any) -> None:
-    serving = sub.add_parser("serving", help="bearer tokens of deployed versions and the gateway")
-    groups = serving.add_subparsers(dest="serving_command", required=True, metavar="GROUP")
-
-    token = groups.add_parser("token", help="a deployed version's clients")
-    verbs = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    p = verbs.add_parser("new", help="make a client's token, print it once")
-    p.add_argument("model")
-    p.add_argument("version")
+def _token_commands(
+    verbs: Commands, whose: tuple[str, ...], new: Any, revoke: Any, listing: Any
+) -> None:
+    """``new``, ``revoke`` and ``list`` of one token file, named by the ``whose``
+    arguments (a deployed version's: model and version; the gateway's: none)."""
+    p = verbs.add("new", new, "make a client's token, print it once")
+    for name in whose:
+        p.add_argument(name)
     _new_options(p)
-    p.set_defaults(func=cmd_token_new)
-    p = verbs.add_parser("revoke", help="remove a client's token (effective within seconds)")
-    p.add_argument("model")
-    p.add_argument("version")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_token_revoke)
-    p = verbs.add_parser("list", help="the clients, their scopes and hash kind")
-    p.add_argument("model")
-    p.add_argument("version")
-    p.set_defaults(func=cmd_token_list)
+    p = verbs.add("revoke", revoke, "remove a client's token (effective within seconds)")
+    for name in (*whose, "name"):
+        p.add_argument(name)
+    p = verbs.add("list", listing, "the clients, their scopes and hash kind")
+    for name in whose:
+        p.add_argument(name)
 
-    gateway = groups.add_parser("gateway-token", help="the gateway's clients")
-    verbs = gateway.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    p = verbs.add_parser("new", help="make a client's token, print it once")
-    _new_options(p)
-    p.set_defaults(func=cmd_gateway_new)
-    p = verbs.add_parser("revoke", help="remove a client's token (effective within seconds)")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_gateway_revoke)
-    p = verbs.add_parser("list", help="the clients, their scopes and hash kind")
-    p.set_defaults(func=cmd_gateway_list)
+
+def add_serving_commands(sub: Commands) -> None:
+    groups = sub.group(
+        "serving", "bearer tokens of deployed versions and the gateway", metavar="GROUP"
+    )
+    verbs = groups.group("token", "a deployed version's clients")
+    _token_commands(verbs, ("model", "version"), cmd_token_new, cmd_token_revoke, cmd_token_list)
+    verbs = groups.group("gateway-token", "the gateway's clients")
+    _token_commands(verbs, (), cmd_gateway_new, cmd_gateway_revoke, cmd_gateway_list)

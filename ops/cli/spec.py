@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
-from ops.cli.common import spec_path
+from ops.cli.common import Commands, spec_path
 from pipelines.config import Settings
 from pipelines.errors import SpecError
 
@@ -40,12 +39,9 @@ def cmd_spec_show(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_spec_commands(sub: Any) -> None:
-    spec = sub.add_parser("spec", help="validate and show model specs")
-    spec_sub = spec.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = spec_sub.add_parser("validate", help="validate spec files (default: every spec)")
+def add_spec_commands(sub: Commands) -> None:
+    verbs = sub.group("spec", "validate and show model specs")
+    p = verbs.add("validate", cmd_spec_validate, "validate spec files (default: every spec)")
     p.add_argument("paths", nargs="*", help="spec YAML files (default: specs/*.yaml)")
-    p.set_defaults(func=cmd_spec_validate)
-    p = spec_sub.add_parser("show", help="print a validated spec with defaults filled in")
+    p = verbs.add("show", cmd_spec_show, "print a validated spec with defaults filled in")
     p.add_argument("spec", help="spec name (fraud) or path")
-    p.set_defaults(func=cmd_spec_show)

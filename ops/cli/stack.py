@@ -4,8 +4,8 @@ stack (Airflow, MLflow, the model servers), its settings and its stores' databas
 from __future__ import annotations
 
 import argparse
-from typing import Any
 
+from ops.cli.common import Commands
 from pipelines.config import Settings
 
 
@@ -115,25 +115,16 @@ def cmd_db_init(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def add_stack_commands(sub: Any) -> None:
-    stack = sub.add_parser("stack", help="the embedded stack: Airflow and MLflow")
-    stack_sub = stack.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = stack_sub.add_parser("up", help="start every service and wait until healthy")
+def add_stack_commands(sub: Commands) -> None:
+    verbs = sub.group("stack", "the embedded stack: Airflow and MLflow")
+    p = verbs.add("up", cmd_stack_up, "start every service and wait until healthy")
     p.add_argument("--only", action="append", help="start only this service (repeatable)")
-    p.set_defaults(func=cmd_stack_up)
-    p = stack_sub.add_parser("down", help="stop every service and its children")
-    p.set_defaults(func=cmd_stack_down)
-    p = stack_sub.add_parser("status", help="show each service with its URL")
-    p.set_defaults(func=cmd_stack_status)
-    p = stack_sub.add_parser("env", help="print the Airflow environment (for `airflow` CLI use)")
-    p.set_defaults(func=cmd_stack_env)
+    verbs.add("down", cmd_stack_down, "stop every service and its children")
+    verbs.add("status", cmd_stack_status, "show each service with its URL")
+    verbs.add("env", cmd_stack_env, "print the Airflow environment (for `airflow` CLI use)")
 
 
-def add_config_commands(sub: Any) -> None:
-    p = sub.add_parser("config", help="show the resolved settings (URLs, ports, paths)")
-    p.set_defaults(func=cmd_config)
-
-    db = sub.add_parser("db", help="the three stores' databases")
-    db_sub = db.add_subparsers(dest="action", required=True, metavar="ACTION")
-    p = db_sub.add_parser("init", help="create the databases if missing (PostgreSQL)")
-    p.set_defaults(func=cmd_db_init)
+def add_config_commands(sub: Commands) -> None:
+    sub.add("config", cmd_config, "show the resolved settings (URLs, ports, paths)")
+    verbs = sub.group("db", "the three stores' databases")
+    verbs.add("init", cmd_db_init, "create the databases if missing (PostgreSQL)")

@@ -186,6 +186,12 @@ class RolloutController:
         state.history.append(asdict(event))
         return event
 
+    def _transition(self, state: RolloutState, kind: str, actor: str, **detail: Any) -> Event:
+        """A transition: its event in the state's history, the state saved."""
+        event = self._event(state, kind, actor, **detail)
+        self._save(state)
+        return event
+
     # ------------------------------------------------------------------ transitions
     def start(self, champion: dict[str, str], challenger: dict[str, str], actor: str) -> Event:
         """Begin with the shadow phase: the challenger sees every request, answers none."""
@@ -201,9 +207,7 @@ class RolloutController:
             self.model, dict(champion), dict(challenger), "shadow", 0, self.clock()
         )
         self._routes(state)
-        event = self._event(state, "rollout_started", actor, champion=champion["version"])
-        self._save(state)
-        return event
+        return self._transition(state, "rollout_started", actor, champion=champion["version"])
 
     def step(self, trips: list[Trip], requests: int, actor: str = "rollout-controller") -> Event:
         """Apply the verdict of the current window (``requests``: the challenger's)."""
@@ -249,18 +253,14 @@ class RolloutController:
         self.check(state.challenger, "challenger", "go for 100%")
         state.phase, state.percent, state.step_started = "canary", 100, self.clock()
         self._routes(state)
-        event = self._event(state, "rollout_step", actor, approved=True)
-        self._save(state)
-        return event
+        return self._transition(state, "rollout_step", actor, approved=True)
 
     def pause(self, actor: str, reason: str) -> Event:
         state = self._active()
         if state.phase == "paused":
             raise RolloutError(f"{self.model}: already paused")
         state.paused_from, state.phase = state.phase, "paused"
-        event = self._event(state, "rollout_paused", actor, reason=reason)
-        self._save(state)
-        return event
+        return self._transition(state, "rollout_paused", actor, reason=reason)
 
     def resume(self, actor: str) -> Event:
         state = self._active()
@@ -269,9 +269,7 @@ class RolloutController:
         self.check(state.challenger, "challenger", "resume")
         state.phase = state.paused_from or "canary"  # type: ignore[assignment]
         state.paused_from, state.step_started = None, self.clock()  # bake again
-        event = self._event(state, "rollout_resumed", actor)
-        self._save(state)
-        return event
+        return self._transition(state, "rollout_resumed", actor)
 
     def rollback(self, actor: str, reason: str) -> Event:
         return self._rollback(self._active(), actor, [reason], automatic=False)
@@ -287,11 +285,9 @@ class RolloutController:
         state.phase, state.percent = "rolled_back", 0
         self._routes(state)  # first: the champion takes everything again
         extra = {"endpoint_down": down} if down else {}
-        event = self._event(
+        return self._transition(
             state, "rollout_rolled_back", actor, reasons=reasons, automatic=automatic, **extra
         )
-        self._save(state)
-        return event
 
     def promote(self, actor: str) -> Event:
         """The challenger becomes the champion (the caller moves the MLflow alias)."""
@@ -301,9 +297,9 @@ class RolloutController:
         self.check(state.challenger, "challenger", "promotion")
         state.phase, state.percent = "promoted", 100
         self._routes(state)
-        event = self._event(state, "champion_promoted", actor, previous=state.champion["version"])
-        self._save(state)
-        return event
+        return self._transition(
+            state, "champion_promoted", actor, previous=state.champion["version"]
+        )
 
     def status(self) -> dict[str, Any]:
         state = self.load()

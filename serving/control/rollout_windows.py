@@ -173,9 +173,7 @@ def window_of(
     amounts = None
     if labels:
         known = np.asarray([labels.get(str(r.get("request_id")), np.nan) for r in scored])
-        amounts = np.asarray(
-            [_number((r.get("features") or {}).get("amount")) for r in scored], np.float64
-        )
+        amounts = np.asarray([logged_feature(r, "amount") for r in scored], np.float64)
     return Window(
         requests=count,
         errors=min(errors, count),
@@ -186,9 +184,10 @@ def window_of(
     )
 
 
-def _number(value: Any) -> float:
+def logged_feature(row: Mapping[str, Any], name: str | None) -> float:
+    """A prediction log row's feature ``name`` as a number; NaN when missing or not one."""
     try:
-        return float(value)
+        return float((row.get("features") or {}).get(name))
     except (TypeError, ValueError):
         return float("nan")
 

@@ -17,7 +17,8 @@ from serving.gateway import Gateway
 from serving.gateway_routes import BUCKETS, bucket, load_routes, parse_routes, write_routes
 from serving.token_files import provision, read_token, revoke_client, write_records
 from serving.token_records import generate_token
-from tests.unit.test_gateway_abtest import CLIENT, CLIENT_RECORD, request, run, upstream
+from tests.support import run_async as run
+from tests.unit.test_gateway_abtest import CLIENT, CLIENT_RECORD, request, upstream
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "1"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "2"}

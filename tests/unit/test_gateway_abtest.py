@@ -4,10 +4,8 @@ its arm (driven as plain ASGI against small upstream servers on loopback)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,7 @@ from serving.gateway_routes import parse_routes, write_routes
 from serving.request_context import current_request_id, set_request_id
 from serving.token_files import write_records
 from serving.token_records import generate_token
+from tests.support import run_async
 
 CHAMPION = {"url": "http://127.0.0.1:9001", "version": "1"}
 CHALLENGER = {"url": "http://127.0.0.1:9002", "version": "2"}
@@ -168,25 +167,6 @@ def test_ending_the_test_keeps_its_log_and_a_new_test_starts_empty(tmp_path: Pat
 
 
 # --------------------------------------------------------------------------- requests
-def run(coroutine: Awaitable[Any]) -> Any:
-    """asyncio.run in a thread of its own (another test may own this thread's loop)."""
-    out: list[Any] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            out.append(asyncio.run(coroutine))  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the test's thread)
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return out[0]
-
-
 async def upstream(status: int, token: str | None = None) -> tuple[web.AppRunner, str]:
     """A model server stand-in: answers ``status`` and echoes the request id it got;
     with ``token``, 401 to a request without exactly that bearer token."""
@@ -260,7 +240,7 @@ def _with_upstreams(
             await champion.cleanup()
             await challenger.cleanup()
 
-    run(main())
+    run_async(main())
 
 
 def _assignments(tmp_path: Path) -> list[dict]:

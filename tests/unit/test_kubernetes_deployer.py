@@ -36,7 +36,12 @@ from serving.control.deployers.target import (
 from serving.control.inference_service import ServingImage
 from serving.token_files import add_client, read_token
 from serving.token_records import TokenRecord
-from tests.unit.test_manifests import FakeApiException, FakeCoreApi, FakeCustomObjectsApi
+from tests.unit.test_manifests import (
+    FakeApiException,
+    FakeCoreApi,
+    FakeCustomObjectsApi,
+    container_env,
+)
 
 SHA = "5e" * 32
 URL = "http://fraud-v7.models.example.com"
@@ -308,12 +313,20 @@ def test_a_hot_standby_gets_a_disruption_budget_applied_and_removed_with_it(
         kube_autoscaling.render_pod_disruption_budget("fraud-v7", "Bad_NS", min_replicas=2)
 
 
-def test_a_ready_condition_of_an_older_generation_is_not_enough(
-    tmp_path: Path, crd_path: Path
-) -> None:
+@pytest.fixture
+def fraud_v7(tmp_path: Path, crd_path: Path) -> tuple[FakeKServe, KubernetesDeployer]:
+    """A deployer on a fake cluster whose services are Ready at the first read, with
+    fraud v7 (:func:`release`) deployed."""
     api = FakeKServe(ready_after=1)
     dep = deployer(tmp_path, crd_path, api)
     dep.deploy(release())
+    return api, dep
+
+
+def test_a_ready_condition_of_an_older_generation_is_not_enough(
+    fraud_v7: tuple[FakeKServe, KubernetesDeployer],
+) -> None:
+    api, dep = fraud_v7
     # redeploy (generation 2): the controller reports generation 1 Ready for two reads
     api.reads = 0
     api.ready_after = 3
@@ -382,11 +395,9 @@ def test_a_configured_kubeconfig_without_a_usable_client_names_the_manifest(
 
 
 def test_stop_deletes_the_inference_service_and_deployed_lists_ours(
-    tmp_path: Path, crd_path: Path
+    fraud_v7: tuple[FakeKServe, KubernetesDeployer],
 ) -> None:
-    api = FakeKServe(ready_after=1)
-    dep = deployer(tmp_path, crd_path, api)
-    dep.deploy(release())
+    api, dep = fraud_v7
     dep.deploy(release(version="8", artifact_sha256="ab" * 32))
     assert dep.deployed() == ["fraud-v7", "fraud-v8"]
     assert ("list", {"label_selector": kube_checks.LABEL_MODEL}) in api.calls
@@ -442,12 +453,7 @@ def test_mlflow_uris_are_resolved_by_the_server_and_names_become_dns_labels(
         release(model_name="german_credit", version="3", model_uri="models:/german_credit/3")
     )
     assert endpoint.name == "german-credit-v3" and endpoint.model_name == "german-credit"
-    body = next(b for k, b in api.calls if k == "patch")["body"]
-    env = {
-        e["name"]: e["value"]
-        for e in body["spec"]["predictor"]["containers"][0]["env"]
-        if "value" in e
-    }
+    env = container_env(next(b for k, b in api.calls if k == "patch")["body"])
     assert env["MODEL_URI"] == "models:/german_credit/3" and "STORAGE_URI" not in env
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
 

@@ -67,6 +67,12 @@ def render(**overrides: Any) -> dict[str, Any]:
     return render_flat(**args)
 
 
+def container_env(manifest: dict[str, Any]) -> dict[str, str]:
+    """An InferenceService's model server container environment: name -> literal value."""
+    container = manifest["spec"]["predictor"]["containers"][0]
+    return {e["name"]: e["value"] for e in container["env"] if "value" in e}
+
+
 def _pick(kind: type, args: dict[str, Any], renamed: dict[str, str] | None = None) -> Any:
     renamed = renamed or {}
     names = {f.name for f in dataclasses.fields(kind)}
@@ -170,11 +176,7 @@ def test_custom_container_wires_the_model_server_arguments() -> None:
     mlflow = render(
         runtime="custom", storage_uri="models:/fraud/7", env={"MLFLOW_TRACKING_URI": "x"}
     )
-    env = {
-        e["name"]: e["value"]
-        for e in mlflow["spec"]["predictor"]["containers"][0]["env"]
-        if "value" in e
-    }
+    env = container_env(mlflow)
     assert env["MODEL_URI"] == "models:/fraud/7" and "STORAGE_URI" not in env
     assert env["MLFLOW_TRACKING_URI"] == "x"
 
@@ -512,6 +514,26 @@ def test_apply_without_a_cluster_raises_a_deployment_error(
         apply(render())
 
 
+def run_in_serving_env(
+    home: Path, script: str, *args: str, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """``script`` run by .venv-serving's Python (where the real kubernetes client is), in an
+    environment without Kubernetes or govml settings and with ``home`` as HOME; it must
+    exit 0."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "GOVML_"))}
+    clean.update({"HOME": str(home), "PYTHONPATH": str(ROOT), **env})
+    done = subprocess.run(
+        [str(SERVING_PYTHON), "-c", script, *args],
+        cwd=ROOT,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 @pytest.mark.skipif(not SERVING_PYTHON.exists(), reason="no .venv-serving here")
 def test_apply_without_a_cluster_in_the_serving_environment(tmp_path: Path) -> None:
     """The real kubernetes client (only in .venv-serving), no kubeconfig, not in a pod."""
@@ -530,17 +552,7 @@ def test_apply_without_a_cluster_in_the_serving_environment(tmp_path: Path) -> N
                 print("DeploymentError:", exc)
         """
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "GOVML_"))}
-    env.update({"HOME": str(tmp_path), "PYTHONPATH": str(ROOT)})
-    done = subprocess.run(
-        [str(SERVING_PYTHON), "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
+    done = run_in_serving_env(tmp_path, script)
     lines = done.stdout.splitlines()
     assert len(lines) == 2, done.stdout + done.stderr
     assert all("no Kubernetes cluster configured" in line for line in lines)
@@ -622,17 +634,9 @@ def test_apply_with_the_real_client_against_a_loopback_api_server(tmp_path: Path
     """The real kubernetes client (in .venv-serving) talking to a fake API server on 127.0.0.1."""
     import json
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KUBE", "GOVML_"))}
-    env.update({"HOME": str(tmp_path), "PYTHONPATH": str(ROOT), "NO_PROXY": "127.0.0.1"})
-    done = subprocess.run(
-        [str(SERVING_PYTHON), "-c", FAKE_API_SERVER, str(tmp_path / "kubeconfig")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    done = run_in_serving_env(
+        tmp_path, FAKE_API_SERVER, str(tmp_path / "kubeconfig"), NO_PROXY="127.0.0.1"
     )
-    assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     created, configured, unreachable = out["actions"]
     assert (created, configured) == ("created", "configured")

@@ -192,11 +192,17 @@ def _accepted(store: TokenStore, token: str) -> bool:
     return True
 
 
-def test_checks_pick_up_a_revoked_and_an_added_token_without_a_reload_call(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def core_banking(tmp_path: Path) -> tuple[Path, str]:
+    """A token file with one client, core-banking (predict), and its token."""
     path = tmp_path / "tokens.json"
-    token = add_client(path, "core-banking", ["predict"])
+    return path, add_client(path, "core-banking", ["predict"])
+
+
+def test_checks_pick_up_a_revoked_and_an_added_token_without_a_reload_call(
+    core_banking: tuple[Path, str],
+) -> None:
+    path, token = core_banking
     store = TokenStore.load(path, reload_seconds=0.2)
     assert _accepted(store, token)
     revoke_client(path, "core-banking")
@@ -207,10 +213,9 @@ def test_checks_pick_up_a_revoked_and_an_added_token_without_a_reload_call(
 
 
 def test_the_file_is_looked_at_at_most_once_per_interval(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    core_banking: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path = tmp_path / "tokens.json"
-    token = add_client(path, "core-banking", ["predict"])
+    path, token = core_banking
     store = TokenStore.load(path, reload_seconds=0.5)
     looks: list[Path] = []
     real = auth.file_stamp
@@ -232,10 +237,9 @@ def test_the_file_is_looked_at_at_most_once_per_interval(
 
 
 def test_a_file_that_breaks_refuses_every_token_until_fixed(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    core_banking: tuple[Path, str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "tokens.json"
-    token = add_client(path, "core-banking", ["predict"])
+    path, token = core_banking
     store = TokenStore.load(path, reload_seconds=0.0)
     good = path.read_text()
     with caplog.at_level(logging.ERROR, logger="serving.auth"):

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import threading
 from typing import Any
 
 import pytest
@@ -20,26 +18,9 @@ from serving.http_versions import route_version
 from serving.request_context import current_client
 from serving.token_files import write_records
 from serving.token_records import generate_token
+from tests.support import run_async
 
 PATH = "/v1/models/fraud:predict"
-
-
-def run(coroutine: Any) -> None:
-    """asyncio.run in a thread of its own: another test (Playwright's sync API) may have
-    left an event loop running in this one."""
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coroutine)
-        except BaseException as exc:  # noqa: BLE001 (re-raised in the test's thread)
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
 
 
 class App:
@@ -88,7 +69,7 @@ def call(
     scope = {"type": "http", "path": path, "method": method, "headers": head}
     if query:
         scope["query_string"] = query
-    run(guard(scope, receive, send))
+    run_async(guard(scope, receive, send))
     status = sent[0]["status"]
     payload = b"".join(m.get("body", b"") for m in sent[1:])
     return status, json.loads(payload)

@@ -28,8 +28,9 @@ from pipelines.data.fraud import generate_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.data.german_credit import load_german_credit
 from pipelines.errors import SpecError
-from pipelines.features import build_features, read_split
+from pipelines.features import read_split
 from pipelines.spec import ModelSpec, parse_spec
+from pipelines.stages.features import build_features
 from pipelines.stages.train import train
 from pipelines.training import load_model, score
 from serving import schema as serving_schema
@@ -42,6 +43,19 @@ from tests.datasets import spec_of, with_training, write_ingest
 ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- a toy spec
+
+# the customer's aggregates: name, window, aggregation, and the rest of each
+TOY_AGGREGATES: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("n_1h", "1h", "count", {}),
+    ("amount_sum", "1d", "sum", {"column": "amount"}),
+    ("items_sum", "1d", "sum", {"column": "items"}),
+    ("delta_sum", "1d", "sum", {"column": "delta"}),
+    ("amount_mean", "1d", "mean", {"column": "amount"}),
+    ("delta_mean", "1d", "mean", {"column": "delta"}),
+    ("items_max", "1d", "max", {"column": "items"}),
+    ("amount_std", "1d", "std", {"column": "amount"}),
+    ("kinds", "1d", "nunique", {"column": "kind", "where": {"flag": True}}),
+]
 
 TOY: dict[str, Any] = {
     "name": "toy",
@@ -74,23 +88,8 @@ TOY: dict[str, Any] = {
     "features": {
         "raw": ["amount", "items", "flag", "flag_opt", "kind", "colour", "salary", "delta", "free"],
         "aggregates": [
-            {"name": "n_1h", "entity": "customer", "window": "1h", "agg": "count"},
-            {"name": "amount_sum", "entity": "customer", "window": "1d", "agg": "sum",
-             "column": "amount"},
-            {"name": "items_sum", "entity": "customer", "window": "1d", "agg": "sum",
-             "column": "items"},
-            {"name": "delta_sum", "entity": "customer", "window": "1d", "agg": "sum",
-             "column": "delta"},
-            {"name": "amount_mean", "entity": "customer", "window": "1d", "agg": "mean",
-             "column": "amount"},
-            {"name": "delta_mean", "entity": "customer", "window": "1d", "agg": "mean",
-             "column": "delta"},
-            {"name": "items_max", "entity": "customer", "window": "1d", "agg": "max",
-             "column": "items"},
-            {"name": "amount_std", "entity": "customer", "window": "1d", "agg": "std",
-             "column": "amount"},
-            {"name": "kinds", "entity": "customer", "window": "1d", "agg": "nunique",
-             "column": "kind", "where": {"flag": True}},
+            {"name": name, "entity": "customer", "window": window, "agg": agg, **more}
+            for name, window, agg, more in TOY_AGGREGATES
         ],
     },
     "gates": {"metrics": [{"metric": "roc_auc", "min": 0.5}]},
@@ -385,32 +384,43 @@ def test_bytes_tensors_of_known_labels_map_straight_to_codes(toy: FeatureSchema)
         assert codes_of_bytes(bad, count, pattern, table) is None
 
 
-def test_columns_report_every_problem(toy: FeatureSchema) -> None:
+def column_problems(
+    schema: FeatureSchema, changes: dict[str, Any], missing: tuple[str, ...] = ()
+) -> list[str]:
+    """The problems ``validate_columns`` reports for two good rows as columns, with
+    ``changes`` made and the ``missing`` columns left out."""
     rows = [toy_row(), toy_row()]
-    columns: dict[str, Any] = {name: [r[name] for r in rows] for name in toy.names}
-    columns["amount"] = np.array([1.0, 2000.0])
-    columns["items"] = np.array([1.5, np.nan])
-    columns["n_1h"] = np.array([-1, 2])
-    columns["flag"] = [True, 1]
-    columns["kind"] = ["a", "q"]
+    columns: dict[str, Any] = {name: [r[name] for r in rows] for name in schema.names}
+    columns.update(changes)
+    for name in missing:
+        del columns[name]
     with pytest.raises(InputError) as caught:
-        validate_columns(toy, columns)
-    assert caught.value.problems == [
+        validate_columns(schema, columns)
+    return caught.value.problems
+
+
+def test_columns_report_every_problem(toy: FeatureSchema) -> None:
+    bad_values = {
+        "amount": np.array([1.0, 2000.0]),
+        "items": np.array([1.5, np.nan]),
+        "n_1h": np.array([-1, 2]),
+        "flag": [True, 1],
+        "kind": ["a", "q"],
+    }
+    assert column_problems(toy, bad_values) == [
         "row 1: amount: 2000 is above the maximum 1000",
         "row 0: items: expected an integer, got the number 1.5",
         "row 1: flag: expected true or false, got the number 1",
         "row 1: kind: unknown category 'q'; allowed: 'a', 'b', 'c'",
         "row 0: n_1h: -1 is below the minimum 0",
     ]
-    columns = {name: [r[name] for r in rows] for name in toy.names}
-    columns["amount"] = np.array([[1.0, 2.0]])
-    columns["items"] = [1]
-    columns["extra"] = [1, 2]
-    columns["salary"] = "50000"
-    del columns["flag"]
-    with pytest.raises(InputError) as caught:
-        validate_columns(toy, columns)
-    assert caught.value.problems == [
+    bad_shapes = {
+        "amount": np.array([[1.0, 2.0]]),
+        "items": [1],
+        "extra": [1, 2],
+        "salary": "50000",
+    }
+    assert column_problems(toy, bad_shapes, missing=("flag",)) == [
         "unknown input 'extra' (not a model feature)",
         "input amount: expected a 1-D tensor (one value per row), got shape [1, 2]",
         "input flag: missing",
