@@ -362,14 +362,20 @@ def metric_points(spec: ModelSpec) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(sorted(float(a) for a in fprs)), tuple(sorted(float(a) for a in recalls))
 
 
-def evaluate(
-    spec: ModelSpec,
-    features_dir: Path,
-    train_dir: Path,
-    champion_model: Path | None = None,
-    recent_window: Path | None = None,
-) -> ScoredTest:
-    """Score the test rows with candidate, baseline and champion, and their metrics.
+@dataclass(frozen=True)
+class EvaluateInputs:
+    """The evaluation's inputs: the ``features`` and ``train`` folders, the champion's
+    model and the monitoring job's latest labelled rows (each None when there is none)."""
+
+    features_dir: Path
+    train_dir: Path
+    champion_model: Path | None = None
+    recent_window: Path | None = None
+
+
+def evaluate(spec: ModelSpec, inputs: EvaluateInputs) -> ScoredTest:
+    """Score the test rows with candidate, baseline and champion, and their metrics
+    (:data:`pipelines.backends.EVALUATE`).
 
     With a champion and ``recent_window`` (the monitoring job's latest labelled rows,
     model features and the target), both are also scored on those rows:
@@ -377,7 +383,8 @@ def evaluate(
     then check as well (a retrained model must beat the champion on what the bank saw
     last, not only on its own test split).
     """
-    features_dir, train_dir = Path(features_dir), Path(train_dir)
+    features_dir, train_dir = inputs.features_dir, inputs.train_dir
+    champion_model = inputs.champion_model
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
     test = read_split(spec, features_dir, "test")
@@ -389,12 +396,11 @@ def evaluate(
         "baseline": score_baseline(load_baseline(train_dir / BASELINE_FILE), test, features),
     }
     if champion_model is not None:
-        champion_model = Path(champion_model)
         try:
             scores["champion"] = score(load_model(champion_model), test)
         except DataValidationError as exc:
             raise DataValidationError(f"champion {champion_model}: {exc}") from None
-    return score_test(spec, test, y, scores, train_dir, champion_model, recent_window)
+    return score_test(spec, test, y, scores, inputs)
 
 
 @dataclass(frozen=True)
@@ -441,9 +447,7 @@ def score_test(
     test: pd.DataFrame,
     y: np.ndarray,
     scores: dict[str, np.ndarray],
-    train_dir: Path,
-    champion_model: Path | None = None,
-    recent_window: Path | None = None,
+    inputs: EvaluateInputs,
 ) -> ScoredTest:
     """Every metric of ``metrics.json`` from the test rows' labels and scores, once
     whatever the backend.
@@ -467,9 +471,10 @@ def score_test(
             None if s is None else classification_metrics(y, s, threshold, fprs, recalls)
         )
 
+    champion_model, recent_window = inputs.champion_model, inputs.recent_window
     if champion_model is not None and recent_window is not None:
         metrics["recent_window"] = _recent_window_metrics(
-            spec, Path(recent_window), train_dir / MODEL_FILE, champion_model, threshold
+            spec, recent_window, inputs.train_dir / MODEL_FILE, champion_model, threshold
         )
     metrics["business"] = _business(spec, test, y, scores)
     metrics["segments"] = segment_metrics(spec, test, y, scores["candidate"], threshold)

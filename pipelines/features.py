@@ -1,8 +1,9 @@
 """Feature stage: point-in-time aggregates, the train/validation/test split, feature tables.
 
-``build_features(spec, data, out_dir)`` reads the ingest output ``data.parquet`` and
-writes ``train.parquet``, ``validation.parquet``, ``test.parquet``, ``features.json``
-and ``result.json`` (see ``docs/lifecycle.md``).
+:func:`feature_tables` reads the ingest output ``data.parquet`` and writes
+``train.parquet``, ``validation.parquet`` and ``test.parquet``; the stage
+(:mod:`pipelines.stages.features`) writes ``features.json`` and ``result.json`` (see
+``docs/lifecycle.md``).
 
 Windowed aggregates (``spec.features.aggregates``) are point-in-time correct. For an
 event of entity ``e`` at time ``t`` the window holds the events of the same entity with
@@ -52,7 +53,6 @@ from sklearn.model_selection import train_test_split
 
 from pipelines.artifacts import (
     sha256_file,
-    write_json,
 )
 from pipelines.errors import DataValidationError
 from pipelines.ingest import write_table
@@ -212,38 +212,6 @@ def stratified_split(
 # ----------------------------------------------------------------------------- stage
 
 
-@dataclass(frozen=True)
-class FeatureResult:
-    """What the features stage wrote."""
-
-    out_dir: Path
-    paths: dict[str, Path]
-    features_json: Path
-    features: list[str]
-    categorical: list[str]
-    passthrough: list[str]
-    rows: dict[str, int]
-    label_rate: dict[str, float | None]
-    split_method: str
-    boundaries: dict[str, Any] = field(default_factory=dict)
-    sha256: dict[str, str] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "stage": "features",
-            "out_dir": str(self.out_dir),
-            "paths": {k: str(v) for k, v in self.paths.items()},
-            "features_json": str(self.features_json),
-            "features": list(self.features),
-            "categorical": list(self.categorical),
-            "passthrough": list(self.passthrough),
-            "rows": dict(self.rows),
-            "label_rate": dict(self.label_rate),
-            "split": {"method": self.split_method, "boundaries": dict(self.boundaries)},
-            "sha256": dict(self.sha256),
-        }
-
-
 def categorical_features(spec: ModelSpec) -> list[str]:
     """Raw features that LightGBM treats as categorical (category or string columns)."""
     kinds = (ColumnType.CATEGORY, ColumnType.STRING)
@@ -294,9 +262,20 @@ def check_input(frame: pd.DataFrame, spec: ModelSpec, source: Path) -> None:
         raise DataValidationError(f"{source}: time column {spec.data.time_column!r} has nulls")
 
 
-def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
-    """Aggregates, split and feature tables for ``spec`` from the ingest ``data.parquet``."""
-    data, out_dir = Path(data), Path(out_dir)
+@dataclass(frozen=True)
+class FeaturesInputs:
+    """The features computation's inputs: the ingest ``data.parquet`` and the folder the
+    split tables go to."""
+
+    data: Path
+    out_dir: Path
+
+
+def feature_tables(spec: ModelSpec, inputs: FeaturesInputs) -> FeatureTables:
+    """The local features computation (:data:`pipelines.backends.FEATURES`): aggregates,
+    split and the split tables in ``inputs.out_dir``, from the ingest ``data.parquet``;
+    the stage writes the record (:func:`pipelines.stages.features.write_features`)."""
+    data, out_dir = inputs.data, inputs.out_dir
     if not data.is_file():
         raise DataValidationError(f"{data}: ingest data not found")
     frame = retype_categories(pd.read_parquet(data), spec)
@@ -331,15 +310,14 @@ def build_features(spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult:
         rows[name] = len(part)
         label_rate[name] = float(part[spec.data.target].mean()) if len(part) else None
         log.info("%s: %d rows, label rate %s", name, rows[name], label_rate[name])
-    return write_feature_record(
-        spec, FeatureTables(out_dir, paths, sha, rows, label_rate, boundaries)
-    )
+    return FeatureTables(out_dir, paths, sha, rows, label_rate, boundaries)
 
 
 @dataclass(frozen=True)
 class FeatureTables:
     """The split tables a features computation (local or on Dask) wrote, and their
-    statistics; ``marker`` is what a backend adds to ``features.json`` and ``result.json``."""
+    statistics, for the stage's record (:func:`pipelines.stages.features.write_features`);
+    ``marker`` is what a backend adds to ``features.json`` and ``result.json``."""
 
     out_dir: Path
     paths: dict[str, Path]
@@ -348,37 +326,3 @@ class FeatureTables:
     label_rate: dict[str, float | None]
     boundaries: dict[str, Any]
     marker: dict[str, Any] = field(default_factory=dict)
-
-
-def write_feature_record(spec: ModelSpec, tables: FeatureTables) -> FeatureResult:
-    """The features stage's record, once whatever the backend: ``features.json`` and
-    ``result.json`` beside the split tables."""
-    out_dir = tables.out_dir
-    result = FeatureResult(
-        out_dir=out_dir,
-        paths=tables.paths,
-        features_json=out_dir / FEATURES_JSON,
-        features=spec.features.names,
-        categorical=categorical_features(spec),
-        passthrough=passthrough_columns(spec),
-        rows=tables.rows,
-        label_rate=tables.label_rate,
-        split_method=spec.data.split.method.value,
-        boundaries=tables.boundaries,
-        sha256=tables.sha256,
-    )
-    write_json(
-        result.features_json,
-        {
-            "features": result.features,
-            "categorical": result.categorical,
-            "passthrough": result.passthrough,
-            "rows": tables.rows,
-            "label_rate": tables.label_rate,
-            "split": {"method": result.split_method, "boundaries": tables.boundaries},
-            "sha256": tables.sha256,
-            **tables.marker,
-        },
-    )
-    write_json(out_dir / RESULT_JSON, {**result.to_dict(), **tables.marker})
-    return result

@@ -1,7 +1,8 @@
 """Ingest: read a Parquet or CSV file, check it against the spec, write it typed.
 
-``ingest(spec, source, out_dir)`` is the first lifecycle stage (see
-``docs/lifecycle.md``). It enforces the *structural* contract of the data only:
+:func:`ingest_source` is the computation of the first lifecycle stage
+(:mod:`pipelines.stages.ingest`, see ``docs/lifecycle.md``). It enforces the
+*structural* contract of the data only:
 
 * every column of ``spec.data.columns`` is present, and
 * every value can be cast to the column's spec type (a string in a float column,
@@ -10,7 +11,7 @@
 
 Everything else (ranges, category lists, nulls in ``missing: forbid`` columns,
 duplicate ids, row counts, label rates) is the job of
-``validation.data_quality.validate_data`` so that all such problems are reported
+the data checks (:mod:`pipelines.stages.validate_data`) so that all such problems are reported
 together, with the Data Docs. When the structural contract is broken ingest raises
 one :class:`DataValidationError` naming the file and listing *every* problem.
 
@@ -39,9 +40,9 @@ Interpretations of the contract, chosen and documented here:
 ``data.parquet`` is written with pyarrow (zstd, no index, fixed row-group size) and
 *keeps* the pandas metadata so that ``pd.read_parquet`` restores ``Int64``,
 ``boolean`` and ``category`` dtypes; reruns in the same environment are
-byte-identical. ``fingerprint.json`` holds ``source`` (the resolved path),
+byte-identical. The stage's ``fingerprint.json`` holds ``source`` (the resolved path),
 ``sha256`` of the source file, ``rows`` and ``schema`` (the source's own schema:
-Arrow types for Parquet, ``string`` for every CSV column).
+Arrow types for Parquet, ``string`` for every CSV column), from :class:`IngestedData`.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.artifacts import temporary_beside, write_json
+from pipelines.artifacts import temporary_beside
 from pipelines.column_casts import CASTS
 from pipelines.data.manifest import schema_to_list, sha256_file
 from pipelines.errors import DataValidationError
@@ -65,8 +66,6 @@ from pipelines.spec import ColumnType, ModelSpec
 log = logging.getLogger(__name__)
 
 DATA_FILE = "data.parquet"
-FINGERPRINT_FILE = "fingerprint.json"
-RESULT_FILE = "result.json"
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
 CSV_SUFFIXES = (".csv",)
@@ -74,42 +73,6 @@ CSV_SUFFIXES = (".csv",)
 ROW_GROUP_ROWS = 1_048_576
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    """What ingest wrote (also written to ``result.json``)."""
-
-    spec: str
-    source: str
-    format: str
-    sha256: str
-    rows: int
-    columns: list[str]
-    dtypes: dict[str, str]
-    extra_columns: list[str]
-    extra_categories: dict[str, list[str]]
-    data: str
-    data_sha256: str
-    fingerprint: str
-    nulls: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "columns": list(self.columns),
-            "data": self.data,
-            "data_sha256": self.data_sha256,
-            "dtypes": dict(self.dtypes),
-            "extra_categories": {k: list(v) for k, v in self.extra_categories.items()},
-            "extra_columns": list(self.extra_columns),
-            "fingerprint": self.fingerprint,
-            "format": self.format,
-            "nulls": dict(self.nulls),
-            "rows": self.rows,
-            "sha256": self.sha256,
-            "source": self.source,
-            "spec": self.spec,
-        }
 
 
 # ----------------------------------------------------------------------------- reading
@@ -289,15 +252,25 @@ def conform(
     return out_frame, extra_columns, extra_categories
 
 
-def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
-    """Read ``source`` (Parquet or CSV), check and type it per spec, write the run folder.
+@dataclass(frozen=True)
+class IngestInputs:
+    """The ingest computation's inputs: the source file (or folder, on Dask) and the
+    folder ``data.parquet`` goes to."""
 
-    Writes ``data.parquet``, ``fingerprint.json`` and ``result.json`` into ``out_dir``
-    (atomically; reruns give identical bytes). Raises DataValidationError naming the
-    file and every structural problem (missing columns, values that cannot be cast).
+    source: Path
+    out_dir: Path
+
+
+def ingest_source(spec: ModelSpec, inputs: IngestInputs) -> IngestedData:
+    """The local ingest computation (:data:`pipelines.backends.INGEST`): read
+    ``inputs.source`` (Parquet or CSV), check and type it per spec and write it as
+    ``data.parquet`` into ``inputs.out_dir`` (atomically; reruns give identical bytes);
+    the stage writes the record (:func:`pipelines.stages.ingest.write_ingest`).
+
+    Raises DataValidationError naming the file and every structural problem (missing
+    columns, values that cannot be cast).
     """
-    source = Path(source)
-    out_dir = Path(out_dir)
+    source, out_dir = inputs.source, inputs.out_dir
     fmt, frame, source_schema = _read(source)
     digest = sha256_file(source)
     typed, extra_columns, extra_categories = conform(spec, frame, str(source))
@@ -306,27 +279,24 @@ def ingest(spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     data_path = out_dir / DATA_FILE
     write_table(pa.Table.from_pandas(typed, preserve_index=False), data_path)
-    return write_ingest_record(
-        spec,
-        out_dir,
-        IngestedData(
-            source=source,
-            format=fmt,
-            sha256=digest,
-            rows=len(typed),
-            schema=source_schema,
-            dtypes={name: str(dtype) for name, dtype in typed.dtypes.items()},
-            extra_columns=extra_columns,
-            extra_categories=extra_categories,
-            nulls={name: int(n) for name, n in typed.isna().sum().items()},
-        ),
+    return IngestedData(
+        source=source,
+        format=fmt,
+        sha256=digest,
+        rows=len(typed),
+        schema=source_schema,
+        dtypes={name: str(dtype) for name, dtype in typed.dtypes.items()},
+        extra_columns=extra_columns,
+        extra_categories=extra_categories,
+        nulls={name: int(n) for name, n in typed.isna().sum().items()},
     )
 
 
 @dataclass(frozen=True)
 class IngestedData:
-    """What an ingest computation (local or on Dask) read and wrote to ``data.parquet``;
-    ``marker`` is what a backend adds to ``result.json``."""
+    """What an ingest computation (local or on Dask) read and wrote to ``data.parquet``,
+    for the stage's record (:func:`pipelines.stages.ingest.write_ingest`); ``marker`` is
+    what a backend adds to ``result.json``."""
 
     source: Path
     format: str
@@ -338,42 +308,3 @@ class IngestedData:
     extra_categories: dict[str, list[str]]
     nulls: dict[str, int]
     marker: dict[str, Any] = field(default_factory=dict)
-
-
-def write_ingest_record(spec: ModelSpec, out_dir: Path, ingested: IngestedData) -> IngestResult:
-    """The ingest stage's record beside ``data.parquet``, once whatever the backend:
-    ``fingerprint.json`` and ``result.json``."""
-    data_path = out_dir / DATA_FILE
-    resolved = str(ingested.source.resolve())
-    fingerprint = {
-        "rows": ingested.rows,
-        "schema": ingested.schema,
-        "sha256": ingested.sha256,
-        "source": resolved,
-    }
-    fingerprint_path = out_dir / FINGERPRINT_FILE
-    write_json(fingerprint_path, fingerprint)
-    result = IngestResult(
-        spec=spec.name,
-        source=resolved,
-        format=ingested.format,
-        sha256=ingested.sha256,
-        rows=ingested.rows,
-        columns=list(spec.data.columns),
-        dtypes=ingested.dtypes,
-        extra_columns=ingested.extra_columns,
-        extra_categories=ingested.extra_categories,
-        data=str(data_path),
-        data_sha256=sha256_file(data_path),
-        fingerprint=str(fingerprint_path),
-        nulls=ingested.nulls,
-    )
-    write_json(out_dir / RESULT_FILE, {**result.to_dict(), **ingested.marker})
-    log.info(
-        "ingested %s (%d rows, sha256 %s) into %s",
-        ingested.source,
-        result.rows,
-        ingested.sha256[:12],
-        data_path,
-    )
-    return result

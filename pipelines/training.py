@@ -1,7 +1,7 @@
 """Training stage: a reproducible LightGBM candidate and a logistic-regression baseline.
 
-``fit_models(spec, features_dir)`` trains on ``train.parquet`` with early stopping on
-``validation.parquet`` and returns :class:`TrainedModels`; the stage
+``fit_models(spec, TrainInputs(features_dir))`` trains on ``train.parquet`` with early
+stopping on ``validation.parquet`` and returns :class:`TrainedModels`; the stage
 (:mod:`pipelines.stages.train`) writes ``model.txt``, ``baseline.joblib``,
 ``training.json`` and ``result.json`` (see ``docs/lifecycle.md``).
 
@@ -112,35 +112,18 @@ def build_baseline(
 ) -> Pipeline:
     """The baseline: impute + scale numerics, one-hot categoricals, logistic regression."""
     numeric = [f for f in features if f not in categorical]
-    transformers: list[tuple[str, Any, list[str]]] = []
-    if numeric:
-        transformers.append(
-            (
-                "numeric",
-                Pipeline(
-                    [
-                        ("float", FunctionTransformer(_numeric_as_float)),
-                        ("impute", SimpleImputer(strategy="median")),
-                        ("scale", StandardScaler()),
-                    ]
-                ),
-                numeric,
-            )
-        )
     cats = [f for f in features if f in categorical]
-    if cats:
-        transformers.append(
-            (
-                "categorical",
-                Pipeline(
-                    [
-                        ("text", FunctionTransformer(_categorical_as_text)),
-                        ("onehot", OneHotEncoder(handle_unknown="ignore")),
-                    ]
-                ),
-                cats,
-            )
-        )
+    scaled = [
+        ("float", FunctionTransformer(_numeric_as_float)),
+        ("impute", SimpleImputer(strategy="median")),
+        ("scale", StandardScaler()),
+    ]
+    one_hot = [
+        ("text", FunctionTransformer(_categorical_as_text)),
+        ("onehot", OneHotEncoder(handle_unknown="ignore")),
+    ]
+    parts = (("numeric", scaled, numeric), ("categorical", one_hot, cats))
+    transformers = [(name, Pipeline(steps), cols) for name, steps, cols in parts if cols]
     return Pipeline(
         [
             ("preprocess", ColumnTransformer(transformers, remainder="drop")),
@@ -409,12 +392,19 @@ def _metric_and_trials(
     return metric, trials
 
 
-def fit_models(
-    spec: ModelSpec, features_dir: Path, tuning_trials: int | None = None
-) -> TrainedModels:
+@dataclass(frozen=True)
+class TrainInputs:
+    """The training computation's inputs: the ``features`` folder and the tuning budget
+    (None: the spec's)."""
+
+    features_dir: Path
+    tuning_trials: int | None = None
+
+
+def fit_models(spec: ModelSpec, inputs: TrainInputs) -> TrainedModels:
     """The LightGBM candidate and the baseline, trained on the feature tables (the stage
-    :mod:`pipelines.stages.train` writes them)."""
-    features_dir = Path(features_dir)
+    :mod:`pipelines.stages.train` writes them; :data:`pipelines.backends.TRAIN`)."""
+    features_dir, tuning_trials = inputs.features_dir, inputs.tuning_trials
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
     categorical = [c for c in meta.get("categorical", []) if c in features]

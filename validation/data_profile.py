@@ -7,7 +7,6 @@ profile of another spec; :func:`jsonable` turns values into plain JSON types.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from datetime import date, datetime
@@ -19,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.errors import DataValidationError
+from pipelines.files import read_json
 from pipelines.spec import ColumnType, ModelSpec
 
 PROFILE_FORMAT = 1
@@ -135,12 +135,7 @@ def build_profile(spec: ModelSpec, frame: pd.DataFrame, data_sha256: str) -> dic
 def load_profile(path: Path, spec: ModelSpec | None = None) -> dict[str, Any]:
     """Read a ``profile.json`` written by ``validate_data``; DataValidationError if unusable."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise DataValidationError(f"{path}: reference profile not found") from exc
-    except (OSError, ValueError) as exc:
-        raise DataValidationError(f"{path}: reference profile is not readable JSON: {exc}") from exc
+    data = read_json(path, DataValidationError, f"{path}: reference profile")
     problems: list[str] = []
     if not isinstance(data, dict):
         raise DataValidationError(f"{path}: reference profile must be a JSON object")

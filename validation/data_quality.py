@@ -1,12 +1,13 @@
 """Data validation with Great Expectations (GX Core 1.x), generated from the spec.
 
-``validate_data(spec, data, out_dir, reference_profile=None, now=None, max_age=None)``
-is the lifecycle stage after ingest (see ``docs/lifecycle.md``). It builds one
-:class:`great_expectations.ExpectationSuite` from the spec (and, when given, from the
-profile of the last approved training data), runs it through a
-:class:`great_expectations.Checkpoint` whose :class:`UpdateDataDocsAction` renders
-the Data Docs into ``out_dir/data_docs/``, and writes ``validation.json``,
-``profile.json`` and ``result.json``.
+``check_data(spec, ValidateInputs(data, out_dir, reference_profile, now, max_age))`` is
+the computation of the lifecycle stage after ingest (:mod:`pipelines.stages.validate_data`,
+see ``docs/lifecycle.md``). It builds one :class:`great_expectations.ExpectationSuite`
+from the spec (and, when given, from the profile of the last approved training data),
+runs it through a :class:`great_expectations.Checkpoint` whose
+:class:`UpdateDataDocsAction` renders the Data Docs into ``out_dir/data_docs/``, and
+returns the check records and the data profile (:class:`CheckedData`), from which the
+stage writes ``validation.json``, ``profile.json`` and ``result.json``.
 
 The checks (``blocking`` ones fail the stage, the others are warnings):
 
@@ -76,7 +77,7 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,7 +85,6 @@ from typing import Any, TypeVar
 import pandas as pd
 import pyarrow as pa
 
-from pipelines.artifacts import write_json
 from pipelines.data.manifest import sha256_file
 from pipelines.errors import DataValidationError
 from pipelines.formatting import short_number
@@ -95,9 +95,6 @@ from validation.data_profile import build_profile, jsonable, load_profile
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-VALIDATION_FILE = "validation.json"
-PROFILE_FILE = "profile.json"
-RESULT_FILE = "result.json"
 DATA_DOCS_DIR = "data_docs"
 
 MAX_EXAMPLES = 5  # unexpected values quoted per failed check (message and validation.json)
@@ -121,46 +118,6 @@ def _quiet_gx_logs() -> None:
 
 
 _quiet_gx_logs()
-
-
-@dataclass(frozen=True)
-class DataValidationResult:
-    """Outcome of ``validate_data`` (also written to ``result.json``)."""
-
-    spec: str
-    data: str
-    data_sha256: str
-    suite: str
-    passed: bool
-    rows: int
-    label_rate: float | None
-    expectations: int
-    failed: list[str]
-    warnings: list[str]
-    validation: str
-    profile: str
-    data_docs: str
-    reference_profile: str | None = None
-    checks: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "checks": dict(self.checks),
-            "data": self.data,
-            "data_docs": self.data_docs,
-            "data_sha256": self.data_sha256,
-            "expectations": self.expectations,
-            "failed": list(self.failed),
-            "label_rate": self.label_rate,
-            "passed": self.passed,
-            "profile": self.profile,
-            "reference_profile": self.reference_profile,
-            "rows": self.rows,
-            "spec": self.spec,
-            "suite": self.suite,
-            "validation": self.validation,
-            "warnings": list(self.warnings),
-        }
 
 
 # ----------------------------------------------------------------------------- running GX
@@ -343,27 +300,29 @@ def _read_data(data: Path) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- stage
 
 
-def validate_data(
-    spec: ModelSpec,
-    data: Path,
-    out_dir: Path,
-    reference_profile: Path | None = None,
-    now: datetime | None = None,
-    max_age: timedelta | None = None,
-) -> DataValidationResult:
-    """Validate ingested data against the spec (and a reference profile); write the folder.
+@dataclass(frozen=True)
+class ValidateInputs:
+    """The data checks' inputs: the ingested ``data.parquet``, the folder of the stage's
+    files, the champion's data profile (drift reference, None: none), and the freshness
+    bound ``max_age`` measured from ``now`` (None: skipped / the current UTC time)."""
 
-    Writes ``data_docs/`` (GX Data Docs, ``data_docs/index.html``), ``validation.json``,
-    ``profile.json`` and ``result.json`` into ``out_dir``, then raises
-    DataValidationError listing every failed blocking check if there is any.
-    """
-    data = Path(data)
-    out_dir = Path(out_dir)
+    data: Path
+    out_dir: Path
+    reference_profile: Path | None = None
+    now: datetime | None = None
+    max_age: timedelta | None = None
+
+
+def check_data(spec: ModelSpec, inputs: ValidateInputs) -> CheckedData:
+    """The local data checks (:data:`pipelines.backends.VALIDATE_DATA`): the suite run
+    through GX, whose Data Docs go to ``inputs.out_dir/data_docs/``, and the data profile;
+    the stage writes the rest (:func:`pipelines.stages.validate_data.write_validation`)."""
+    data, out_dir, reference_profile = inputs.data, inputs.out_dir, inputs.reference_profile
     frame = _read_data(data)
     reference = None if reference_profile is None else load_profile(reference_profile, spec)
     data_sha256 = sha256_file(data)
     suite_name = f"{spec.name}_data_quality"
-    checks = build_checks(spec, frame, reference, now=now, max_age=max_age)
+    checks = build_checks(spec, frame, reference, now=inputs.now, max_age=inputs.max_age)
 
     suite_result = build_data_docs(out_dir, lambda docs: run_suite(suite_name, frame, checks, docs))
 
@@ -376,14 +335,14 @@ def validate_data(
         raise RuntimeError(f"GX returned no result for check(s) {', '.join(missing)}")
     records = [check_record(check, by_key[check.key]) for check in checks]
     profile = build_profile(spec, frame, data_sha256)
-    checked = CheckedData(data, data_sha256, suite_name, records, profile, reference_profile)
-    return write_outcome(spec, out_dir, checked)
+    return CheckedData(data, data_sha256, suite_name, records, profile, reference_profile)
 
 
 @dataclass(frozen=True)
 class CheckedData:
-    """What the checks found on one data file, before it is written: the check records
-    and the data profile (``backend``: ``"dask"`` on the Dask backend, recorded in
+    """What the checks found on one data file, for the stage's files
+    (:func:`pipelines.stages.validate_data.write_validation`): the check records and the
+    data profile (``backend``: ``"dask"`` on the Dask backend, recorded in
     ``result.json``)."""
 
     data: Path
@@ -394,76 +353,12 @@ class CheckedData:
     reference_profile: Path | None
     backend: str | None = None
 
+    @property
+    def failed(self) -> list[str]:
+        """The failed blocking checks, as text."""
+        return [_failure_text(r) for r in self.records if not r["success"] and r["blocking"]]
 
-def _validation_record(
-    spec: ModelSpec, checked: CheckedData, failed: list[str], warnings: list[str]
-) -> dict[str, Any]:
-    """``validation.json``."""
-    records, reference_profile = checked.records, checked.reference_profile
-    return {
-        "data": str(checked.data),
-        "data_sha256": checked.data_sha256,
-        "expectations": records,
-        "reference_profile": None if reference_profile is None else str(reference_profile),
-        "rows": int(checked.profile["rows"]),
-        "spec": spec.name,
-        "statistics": {
-            "evaluated": len(records),
-            "failed_blocking": len(failed),
-            "successful": sum(1 for r in records if r["success"]),
-            "warnings": len(warnings),
-        },
-        "success": not failed,
-        "suite": checked.suite_name,
-    }
-
-
-def write_outcome(spec: ModelSpec, out_dir: Path, checked: CheckedData) -> DataValidationResult:
-    """Write ``validation.json``, ``profile.json`` and ``result.json`` from the check
-    records; raise DataValidationError listing every failed blocking check."""
-    records, profile, data = checked.records, checked.profile, checked.data
-    failed = [_failure_text(r) for r in records if not r["success"] and r["blocking"]]
-    warnings = [_failure_text(r) for r in records if not r["success"] and not r["blocking"]]
-    validation = _validation_record(spec, checked, failed, warnings)
-    validation_path = out_dir / VALIDATION_FILE
-    profile_path = out_dir / PROFILE_FILE
-    write_json(validation_path, validation)
-    write_json(profile_path, profile)
-    reference_profile = checked.reference_profile
-    outcome = DataValidationResult(
-        spec=spec.name,
-        data=str(data),
-        data_sha256=checked.data_sha256,
-        suite=checked.suite_name,
-        passed=not failed,
-        rows=int(profile["rows"]),
-        label_rate=profile["label_rate"],
-        expectations=len(records),
-        failed=failed,
-        warnings=warnings,
-        validation=str(validation_path),
-        profile=str(profile_path),
-        data_docs=str(out_dir / DATA_DOCS_DIR / "index.html"),
-        reference_profile=None if reference_profile is None else str(reference_profile),
-        checks=validation["statistics"],
-    )
-    backend = checked.backend
-    write_json(
-        out_dir / RESULT_FILE,
-        outcome.to_dict() if backend is None else {**outcome.to_dict(), "backend": backend},
-    )
-    for text in warnings:
-        log.warning("%s: data check warning: %s", data, text)
-    if failed:
-        n = len(failed)
-        raise DataValidationError(
-            f"{n} data check{'s' if n > 1 else ''} failed for {data}: " + "; ".join(failed)
-        )
-    log.info(
-        "validated %s: %d expectations passed (%d warnings); Data Docs %s",
-        data,
-        len(records) - len(warnings),
-        len(warnings),
-        outcome.data_docs,
-    )
-    return outcome
+    @property
+    def warnings(self) -> list[str]:
+        """The failed checks that only warn, as text."""
+        return [_failure_text(r) for r in self.records if not r["success"] and not r["blocking"]]

@@ -1,8 +1,9 @@
 """Explainability of a candidate: TreeSHAP global importance, stability, reason codes.
 
-``explain(spec, features_dir, train_dir, eval_dir, out_dir, champion_model=None)`` writes
+``explain_candidate(spec, ExplainInputs(features_dir, train_dir, eval_dir, champion_model))``
+is the computation of the explain stage (:mod:`pipelines.stages.explain`, which writes
 ``shap_importance.json``, ``shap_summary.png``, ``reason_codes.parquet`` and
-``result.json`` (formats in ``docs/lifecycle.md``).
+``result.json`` from its :class:`Explanation`; formats in ``docs/lifecycle.md``).
 
 * Contributions are LightGBM's TreeSHAP (``pred_contrib=True``) through
   :func:`pipelines.reasons.contributions`, on the raw (log-odds) scale; ``shap`` itself is
@@ -23,11 +24,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import io
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.artifacts import to_jsonable, write_bytes_atomic, write_json
 from pipelines.errors import DataValidationError
 from pipelines.reasons import DEFAULT_REASONS, contributions, reason_codes
 from pipelines.spec import ModelSpec
@@ -45,31 +43,6 @@ log = logging.getLogger(__name__)
 
 TOP_K = 10
 PLOT_MAX_FEATURES = 20
-SHAP_SUMMARY = "shap_summary.png"
-
-
-@dataclass(frozen=True)
-class ExplainResult:
-    """What ``explain`` wrote and found (``result.json``)."""
-
-    out_dir: str
-    rows_explained: int
-    sample_seed: int
-    ranking: tuple[str, ...]
-    reason_rows: int
-    champion_spearman: float | None
-    top10_overlap: float | None
-    warnings: tuple[str, ...] = ()
-    files: tuple[str, ...] = (
-        "shap_importance.json",
-        SHAP_SUMMARY,
-        "reason_codes.parquet",
-        "result.json",
-    )
-    stage: str = field(default="explain")
-
-    def to_dict(self) -> dict[str, Any]:
-        return to_jsonable(dataclasses.asdict(self))
 
 
 def load_booster(path: Path) -> Any:
@@ -143,10 +116,8 @@ def _display_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def summary_plot(
-    contribs: np.ndarray, frame: pd.DataFrame, features: list[str], path: Path, seed: int
-) -> None:
-    """``shap.summary_plot`` (beeswarm) of the sample, saved as PNG (deterministic)."""
+def summary_png(contribs: np.ndarray, frame: pd.DataFrame, features: list[str], seed: int) -> bytes:
+    """``shap.summary_plot`` (beeswarm) of the sample, as PNG bytes (deterministic)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -167,7 +138,7 @@ def summary_plot(
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
     plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def reason_code_frame(
@@ -203,33 +174,35 @@ def reason_code_frame(
 # ----------------------------------------------------------------------------- the stage
 
 
-def explain(
-    spec: ModelSpec,
-    features_dir: str | os.PathLike[str],
-    train_dir: str | os.PathLike[str],
-    eval_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    champion_model: Path | None = None,
-    max_rows: int = 2000,
-) -> ExplainResult:
-    """TreeSHAP importance, champion stability and reason codes; see the module doc."""
-    features_dir, train_dir, eval_dir = Path(features_dir), Path(train_dir), Path(eval_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
-    seed = spec.training.seed
-    id_col = spec.data.id_column
+@dataclass(frozen=True)
+class ExplainInputs:
+    """The explanation's inputs: the ``features``, ``train`` and ``evaluate`` folders, the
+    champion's model (None: none) and how many test rows to explain at most."""
 
-    booster = load_booster(train_dir / "model.txt")
-    test_path = features_dir / "test.parquet"
+    features_dir: Path
+    train_dir: Path
+    eval_dir: Path
+    champion_model: Path | None = None
+    max_rows: int = 2000
+
+    def __post_init__(self) -> None:
+        if self.max_rows < 1:
+            raise ValueError(f"max_rows must be >= 1, got {self.max_rows}")
+
+
+def explain_candidate(spec: ModelSpec, inputs: ExplainInputs) -> Explanation:
+    """The local explanation (:data:`pipelines.backends.EXPLAIN`); see the module doc."""
+    seed, id_col = spec.training.seed, spec.data.id_column
+
+    booster = load_booster(inputs.train_dir / "model.txt")
+    test_path = inputs.features_dir / "test.parquet"
     if not test_path.exists():
         raise DataValidationError(f"explain: {test_path} does not exist")
     test = pd.read_parquet(test_path)
     if id_col not in test.columns:
         raise DataValidationError(f"explain: {test_path} lacks the id column {id_col!r}")
 
-    sample = sample_rows(test, id_col, max_rows, seed)
+    sample = sample_rows(test, id_col, inputs.max_rows, seed)
 
     def flagged_contributions(flagged: pd.DataFrame, scores_path: Path) -> np.ndarray:
         if not test[id_col].is_unique:
@@ -243,9 +216,7 @@ def explain(
             )
         return contributions(booster, rows.loc[flagged["id"].to_numpy()])
 
-    return explain_sample(
-        spec, booster, sample, eval_dir, out_dir, flagged_contributions, champion_model
-    )
+    return explain_sample(spec, inputs, booster, sample, flagged_contributions)
 
 
 def _champion_stability(
@@ -288,62 +259,45 @@ def _reason_codes(
     )
 
 
+@dataclass(frozen=True)
+class Explanation:
+    """What an explanation (local or on Dask) found, for the stage's files
+    (:func:`pipelines.stages.explain.write_explanation`): the explained sample and its
+    contributions, the importance, the stability against the champion, the reason codes
+    of the flagged rows and notes; ``marker`` is what a backend adds to
+    ``result.json``."""
+
+    sample: pd.DataFrame
+    contributions: np.ndarray
+    features: list[str]
+    importance: dict[str, float]
+    #: (Spearman correlation, top-10 overlap) with the champion's importance
+    stability: tuple[float | None, float | None]
+    reason_codes: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    marker: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ranking(self) -> list[str]:
+        """The features by mean |SHAP|, largest first."""
+        return ranking(self.importance)
+
+
 def explain_sample(
     spec: ModelSpec,
+    inputs: ExplainInputs,
     booster: Any,
     sample: pd.DataFrame,
-    eval_dir: Path,
-    out_dir: Path,
     flagged_contributions: Callable[[pd.DataFrame, Path], np.ndarray],
-    champion_model: Path | None = None,
     marker: dict[str, Any] | None = None,
-) -> ExplainResult:
-    """The stage's outputs from its sample of test rows, once whatever the backend;
+) -> Explanation:
+    """The explanation of the stage's sample of test rows, once whatever the backend;
     ``flagged_contributions(flagged, scores_path)`` gives the contributions of the flagged
     rows (in ``flagged`` order), ``marker`` what a backend adds to ``result.json``."""
-    seed = spec.training.seed
     features = [str(f) for f in booster.feature_name()]
     notes: list[str] = []
     contribs = contributions(booster, sample)
     importance = mean_abs_shap(contribs, features)
-    order = ranking(importance)
-
-    rho, overlap = _champion_stability(champion_model, sample, importance, notes)
-
-    summary_plot(contribs, sample, features, out_dir / SHAP_SUMMARY, seed)
-
-    table = _reason_codes(spec, features, eval_dir / "scores.parquet", flagged_contributions)
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    write_bytes_atomic(out_dir / "reason_codes.parquet", buffer.getvalue())
-
-    write_json(
-        out_dir / "shap_importance.json",
-        {
-            "mean_abs_shap": importance,
-            "ranking": order,
-            "stability": {"champion_spearman": rho, "top10_overlap": overlap},
-            "rows_explained": len(sample),
-        },
-    )
-    result = ExplainResult(
-        out_dir=str(out_dir),
-        rows_explained=len(sample),
-        sample_seed=seed,
-        ranking=tuple(order),
-        reason_rows=len(table),
-        champion_spearman=rho,
-        top10_overlap=overlap,
-        warnings=tuple(notes),
-    )
-    write_json(out_dir / "result.json", {**result.to_dict(), **(marker or {})})
-    for note in notes:
-        log.warning("%s: %s", spec.name, note)
-    log.info(
-        "%s: explained %d rows (top features %s), reason codes for %d flagged rows",
-        spec.name,
-        len(sample),
-        order[:3],
-        len(table),
-    )
-    return result
+    stable = _champion_stability(inputs.champion_model, sample, importance, notes)
+    table = _reason_codes(spec, features, inputs.eval_dir / "scores.parquet", flagged_contributions)
+    return Explanation(sample, contribs, features, importance, stable, table, notes, marker or {})

@@ -1,6 +1,6 @@
 """Fairness assessment of a scored candidate: group metrics, bootstrap intervals, proxies.
 
-``check_fairness(spec, features_dir, eval_dir)`` reads the test rows' protected
+``check_fairness(spec, FairnessInputs(features_dir, eval_dir))`` reads the test rows' protected
 attributes (pass-through columns of ``features/test.parquet``; they are never features)
 joined by id to ``evaluate/scores.parquet`` and returns a :class:`FairnessAssessment`
 (the ``fairness.json`` report and its summary); it writes nothing. The stage
@@ -58,9 +58,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +68,7 @@ import pandas as pd
 
 from pipelines.errors import DataValidationError
 from pipelines.spec import ModelSpec
+from validation.fairness_summary import FairnessSummary
 from validation.group_fairness import (
     MIN_GROUP_ROWS,
     assess_groups,
@@ -94,22 +94,10 @@ FAVOURABLE = {"credit": "approved", "fraud": "not_flagged"}
 
 
 @dataclass(frozen=True)
-class FairnessAssessment:
-    """What :func:`check_fairness` found: ``report`` (``fairness.json``) and its summary."""
+class FairnessAssessment(FairnessSummary):
+    """What :func:`check_fairness` found: its summary and ``report`` (``fairness.json``)."""
 
-    report: dict[str, Any]
-    favourable_outcome: str
-    decision_threshold: float
-    rows: int
-    attributes: tuple[str, ...]
-    intersections: tuple[str, ...]
-    skipped_intersections: dict[str, str]
-    excluded_groups: dict[str, dict[str, int]]
-    proxy_flags: tuple[str, ...]
-    gate_metrics: dict[str, dict[str, float | None]]
-    n_bootstrap: int
-    seed: int
-    warnings: tuple[str, ...] = ()
+    report: dict[str, Any] = field(kw_only=True)
 
 
 # ----------------------------------------------------------------------------- proxy check
@@ -344,18 +332,25 @@ def _proxies(
     return proxy_check(train, spec.features.names, protected, seed)
 
 
-def check_fairness(
-    spec: ModelSpec,
-    features_dir: str | os.PathLike[str],
-    eval_dir: str | os.PathLike[str],
-    n_bootstrap: int = 200,
-    seed: int | None = None,
-) -> FairnessAssessment:
+@dataclass(frozen=True)
+class FairnessInputs:
+    """The fairness check's inputs: the ``features`` and ``evaluate`` folders, the
+    bootstrap resamples of the intervals and their seed (None: the spec's)."""
+
+    features_dir: Path
+    eval_dir: Path
+    n_bootstrap: int = 200
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.n_bootstrap < 0:
+            raise ValueError(f"n_bootstrap must be >= 0, got {self.n_bootstrap}")
+
+
+def check_fairness(spec: ModelSpec, inputs: FairnessInputs) -> FairnessAssessment:
     """Group fairness of the candidate's decisions and a proxy check; see the module doc."""
-    features_dir, eval_dir = Path(features_dir), Path(eval_dir)
-    seed = spec.training.seed if seed is None else int(seed)
-    if n_bootstrap < 0:
-        raise ValueError(f"n_bootstrap must be >= 0, got {n_bootstrap}")
+    features_dir, eval_dir, n_bootstrap = inputs.features_dir, inputs.eval_dir, inputs.n_bootstrap
+    seed = spec.training.seed if inputs.seed is None else int(inputs.seed)
     threshold = spec.gates.decision_threshold
     data, protected = _read_inputs(spec, features_dir, eval_dir)
     notes: list[str] = []

@@ -1,6 +1,6 @@
 """Declarative promotion gates: metric, relative, fairness and proxy checks from the spec.
 
-``evaluate_gates(spec, eval_dir, fairness_dir, explain_dir, out_dir)`` evaluates
+``evaluate_gates(spec, GateInputs(eval_dir, fairness_dir, explain_dir), out_dir)`` evaluates
 
 * every ``spec.gates.metrics`` entry on ``metrics.json``: absolute (the candidate's
   value against ``min``/``max``), ``relative_to: baseline`` or ``relative_to: champion``
@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -344,18 +343,21 @@ def _proxy_checks(fairness: dict[str, Any] | None) -> list[GateCheck]:
 # ----------------------------------------------------------------------------- the checks
 
 
-def evaluate_gates(
-    spec: ModelSpec,
-    eval_dir: str | os.PathLike[str],
-    fairness_dir: str | os.PathLike[str],
-    explain_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-) -> GateReport:
+@dataclass(frozen=True)
+class GateInputs:
+    """The gates' inputs: the ``evaluate``, ``fairness`` and ``explain`` folders."""
+
+    eval_dir: Path
+    fairness_dir: Path
+    explain_dir: Path
+
+
+def evaluate_gates(spec: ModelSpec, inputs: GateInputs, out_dir: Path) -> GateReport:
     """Every gate's check on the earlier stages' files, as a report (``out_dir``: where the
     gates stage, :mod:`pipelines.stages.gates`, writes it); writes nothing, raises nothing."""
-    metrics, metrics_why = _read_json(Path(eval_dir) / "metrics.json")
-    fairness, fairness_why = _read_json(Path(fairness_dir) / "fairness.json")
-    shap_info, shap_why = _read_json(Path(explain_dir) / "shap_importance.json")
+    metrics, metrics_why = _read_json(inputs.eval_dir / "metrics.json")
+    fairness, fairness_why = _read_json(inputs.fairness_dir / "fairness.json")
+    shap_info, shap_why = _read_json(inputs.explain_dir / "shap_importance.json")
     notes = [why for why in (shap_why,) if why]
     if fairness is None and spec.protected_attributes:
         notes.append(f"{fairness_why}: no proxy checks")
@@ -373,7 +375,7 @@ def evaluate_gates(
             "top_features": list(shap_info.get("ranking") or [])[:10],
         }
     return GateReport(
-        out_dir=str(Path(out_dir)),
+        out_dir=str(out_dir),
         passed=not any(c.status == "fail" for c in checks),
         high_risk=any(c.status == "warn" for c in checks),
         checks=tuple(checks),

@@ -1,13 +1,15 @@
 """Compute backends of the lifecycle stages: the core computations, never the files' tails.
 
-A stage (:mod:`pipelines.stages`) asks a :class:`Backend` for its heavy work: reading
-the data in partitions, checks, aggregates, training, scoring. :mod:`pipelines.backends.local`
-runs them in this process with pandas; :mod:`pipelines.backends.dask` runs them on a
-Dask cluster (its modules ``dask_core``, ``dask_ingest``, ``dask_validation`` and
-``dask_evaluation``). Both hand the stage's shared writers the same records, so a stage
-writes the same files with the same keys whatever the backend; ``marker`` is what a
-backend adds to the stage's ``result.json`` (nothing locally; ``backend`` and the
-partition count on Dask).
+A stage (:mod:`pipelines.stages`) asks a :class:`Backend` to run its heavy computation:
+reading the data in partitions, checks, aggregates, training, scoring. Each computation
+is one row of a small table (:class:`Computation`: :data:`INGEST`, :data:`VALIDATE_DATA`,
+:data:`FEATURES`, :data:`TRAIN`, :data:`EVALUATE`, :data:`EXPLAIN`) naming the local
+function (pandas, in this process) and its Dask twin (``dask_core``, ``dask_ingest``,
+``dask_validation``, ``dask_training``, ``dask_evaluation``). Both take the stage's
+inputs as one frozen dataclass (e.g. :class:`pipelines.evaluation.EvaluateInputs`) and
+return the same record, from which the stage's one writer writes the same files with
+the same keys whatever the backend; ``marker`` is what a backend adds to the stage's
+``result.json`` (nothing locally; ``backend`` and the partition count on Dask).
 
 :func:`resolve_compute` merges the spec's ``compute`` section with the environment, and
 :func:`open_backend` is the one place a backend is chosen. This module imports neither
@@ -16,11 +18,11 @@ dask nor pandas, so the DAG tasks stay cheap to import.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from pydantic import ValidationError
 
@@ -29,12 +31,13 @@ from pipelines.errors import ConfigError
 from pipelines.spec import Compute, ModelSpec
 
 if TYPE_CHECKING:
-    from pipelines.evaluation import ScoredTest
-    from pipelines.features import FeatureResult
-    from pipelines.ingest import IngestResult
-    from pipelines.training import TrainedModels
-    from validation.data_quality import DataValidationResult
-    from validation.explain import ExplainResult
+    from pipelines.backends.dask_core import Cluster
+    from pipelines.evaluation import EvaluateInputs, ScoredTest
+    from pipelines.features import FeaturesInputs, FeatureTables
+    from pipelines.ingest import IngestedData, IngestInputs
+    from pipelines.training import TrainedModels, TrainInputs
+    from validation.data_quality import CheckedData, ValidateInputs
+    from validation.explain import ExplainInputs, Explanation
 
 #: keys a backend may add to a stage's JSON files beside the stage's own (the local
 #: backend adds none; Dask records itself, its partitions and workers, and in
@@ -43,51 +46,75 @@ BACKEND_KEYS: frozenset[str] = frozenset(
     {"backend", "partitions", "dask_workers", "validation_history", "baseline_rows"}
 )
 
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+def _function(target: str) -> Callable[..., Any]:
+    """The function a ``"module:name"`` target names (the module imported now)."""
+    module, name = target.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@dataclass(frozen=True)
+class Computation(Generic[In, Out]):
+    """One stage's core computation on each backend, as ``"module:function"`` targets
+    imported when run: ``local(spec, inputs)`` and ``dask(spec, inputs, cluster)``, both
+    returning the same record."""
+
+    local: str
+    dask: str
+
+
+INGEST: Computation[IngestInputs, IngestedData] = Computation(
+    "pipelines.ingest:ingest_source", "pipelines.backends.dask_ingest:ingest_dask"
+)
+VALIDATE_DATA: Computation[ValidateInputs, CheckedData] = Computation(
+    "validation.data_quality:check_data", "pipelines.backends.dask_validation:validate_data_dask"
+)
+FEATURES: Computation[FeaturesInputs, FeatureTables] = Computation(
+    "pipelines.features:feature_tables", "pipelines.backends.dask_core:build_features_dask"
+)
+TRAIN: Computation[TrainInputs, TrainedModels] = Computation(
+    "pipelines.training:fit_models", "pipelines.backends.dask_training:train_dask"
+)
+EVALUATE: Computation[EvaluateInputs, ScoredTest] = Computation(
+    "pipelines.evaluation:evaluate", "pipelines.backends.dask_evaluation:evaluate_dask"
+)
+EXPLAIN: Computation[ExplainInputs, Explanation] = Computation(
+    "validation.explain:explain_candidate", "pipelines.backends.dask_evaluation:explain_dask"
+)
+
 
 class Backend(Protocol):
-    """The core computations of the stages that can run on a cluster."""
+    """Runs the stages' core computations (:class:`Computation`)."""
 
     name: str
 
-    def ingest(self, spec: ModelSpec, source: Path, out_dir: Path) -> IngestResult: ...
+    def run(self, computation: Computation[In, Out], spec: ModelSpec, inputs: In) -> Out: ...
 
-    def validate_data(
-        self,
-        spec: ModelSpec,
-        data: Path,
-        out_dir: Path,
-        reference_profile: Path | None = None,
-        now: datetime | None = None,
-        max_age: timedelta | None = None,
-    ) -> DataValidationResult: ...
 
-    def build_features(self, spec: ModelSpec, data: Path, out_dir: Path) -> FeatureResult: ...
+class LocalBackend:
+    """:class:`Backend` on pandas, in this process."""
 
-    def train(
-        self,
-        spec: ModelSpec,
-        features_dir: Path,
-        tuning_trials: int | None = None,
-    ) -> TrainedModels: ...
+    name = "local"
 
-    def evaluate(
-        self,
-        spec: ModelSpec,
-        features_dir: Path,
-        train_dir: Path,
-        champion_model: Path | None = None,
-        recent_window: Path | None = None,
-    ) -> ScoredTest: ...
+    def run(self, computation: Computation[In, Out], spec: ModelSpec, inputs: In) -> Out:
+        result: Out = _function(computation.local)(spec, inputs)
+        return result
 
-    def explain(
-        self,
-        spec: ModelSpec,
-        features_dir: Path,
-        train_dir: Path,
-        eval_dir: Path,
-        out_dir: Path,
-        champion_model: Path | None = None,
-    ) -> ExplainResult: ...
+
+class DaskBackend:
+    """:class:`Backend` on a Dask cluster (its client and partition size)."""
+
+    name = "dask"
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def run(self, computation: Computation[In, Out], spec: ModelSpec, inputs: In) -> Out:
+        result: Out = _function(computation.dask)(spec, inputs, self.cluster)
+        return result
 
 
 def resolve_compute(spec: ModelSpec, settings: Settings) -> Compute:
@@ -113,12 +140,9 @@ def resolve_compute(spec: ModelSpec, settings: Settings) -> Compute:
 def open_backend(compute: Compute) -> Iterator[Backend]:
     """The backend ``compute`` names, with its cluster client open while in use."""
     if compute.backend == "dask":
-        from pipelines.backends.dask import DaskBackend
-        from pipelines.backends.dask_core import dask_client
+        from pipelines.backends.dask_core import Cluster, dask_client
 
         with dask_client(compute) as client:
-            yield DaskBackend(client, compute.partition_rows)
+            yield DaskBackend(Cluster(client, compute.partition_rows))
         return
-    from pipelines.backends.local import LocalBackend
-
     yield LocalBackend()

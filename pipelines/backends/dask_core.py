@@ -41,6 +41,7 @@ import logging
 import shutil
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,12 +55,11 @@ from pipelines.artifacts import sha256_file
 from pipelines.errors import ConfigError, DataValidationError
 from pipelines.features import (
     SPLITS,
-    FeatureResult,
+    FeaturesInputs,
     FeatureTables,
     compute_aggregates,
     retype_categories,
     table_columns,
-    write_feature_record,
 )
 from pipelines.spec import Compute, ModelSpec, SplitMethod
 from pipelines.spec_features import AggregateFeature
@@ -92,6 +92,15 @@ def on_cluster(client: Client) -> contextlib.AbstractContextManager[Any]:
     import dask
 
     return dask.config.set({"dataframe.shuffle.method": SHUFFLE_METHOD}, scheduler=client)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where a Dask computation runs: the client of its cluster, and how many rows a
+    partition of the data holds."""
+
+    client: Client
+    partition_rows: int
 
 
 @contextmanager
@@ -372,14 +381,12 @@ def _write_single_parquet(frame: dd.DataFrame, path: Path, columns: list[str]) -
     return sha256_file(path)
 
 
-def build_features_dask(
-    spec: ModelSpec, data: Path, out_dir: Path, client: Client, partition_rows: int
-) -> FeatureResult:
-    """:func:`pipelines.features.build_features` on a Dask cluster: the same files and values."""
-
-    data, out_dir = Path(data), Path(out_dir)
-    with on_cluster(client):
-        frame = read_partitioned(data, spec, partition_rows)
+def build_features_dask(spec: ModelSpec, inputs: FeaturesInputs, cluster: Cluster) -> FeatureTables:
+    """:func:`pipelines.features.feature_tables` on a Dask cluster: the same tables and
+    values."""
+    data, out_dir = inputs.data, inputs.out_dir
+    with on_cluster(cluster.client):
+        frame = read_partitioned(data, spec, cluster.partition_rows)
         n = _check_input_dask(frame, spec, data)
         log.info(
             "features for %s on dask: %d rows in %d partitions from %s",
@@ -421,10 +428,7 @@ def build_features_dask(
                     )
             log.info("%s: %d rows, label rate %s", name, rows[name], label_rate[name])
 
-    return write_feature_record(
-        spec,
-        FeatureTables(out_dir, paths, sha, rows, label_rate, boundaries, {"backend": "dask"}),
-    )
+    return FeatureTables(out_dir, paths, sha, rows, label_rate, boundaries, {"backend": "dask"})
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -1,8 +1,9 @@
 """Evaluation and SHAP explanations on a Dask cluster.
 
-``evaluate_dask`` and ``explain_dask`` write the same files as
-:func:`pipelines.evaluation.evaluate` and :func:`validation.explain.explain`, so the
-fairness stage and the gates read them unchanged.
+``evaluate_dask`` and ``explain_dask`` give the same records as
+:func:`pipelines.evaluation.evaluate` and :func:`validation.explain.explain_candidate`,
+so the stages write the same files and the fairness stage and the gates read them
+unchanged.
 
 * **evaluation: exactly equal.** The test table is read in ``partition_rows`` partitions;
   every partition is scored on the workers by the candidate, the baseline and (if given)
@@ -33,15 +34,16 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.backends.dask_ingest import Piece, plan_pieces, read_piece
+from pipelines.backends.dask_ingest import Piece, map_pieces, plan_pieces, read_piece
 from pipelines.errors import DataValidationError
 from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from pipelines.evaluation import ScoredTest
-    from validation.explain import ExplainResult
+    from pipelines.backends.dask_core import Cluster
+    from pipelines.evaluation import EvaluateInputs, ScoredTest
+    from validation.explain import ExplainInputs, Explanation
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +77,8 @@ def _pieces(path: Path, partition_rows: int) -> list[Piece]:
 
 
 def score_piece(
-    spec: ModelSpec,
     piece: Piece,
+    spec: ModelSpec,
     keep: list[str],
     features: list[str],
     models: dict[str, tuple[str, float]],
@@ -97,30 +99,22 @@ def score_piece(
     return out
 
 
-def evaluate_dask(
-    spec: ModelSpec,
-    features_dir: Path,
-    train_dir: Path,
-    client: Client,
-    partition_rows: int,
-    champion_model: Path | None = None,
-    recent_window: Path | None = None,
-) -> ScoredTest:
+def evaluate_dask(spec: ModelSpec, inputs: EvaluateInputs, cluster: Cluster) -> ScoredTest:
     """:func:`pipelines.evaluation.evaluate` with the scoring on the cluster (module doc)."""
     from pipelines.evaluation import AMOUNT_COLUMN, score_test
     from pipelines.features import read_features_json
     from pipelines.training import BASELINE_FILE, MODEL_FILE
 
-    features_dir, train_dir = Path(features_dir), Path(train_dir)
+    features_dir, train_dir, client = inputs.features_dir, inputs.train_dir, cluster.client
+    champion_model = inputs.champion_model
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
-    pieces = _pieces(features_dir / "test.parquet", partition_rows)
+    pieces = _pieces(features_dir / "test.parquet", cluster.partition_rows)
     for path in (train_dir / MODEL_FILE, train_dir / BASELINE_FILE):
         if not path.is_file():
             raise DataValidationError(f"{path}: not found (run the training stage)")
     models = {"candidate": _key(train_dir / MODEL_FILE)}
     if champion_model is not None:
-        champion_model = Path(champion_model)
         if not champion_model.is_file():
             raise DataValidationError(f"champion {champion_model}: model file not found")
         models["champion"] = _key(champion_model)
@@ -130,18 +124,8 @@ def evaluate_dask(
             [spec.data.id_column, target, AMOUNT_COLUMN, *(s.column for s in spec.segments)]
         )
     )
-    n = len(pieces)
-    parts = client.gather(
-        client.map(
-            score_piece,
-            [spec] * n,
-            pieces,
-            [keep] * n,
-            [features] * n,
-            [models] * n,
-            [_key(train_dir / BASELINE_FILE)] * n,
-        )
-    )
+    baseline = _key(train_dir / BASELINE_FILE)
+    parts = map_pieces(client, score_piece, pieces, spec, keep, features, models, baseline)
     test = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=keep)
     del parts
     if target not in test.columns:
@@ -150,8 +134,9 @@ def evaluate_dask(
     scores = {name: test.pop(name).to_numpy(dtype=np.float64) for name in models}
     scores["baseline"] = test.pop("baseline").to_numpy(dtype=np.float64)
     scores = {k: scores[k] for k in ("candidate", "baseline", "champion") if k in scores}
+    n = len(pieces)
     log.info("evaluate %s on dask: %d test rows in %d partitions", spec.name, len(y), n)
-    scored = score_test(spec, test, y, scores, train_dir, champion_model, recent_window)
+    scored = score_test(spec, test, y, scores, inputs)
     return dataclasses.replace(scored, marker={"backend": "dask", "partitions": n})
 
 
@@ -183,8 +168,7 @@ def _sampled_ids(
 ) -> np.ndarray | None:
     """The ids of :func:`validation.explain.sample_rows`' rows, sorted (``None`` when the
     ids are not unique)."""
-    n = len(pieces)
-    ids = np.concatenate(client.gather(client.map(_ids, pieces, [id_col] * n)) or [[]])
+    ids = np.concatenate(map_pieces(client, _ids, pieces, id_col) or [[]])
     ordered = np.sort(ids, kind="stable")
     unique = len(ordered) < 2 or bool((ordered[1:] != ordered[:-1]).all())
     if not unique:
@@ -208,15 +192,8 @@ class _FlaggedContributions:
 
     def __call__(self, flagged: pd.DataFrame, scores_path: Path) -> np.ndarray:
         wanted = flagged["id"].to_numpy()
-        n = len(self.pieces)
-        found = self.client.gather(
-            self.client.map(
-                _contributions_piece,
-                self.pieces,
-                [self.id_col] * n,
-                [wanted] * n,
-                [self.model] * n,
-            )
+        found = map_pieces(
+            self.client, _contributions_piece, self.pieces, self.id_col, wanted, self.model
         )
         got_ids = np.concatenate([f[0] for f in found]) if found else np.zeros(0)
         width = self.width
@@ -231,43 +208,19 @@ class _FlaggedContributions:
         return matrix[position] if len(wanted) else np.zeros((0, width))
 
 
-@dataclass(frozen=True)
-class ExplainRun:
-    """Where :func:`explain_dask` runs: the cluster and its partition size, and the
-    champion model to explain beside the candidate (if any)."""
-
-    client: Client
-    partition_rows: int
-    champion_model: Path | None = None
-
-
-def explain_dask(
-    spec: ModelSpec,
-    features_dir: Path,
-    train_dir: Path,
-    eval_dir: Path,
-    out_dir: Path,
-    cluster: ExplainRun,
-    max_rows: int = 2000,
-) -> ExplainResult:
-    """:func:`validation.explain.explain` with the rows found on the cluster (module doc)."""
+def explain_dask(spec: ModelSpec, inputs: ExplainInputs, cluster: Cluster) -> Explanation:
+    """:func:`validation.explain.explain_candidate` with the rows found on the cluster
+    (module doc)."""
     from validation.explain import explain_sample, load_booster
 
-    client, partition_rows = cluster.client, cluster.partition_rows
-    champion_model = cluster.champion_model
-
-    features_dir, train_dir, eval_dir = Path(features_dir), Path(train_dir), Path(eval_dir)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if max_rows < 1:
-        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    client, max_rows = cluster.client, inputs.max_rows
     seed, id_col = spec.training.seed, spec.data.id_column
-    model_path = train_dir / "model.txt"
+    model_path = inputs.train_dir / "model.txt"
     booster = load_booster(model_path)
-    test_path = features_dir / "test.parquet"
+    test_path = inputs.features_dir / "test.parquet"
     if not test_path.exists():
         raise DataValidationError(f"explain: {test_path} does not exist")
-    pieces = _pieces(test_path, partition_rows)
+    pieces = _pieces(test_path, cluster.partition_rows)
     if id_col not in pq.ParquetFile(test_path).schema_arrow.names:
         raise DataValidationError(f"explain: {test_path} lacks the id column {id_col!r}")
     n = len(pieces)
@@ -275,7 +228,7 @@ def explain_dask(
     chosen = _sampled_ids(client, pieces, id_col, max_rows, seed)
     if chosen is None:
         raise DataValidationError(f"explain: {test_path} has duplicate ids in {id_col!r}")
-    tables = client.gather(client.map(_rows_with_ids, pieces, [id_col] * n, [chosen] * n))
+    tables = map_pieces(client, _rows_with_ids, pieces, id_col, chosen)
     sample = pa.concat_tables(tables).to_pandas()
     sample = sample.sort_values(id_col, kind="stable").reset_index(drop=True)
 
@@ -283,13 +236,5 @@ def explain_dask(
         client, pieces, id_col, _key(model_path), len(booster.feature_name()) + 1, test_path
     )
     log.info("explain %s on dask: %d sampled rows from %d partitions", spec.name, len(sample), n)
-    return explain_sample(
-        spec,
-        booster,
-        sample,
-        eval_dir,
-        out_dir,
-        flagged_contributions,
-        champion_model,
-        marker={"backend": "dask", "partitions": n},
-    )
+    marker = {"backend": "dask", "partitions": n}
+    return explain_sample(spec, inputs, booster, sample, flagged_contributions, marker)

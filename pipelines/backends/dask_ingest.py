@@ -1,8 +1,9 @@
 """Ingest on a Dask cluster: a Parquet file (or a folder of them) typed partition by partition.
 
-``ingest_dask(spec, source, out_dir, client, partition_rows)`` writes the same run folder
-as :func:`pipelines.ingest.ingest` (``data.parquet``, ``fingerprint.json``,
-``result.json``) without ever holding the whole table in one process:
+``ingest_dask(spec, inputs, cluster)`` writes the same ``data.parquet`` and returns the
+same record as :func:`pipelines.ingest.ingest_source` (the stage writes
+``fingerprint.json`` and ``result.json`` from it) without ever holding the whole table
+in one process:
 
 1. **scan** (on the workers): each partition (``partition_rows`` consecutive rows, read
    from the row groups it overlaps) goes through the same per-column casts as the local
@@ -32,9 +33,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pandas as pd
 import pyarrow as pa
@@ -50,13 +52,12 @@ from pipelines.ingest import (
     PARQUET_SUFFIXES,
     ROW_GROUP_ROWS,
     IngestedData,
-    IngestResult,
+    IngestInputs,
     check_source,
     conform_columns,
-    ingest,
+    ingest_source,
     mismatch_error,
     warn_extras,
-    write_ingest_record,
     write_table,
 )
 from pipelines.spec import ColumnType, ModelSpec
@@ -64,9 +65,12 @@ from pipelines.spec import ColumnType, ModelSpec
 if TYPE_CHECKING:
     from distributed import Client
 
+    from pipelines.backends.dask_core import Cluster
+
 log = logging.getLogger(__name__)
 
 Piece = tuple[str, int, int]  # (file, first row, end row)
+T = TypeVar("T")
 #: the order in which the local casts check a column: the first kind found is reported
 _PROBLEM_PRIORITY = ("not parseable", "non-integer", "outside the int64 range")
 
@@ -125,6 +129,12 @@ def plan_pieces(files: list[Path], partition_rows: int) -> tuple[list[Piece], in
     return pieces, total, schema or []
 
 
+def map_pieces(client: Client, fn: Callable[..., T], pieces: list[Piece], *same: Any) -> list[T]:
+    """``fn(piece, *same)`` on the cluster for every piece, in piece order."""
+    n = len(pieces)
+    return client.gather(client.map(fn, pieces, *[[value] * n for value in same]))
+
+
 def read_piece(piece: Piece, columns: list[str] | None = None) -> pa.Table:
     """Rows ``[start, stop)`` of a Parquet file (only the row groups they overlap, and only
     ``columns`` if given)."""
@@ -177,7 +187,7 @@ def _problem_record(column: str | None, text: str) -> dict[str, Any]:
     return {"column": column, "text": str(text)}
 
 
-def scan_piece(spec: ModelSpec, piece: Piece) -> dict[str, Any]:
+def scan_piece(piece: Piece, spec: ModelSpec) -> dict[str, Any]:
     """One partition's problems, nulls, extra columns and extra category values."""
     frame = _to_pandas(read_piece(piece), piece[0])
     typed, problems, extra_columns, extra_categories = conform_columns(spec, frame)
@@ -353,42 +363,37 @@ def _write_pieces(
 # ----------------------------------------------------------------------------- stage
 
 
-def ingest_dask(
-    spec: ModelSpec, source: Path, out_dir: Path, client: Client, partition_rows: int
-) -> IngestResult:
-    """:func:`pipelines.ingest.ingest` partition by partition on the cluster (module doc)."""
-    source, out_dir = Path(source), Path(out_dir)
+def ingest_dask(spec: ModelSpec, inputs: IngestInputs, cluster: Cluster) -> IngestedData:
+    """:func:`pipelines.ingest.ingest_source` partition by partition on the cluster
+    (module doc)."""
+    source, out_dir, client = inputs.source, inputs.out_dir, cluster.client
     if source.is_file() and source.suffix.lower() not in PARQUET_SUFFIXES:
         log.info("%s: not Parquet, ingested by the local ingest", source)
-        return ingest(spec, source, out_dir)
+        return ingest_source(spec, inputs)
     if not source.exists():
         raise DataValidationError(f"{source}: data file not found")
     files = source_files(source)
-    pieces, rows, source_schema = plan_pieces(files, partition_rows)
+    pieces, rows, source_schema = plan_pieces(files, cluster.partition_rows)
     if rows == 0:
         raise DataValidationError(f"{source}: data file has no rows")
     log.info("ingest %s on dask: %d rows in %d partitions", source, rows, len(pieces))
 
-    scans = client.gather(client.map(scan_piece, [spec] * len(pieces), pieces))
+    scans = map_pieces(client, scan_piece, pieces, spec)
     merged = _merge_scans(spec, str(source), scans)
     warn_extras(spec, source, merged.extra_columns, merged.extra_categories)
-    written = _write_pieces(client, spec, pieces, Path(out_dir), merged)
+    written = _write_pieces(client, spec, pieces, out_dir, merged)
     if sum(w["rows"] for w in written) != rows:
         raise DataValidationError(f"{source}: changed while it was ingested")
 
-    return write_ingest_record(
-        spec,
-        out_dir,
-        IngestedData(
-            source=source,
-            format="parquet",
-            sha256=_source_sha256(source, files),
-            rows=rows,
-            schema=source_schema,
-            dtypes=written[0]["dtypes"],
-            extra_columns=merged.extra_columns,
-            extra_categories=merged.extra_categories,
-            nulls=merged.nulls,
-            marker={"backend": "dask", "partitions": len(pieces)},
-        ),
+    return IngestedData(
+        source=source,
+        format="parquet",
+        sha256=_source_sha256(source, files),
+        rows=rows,
+        schema=source_schema,
+        dtypes=written[0]["dtypes"],
+        extra_columns=merged.extra_columns,
+        extra_categories=merged.extra_categories,
+        nulls=merged.nulls,
+        marker={"backend": "dask", "partitions": len(pieces)},
     )

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from pipelines.backends.dask_ingest import Piece, read_piece
+from pipelines.backends.dask_ingest import Piece, map_pieces, read_piece
 from pipelines.spec import ColumnType, ModelSpec
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def read_column(piece: Piece, column: str) -> pd.Series:
 
 
 def gather_column(client: Client, pieces: list[Piece], column: str) -> pd.Series:
-    parts = client.gather(client.map(read_column, pieces, [column] * len(pieces)))
+    parts = map_pieces(client, read_column, pieces, column)
     return pd.concat(parts)
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from pipelines.backends.dask_core import on_cluster, read_partitioned
+from pipelines.backends.dask_core import Cluster, on_cluster, read_partitioned
 from pipelines.errors import ConfigError, DataValidationError
 from pipelines.features import read_features_json
 from pipelines.spec import ModelSpec
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     import dask.dataframe as dd
     from distributed import Client
 
-    from pipelines.training import TrainedModels
+    from pipelines.training import TrainedModels, TrainInputs
 
 log = logging.getLogger(__name__)
 
@@ -285,13 +285,7 @@ def _fit_on_cluster(
     )
 
 
-def train_dask(
-    spec: ModelSpec,
-    features_dir: Path,
-    client: Client,
-    partition_rows: int,
-    tuning_trials: int | None = None,
-) -> TrainedModels:
+def train_dask(spec: ModelSpec, inputs: TrainInputs, cluster: Cluster) -> TrainedModels:
     """:func:`pipelines.training.fit_models` with ``lightgbm.dask`` on the cluster.
 
     The same models to write (the stage writes ``model.txt``, ``baseline.joblib``,
@@ -302,14 +296,14 @@ def train_dask(
 
     from pipelines.training import TrainedModels, build_baseline
 
-    _refuse_tuning(spec, tuning_trials)
-    features_dir = Path(features_dir)
+    _refuse_tuning(spec, inputs.tuning_trials)
+    features_dir, client = inputs.features_dir, cluster.client
     meta = read_features_json(features_dir)
     features = list(meta.get("features") or spec.features.names)
     cols = _Columns(
         features, [c for c in meta.get("categorical", []) if c in features], spec.data.target
     )
-    fit = _fit_on_cluster(spec, features_dir, client, partition_rows, cols)
+    fit = _fit_on_cluster(spec, features_dir, client, cluster.partition_rows, cols)
     class_weight = "balanced" if spec.training.imbalance != "none" else None
     baseline = build_baseline(features, cols.categorical, class_weight, spec.training.seed)
     baseline.fit(fit.sample[features], fit.sample[cols.target].to_numpy().astype(np.int64))

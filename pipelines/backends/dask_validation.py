@@ -1,9 +1,10 @@
 """Data validation (Great Expectations) on a Dask cluster, partition by partition.
 
-``validate_data_dask(spec, data, out_dir, client, partition_rows, ...)`` runs the same
-suite as :func:`validation.data_quality.validate_data` and writes the same files
-(``validation.json``, ``profile.json``, ``result.json``, ``data_docs/``), so the DAG's
-governance recording and the gates read them unchanged. The outcomes (pass/fail of every
+``validate_data_dask(spec, inputs, cluster)`` runs the same suite as
+:func:`validation.data_quality.check_data`, renders the same ``data_docs/`` and returns
+the same records, from which the stage writes the same files (``validation.json``,
+``profile.json``, ``result.json``), so the DAG's governance recording and the gates read
+them unchanged. The outcomes (pass/fail of every
 check) and the observed values are **exactly** the local ones:
 
 * **row-level checks** (not null, range, category set) run through GX Core on every
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +44,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.backends.dask_ingest import Piece, plan_pieces, read_piece
+from pipelines.backends.dask_ingest import Piece, map_pieces, plan_pieces, read_piece
 from pipelines.backends.dask_profile import (
     gather_column,
     merged_profile,
@@ -56,7 +58,8 @@ from pipelines.spec import ModelSpec
 if TYPE_CHECKING:
     from distributed import Client
 
-    from validation.data_quality import DataValidationResult
+    from pipelines.backends.dask_core import Cluster
+    from validation.data_quality import CheckedData, ValidateInputs
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,8 @@ def _frame(piece: Piece) -> pd.DataFrame:
 
 
 def validate_piece(
-    spec: ModelSpec,
     piece: Piece,
+    spec: ModelSpec,
     reference: dict[str, Any] | None,
     now: datetime | None,
     max_age: timedelta | None,
@@ -187,27 +190,32 @@ def _unique_counts(
     unexpected = int(dups.sum())
     if not unexpected:
         return 0, ([], [])
-    found = client.gather(
-        client.map(
-            _duplicate_rows, pieces, [column] * len(pieces), [dups.index.to_numpy()] * len(pieces)
-        )
-    )
+    found = map_pieces(client, _duplicate_rows, pieces, column, dups.index.to_numpy())
     values = [v for vs, _ in found for v in vs][:PARTIAL_UNEXPECTED]
     index = [i for _, ix in found for i in ix][:PARTIAL_UNEXPECTED]
     return unexpected, (values, index)
 
 
+@dataclass(frozen=True)
+class _Scan:
+    """The data's partitions on the cluster and what their checks found: the client, the
+    pieces, the row count, every partition's partial profile, the columns gathered so far
+    (filled as checks need them) and an empty frame of the data's columns."""
+
+    client: Client
+    pieces: list[Piece]
+    rows: int
+    partials: list[dict[str, Any]]
+    gathered: dict[str, pd.Series]
+    meta: pd.DataFrame
+
+
 def _combine_check(
-    check: Any,
-    parts: list[dict[str, Any]],
-    client: Client,
-    pieces: list[Piece],
-    rows: int,
-    partials: list[dict[str, Any]],
-    gathered: dict[str, pd.Series],
-    meta: pd.DataFrame,
+    check: Any, parts: list[dict[str, Any]], scan: _Scan
 ) -> tuple[bool, dict[str, Any], dict[str, Any]]:
     """(success, GX result dict, exception info) of one check over the whole data."""
+    client, pieces, rows, partials = scan.client, scan.pieces, scan.rows, scan.partials
+    gathered, meta = scan.gathered, scan.meta
     key = check.key
     kwargs = dict(check.expectation.configuration.kwargs)
     errors = [p["exception_info"] for p in parts if _raised(p["exception_info"])]
@@ -307,23 +315,12 @@ def render_data_docs(suite_name: str, checks: list[Any], combined: list[Any], do
 # ----------------------------------------------------------------------------- stage
 
 
-def _combined_result(
-    check: Any,
-    outcomes: list[dict[str, Any]],
-    client: Client,
-    pieces: list[Piece],
-    rows: int,
-    partials: list[dict[str, Any]],
-    gathered: dict[str, pd.Series],
-    meta: pd.DataFrame,
-) -> Any:
+def _combined_result(check: Any, outcomes: list[dict[str, Any]], scan: _Scan) -> Any:
     """One check's result over every partition, as GX's own result."""
     from great_expectations.core import ExpectationValidationResult
 
     parts = [o["results"][check.key] for o in outcomes]
-    success, raw, info = _combine_check(
-        check, parts, client, pieces, rows, partials, gathered, meta
-    )
+    success, raw, info = _combine_check(check, parts, scan)
     return ExpectationValidationResult(
         success=success,
         expectation_config=check.expectation.configuration,
@@ -344,27 +341,19 @@ def _plan(data: Path, partition_rows: int) -> tuple[list[Piece], int, pd.DataFra
     return pieces, rows, meta
 
 
-def validate_data_dask(
-    spec: ModelSpec,
-    data: Path,
-    out_dir: Path,
-    client: Client,
-    partition_rows: int,
-    reference_profile: Path | None = None,
-    now: datetime | None = None,
-    max_age: timedelta | None = None,
-) -> DataValidationResult:
-    """:func:`validation.data_quality.validate_data` on the cluster (module doc)."""
+def validate_data_dask(spec: ModelSpec, inputs: ValidateInputs, cluster: Cluster) -> CheckedData:
+    """:func:`validation.data_quality.check_data` on the cluster (module doc)."""
     from validation.data_checks import build_checks
     from validation.data_profile import load_profile
-    from validation.data_quality import CheckedData, build_data_docs, check_record, write_outcome
+    from validation.data_quality import CheckedData, build_data_docs, check_record
 
-    data, out_dir = Path(data), Path(out_dir)
-    pieces, rows, meta = _plan(data, partition_rows)
+    data, out_dir, client = inputs.data, inputs.out_dir, cluster.client
+    reference_profile, now, max_age = inputs.reference_profile, inputs.now, inputs.max_age
+    pieces, rows, meta = _plan(data, cluster.partition_rows)
     if not pieces:  # no rows: the local stage reports it through its checks
-        from validation.data_quality import validate_data
+        from validation.data_quality import check_data
 
-        return validate_data(spec, data, out_dir, reference_profile, now=now, max_age=max_age)
+        return check_data(spec, inputs)
     reference = None if reference_profile is None else load_profile(reference_profile, spec)
     if max_age is not None and now is None:
         now = datetime.now(UTC)  # once, for every partition
@@ -372,23 +361,14 @@ def validate_data_dask(
     suite_name = f"{spec.name}_data_quality"
     log.info("validating %s on dask: %d rows in %d partitions", data, rows, len(pieces))
 
-    n = len(pieces)
-    args = ([spec] * n, pieces, [reference] * n, [now] * n, [max_age] * n, [rows] * n)
-    outcomes = client.gather(client.map(validate_piece, *args))
-    partials = [o["profile"] for o in outcomes]
+    outcomes = map_pieces(client, validate_piece, pieces, spec, reference, now, max_age, rows)
+    scan = _Scan(client, pieces, rows, [o["profile"] for o in outcomes], {}, meta)
     first = _frame((pieces[0][0], 0, min(rows, 1)))
     checks = build_checks(spec, first, reference, now=now, max_age=max_age, rows=rows)
-    gathered: dict[str, pd.Series] = {}
-    combined = [
-        _combined_result(check, outcomes, client, pieces, rows, partials, gathered, meta)
-        for check in checks
-    ]
+    combined = [_combined_result(check, outcomes, scan) for check in checks]
     records = [check_record(check, result) for check, result in zip(checks, combined, strict=True)]
 
     build_data_docs(out_dir, lambda tmp: render_data_docs(suite_name, checks, combined, tmp))
 
-    profile = merged_profile(spec, partials, client, pieces, data_sha256, gathered)
-    checked = CheckedData(
-        data, data_sha256, suite_name, records, profile, reference_profile, "dask"
-    )
-    return write_outcome(spec, out_dir, checked)
+    profile = merged_profile(spec, scan.partials, client, pieces, data_sha256, scan.gathered)
+    return CheckedData(data, data_sha256, suite_name, records, profile, reference_profile, "dask")

@@ -1,11 +1,13 @@
 """The lifecycle's stages: one module per stage, and the lifecycle as a table of them.
 
-A stage module owns its inputs (paths from earlier stages and a typed config built from
-the run), its output files (``OUTPUTS``, in ``<run>/<stage>/``), its result and its
-governance record; its ``run(run, **inputs)`` takes a :class:`pipelines.runs.RunContext`
-and the earlier stages' values (paths and ids, never DataFrames) and returns its own.
-The heavy computations stay in :mod:`pipelines` (layer 1) and :mod:`validation` (checks);
-where a stage can run on Dask it asks :mod:`pipelines.backends` for them.
+A stage module owns its inputs (paths from earlier stages and settings of the run, as
+one frozen dataclass such as :class:`pipelines.evaluation.EvaluateInputs`), its output
+files (``OUTPUTS``, in ``<run>/<stage>/``), its result and its governance record; its
+``run(run, **inputs)`` takes a :class:`pipelines.runs.RunContext` and the earlier
+stages' values (paths and ids, never DataFrames) and returns its own. The heavy
+computations stay in :mod:`pipelines` (layer 1) and :mod:`validation` (checks); where a
+stage can run on Dask it hands its inputs to a backend
+(``backend.run(computation, spec, inputs)``, :mod:`pipelines.backends`).
 
 :data:`LIFECYCLE` is the automated part of the lifecycle, in order: one :class:`Stage`
 row per stage. ``dags/lifecycle.py`` turns every row into one Airflow task; adding a
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from pipelines.stages import (
@@ -42,6 +45,7 @@ class Stage:
     to the earlier stage whose returned value it takes; ``after`` names earlier stages it
     waits for without taking their value; ``done`` is the file (in the run folder) whose
     appearance means the stage finished, for progress displays (empty: none).
+    :meth:`of` builds the row of a stage module.
     """
 
     task_id: str
@@ -51,6 +55,20 @@ class Stage:
     doc: str = ""
     done: str = ""
 
+    @classmethod
+    def of(
+        cls,
+        module: ModuleType,
+        inputs: tuple[tuple[str, str], ...] = (),
+        after: tuple[str, ...] = (),
+        doc: str = "",
+        done: str | None = "result.json",
+    ) -> Stage:
+        """The row of a stage module: its ``NAME`` is the task id, its ``run`` the stage,
+        and ``done`` a file in its folder (None: no such file)."""
+        finished = "" if done is None else f"{module.NAME}/{done}"
+        return cls(module.NAME, module.run, inputs, after, doc, finished)
+
     @property
     def upstream(self) -> tuple[str, ...]:
         """Every earlier stage this one depends on (inputs first, then ``after``)."""
@@ -59,54 +77,35 @@ class Stage:
 
 
 LIFECYCLE: tuple[Stage, ...] = (
-    Stage("ingest", ingest.run, doc="read, check and type the source", done="ingest/result.json"),
-    Stage("champion", champion.run, doc="fetch the serving champion, if any"),
-    Stage(
-        "validate_data",
-        validate_data.run,
+    Stage.of(ingest, doc="read, check and type the source"),
+    Stage.of(champion, doc="fetch the serving champion, if any", done=None),
+    Stage.of(
+        validate_data,
         inputs=(("data", "ingest"), ("champ", "champion")),
         doc="data checks and drift against the champion's profile",
-        done="validate_data/result.json",
     ),
-    Stage(
-        "lineage",
-        lineage.run,
-        inputs=(("data", "ingest"),),
-        doc="record data and code",
-        done="lineage/lineage.json",
+    Stage.of(
+        lineage, inputs=(("data", "ingest"),), doc="record data and code", done="lineage.json"
     ),
-    Stage(
-        "features",
-        features.run,
+    Stage.of(
+        features,
         inputs=(("data", "ingest"),),
         after=("validate_data",),
         doc="aggregates, split, feature tables",
-        done="features/result.json",
     ),
-    Stage(
-        "train",
-        train.run,
-        inputs=(("features_dir", "features"),),
-        doc="candidate, baseline",
-        done="train/result.json",
-    ),
-    Stage(
-        "evaluate",
-        evaluate.run,
+    Stage.of(train, inputs=(("features_dir", "features"),), doc="candidate, baseline"),
+    Stage.of(
+        evaluate,
         inputs=(("features_dir", "features"), ("train_dir", "train"), ("champ", "champion")),
         doc="metrics against baseline and champion",
-        done="evaluate/result.json",
     ),
-    Stage(
-        "fairness",
-        fairness.run,
+    Stage.of(
+        fairness,
         inputs=(("features_dir", "features"), ("eval_dir", "evaluate")),
         doc="group metrics",
-        done="fairness/result.json",
     ),
-    Stage(
-        "explain",
-        explain.run,
+    Stage.of(
+        explain,
         inputs=(
             ("features_dir", "features"),
             ("train_dir", "train"),
@@ -114,22 +113,15 @@ LIFECYCLE: tuple[Stage, ...] = (
             ("champ", "champion"),
         ),
         doc="SHAP importance and reason codes",
-        done="explain/result.json",
     ),
-    Stage(
-        "gates",
-        gates.run,
+    Stage.of(
+        gates,
         inputs=(("eval_dir", "evaluate"), ("fairness_dir", "fairness"), ("explain_dir", "explain")),
         after=("lineage", "validate_data"),
         doc="every automatic gate",
-        done="gates/result.json",
     ),
-    Stage(
-        "register",
-        register.run,
-        after=("gates",),
-        doc="MLflow version, alias candidate",
-        done="register/register.json",
+    Stage.of(
+        register, after=("gates",), doc="MLflow version, alias candidate", done="register.json"
     ),
 )
 

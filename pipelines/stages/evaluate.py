@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.artifacts import write_bytes_atomic, write_json
-from pipelines.backends import open_backend, resolve_compute
+from pipelines.backends import EVALUATE, open_backend, resolve_compute
 from pipelines.runs import RunContext
-from pipelines.spec import Compute, ModelSpec
+from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from pipelines.evaluation import ScoredTest
+    from pipelines.evaluation import EvaluateInputs, ScoredTest
 
 log = logging.getLogger(__name__)
 
@@ -143,36 +143,27 @@ def evaluate(
     files in ``out_dir``."""
     from pipelines import evaluation
 
-    scored = evaluation.evaluate(spec, features_dir, train_dir, champion_model, recent_window)
-    return write_evaluation(spec, Path(out_dir), scored)
+    folders = (Path(features_dir), Path(train_dir))
+    inputs = evaluation.EvaluateInputs(*folders, champion_model, recent_window)
+    return write_evaluation(spec, Path(out_dir), evaluation.evaluate(spec, inputs))
 
 
-@dataclass(frozen=True)
-class EvaluateConfig:
-    compute: Compute
-    champion_model: Path | None
-    recent_window: Path | None
+def inputs_of(
+    run: RunContext, features_dir: str, train_dir: str, champ: dict[str, str]
+) -> EvaluateInputs:
+    """The stage's :class:`pipelines.evaluation.EvaluateInputs`: the earlier stages'
+    folders, the champion's model and the monitoring job's recent labelled rows."""
+    from pipelines.evaluation import EvaluateInputs
 
-    @classmethod
-    def from_run(cls, run: RunContext, champ: dict[str, str]) -> EvaluateConfig:
-        model = Path(champ["model"]) if champ.get("model") else None
-        recent = run.settings.var_dir / "monitoring" / run.spec.name / "recent_labelled.parquet"
-        return cls(
-            resolve_compute(run.spec, run.settings), model, recent if recent.is_file() else None
-        )
+    model = Path(champ["model"]) if champ.get("model") else None
+    recent = run.settings.var_dir / "monitoring" / run.spec.name / "recent_labelled.parquet"
+    window = recent if recent.is_file() else None
+    return EvaluateInputs(Path(features_dir), Path(train_dir), model, window)
 
 
 def run(run: RunContext, features_dir: str, train_dir: str, champ: dict[str, str]) -> str:
     """Evaluate the trained models; the stage folder."""
-    config = EvaluateConfig.from_run(run, champ)
-    folder = run.stage_dir(NAME)
-    with open_backend(config.compute) as backend:
-        scored = backend.evaluate(
-            run.spec,
-            Path(features_dir),
-            Path(train_dir),
-            champion_model=config.champion_model,
-            recent_window=config.recent_window,
-        )
-    write_evaluation(run.spec, folder, scored)
-    return str(folder)
+    inputs = inputs_of(run, features_dir, train_dir, champ)
+    with open_backend(resolve_compute(run.spec, run.settings)) as backend:
+        scored = backend.run(EVALUATE, run.spec, inputs)
+    return str(write_evaluation(run.spec, run.stage_dir(NAME), scored).out_dir)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from pipelines.artifacts import to_jsonable, write_bytes_atomic, write_json
 from pipelines.runs import RunContext
 from pipelines.spec import ModelSpec
+from validation.fairness_summary import FairnessSummary
 
 if TYPE_CHECKING:
-    from validation.fairness import FairnessAssessment
+    from validation.fairness import FairnessAssessment, FairnessInputs
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +30,12 @@ OUTPUTS: tuple[str, ...] = ("fairness.json", "fairness.md", "result.json")
 
 
 @dataclass(frozen=True)
-class FairnessResult:
-    """What the fairness stage wrote and found (``result.json``)."""
+class FairnessResult(FairnessSummary):
+    """What the fairness stage wrote and found (``result.json``): the check's summary and
+    where it is."""
 
-    out_dir: str
-    favourable_outcome: str
-    decision_threshold: float
-    rows: int
-    attributes: tuple[str, ...]
-    intersections: tuple[str, ...]
-    skipped_intersections: dict[str, str]
-    excluded_groups: dict[str, dict[str, int]]
-    proxy_flags: tuple[str, ...]
-    gate_metrics: dict[str, dict[str, float | None]]
-    n_bootstrap: int
-    seed: int
-    warnings: tuple[str, ...] = ()
-    files: tuple[str, ...] = ("fairness.json", "fairness.md", "result.json")
+    out_dir: str = field(kw_only=True)
+    files: tuple[str, ...] = OUTPUTS
     stage: str = field(default="fairness")
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,24 +175,20 @@ def write_fairness(spec: ModelSpec, out_dir: Path, found: FairnessAssessment) ->
     return result
 
 
-def assess_fairness(
-    spec: ModelSpec,
-    features_dir: str | os.PathLike[str],
-    eval_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    n_bootstrap: int = 200,
-    seed: int | None = None,
-) -> FairnessResult:
-    """Check the candidate's fairness and write the stage's files in ``out_dir``."""
+def assess_fairness(spec: ModelSpec, inputs: FairnessInputs, out_dir: Path) -> FairnessResult:
+    """Check the candidate's fairness (:func:`validation.fairness.check_fairness`) and
+    write the stage's files in ``out_dir``."""
     from validation.fairness import check_fairness
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    found = check_fairness(spec, features_dir, eval_dir, n_bootstrap=n_bootstrap, seed=seed)
-    return write_fairness(spec, out_dir, found)
+    return write_fairness(spec, out_dir, check_fairness(spec, inputs))
 
 
 def run(run: RunContext, features_dir: str, eval_dir: str) -> str:
+    """Check the candidate's fairness; the stage folder."""
+    from validation.fairness import FairnessInputs
+
     folder = run.stage_dir(NAME)
-    assess_fairness(run.spec, Path(features_dir), Path(eval_dir), folder)
+    assess_fairness(run.spec, FairnessInputs(Path(features_dir), Path(eval_dir)), folder)
     return str(folder)

@@ -9,7 +9,6 @@ written whether the gates pass or stop the run.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,7 +16,7 @@ from pipelines.runs import RunContext
 from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
-    from validation.gates import GateReport
+    from validation.gates import GateInputs, GateReport
 
 log = logging.getLogger(__name__)
 
@@ -32,22 +31,17 @@ def record(run: RunContext, folder: Path) -> None:
     record_gate_results(run.settings.governance_url, run.spec, run.run_id, folder)
 
 
-def check_gates(
-    spec: ModelSpec,
-    eval_dir: str | os.PathLike[str],
-    fairness_dir: str | os.PathLike[str],
-    explain_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-) -> GateReport:
+def check_gates(spec: ModelSpec, inputs: GateInputs, out_dir: Path) -> GateReport:
     """Evaluate every gate (:func:`validation.gates.evaluate_gates`); write ``gates.json``
-    and ``result.json``; then raise GateFailedError listing every failed check."""
+    and ``result.json`` in ``out_dir``; then raise GateFailedError listing every failed
+    check."""
     from pipelines.artifacts import write_json
     from pipelines.errors import GateFailedError
     from validation.gates import evaluate_gates
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    report = evaluate_gates(spec, eval_dir, fairness_dir, explain_dir, out)
+    report = evaluate_gates(spec, inputs, out)
     write_json(out / "gates.json", report.gates_json())
     write_json(out / "result.json", report.to_dict())
     for check in report.checks:
@@ -60,9 +54,12 @@ def check_gates(
 
 def run(run: RunContext, eval_dir: str, fairness_dir: str, explain_dir: str) -> str:
     """Check the gates; the stage folder. Raises GateFailedError listing every failure."""
+    from validation.gates import GateInputs
+
     folder = run.stage_dir(NAME)
     try:
-        check_gates(run.spec, Path(eval_dir), Path(fairness_dir), Path(explain_dir), folder)
+        inputs = GateInputs(Path(eval_dir), Path(fairness_dir), Path(explain_dir))
+        check_gates(run.spec, inputs, folder)
     finally:
         record(run, folder)
     return str(folder)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.artifacts import sha256_file, write_bytes_atomic, write_json
-from pipelines.backends import open_backend, resolve_compute
+from pipelines.backends import TRAIN, open_backend, resolve_compute
 from pipelines.runs import RunContext
-from pipelines.spec import Compute, ModelSpec
+from pipelines.spec import ModelSpec
 
 if TYPE_CHECKING:
     import lightgbm as lgb
@@ -164,28 +164,18 @@ def train(
     spec: ModelSpec, features_dir: Path, out_dir: Path, tuning_trials: int | None = None
 ) -> TrainResult:
     """Train locally on ``features_dir`` and write the stage's files in ``out_dir``."""
-    from pipelines.training import fit_models
+    from pipelines.training import TrainInputs, fit_models
 
-    return write_training(spec, Path(out_dir), fit_models(spec, features_dir, tuning_trials))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The engine and the tuning budget (the run's ``tuning_trials``, else the spec's)."""
-
-    compute: Compute
-    tuning_trials: int | None
-
-    @classmethod
-    def from_run(cls, run: RunContext) -> TrainConfig:
-        return cls(resolve_compute(run.spec, run.settings), run.params.get("tuning_trials"))
+    trained = fit_models(spec, TrainInputs(Path(features_dir), tuning_trials))
+    return write_training(spec, Path(out_dir), trained)
 
 
 def run(run: RunContext, features_dir: str) -> str:
-    """Train on ``features_dir``; the stage folder."""
-    config = TrainConfig.from_run(run)
-    folder = run.stage_dir(NAME)
-    with open_backend(config.compute) as backend:
-        trained = backend.train(run.spec, Path(features_dir), tuning_trials=config.tuning_trials)
-    write_training(run.spec, folder, trained)
-    return str(folder)
+    """Train on ``features_dir`` with the run's ``tuning_trials`` (else the spec's); the
+    stage folder."""
+    from pipelines.training import TrainInputs
+
+    inputs = TrainInputs(Path(features_dir), run.params.get("tuning_trials"))
+    with open_backend(resolve_compute(run.spec, run.settings)) as backend:
+        trained = backend.run(TRAIN, run.spec, inputs)
+    return str(write_training(run.spec, run.stage_dir(NAME), trained).out_dir)

@@ -19,17 +19,17 @@ from pipelines.data import (
     load_german_credit,
 )
 from pipelines.errors import DataValidationError
-from pipelines.ingest import DATA_FILE, ingest
 from pipelines.spec import ModelSpec, load_spec
-from tests.datasets import small_spec
-from validation.data_profile import load_profile
-from validation.data_quality import (
-    DATA_DOCS_DIR,
+from pipelines.stages.ingest import DATA_FILE, ingest
+from pipelines.stages.validate_data import (
     PROFILE_FILE,
     RESULT_FILE,
     VALIDATION_FILE,
     validate_data,
 )
+from tests.datasets import small_spec
+from validation.data_profile import load_profile
+from validation.data_quality import DATA_DOCS_DIR
 
 JSON_FILES = (VALIDATION_FILE, PROFILE_FILE, RESULT_FILE)
 Ingest = Callable[[str, pd.DataFrame], Path]

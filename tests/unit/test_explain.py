@@ -15,7 +15,8 @@ import pytest
 from pipelines.data.credit import CreditConfig, generate_credit
 from pipelines.reasons import contributions
 from pipelines.spec import ModelSpec, load_spec
-from validation.explain import explain, sample_rows, stability
+from pipelines.stages.explain import explain
+from validation.explain import sample_rows, stability
 
 ROOT = Path(__file__).resolve().parents[2]
 N_ROWS = 4_000

@@ -16,7 +16,12 @@ from pipelines.data.credit import CreditConfig, generate_credit
 from pipelines.errors import DataValidationError
 from pipelines.spec import ModelSpec, load_spec
 from pipelines.stages.fairness import assess_fairness
-from validation.fairness import ALL_FEATURES, MIN_INTERSECTION_GROUP_ROWS, PROXY_AUC_THRESHOLD
+from validation.fairness import (
+    ALL_FEATURES,
+    MIN_INTERSECTION_GROUP_ROWS,
+    PROXY_AUC_THRESHOLD,
+    FairnessInputs,
+)
 from validation.group_fairness import (
     FAIRNESS_METRICS,
     assess_groups,
@@ -79,7 +84,9 @@ def runs(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> dict[floa
     for bias in (0.0, 0.8):
         root = tmp_path_factory.mktemp(f"bias{bias}")
         features_dir, eval_dir = write_run(spec, root, bias)
-        result = assess_fairness(spec, features_dir, eval_dir, root / "fairness", seed=5)
+        result = assess_fairness(
+            spec, FairnessInputs(features_dir, eval_dir, seed=5), root / "fairness"
+        )
         report = json.loads((root / "fairness" / "fairness.json").read_text())
         out[bias] = {"root": root, "result": result, "report": report}
     return out
@@ -217,7 +224,7 @@ def test_deterministic_and_idempotent(runs: dict[float, Any], spec: ModelSpec) -
     out = root / "fairness"
     first = {p.name: p.read_bytes() for p in out.iterdir()}
     assert sorted(first) == ["fairness.json", "fairness.md", "result.json"]
-    again = assess_fairness(spec, root / "features", root / "evaluate", out, seed=5)
+    again = assess_fairness(spec, FairnessInputs(root / "features", root / "evaluate", seed=5), out)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == first
     assert again == runs[0.8]["result"]
     result = json.loads((out / "result.json").read_text())
@@ -254,7 +261,7 @@ def test_missing_protected_column_is_a_clear_error(
     test = pd.read_parquet(root / "features" / "test.parquet").drop(columns=["sex"])
     test.to_parquet(features_dir / "test.parquet", index=False)
     with pytest.raises(DataValidationError, match="sex"):
-        assess_fairness(spec, features_dir, root / "evaluate", tmp_path / "out")
+        assess_fairness(spec, FairnessInputs(features_dir, root / "evaluate"), tmp_path / "out")
 
 
 def test_fraud_favourable_outcome_is_not_flagged(tmp_path: Path) -> None:
@@ -295,7 +302,9 @@ def test_fraud_favourable_outcome_is_not_flagged(tmp_path: Path) -> None:
         }
     )
     scores.to_parquet(eval_dir / "scores.parquet", index=False)
-    result = assess_fairness(spec, features_dir, eval_dir, tmp_path / "out", n_bootstrap=50)
+    result = assess_fairness(
+        spec, FairnessInputs(features_dir, eval_dir, n_bootstrap=50), tmp_path / "out"
+    )
     assert result.favourable_outcome == "not_flagged"
     assert result.seed == spec.training.seed
     report = json.loads((tmp_path / "out" / "fairness.json").read_text())
@@ -341,7 +350,9 @@ def test_tiny_groups_do_not_decide_the_four_fifths_test(spec: ModelSpec, tmp_pat
         scores["id"].isin(test.loc[test["age_band"] == "65+", "application_id"]), "decision"
     ] = 0
     scores.to_parquet(eval_dir / "scores.parquet", index=False)
-    result = assess_fairness(spec, features_dir, eval_dir, tmp_path / "fairness", n_bootstrap=20)
+    result = assess_fairness(
+        spec, FairnessInputs(features_dir, eval_dir, n_bootstrap=20), tmp_path / "fairness"
+    )
     assert result.excluded_groups["age_band"] == {"65+": 3}
     report = json.loads((tmp_path / "fairness" / "fairness.json").read_text())
     assert "65+" not in report["attributes"]["age_band"]["by_group"]

@@ -21,14 +21,10 @@ from pipelines.data.fraud import generate_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.data.german_credit import load_german_credit
 from pipelines.errors import DataValidationError
-from pipelines.features import (
-    build_features,
-    compute_aggregates,
-    passthrough_columns,
-    read_split,
-)
+from pipelines.features import compute_aggregates, passthrough_columns, read_split
 from pipelines.spec import ModelSpec
 from pipelines.spec_features import AggregateFeature
+from pipelines.stages.features import build_features
 from tests.datasets import (
     CREDIT_ROWS,
     FRAUD_ROWS,

@@ -14,7 +14,7 @@ import yaml
 from pipelines.errors import GateFailedError
 from pipelines.spec import ModelSpec, parse_spec
 from pipelines.stages.gates import check_gates
-from validation.gates import GateReport
+from validation.gates import GateInputs, GateReport
 
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW_TAG_KEY = re.compile(r"^[/\w.\- :]*$")  # what MLflow accepts in a tag key
@@ -97,7 +97,7 @@ def write_inputs(
     baseline: dict[str, Any] | None = None,
     champion: dict[str, Any] | None = None,
     fairness: dict[str, Any] | None = None,
-) -> tuple[Path, Path, Path, Path]:
+) -> tuple[GateInputs, Path]:
     dirs = [root / n for n in ("evaluate", "fairness", "explain", "gates")]
     for d in dirs[:3]:
         d.mkdir(parents=True, exist_ok=True)
@@ -116,7 +116,7 @@ def write_inputs(
         "rows_explained": 10,
     }
     (dirs[2] / "shap_importance.json").write_text(json.dumps(shap_importance))
-    return dirs[0], dirs[1], dirs[2], dirs[3]
+    return GateInputs(dirs[0], dirs[1], dirs[2]), dirs[3]
 
 
 def _by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -129,7 +129,7 @@ def test_all_pass_without_champion_skips_the_champion_gate(tmp_path: Path) -> No
     report = check_gates(spec, *dirs)
     assert isinstance(report, GateReport)
     assert report.passed and not report.high_risk
-    written = json.loads((dirs[3] / "gates.json").read_text())
+    written = json.loads((dirs[1] / "gates.json").read_text())
     assert set(written) == {"passed", "high_risk", "checks"}
     assert written == report.gates_json()
     checks = _by_name(written)
@@ -159,7 +159,7 @@ def test_all_pass_without_champion_skips_the_champion_gate(tmp_path: Path) -> No
     )
     assert checks["proxy"]["status"] == "pass" and checks["proxy"]["kind"] == "proxy"
     assert all(MLFLOW_TAG_KEY.match(c["name"]) for c in written["checks"])
-    result = json.loads((dirs[3] / "result.json").read_text())
+    result = json.loads((dirs[1] / "result.json").read_text())
     assert result["stage"] == "gates" and result["passed"] is True
     assert result["counts"] == {"pass": 7, "warn": 0, "fail": 0, "skipped": 1}
     assert result["explain"]["rows_explained"] == 10
@@ -187,10 +187,10 @@ def test_every_failure_is_listed_at_once_and_files_are_written_first(tmp_path: P
         "demographic_parity_ratio[race_ethnicity] 0.64 < min 0.8",
     ]
     assert "6 gate(s) failed" in str(info.value)
-    written = json.loads((dirs[3] / "gates.json").read_text())
+    written = json.loads((dirs[1] / "gates.json").read_text())
     assert written["passed"] is False
     assert [c["message"] for c in written["checks"] if c["status"] == "fail"] == failures
-    result = json.loads((dirs[3] / "result.json").read_text())
+    result = json.loads((dirs[1] / "result.json").read_text())
     assert result["failures"] == failures
 
 
@@ -232,7 +232,7 @@ def test_warn_margin_marks_high_risk(tmp_path: Path) -> None:
     }
     messages = {c.name: c.message for c in report.checks}
     assert messages["roc_auc"] == "roc_auc 0.86 >= min 0.85 (within warn margin 0.02)"
-    written = json.loads((dirs[3] / "gates.json").read_text())
+    written = json.loads((dirs[1] / "gates.json").read_text())
     assert written["high_risk"] is True and written["passed"] is True
     # exactly at min + margin is outside the margin: a plain pass
     dirs = write_inputs(tmp_path / "edge", _metrics(roc_auc=0.875, brier=0.05))
@@ -286,14 +286,14 @@ def test_missing_metric_is_a_clear_failure_naming_it(tmp_path: Path) -> None:
 
 def test_missing_input_files_fail_closed(tmp_path: Path) -> None:
     spec = make_spec([{"metric": "roc_auc", "min": 0.85}], DEFAULT_FAIRNESS_GATES[:1])
-    empty = [tmp_path / n for n in ("evaluate", "fairness", "explain", "gates")]
+    empty = GateInputs(*(tmp_path / n for n in ("evaluate", "fairness", "explain")))
     with pytest.raises(GateFailedError) as info:
-        check_gates(spec, *empty)
+        check_gates(spec, empty, tmp_path / "gates")
     assert len(info.value.failures) == 2
     assert all("not found" in f for f in info.value.failures)
     assert "metrics.json not found" in info.value.failures[0]
     assert "fairness.json not found" in info.value.failures[1]
-    assert json.loads((empty[3] / "gates.json").read_text())["passed"] is False
+    assert json.loads((tmp_path / "gates" / "gates.json").read_text())["passed"] is False
 
 
 def test_at_key_matches_numerically_and_rerun_is_identical(tmp_path: Path) -> None:
@@ -301,6 +301,6 @@ def test_at_key_matches_numerically_and_rerun_is_identical(tmp_path: Path) -> No
     dirs = write_inputs(tmp_path, _metrics(precision_at_recall={"0.50": 0.3}))
     first = check_gates(spec, *dirs)
     assert first.checks[0].value == 0.3
-    content = (dirs[3] / "gates.json").read_bytes()
+    content = (dirs[1] / "gates.json").read_bytes()
     assert check_gates(spec, *dirs) == first
-    assert (dirs[3] / "gates.json").read_bytes() == content
+    assert (dirs[1] / "gates.json").read_bytes() == content

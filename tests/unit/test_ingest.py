@@ -12,8 +12,8 @@ import pytest
 from pipelines.data import CreditConfig, FraudConfig, generate_credit, generate_fraud
 from pipelines.data.manifest import sha256_file
 from pipelines.errors import DataValidationError
-from pipelines.ingest import DATA_FILE, FINGERPRINT_FILE, RESULT_FILE, ingest
 from pipelines.spec import ColumnType, ModelSpec, load_spec
+from pipelines.stages.ingest import DATA_FILE, FINGERPRINT_FILE, RESULT_FILE, ingest
 from tests.datasets import small_spec
 
 EXPECTED_DTYPE = {
