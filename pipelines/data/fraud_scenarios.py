@@ -57,6 +57,14 @@ class _Events:
     ev: np.ndarray
     total_sec: int
 
+    @property
+    def n_events(self) -> int:
+        return int(self.sizes.shape[0])
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.ev)
+
 
 def _group_starts(sizes: np.ndarray) -> np.ndarray:
     return np.cumsum(sizes) - sizes
@@ -82,8 +90,7 @@ def _hour_in_profile(rng: np.random.Generator, weights: np.ndarray, n: int) -> n
 def _card_testing(
     cfg: FraudConfig, world: World, rng: np.random.Generator, events: _Events
 ) -> tuple[Rows, np.ndarray]:
-    sizes, ev, total_sec = events.sizes, events.ev, events.total_sec
-    n_ev, n = sizes.shape[0], len(ev)
+    ev, total_sec, n_ev, n = events.ev, events.total_sec, events.n_events, events.n_rows
     cust_ev, card_ev = _random_victims(rng, world, n_ev)
     # bots work around the clock, a little more at night
     night_heavy = np.where((np.arange(24) < 6) | (np.arange(24) >= 22), 1.6, 1.0)
@@ -91,9 +98,9 @@ def _card_testing(
     start_ev = day * SECONDS_PER_DAY + _hour_in_profile(rng, night_heavy, n_ev) * 3600
     start_ev = start_ev + rng.integers(0, 3600, size=n_ev)
     gaps = rng.exponential(25.0, size=n)
-    gaps[_group_starts(sizes)] = 0.0
+    gaps[_group_starts(events.sizes)] = 0.0
     cum = np.cumsum(gaps)
-    offset = cum - np.repeat(cum[_group_starts(sizes)], sizes)
+    offset = cum - np.repeat(cum[_group_starts(events.sizes)], events.sizes)
     sec = np.minimum(start_ev[ev] + offset.astype(np.int64), total_sec - 1)
     # one or two small online merchants per burst
     candidates = world.n_phys + np.flatnonzero(
@@ -124,8 +131,7 @@ def _card_testing(
 def _account_takeover(
     cfg: FraudConfig, world: World, rng: np.random.Generator, events: _Events
 ) -> tuple[Rows, np.ndarray]:
-    sizes, ev, total_sec = events.sizes, events.ev, events.total_sec
-    n_ev, n = sizes.shape[0], len(ev)
+    ev, total_sec, n_ev, n = events.ev, events.total_sec, events.n_events, events.n_rows
     w = _AGE_ATO_WEIGHT[world.age_band]
     cdf = np.cumsum(w) / w.sum()
     cust_ev = np.minimum(
@@ -165,8 +171,7 @@ def _account_takeover(
 def _compromised_terminal(
     cfg: FraudConfig, world: World, rng: np.random.Generator, events: _Events
 ) -> tuple[Rows, np.ndarray]:
-    sizes, ev = events.sizes, events.ev
-    n_ev, n = sizes.shape[0], len(ev)
+    ev, n_ev, n = events.ev, events.n_events, events.n_rows
     # catchment of each physical terminal: the customers that use it
     n_c = world.n_customers
     pair = np.unique(world.usual.astype(np.int64) * n_c + np.arange(n_c)[:, None])
@@ -212,8 +217,7 @@ def _compromised_terminal(
 def _new_pattern(
     cfg: FraudConfig, world: World, rng: np.random.Generator, events: _Events
 ) -> tuple[Rows, np.ndarray]:
-    sizes, ev, total_sec = events.sizes, events.ev, events.total_sec
-    n_ev, n = sizes.shape[0], len(ev)
+    ev, total_sec, n_ev, n = events.ev, events.total_sec, events.n_events, events.n_rows
     cust_ev, card_ev = _random_victims(rng, world, n_ev)
     day = rng.integers(cfg.drift_from_day, cfg.days, size=n_ev)
     start_ev = day * SECONDS_PER_DAY + rng.integers(0, 4 * 3600, size=n_ev)
