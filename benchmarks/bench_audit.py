@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import write_result  # noqa: E402
 
-PG_ADMIN = os.environ.get("GOVML_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+from tests.support import PG_ADMIN_URL, pg_unavailable  # noqa: E402
 
 
 def _bulk(url: str, n: int) -> None:
@@ -145,21 +145,13 @@ def _measure(url: str, n: int) -> dict[str, float]:
 
 
 def _pg_url() -> str | None:
-    try:
-        from sqlalchemy import create_engine, text
-        from sqlalchemy.engine import make_url
+    """A new database's URL on the test PostgreSQL server; None without one (SQLite only)."""
+    from sqlalchemy.engine import make_url
 
-        engine = create_engine(PG_ADMIN, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return (
-            make_url(PG_ADMIN)
-            .set(database=f"govml_bench_{uuid.uuid4().hex[:8]}")
-            .render_as_string(hide_password=False)
-        )
-    except Exception:  # noqa: BLE001 (no PostgreSQL: SQLite only)
+    if pg_unavailable(PG_ADMIN_URL) is not None:
         return None
+    database = f"govml_bench_{uuid.uuid4().hex[:8]}"
+    return make_url(PG_ADMIN_URL).set(database=database).render_as_string(hide_password=False)
 
 
 def _drop(url: str) -> None:
@@ -169,7 +161,7 @@ def _drop(url: str) -> None:
     from registry.store import dispose_engines
 
     dispose_engines()
-    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
     admin.dispose()

@@ -206,8 +206,9 @@ def build_online(work: Path, spec: ModelSpec, rows: int, trees: int) -> dict[str
     """History and held-out day, the trained model, request bodies."""
     from pipelines.data.fraud import generate_fraud
     from pipelines.data.fraud_config import FraudConfig
-    from pipelines.features import build_features, compute_aggregates, retype_categories
+    from pipelines.features import compute_aggregates, retype_categories
     from pipelines.features_online import OnlineFeatures
+    from pipelines.stages.features import build_features
     from pipelines.stages.train import train
     from serving.transactions import TransactionSchema
 
@@ -324,10 +325,10 @@ def start_redis(work: Path, cpu: int = 1) -> subprocess.Popen:
             time.sleep(0.1)
             continue
         if pid != proc.pid:  # a leftover of an interrupted run holds the port
-            serving_bench.stop(proc)
+            serving_bench.stop_serving(proc)
             raise SystemExit(f"port {REDIS_PORT} is held by another redis-server (pid {pid})")
         return proc
-    serving_bench.stop(proc)
+    serving_bench.stop_serving(proc)
     raise SystemExit(f"private redis-server did not start: {log.read_text()[-2000:]}")
 
 
@@ -403,7 +404,7 @@ def online(
                 results[kind]["throughput"] = load(work, port, bodies[WARM + rounds * n :])
         finally:
             for proc in reversed(procs):
-                serving_bench.stop(proc)
+                serving_bench.stop_serving(proc)
         if jitter_seconds > 0:
             results["jitter_after"] = machine_jitter.measure(jitter_seconds)
             print(machine_jitter.summary(results["jitter_after"]), flush=True)
@@ -440,7 +441,7 @@ def start_transformer(
     try:
         serving_bench.wait_ready(f"http://127.0.0.1:{port}/v2/models/fraud/ready", proc, log)
     except BaseException:
-        serving_bench.stop(proc)
+        serving_bench.stop_serving(proc)
         raise
     if kind == "memory":
         warm_s = time.perf_counter() - started

@@ -130,7 +130,7 @@ def main() -> int:
                         os.killpg(gateway.pid, signal.SIGTERM)
                         gateway.wait(30)
         finally:
-            serving_bench.stop(server)
+            serving_bench.stop_serving(server)
     summary = {name: serving_bench.median_round(rs) for name, rs in results.items()}
     direct = summary["direct"]
     lines = [

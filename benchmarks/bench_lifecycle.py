@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -38,9 +37,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ops import stack  # noqa: E402
+from lifecycle_fingerprint import (  # noqa: E402
+    RUN_AFTER,
+    lifecycle_env,
+    run_folder,
+    run_fraud_dag,
+)
+
 from pipelines.config import load_settings  # noqa: E402
-from pipelines.runs import safe_run_id  # noqa: E402
+from tests.support import prepare_stores  # noqa: E402
 
 PLAIN = r"""
 import json, sys, time
@@ -72,14 +77,8 @@ RATIO_TARGET = 1.3  # DAG wall time / plain script wall time, registration in bo
 
 
 def _env(var_dir: Path, cold: bool = False) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GOVML_", "AIRFLOW"))}
-    env["GOVML_VAR_DIR"] = str(var_dir)
-    settings = load_settings(env)
-    env.update(stack.airflow_env(settings))
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
-    if cold:
-        env["XDG_CACHE_HOME"] = str(var_dir / "cache")
-    return env
+    extra = {"XDG_CACHE_HOME": str(var_dir / "cache")} if cold else {}
+    return lifecycle_env(var_dir, **extra)
 
 
 def _requirements_cache(env: dict[str, str]) -> set[Path]:
@@ -91,13 +90,7 @@ def _requirements_cache(env: dict[str, str]) -> set[Path]:
 def run_airflow(rows: int, var_dir: Path, cold: bool = False) -> dict:
     env = _env(var_dir, cold)
     settings = load_settings(env)
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        stack.prepare_stores(settings)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    prepare_stores(env)
     # generate the data first, outside the measured run (both variants reuse it)
     subprocess.run(
         [
@@ -117,34 +110,18 @@ def run_airflow(rows: int, var_dir: Path, cold: bool = False) -> dict:
         check=True,
         capture_output=True,
     )
-    run_after = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
     cached = _requirements_cache(env)
     launched = dt.datetime.now(dt.UTC)
     started = time.perf_counter()
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "dags.govml_airflow.run_dag",
-            str(ROOT / "specs" / "fraud.yaml"),
-            "--conf",
-            json.dumps({"n_rows": rows}),
-            "--run-after",
-            run_after.isoformat(),
-        ],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
+    result = run_fraud_dag(rows, env)
     total = time.perf_counter() - started
     finished = dt.datetime.now(dt.UTC)
-    run_dir = settings.runs_dir / "fraud" / safe_run_id(f"manual__{run_after.isoformat()}")
+    run_dir = run_folder(env)
     stages = {
         p.stem: json.loads(p.read_text())["seconds"]
         for p in sorted((run_dir / "timings").glob("*.json"))
     }
-    spans = _task_spans(settings.airflow_home / "airflow.db", run_after)
+    spans = _task_spans(settings.airflow_home / "airflow.db", RUN_AFTER)
     tasks = {task: seconds for task, (_, _, seconds) in spans.items()}
     state = "success" if result.returncode == 0 else "failed"
     if state != "success":

@@ -51,6 +51,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +73,8 @@ spec = load_spec(Path(sys.argv[8]))
 times = {}
 if backend == "local":
     import pandas as pd
-    from pipelines.features import build_features, retype_categories
+    from pipelines.features import retype_categories
+    from pipelines.stages.features import build_features
     from pipelines.training import load_model, score
     t = time.perf_counter(); build_features(spec, Path(data), Path(out) / "features")
     times["features"] = time.perf_counter() - t
@@ -156,7 +159,7 @@ TRAIN = r"""
 import sys
 from pathlib import Path
 from pipelines.spec import load_spec
-from pipelines.features import build_features
+from pipelines.stages.features import build_features
 from pipelines.stages.train import train
 spec = load_spec(Path(sys.argv[3]))
 build_features(spec, Path(sys.argv[1]), Path(sys.argv[2]) / "features")
@@ -178,9 +181,24 @@ def budget_note(args: argparse.Namespace, budget: int | None, worker_limit: str)
     )
 
 
-def publish(args: argparse.Namespace, title: str, markdown: str, results: list) -> None:
+@dataclass(frozen=True)
+class Report:
+    """One benchmark report: its title, the notes above the table (the memory budget's
+    sentence is added), the table's lines, the growth heading and lines, the results."""
+
+    title: str
+    notes: str
+    table: list[str]
+    growth_heading: str
+    growth: list[str]
+    results: list
+
+
+def publish(args: argparse.Namespace, report: Report, budget_sentence: str) -> None:
     """Print the report; with ``--json``, also write the result file, with the command line
     that made it (less ``--json``)."""
+    notes = report.notes + budget_sentence
+    markdown = "\n".join([notes, "", *report.table, "", report.growth_heading, *report.growth])
     print(markdown)
     if not args.json:
         return
@@ -188,13 +206,34 @@ def publish(args: argparse.Namespace, title: str, markdown: str, results: list) 
     write_result(
         args.json,
         {
-            "title": title,
+            "title": report.title,
             "command": command.replace(f"--json {args.json}", "").strip(),
             "markdown": markdown,
-            "results": results,
+            "results": report.results,
         },
         indent=2,
     )
+
+
+def growth_lines(
+    done: dict[int, dict],
+    times: Callable[[dict, dict], tuple[float, float, str]],
+    prefix: str = "",
+) -> list[str]:
+    """One line per step between successive sizes of ``done`` (rows → result): how much
+    the time grew (``times(small, big)``: the small and big seconds, and a note on what
+    was timed) and the peak memory."""
+    sizes = sorted(done)
+    lines = []
+    for small, big in zip(sizes, sizes[1:], strict=False):
+        t_small, t_big, timed = times(done[small], done[big])
+        lines.append(
+            f"- {prefix}{_label(small)} → {_label(big)} ({big / small:g}x data{timed}): "
+            f"{t_big / t_small:.1f}x time, "
+            f"{done[big]['peak_rss_gib'] / max(done[small]['peak_rss_gib'], 1e-9):.1f}x "
+            "peak memory"
+        )
+    return lines
 
 
 def dataset(cache: Path, rows: int) -> Path:
@@ -291,8 +330,9 @@ import sys, tempfile
 from pathlib import Path
 import pandas as pd
 from pipelines.spec import load_spec
-from pipelines.ingest import ingest
-from pipelines.features import SPLITS, build_features, read_split
+from pipelines.stages.ingest import ingest
+from pipelines.features import SPLITS, read_split
+from pipelines.stages.features import build_features
 spec = load_spec(Path(sys.argv[2]))
 with tempfile.TemporaryDirectory() as tmp:
     ingest(spec, Path(sys.argv[1]), Path(tmp) / "ingest")
@@ -324,7 +364,7 @@ def in_memory_gib(cache: Path, spec_path: Path, rows: int) -> tuple[float, float
     return table * scale, features * scale
 
 
-def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -> int:
+def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -> Report:
     """``--lifecycle``: the Dask lifecycle stages per size, time and peak RSS per stage."""
     work = args.cache / "lifecycle"
     results: list[dict[str, Any]] = []
@@ -405,20 +445,16 @@ def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -
             f"{r['features_in_memory_gib']:.2f} | " + " | ".join(cells)
             + f" | {total:.1f} | {r['peak_rss_gib']:.2f} | {note} |"
         )  # fmt: skip
-    growth = []
-    done = {r["rows"]: r for r in results if not r["stopped"]}
-    sizes = sorted(done)
-    for small, big in zip(sizes, sizes[1:], strict=False):
-        common = [n for n in LIFECYCLE_STAGES if n in done[small]["stages"]
-                  and n in done[big]["stages"]]  # fmt: skip
-        t_small = sum(done[small]["stages"][n] for n in common)
-        t_big = sum(done[big]["stages"][n] for n in common)
-        growth.append(
-            f"- {_label(small)} → {_label(big)} ({big / small:g}x data, stages "
-            f"{', '.join(common)}): {t_big / t_small:.1f}x time, "
-            f"{done[big]['peak_rss_gib'] / max(done[small]['peak_rss_gib'], 1e-9):.1f}x "
-            "peak memory"
+
+    def same_stages(small: dict, big: dict) -> tuple[float, float, str]:
+        common = [n for n in LIFECYCLE_STAGES if n in small["stages"] and n in big["stages"]]
+        return (
+            sum(small["stages"][n] for n in common),
+            sum(big["stages"][n] for n in common),
+            f", stages {', '.join(common)}",
         )
+
+    growth = growth_lines({r["rows"]: r for r in results if not r["stopped"]}, same_stages)
     notes = (
         "Dask backend, fraud spec, LocalCluster of "
         f"{args.workers} worker processes (one for the run), partitions of "
@@ -430,11 +466,11 @@ def lifecycle(args: argparse.Namespace, budget: int | None, worker_limit: str) -
         + ". Per stage: seconds (peak RSS of the process tree "
         "in GiB). 'in memory': the pandas sizes of the ingested table and of the three feature "
         "tables (estimated from 1M rows). "
-        + budget_note(args, budget, worker_limit)
     )  # fmt: skip
-    markdown = "\n".join([notes, "", *lines, "", "Growth (same stages):", *growth])
-    publish(args, "Scale: the fraud lifecycle on the Dask backend (out of core)", markdown, results)
-    return 0
+    return Report(
+        "Scale: the fraud lifecycle on the Dask backend (out of core)",
+        notes, lines, "Growth (same stages):", growth, results,
+    )  # fmt: skip
 
 
 def main() -> int:
@@ -466,8 +502,13 @@ def main() -> int:
     args = parser.parse_args()
     budget = int(args.memory_budget * 2**30) if args.memory_budget else None
     worker_limit = f"{int(budget / (args.workers + 1))}B" if budget else "auto"
-    if args.lifecycle:
-        return lifecycle(args, budget, worker_limit)
+    report = (lifecycle if args.lifecycle else compare_backends)(args, budget, worker_limit)
+    publish(args, report, budget_note(args, budget, worker_limit))
+    return 0
+
+
+def compare_backends(args: argparse.Namespace, budget: int | None, worker_limit: str) -> Report:
+    """Features and batch scoring per backend and size: time and peak RSS."""
     work = args.cache / "runs"
     model_dir = args.cache / "model"
     model = model_dir / "train" / "model.txt"
@@ -509,30 +550,28 @@ def main() -> int:
             + (f"{total:.1f}" if total else "–") + " | "
             + f"{r['peak_rss_gib']:.2f} | {r['stopped'] or ''} |"
         )  # fmt: skip
+
+    def features_and_score(small: dict, big: dict) -> tuple[float, float, str]:
+        def seconds(run: dict) -> float:
+            return run["stages"]["features"] + run["stages"]["score"]
+
+        return seconds(small), seconds(big), ""
+
     growth = []
     for backend in args.backends:
         done = {r["rows"]: r for r in results if r["backend"] == backend and not r["stopped"]}
-        sizes = sorted(done)
-        for small, big in zip(sizes, sizes[1:], strict=False):
-            t_small = done[small]["stages"]["features"] + done[small]["stages"]["score"]
-            t_big = done[big]["stages"]["features"] + done[big]["stages"]["score"]
-            growth.append(
-                f"- {backend}: {_label(small)} → {_label(big)} ({big / small:g}x data): "
-                f"{t_big / t_small:.1f}x time, "
-                f"{done[big]['peak_rss_gib'] / max(done[small]['peak_rss_gib'], 1e-9):.1f}x "
-                "peak memory"
-            )
+        growth += growth_lines(done, features_and_score, prefix=f"{backend}: ")
     notes = (
         f"Stages: features (fraud spec: 11 point-in-time aggregates over 3 entities, "
         "time split, feature tables) and batch scoring of the training table (70 % of the "
         "rows). Dask: LocalCluster "
         f"of {args.workers} worker processes, partitions of {args.partition_rows:,} rows; "
         "peak RSS is the whole process tree (client and workers). "
-        + budget_note(args, budget, worker_limit)
     )  # fmt: skip
-    markdown = "\n".join([notes, "", *lines, "", "Growth (time = features + scoring):", *growth])
-    publish(args, "Scale: local vs Dask backend (features and batch scoring)", markdown, results)
-    return 0
+    return Report(
+        "Scale: local vs Dask backend (features and batch scoring)",
+        notes, lines, "Growth (time = features + scoring):", growth, results,
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

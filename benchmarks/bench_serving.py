@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,7 +45,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import WRK_REQUEST, write_result  # noqa: E402
 
-SERVING_PY = ROOT / ".venv-serving" / "bin" / "python"
+from tests.support import SERVING_PY, model_server_argv, stop_serving  # noqa: E402
+
 MLSERVER = ROOT / ".venv-mlserver" / "bin" / "mlserver"
 SPEC = ROOT / "specs" / "fraud.yaml"
 
@@ -90,9 +90,9 @@ def build_model(work: Path, rows: int, trees: int) -> dict[str, Any]:
     from pipelines.booster_layout import category_lists, typed_frame
     from pipelines.data.manifest import data_path, manifest_path_for
     from pipelines.datasets import materialise
-    from pipelines.features import build_features
-    from pipelines.ingest import ingest
     from pipelines.spec import load_spec
+    from pipelines.stages.features import build_features
+    from pipelines.stages.ingest import ingest
     from pipelines.training import base_params
 
     spec = load_spec(SPEC)
@@ -168,16 +168,6 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120
     raise SystemExit(f"server not ready at {url} after {timeout}s; log {log}")
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 def start_ours(
     work: Path, model: dict[str, Any], port: int, log_format: str
 ) -> tuple[subprocess.Popen, str]:
@@ -190,27 +180,23 @@ def start_ours(
     log = work / "ours.log"
     cmd = [
         *pinned(0),
-        str(SERVING_PY),
-        "-m",
-        "serving",
-        "--model_name",
-        "fraud",
-        "--model_uri",
-        str(model["model_file"].parent),
-        "--spec",
-        str(SPEC),
-        "--model_version",
-        "bench",
-        "--tokens",
-        str(tokens),
-        "--prediction_log",
-        str(work / f"prediction_log_{log_format}"),
-        "--prediction_log_format",
-        log_format,
-        "--http_port",
-        str(port),
-        "--max_body_bytes",
-        str(64 << 20),
+        *model_server_argv(
+            "fraud",
+            model["model_file"].parent,
+            port,
+            "--spec",
+            str(SPEC),
+            "--model_version",
+            "bench",
+            "--tokens",
+            str(tokens),
+            "--prediction_log",
+            str(work / f"prediction_log_{log_format}"),
+            "--prediction_log_format",
+            log_format,
+            "--max_body_bytes",
+            str(64 << 20),
+        ),
     ]
     env = {
         **os.environ,
@@ -397,7 +383,7 @@ def main() -> int:
                             .decode()
                         )
                 finally:
-                    stop(proc)
+                    stop_serving(proc)
         logged = {
             "parquet": sum(
                 pq.ParquetFile(f).metadata.num_rows

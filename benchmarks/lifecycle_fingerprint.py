@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from ops import stack  # noqa: E402
 from pipelines.config import load_settings  # noqa: E402
 from pipelines.runs import safe_run_id  # noqa: E402
+from tests.support import prepare_stores  # noqa: E402
 
 MODEL_SUFFIXES = (".lgb", ".txt", ".onnx", ".pkl", ".joblib")
 VOLATILE_PARTS = ("timings", "logs")
@@ -35,27 +36,24 @@ VOLATILE_PARTS = ("timings", "logs")
 RUN_TIME = re.compile(r"\d{8}T\d{6}\.\d+Z")
 
 
-def _env(var_dir: Path) -> dict[str, str]:
+RUN_AFTER = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)  # the run's logical date
+
+
+def lifecycle_env(var_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment of a ``dag.test()`` run in the state folder ``var_dir`` (its own
+    Airflow metadata DB, MLflow on SQLite), ``extra`` on top."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOVML_", "AIRFLOW"))}
     env["GOVML_VAR_DIR"] = str(var_dir)
     env.update(stack.airflow_env(load_settings(env)))
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{var_dir / 'mlflow' / 'mlflow.db'}"
+    env.update(extra)
     return env
 
 
-def run_lifecycle(rows: int, var_dir: Path) -> Path:
-    """Run the fraud DAG once; return its run folder."""
-    env = _env(var_dir)
-    settings = load_settings(env)
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        stack.prepare_stores(settings)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    run_after = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
-    subprocess.run(
+def run_fraud_dag(rows: int, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """The fraud DAG through ``dag.test()`` on ``rows`` generated rows, logical date
+    :data:`RUN_AFTER` (its run folder: :func:`run_folder`)."""
+    return subprocess.run(
         [
             sys.executable,
             "-m",
@@ -64,7 +62,7 @@ def run_lifecycle(rows: int, var_dir: Path) -> Path:
             "--conf",
             json.dumps({"n_rows": rows}),
             "--run-after",
-            run_after.isoformat(),
+            RUN_AFTER.isoformat(),
         ],
         env=env,
         cwd=ROOT,
@@ -72,7 +70,20 @@ def run_lifecycle(rows: int, var_dir: Path) -> Path:
         text=True,
         check=False,
     )
-    return settings.runs_dir / "fraud" / safe_run_id(f"manual__{run_after.isoformat()}")
+
+
+def run_folder(env: dict[str, str]) -> Path:
+    """The run folder of :func:`run_fraud_dag` in ``env``."""
+    runs = load_settings(env).runs_dir
+    return runs / "fraud" / safe_run_id(f"manual__{RUN_AFTER.isoformat()}")
+
+
+def run_lifecycle(rows: int, var_dir: Path) -> Path:
+    """Run the fraud DAG once; return its run folder."""
+    env = lifecycle_env(var_dir)
+    prepare_stores(env)
+    run_fraud_dag(rows, env)
+    return run_folder(env)
 
 
 def fingerprint(run_dir: Path) -> dict:

@@ -24,11 +24,13 @@ With nothing else of ours running, one child process per CPU, pinned to it:
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 SPIN_GAP_S = 50e-6
@@ -54,16 +56,22 @@ def _percentile(ordered: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def sleep_probe(cpu: int, seconds: float) -> dict[str, float]:
-    """Lateness of 1 ms sleeps on ``cpu`` for ``seconds``, µs."""
+def _step_times(cpu: int, seconds: float, step: Callable[[], object]) -> list[float]:
+    """``step()`` on ``cpu`` again and again for ``seconds``: each call's time, sorted."""
     _pin(cpu)
     clock = time.perf_counter
-    late: list[float] = []
+    times: list[float] = []
     end = clock() + seconds
     while (started := clock()) < end:
-        time.sleep(SLEEP_S)
-        late.append(clock() - started - SLEEP_S)
-    late.sort()
+        step()
+        times.append(clock() - started)
+    times.sort()
+    return times
+
+
+def sleep_probe(cpu: int, seconds: float) -> dict[str, float]:
+    """Lateness of 1 ms sleeps on ``cpu`` for ``seconds``, µs."""
+    late = [t - SLEEP_S for t in _step_times(cpu, seconds, functools.partial(time.sleep, SLEEP_S))]
     return {
         "wakeups": len(late),
         "p50_us": _percentile(late, 0.50) * 1e6,
@@ -102,14 +110,7 @@ def spin_probe(cpu: int, seconds: float) -> dict[str, float]:
 
 def work_probe(cpu: int, seconds: float) -> dict[str, float]:
     """Median and best time of ``sum(range(10000))`` on ``cpu`` over ``seconds``, µs."""
-    _pin(cpu)
-    clock = time.perf_counter
-    times: list[float] = []
-    end = clock() + seconds
-    while (started := clock()) < end:
-        sum(range(WORK_UNIT))
-        times.append(clock() - started)
-    times.sort()
+    times = _step_times(cpu, seconds, functools.partial(sum, range(WORK_UNIT)))
     return {"units": len(times), "median_us": _percentile(times, 0.5) * 1e6,
             "best_us": times[0] * 1e6}  # fmt: skip
 

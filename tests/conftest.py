@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import PG_ADMIN_URL, pg_unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Model servers started by the tests do not compile their model in the background (each
@@ -17,23 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # in tests/integration/test_compiled.py and by the model server of test_model_server.py, which
 # turn it on.
 os.environ.setdefault("GOVML_COMPILED", "0")
-PG_ADMIN_URL = os.environ.get(
-    "GOVML_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-
-
-def _pg_answers() -> str | None:
-    """None when PostgreSQL answers, else the reason it does not."""
-    try:
-        from sqlalchemy import create_engine, text
-
-        engine = create_engine(PG_ADMIN_URL, connect_args={"connect_timeout": 3})
-        with engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-        engine.dispose()
-        return None
-    except Exception as exc:  # noqa: BLE001 (any failure means: not available)
-        return str(exc).splitlines()[0]
 
 
 @pytest.fixture
@@ -53,7 +38,7 @@ def root() -> Path:
 @pytest.fixture(scope="session")
 def pg_admin_url() -> str:
     """The PostgreSQL server on 127.0.0.1:5432; required in CI, skipped elsewhere if absent."""
-    reason = _pg_answers()
+    reason = pg_unavailable(PG_ADMIN_URL)
     if reason is not None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true but PostgreSQL does not answer at {PG_ADMIN_URL}: {reason}")
@@ -110,6 +95,15 @@ def browser(chromium_path: str) -> Iterator[object]:
         instance = pw.chromium.launch(executable_path=chromium_path, args=CHROMIUM_ARGS)
         yield instance
         instance.close()
+
+
+@pytest.fixture(scope="session")
+def german_credit_model(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """The German Credit model of :func:`tests.german_credit.train_german_credit`, trained once
+    for the model-server tests (none changes the model, its files or its rows)."""
+    from tests.german_credit import train_german_credit
+
+    return train_german_credit(tmp_path_factory.mktemp("german-credit-model"))
 
 
 class AuditClock:

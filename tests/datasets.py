@@ -34,6 +34,14 @@ def with_training(spec: ModelSpec, **training: Any) -> ModelSpec:
     return spec.model_copy(update={"training": spec.training.model_copy(update=training)})
 
 
+def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """``frame``'s rows as a client sends them in JSON: plain values, ``None`` for missing."""
+    import json
+
+    values = frame.astype(object).where(frame.notna(), None)
+    return json.loads(json.dumps(values.to_dict("records"), default=lambda o: o.item()))
+
+
 def typed_frame(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """The columns of ``spec.data.columns`` typed like ingest's ``data.parquet``."""
     out: dict[str, Any] = {}

@@ -1,6 +1,9 @@
-"""Helpers shared by the tests: waiting, ports, the embedded stack, model servers and the
-prediction log (specs and generated data: ``tests.datasets``; V2 request bodies:
-``tests.v2_protocol``)."""
+"""Helpers shared by the tests: waiting, ports, PostgreSQL, the embedded stack's
+environment and stores, model servers and the prediction log (``govml stack up`` and the
+stack's Airflow REST API: ``tests.airflow_api``; specs and generated data:
+``tests.datasets``; V2 request bodies: ``tests.v2_protocol``; registering, approving and
+releasing versions: ``tests.releases``; the German Credit model and its server:
+``tests.german_credit``)."""
 
 from __future__ import annotations
 
@@ -16,10 +19,28 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.datasets import spec_of, with_training, write_ingest
-
 REPO = Path(__file__).resolve().parents[1]
 SERVING_PY = REPO / ".venv-serving" / "bin" / "python"
+
+
+# The PostgreSQL server of the ``postgres`` tests (and of bench_audit.py when it answers).
+PG_ADMIN_URL = os.environ.get(
+    "GOVML_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+def pg_unavailable(url: str = PG_ADMIN_URL) -> str | None:
+    """None when the PostgreSQL server at ``url`` answers, else the reason it does not."""
+    try:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(url, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+        return None
+    except Exception as exc:  # noqa: BLE001 (any failure means: not available)
+        return str(exc).splitlines()[0]
 
 
 def wait_until(
@@ -66,6 +87,73 @@ def stack_env(var_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def registry_stack(base: Path) -> tuple[dict[str, str], Any]:
+    """:func:`stack_env` for a stack whose state is in ``base/var``, with the MLflow
+    registry in a SQLite file there (used directly: no tracking server runs), and the
+    settings it makes."""
+    from pipelines.config import load_settings
+
+    var = base / "var"
+    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
+    return env, load_settings(env)
+
+
+@contextlib.contextmanager
+def environ(env: dict[str, str], replace: bool = False) -> Iterator[None]:
+    """``os.environ`` with ``env`` on top (``replace``: ``env`` alone) while the context is
+    open; as it was afterwards."""
+    saved = dict(os.environ)
+    if replace:
+        os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def prepare_stores(env: dict[str, str], settings: Any = None) -> Any:
+    """The stores of the stack of ``env`` (``settings``: its settings, loaded from ``env``
+    if not given) created as ``govml run`` prepares them, with ``env`` in ``os.environ``
+    (Airflow's migrated metadata DB, the governance and MLflow stores): the settings.
+
+    The first SQLite metadata DB migrated here is kept; later ones start from a copy of
+    it (:func:`seed_airflow_db`)."""
+    from ops import stack
+    from pipelines.config import load_settings
+
+    settings = settings or load_settings(env)
+    path = _sqlite_path(settings.airflow_db_url)
+    empty = path is not None and not path.exists() and not _MIGRATED_AIRFLOW_DB
+    seed_airflow_db(settings)
+    with environ(env):
+        stack.prepare_stores(settings)
+    if empty:  # migrated from nothing just now: the session's copy
+        _MIGRATED_AIRFLOW_DB.append(path.read_bytes())
+    return settings
+
+
+# A freshly migrated SQLite Airflow metadata DB of this session (nothing in it but the
+# schema, the default pool and the log templates: it names no folder of its stack).
+_MIGRATED_AIRFLOW_DB: list[bytes] = []
+
+
+def _sqlite_path(url: str) -> Path | None:
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def seed_airflow_db(settings: Any) -> None:
+    """A new stack's SQLite Airflow metadata DB as a copy of the one migrated first in this
+    session (if any): ``airflow db migrate`` (``govml run``, ``govml stack up``) then finds
+    it current, which takes half the time of migrating an empty one."""
+    path = _sqlite_path(settings.airflow_db_url)
+    if path is None or path.exists() or not _MIGRATED_AIRFLOW_DB:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(_MIGRATED_AIRFLOW_DB[0])
+
+
 def single_spec_dir(root: Path, dest: Path, name: str) -> Path:
     """A specs folder holding one spec, unscheduled (lifecycle and monitoring): only the
     runs a test triggers run.
@@ -83,184 +171,12 @@ def single_spec_dir(root: Path, dest: Path, name: str) -> Path:
     return dest
 
 
-@contextlib.contextmanager
-def running_stack(var_dir: Path, **extra: str) -> Iterator[Any]:
-    """``govml stack up`` in an isolated environment (:func:`stack_env`); ``govml stack
-    down`` afterwards, whatever happened. Yields ``env``, ``settings``, ``api`` (the
-    stack's :class:`AirflowAPI`) and ``up`` (the completed ``stack up``)."""
-    import subprocess
-    from types import SimpleNamespace
-
-    from pipelines.config import load_settings
-
-    govml = str(REPO / ".venv" / "bin" / "govml")
-    env = stack_env(var_dir, **extra)
-    try:
-        up = subprocess.run(
-            [govml, "stack", "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
-        )
-        assert up.returncode == 0, up.stdout + up.stderr
-        settings = load_settings(env)
-        yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings), up=up)
-    finally:
-        subprocess.run([govml, "stack", "down"], cwd=REPO, env=env, timeout=300, check=False)
-
-
-def register_booster(
-    settings: Any, booster: Any, model: str, experiment: str, run_name: str | None = None
-) -> str:
-    """Log ``booster`` in a run of ``experiment`` (made in the stack's artifact store if
-    new) on the stack's MLflow server and register it as a version of ``model``: the
-    version number."""
-    import mlflow
-    import mlflow.lightgbm
-
-    from registry.mlflow_registry import artifact_location_for
-
-    uri = settings.mlflow_tracking_uri
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    client = mlflow.MlflowClient(uri, uri)
-    if client.get_experiment_by_name(experiment) is None:
-        client.create_experiment(
-            experiment, artifact_location=artifact_location_for(uri, settings.mlflow_artifacts)
-        )
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(run_name=run_name):
-        info = mlflow.lightgbm.log_model(booster, name="model")
-    return str(mlflow.register_model(info.model_uri, model).version)
-
-
-class AirflowAPI:
-    """The stack's Airflow REST API, as the users `make up` created."""
-
-    def __init__(self, settings) -> None:  # noqa: ANN001
-        import json
-
-        self.base = settings.airflow_url
-        self.passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
-
-    def call(
-        self, method: str, path: str, body: dict | None = None, user: str = "operator"
-    ) -> tuple[int, object]:
-        import json
-        import urllib.error
-        import urllib.request
-
-        headers = {"Content-Type": "application/json"}
-        if user:
-            headers["Authorization"] = f"Bearer {self.token(user)}"
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                raw = resp.read()
-                return resp.status, json.loads(raw) if raw else None
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                return err.code, json.loads(raw)
-            except ValueError:
-                return err.code, raw.decode(errors="replace")
-
-    def token(self, user: str) -> str:
-        import json
-        import urllib.request
-
-        req = urllib.request.Request(
-            f"{self.base}/auth/token",
-            data=json.dumps({"username": user, "password": self.passwords[user]}).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(req, timeout=30) as resp:
-            return json.loads(resp.read())["access_token"]
-
-    @staticmethod
-    def _run_path(dag: str, run_id: str) -> str:
-        from urllib.parse import quote
-
-        return f"/api/v2/dags/{dag}/dagRuns/{quote(run_id, safe='')}"
-
-    def wait_for_dag(self, dag: str, timeout: float = 180) -> None:
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:  # the dag-processor parses dags/ after start-up
-            if self.call("GET", f"/api/v2/dags/{dag}")[0] == 200:
-                return
-            time.sleep(2)
-        raise AssertionError(f"{dag} was not parsed by the dag-processor in {timeout} s")
-
-    def trigger(self, dag: str, conf: dict | None = None, user: str = "operator") -> str:
-        self.wait_for_dag(dag)
-        code, run = self.call(
-            "POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "conf": conf or {}}, user
-        )
-        assert code == 200, run
-        return run["dag_run_id"]  # type: ignore[index]
-
-    def run_state(self, dag: str, run_id: str) -> str:
-        return self.call("GET", self._run_path(dag, run_id))[1]["state"]  # type: ignore[index]
-
-    def task_state(self, dag: str, run_id: str, task: str) -> str | None:
-        code, ti = self.call("GET", f"{self._run_path(dag, run_id)}/taskInstances/{task}")
-        return ti.get("state") if code == 200 and isinstance(ti, dict) else None
-
-    def hitl(self, dag: str, run_id: str, task: str) -> dict:
-        code, body = self.call(
-            "GET", f"{self._run_path(dag, run_id)}/taskInstances/{task}/-1/hitlDetails"
-        )
-        assert code == 200, body
-        return body  # type: ignore[return-value]
-
-    def answer(
-        self, dag: str, run_id: str, task: str, option: str, reason: str, user: str
-    ) -> tuple[int, object]:
-        from ops.approval_form import answer_body
-
-        return self.call(
-            "PATCH",
-            f"{self._run_path(dag, run_id)}/taskInstances/{task}/-1/hitlDetails",
-            answer_body(option, reason),
-            user,
-        )
-
-    def wait_awaiting_input(
-        self, dag: str, run_id: str, task: str, timeout: float, settle: float = 5.0
-    ) -> None:
-        """Until the task waits for a (new) answer: awaiting_input with no response, still
-        so ``settle`` seconds later.
-
-        An answer given within a second of the task pausing can race Airflow's scheduler
-        (the paused task process's exit is processed after the answer moved the task on,
-        and the scheduler fails the task instance); people do not answer that fast, and
-        a loaded CI machine widens the window, so the tests wait as a person would.
-        """
-
-        deadline = time.monotonic() + timeout
-        state = None
-        while time.monotonic() < deadline:
-            state = self.task_state(dag, run_id, task)
-            if state == "awaiting_input" and not self.hitl(dag, run_id, task).get(
-                "response_received"
-            ):
-                time.sleep(settle)
-                if self.task_state(dag, run_id, task) == "awaiting_input":
-                    return
-                continue
-            if self.run_state(dag, run_id) in ("failed", "success"):
-                break
-            time.sleep(3)
-        raise AssertionError(f"{task} not awaiting input (state {state}, run {run_id})")
-
-    def wait_run(self, dag: str, run_id: str, timeout: float) -> str:
-
-        deadline = time.monotonic() + timeout
-        state = self.run_state(dag, run_id)
-        while state in ("queued", "running") and time.monotonic() < deadline:
-            time.sleep(3)
-            state = self.run_state(dag, run_id)
-        return state
+def german_credit_stack_env(base: Path, **extra: str) -> dict[str, str]:
+    """:func:`stack_env` for a stack whose state is in ``base/var`` and whose specs folder
+    (``GOVML_SPECS_DIR``, ``base/specs``) holds the German Credit spec alone, unscheduled
+    (:func:`single_spec_dir`); ``extra`` on top."""
+    specs = single_spec_dir(REPO, base / "specs", "german_credit")
+    return stack_env(base / "var", GOVML_SPECS_DIR=str(specs), **extra)
 
 
 def run_async(coroutine: Any) -> Any:
@@ -275,9 +191,9 @@ def run_async(coroutine: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- model servers
-# The model server (python -m serving, .venv-serving) on loopback with the German Credit
-# model trained by the real pipeline stages, bearer tokens and a prediction log: shared by
-# tests/integration/test_model_server_strict.py and the serving tests in tests/security/.
+# The model server (python -m serving, .venv-serving) on loopback: started, awaited,
+# called and stopped (the German Credit server of the strict-input and security tests:
+# ``tests.german_credit``).
 GERMAN_CREDIT = "german_credit"
 
 
@@ -311,6 +227,20 @@ def http_call(
         return status, json.loads(text), head
     except ValueError:
         return status, text.decode(errors="replace"), head
+
+
+def predict_request(
+    base: str, model: str, row: dict, token: str, entity: str | None = None
+) -> urllib.request.Request:
+    """A V1 ``:predict`` request of one ``row`` for ``model`` at ``base`` (a model server
+    or the gateway) with the bearer ``token``, and ``X-Govml-Entity: entity`` if given."""
+    import json
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    if entity is not None:
+        headers["X-Govml-Entity"] = entity
+    body = json.dumps({"instances": [row]}).encode()
+    return urllib.request.Request(f"{base}/v1/models/{model}:predict", data=body, headers=headers)
 
 
 def http_status(url: str, timeout: float = 5) -> int:
@@ -356,6 +286,30 @@ def stop_serving(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+@contextlib.contextmanager
+def serving_process(
+    args: list[str], log: Path, ready: str, timeout: float = 90
+) -> Iterator[subprocess.Popen]:
+    """:func:`start_serving` ``args`` (output to ``log``), ready once the URL ``ready``
+    answers 200 (:func:`wait_http_ok`); stopped (:func:`stop_serving`) when the context
+    closes, whatever happened."""
+    proc = start_serving(args, log)
+    try:
+        wait_http_ok(ready, proc, log, timeout)
+        yield proc
+    finally:
+        stop_serving(proc)
+
+
+def model_server_argv(model: str, model_uri: Path | str, port: int, *args: str) -> list[str]:
+    """The command line of the model server (``python -m serving`` in .venv-serving)
+    serving ``model`` from the folder ``model_uri`` on HTTP ``port``, then ``args``."""
+    return [
+        str(SERVING_PY), "-m", "serving", "--model_name", model, "--model_uri", str(model_uri),
+        "--http_port", str(port), *args,
+    ]  # fmt: skip
+
+
 def start_model_server(env: dict[str, str], log: Path, *args: str) -> Any:
     """``python -m serving ARGS`` in .venv-serving; output to ``log`` (a pipe nobody
     reads fills up and blocks the server's logging)."""
@@ -394,83 +348,6 @@ def stop_model_server(proc: Any) -> None:
     if proc.poll() is None:
         proc.terminate()
         proc.wait(timeout=60)
-
-
-def train_german_credit(root: Path) -> Any:
-    """The German Credit model trained by the real pipeline stages (features, training),
-    60 rounds: ``spec``, ``booster``, ``test`` (the test split), ``rows`` (its model
-    features as JSON records), ``model_dir``, ``sha256``."""
-    import hashlib
-    import json
-    from types import SimpleNamespace
-
-    from pipelines.data.german_credit import load_german_credit
-    from pipelines.features import build_features, read_split
-    from pipelines.stages.train import train
-    from pipelines.training import load_model
-
-    spec = with_training(spec_of(GERMAN_CREDIT), num_boost_round=60, early_stopping_rounds=60)
-    ingest = write_ingest(spec, load_german_credit(), root / "ingest")
-    build_features(spec, ingest, root / "features")
-    train(spec, root / "features", root / "train")
-    booster = load_model(root / "train" / "model.txt")
-    test = read_split(spec, root / "features", "test")
-    frame = test[list(booster.feature_name())]
-    values = frame.astype(object).where(frame.notna(), None)
-    rows = json.loads(json.dumps(values.to_dict("records"), default=lambda o: o.item()))
-    digest = hashlib.sha256((root / "train" / "model.txt").read_bytes()).hexdigest()
-    return SimpleNamespace(
-        spec=spec, booster=booster, test=test, rows=rows, model_dir=root / "train", sha256=digest
-    )
-
-
-def serve_german_credit(
-    root: Path, trained: Any, *, version: str = "7", max_body_bytes: int = 200_000
-) -> Any:
-    """A ready model server for ``trained`` (:func:`train_german_credit`) on a free
-    loopback port: strict input (the spec), the approved SHA-256, version ``version``,
-    a JSONL prediction log in ``root/predictions`` and two clients, ``core-banking``
-    (scope predict: ``token``) and ``dashboards`` (scope explain: ``explain_token``).
-    Stop it with :func:`stop_model_server` (``.proc``)."""
-    import os
-    from types import SimpleNamespace
-
-    from serving.token_files import write_records
-    from serving.token_records import generate_token
-
-    predict_token, predict_record = generate_token("core-banking", ["predict"])
-    explain_token, explain_record = generate_token("dashboards", ["explain"])
-    tokens = root / "tokens.json"
-    write_records(tokens, [predict_record, explain_record])
-    port = free_port()
-    env = dict(os.environ) | {"GOVML_PREDICTION_LOG_KEY": "k" * 32}
-    log = root / "server.log"
-    proc = start_model_server(
-        env,
-        log,
-        "--model_name", GERMAN_CREDIT,
-        "--model_uri", str(trained.model_dir),
-        "--expected_sha256", trained.sha256,
-        "--spec", str(REPO / "specs" / f"{GERMAN_CREDIT}.yaml"),
-        "--model_version", version,
-        "--prediction_log", str(root / "predictions"),
-        "--prediction_log_format", "jsonl",
-        "--tokens", str(tokens),
-        "--max_body_bytes", str(max_body_bytes),
-        "--http_port", str(port),
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    wait_model_ready(base, GERMAN_CREDIT, proc, log)
-    return SimpleNamespace(
-        base=base,
-        proc=proc,
-        token=predict_token,
-        explain_token=explain_token,
-        log_dir=root / "predictions",
-        server_log=log,
-        env=env,
-        version=version,
-    )
 
 
 def logged_rows(log_dir: Path) -> list[dict[str, Any]]:

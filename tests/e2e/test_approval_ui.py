@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import subprocess
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -59,49 +61,44 @@ def _open_action(browser, stack: SimpleNamespace, user: str, run_id: str):  # no
     return context, page
 
 
-def _decide_in_browser(
-    browser,  # noqa: ANN001
-    stack: SimpleNamespace,
-    user: str,
-    run_id: str,
-    option: str,
-    reason: str,
-    shot: Path,
-) -> None:
-    """Answer the pending action; the form starts with an empty reason and cannot be
-    answered without one."""
-    context, page = _open_action(browser, stack, user, run_id)
-    try:
-        assert page.locator(REASON).input_value() == "", "the Reason field starts empty"
-        answer = page.get_by_test_id(f"hitl-option-{option}")
-        assert answer.is_disabled(), "the reason is required before answering"
-        page.locator(REASON).fill(reason)
-        answer.click()
-        page.get_by_text("approval response successful", exact=False).wait_for(timeout=30_000)
-        page.screenshot(path=str(shot), full_page=True)
-    finally:
-        context.close()
+@dataclass(frozen=True)
+class Gate:
+    """A lifecycle run waiting at its approval task, answered in the browser; the
+    screenshots go to ``shots``."""
 
+    browser: Any
+    stack: SimpleNamespace
+    run_id: str
+    shots: Path
 
-def _refusal_shown(
-    browser,  # noqa: ANN001
-    stack: SimpleNamespace,
-    run_id: str,
-    text: str,
-    shot: Path,
-) -> None:
-    """The run's next Required Action shows ``text`` above its form, the reason empty."""
-    stack.api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)
-    context, page = _open_action(browser, stack, "reviewer", run_id)
-    try:
-        note = page.get_by_text(text, exact=False).first
-        note.wait_for(timeout=30_000)
-        field = page.locator(REASON)
-        assert note.bounding_box()["y"] < field.bounding_box()["y"], "shown above the form"
-        assert field.input_value() == ""
-        page.screenshot(path=str(shot), full_page=True)
-    finally:
-        context.close()
+    def decide(self, user: str, option: str, reason: str, shot: str) -> None:
+        """``user`` answers the pending action with ``option`` and ``reason``; the form
+        starts with an empty reason and cannot be answered without one."""
+        context, page = _open_action(self.browser, self.stack, user, self.run_id)
+        try:
+            assert page.locator(REASON).input_value() == "", "the Reason field starts empty"
+            answer = page.get_by_test_id(f"hitl-option-{option}")
+            assert answer.is_disabled(), "the reason is required before answering"
+            page.locator(REASON).fill(reason)
+            answer.click()
+            page.get_by_text("approval response successful", exact=False).wait_for(timeout=30_000)
+            page.screenshot(path=str(self.shots / shot), full_page=True)
+        finally:
+            context.close()
+
+    def refusal_shown(self, text: str, shot: str) -> None:
+        """The run's next Required Action shows ``text`` above its form, the reason empty."""
+        self.stack.api.wait_awaiting_input(DAG, self.run_id, "approval", timeout=360)
+        context, page = _open_action(self.browser, self.stack, "reviewer", self.run_id)
+        try:
+            note = page.get_by_text(text, exact=False).first
+            note.wait_for(timeout=30_000)
+            field = page.locator(REASON)
+            assert note.bounding_box()["y"] < field.bounding_box()["y"], "shown above the form"
+            assert field.input_value() == ""
+            page.screenshot(path=str(self.shots / shot), full_page=True)
+        finally:
+            context.close()
 
 
 def _swap_registered_artifact(stack: SimpleNamespace, sha256: str, since: float) -> list[Path]:
@@ -149,7 +146,7 @@ def _until_recorded(stack: SimpleNamespace, run_id: str, kinds: int) -> None:
     while time.monotonic() < deadline:
         if len(events(stack.settings.governance_url, run_id=run_id)) >= kinds:
             return
-        time.sleep(2)
+        time.sleep(stack.api.POLL_S)
     state = stack.api.task_state(DAG, run_id, "approval")
     raise AssertionError(
         f"no decision recorded for {run_id} (approval task {state}):\n"
@@ -186,15 +183,8 @@ def test_approvers_approve_and_the_run_deploys_that_version(
     assert request.risk_reasons, "German Credit's proxy warnings make it high-risk"
 
     before = _count(stack, run_id)
-    _decide_in_browser(
-        browser,
-        stack,
-        "reviewer",
-        run_id,
-        "Approve",
-        "model card and SHAP reviewed",
-        tmp_path / "reviewer-approves.png",
-    )
+    gate = Gate(browser, stack, run_id, tmp_path)
+    gate.decide("reviewer", "Approve", "model card and SHAP reviewed", "reviewer-approves.png")
     _until_recorded(stack, run_id, before + 1)
     api.wait_awaiting_input(DAG, run_id, "approval", timeout=360)  # asks the second approver
     assert api.hitl(DAG, run_id, "approval")["body"].startswith(
@@ -285,18 +275,14 @@ def test_refused_answers_are_shown_above_the_form_and_a_rejection_stops_the_run(
     run_id = api.trigger(DAG, conf, user="operator")
     api.wait_awaiting_input(DAG, run_id, "approval", timeout=600)
     url = stack.settings.governance_url
+    gate = Gate(browser, stack, run_id, tmp_path)
 
     # whoever triggered the run cannot approve it; the Reason field did not start with
     # the trigger's reason, and the refusal is shown above the next form
-    _decide_in_browser(
-        browser, stack, "operator", run_id, "Approve", "looks fine to me", tmp_path / "self.png"
-    )
-    _refusal_shown(
-        browser,
-        stack,
-        run_id,
+    gate.decide("operator", "Approve", "looks fine to me", "self.png")
+    gate.refusal_shown(
         "Refused: operator's approve: operator triggered this run and cannot approve",
-        tmp_path / "self-refused.png",
+        "self-refused.png",
     )
     refused = events(url, run_id=run_id, kinds=["approval_refused"])
     assert refused[-1].actor == "operator"
@@ -305,49 +291,21 @@ def test_refused_answers_are_shown_above_the_form_and_a_rejection_stops_the_run(
     # an answer without a reason (over REST: the form does not allow it) is refused
     code, body = api.answer(DAG, run_id, "approval", "Approve", " ", "reviewer")
     assert code == 200, body
-    _refusal_shown(
-        browser,
-        stack,
-        run_id,
-        "Refused: reviewer's approve: a reason",
-        tmp_path / "no-reason-refused.png",
-    )
+    gate.refusal_shown("Refused: reviewer's approve: a reason", "no-reason-refused.png")
 
     # the registered model file changes after the request: the reviewer's approval in
     # the browser is checked against the artifact as the registry holds it now
     request = _request(stack, run_id)
     _swap_registered_artifact(stack, request.artifact_sha256, since=started)
-    _decide_in_browser(
-        browser,
-        stack,
-        "reviewer",
-        run_id,
-        "Approve",
-        "model card reviewed",
-        tmp_path / "swapped.png",
-    )
-    _refusal_shown(
-        browser,
-        stack,
-        run_id,
-        "Refused: reviewer's approve: the artifact",
-        tmp_path / "swapped-refused.png",
-    )
+    gate.decide("reviewer", "Approve", "model card reviewed", "swapped.png")
+    gate.refusal_shown("Refused: reviewer's approve: the artifact", "swapped-refused.png")
     last = events(url, run_id=run_id, kinds=["approval_refused"])[-1]
     assert last.actor == "reviewer"
     assert "is not the one submitted for approval" in last.payload["reason"]
     assert not events(url, run_id=run_id, kinds=["approval_granted"]), "no approval recorded"
     assert _request(stack, run_id).approvers == []
 
-    _decide_in_browser(
-        browser,
-        stack,
-        "reviewer",
-        run_id,
-        "Reject",
-        "PSI on the age bands is unexplained",
-        tmp_path / "reviewer-rejects.png",
-    )
+    gate.decide("reviewer", "Reject", "PSI on the age bands is unexplained", "reviewer-rejects.png")
     assert api.wait_run(DAG, run_id, timeout=300) == "failed"
     assert api.task_state(DAG, run_id, "approval") == "failed"
     assert api.task_state(DAG, run_id, "deploy") in ("upstream_failed", None)

@@ -27,14 +27,17 @@ import yaml
 
 from pipelines.config import load_settings
 from pipelines.data.german_credit import load_german_credit
-from pipelines.features import build_features, read_split
+from pipelines.features import read_split
 from pipelines.spec import load_spec
 from serving.token_files import provision, write_records
 from serving.token_records import generate_token
-from tests.datasets import spec_of, with_training, write_ingest
+from tests.datasets import json_records
+from tests.german_credit import german_credit_features, trained
+from tests.releases import approve, grant_approvers, record_deployed
 from tests.support import (
     free_port,
     logged_rows,
+    predict_request,
     stack_env,
     start_serving,
     stop_serving,
@@ -80,32 +83,8 @@ def _server(world: SimpleNamespace, version: str, model_dir: Path) -> Any:
 
 def _deployed(settings: Any, spec: Any, version: str, url: str) -> None:
     """An approved (four eyes) deployment record with the endpoint, as deploy writes it."""
-    from registry import approvals, governance
-
-    gov = settings.governance_url
-    approvals.request_approval(
-        gov,
-        spec,
-        model_version=version,
-        artifact_sha256="0" * 64,
-        origin=approvals.RunOrigin(
-            run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev"
-        ),
-        risk_reasons=[],
-    )
-    for user in ("alice", "bob"):
-        state = approvals.decide(
-            gov,
-            MODEL,
-            version,
-            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
-        )
-        if state.status == "approved":
-            break
-    governance.record_deployment(
-        gov, state, environment="local", action="deployed", actor="govml-lifecycle",
-        details={"endpoint": url}, consume=True,
-    )  # fmt: skip
+    state = approve(settings.governance_url, spec, version, "0" * 64)
+    record_deployed(settings.governance_url, state, {"endpoint": url})
 
 
 @pytest.fixture(autouse=True)
@@ -121,37 +100,27 @@ def fixed_salt(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    from pipelines.stages.train import train
-    from registry import approvals
     from registry.store import upgrade
     from serving.gateway_routes import write_routes
 
     root = tmp_path_factory.mktemp("abtest")
     settings = load_settings(stack_env(root / "var"))
     upgrade(settings.governance_url)
-    for user in ("alice", "bob"):
-        approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
+    grant_approvers(settings.governance_url)
     raw = yaml.safe_load((ROOT / "specs" / f"{MODEL}.yaml").read_text())
     raw["abtest"] = ABTEST
     spec_path = root / f"{MODEL}.yaml"
     spec_path.write_text(yaml.safe_dump(raw, sort_keys=False))
     spec = load_spec(spec_path)
-    good = with_training(spec_of(MODEL), num_boost_round=40, early_stopping_rounds=40)
     data = load_german_credit()
-    build_features(good, write_ingest(good, data, root / "ingest"), root / "f")
-    train(good, root / "f", root / "good")
+    good = german_credit_features(root, 40, data)
+    trained(good, root, root / "good")
     flipped = data.assign(**{spec.data.target: 1 - data[spec.data.target]})
-    build_features(good, write_ingest(good, flipped, root / "ingest-bug"), root / "f-bug")
-    train(good, root / "f-bug", root / "inverted")
-    test = read_split(good, root / "f", "test")
+    trained(german_credit_features(root / "bug", 40, flipped), root / "bug", root / "inverted")
+    test = read_split(good, root / "features", "test")
     features = list(spec.features.names)
     frame = test[features]
-    rows = json.loads(
-        json.dumps(
-            frame.astype(object).where(frame.notna(), None).to_dict("records"),
-            default=lambda o: o.item(),
-        )
-    )
+    rows = json_records(frame)
     world = SimpleNamespace(
         root=root, settings=settings, spec=spec, spec_path=spec_path, rows=rows,
         labels=[int(v) for v in test[spec.data.target]], procs=[],
@@ -189,14 +158,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
 
 
 def _predict(world: SimpleNamespace, index: int, entity: str | None) -> tuple[str, str, str]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT}"}
-    if entity is not None:
-        headers["X-Govml-Entity"] = entity
-    req = urllib.request.Request(
-        f"{world.base}/v1/models/{MODEL}:predict",
-        data=json.dumps({"instances": [world.rows[index]]}).encode(),
-        headers=headers,
-    )
+    req = predict_request(world.base, MODEL, world.rows[index], CLIENT, entity)
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
         return (

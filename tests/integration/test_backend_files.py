@@ -17,6 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines import backends as b
 from pipelines.backends import BACKEND_KEYS, open_backend
 from pipelines.data.fraud import write_fraud
 from pipelines.data.fraud_config import FraudConfig
@@ -32,24 +33,42 @@ RUN_TIME = re.compile(r"\d{8}T\d{6}\.\d+Z")
 
 
 def _run_chain(spec: ModelSpec, raw: Path, run_dir: Path, compute: Compute) -> None:
-    from pipelines.stages.evaluate import write_evaluation
+    from pipelines.evaluation import EvaluateInputs
+    from pipelines.features import FeaturesInputs
+    from pipelines.ingest import IngestInputs
+    from pipelines.stages import evaluate, explain, features, ingest, train, validate_data
     from pipelines.stages.fairness import assess_fairness
     from pipelines.stages.gates import check_gates
-    from pipelines.stages.train import write_training
+    from pipelines.training import TrainInputs
+    from validation.data_quality import ValidateInputs
+    from validation.explain import ExplainInputs
+    from validation.fairness import FairnessInputs
+    from validation.gates import GateInputs
 
     d = {name: run_dir / name for name in (*STAGES, "gates")}
+    data = d["ingest"] / "data.parquet"
     with open_backend(compute) as backend:
-        backend.ingest(spec, raw, d["ingest"])
-        data = d["ingest"] / "data.parquet"
-        backend.validate_data(spec, data, d["validate_data"])
-        backend.build_features(spec, data, d["features"])
-        write_training(spec, d["train"], backend.train(spec, d["features"]))
-        write_evaluation(spec, d["evaluate"], backend.evaluate(spec, d["features"], d["train"]))
-        assess_fairness(spec, d["features"], d["evaluate"], d["fairness"])
-        backend.explain(spec, d["features"], d["train"], d["evaluate"], d["explain"])
+        ingest.write_ingest(
+            spec, d["ingest"], backend.run(b.INGEST, spec, IngestInputs(raw, d["ingest"]))
+        )
+        checked = backend.run(b.VALIDATE_DATA, spec, ValidateInputs(data, d["validate_data"]))
+        validate_data.write_validation(spec, d["validate_data"], checked)
+        tables = backend.run(b.FEATURES, spec, FeaturesInputs(data, d["features"]))
+        features.write_features(spec, tables)
+        train.write_training(
+            spec, d["train"], backend.run(b.TRAIN, spec, TrainInputs(d["features"]))
+        )
+        scored = backend.run(b.EVALUATE, spec, EvaluateInputs(d["features"], d["train"]))
+        evaluate.write_evaluation(spec, d["evaluate"], scored)
+        assess_fairness(spec, FairnessInputs(d["features"], d["evaluate"]), d["fairness"])
+        found = backend.run(
+            b.EXPLAIN, spec, ExplainInputs(d["features"], d["train"], d["evaluate"])
+        )
+        explain.write_explanation(spec, d["explain"], found)
     # a small model may fail a gate: the files are written all the same
     with contextlib.suppress(GateFailedError):
-        check_gates(spec, d["evaluate"], d["fairness"], d["explain"], d["gates"])
+        gate_inputs = GateInputs(d["evaluate"], d["fairness"], d["explain"])
+        check_gates(spec, gate_inputs, d["gates"])
 
 
 def _files(folder: Path) -> list[str]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import load_settings
-from tests.support import AirflowAPI, single_spec_dir, stack_env
+from tests.airflow_api import AirflowAPI
+from tests.support import german_credit_stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -47,10 +48,8 @@ def _make(target: str, env: dict[str, str], timeout: int) -> subprocess.Complete
 def test_the_lifecycle_runs_on_two_celery_workers(
     tmp_path: Path, pg_database: str, broker: str
 ) -> None:
-    specs = single_spec_dir(ROOT, tmp_path / "specs", "german_credit")
-    env = stack_env(
-        tmp_path / "var",
-        GOVML_SPECS_DIR=str(specs),
+    env = german_credit_stack_env(
+        tmp_path,
         GOVML_AIRFLOW_EXECUTOR="CeleryExecutor",
         GOVML_AIRFLOW_DB_URL=pg_database,
         GOVML_CELERY_BROKER_URL=broker,

@@ -20,17 +20,19 @@ from pipelines.config import load_settings
 from pipelines.data.fraud import write_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import ConfigError, DataValidationError, SpecError
-from pipelines.features import SPLITS, build_features, compute_aggregates, read_features_json
+from pipelines.features import SPLITS, FeaturesInputs, compute_aggregates, read_features_json
 from pipelines.features import read_split as read_split_local
-from pipelines.ingest import ingest
 from pipelines.spec import Compute, ModelSpec, load_spec, parse_spec
 from pipelines.spec_features import AggregateFeature
+from pipelines.stages.features import build_features, write_features
+from pipelines.stages.ingest import ingest
 from pipelines.stages.train import train, write_training
-from pipelines.training import load_model, score
+from pipelines.training import TrainInputs, load_model, score
 from tests.datasets import spec_of, with_training
 
 dask_backend = pytest.importorskip("pipelines.backends.dask_core")
 dask_training = pytest.importorskip("pipelines.backends.dask_training")
+Cluster = dask_backend.Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 24_000
@@ -43,11 +45,6 @@ def spec() -> ModelSpec:
 
 
 @pytest.fixture(scope="module")
-def client(dask_client: object) -> object:
-    return dask_client  # the package's cluster (tests/integration/conftest.py)
-
-
-@pytest.fixture(scope="module")
 def data(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dask-data")
     cfg = FraudConfig(n_rows=ROWS, seed=3, days=6, fraud_rate=0.01)
@@ -57,18 +54,24 @@ def data(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "ingest" / "data.parquet"
 
 
+def _features_dask(spec: ModelSpec, data: Path, out: Path, cluster: object) -> None:
+    """The Dask feature tables and the stage's record of them (:func:`write_features`)."""
+    tables = dask_backend.build_features_dask(spec, FeaturesInputs(data, out), cluster)
+    write_features(spec, tables)
+
+
 @pytest.fixture(scope="module")
 def feature_dirs(
-    spec: ModelSpec, data: Path, client: object, tmp_path_factory: pytest.TempPathFactory
+    spec: ModelSpec, data: Path, dask_client: object, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("dask-features")
     build_features(spec, data, folder / "local")
-    dask_backend.build_features_dask(spec, data, folder / "dask", client, PARTITION_ROWS)
+    _features_dask(spec, data, folder / "dask", Cluster(dask_client, PARTITION_ROWS))
     return folder / "local", folder / "dask"
 
 
 def test_stages_shuffle_on_the_workers_and_leave_no_temp_files(
-    spec: ModelSpec, data: Path, client: object, tmp_path: Path
+    spec: ModelSpec, data: Path, dask_client: object, tmp_path: Path
 ) -> None:
     import tempfile
 
@@ -78,9 +81,9 @@ def test_stages_shuffle_on_the_workers_and_leave_no_temp_files(
         return set(Path(tempfile.gettempdir()).glob("*.partd"))
 
     before = partd()
-    with dask_backend.on_cluster(client):  # type: ignore[arg-type]
+    with dask_backend.on_cluster(dask_client):  # type: ignore[arg-type]
         assert dask.config.get("dataframe.shuffle.method") == "tasks"
-    dask_backend.build_features_dask(spec, data, tmp_path / "features", client, PARTITION_ROWS)
+    _features_dask(spec, data, tmp_path / "features", Cluster(dask_client, PARTITION_ROWS))
     assert partd() == before  # Dask's disk shuffle would leave its partd folders here
 
 
@@ -108,7 +111,7 @@ def test_feature_tables_equal_local_exactly(
 
 
 def test_every_aggregate_kind_exact_on_uneven_partitions(
-    spec: ModelSpec, data: Path, client: object
+    spec: ModelSpec, data: Path, dask_client: object
 ) -> None:
     import dask
 
@@ -130,7 +133,7 @@ def test_every_aggregate_kind_exact_on_uneven_partitions(
     from pipelines.features import retype_categories
 
     expected = compute_aggregates(aggs, retype_categories(frame, spec), "tx_time")
-    with dask.config.set(scheduler=client):
+    with dask.config.set(scheduler=dask_client):
         ddf = dask_backend.read_partitioned(data, spec, 997)
         got = dask_backend.aggregates_dask(ddf, aggs, "tx_time").compute()
     got = got[[a.name for a in aggs]]
@@ -140,7 +143,7 @@ def test_every_aggregate_kind_exact_on_uneven_partitions(
 
 
 def test_input_checks_match_local(
-    spec: ModelSpec, data: Path, client: object, tmp_path: Path
+    spec: ModelSpec, data: Path, dask_client: object, tmp_path: Path
 ) -> None:
     frame = pd.read_parquet(data)
     frame.loc[5, "transaction_id"] = frame.loc[6, "transaction_id"]
@@ -149,18 +152,18 @@ def test_input_checks_match_local(
     with pytest.raises(DataValidationError, match="duplicates") as local_error:
         build_features(spec, broken, tmp_path / "local")
     with pytest.raises(DataValidationError, match="duplicates") as dask_error:
-        dask_backend.build_features_dask(spec, broken, tmp_path / "dask", client, 3000)
+        _features_dask(spec, broken, tmp_path / "dask", Cluster(dask_client, 3000))
     assert str(dask_error.value) == str(local_error.value)
 
 
 def test_batch_scores_equal_local_exactly(
-    spec: ModelSpec, feature_dirs: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, feature_dirs: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
     local, _ = feature_dirs
     trained = train(spec, local, tmp_path / "train")
     test_path = local / "test.parquet"
     out = dask_backend.batch_score(
-        spec, trained.model_path, test_path, tmp_path / "scores.parquet", client, 700
+        spec, trained.model_path, test_path, tmp_path / "scores.parquet", dask_client, 700
     )
     scores = pd.read_parquet(out["scores"])
     test = read_split_local(spec, local, "test")
@@ -171,12 +174,14 @@ def test_batch_scores_equal_local_exactly(
 
 
 def test_distributed_training_within_auc_tolerance(
-    spec: ModelSpec, feature_dirs: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, feature_dirs: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
     local, dist = feature_dirs
     local_model = train(spec, local, tmp_path / "local")
     dask_model = write_training(
-        spec, tmp_path / "dask", dask_training.train_dask(spec, dist, client, 3000)
+        spec,
+        tmp_path / "dask",
+        dask_training.train_dask(spec, TrainInputs(dist), Cluster(dask_client, 3000)),
     )
     test = read_split_local(spec, local, "test")
     y = test["is_fraud"].to_numpy()
@@ -191,7 +196,7 @@ def test_distributed_training_within_auc_tolerance(
 
 
 def test_negative_sampling_keeps_the_local_rows(
-    spec: ModelSpec, feature_dirs: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, feature_dirs: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
     local, dist = feature_dirs
     sampled = spec.model_copy(
@@ -199,7 +204,9 @@ def test_negative_sampling_keeps_the_local_rows(
     )
     local_model = train(sampled, local, tmp_path / "local")
     dask_model = write_training(
-        sampled, tmp_path / "dask", dask_training.train_dask(sampled, dist, client, 3000)
+        sampled,
+        tmp_path / "dask",
+        dask_training.train_dask(sampled, TrainInputs(dist), Cluster(dask_client, 3000)),
     )
     local_meta = json.loads((tmp_path / "local" / "training.json").read_text())
     dask_meta = json.loads((tmp_path / "dask" / "training.json").read_text())
@@ -214,10 +221,10 @@ def test_negative_sampling_keeps_the_local_rows(
 
 
 def test_tuning_is_refused_on_dask(
-    spec: ModelSpec, feature_dirs: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, feature_dirs: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match="tuning_trials=3"):
-        dask_training.train_dask(spec, feature_dirs[1], client, 3000, tuning_trials=3)
+        dask_training.train_dask(spec, TrainInputs(feature_dirs[1], 3), Cluster(dask_client, 3000))
 
 
 def test_unreachable_scheduler_is_one_clear_error() -> None:
@@ -248,7 +255,7 @@ def test_compute_section_and_overrides(spec: ModelSpec) -> None:
         parse_spec(raw, "fraud.yaml")
 
 
-def test_stratified_split_equal_local_exactly(client: object, tmp_path: Path) -> None:
+def test_stratified_split_equal_local_exactly(dask_client: object, tmp_path: Path) -> None:
     from pipelines.data.credit import CreditConfig, write_credit
 
     credit = load_spec(ROOT / "specs" / "credit.yaml")
@@ -256,7 +263,7 @@ def test_stratified_split_equal_local_exactly(client: object, tmp_path: Path) ->
     ingest(credit, tmp_path / "raw" / f"{manifest.name}.parquet", tmp_path / "ingest")
     data = tmp_path / "ingest" / "data.parquet"
     build_features(credit, data, tmp_path / "local")
-    dask_backend.build_features_dask(credit, data, tmp_path / "dask", client, 1_100)
+    _features_dask(credit, data, tmp_path / "dask", Cluster(dask_client, 1_100))
     for split in SPLITS:
         pd.testing.assert_frame_equal(
             read_split_local(credit, tmp_path / "dask", split),

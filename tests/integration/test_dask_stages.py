@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -16,10 +17,12 @@ import pytest
 from pipelines.data.fraud import write_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import DataValidationError
-from pipelines.ingest import ingest
+from pipelines.ingest import IngestInputs
 from pipelines.spec import ModelSpec
+from pipelines.stages.ingest import ingest, write_ingest
 
 dask_backend = pytest.importorskip("pipelines.backends.dask_core")
+from pipelines.backends.dask_core import Cluster  # noqa: E402
 from pipelines.backends.dask_ingest import ingest_dask  # noqa: E402
 from tests.datasets import spec_of, with_training  # noqa: E402
 
@@ -34,11 +37,6 @@ def spec() -> ModelSpec:
 
 
 @pytest.fixture(scope="module")
-def client(dask_client: object) -> object:
-    return dask_client  # the package's cluster (tests/integration/conftest.py)
-
-
-@pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dask-stages")
     cfg = FraudConfig(n_rows=ROWS, seed=5, days=5, fraud_rate=0.01)
@@ -46,13 +44,18 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "raw" / f"{manifest.name}.parquet"
 
 
+def _ingest_dask(spec: ModelSpec, source: Path, out: Path, cluster: Cluster) -> Any:
+    """The Dask ingest and the stage's record of it (:func:`write_ingest`)."""
+    return write_ingest(spec, out, ingest_dask(spec, IngestInputs(source, out), cluster))
+
+
 @pytest.fixture(scope="module")
 def ingested(
-    spec: ModelSpec, raw: Path, client: object, tmp_path_factory: pytest.TempPathFactory
+    spec: ModelSpec, raw: Path, dask_client: object, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("dask-ingested")
     ingest(spec, raw, folder / "local")
-    ingest_dask(spec, raw, folder / "dask", client, PARTITION_ROWS)
+    _ingest_dask(spec, raw, folder / "dask", Cluster(dask_client, PARTITION_ROWS))
     return folder / "local", folder / "dask"
 
 
@@ -93,19 +96,19 @@ def _broken_source(raw: Path, tmp_path: Path) -> Path:
 
 
 def test_ingest_bad_input_gives_the_local_error(
-    spec: ModelSpec, raw: Path, client: object, tmp_path: Path
+    spec: ModelSpec, raw: Path, dask_client: object, tmp_path: Path
 ) -> None:
     source = _broken_source(raw, tmp_path)
     with pytest.raises(DataValidationError) as local_error:
         ingest(spec, source, tmp_path / "local")
     with pytest.raises(DataValidationError) as dask_error:
-        ingest_dask(spec, source, tmp_path / "dask", client, PARTITION_ROWS)
+        _ingest_dask(spec, source, tmp_path / "dask", Cluster(dask_client, PARTITION_ROWS))
     assert str(dask_error.value) == str(local_error.value)
     assert "'amount' (float): 4 value(s)" in str(dask_error.value)
 
 
 def test_ingest_nulls_extra_categories_and_folders(
-    spec: ModelSpec, raw: Path, client: object, tmp_path: Path
+    spec: ModelSpec, raw: Path, dask_client: object, tmp_path: Path
 ) -> None:
     frame = pd.read_parquet(raw)
     frame["customer_tenure_days"] = frame["customer_tenure_days"].astype("Int64")
@@ -120,33 +123,40 @@ def test_ingest_nulls_extra_categories_and_folders(
     single = tmp_path / "single.parquet"
     frame.to_parquet(single)
     local = ingest(spec, single, tmp_path / "local")
-    dist = ingest_dask(spec, folder, tmp_path / "dask", client, PARTITION_ROWS)
+    dist = _ingest_dask(spec, folder, tmp_path / "dask", Cluster(dask_client, PARTITION_ROWS))
     pd.testing.assert_frame_equal(
         pd.read_parquet(dist.data), pd.read_parquet(local.data), check_exact=True
     )
     assert dist.extra_categories == local.extra_categories == {"region": ["atlantis", "mars"]}
     assert dist.dtypes == local.dtypes and dist.dtypes["customer_tenure_days"] == "Int64"
     assert dist.nulls == local.nulls and dist.extra_columns == ["note"]
-    again = ingest_dask(spec, folder, tmp_path / "again", client, PARTITION_ROWS)
+    again = _ingest_dask(spec, folder, tmp_path / "again", Cluster(dask_client, PARTITION_ROWS))
     assert (again.sha256, again.data_sha256) == (dist.sha256, dist.data_sha256)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataValidationError, match="holds no Parquet files"):
-        ingest_dask(spec, tmp_path / "empty", tmp_path / "x", client, 100)
+        _ingest_dask(spec, tmp_path / "empty", tmp_path / "x", Cluster(dask_client, 100))
 
 
 # ----------------------------------------------------------------------------- validation
 
 
 def _validate_both(
-    spec: ModelSpec, data: Path, client: object, out: Path, **kwargs: object
+    spec: ModelSpec, data: Path, dask_client: object, out: Path, **kwargs: object
 ) -> tuple[dict, dict, str | None, str | None]:
     from pipelines.backends.dask_validation import validate_data_dask
-    from validation.data_quality import validate_data
+    from pipelines.stages.validate_data import validate_data, write_validation
+    from validation.data_quality import ValidateInputs
+
+    def dask(out: Path) -> object:
+        inputs = ValidateInputs(data, out, **kwargs)  # type: ignore[arg-type]
+        return write_validation(
+            spec, out, validate_data_dask(spec, inputs, Cluster(dask_client, PARTITION_ROWS))
+        )
 
     errors: list[str | None] = []
     for name, run in (
         ("local", lambda o: validate_data(spec, data, o, **kwargs)),
-        ("dask", lambda o: validate_data_dask(spec, data, o, client, PARTITION_ROWS, **kwargs)),
+        ("dask", dask),
     ):
         try:
             run(out / name)
@@ -172,17 +182,17 @@ def _assert_same_outcome(local: dict, dist: dict) -> None:
 
 
 def test_validation_clean_data_equals_local(
-    spec: ModelSpec, ingested: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, ingested: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
     data = ingested[0] / "data.parquet"
-    local, dist, err_local, err_dask = _validate_both(spec, data, client, tmp_path)
+    local, dist, err_local, err_dask = _validate_both(spec, data, dask_client, tmp_path)
     assert err_local is None and err_dask is None
     assert local["validation.json"]["success"] is True
     _assert_same_outcome(local, dist)
 
 
 def test_validation_planted_problems_equal_local(
-    spec: ModelSpec, ingested: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, ingested: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
     from datetime import datetime, timedelta
 
@@ -196,7 +206,7 @@ def test_validation_planted_problems_equal_local(
     bad = tmp_path / "bad.parquet"
     frame.to_parquet(bad, row_group_size=3_000)
     local, dist, err_local, err_dask = _validate_both(
-        spec, bad, client, tmp_path / "v",
+        spec, bad, dask_client, tmp_path / "v",
         now=datetime(2030, 1, 1), max_age=timedelta(days=3),
     )  # fmt: skip
     assert err_local is not None and err_dask == err_local
@@ -213,7 +223,7 @@ def test_validation_planted_problems_equal_local(
     # the clean data against this profile as the reference (median and recency checks)
     reference = tmp_path / "v" / "local" / "profile.json"
     local, dist, err_local, err_dask = _validate_both(
-        spec, ingested[0] / "data.parquet", client, tmp_path / "r", reference_profile=reference
+        spec, ingested[0] / "data.parquet", dask_client, tmp_path / "r", reference_profile=reference
     )
     assert err_dask == err_local
     assert any(r["check"].endswith(".median") for r in local["validation.json"]["expectations"])
@@ -227,7 +237,7 @@ def test_validation_planted_problems_equal_local(
 def trained(
     spec: ModelSpec, ingested: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
-    from pipelines.features import build_features
+    from pipelines.stages.features import build_features
     from pipelines.stages.train import train
 
     folder = tmp_path_factory.mktemp("dask-trained")
@@ -241,11 +251,13 @@ def _json(path: Path) -> dict:
 
 
 def test_evaluate_and_explain_equal_local(
-    spec: ModelSpec, trained: tuple[Path, Path], client: object, tmp_path: Path
+    spec: ModelSpec, trained: tuple[Path, Path], dask_client: object, tmp_path: Path
 ) -> None:
-    from pipelines.backends.dask_evaluation import ExplainRun, evaluate_dask, explain_dask
+    from pipelines.backends.dask_evaluation import evaluate_dask, explain_dask
+    from pipelines.evaluation import EvaluateInputs
     from pipelines.stages.evaluate import evaluate, write_evaluation
-    from validation.explain import explain
+    from pipelines.stages.explain import explain, write_explanation
+    from validation.explain import ExplainInputs
 
     features, train_dir = trained
     # a low threshold, so that rows are flagged and get reason codes
@@ -257,7 +269,9 @@ def test_evaluate_and_explain_equal_local(
     dist = write_evaluation(
         spec,
         tmp_path / "eval-dask",
-        evaluate_dask(spec, features, train_dir, client, 700, champion_model=champion),
+        evaluate_dask(
+            spec, EvaluateInputs(features, train_dir, champion), Cluster(dask_client, 700)
+        ),
     )
     assert local.rows > 1_000 and local.positives > 0
     assert _json(dist.metrics_path) == _json(local.metrics_path)
@@ -273,10 +287,9 @@ def test_evaluate_and_explain_equal_local(
     ex_local = explain(
         spec, features, train_dir, tmp_path / "eval-local", tmp_path / "ex-local", **kwargs
     )
-    ex_dask = explain_dask(
-        spec, features, train_dir, tmp_path / "eval-dask", tmp_path / "ex-dask",
-        ExplainRun(client, 700, champion), max_rows=500,
-    )  # fmt: skip
+    inputs = ExplainInputs(features, train_dir, tmp_path / "eval-dask", champion, 500)
+    found = explain_dask(spec, inputs, Cluster(dask_client, 700))
+    ex_dask = write_explanation(spec, tmp_path / "ex-dask", found)
     assert ex_dask.to_dict() | {"out_dir": ""} == ex_local.to_dict() | {"out_dir": ""}
     assert ex_local.reason_rows > 0 and ex_local.rows_explained == 500
     assert _json(tmp_path / "ex-dask" / "shap_importance.json") == _json(
@@ -293,7 +306,7 @@ def test_evaluate_and_explain_equal_local(
 
 
 def test_ingest_structural_errors_equal_local(
-    spec: ModelSpec, raw: Path, client: object, tmp_path: Path
+    spec: ModelSpec, raw: Path, dask_client: object, tmp_path: Path
 ) -> None:
     frame = pd.read_parquet(raw).drop(columns=["amount"])
     frame["channel"] = frame["channel"].astype(str)
@@ -308,6 +321,6 @@ def test_ingest_structural_errors_equal_local(
         with pytest.raises(DataValidationError) as local_error:
             ingest(spec, source, tmp_path / "local")
         with pytest.raises(DataValidationError) as dask_error:
-            ingest_dask(spec, source, tmp_path / "dask", client, PARTITION_ROWS)
+            _ingest_dask(spec, source, tmp_path / "dask", Cluster(dask_client, PARTITION_ROWS))
         assert str(dask_error.value) == str(local_error.value)
         assert expected in str(dask_error.value)

@@ -34,8 +34,9 @@ import pytest
 
 from pipelines.data.fraud import generate_fraud
 from pipelines.data.fraud_config import FraudConfig
-from pipelines.features import build_features, compute_aggregates
+from pipelines.features import compute_aggregates
 from pipelines.features_online import OnlineFeatures
+from pipelines.stages.features import build_features
 from pipelines.stages.train import train
 from serving.prediction_log_files import complete_files, read_records
 from serving.token_files import provision, write_records

@@ -9,6 +9,7 @@ with that deployment's ``service.token`` (found under ``--deployments``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -23,22 +24,14 @@ from typing import Any
 
 import pytest
 
-from pipelines.data.german_credit import load_german_credit
-from pipelines.features import build_features, read_split
-from pipelines.stages.train import train
-from pipelines.training import load_model, score
+from pipelines.features import read_split
+from pipelines.training import score
 from serving.gateway_routes import write_routes
 from serving.token_files import provision, write_records
 from serving.token_records import generate_token
-from tests.datasets import spec_of, with_training, write_ingest
-from tests.support import (
-    free_port,
-    http_status,
-    start_serving,
-    stop_serving,
-    wait_http_ok,
-    wait_until,
-)
+from tests.datasets import json_records
+from tests.german_credit import german_credit_features, trained
+from tests.support import free_port, http_status, predict_request, serving_process, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "specs" / "german_credit.yaml"
@@ -47,60 +40,48 @@ CLIENT, CLIENT_RECORD = generate_token("core-banking", ["predict"])
 pytestmark = pytest.mark.slow
 
 
-def _server(root: Path, version: str) -> tuple[subprocess.Popen, str]:
+@contextlib.contextmanager
+def _server(root: Path, version: str) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     tokens = provision(root / f"german-credit-v{version}")  # as the local deployer does
-    proc = start_serving(
+    url = f"http://127.0.0.1:{port}"
+    with serving_process(
         ["-m", "serving", "--enable_grpc", "false", "--model_name", MODEL,
          "--model_uri", str(root / "train"), "--spec", str(SPEC), "--model_version", version,
          "--http_port", str(port), "--tokens", str(tokens.tokens)],
         root / f"server-v{version}.log",
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{url}/v2/models/{MODEL}/ready", proc, root / f"server-v{version}.log")
-    return proc, url
+        f"{url}/v2/models/{MODEL}/ready",
+    ) as proc:  # fmt: skip
+        yield proc, url
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("gateway")
-    spec = with_training(spec_of(MODEL), num_boost_round=40, early_stopping_rounds=40)
-    build_features(
-        spec, write_ingest(spec, load_german_credit(), root / "ingest"), root / "features"
-    )
-    train(spec, root / "features", root / "train")
-    booster = load_model(root / "train" / "model.txt")
+    spec = german_credit_features(root, 40)
+    booster = trained(spec, root, root / "train")
     test = read_split(spec, root / "features", "test")
-    frame = test[list(booster.feature_name())]
-    rows = json.loads(
-        json.dumps(
-            frame.astype(object).where(frame.notna(), None).to_dict("records"),
-            default=lambda o: o.item(),
-        )
-    )
-    procs = {v: _server(root, v) for v in ("1", "2", "3")}
-    routes = root / "routes.json"
-    write_routes(routes, _routes(procs, percent=25))
-    port = free_port()
-    write_records(root / "gateway-tokens.json", [CLIENT_RECORD])
-    gateway = start_serving(
-        ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port),
-         "--shadow_log", str(root / "shadow.jsonl"),
-         "--tokens", str(root / "gateway-tokens.json"), "--deployments", str(root)],
-        root / "gateway.log",
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    wait_http_ok(f"{base}/healthz", gateway, root / "gateway.log")
-    ns = SimpleNamespace(
-        root=root, procs=procs, routes=routes, base=base, gateway=gateway, rows=rows,
-        expected=score(booster, test).tolist(),
-    )  # fmt: skip
-    try:
-        yield ns
-    finally:
-        stop_serving(gateway)
-        for proc, _url in procs.values():
-            stop_serving(proc)
+    rows = json_records(test[list(booster.feature_name())])
+    with contextlib.ExitStack() as running:  # stopped in reverse: the gateway first
+        procs = {v: running.enter_context(_server(root, v)) for v in ("1", "2", "3")}
+        routes = root / "routes.json"
+        write_routes(routes, _routes(procs, percent=25))
+        port = free_port()
+        write_records(root / "gateway-tokens.json", [CLIENT_RECORD])
+        base = f"http://127.0.0.1:{port}"
+        gateway = running.enter_context(
+            serving_process(
+                ["-m", "serving.gateway", "--routes", str(routes), "--port", str(port),
+                 "--shadow_log", str(root / "shadow.jsonl"),
+                 "--tokens", str(root / "gateway-tokens.json"), "--deployments", str(root)],
+                root / "gateway.log",
+                f"{base}/healthz",
+            )
+        )  # fmt: skip
+        yield SimpleNamespace(
+            root=root, procs=procs, routes=routes, base=base, gateway=gateway, rows=rows,
+            expected=score(booster, test).tolist(),
+        )  # fmt: skip
 
 
 def _routes(procs: dict, percent: float, shadow: bool = False, **extra: Any) -> dict:
@@ -135,14 +116,7 @@ SETTLE_S = 1.2
 
 
 def _predict(stack: SimpleNamespace, row: dict, entity: str | None) -> tuple[int, Any, Any]:
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT}"}
-    if entity is not None:
-        headers["X-Govml-Entity"] = entity
-    req = urllib.request.Request(
-        f"{stack.base}/v1/models/{MODEL}:predict",
-        data=json.dumps({"instances": [row]}).encode(),
-        headers=headers,
-    )
+    req = predict_request(stack.base, MODEL, row, CLIENT, entity)
     try:
         with urllib.request.urlopen(req, timeout=15) as resp:
             return resp.status, json.loads(resp.read()), resp.headers

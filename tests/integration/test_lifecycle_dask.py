@@ -15,13 +15,14 @@ import pandas as pd
 import pytest
 import yaml
 
-from pipelines.features import SPLITS, build_features, read_split
-from pipelines.ingest import ingest
+from pipelines.features import SPLITS, read_split
 from pipelines.spec import load_spec
 from pipelines.stages.evaluate import evaluate
+from pipelines.stages.explain import explain
+from pipelines.stages.features import build_features
+from pipelines.stages.ingest import ingest
+from pipelines.stages.validate_data import validate_data
 from tests.integration.test_lifecycle_dag import ROOT, Lifecycle, _summary
-from validation.data_quality import validate_data
-from validation.explain import explain
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import pytest
 from serving.token_files import write_records
 from serving.token_records import generate_token
 from tests.datasets import small_booster
-from tests.support import SERVING_PY, free_port, wait_until
+from tests.support import SERVING_PY, free_port, model_server_argv, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -64,23 +64,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFram
 def _start(
     folder: Path, port: int, *extra: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen:
+    tokens = folder.parent / f"{folder.name}-tokens.json"
     return subprocess.Popen(
-        [
-            str(SERVING_PY),
-            "-m",
-            "serving",
-            "--model_name",
-            "fraud",
-            "--model_uri",
-            str(folder),
-            "--http_port",
-            str(port),
-            "--enable_grpc",
-            "false",
-            "--tokens",
-            str(folder.parent / f"{folder.name}-tokens.json"),
-            *extra,
-        ],
+        model_server_argv(
+            "fraud", folder, port, "--enable_grpc", "false", "--tokens", str(tokens), *extra
+        ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -120,7 +108,7 @@ def server(
         proc.wait(timeout=30)
 
 
-def test_v1_scores_match_the_booster_exactly(server: str, trained) -> None:  # noqa: ANN001
+def _assert_v1_scores_are_the_boosters(server: str, trained) -> None:  # noqa: ANN001
     _, rows, expected = trained
     instances = [{**r, "channel": str(r["channel"])} for r in rows.to_dict(orient="records")]
     code, body = _post(f"{server}/v1/models/fraud:predict", {"instances": instances})
@@ -128,8 +116,11 @@ def test_v1_scores_match_the_booster_exactly(server: str, trained) -> None:  # n
     assert body["predictions"] == expected.tolist()
 
 
+def test_v1_scores_match_the_booster_exactly(server: str, trained) -> None:  # noqa: ANN001
+    _assert_v1_scores_are_the_boosters(server, trained)
+
+
 def test_batches_run_on_the_compiled_model_bit_for_bit(server: str, trained) -> None:  # noqa: ANN001
-    _, rows, expected = trained
     ready = 'govml_compiled_scorer_ready{model="fraud"} 1.0'
 
     def compiled() -> bool:
@@ -138,10 +129,7 @@ def test_batches_run_on_the_compiled_model_bit_for_bit(server: str, trained) -> 
 
     # loaded from the warmed cache in well under a second
     wait_until(compiled, 60, "the compiled model to be ready (/metrics)", interval=0.2)
-    instances = [{**r, "channel": str(r["channel"])} for r in rows.to_dict(orient="records")]
-    code, body = _post(f"{server}/v1/models/fraud:predict", {"instances": instances})
-    assert code == 200, body
-    assert body["predictions"] == expected.tolist()
+    _assert_v1_scores_are_the_boosters(server, trained)
 
 
 def test_v2_infer_matches_too(server: str, trained) -> None:  # noqa: ANN001

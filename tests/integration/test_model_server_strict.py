@@ -13,7 +13,7 @@ import math
 import random
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -21,17 +21,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from pipelines.booster_layout import model_frame
 from pipelines.training import score
 from serving.prediction_log_files import complete_files, read_records
-from tests.support import (
-    GERMAN_CREDIT,
-    free_port,
-    http_call,
-    serve_german_credit,
-    start_model_server,
-    stop_model_server,
-    train_german_credit,
-)
+from tests.german_credit import served_german_credit
+from tests.support import GERMAN_CREDIT, free_port, http_call, start_model_server
 from tests.v2_protocol import v2_binary, v2_inputs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,15 +35,12 @@ _call = http_call
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+def server(
+    german_credit_model: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("strict")
-    trained = train_german_credit(root)
-    served = serve_german_credit(root, trained, version="7")
-    ns = SimpleNamespace(**vars(served), **vars(trained), root=root)
-    try:
-        yield ns
-    finally:
-        stop_model_server(served.proc)
+    with served_german_credit(root, german_credit_model, version="7") as served:
+        yield SimpleNamespace(**vars(served), **vars(german_credit_model), root=root)
 
 
 def _predict(server: SimpleNamespace, body: object, token: str | None = "default") -> tuple:
@@ -284,20 +275,28 @@ def _strategy(schema: dict[str, Any]):  # noqa: ANN202
     raise AssertionError(f"unsupported schema {schema}")
 
 
+def _generated(examples: int, strategy: Any) -> Callable[[Callable], Callable]:
+    """Run the decorated check on ``examples`` cases drawn from ``strategy``, the same
+    cases every run (derandomized), no deadline."""
+    from hypothesis import HealthCheck, given, settings
+
+    def decorate(check: Callable) -> Callable:
+        return settings(
+            max_examples=examples,
+            deadline=None,
+            derandomize=True,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        )(given(strategy)(check))
+
+    return decorate
+
+
 def test_property_requests_valid_per_the_openapi_document_are_scored(
     server: SimpleNamespace,
 ) -> None:
-    from hypothesis import HealthCheck, given, settings
-
     seen: list[int] = []
 
-    @settings(
-        max_examples=500,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(_strategy(_request_schema(server)))
+    @_generated(500, _strategy(_request_schema(server)))
     def check(body: dict[str, Any]) -> None:
         code, answer, _ = _predict(server, body)
         seen.append(code)
@@ -309,7 +308,6 @@ def test_property_requests_valid_per_the_openapi_document_are_scored(
 
 
 def test_property_any_json_body_never_gets_a_5xx(server: SimpleNamespace) -> None:
-    from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     names = list(server.booster.feature_name())
@@ -335,13 +333,7 @@ def test_property_any_json_body_never_gets_a_5xx(server: SimpleNamespace) -> Non
     bodies = st.fixed_dictionaries({"instances": st.lists(row, max_size=3)}) | values
     codes: list[int] = []
 
-    @settings(
-        max_examples=600,
-        deadline=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(bodies)
+    @_generated(600, bodies)
     def check(body: Any) -> None:
         code, answer, _ = _predict(server, body)
         codes.append(code)
@@ -438,7 +430,7 @@ def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamesp
     ok = _v2_call(server, json.dumps(bodies[0]).encode(), "application/json")
     assert ok[0] == 200
     scores = next(o for o in ok[1]["outputs"] if o["name"] == "score")["data"]
-    expected = server.booster.predict(pd.DataFrame(rows).pipe(_typed, server))
+    expected = server.booster.predict(model_frame(server.booster, pd.DataFrame(rows)))
     assert scores == expected.tolist()
     # the binary tensor extension (any content type: the header declares it) answers
     # as the same request in JSON does
@@ -456,12 +448,6 @@ def test_the_v2_fast_route_answers_exactly_as_kserves_route(server: SimpleNamesp
     assert binary == _v2_call(server, body, "application/json")
     assert binary[0] == 400
     assert "no-such-category" in binary[1]["error"]
-
-
-def _typed(frame: pd.DataFrame, server: SimpleNamespace) -> pd.DataFrame:
-    from pipelines.booster_layout import model_frame
-
-    return model_frame(server.booster, frame)
 
 
 def test_metrics_and_the_prediction_log(server: SimpleNamespace) -> None:
@@ -499,7 +485,7 @@ def test_a_model_that_does_not_match_its_spec_is_refused(server: SimpleNamespace
         server.env,
         log,
         "--model_name", MODEL,
-        "--model_uri", str(server.root / "train"),
+        "--model_uri", str(server.model_dir),
         "--spec", str(ROOT / "specs" / "credit.yaml"),
         "--tokens", str(server.root / "tokens.json"),
         "--http_port", str(free_port()),

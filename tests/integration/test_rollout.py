@@ -29,12 +29,20 @@ import pytest
 import yaml
 
 from ops.run_summary import read_summary
-from pipelines.config import load_settings
-from pipelines.data.german_credit import load_german_credit
-from pipelines.features import build_features, read_split
+from pipelines.features import read_split
 from pipelines.spec_operations import Rollout
-from tests.datasets import spec_of, with_training, write_ingest
-from tests.support import SERVING_PY, free_port, register_booster, stack_env, wait_until
+from tests import releases
+from tests.datasets import json_records
+from tests.german_credit import german_credit_features, trained
+from tests.support import (
+    environ,
+    free_port,
+    predict_request,
+    prepare_stores,
+    registry_stack,
+    serving_process,
+    wait_until,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
@@ -70,15 +78,8 @@ class Client(threading.Thread):
         next_at = time.monotonic()
         while not self.stop_event.is_set():
             row = rng.choice(self.rows)
-            req = urllib.request.Request(
-                f"{self.base}/v1/models/{MODEL}:predict",
-                data=json.dumps({"instances": [row]}).encode(),
-                headers={
-                    "Content-Type": "application/json",
-                    "X-Govml-Entity": f"customer-{rng.randrange(100_000)}",
-                    "Authorization": f"Bearer {self.token}",
-                },
-            )
+            entity = f"customer-{rng.randrange(100_000)}"
+            req = predict_request(self.base, MODEL, row, self.token, entity)
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:
                     self.codes.append(resp.status)
@@ -93,60 +94,29 @@ class Client(threading.Thread):
 
 
 def _register(settings, booster, run: str) -> str:  # noqa: ANN001
-    return register_booster(settings, booster, MODEL, "rollout", run_name=run)
+    return releases.register_booster(settings, booster, MODEL, "rollout", run_name=run)
 
 
 def _release(settings, spec, version: str, run: str) -> str:  # noqa: ANN001
     """Approve (four eyes), deploy with the local deployer, record it: the endpoint URL."""
-    from ops.deploy import deployer_for
-    from registry import approvals, governance
-    from registry.mlflow_registry import artifact_sha256_of, serving_uri
-    from serving.control.deployers import Release
+    from registry.mlflow_registry import artifact_sha256_of
 
     url = settings.governance_url
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
-    approvals.request_approval(
-        url,
-        spec,
-        model_version=version,
-        artifact_sha256=sha,
-        origin=approvals.RunOrigin(run_id=run, dag_id=None, triggered_by="dev", author="dev"),
-        risk_reasons=[],
-    )
-    for user in ("alice", "bob"):
-        state = approvals.decide(
-            url,
-            MODEL,
-            version,
-            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
-        )
-        if state.status == "approved":
-            break
-    release = Release(
-        MODEL, version, serving_uri(settings.mlflow_tracking_uri, MODEL, version), sha,
-        state.id, str(SPEC_PATH),
-    )  # fmt: skip
-    endpoint = deployer_for(settings).deploy(release)
-    governance.record_deployment(
-        url, state, environment="local", action="deployed", actor="govml-lifecycle",
-        details={"endpoint": endpoint.url}, consume=True,
-    )  # fmt: skip
-    return endpoint.url
+    state = releases.approve(url, spec, version, sha, run)
+    endpoint = releases.deploy_locally(settings, state, sha, SPEC_PATH)
+    releases.record_deployed(url, state, {"endpoint": endpoint})
+    return endpoint
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     from ops import stack
-    from pipelines.stages.train import train
-    from pipelines.training import load_model
-    from registry import approvals
     from registry.mlflow_registry import set_alias
     from serving.control import routes as control_routes
 
     root = tmp_path_factory.mktemp("rollout")
-    var = root / "var"
-    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
-    settings = load_settings(env)
+    env, settings = registry_stack(root)
     env.update(stack.airflow_env(settings))  # the rollout DAG runs with dag.test()
     env["GOVML_ROLLOUT_POKE_SECONDS"] = "0.5"
     from serving.token_files import write_records
@@ -157,81 +127,55 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]
     token, record = generate_token("core-banking", ["predict", "explain"])
     write_records(root / "gateway-tokens.json", [record])
     settings.mlflow_artifacts.mkdir(parents=True)
-    for user in ("alice", "bob"):
-        approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
-    good = with_training(spec_of(MODEL), num_boost_round=40, early_stopping_rounds=40)
-    build_features(good, write_ingest(good, load_german_credit(), root / "ingest"), root / "f")
-    boosters = {}
-    for name, rounds, params in (("good", 40, {}), ("skewed", 40, {"scale_pos_weight": 25.0})):
-        spec = with_training(spec_of(MODEL), num_boost_round=rounds, early_stopping_rounds=rounds)
-        if params:
-            spec = spec.model_copy(
-                update={"training": spec.training.model_copy(update={"params": params})}
-            )
-        train(spec, root / "f", root / name)
-        boosters[name] = load_model(root / name / "model.txt")
-    test = read_split(good, root / "f", "test")
-    frame = test[list(boosters["good"].feature_name())]
-    rows = json.loads(
-        json.dumps(
-            frame.astype(object).where(frame.notna(), None).to_dict("records"),
-            default=lambda o: o.item(),
-        )
+    releases.grant_approvers(settings.governance_url)
+    good = german_credit_features(root, 40)
+    skewed = good.model_copy(
+        update={"training": good.training.model_copy(update={"params": {"scale_pos_weight": 25.0}})}
     )
-    saved = dict(os.environ)
+    boosters = {
+        "good": trained(good, root, root / "good"),
+        "skewed": trained(skewed, root, root / "skewed"),
+    }
+    test = read_split(good, root / "features", "test")
+    frame = test[list(boosters["good"].feature_name())]
+    rows = json_records(frame)
     gateway_port = free_port()
-    os.environ.update(env)
     env["GOVML_GATEWAY_URL"] = f"http://127.0.0.1:{gateway_port}"
-    os.environ["GOVML_GATEWAY_URL"] = env["GOVML_GATEWAY_URL"]
     spec = good.model_copy(update={"rollout": POLICY})
     spec_path = root / "german_credit.yaml"  # the rollout DAG reads the policy from its spec
     raw = yaml.safe_load(SPEC_PATH.read_text())
     raw["rollout"] = POLICY.model_dump(mode="json", exclude_none=True)
     spec_path.write_text(yaml.safe_dump(raw))
-    gateway = None
-    try:
-        stack.prepare_stores(settings)
-        champion = _register(settings, boosters["good"], "run-1")
-        _release(settings, spec, champion, "run-1")
-        set_alias(settings.mlflow_tracking_uri, MODEL, "champion", champion)
-        routes = control_routes.gateway_dir(settings) / "routes.json"
-        routes.parent.mkdir(parents=True, exist_ok=True)
-        from serving.gateway_routes import write_routes
+    with environ(env):
+        try:
+            prepare_stores(env, settings)
+            champion = _register(settings, boosters["good"], "run-1")
+            _release(settings, spec, champion, "run-1")
+            set_alias(settings.mlflow_tracking_uri, MODEL, "champion", champion)
+            routes = control_routes.gateway_dir(settings) / "routes.json"
+            routes.parent.mkdir(parents=True, exist_ok=True)
+            from serving.gateway_routes import write_routes
 
-        first = control_routes.endpoint_of(settings, MODEL, champion)
-        write_routes(routes, {"models": {MODEL: {"champion": first}}})
-        log = root / "gateway.log"
-        with log.open("w") as out:
-            gateway = subprocess.Popen(
-                [str(SERVING_PY), "-m", "serving.gateway", "--routes", str(routes),
+            first = control_routes.endpoint_of(settings, MODEL, champion)
+            write_routes(routes, {"models": {MODEL: {"champion": first}}})
+            log = root / "gateway.log"
+            base = f"http://127.0.0.1:{gateway_port}"
+            with serving_process(
+                ["-m", "serving.gateway", "--routes", str(routes),
                  "--tokens", str(root / "gateway-tokens.json"),
                  "--port", str(gateway_port), "--upstream_timeout_s", "0.5",
                  "--shadow_log", str(control_routes.gateway_dir(settings) / "shadow.jsonl")],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
-        base = f"http://127.0.0.1:{gateway_port}"
-        wait_until(
-            lambda: urllib.request.urlopen(f"{base}/healthz", timeout=2).status == 200,
-            60,
-            f"the gateway to answer {base}/healthz (log {log})",
-            interval=0.2,
-        )
-        yield SimpleNamespace(
-            settings=settings, spec=spec, boosters=boosters, rows=rows, base=base,
-            champion=champion, root=root, gateway_log=log, env=env, spec_path=spec_path,
-            token=token,
-        )  # fmt: skip
-    finally:
-        if gateway is not None:
-            os.killpg(gateway.pid, signal.SIGTERM)
-            gateway.wait(30)
-        from ops.deploy import deployer_for
-
-        deployer = deployer_for(settings)
-        for name in deployer.deployed():
-            deployer.stop(name)
-        os.environ.clear()
-        os.environ.update(saved)
+                log,
+                f"{base}/healthz",
+                timeout=60,
+            ):  # fmt: skip
+                yield SimpleNamespace(
+                    settings=settings, spec=spec, boosters=boosters, rows=rows, base=base,
+                    champion=champion, root=root, gateway_log=log, env=env,
+                    spec_path=spec_path, token=token,
+                )  # fmt: skip
+        finally:
+            releases.stop_deployments(settings)
 
 
 def _approve_when_asked(world: SimpleNamespace, limit_s: float = 240) -> None:

@@ -17,7 +17,8 @@ import pytest
 
 from ops.stack_processes import MARKER, stack_id
 from pipelines.config import load_settings
-from tests.support import AirflowAPI, single_spec_dir, stack_env
+from tests.airflow_api import AirflowAPI
+from tests.support import german_credit_stack_env, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -143,8 +144,7 @@ def _tail_logs(settings) -> str:  # noqa: ANN001
 
 
 def test_make_up_status_down_leaves_nothing(tmp_path: Path) -> None:
-    specs = single_spec_dir(ROOT, tmp_path / "specs", "german_credit")
-    env = _env(tmp_path, GOVML_SPECS_DIR=str(specs))
+    env = german_credit_stack_env(tmp_path)
     try:
         up = subprocess.run(
             ["make", "-s", "up"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600

@@ -9,7 +9,6 @@ small LightGBM boosters, approved and released through registry.approvals/govern
 from __future__ import annotations
 
 import json
-import os
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ import pytest
 from mlflow import MlflowClient
 
 from ops import endpoints, stack
-from pipelines.config import Settings, load_settings
+from pipelines.config import Settings
 from pipelines.spec import load_spec
 from serving.control.deployers.local import _alive
-from tests.support import free_port, register_booster, stack_env
+from tests.releases import approve, grant_approvers, record_deployed, register_booster
+from tests.support import environ, free_port, registry_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -58,81 +58,50 @@ def _register(settings: Settings, name: str, seed: int) -> tuple[str, lgb.Booste
 def _approve_and_release(
     settings: Settings, name: str, version: str, run_id: str, endpoint: str | None = None
 ) -> None:
-    from registry import approvals, governance
     from registry.mlflow_registry import artifact_sha256_of
 
-    url = settings.governance_url
     spec = load_spec(ROOT / "specs" / "fraud.yaml").model_copy(update={"name": name})
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, name, version)
-    approvals.request_approval(
-        url,
-        spec,
-        model_version=version,
-        artifact_sha256=sha,
-        origin=approvals.RunOrigin(run_id=run_id, dag_id=None, triggered_by="dev", author="dev"),
-        risk_reasons=[],
-    )
-    for user in ("alice", "bob")[: spec.approval.min_approvers]:
-        state = approvals.decide(
-            url,
-            name,
-            version,
-            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
-        )
-    assert state.status == "approved"
-    governance.record_deployment(
-        url,
-        state,
-        environment="local",
-        action="deployed",
-        actor="govml-lifecycle",
-        details={"endpoint": endpoint} if endpoint else None,
-        consume=True,
-    )
+    state = approve(settings.governance_url, spec, version, sha, run_id)
+    record_deployed(settings.governance_url, state, {"endpoint": endpoint} if endpoint else None)
 
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    from registry import approvals
     from registry.mlflow_registry import set_alias
 
-    var = tmp_path_factory.mktemp("endpoints") / "var"
-    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
-    settings = load_settings(env)
+    env, settings = registry_stack(tmp_path_factory.mktemp("endpoints"))
     settings.mlflow_artifacts.mkdir(parents=True)
-    saved = dict(os.environ)
-    os.environ.update(env)  # the stores of this test; the deployer passes it to the servers
-    try:
-        for user in ("alice", "bob"):
-            approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
-        expected: dict[tuple[str, str], list[float]] = {}
-        _, rows = _booster(0)
-        rows = rows.head(6)
-        # toy_champ: v1 champion, v2 released later (a challenger, recorded at an address
-        # nothing answers at any more): the champion is served
-        for seed in (1, 2):
-            version, booster = _register(settings, "toy_champ", seed)
-            gone = f"http://127.0.0.1:{free_port()}" if seed == 2 else None
-            _approve_and_release(settings, "toy_champ", version, f"run-{seed}", gone)
-            expected["toy_champ", version] = booster.predict(rows).tolist()
-        set_alias(settings.mlflow_tracking_uri, "toy_champ", "champion", "1", reason="promoted")
-        # toy_new: released, no champion yet: its latest deployment is served
-        version, booster = _register(settings, "toy_new", 3)
-        _approve_and_release(settings, "toy_new", version, "run-3")
-        expected["toy_new", version] = booster.predict(rows).tolist()
-        # toy_rogue: someone set the champion alias by hand (MLflow directly, outside
-        # govml) on an unapproved version
-        _register(settings, "toy_rogue", 4)
-        MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
-            "toy_rogue", "champion", "1"
-        )
-        # toy_idle: registered, never approved nor deployed: nothing to say
-        _register(settings, "toy_idle", 5)
-        yield Registry(settings, rows, expected)
-    finally:
-        endpoints.stop_models(settings)
-        os.environ.clear()
-        os.environ.update(saved)
+    # the stores of this test in os.environ: the deployer passes it to the servers
+    with environ(env):
+        try:
+            grant_approvers(settings.governance_url)
+            expected: dict[tuple[str, str], list[float]] = {}
+            _, rows = _booster(0)
+            rows = rows.head(6)
+            # toy_champ: v1 champion, v2 released later (a challenger, recorded at an address
+            # nothing answers at any more): the champion is served
+            for seed in (1, 2):
+                version, booster = _register(settings, "toy_champ", seed)
+                gone = f"http://127.0.0.1:{free_port()}" if seed == 2 else None
+                _approve_and_release(settings, "toy_champ", version, f"run-{seed}", gone)
+                expected["toy_champ", version] = booster.predict(rows).tolist()
+            set_alias(settings.mlflow_tracking_uri, "toy_champ", "champion", "1", reason="promoted")
+            # toy_new: released, no champion yet: its latest deployment is served
+            version, booster = _register(settings, "toy_new", 3)
+            _approve_and_release(settings, "toy_new", version, "run-3")
+            expected["toy_new", version] = booster.predict(rows).tolist()
+            # toy_rogue: someone set the champion alias by hand (MLflow directly, outside
+            # govml) on an unapproved version
+            _register(settings, "toy_rogue", 4)
+            MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(
+                "toy_rogue", "champion", "1"
+            )
+            # toy_idle: registered, never approved nor deployed: nothing to say
+            _register(settings, "toy_idle", 5)
+            yield Registry(settings, rows, expected)
+        finally:
+            endpoints.stop_models(settings)
 
 
 def _predict(url: str, model: str, rows: pd.DataFrame, token: str) -> dict:
@@ -255,8 +224,6 @@ def test_after_down_and_up_the_recorded_endpoint_is_the_live_one(registry: Regis
 
 
 def test_nothing_deployable_is_one_note(tmp_path: Path) -> None:
-    var = tmp_path / "var"
-    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
-    settings = load_settings(env)
+    _, settings = registry_stack(tmp_path)
     (note,) = endpoints.serve_models(settings)
     assert note.url is None and note.note == "no approved, deployed model version to serve"

@@ -28,7 +28,8 @@ from urllib.parse import quote
 import pytest
 
 from ops.approval_form import REASON_FIELD
-from tests.support import AirflowAPI, running_stack, single_spec_dir
+from tests.airflow_api import AirflowAPI, running_stack
+from tests.support import german_credit_stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
 GOVML = str(ROOT / ".venv" / "bin" / "govml")
@@ -40,9 +41,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    base = tmp_path_factory.mktemp("privileges")
-    specs = single_spec_dir(ROOT, base / "specs", "german_credit")
-    with running_stack(base / "var", GOVML_SPECS_DIR=str(specs)) as stack:
+    env = german_credit_stack_env(tmp_path_factory.mktemp("privileges"))
+    with running_stack(env) as stack:
         yield stack
 
 
@@ -82,13 +82,19 @@ def test_stack_up_says_where_the_passwords_are_but_prints_none(stack: SimpleName
 # --------------------------------------------------------------------------- govml roles
 
 
-def test_an_approver_cannot_grant_roles(stack: SimpleNamespace) -> None:
-    done = _govml(
-        stack, "roles", "grant", "mallory", "model_risk", "--by", "reviewer", password_of="reviewer"
-    )
+def _grant_refused(stack: SimpleNamespace, user: str, by: str, why: str) -> None:
+    """`govml roles grant USER model_risk --by BY`, BY logged in: refused, saying ``why``."""
+    done = _govml(stack, "roles", "grant", user, "model_risk", "--by", by, password_of=by)
     assert done.returncode != 0
-    assert done.stderr.strip() == (
-        "error: reviewer is not an admin user: only admins grant or revoke roles"
+    assert done.stderr.strip() == f"error: {why}"
+
+
+def test_an_approver_cannot_grant_roles(stack: SimpleNamespace) -> None:
+    _grant_refused(
+        stack,
+        "mallory",
+        "reviewer",
+        "reviewer is not an admin user: only admins grant or revoke roles",
     )
     from registry.approvals import role_grants
 
@@ -96,12 +102,11 @@ def test_an_approver_cannot_grant_roles(stack: SimpleNamespace) -> None:
 
 
 def test_an_admin_cannot_grant_a_role_to_themselves(stack: SimpleNamespace) -> None:
-    done = _govml(
-        stack, "roles", "grant", "admin", "model_risk", "--by", "admin", password_of="admin"
-    )
-    assert done.returncode != 0
-    assert done.stderr.strip() == (
-        "error: admin cannot grant a role to themselves: another admin must grant it"
+    _grant_refused(
+        stack,
+        "admin",
+        "admin",
+        "admin cannot grant a role to themselves: another admin must grant it",
     )
 
 
@@ -249,7 +254,7 @@ def _wait_task(api: AirflowAPI, run_id: str, task: str, states: set[str], timeou
         state = api.task_state(DAG, run_id, task)
         if state in states:
             return state
-        time.sleep(2)
+        time.sleep(api.POLL_S)
     raise AssertionError(f"{task} still {state} after {timeout:.0f} s")
 
 

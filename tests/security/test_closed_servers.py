@@ -30,8 +30,9 @@ import pytest
 
 from pipelines.data.fraud import generate_fraud
 from pipelines.data.fraud_config import FraudConfig
-from pipelines.features import build_features, read_split
+from pipelines.features import read_split
 from pipelines.features_online import OnlineFeatures
+from pipelines.stages.features import build_features
 from pipelines.stages.train import train
 from pipelines.training import load_model
 from serving.control.deployers import Release
@@ -39,7 +40,7 @@ from serving.control.deployers.local import LocalDeployer
 from serving.token_files import read_token, write_records
 from serving.token_records import generate_token
 from serving.transactions import TransactionSchema
-from tests.datasets import spec_of, with_training, write_ingest
+from tests.datasets import json_records, spec_of, with_training, write_ingest
 from tests.support import SERVING_PY, free_port, http_call, stack_env
 
 pytestmark = pytest.mark.slow
@@ -102,12 +103,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNames
     booster = load_model(root / "train" / "model.txt")
     test = read_split(spec, root / "features", "test")
     features = test[list(booster.feature_name())].head(2)
-    rows = json.loads(
-        json.dumps(
-            features.astype(object).where(features.notna(), None).to_dict("records"),
-            default=lambda o: o.item(),
-        )
-    )
+    rows = json_records(features)
     fields = list(TransactionSchema(spec, OnlineFeatures(spec)).fields)
     last = frame.sort_values("tx_time").iloc[[-1]][fields].astype(object)
     raw = last.where(last.notna(), None).to_dict("records")[0]  # as the bank sends it

@@ -33,13 +33,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support import (
-    GERMAN_CREDIT,
-    logged_rows,
-    serve_german_credit,
-    stop_model_server,
-    train_german_credit,
-)
+from tests.german_credit import complete_rows, served_german_credit
+from tests.support import GERMAN_CREDIT, logged_rows
 
 pytestmark = pytest.mark.slow
 MODEL = GERMAN_CREDIT
@@ -115,18 +110,17 @@ def answered_rows(path: str, response: Any) -> int:
 
 
 @pytest.fixture(scope="module")
-def fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
+def fuzz(
+    german_credit_model: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Fuzz]:
     root = tmp_path_factory.mktemp("fuzz-serving")
-    trained = train_german_credit(root)
-    served = serve_german_credit(root, trained, version="3", max_body_bytes=100_000)
-    names = list(trained.booster.feature_name())
-    rows = [r for r in trained.rows if all(v is not None for v in r.values())]
-    state = Fuzz(served, names, rows)
-    try:
-        yield state
-    finally:
-        state.session.close()
-        stop_model_server(served.proc)
+    trained = german_credit_model
+    with served_german_credit(root, trained, version="3", max_body_bytes=100_000) as served:
+        state = Fuzz(served, **complete_rows(trained))
+        try:
+            yield state
+        finally:
+            state.session.close()
 
 
 def _settings(examples: int):  # noqa: ANN202

@@ -11,6 +11,7 @@ import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -150,20 +151,22 @@ def test_a_forged_approval_event_stops_every_governance_action(url: str) -> None
         )
 
 
+def _forged_grant(conn: Any, key: bytes, key_id: str) -> int:
+    """mallory's approver role, granted by "admin" in an event MACed with ``key`` under the
+    name ``key_id``: its seq."""
+    return append_forged(
+        conn, "role_granted", "admin", {"user": "mallory", "role": "model_risk"},
+        key=key, key_id=key_id,
+    )  # fmt: skip
+
+
 def test_an_event_signed_with_another_key_is_named(url: str, tmp_path: Path) -> None:
     _pending(url)
     real = audit_keys.load(tmp_path / "keys" / "audit-keys.json")
     assert real is not None
     own = secrets.token_bytes(32)
     with engine_for(url).begin() as conn:
-        other = append_forged(
-            conn,
-            "role_granted",
-            "admin",
-            {"user": "mallory", "role": "model_risk"},
-            key=own,
-            key_id=audit_keys.key_id(own),
-        )
+        other = _forged_grant(conn, own, audit_keys.key_id(own))
     report = verify_chain(url)
     assert report.first_bad_seq == other
     assert report.problem == (
@@ -173,14 +176,7 @@ def test_an_event_signed_with_another_key_is_named(url: str, tmp_path: Path) -> 
     with engine_for(url).begin() as conn:
         drop_append_only(conn)
         delete_from(conn, other)
-        guessed = append_forged(
-            conn,
-            "role_granted",
-            "admin",
-            {"user": "mallory", "role": "model_risk"},
-            key=own,
-            key_id=real.active,
-        )
+        guessed = _forged_grant(conn, own, real.active)
     report = verify_chain(url)
     assert report.first_bad_seq == guessed
     assert report.problem == (

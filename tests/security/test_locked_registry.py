@@ -39,6 +39,7 @@ import requests
 from ops import endpoints, stack
 from pipelines.config import Settings, load_settings
 from pipelines.spec import load_spec
+from tests.releases import approve, grant_approvers, log_lightgbm, record_deployed
 from tests.support import free_port, stack_env
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,6 @@ def _booster(seed: int) -> lgb.Booster:
 def _register(settings: Settings, seed: int) -> Any:
     """A version registered by the service account (the client logs in from its file)."""
     import mlflow
-    import mlflow.lightgbm
 
     from registry.mlflow_registry import registered_models
 
@@ -87,41 +87,19 @@ def _register(settings: Settings, seed: int) -> Any:
     mlflow.set_registry_uri(uri)
     mlflow.set_experiment("locked")
     with mlflow.start_run():
-        info = mlflow.lightgbm.log_model(_booster(seed), name="model")
+        info = log_lightgbm(_booster(seed))
     return mlflow.register_model(info.model_uri, MODEL)
 
 
 def _approve_and_release(settings: Settings, version: str) -> None:
     """Approved by two people and released by the deploy step (alias challenger, audited)."""
-    from registry import approvals, governance
     from registry.mlflow_registry import CHALLENGER, artifact_sha256_of, set_alias
 
-    url = settings.governance_url
     spec = load_spec(ROOT / "specs" / "fraud.yaml").model_copy(update={"name": MODEL})
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
-    approvals.request_approval(
-        url,
-        spec,
-        model_version=version,
-        artifact_sha256=sha,
-        origin=approvals.RunOrigin(
-            run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev"
-        ),
-        risk_reasons=[],
-    )
-    for user in ("alice", "bob")[: spec.approval.min_approvers]:
-        state = approvals.decide(
-            url,
-            MODEL,
-            version,
-            approvals.Review(user=user, decision="approve", reason="ok", channel="cli"),
-        )
-    assert state.status == "approved"
+    state = approve(settings.governance_url, spec, version, sha)
     set_alias(settings.mlflow_tracking_uri, MODEL, CHALLENGER, version, reason="released")
-    governance.record_deployment(
-        url, state, environment="local", action="deployed", actor="govml-lifecycle",
-        details={"alias": CHALLENGER}, consume=True,
-    )  # fmt: skip
+    record_deployed(settings.governance_url, state, {"alias": CHALLENGER})
 
 
 def _rest(locked: Locked, method: str, path: str, auth: Any = None, **kw: Any) -> tuple[int, str]:
@@ -243,10 +221,7 @@ def locked(
         reviewer = ("reviewer", stack.airflow_passwords(settings)["reviewer"])
         v1 = _register(settings, 1)
         v2 = _register(settings, 2)
-        from registry import approvals
-
-        for user in ("alice", "bob"):
-            approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
+        grant_approvers(settings.governance_url)
         _approve_and_release(settings, str(v1.version))
         from registry.mlflow_registry import serving_uri
 

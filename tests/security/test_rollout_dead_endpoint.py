@@ -12,15 +12,15 @@ one route to the dead port.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from pipelines.config import load_settings
-from tests.support import free_port, register_booster, stack_env
+from tests import releases
+from tests.german_credit import german_credit_features, trained
+from tests.support import environ, free_port, prepare_stores, registry_stack
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_PATH = ROOT / "specs" / "german_credit.yaml"
@@ -29,60 +29,51 @@ pytestmark = pytest.mark.slow
 
 
 def _register(settings, booster) -> str:  # noqa: ANN001
-    return register_booster(settings, booster, MODEL, "dead-endpoints")
+    return releases.register_booster(settings, booster, MODEL, "dead-endpoints")
 
 
 def _approve(settings, spec, version: str):  # noqa: ANN001, ANN202
-    from registry import approvals
     from registry.mlflow_registry import artifact_sha256_of
 
     sha = artifact_sha256_of(settings.mlflow_tracking_uri, MODEL, version)
-    approvals.request_approval(
-        settings.governance_url,
-        spec,
-        model_version=version,
-        artifact_sha256=sha,
-        origin=approvals.RunOrigin(
-            run_id=f"run-{version}", dag_id=None, triggered_by="dev", author="dev"
-        ),
-        risk_reasons=[],
-    )
-    state = None
-    for user in ("alice", "bob"):
-        state = approvals.decide(
-            settings.governance_url,
-            MODEL,
-            version,
-            approvals.Review(user=user, decision="approve", reason="reviewed", channel="cli"),
-            artifact_sha256=sha,
-        )
-        if state.status == "approved":
-            break
-    return state, sha
-
-
-def _record(settings, state, url: str) -> None:  # noqa: ANN001
-    from registry.governance import record_deployment
-
-    record_deployment(
-        settings.governance_url, state, environment="local", action="deployed",
-        actor="govml-lifecycle", details={"endpoint": url}, consume=True,
-    )  # fmt: skip
+    url = settings.governance_url
+    return releases.approve(url, spec, version, sha, reason="reviewed", artifact_sha256=sha), sha
 
 
 def _redeploy(settings, state, version: str, sha: str) -> str:  # noqa: ANN001
     """The version's real model server (local deployer), recorded as `make up` records a
     version it serves again (``endpoint_reconciled``); its URL."""
-    from ops.deploy import deployer_for
-    from registry.mlflow_registry import serving_uri
     from registry.reconcile import record_endpoint
-    from serving.control.deployers import Release
 
-    uri = serving_uri(settings.mlflow_tracking_uri, MODEL, version)
-    release = Release(MODEL, version, uri, sha, state.id, str(SPEC_PATH))
-    url = deployer_for(settings).deploy(release).url
+    url = releases.deploy_locally(settings, state, sha, SPEC_PATH)
     record_endpoint(settings.governance_url, MODEL, version, url, reason="served again")
     return url
+
+
+def _refusal(version: str, role: str, url: str) -> str:
+    return (
+        f"refused to route traffic to {MODEL} v{version} ({role}): its endpoint {url} "
+        "does not answer its ready probe (connection refused)"
+    )
+
+
+def _refused_at_a_dead_endpoint(
+    settings,
+    state,
+    role: str,
+    route: Callable[[], object],  # noqa: ANN001
+) -> tuple[str, str]:
+    """A dead port recorded as the deployed endpoint of ``state``'s version (its server
+    went with `make down`): ``route()`` (routing it as ``role``) is refused, naming it.
+    The dead URL and the refusal."""
+    from serving.control.rollout_controller import EndpointDown
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    releases.record_deployed(settings.governance_url, state, {"endpoint": dead})
+    with pytest.raises(EndpointDown) as refused:
+        route()
+    assert str(refused.value) == _refusal(state.model_version, role, dead)
+    return dead, str(refused.value)
 
 
 def _refusals(settings) -> list:  # noqa: ANN001
@@ -97,43 +88,23 @@ def _refusals(settings) -> list:  # noqa: ANN001
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    from ops import stack
-    from pipelines.data.german_credit import load_german_credit
-    from pipelines.features import build_features
     from pipelines.spec import load_spec
-    from pipelines.stages.train import train
-    from pipelines.training import load_model
-    from registry import approvals
-    from tests.datasets import spec_of, with_training, write_ingest
 
     root = tmp_path_factory.mktemp("dead-endpoints")
-    var = root / "var"
-    env = stack_env(var, MLFLOW_TRACKING_URI=f"sqlite:///{var / 'mlflow' / 'mlflow.db'}")
-    saved = dict(os.environ)
-    os.environ.update(env)
-    settings = load_settings(env)
-    try:
-        stack.prepare_stores(settings)
-        for user in ("alice", "bob"):
-            approvals.grant_role(settings.governance_url, user, "model_risk", granted_by="admin")
-        small = with_training(spec_of(MODEL), num_boost_round=20, early_stopping_rounds=20)
-        build_features(small, write_ingest(small, load_german_credit(), root / "i"), root / "f")
-        train(small, root / "f", root / "m")
-        booster = load_model(root / "m" / "model.txt")
+    env, settings = registry_stack(root)
+    with environ(env):
+        prepare_stores(env, settings)
+        releases.grant_approvers(settings.governance_url)
+        booster = trained(german_credit_features(root, 20), root, root / "m")
         spec = load_spec(SPEC_PATH)
         versions = {}
         for _ in range(2):
             version = _register(settings, booster)
             versions[version] = _approve(settings, spec, version)
-        yield SimpleNamespace(settings=settings, spec=spec, versions=versions, env=env)
-    finally:
-        from ops.deploy import deployer_for
-
-        deployer = deployer_for(settings)
-        for name in deployer.deployed():
-            deployer.stop(name)
-        os.environ.clear()
-        os.environ.update(saved)
+        try:
+            yield SimpleNamespace(settings=settings, spec=spec, versions=versions, env=env)
+        finally:
+            releases.stop_deployments(settings)
 
 
 def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> None:
@@ -146,13 +117,8 @@ def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> 
     routes = gateway_dir(settings) / "routes.json"
 
     # 1. v1's recorded endpoint is a dead port (its server went with `make down`)
-    dead1 = f"http://127.0.0.1:{free_port()}"
-    _record(settings, state1, dead1)
-    with pytest.raises(EndpointDown) as refused:
-        promote_first(settings, spec, v1, "ops-anna")
-    assert str(refused.value) == (
-        f"refused to route traffic to {MODEL} v{v1} (champion): its endpoint {dead1} "
-        "does not answer its ready probe (connection refused)"
+    dead1, _ = _refused_at_a_dead_endpoint(
+        settings, state1, "champion", lambda: promote_first(settings, spec, v1, "ops-anna")
     )
     assert not routes.exists()
 
@@ -162,13 +128,8 @@ def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> 
     before = routes.read_bytes()
 
     # 3. v2's recorded endpoint is dead: the rollout does not start
-    dead2 = f"http://127.0.0.1:{free_port()}"
-    _record(settings, state2, dead2)
-    with pytest.raises(EndpointDown) as refused:
-        start(settings, spec, v2, "ops-anna")
-    assert str(refused.value) == (
-        f"refused to route traffic to {MODEL} v{v2} (challenger): its endpoint {dead2} "
-        "does not answer its ready probe (connection refused)"
+    dead2, refused = _refused_at_a_dead_endpoint(
+        settings, state2, "challenger", lambda: start(settings, spec, v2, "ops-anna")
     )
     assert routes.read_bytes() == before  # no shadow, no canary towards the dead port
     assert controller(settings, spec).load() is None
@@ -195,7 +156,7 @@ def test_a_dead_recorded_endpoint_is_never_routed_to(world: SimpleNamespace) -> 
         (v2, "resume", url2),
     ]
     assert [e.actor for e in refusals] == ["ops-anna", "ops-anna", "ops-carl"]
-    assert refusals[1].payload["reason"] == str(refused.value)
+    assert refusals[1].payload["reason"] == refused
     from registry.audit_verify import verify_chain
 
     assert verify_chain(settings.governance_url).ok
@@ -227,10 +188,7 @@ def test_the_cli_refuses_a_dead_challenger_in_one_line(world: SimpleNamespace) -
         text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert result.stderr == (
-        f"error: refused to route traffic to {MODEL} v{v2} (challenger): its endpoint {dead} "
-        "does not answer its ready probe (connection refused)\n"
-    )
+    assert result.stderr == f"error: {_refusal(v2, 'challenger', dead)}\n"
     assert (gateway_dir(settings) / "routes.json").read_bytes() == before
     new = [e for e in events(settings.governance_url) if e.seq > seq]
     assert [(e.kind, e.actor, e.payload.get("refused")) for e in new] == [

@@ -13,19 +13,20 @@ one line before anything runs.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from ops import stack
 from pipelines.config import load_settings
 from registry.databases import normalise_url
-from tests.support import AirflowAPI, single_spec_dir, stack_env
+from tests.airflow_api import AirflowAPI
+from tests.support import german_credit_stack_env, prepare_stores, seed_airflow_db
 
 ROOT = Path(__file__).resolve().parents[2]
 GOVML = ROOT / ".venv" / "bin" / "govml"
@@ -69,31 +70,36 @@ def _trigger_events(settings) -> list:  # noqa: ANN001
     return events(settings.governance_url, kinds=["run_triggered"])
 
 
+def _stack_folder(base: Path) -> tuple[dict[str, str], Any, Path]:
+    """An isolated stack's environment in ``base`` (:func:`german_credit_stack_env`), its
+    Airflow metadata DB seeded: the environment, its settings, the specs folder."""
+    env = german_credit_stack_env(base)
+    settings = load_settings(env)
+    seed_airflow_db(settings)
+    return env, settings, Path(env["GOVML_SPECS_DIR"])
+
+
 # --------------------------------------------------------------------------- stack down
 @pytest.fixture(scope="module")
 def down(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     """An embedded stack's stores, no servers: ``govml run`` uses ``dag.test()``."""
-    var = tmp_path_factory.mktemp("identity-down") / "var"
-    specs = single_spec_dir(ROOT, var.parent / "specs", MODEL)
-    env = stack_env(var, GOVML_SPECS_DIR=str(specs))
-    settings = load_settings(env)
-    saved = dict(os.environ)
-    try:  # the stores as `govml run` prepares them (Airflow's migrated metadata DB)
-        os.environ.update(env)
-        stack.prepare_stores(settings)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    env, settings, specs = _stack_folder(tmp_path_factory.mktemp("identity-down"))
+    prepare_stores(env)  # as `govml run` prepares them (Airflow's migrated metadata DB)
     password = stack.airflow_passwords(settings)["operator"]
     return SimpleNamespace(env=env, settings=settings, password=password, specs=specs)
+
+
+def _wrong_password_refused(stack: SimpleNamespace, why: str) -> None:
+    """`govml run` as operator with a wrong password: exit 5, one line."""
+    result = _govml({**stack.env, "GOVML_PASSWORD": "not-it"}, "run", MODEL, "--as", "operator")
+    assert result.returncode == 5
+    assert result.stderr == f"error: authentication failed for operator{why}\n"
 
 
 def test_a_wrong_password_is_refused_in_one_line_before_anything_runs(
     down: SimpleNamespace,
 ) -> None:
-    result = _govml({**down.env, "GOVML_PASSWORD": "not-it"}, "run", MODEL, "--as", "operator")
-    assert result.returncode == 5
-    assert result.stderr == "error: authentication failed for operator\n"
+    _wrong_password_refused(down, "")
     assert not (down.settings.runs_dir / MODEL).exists()  # no run started
 
 
@@ -186,10 +192,7 @@ def test_a_rollout_run_without_an_authenticated_trigger_does_not_start(
 @pytest.fixture(scope="module")
 def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """A real embedded stack (Airflow, MLflow) on free loopback ports."""
-    var = tmp_path_factory.mktemp("identity-up") / "var"
-    specs = single_spec_dir(ROOT, var.parent / "specs", MODEL)
-    env = stack_env(var, GOVML_SPECS_DIR=str(specs))
-    settings = load_settings(env)
+    env, settings, _ = _stack_folder(tmp_path_factory.mktemp("identity-up"))
     started = _govml(env, "stack", "up", timeout=900)
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
@@ -203,9 +206,7 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
 def test_with_the_stack_up_a_wrong_password_is_refused_by_airflows_login(
     up: SimpleNamespace,
 ) -> None:
-    result = _govml({**up.env, "GOVML_PASSWORD": "not-it"}, "run", MODEL, "--as", "operator")
-    assert result.returncode == 5
-    assert result.stderr == "error: authentication failed for operator (Airflow answered 401)\n"
+    _wrong_password_refused(up, " (Airflow answered 401)")
     assert up.api.call("GET", f"/api/v2/dags/{DAG_ID}/dagRuns")[1]["total_entries"] == 0
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from ops import stack
 from pipelines.config import Settings, load_settings
-from tests.support import stack_env
+from tests.support import german_credit_stack_env, seed_airflow_db
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -31,10 +31,8 @@ class CliStack:
     """An isolated embedded stack for ``govml run --as operator``, up or down."""
 
     def __init__(self, root: Path) -> None:
-        from tests.support import single_spec_dir
-
-        self.specs = single_spec_dir(ROOT, root / "specs", "german_credit")
-        self.env = stack_env(root / "var", GOVML_SPECS_DIR=str(self.specs), COLUMNS="160")
+        self.env = german_credit_stack_env(root, COLUMNS="160")
+        self.specs = Path(self.env["GOVML_SPECS_DIR"])
         self.settings: Settings = load_settings(self.env)
         self.env["GOVML_PASSWORD"] = stack.airflow_passwords(self.settings)["operator"]
 
@@ -52,10 +50,11 @@ class CliStack:
 @pytest.fixture(scope="module")
 def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
     life = CliStack(tmp_path_factory.mktemp("govml-run"))
+    seed_airflow_db(life.settings)
     started = life.govml("stack", "up")
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-        from tests.support import AirflowAPI
+        from tests.airflow_api import AirflowAPI
 
         AirflowAPI(life.settings).wait_for_dag("german_credit_lifecycle")
         yield life
@@ -86,7 +85,7 @@ def test_govml_run_with_the_stack_up_follows_the_run_to_its_approval_request(
     cli_stack: CliStack,
 ) -> None:
     from registry.approvals import list_requests
-    from tests.support import AirflowAPI
+    from tests.airflow_api import AirflowAPI
 
     code, output = cli_stack.run("german_credit", "--reason", "quarterly refresh")
     assert code == 0, output[-4000:]

@@ -21,14 +21,8 @@ from typing import Any
 
 import pytest
 
-from tests.support import (
-    GERMAN_CREDIT,
-    http_call,
-    logged_rows,
-    serve_german_credit,
-    stop_model_server,
-    train_german_credit,
-)
+from tests.german_credit import complete_rows, served_german_credit
+from tests.support import GERMAN_CREDIT, http_call, logged_rows
 from tests.v2_protocol import v2_binary, v2_inputs
 
 pytestmark = pytest.mark.slow
@@ -40,16 +34,12 @@ CLOUDEVENT = {"ce-specversion": "1.0", "ce-source": "test", "ce-type": "t", "ce-
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+def server(
+    german_credit_model: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("serving-input")
-    trained = train_german_credit(root)
-    served = serve_german_credit(root, trained, version=VERSION)
-    names = list(trained.booster.feature_name())
-    complete = [r for r in trained.rows if all(v is not None for v in r.values())]
-    try:
-        yield SimpleNamespace(**vars(served), names=names, rows=complete)
-    finally:
-        stop_model_server(served.proc)
+    with served_german_credit(root, german_credit_model, version=VERSION) as served:
+        yield SimpleNamespace(**vars(served), **complete_rows(german_credit_model))
 
 
 def _binary_call(

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.features import build_features
 from pipelines.spec import ModelSpec
+from pipelines.stages.features import build_features
 from tests.datasets import credit_data, fraud_data, spec_of
 
 

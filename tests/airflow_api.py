@@ -1,0 +1,154 @@
+"""The embedded stack under test: ``govml stack up`` / ``down`` around a test
+(:func:`running_stack`) and the stack's Airflow REST API as its users (:class:`AirflowAPI`)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from tests.support import REPO, seed_airflow_db, wait_until
+
+
+@contextlib.contextmanager
+def running_stack(env: dict[str, str]) -> Iterator[Any]:
+    """``govml stack up`` in the isolated environment ``env`` (:func:`stack_env`);
+    ``govml stack down`` afterwards, whatever happened. Yields ``env``, ``settings``,
+    ``api`` (the stack's :class:`AirflowAPI`) and ``up`` (the completed ``stack up``)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from pipelines.config import load_settings
+
+    govml = str(REPO / ".venv" / "bin" / "govml")
+    seed_airflow_db(load_settings(env))
+    try:
+        up = subprocess.run(
+            [govml, "stack", "up"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        settings = load_settings(env)
+        yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings), up=up)
+    finally:
+        subprocess.run([govml, "stack", "down"], cwd=REPO, env=env, timeout=300, check=False)
+
+
+class AirflowAPI:
+    """The stack's Airflow REST API, as the users `make up` created."""
+
+    POLL_S = 1.0  # between two looks at a run or task state
+
+    def __init__(self, settings) -> None:  # noqa: ANN001
+        import json
+
+        self.base = settings.airflow_url
+        self.passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
+
+    def call(
+        self, method: str, path: str, body: dict | None = None, user: str = "operator"
+    ) -> tuple[int, object]:
+        """One JSON call as ``user`` (none: anonymous): (status, JSON or text)."""
+        from ops.identity import http_json
+
+        token = self.token(user) if user else None
+        return http_json(method, self.base + path, body, token=token, timeout=30)
+
+    def token(self, user: str) -> str:
+        import json
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"{self.base}/auth/token",
+            data=json.dumps({"username": user, "password": self.passwords[user]}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())["access_token"]
+
+    @staticmethod
+    def _run_path(dag: str, run_id: str) -> str:
+        from urllib.parse import quote
+
+        return f"/api/v2/dags/{dag}/dagRuns/{quote(run_id, safe='')}"
+
+    def wait_for_dag(self, dag: str, timeout: float = 180) -> None:
+
+        wait_until(  # the dag-processor parses dags/ after start-up
+            lambda: self.call("GET", f"/api/v2/dags/{dag}")[0] == 200,
+            timeout,
+            f"the dag-processor to parse {dag}",
+            interval=1,
+        )
+
+    def trigger(self, dag: str, conf: dict | None = None, user: str = "operator") -> str:
+        self.wait_for_dag(dag)
+        code, run = self.call(
+            "POST", f"/api/v2/dags/{dag}/dagRuns", {"logical_date": None, "conf": conf or {}}, user
+        )
+        assert code == 200, run
+        return run["dag_run_id"]  # type: ignore[index]
+
+    def run_state(self, dag: str, run_id: str) -> str:
+        return self.call("GET", self._run_path(dag, run_id))[1]["state"]  # type: ignore[index]
+
+    def task_state(self, dag: str, run_id: str, task: str) -> str | None:
+        code, ti = self.call("GET", f"{self._run_path(dag, run_id)}/taskInstances/{task}")
+        return ti.get("state") if code == 200 and isinstance(ti, dict) else None
+
+    def hitl(self, dag: str, run_id: str, task: str) -> dict:
+        code, body = self.call(
+            "GET", f"{self._run_path(dag, run_id)}/taskInstances/{task}/-1/hitlDetails"
+        )
+        assert code == 200, body
+        return body  # type: ignore[return-value]
+
+    def answer(
+        self, dag: str, run_id: str, task: str, option: str, reason: str, user: str
+    ) -> tuple[int, object]:
+        from ops.approval_form import answer_body
+
+        return self.call(
+            "PATCH",
+            f"{self._run_path(dag, run_id)}/taskInstances/{task}/-1/hitlDetails",
+            answer_body(option, reason),
+            user,
+        )
+
+    def wait_awaiting_input(
+        self, dag: str, run_id: str, task: str, timeout: float, settle: float = 5.0
+    ) -> None:
+        """Until the task waits for a (new) answer: awaiting_input with no response, still
+        so ``settle`` seconds later.
+
+        An answer given within a second of the task pausing can race Airflow's scheduler
+        (the paused task process's exit is processed after the answer moved the task on,
+        and the scheduler fails the task instance); people do not answer that fast, and
+        a loaded CI machine widens the window, so the tests wait as a person would.
+        """
+
+        deadline = time.monotonic() + timeout
+        state = None
+        while time.monotonic() < deadline:
+            state = self.task_state(dag, run_id, task)
+            if state == "awaiting_input" and not self.hitl(dag, run_id, task).get(
+                "response_received"
+            ):
+                time.sleep(settle)
+                if self.task_state(dag, run_id, task) == "awaiting_input":
+                    return
+                continue
+            if self.run_state(dag, run_id) in ("failed", "success"):
+                break
+            time.sleep(self.POLL_S)
+        raise AssertionError(f"{task} not awaiting input (state {state}, run {run_id})")
+
+    def wait_run(self, dag: str, run_id: str, timeout: float) -> str:
+
+        deadline = time.monotonic() + timeout
+        state = self.run_state(dag, run_id)
+        while state in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(self.POLL_S)
+            state = self.run_state(dag, run_id)
+        return state
