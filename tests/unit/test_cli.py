@@ -128,4 +128,3 @@ def test_the_run_table_shows_failed_stages_as_failed() -> None:
     assert rows["ingest"] == "done" and rows["validate_data"] == "FAILED"
     assert rows["gates"] == "not run" and rows["register"] == "not run"
     assert rows["lineage"] == "waiting" and "request_approval" not in rows
-

@@ -61,4 +61,3 @@ def test_every_pod_reads_the_audit_key_from_a_secret_mount() -> None:
     assert mount["readOnly"] is True
     assert volumes[mount["name"]]["secret"]["secretName"] == "govml-audit-key"
     assert settings["GOVML_AUDIT_CHECKPOINTS"].startswith("s3://")
-

@@ -24,9 +24,7 @@ def _bytes(values: list[str | bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(r)) + r for r in raws)
 
 
-def body_of(
-    tensors: list[tuple[dict[str, Any], bytes]], **envelope: Any
-) -> tuple[bytes, str]:
+def body_of(tensors: list[tuple[dict[str, Any], bytes]], **envelope: Any) -> tuple[bytes, str]:
     """(body, header length) of (input metadata, raw bytes) pairs; each input's
     binary_data_size is its bytes' length unless its metadata gives parameters."""
     inputs = []
