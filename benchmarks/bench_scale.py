@@ -85,14 +85,19 @@ if backend == "local":
         Path(out) / "scores.parquet", index=False)
     times["score"] = time.perf_counter() - t
 else:
-    from pipelines.backends.dask_core import batch_score, build_features_dask, dask_client
+    from pipelines.backends.dask_core import (
+        Cluster, batch_score, build_features_dask, dask_client)
+    from pipelines.features import FeaturesInputs
+    from pipelines.stages.features import write_features
     compute = Compute(backend="dask", workers=int(workers), partition_rows=int(partition_rows),
                       memory_limit=None if memory_limit == "auto" else memory_limit)
     t = time.perf_counter()
     with dask_client(compute) as client:
         times["cluster_start"] = time.perf_counter() - t
         t = time.perf_counter()
-        build_features_dask(spec, Path(data), Path(out) / "features", client, int(partition_rows))
+        tables = build_features_dask(spec, FeaturesInputs(Path(data), Path(out) / "features"),
+                                     Cluster(client, int(partition_rows)))
+        write_features(spec, tables)
         times["features"] = time.perf_counter() - t
         t = time.perf_counter()
         batch_score(spec, Path(model), Path(out) / "features" / "train.parquet",
@@ -106,13 +111,21 @@ import json, shutil, sys, time, logging
 from pathlib import Path
 logging.basicConfig(level=logging.WARNING)
 from pipelines.spec import load_spec, Compute
-from pipelines.backends.dask_core import batch_score, build_features_dask, dask_client
-from pipelines.backends.dask_training import train_dask
-from pipelines.stages.train import write_training
+from pipelines.backends import (
+    DaskBackend, EVALUATE, EXPLAIN, FEATURES, INGEST, TRAIN, VALIDATE_DATA)
+from pipelines.backends.dask_core import Cluster, batch_score, dask_client
+from pipelines.evaluation import EvaluateInputs
+from pipelines.features import FeaturesInputs
+from pipelines.ingest import IngestInputs
+from pipelines.training import TrainInputs
 from pipelines.stages.evaluate import write_evaluation
-from pipelines.backends.dask_ingest import ingest_dask
-from pipelines.backends.dask_validation import validate_data_dask
-from pipelines.backends.dask_evaluation import ExplainRun, evaluate_dask, explain_dask
+from pipelines.stages.explain import write_explanation
+from pipelines.stages.features import write_features
+from pipelines.stages.ingest import write_ingest
+from pipelines.stages.train import write_training
+from pipelines.stages.validate_data import write_validation
+from validation.data_quality import ValidateInputs
+from validation.explain import ExplainInputs
 raw, out, workers, partition_rows, memory_limit, spec_path, rounds, model_dir = sys.argv[1:9]
 stages = sys.argv[9].split(",")
 spec = load_spec(Path(spec_path))
@@ -127,18 +140,21 @@ t = time.perf_counter()
 print("STAGE cluster_start", flush=True)
 with dask_client(compute) as client:
     times["cluster_start"] = time.perf_counter() - t
+    dask = DaskBackend(Cluster(client, pr))
+    data = out / "ingest" / "data.parquet"
     steps = {
-        "ingest": lambda: ingest_dask(spec, Path(raw), out / "ingest", client, pr),
-        "validate": lambda: validate_data_dask(spec, out / "ingest" / "data.parquet",
-                                               out / "validate", client, pr),
-        "features": lambda: build_features_dask(spec, out / "ingest" / "data.parquet",
-                                                out / "features", client, pr),
-        "train": lambda: write_training(spec, train_dir,
-                                        train_dask(spec, out / "features", client, pr)),
-        "evaluate": lambda: write_evaluation(spec, out / "evaluate", evaluate_dask(
-            spec, out / "features", train_dir, client, pr)),
-        "explain": lambda: explain_dask(spec, out / "features", train_dir, out / "evaluate",
-                                        out / "explain", ExplainRun(client, pr)),
+        "ingest": lambda: write_ingest(spec, out / "ingest", dask.run(
+            INGEST, spec, IngestInputs(Path(raw), out / "ingest"))),
+        "validate": lambda: write_validation(spec, out / "validate", dask.run(
+            VALIDATE_DATA, spec, ValidateInputs(data, out / "validate"))),
+        "features": lambda: write_features(spec, dask.run(
+            FEATURES, spec, FeaturesInputs(data, out / "features"))),
+        "train": lambda: write_training(spec, train_dir, dask.run(
+            TRAIN, spec, TrainInputs(out / "features"))),
+        "evaluate": lambda: write_evaluation(spec, out / "evaluate", dask.run(
+            EVALUATE, spec, EvaluateInputs(out / "features", train_dir))),
+        "explain": lambda: write_explanation(spec, out / "explain", dask.run(
+            EXPLAIN, spec, ExplainInputs(out / "features", train_dir, out / "evaluate"))),
         "score": lambda: batch_score(spec, train_dir / "model.txt",
                                      out / "features" / "train.parquet",
                                      out / "scores.parquet", client, pr),
