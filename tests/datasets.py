@@ -12,6 +12,7 @@ from pipelines.data.credit import CreditConfig, generate_credit
 from pipelines.data.fraud import generate_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.spec import ColumnType, ModelSpec, load_spec, parse_spec
+from pipelines.spec_features import AggregateFeature
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -119,3 +120,34 @@ def small_booster(frame: pd.DataFrame, y: pd.Series, rounds: int, folder: Path) 
     )
     booster.save_model(str(folder / "model.txt"))
     return booster
+
+
+# ----------------------------------------------------------------------------- window edges
+def window_edge_events() -> pd.DataFrame:
+    """Six events: card 1 three times at t0 (ties), once 1 s later and once exactly one
+    10-minute window after t0; card 2 once at t0."""
+    t0 = pd.Timestamp("2026-01-01 12:00:00")
+    return pd.DataFrame(
+        {
+            "transaction_id": [1, 2, 3, 4, 5, 6],
+            "card": [1, 1, 1, 1, 1, 2],
+            "t": [t0, t0, t0, t0 + pd.Timedelta("1s"), t0 + pd.Timedelta("10m"), t0],
+            "amount": [10.0, 20.0, 30.0, 40.0, 50.0, 99.0],
+        }
+    )
+
+
+def window_edge_aggregates(*aggs: str) -> list[AggregateFeature]:
+    """10-minute aggregates of card over :func:`window_edge_events`, each named by its
+    first letter (``count`` -> ``n``, ``sum`` -> ``s``, ``max`` -> ``m``, ``nunique`` -> ``u``)."""
+    names = {"count": "n", "sum": "s", "max": "m", "nunique": "u"}
+    return [
+        AggregateFeature(
+            name=names[agg],
+            entity="card",
+            window="10m",
+            agg=agg,
+            column=None if agg == "count" else "amount",
+        )
+        for agg in aggs
+    ]

@@ -30,6 +30,8 @@ from tests.datasets import (
     FRAUD_ROWS,
     spec_of,
     typed_frame,
+    window_edge_aggregates,
+    window_edge_events,
     write_ingest,
 )
 
@@ -137,20 +139,8 @@ def test_aggregates_on_real_valued_amounts_match_within_rounding() -> None:
 
 
 def test_same_timestamp_rows_do_not_see_each_other_and_the_window_is_open() -> None:
-    t0 = pd.Timestamp("2026-01-01 12:00:00")
-    frame = pd.DataFrame(
-        {
-            "card": [1, 1, 1, 1, 1, 2],
-            "t": [t0, t0, t0, t0 + pd.Timedelta("1s"), t0 + pd.Timedelta("10m"), t0],
-            "amount": [10.0, 20.0, 30.0, 40.0, 50.0, 99.0],
-        }
-    )
-    aggs = [
-        AggregateFeature(name="n", entity="card", window="10m", agg="count"),
-        AggregateFeature(name="s", entity="card", window="10m", agg="sum", column="amount"),
-        AggregateFeature(name="m", entity="card", window="10m", agg="max", column="amount"),
-        AggregateFeature(name="u", entity="card", window="10m", agg="nunique", column="amount"),
-    ]
+    frame = window_edge_events()
+    aggs = window_edge_aggregates("count", "sum", "max", "nunique")
     got = compute_aggregates(aggs, frame, "t")
     # three rows at t0: none sees the others; the row 1 s later sees all three;
     # the row exactly 10 minutes later sees only the t0 + 1 s row (t0 has left the window)

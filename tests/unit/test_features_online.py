@@ -20,7 +20,7 @@ from pipelines.features import compute_aggregates
 from pipelines.features_online import OnlineFeatures
 from pipelines.spec import ModelSpec
 from pipelines.spec_features import AggregateFeature
-from tests.datasets import spec_of, typed_frame
+from tests.datasets import spec_of, typed_frame, window_edge_aggregates, window_edge_events
 from tests.unit.test_features import _all_aggregates, _events
 
 # ----------------------------------------------------------------------------- helpers
@@ -153,19 +153,8 @@ def test_every_aggregation_with_ties_nulls_and_filters_matches_offline_exactly()
 
 
 def test_window_edges_and_ties() -> None:
-    t0 = pd.Timestamp("2026-01-01 12:00:00")
-    frame = pd.DataFrame(
-        {
-            "transaction_id": [1, 2, 3, 4, 5, 6],
-            "card": [1, 1, 1, 1, 1, 2],
-            "t": [t0, t0, t0, t0 + pd.Timedelta("1s"), t0 + pd.Timedelta("10m"), t0],
-            "amount": [10.0, 20.0, 30.0, 40.0, 50.0, 99.0],
-        }
-    )
-    aggs = [
-        AggregateFeature(name="n", entity="card", window="10m", agg="count"),
-        AggregateFeature(name="s", entity="card", window="10m", agg="sum", column="amount"),
-    ]
+    frame = window_edge_events()
+    aggs = window_edge_aggregates("count", "sum")
     online = Replay(OnlineFeatures(spec_with(aggs))).run(frame)
     # rows at t0 do not see each other; exactly one window old has left the window
     assert online["n"].tolist() == [0, 0, 0, 3, 1, 0]
