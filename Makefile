@@ -72,14 +72,8 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
-# The suite mostly waits on what it starts (stacks, model servers, clusters, browsers):
-# pytest-xdist runs it on PYTEST_WORKERS workers, each taking whole files (a module's
-# fixtures start once); the slowest tests are listed at the end.
-PYTEST_WORKERS ?= 2
-PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile
-
 test: setup lint browser
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) --durations=25 tests
+	$(PY) -m pytest -q tests
 
 # Debian's Chromium for the browser tests (tests/e2e); Playwright drives it, and
 # never downloads a browser of its own. Without root the browser tests skip.
@@ -96,10 +90,10 @@ browser:
 # tests/unit: no servers, no clusters, small data (about 2 minutes). The rest start real
 # servers (model servers, gateway, the embedded stack), clusters, browsers, or big data.
 test-unit: setup
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests/unit
+	$(PY) -m pytest -q tests/unit
 
 test-integration: setup browser
-	$(PY) -m pytest -q $(PYTEST_PARALLEL) tests/integration tests/security tests/e2e
+	$(PY) -m pytest -q tests/integration tests/security tests/e2e
 
 # `make bench` runs every benchmark, writes one JSON per benchmark into benchmarks/results/
 # and regenerates BENCHMARKS.md from the newest of each (benchmarks/report.py);
