@@ -151,7 +151,7 @@ def approve_and_serve(
         "(the endpoint reproduced the pipeline's scores exactly)"
     )
 
-    return _score_live(console, settings, spec, run_dir, released, (model, version)), url
+    return _score_live(console, settings, spec, run_dir, released), url
 
 
 def _approve(console: Console, settings: Settings, model: str, version: str, run_id: str) -> bool:
@@ -182,11 +182,12 @@ def _score_live(
     spec: Any,
     run_dir: Path,
     released: dict[str, Any],
-    served: tuple[str, str],
 ) -> int:
-    """Score a few test transactions through the live endpoint and explain a flagged
-    one (raw ones through the transformer too, when there is one); the exit code."""
-    (model, version), url = served, str(released["endpoint"])
+    """Score a few test transactions through the ``released`` version's live endpoint and
+    explain a flagged one (raw ones through the transformer too, when there is one); the
+    exit code."""
+    model, version = released["model_name"], str(released["model_version"])
+    url = str(released["endpoint"])
     console.rule(f"live scoring: POST {url}/v1/models/{model}:predict")
     try:
         from ops.deploy import service_token

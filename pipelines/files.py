@@ -1,7 +1,8 @@
 """Reading a file with one clear error, and an exclusive lock beside a file.
 
 A spec, a manifest, a profile or a token file that is missing or unreadable gets one
-message naming the file (no traceback: :func:`read_text`, :func:`read_json`); files that
+message naming the file (no traceback: :func:`read_text`, :func:`read_json`,
+:func:`read_json_or_none` for state files that may not exist yet); files that
 several processes rewrite (the audit keyring, the serving token file) are rewritten
 under :func:`exclusive_lock`. Standard library only: the serving runtime uses it too.
 """
@@ -37,6 +38,17 @@ def read_json(path: Path, error: type[Exception], label: str) -> Any:
         raise error(f"{label} not found") from exc
     except (OSError, ValueError) as exc:
         raise error(f"{label} is not readable JSON: {exc}") from exc
+
+
+def read_json_or_none(path: Path, error: type[Exception], label: str) -> Any:
+    """The JSON value in ``path``, or None when there is no such file (state not written
+    yet); ``error("LABEL: why")`` when it cannot be read or parsed (no traceback)."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise error(f"{label}: {exc}") from None
 
 
 @contextlib.contextmanager

@@ -82,14 +82,20 @@ PACK_HASH_METHOD = (
 
 @dataclass(frozen=True)
 class EvidenceResult:
+    """Where the pack went, how many files it holds, its digest, and its ``chain``
+    section (:func:`_chain_section`: ``ok``, ``state``, ``first_bad_seq``, ``problem``,
+    ``events``, ``head_seq``, ``head_hash``)."""
+
     out_dir: Path
     index_html: Path
     manifest: Path
     files: int
-    chain_ok: bool
     pack_sha256: str
-    first_bad_seq: int | None = None
-    chain_problem: str | None = None
+    chain: dict[str, Any]
+
+    @property
+    def chain_ok(self) -> bool:
+        return bool(self.chain["ok"])
 
 
 def _ms_iso(ms: int | None) -> str | None:
@@ -359,7 +365,6 @@ def export_evidence(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    chain_ok = bool(evidence["chain"]["ok"])
     append_event(
         settings.governance_url,
         "evidence_exported",
@@ -368,7 +373,7 @@ def export_evidence(
             "out_dir": str(out_dir),
             "pack_sha256": digest,
             "files": count,
-            "chain_ok": chain_ok,
+            "chain_ok": evidence["chain"]["ok"],
             "audit_head_seq": evidence["chain"]["head_seq"],
         },
         model_name=record["name"],
@@ -389,8 +394,6 @@ def export_evidence(
         index_html=out_dir / INDEX_HTML,
         manifest=out_dir / MANIFEST_JSON,
         files=count,
-        chain_ok=chain_ok,
         pack_sha256=digest,
-        first_bad_seq=evidence["chain"]["first_bad_seq"],
-        chain_problem=evidence["chain"]["problem"],
+        chain=evidence["chain"],
     )

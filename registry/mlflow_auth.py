@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.errors import RegistryError
+from pipelines.files import read_json_or_none
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +92,9 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    data = read_json_or_none(path, RegistryError, f"cannot read MLflow credentials {path}")
+    if data is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise RegistryError(f"cannot read MLflow credentials {path}: {exc}") from None
     if not isinstance(data, dict) or not data.get("username") or not data.get("password"):
         raise RegistryError(f"{path}: not an MLflow credentials file (username, password)")
     return data

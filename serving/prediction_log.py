@@ -154,7 +154,7 @@ class PredictionLog:
             "govml.hmac_key_id": self._pseudo.key_id if fields else "",
         }
         # writer-thread state: the file being written
-        self._file = LogFile(self.directory, fmt, metadata, o.compression, o.clock, self._failed)
+        self._file = LogFile(self.directory, fmt, metadata, o, self._failed)
         self._line = LINES[fmt]
         self._last_error_log = -math.inf
         self._suppressed_errors = 0

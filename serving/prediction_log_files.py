@@ -233,22 +233,21 @@ def _iter_records(path: Path) -> Iterator[dict[str, Any]]:
 class LogFile:
     """The file a prediction log is writing (writer thread only): opened on its first
     row under a hidden temporary name, finished (closed, fsynced, renamed into place) at
-    rotation; a failure discards it and counts its rows through ``failed``."""
+    rotation; a failure discards it and counts its rows through ``failed``. From the
+    log's :class:`LogOptions`: the Parquet ``compression`` and the ``clock``."""
 
     def __init__(
         self,
         directory: Path,
         fmt: str,
         metadata: dict[str, str],
-        compression: str,
-        clock: Callable[[], float],
+        options: LogOptions,
         failed: Callable[[int, str], None],
     ) -> None:
         self.directory = directory
         self.fmt = fmt
         self._metadata = metadata
-        self._compression = compression
-        self._clock = clock
+        self._options = options
         self._failed = failed
         self._instance = secrets.token_hex(3)
         self._seq = 0
@@ -262,14 +261,14 @@ class LogFile:
         self.files: list[Path] = []  # complete files, oldest first
 
     def open(self) -> bool:
-        now = self._clock()
+        now = self._options.clock()
         self._seq += 1
         stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%dT%H%M%SZ")
         name = f"{FILE_PREFIX}{stamp}-{self._seq:06d}-{self._instance}{EXTENSION[self.fmt]}"
         final = self.directory / name
         tmp = self.directory / f".{name}.tmp"
         try:
-            sink = SINKS[self.fmt](tmp, self._metadata, self._compression)
+            sink = SINKS[self.fmt](tmp, self._metadata, self._options.compression)
         except Exception as exc:  # noqa: BLE001
             self._failed(1, f"cannot open {tmp}: {type(exc).__name__}: {exc}")
             return False
@@ -307,7 +306,7 @@ class LogFile:
         self.files.append(final)
 
     def rotate_if_old(self, rotate_seconds: float) -> None:
-        if self.sink is not None and self._clock() - self._opened_at >= rotate_seconds:
+        if self.sink is not None and self._options.clock() - self._opened_at >= rotate_seconds:
             self.finish()
 
     def discard(self, message: str) -> None:

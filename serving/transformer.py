@@ -57,6 +57,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,20 @@ def _json_value(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+@dataclass(frozen=True)
+class OnlineState:
+    """Where a transformer keeps its online feature state and how it fills it at start:
+    the store's ``url`` (None: in process) and key ``prefix``, the transaction
+    ``history`` it is warmed from, whether it may start cold (``allow_cold_start``)
+    without one, and the ``secret`` its keys are hashed with."""
+
+    url: str | None = None
+    prefix: str = PREFIX
+    history: str | None = None
+    allow_cold_start: bool = False
+    secret: bytes | None = None
+
+
 class FeatureTransformer(Model):
     """Builds each transaction's features from the online state; forwards to the model."""
 
@@ -116,21 +131,14 @@ class FeatureTransformer(Model):
         self,
         name: str,
         spec_path: str,
-        store_url: str | None = None,
-        *,
-        history: str | None = None,
-        allow_cold_start: bool = False,
-        store_prefix: str = PREFIX,
-        secret: bytes | None = None,
+        state: OnlineState | None = None,
         predictor_token: str | None = None,
     ) -> None:
         super().__init__(name)
         self.spec_path = spec_path
-        self.store_url = store_url
-        self.history = history
-        self.allow_cold_start = allow_cold_start
-        self.store_prefix = store_prefix
-        self.secret = secret
+        self.online_state = state or OnlineState()
+        self.history = self.online_state.history
+        self.allow_cold_start = self.online_state.allow_cold_start
         self.predictor_token = predictor_token
         self.online_: OnlineFeatures | None = None
         self.schema_: TransactionSchema | None = None
@@ -152,8 +160,9 @@ class FeatureTransformer(Model):
             self.schema_ = TransactionSchema(spec, self.online_)
             self.raw_ = tuple(spec.features.raw)
             self.lateness_ = spec.features.online.allowed_lateness
+            where = self.online_state
             self.store_ = open_store(
-                self.online_, self.store_url, secret=self.secret, prefix=self.store_prefix
+                self.online_, where.url, secret=where.secret, prefix=where.prefix
             )
             if not self._warm_up(spec):
                 return False
@@ -438,15 +447,10 @@ def _load(args: argparse.Namespace) -> Loaded | int:
     if args.predictor_protocol != "v1":
         log.error("the feature transformer talks V1 to its predictor (--predictor_protocol v1)")
         return REFUSED
-    model = FeatureTransformer(
-        args.model_name,
-        args.spec,
-        args.feature_store,
-        history=args.history,
-        allow_cold_start=args.allow_cold_start,
-        store_prefix=args.feature_prefix,
-        predictor_token=token,
+    state = OnlineState(
+        args.feature_store, args.feature_prefix, args.history, args.allow_cold_start
     )
+    model = FeatureTransformer(args.model_name, args.spec, state, token)
     if not model.load():
         return REFUSED
     from kserve import model_server

@@ -56,8 +56,9 @@ def cmd_audit_export(args: argparse.Namespace, settings: Settings) -> int:
         f"({result.files} files, pack sha256 {result.pack_sha256})"
     )
     if not result.chain_ok:
+        problem = f": {result.chain['problem']}" if result.chain["problem"] else ""
         print(
-            f"error: audit chain BROKEN at seq {result.first_bad_seq}: {result.chain_problem} "
+            f"error: audit chain {result.chain['state']}{problem} "
             f"(the pack at {result.out_dir} records this)",
             file=sys.stderr,
         )

@@ -250,6 +250,36 @@ def _terminals(
     return phys_xy, phys_key, terminals
 
 
+def _customers(
+    rng: np.random.Generator,
+    n_c: int,
+    centers: np.ndarray,
+    spread: np.ndarray,
+    city_cdf: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The :class:`World` fields of every customer: home and region, age band, tenure,
+    activity, online propensity, spending and cards."""
+    home_xy = _draw_locations(rng, n_c, centers, spread, city_cdf)
+    age_band = rng.choice(len(AGE_BANDS), size=n_c, p=_AGE_BAND_P).astype(np.int8)
+    age = rng.uniform(_AGE_LOW[age_band], _AGE_HIGH[age_band] + 1)
+    tenure_years = np.minimum(rng.exponential(6.0, size=n_c), age - 18.0)
+    activity = rng.lognormal(0.0, 0.7, size=n_c)
+    online_p = np.clip(_AGE_ONLINE[age_band] * rng.lognormal(0.0, 0.35, size=n_c), 0.02, 0.9)
+    spend_mu = rng.normal(0.0, 0.45, size=n_c) + _AGE_SPEND[age_band]
+    n_cards = rng.choice(np.array([1, 2, 3]), size=n_c, p=[0.62, 0.28, 0.10])
+    return {
+        "home_xy": home_xy,
+        "region": _region_of(home_xy),
+        "age_band": age_band,
+        "tenure0": (tenure_years * 365.25).astype(np.int64),
+        "activity_cdf": np.cumsum(activity) / activity.sum(),
+        "online_p": online_p,
+        "spend_mu": spend_mu,
+        "n_cards": n_cards,
+        "card_base": 1 + np.concatenate(([0], np.cumsum(n_cards)[:-1])).astype(np.int64),
+    }
+
+
 def build_world(cfg: FraudConfig) -> World:
     rng = stream_rng(cfg, STREAM_WORLD)
     n_c = int(cfg.n_customers or 0)
@@ -261,33 +291,8 @@ def build_world(cfg: FraudConfig) -> World:
     city_w = 1.0 / np.arange(1, n_cities + 1) ** 0.8
     city_cdf = np.cumsum(city_w) / city_w.sum()
 
-    # customers
-    home_xy = _draw_locations(rng, n_c, centers, spread, city_cdf)
-    region = _region_of(home_xy)
-    age_band = rng.choice(len(AGE_BANDS), size=n_c, p=_AGE_BAND_P).astype(np.int8)
-    age = rng.uniform(_AGE_LOW[age_band], _AGE_HIGH[age_band] + 1)
-    tenure_years = np.minimum(rng.exponential(6.0, size=n_c), age - 18.0)
-    tenure0 = (tenure_years * 365.25).astype(np.int64)
-    activity = rng.lognormal(0.0, 0.7, size=n_c)
-    activity_cdf = np.cumsum(activity) / activity.sum()
-    online_p = np.clip(_AGE_ONLINE[age_band] * rng.lognormal(0.0, 0.35, size=n_c), 0.02, 0.9)
-    spend_mu = rng.normal(0.0, 0.45, size=n_c) + _AGE_SPEND[age_band]
-    n_cards = rng.choice(np.array([1, 2, 3]), size=n_c, p=[0.62, 0.28, 0.10])
-    card_base = 1 + np.concatenate(([0], np.cumsum(n_cards)[:-1])).astype(np.int64)
-
+    customers = _customers(rng, n_c, centers, spread, city_cdf)
+    home_xy = customers["home_xy"]
     phys_xy, phys_key, terminals = _terminals(rng, home_xy, n_t)
     usual = _usual_terminals(rng, home_xy, phys_xy, phys_key)
-
-    return World(
-        home_xy=home_xy,
-        region=region,
-        age_band=age_band,
-        tenure0=tenure0,
-        activity_cdf=activity_cdf,
-        online_p=online_p,
-        spend_mu=spend_mu,
-        n_cards=n_cards,
-        card_base=card_base,
-        usual=usual,
-        **terminals,
-    )
+    return World(**customers, usual=usual, **terminals)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.errors import GovMLError
+from pipelines.files import read_json_or_none
 from pipelines.rollout import StepState, Trip, decide
 from pipelines.spec_operations import Rollout
 from serving.gateway_routes import write_routes
@@ -135,13 +136,8 @@ class RolloutController:
 
     # ------------------------------------------------------------------ state
     def load(self) -> RolloutState | None:
-        try:
-            data = json.loads(self.state_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as exc:
-            raise RolloutError(f"rollout state {self.state_path}: {exc}") from None
-        return RolloutState(**data)
+        data = read_json_or_none(self.state_path, RolloutError, f"rollout state {self.state_path}")
+        return None if data is None else RolloutState(**data)
 
     def _save(self, state: RolloutState) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ holds the route (:mod:`ops.rollout`, :mod:`ops.abtest`).
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 from pipelines.config import Settings
 from pipelines.errors import DeploymentError, GovMLError
+from pipelines.files import read_json_or_none
 from pipelines.spec import ModelSpec
 from serving.control.rollout_controller import ACTIVE, RolloutController
 from serving.control.rollout_windows import endpoint_problem
@@ -58,12 +58,7 @@ def abtest_state_path(settings: Settings, model: str) -> Path:
 def read_routes(settings: Settings) -> dict[str, Any]:
     """The routes file (``{"models": {}}`` when there is none yet)."""
     path = routes_path(settings)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {"models": {}}
-    except (OSError, ValueError) as exc:
-        raise RouteError(f"routes file {path}: {exc}") from None
+    data = read_json_or_none(path, RouteError, f"routes file {path}")
     return data if isinstance(data, dict) else {"models": {}}
 
 
@@ -100,12 +95,9 @@ def active_rollout(settings: Settings, spec: ModelSpec) -> str | None:
 def running_abtest(settings: Settings, model: str) -> str | None:
     """The id of the A/B test that holds the model's route, or None."""
     path = abtest_state_path(settings, model)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    data = read_json_or_none(path, RouteError, f"A/B test state {path}")
+    if data is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise RouteError(f"A/B test state {path}: {exc}") from None
     if not isinstance(data, dict) or "id" not in data:
         raise RouteError(f"A/B test state {path}: not a test's state")
     return str(data["id"]) if data.get("status", RUNNING) == RUNNING else None
