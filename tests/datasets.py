@@ -3,13 +3,14 @@ training settings, and typed ingest data from the generators."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from pipelines.data.credit import CreditConfig, generate_credit
-from pipelines.data.fraud import generate_fraud
+from pipelines.data.fraud import generate_fraud, write_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.spec import ColumnType, ModelSpec, load_spec, parse_spec
 from pipelines.spec_features import AggregateFeature
@@ -33,6 +34,23 @@ def spec_of(name: str) -> ModelSpec:
 def with_training(spec: ModelSpec, **training: Any) -> ModelSpec:
     """The spec with some ``training`` settings replaced (e.g. fewer boosting rounds)."""
     return spec.model_copy(update={"training": spec.training.model_copy(update=training)})
+
+
+def raw_fraud_file(folder: Path, cfg: FraudConfig, chunk_rows: int = 1_000_000) -> Path:
+    """The fraud generator's data for ``cfg`` written as a raw source into ``folder`` (in
+    row groups of ``chunk_rows``, with its manifest): the Parquet file."""
+    return folder / f"{write_fraud(cfg, folder, chunk_rows).name}.parquet"
+
+
+def local_and_dask(
+    folder: Path, run_local: Callable[[Path], object], run_dask: Callable[[Path], object]
+) -> tuple[Path, Path]:
+    """The backend tests' comparison: ``run_local`` writing into ``folder/local`` and
+    ``run_dask`` into ``folder/dask``; the two folders."""
+    local, dask = folder / "local", folder / "dask"
+    run_local(local)
+    run_dask(dask)
+    return local, dask
 
 
 def json_records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -1,6 +1,7 @@
 """Governance-store helpers shared by the SQLite (tests/unit/test_store.py) and
 PostgreSQL (tests/integration/test_store_postgres.py) tests: the schema as migrated, a
-legacy database, racing migrations and the append-only statements."""
+legacy database, racing migrations and the append-only statements, and the checks both
+databases must pass (``assert_*``)."""
 
 from __future__ import annotations
 
@@ -25,14 +26,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Session
 
+from registry.audit import append_event
 from registry.databases import ensure_database, normalise_url
+from registry.lineage import LineageEntry, lineage_for_run, record_lineage
 from registry.store import (
     ApprovalDecision,
     ApprovalRequest,
     Base,
     Deployment,
     RoleChange,
+    current_revision,
     engine_for,
+    head_revision,
+    upgrade,
 )
 from tests.racing import run_together
 
@@ -58,6 +64,13 @@ def schema_diff(url: str) -> list:
     engine = engine_for(url)
     with engine.connect() as conn:
         return compare_metadata(MigrationContext.configure(conn), Base.metadata)
+
+
+def assert_at_head(url: str) -> None:
+    """The database is migrated to the head revision: every table, as the ORM declares it."""
+    assert current_revision(url) == head_revision() == HEAD
+    assert {"lineage", "alembic_version"} | GOVERNANCE_TABLES <= tables(url)
+    assert schema_diff(url) == []
 
 
 def create_legacy(url: str) -> None:
@@ -109,6 +122,26 @@ print(upgrade(url))
 def upgrade_in_processes(url: str, tmp_path: Path, n: int = 4) -> list[str]:
     """``n`` processes call ``upgrade(url)`` at the same moment; their printed revisions."""
     return run_together(UPGRADE_WORKER, [[url]] * n, tmp_path)
+
+
+def assert_legacy_upgraded(url: str) -> None:
+    """A legacy database (:func:`create_legacy`) is stamped and migrated, its rows kept."""
+    create_legacy(url)
+    assert current_revision(url) is None
+    assert upgrade(url) == HEAD
+    assert tables(url) >= GOVERNANCE_TABLES
+    stored = lineage_for_run(url, "legacy-run")
+    assert stored == [LineageEntry("parameters", "run", None, {"seed": 7})]
+    assert schema_diff(url) == []
+
+
+def assert_processes_migrate_once(url: str, tmp_path: Path) -> None:
+    """Four processes racing to migrate the database all end at the head, migrated once."""
+    assert upgrade_in_processes(url, tmp_path) == [HEAD] * 4
+    assert current_revision(url) == HEAD
+    with engine_for(url).connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+    assert schema_diff(url) == []
 
 
 def index_rows(engine) -> int:  # noqa: ANN001
@@ -179,3 +212,13 @@ def refused_everywhere(engine, truncate: bool) -> None:  # noqa: ANN001
         refused = pytest.raises(Exception, match=f"{table} is append-only")  # noqa: PT011
         with refused, engine.begin() as conn:
             conn.execute(text(statement))
+
+
+def assert_append_only_everywhere(url: str, truncate: bool) -> None:
+    """With a row in every governance table (the index tables, lineage, the audit chain),
+    the database refuses every UPDATE and DELETE (and TRUNCATE, with ``truncate``)."""
+    engine = engine_for(url)
+    index_rows(engine)
+    record_lineage(url, "fraud", "run-1", [LineageEntry("code", "git", None, {"v": "abc"})])
+    append_event(url, "drift_alarm", actor="monitor")
+    refused_everywhere(engine, truncate=truncate)

@@ -19,10 +19,10 @@ import pytest
 
 from pipelines import backends as b
 from pipelines.backends import BACKEND_KEYS, open_backend
-from pipelines.data.fraud import write_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import GateFailedError
 from pipelines.spec import Compute, ModelSpec, load_spec
+from tests.datasets import local_and_dask, raw_fraud_file
 
 pytest.importorskip("distributed")
 
@@ -87,13 +87,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         }
     )
     folder = tmp_path_factory.mktemp("backend-files")
-    manifest = write_fraud(
-        FraudConfig(n_rows=ROWS, seed=11, days=5, fraud_rate=0.01), folder / "raw"
+    raw = raw_fraud_file(folder / "raw", FraudConfig(n_rows=ROWS, seed=11, days=5, fraud_rate=0.01))
+    dask = Compute(backend="dask", workers=2, partition_rows=1_500)
+    return local_and_dask(
+        folder,
+        lambda out: _run_chain(spec, raw, out, Compute(backend="local")),
+        lambda out: _run_chain(spec, raw, out, dask),
     )
-    raw = folder / "raw" / f"{manifest.name}.parquet"
-    _run_chain(spec, raw, folder / "local", Compute(backend="local"))
-    _run_chain(spec, raw, folder / "dask", Compute(backend="dask", workers=2, partition_rows=1_500))
-    return folder / "local", folder / "dask"
 
 
 @pytest.mark.parametrize("stage", [*STAGES, "gates"])

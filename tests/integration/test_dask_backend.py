@@ -17,7 +17,6 @@ from sklearn.metrics import roc_auc_score
 
 from pipelines.backends import resolve_compute
 from pipelines.config import load_settings
-from pipelines.data.fraud import write_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import ConfigError, DataValidationError, SpecError
 from pipelines.features import SPLITS, FeaturesInputs, compute_aggregates, read_features_json
@@ -28,7 +27,7 @@ from pipelines.stages.features import build_features, write_features
 from pipelines.stages.ingest import ingest
 from pipelines.stages.train import train, write_training
 from pipelines.training import TrainInputs, load_model, score
-from tests.datasets import spec_of, with_training
+from tests.datasets import local_and_dask, raw_fraud_file, spec_of, with_training
 
 dask_backend = pytest.importorskip("pipelines.backends.dask_core")
 dask_training = pytest.importorskip("pipelines.backends.dask_training")
@@ -48,9 +47,7 @@ def spec() -> ModelSpec:
 def data(spec: ModelSpec, tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dask-data")
     cfg = FraudConfig(n_rows=ROWS, seed=3, days=6, fraud_rate=0.01)
-    manifest = write_fraud(cfg, folder / "raw", chunk_rows=5_000)
-    raw = folder / "raw" / f"{manifest.name}.parquet"
-    ingest(spec, raw, folder / "ingest")
+    ingest(spec, raw_fraud_file(folder / "raw", cfg, chunk_rows=5_000), folder / "ingest")
     return folder / "ingest" / "data.parquet"
 
 
@@ -64,10 +61,11 @@ def _features_dask(spec: ModelSpec, data: Path, out: Path, cluster: object) -> N
 def feature_dirs(
     spec: ModelSpec, data: Path, dask_client: object, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("dask-features")
-    build_features(spec, data, folder / "local")
-    _features_dask(spec, data, folder / "dask", Cluster(dask_client, PARTITION_ROWS))
-    return folder / "local", folder / "dask"
+    return local_and_dask(
+        tmp_path_factory.mktemp("dask-features"),
+        lambda out: build_features(spec, data, out),
+        lambda out: _features_dask(spec, data, out, Cluster(dask_client, PARTITION_ROWS)),
+    )
 
 
 def test_stages_shuffle_on_the_workers_and_leave_no_temp_files(

@@ -14,7 +14,6 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from pipelines.data.fraud import write_fraud
 from pipelines.data.fraud_config import FraudConfig
 from pipelines.errors import DataValidationError
 from pipelines.ingest import IngestInputs
@@ -24,7 +23,7 @@ from pipelines.stages.ingest import ingest, write_ingest
 dask_backend = pytest.importorskip("pipelines.backends.dask_core")
 from pipelines.backends.dask_core import Cluster  # noqa: E402
 from pipelines.backends.dask_ingest import ingest_dask  # noqa: E402
-from tests.datasets import spec_of, with_training  # noqa: E402
+from tests.datasets import local_and_dask, raw_fraud_file, spec_of, with_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 12_000
@@ -38,10 +37,8 @@ def spec() -> ModelSpec:
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("dask-stages")
     cfg = FraudConfig(n_rows=ROWS, seed=5, days=5, fraud_rate=0.01)
-    manifest = write_fraud(cfg, folder / "raw", chunk_rows=4_000)
-    return folder / "raw" / f"{manifest.name}.parquet"
+    return raw_fraud_file(tmp_path_factory.mktemp("dask-stages") / "raw", cfg, chunk_rows=4_000)
 
 
 def _ingest_dask(spec: ModelSpec, source: Path, out: Path, cluster: Cluster) -> Any:
@@ -53,10 +50,11 @@ def _ingest_dask(spec: ModelSpec, source: Path, out: Path, cluster: Cluster) -> 
 def ingested(
     spec: ModelSpec, raw: Path, dask_client: object, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("dask-ingested")
-    ingest(spec, raw, folder / "local")
-    _ingest_dask(spec, raw, folder / "dask", Cluster(dask_client, PARTITION_ROWS))
-    return folder / "local", folder / "dask"
+    return local_and_dask(
+        tmp_path_factory.mktemp("dask-ingested"),
+        lambda out: ingest(spec, raw, out),
+        lambda out: _ingest_dask(spec, raw, out, Cluster(dask_client, PARTITION_ROWS)),
+    )
 
 
 # ----------------------------------------------------------------------------- ingest

@@ -34,8 +34,7 @@ from registry.audit_verify import verify_chain
 from registry.store import AuditEvent, RoleChange, engine_for, read_only
 from tests.audit_chain import (
     TAMPERS,
-    append_in_processes,
-    assert_process_chain,
+    assert_processes_keep_one_chain,
     assert_refused,
     assert_tamper_found,
     build_chain,
@@ -209,8 +208,7 @@ def test_fifty_concurrent_threads_keep_one_chain(
 
 @pytest.mark.timeout(240)
 def test_four_processes_keep_one_chain_on_sqlite(url: str, tmp_path: Path) -> None:
-    append_in_processes(url, tmp_path)
-    assert_process_chain(url)
+    assert_processes_keep_one_chain(url, tmp_path)
 
 
 # --------------------------------------------------------------------------- append-only

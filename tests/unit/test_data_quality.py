@@ -100,6 +100,24 @@ def credit(
     return CreditCase(specs["credit"], frames["credit"], ingested, credit_reference)
 
 
+Changed = Callable[[str, Callable[[pd.DataFrame], object]], tuple[ModelSpec, Path]]
+
+
+@pytest.fixture
+def changed(
+    specs: dict[str, ModelSpec], frames: dict[str, pd.DataFrame], ingested: Ingest
+) -> Changed:
+    """Ingest a copy of a spec's generated frame after ``change`` edits it in place:
+    the spec and the ingested data path."""
+
+    def run(name: str, change: Callable[[pd.DataFrame], object]) -> tuple[ModelSpec, Path]:
+        frame = frames[name].copy()
+        change(frame)
+        return specs[name], ingested(name, frame)
+
+    return run
+
+
 def _records(out_dir: Path) -> dict[str, dict]:
     validation = json.loads((out_dir / VALIDATION_FILE).read_text())
     return {record["check"]: record for record in validation["expectations"]}
@@ -177,22 +195,18 @@ def test_rerun_replaces_results_with_identical_json(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([DATA_DOCS_DIR, *JSON_FILES])
 
 
-def test_broken_data_fails_listing_every_problem(
-    specs: dict[str, ModelSpec],
-    frames: dict[str, pd.DataFrame],
-    ingested: Ingest,
-    tmp_path: Path,
-) -> None:
-    bad = frames["fraud"].copy()
-    bad.loc[[0, 1, 2], "amount"] = [-5.0, 60_000.0, 75_000.0]  # out of range
-    bad.loc[3, "amount"] = None  # null in a forbid column
-    bad["channel"] = bad["channel"].astype(object)
-    bad.loc[[4, 5], "channel"] = "telepathy"  # unknown category
-    bad.loc[10, "transaction_id"] = bad.loc[11, "transaction_id"]  # duplicate id
-    data = ingested("fraud", bad)  # structurally fine: ingest accepts it
+def test_broken_data_fails_listing_every_problem(changed: Changed, tmp_path: Path) -> None:
+    def damage(bad: pd.DataFrame) -> None:
+        bad.loc[[0, 1, 2], "amount"] = [-5.0, 60_000.0, 75_000.0]  # out of range
+        bad.loc[3, "amount"] = None  # null in a forbid column
+        bad["channel"] = bad["channel"].astype(object)
+        bad.loc[[4, 5], "channel"] = "telepathy"  # unknown category
+        bad.loc[10, "transaction_id"] = bad.loc[11, "transaction_id"]  # duplicate id
+
+    spec, data = changed("fraud", damage)  # structurally fine: ingest accepts it
 
     with pytest.raises(DataValidationError) as info:
-        validate_data(specs["fraud"], data, tmp_path)
+        validate_data(spec, data, tmp_path)
     message = str(info.value)
     assert message.startswith("4 data checks failed")
     assert "amount: values between 0.01 and 50000 (3 unexpected" in message
@@ -274,17 +288,13 @@ def test_a_tenth_of_the_rows_fails_against_the_reference(
     assert records["label_rate"]["success"]
 
 
-def test_label_rate_sanity_bound_without_reference(
-    specs: dict[str, ModelSpec],
-    frames: dict[str, pd.DataFrame],
-    ingested: Ingest,
-    tmp_path: Path,
-) -> None:
-    frame = frames["german_credit"].copy()
-    frame["default"] = 1
-    data = ingested("german_credit", frame)
+def test_label_rate_sanity_bound_without_reference(changed: Changed, tmp_path: Path) -> None:
+    def all_defaults(frame: pd.DataFrame) -> None:
+        frame["default"] = 1
+
+    spec, data = changed("german_credit", all_defaults)
     with pytest.raises(DataValidationError, match="default: label rate strictly between 0 and 0.5"):
-        validate_data(specs["german_credit"], data, tmp_path)
+        validate_data(spec, data, tmp_path)
 
 
 def test_median_drift_warns_without_failing(credit: CreditCase, tmp_path: Path) -> None:
@@ -350,18 +360,16 @@ def test_bad_inputs_give_clear_errors(
 
 
 def test_nulls_in_a_forbid_int_column_fail_validation_not_ingest(
-    specs: dict[str, ModelSpec],
-    frames: dict[str, pd.DataFrame],
-    ingested: Ingest,
-    tmp_path: Path,
+    changed: Changed, tmp_path: Path
 ) -> None:
-    frame = frames["credit"].copy()
-    frame["inquiries_6m"] = frame["inquiries_6m"].astype("Int64")
-    frame.loc[[1, 2], "inquiries_6m"] = pd.NA
-    data = ingested("credit", frame)
+    def nulls(frame: pd.DataFrame) -> None:
+        frame["inquiries_6m"] = frame["inquiries_6m"].astype("Int64")
+        frame.loc[[1, 2], "inquiries_6m"] = pd.NA
+
+    spec, data = changed("credit", nulls)
     assert str(pd.read_parquet(data)["inquiries_6m"].dtype) == "Int64"
     with pytest.raises(DataValidationError, match=r"^1 data check failed .*inquiries_6m: no nulls"):
-        validate_data(specs["credit"], data, tmp_path)
+        validate_data(spec, data, tmp_path)
     records = _records(tmp_path)
     assert records["inquiries_6m.type"]["success"]  # nullable Int64 is an int column
     assert records["inquiries_6m.range"]["success"]

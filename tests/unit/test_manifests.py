@@ -562,25 +562,18 @@ def test_apply_without_a_cluster_in_the_serving_environment(tmp_path: Path) -> N
 
 FAKE_API_SERVER = """
 import json, sys, threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from pipelines.errors import DeploymentError
 from serving.control.apply import apply
 from serving.control.inference_service import ServedModel, render_inference_service
+from tests.http_fakes import JsonHandler
 
 requests, store = [], {}
 
 
-class Handler(BaseHTTPRequestHandler):
-    def reply(self, code, obj):
-        data = json.dumps(obj).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
+class Handler(JsonHandler):
     def do_GET(self):
         path = urlsplit(self.path).path
         requests.append({"method": "GET", "path": path})
@@ -599,9 +592,6 @@ class Handler(BaseHTTPRequestHandler):
         })
         store[url.path] = body
         self.reply(200, body)
-
-    def log_message(self, *args):
-        pass
 
 
 server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

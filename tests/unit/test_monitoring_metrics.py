@@ -264,16 +264,15 @@ def _server_metrics(counts: dict[tuple[str, str], int]) -> str:
 
 
 def test_server_error_rates_from_prometheus_text() -> None:
-    text = _server_metrics(
-        {
-            ("predict", "200"): 960,
-            ("predict", "400"): 25,
-            ("predict", "503"): 10,
-            ("infer", "200"): 4,
-            ("infer", "500"): 1,
-            ("health", "200"): 5000,
-        }
-    )
+    counts = {
+        ("predict", "200"): 960,
+        ("predict", "400"): 25,
+        ("predict", "503"): 10,
+        ("infer", "200"): 4,
+        ("infer", "500"): 1,
+        ("health", "200"): 5000,
+    }
+    text = _server_metrics(counts)
     assert "govml_requests_created" in text  # the parser must skip these samples
     rates = server_error_rates(text)
     assert rates["requests"] == 1000
@@ -285,15 +284,8 @@ def test_server_error_rates_from_prometheus_text() -> None:
     everything = server_error_rates(text, kinds=None)
     assert everything["requests"] == 6000 and everything["by_kind"]["health"] == 5000
 
-    later = _server_metrics(
-        {
-            ("predict", "200"): 1060,
-            ("predict", "400"): 25,
-            ("predict", "503"): 30,
-            ("infer", "200"): 4,
-            ("infer", "500"): 1,
-        }
-    )
+    # the same server later: 100 more answered, 20 more refused with 503
+    later = _server_metrics({**counts, ("predict", "200"): 1060, ("predict", "503"): 30})
     delta = server_error_rates(later, previous=text)
     assert delta["by_code"] == {"200": 100, "400": 0, "500": 0, "503": 20}
     assert delta["server_error_rate"] == pytest.approx(20 / 120)

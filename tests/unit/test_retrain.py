@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +12,7 @@ import pytest
 from dags.govml_airflow.assets import lifecycle_schedule, trigger_reason
 from ops.retrain import post_retrain_event, retrain_uri
 from pipelines.errors import ConfigError, GovMLError
+from tests.http_fakes import JsonHandler
 from tests.support import http_server
 
 
@@ -57,32 +57,21 @@ def test_the_lifecycle_schedule_is_its_cron_or_the_asset() -> None:
     assert [a.uri for a in only_asset] == [retrain_uri("fraud")]
 
 
-class _Airflow(BaseHTTPRequestHandler):
+class _Airflow(JsonHandler):
     posted: list[dict[str, Any]] = []
-
-    def _reply(self, code: int, body: Any) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
         if self.headers.get("Authorization") != "Bearer T":
-            return self._reply(401, {"detail": "no"})
+            return self.reply(401, {"detail": "no"})
         assets = [{"id": 7, "uri": retrain_uri("fraud")}, {"id": 8, "uri": "govml://other"}]
-        self._reply(200, {"assets": assets, "total_entries": 2})
+        self.reply(200, {"assets": assets, "total_entries": 2})
 
     def do_POST(self) -> None:  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         if body["asset_id"] != 7:
-            return self._reply(422, {"detail": "unknown asset"})
+            return self.reply(422, {"detail": "unknown asset"})
         _Airflow.posted.append(body)
-        self._reply(200, {"id": 99, **body})
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self.reply(200, {"id": 99, **body})
 
 
 @pytest.fixture

@@ -12,15 +12,7 @@ import pytest
 
 from pipelines.rollout import check_guardrails
 from pipelines.spec_operations import Guardrails
-from serving.control.rollout_windows import (
-    challenger_errors,
-    endpoint_problem,
-    gateway_counts,
-    log_rows,
-    read_labels,
-    shadow_pairs,
-    window_of,
-)
+from serving.control import rollout_windows as windows
 from serving.prediction_log import PredictionLog
 from serving.prediction_log_files import LogOptions
 from tests.support import free_port
@@ -42,12 +34,12 @@ def test_log_rows_reads_complete_files_and_the_file_being_written(tmp_path: Path
     assert done.close()
     live = _log(tmp_path, 4, 0.2, start=5)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and len(log_rows(tmp_path, since)) < 9:
+    while time.monotonic() < deadline and len(windows.log_rows(tmp_path, since)) < 9:
         time.sleep(0.05)
-    rows = log_rows(tmp_path, since)
+    rows = windows.log_rows(tmp_path, since)
     assert sorted(r["request_id"] for r in rows) == [f"r{i}" for i in range(9)]
-    assert log_rows(tmp_path, time.time() + 60) == []  # nothing after the window began
-    assert log_rows(tmp_path / "missing", since) == []
+    assert windows.log_rows(tmp_path, time.time() + 60) == []  # nothing after the window began
+    assert windows.log_rows(tmp_path / "missing", since) == []
     live.close()
 
 
@@ -62,9 +54,9 @@ def test_gateway_counters_give_the_challengers_failures() -> None:
             'govml_gateway_requests_total{code="200",model="credit",route="challenger"} 50.0',
         ]
     )
-    now = gateway_counts(text, "fraud")
+    now = windows.gateway_counts(text, "fraud")
     assert now == {"champion:200": 90, "challenger:200": 8, "challenger:400": 1, "failover:200": 3}
-    assert challenger_errors(now, {"challenger:200": 2.0}) == (10, 3)
+    assert windows.challenger_errors(now, {"challenger:200": 2.0}) == (10, 3)
 
 
 def test_shadow_pairs_since_the_step_began(tmp_path: Path) -> None:
@@ -77,7 +69,7 @@ def test_shadow_pairs_since_the_step_began(tmp_path: Path) -> None:
         {"time": 21, "shadow_outcome": "timeout", "primary_scores": [0.3], "shadow_scores": None},
     ]  # fmt: skip
     path.write_text("\n".join(json.dumps(r) for r in records) + "\nnot json\n")
-    primary, shadow, copies, failed, latencies = shadow_pairs(path, since=15)
+    primary, shadow, copies, failed, latencies = windows.shadow_pairs(path, since=15)
     assert primary.tolist() == [0.3, 0.4] and shadow.tolist() == [0.3, 0.5]
     assert (copies, failed, latencies.tolist()) == (2, 1, [4.0])
 
@@ -96,23 +88,23 @@ def test_late_labels_join_by_request_id_and_feed_the_label_guardrails(tmp_path: 
             json.dumps({"request_id": f"r{i}", "label": int(i % 10 == 0)}) for i in range(0, 200, 2)
         )  # fmt: skip
     )
-    labels = read_labels(labels_dir)
+    labels = windows.read_labels(labels_dir)
     assert len(labels) == 100
-    champion = window_of(rows, labels=labels)
-    challenger = window_of(blind, labels=labels)
+    champion = windows.window_of(rows, labels=labels)
+    challenger = windows.window_of(blind, labels=labels)
     assert int(np.sum(~np.isnan(challenger.labels))) == 100  # half the rows labelled so far
     guardrails = Guardrails(min_fraud_amount_caught_ratio=0.9, max_score_psi=100)
     trips = {t.guardrail for t in check_guardrails(guardrails, 0.5, champion, challenger)}
     assert "fraud_amount_caught_ratio" in trips
     (labels_dir / "broken.jsonl").write_text('{"request_id": "x"}\n')
     with pytest.raises(ValueError, match="broken.jsonl"):
-        read_labels(labels_dir)
+        windows.read_labels(labels_dir)
 
 
 def test_an_endpoint_nothing_listens_on_fails_its_ready_probe() -> None:
     dead = {"url": f"http://127.0.0.1:{free_port()}", "version": "3"}
-    assert endpoint_problem("fraud", dead, timeout=1.0) == "connection refused"
-    assert endpoint_problem("fraud", {"version": "3"}) == "no URL recorded"
+    assert windows.endpoint_problem("fraud", dead, timeout=1.0) == "connection refused"
+    assert windows.endpoint_problem("fraud", {"version": "3"}) == "no URL recorded"
 
 
 def test_log_rows_leave_out_explanations(tmp_path: Path) -> None:
@@ -124,5 +116,5 @@ def test_log_rows_leave_out_explanations(tmp_path: Path) -> None:
          "verb": "explain", "reasons": ["amount high"]}
     )  # fmt: skip
     assert log.close()
-    rows = log_rows(tmp_path, since)
+    rows = windows.log_rows(tmp_path, since)
     assert [(r["request_id"], r["latency_ms"]) for r in rows] == [("r1", 2.0)]

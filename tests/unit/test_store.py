@@ -12,8 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 import registry.store as store
-from registry.audit import append_event
-from registry.lineage import LineageEntry, lineage_for_run, record_lineage
+from registry.lineage import lineage_for_run
 from registry.store import (
     ApprovalDecision,
     ApprovalRequest,
@@ -27,12 +26,14 @@ from registry.store import (
 from tests.store_schema import (
     GOVERNANCE_TABLES,
     HEAD,
+    assert_append_only_everywhere,
+    assert_at_head,
+    assert_legacy_upgraded,
+    assert_processes_migrate_once,
     create_legacy,
     index_rows,
-    refused_everywhere,
     schema_diff,
     tables,
-    upgrade_in_processes,
 )
 
 pytestmark = pytest.mark.usefixtures("fresh_engines")
@@ -47,9 +48,7 @@ def test_fresh_database_is_migrated_to_head(tmp_path: Path) -> None:
     url = _sqlite(tmp_path)
     assert current_revision(url) is None  # an empty file: nothing applied, nothing created
     engine_for(url)
-    assert head_revision() == HEAD
-    assert current_revision(url) == head_revision()
-    assert {"lineage", "alembic_version"} | GOVERNANCE_TABLES <= tables(url)
+    assert_at_head(url)
 
 
 def test_orm_metadata_matches_the_migrated_sqlite_database(tmp_path: Path) -> None:
@@ -57,14 +56,7 @@ def test_orm_metadata_matches_the_migrated_sqlite_database(tmp_path: Path) -> No
 
 
 def test_legacy_create_all_database_is_stamped_and_upgraded(tmp_path: Path) -> None:
-    url = _sqlite(tmp_path)
-    create_legacy(url)
-    assert current_revision(url) is None
-    assert upgrade(url) == HEAD
-    assert tables(url) >= GOVERNANCE_TABLES
-    stored = lineage_for_run(url, "legacy-run")
-    assert stored == [LineageEntry("parameters", "run", None, {"seed": 7})]
-    assert schema_diff(url) == []
+    assert_legacy_upgraded(_sqlite(tmp_path))
 
 
 def test_migrations_downgrade_and_upgrade_again(tmp_path: Path) -> None:
@@ -117,10 +109,7 @@ def test_engine_is_cached_and_migrates_once_under_concurrency(
 
 @pytest.mark.timeout(180)
 def test_processes_starting_at_once_migrate_sqlite_safely(tmp_path: Path) -> None:
-    url = _sqlite(tmp_path)
-    assert upgrade_in_processes(url, tmp_path) == [HEAD] * 4
-    assert current_revision(url) == HEAD
-    assert schema_diff(url) == []
+    assert_processes_migrate_once(_sqlite(tmp_path), tmp_path)
 
 
 def test_replayed_decision_and_unknown_request_fail_in_the_database(tmp_path: Path) -> None:
@@ -158,12 +147,7 @@ def test_replayed_decision_and_unknown_request_fail_in_the_database(tmp_path: Pa
 
 
 def test_every_governance_table_is_append_only_on_sqlite(tmp_path: Path) -> None:
-    url = _sqlite(tmp_path)
-    engine = engine_for(url)
-    index_rows(engine)
-    record_lineage(url, "fraud", "run-1", [LineageEntry("code", "git", None, {"v": "abc"})])
-    append_event(url, "drift_alarm", actor="monitor")
-    refused_everywhere(engine, truncate=False)
+    assert_append_only_everywhere(_sqlite(tmp_path), truncate=False)
 
 
 def test_sqlite_uses_wal_and_a_long_busy_timeout(tmp_path: Path) -> None:
