@@ -72,10 +72,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# What points an MLflow client at a server and logs it in.
+MLFLOW_CLIENT_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+)
+
+
 def stack_env(var_dir: Path, **extra: str) -> dict[str, str]:
-    """The environment for an isolated embedded stack: own folder, free ports."""
+    """The environment for an isolated embedded stack: own folder, free ports, and no
+    MLflow server or login of this process (an earlier test's client in this process may
+    have logged in to its own stack: its stack's clients log in as their own service
+    account)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GOVML_", "AIRFLOW"))}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    for name in MLFLOW_CLIENT_VARIABLES:
+        env.pop(name, None)
     env.update(
         {
             "GOVML_VAR_DIR": str(var_dir),

@@ -209,8 +209,6 @@ def locked(
     threading.Thread(target=hook.serve_forever, daemon=True).start()
     extra["GOVML_ALERT_WEBHOOK"] = f"http://127.0.0.1:{hook.server_address[1]}/alerts"
     env = stack_env(var, **extra)
-    for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
-        env.pop(key, None)  # nobody's credentials but the stack's own files
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)
