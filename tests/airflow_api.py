@@ -93,9 +93,13 @@ class AirflowAPI:
     def run_state(self, dag: str, run_id: str) -> str:
         return self.call("GET", self._run_path(dag, run_id))[1]["state"]  # type: ignore[index]
 
-    def task_state(self, dag: str, run_id: str, task: str) -> str | None:
+    def task_instance(self, dag: str, run_id: str, task: str) -> dict:
+        """The task instance as the REST API shows it (empty if it cannot be read)."""
         code, ti = self.call("GET", f"{self._run_path(dag, run_id)}/taskInstances/{task}")
-        return ti.get("state") if code == 200 and isinstance(ti, dict) else None
+        return ti if code == 200 and isinstance(ti, dict) else {}
+
+    def task_state(self, dag: str, run_id: str, task: str) -> str | None:
+        return self.task_instance(dag, run_id, task).get("state")
 
     def hitl(self, dag: str, run_id: str, task: str) -> dict:
         code, body = self.call(
@@ -119,22 +123,25 @@ class AirflowAPI:
     def wait_awaiting_input(
         self, dag: str, run_id: str, task: str, timeout: float, settle: float = 5.0
     ) -> None:
-        """Until the task waits for a (new) answer: awaiting_input with no response, still
-        so ``settle`` seconds later.
+        """Until the task waits for a (new) answer: awaiting_input with no response, its
+        paused process gone, still so ``settle`` seconds later.
 
-        An answer given within a second of the task pausing can race Airflow's scheduler
-        (the paused task process's exit is processed after the answer moved the task on,
-        and the scheduler fails the task instance); people do not answer that fast, and
-        a loaded CI machine widens the window, so the tests wait as a person would.
+        An answer given before the scheduler processed the paused task process's end races
+        it (the end is processed after the answer moved the task on, and the scheduler
+        fails the task instance). People do not answer that fast; on a loaded machine the
+        process takes seconds to wind up after pausing, so the tests wait for it to exit
+        and then for the scheduler's next loops, as a person would.
         """
 
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
-            state = self.task_state(dag, run_id, task)
+            ti = self.task_instance(dag, run_id, task)
+            state = ti.get("state")
             if state == "awaiting_input" and not self.hitl(dag, run_id, task).get(
                 "response_received"
             ):
+                _wait_exited(ti.get("pid"), deadline - time.monotonic())
                 time.sleep(settle)
                 if self.task_state(dag, run_id, task) == "awaiting_input":
                     return
@@ -152,3 +159,17 @@ class AirflowAPI:
             time.sleep(self.POLL_S)
             state = self.run_state(dag, run_id)
         return state
+
+
+def _wait_exited(pid: int | None, timeout: float) -> None:
+    """Until the process ``pid`` (a task process on this machine) has exited."""
+    import psutil
+
+    def exited() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    if pid:
+        wait_until(exited, max(timeout, 1.0), f"task process {pid} to exit", interval=0.2)
