@@ -229,7 +229,13 @@ def mlflow_service(settings: Settings) -> Service:
         "--workers",
         "1",
     ]
-    env = {"MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri} | server_env(settings.var_dir)
+    env = {
+        "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        # MLflow's job runner (a supervisor and seven Huey consumers, each importing
+        # MLflow: about 28 s of CPU at every start) runs GenAI jobs (scorers, prompt
+        # optimisation) that nothing here uses: off, as in docker/compose.yaml
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    } | server_env(settings.var_dir)
     return Service(
         "mlflow",
         argv,
