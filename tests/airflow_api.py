@@ -43,6 +43,8 @@ class AirflowAPI:
         import json
 
         self.base = settings.airflow_url
+        self.airflow_home = settings.airflow_home
+        self.run_dir = settings.run_dir
         self.passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
 
     def call(
@@ -149,7 +151,31 @@ class AirflowAPI:
             if self.run_state(dag, run_id) in ("failed", "success"):
                 break
             time.sleep(self.POLL_S)
-        raise AssertionError(f"{task} not awaiting input (state {state}, run {run_id})")
+        raise AssertionError(
+            f"{task} not awaiting input (state {state}, run {run_id})\n"
+            + self.why_not(dag, run_id, task)
+        )
+
+    def why_not(self, dag: str, run_id: str, task: str) -> str:
+        """What the task's own log and the scheduler's log say went wrong with it: the
+        lines of its attempt log at warning level and above, and the scheduler's lines
+        naming the task in a state mismatch."""
+        folder = self.airflow_home / "logs" / f"dag_id={dag}" / f"run_id={run_id}"
+        lines = []
+        for attempt in sorted((folder / f"task_id={task}").glob("attempt=*.log")):
+            lines += [
+                f"{attempt.name}: {line[:600]}"
+                for line in attempt.read_text(errors="replace").splitlines()
+                if any(level in line for level in ('"warning"', '"error"', '"critical"'))
+            ]
+        scheduler = self.run_dir / "airflow-scheduler.log"
+        if scheduler.exists():
+            lines += [
+                f"scheduler: {line[:600]}"
+                for line in scheduler.read_text(errors="replace").splitlines()
+                if f".{task} {run_id}" in line and ("mismatch" in line or "reported that" in line)
+            ]
+        return "\n".join(lines[-40:]) or "(no warning or error in the task's log)"
 
     def wait_run(self, dag: str, run_id: str, timeout: float) -> str:
 
