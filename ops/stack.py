@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 # Airflow's simple auth manager with the `approver` role (docs/approvals.md)
 AUTH_MANAGER = "dags.govml_airflow.auth.GovmlAuthManager"
+# the LocalExecutor, its task processes forked with the lifecycle's libraries imported
+LOCAL_EXECUTOR = "dags.govml_airflow.executor.PreloadingLocalExecutor"
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,9 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW_HOME": str(settings.airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(settings.home / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__EXECUTOR": settings.airflow_executor,
+        "AIRFLOW__CORE__EXECUTOR": (
+            LOCAL_EXECUTOR if settings.airflow_executor == "LocalExecutor" else "CeleryExecutor"
+        ),
         "AIRFLOW__CORE__HOSTNAME_CALLABLE": "ops.workers.hostname",
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,

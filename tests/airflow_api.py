@@ -123,27 +123,29 @@ class AirflowAPI:
         )
 
     def wait_awaiting_input(
-        self, dag: str, run_id: str, task: str, timeout: float, settle: float = 5.0
+        self, dag: str, run_id: str, task: str, timeout: float, settle: float = 1.0
     ) -> None:
-        """Until the task waits for a (new) answer: awaiting_input with no response, its
-        paused process gone, still so ``settle`` seconds later.
+        """Until the task waits for a (new) answer: awaiting_input with no response, and
+        the scheduler done with the execution that paused (:meth:`pauses_processed`),
+        still so ``settle`` seconds later.
 
-        An answer given before the scheduler processed the paused task process's end races
-        it (the end is processed after the answer moved the task on, and the scheduler
-        fails the task instance). People do not answer that fast; on a loaded machine the
-        process takes seconds to wind up after pausing, so the tests wait for it to exit
-        and then for the scheduler's next loops, as a person would.
+        An answer given before the scheduler read the paused execution's end races it:
+        the answer puts the task back in the queue under the same key, the late "finished"
+        event then looks like the new execution's end, and the scheduler fails the task
+        instance ("state mismatch"). People do not answer within seconds; on a loaded
+        machine the end can take that long to reach the scheduler, so the tests wait for
+        the scheduler to log it, as a person would have.
         """
 
         deadline = time.monotonic() + timeout
         state = None
         while time.monotonic() < deadline:
-            ti = self.task_instance(dag, run_id, task)
-            state = ti.get("state")
-            if state == "awaiting_input" and not self.hitl(dag, run_id, task).get(
-                "response_received"
+            state = self.task_state(dag, run_id, task)
+            if (
+                state == "awaiting_input"
+                and not self.hitl(dag, run_id, task).get("response_received")
+                and self.pauses_processed(dag, run_id, task)
             ):
-                _wait_exited(ti.get("pid"), deadline - time.monotonic())
                 time.sleep(settle)
                 if self.task_state(dag, run_id, task) == "awaiting_input":
                     return
@@ -155,6 +157,24 @@ class AirflowAPI:
             f"{task} not awaiting input (state {state}, run {run_id})\n"
             + self.why_not(dag, run_id, task)
         )
+
+    def pauses_processed(self, dag: str, run_id: str, task: str) -> bool:
+        """Whether the scheduler has read the end of every execution of the task that
+        paused for input: as many "Received executor event" lines for the task instance
+        in its log as "Pausing task as AWAITING_INPUT" lines in the task's own log."""
+        folder = self.airflow_home / "logs" / f"dag_id={dag}" / f"run_id={run_id}"
+        pauses = sum(
+            attempt.read_text(errors="replace").count("Pausing task as AWAITING_INPUT")
+            for attempt in (folder / f"task_id={task}").glob("attempt=*.log")
+        )
+        scheduler = self.run_dir / "airflow-scheduler.log"
+        key = f"task_id='{task}', run_id='{run_id}'"
+        ends = sum(
+            1
+            for line in scheduler.read_text(errors="replace").splitlines()
+            if "Received executor event" in line and key in line
+        )
+        return pauses > 0 and ends >= pauses
 
     def why_not(self, dag: str, run_id: str, task: str) -> str:
         """What the task's own log and the scheduler's log say went wrong with it: the
@@ -185,17 +205,3 @@ class AirflowAPI:
             time.sleep(self.POLL_S)
             state = self.run_state(dag, run_id)
         return state
-
-
-def _wait_exited(pid: int | None, timeout: float) -> None:
-    """Until the process ``pid`` (a task process on this machine) has exited."""
-    import psutil
-
-    def exited() -> bool:
-        try:
-            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return True
-
-    if pid:
-        wait_until(exited, max(timeout, 1.0), f"task process {pid} to exit", interval=0.2)

@@ -114,6 +114,12 @@ def _trigger_lifecycle_over_rest(env: dict[str, str]) -> None:
         raise AssertionError(f"{exc}\n{_tail_logs(settings)}") from None
     for task in ("ingest", "validate_data", "train", "gates", "register", "request_approval"):
         assert api.task_state(dag, run_id, task) == "success", task
+    # the task processes were forked with the lifecycle's libraries imported
+    from dags.govml_airflow.executor import PRELOADED_MODULES
+
+    scheduler_log = (settings.run_dir / "airflow-scheduler.log").read_text(errors="replace")
+    assert f"preloaded {len(PRELOADED_MODULES)} module(s) for the task processes" in scheduler_log
+    assert "not preloaded" not in scheduler_log
     # registered through the locked MLflow tracking server of the stack by the Airflow
     # tasks, as the service account (from its 0600 file); a reviewer reads it
     passwords = json.loads((settings.airflow_home / "passwords.json").read_text())
