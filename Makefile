@@ -73,9 +73,9 @@ lint: setup
 	$(VENV)/bin/lint-imports --no-cache
 
 # pytest-xdist runs the suite on PYTEST_WORKERS workers, each taking whole files (a
-# module's fixtures start once), files with the most tests first (xdist's default: on
-# 2 cores 22.8 min against 24.2 min for collection order, stack tests first); the
-# slowest tests are listed at the end.
+# module's fixtures start once; the files on the shared German Credit stack are one
+# unit together: tests/conftest.py), the largest first (xdist's default); the slowest
+# tests are listed at the end.
 PYTEST_WORKERS ?= 2
 PYTEST_PARALLEL = -n $(PYTEST_WORKERS) --dist loadfile
 

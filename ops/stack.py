@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 AUTH_MANAGER = "dags.govml_airflow.auth.GovmlAuthManager"
 # the LocalExecutor, its task processes forked with the lifecycle's libraries imported
 LOCAL_EXECUTOR = "dags.govml_airflow.executor.PreloadingLocalExecutor"
+# Airflow's Celery configuration, its workers preloading the same libraries
+CELERY_CONFIG = "dags.govml_airflow.celery_config.CELERY_CONFIG"
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             )
         extra["AIRFLOW__CELERY__BROKER_URL"] = settings.celery_broker_url
         extra["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(settings.celery_concurrency)
+        extra["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = CELERY_CONFIG
         if settings.celery_result_backend:
             extra["AIRFLOW__CELERY__RESULT_BACKEND"] = settings.celery_result_backend
         # (without one, Airflow uses the metadata database: db+postgresql...)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from tests.support import REPO, seed_airflow_db, wait_until
@@ -32,6 +33,46 @@ def running_stack(env: dict[str, str]) -> Iterator[Any]:
         yield SimpleNamespace(env=env, settings=settings, api=AirflowAPI(settings), up=up)
     finally:
         subprocess.run([govml, "stack", "down"], cwd=REPO, env=env, timeout=300, check=False)
+
+
+class SharedStack:
+    """One German Credit embedded stack (:func:`german_credit_stack_env`) for the test
+    modules that need *a* running stack and leave it as they found it: no run waiting,
+    nothing stopped (tests/e2e, the stack-up halves of test_run_identity and
+    test_run_modes). Starting a stack costs about 40 s of CPU; its users run one after
+    another on one test worker (tests/conftest.py groups them), filter what they read by
+    their own run ids, and end the runs they leave waiting.
+
+    :meth:`running` starts it on first use (and again after :meth:`stop`); the session's
+    conftest stops it after its last user in a row, so it does not idle beside the tests
+    that follow."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.env: dict[str, str] | None = None  # the same folder and ports on a restart
+        self._context: Any = None
+        self._running: Any = None
+
+    def running(self) -> Any:
+        """The running stack: ``env``, ``settings``, ``api``, ``up``
+        (:func:`running_stack`)."""
+        if self._running is None:
+            from tests.support import german_credit_stack_env
+
+            self.env = self.env or german_credit_stack_env(self.base)
+            self._context = running_stack(self.env)
+            self._running = self._context.__enter__()
+        return self._running
+
+    @property
+    def is_running(self) -> bool:
+        return self._running is not None
+
+    def stop(self) -> None:
+        """Stop it (``govml stack down``) if it runs; a later :meth:`running` restarts it."""
+        context, self._context, self._running = self._context, None, None
+        if context is not None:
+            context.__exit__(None, None, None)
 
 
 class AirflowAPI:
@@ -196,6 +237,14 @@ class AirflowAPI:
                 if f".{task} {run_id}" in line and ("mismatch" in line or "reported that" in line)
             ]
         return "\n".join(lines[-40:]) or "(no warning or error in the task's log)"
+
+    def end_run(self, dag: str, run_id: str) -> None:
+        """Mark an unfinished run failed, as the admin (a test leaving the shared stack
+        with no run waiting: the lifecycle DAGs run one run at a time)."""
+        if self.run_state(dag, run_id) in ("success", "failed"):
+            return
+        code, body = self.call("PATCH", self._run_path(dag, run_id), {"state": "failed"}, "admin")
+        assert code == 200, body
 
     def wait_run(self, dag: str, run_id: str, timeout: float) -> str:
 

@@ -106,6 +106,68 @@ def german_credit_model(tmp_path_factory: pytest.TempPathFactory) -> object:
     return train_german_credit(tmp_path_factory.mktemp("german-credit-model"))
 
 
+# ------------------------------------------------------------------- one shared stack
+# The modules that need a running German Credit stack and leave it as they found it
+# share one (tests.airflow_api.SharedStack). Under `make test` (pytest-xdist, ``--dist
+# loadfile``) each test file is one unit of work for a worker, and these files are one
+# unit together, so they share the stack on one worker (pytest-xdist's own
+# ``loadgroup`` cannot group them: with pytest 9 its group suffix no longer reaches the
+# scheduler). The stack stops after the last of their tests in a row.
+SHARED_STACK = "german_credit_stack"
+SHARED_STACK_FILES = (
+    "tests/e2e/",
+    "tests/security/test_run_identity.py",
+    "tests/security/test_run_modes.py",
+)
+
+
+_SHARED_STACK_KEY = pytest.StashKey[object]()
+
+
+def _shared_stack_file(nodeid: str) -> bool:
+    return nodeid.split("::")[0].startswith(SHARED_STACK_FILES)
+
+
+@pytest.fixture(scope="session")
+def german_credit_stack(
+    pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """The :class:`tests.airflow_api.SharedStack`; ``.running()`` gives the running stack.
+    Only tests in :data:`SHARED_STACK_FILES` may use it."""
+    from tests.airflow_api import SharedStack
+
+    shared = SharedStack(tmp_path_factory.mktemp("shared-stack"))
+    pytestconfig.stash[_SHARED_STACK_KEY] = shared
+    yield shared
+    shared.stop()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    """``--dist loadfile``, with :data:`SHARED_STACK_FILES` one unit of work."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedStackScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_STACK if _shared_stack_file(nodeid) else nodeid.split("::")[0]
+
+    return SharedStackScheduling(config, log)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    result = yield  # the test's own fixtures (a module's last: its module's) go first
+    if _shared_stack_file(item.nodeid) and (
+        nextitem is None or not _shared_stack_file(nextitem.nodeid)
+    ):
+        shared = item.session.config.stash.get(_SHARED_STACK_KEY, None)
+        if shared is not None:
+            shared.stop()
+    return result
+
+
 class AuditClock:
     """The audit trail's clock, set by a test: ``clock.at(T)``, ``clock.advance(hours=2)``."""
 

@@ -1,22 +1,17 @@
-"""One embedded stack for the browser tests (German Credit only, unscheduled): starting a
-stack takes a minute or more, and no browser test needs a fresh one."""
+"""The browser tests run against the shared German Credit stack (tests/conftest.py,
+``german_credit_stack``): starting a stack takes a minute or more, and no browser test
+needs a fresh one. Each test ends the run it triggers (approved and deployed, or
+rejected)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
 
-from tests.airflow_api import running_stack
-from tests.support import german_credit_stack_env
-
 
 @pytest.fixture(scope="package")
-def stack(
-    chromium_path: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[SimpleNamespace]:
+def stack(chromium_path: str, german_credit_stack) -> SimpleNamespace:  # noqa: ANN001
     """``env``, ``settings``, ``api`` and ``up`` of the running stack (after Chromium was
     found: without a browser the tests skip before starting it)."""
-    with running_stack(german_credit_stack_env(tmp_path_factory.mktemp("e2e"))) as running:
-        yield running
+    return german_credit_stack.running()

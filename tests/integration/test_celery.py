@@ -78,6 +78,11 @@ def test_the_lifecycle_runs_on_two_celery_workers(
             assert task in done, sorted(done)
         hosts = {t["hostname"] for t in done.values()}
         assert hosts == {"worker1", "worker2"}, {k: t["hostname"] for k, t in done.items()}
+        from dags.govml_airflow.executor import PRELOADED_MODULES
+
+        for worker in ("airflow-celery-worker1", "airflow-celery-worker2"):
+            log = (settings.run_dir / f"{worker}.log").read_text(errors="replace")
+            assert f"preloaded {len(PRELOADED_MODULES)} module(s)" in log, log[-3000:]
     finally:
         down = _make("down", env, 300)
     assert down.returncode == 0, down.stdout + down.stderr

@@ -28,13 +28,18 @@ def test_the_stack_runs_the_preloading_local_executor(tmp_path: Path) -> None:
     assert issubclass(executor, LocalExecutor) and executor.is_local
 
 
-def test_the_celery_executor_is_airflows_own(tmp_path: Path) -> None:
+def test_the_celery_executor_is_airflows_own_its_workers_preload(tmp_path: Path) -> None:
     env = {
         "GOVML_VAR_DIR": str(tmp_path),
         "GOVML_AIRFLOW_EXECUTOR": "CeleryExecutor",
         "GOVML_AIRFLOW_DB_URL": "postgresql+psycopg://airflow@127.0.0.1:5432/airflow",
     }
     assert _configured(env) == "CeleryExecutor"
+    options = airflow_env(load_settings(env))["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]
+    module, name = options.rsplit(".", 1)
+    from airflow.providers.celery.executors.default_celery import DEFAULT_CELERY_CONFIG
+
+    assert getattr(importlib.import_module(module), name) == DEFAULT_CELERY_CONFIG
 
 
 def test_preload_imports_the_modules_and_names_those_that_failed(
