@@ -166,7 +166,7 @@ BENCHMARKS = (
     ),
     Benchmark("features", "bench_features.py", checks=_features, docs="docs/features.md"),
     Benchmark("audit", "bench_audit.py", docs="docs/approvals.md"),
-    Benchmark("stack_run", "bench_stack_run.py", docs="docs/operations.md"),
+    Benchmark("stack_run", "bench_stack_run.py", docs="docs/scale-out.md"),
 )
 
 

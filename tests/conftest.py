@@ -119,8 +119,6 @@ SHARED_STACK_FILES = (
     "tests/security/test_run_identity.py",
     "tests/security/test_run_modes.py",
 )
-
-
 _SHARED_STACK_KEY = pytest.StashKey[object]()
 
 
@@ -142,9 +140,11 @@ def german_credit_stack(
     shared.stop()
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
-    """``--dist loadfile``, with :data:`SHARED_STACK_FILES` one unit of work."""
+    """``--dist loadfile``, with :data:`SHARED_STACK_FILES` one unit of work. (The
+    serving environment, where tests/integration/test_compiled.py runs pytest, has no
+    pytest-xdist: the hook is optional.)"""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadScopeScheduling
