@@ -118,6 +118,24 @@ def openlineage_file(settings: Settings) -> Path:
     return settings.var_dir / "openlineage" / "events.jsonl"
 
 
+def _celery_env(settings: Settings, db_url: str) -> dict[str, str]:
+    """The CeleryExecutor's settings (it needs a PostgreSQL metadata database)."""
+    if not db_url.startswith("postgresql"):
+        raise StackError(
+            "GOVML_AIRFLOW_EXECUTOR=CeleryExecutor needs a PostgreSQL metadata database: "
+            "set GOVML_AIRFLOW_DB_URL=postgresql+psycopg://... (SQLite cannot be shared "
+            "by separate workers)"
+        )
+    extra: dict[str, str] = {}
+    extra["AIRFLOW__CELERY__BROKER_URL"] = settings.celery_broker_url
+    extra["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(settings.celery_concurrency)
+    extra["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = CELERY_CONFIG
+    if settings.celery_result_backend:
+        extra["AIRFLOW__CELERY__RESULT_BACKEND"] = settings.celery_result_backend
+    # (without one, Airflow uses the metadata database: db+postgresql...)
+    return extra
+
+
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment variables that configure every Airflow component and CLI call."""
     sec = _airflow_secrets(settings)
@@ -129,18 +147,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
             "postgresql+psycopg://", "postgresql+psycopg_async://", 1
         )
     if settings.airflow_executor == "CeleryExecutor":
-        if not db_url.startswith("postgresql"):
-            raise StackError(
-                "GOVML_AIRFLOW_EXECUTOR=CeleryExecutor needs a PostgreSQL metadata database: "
-                "set GOVML_AIRFLOW_DB_URL=postgresql+psycopg://... (SQLite cannot be shared "
-                "by separate workers)"
-            )
-        extra["AIRFLOW__CELERY__BROKER_URL"] = settings.celery_broker_url
-        extra["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(settings.celery_concurrency)
-        extra["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"] = CELERY_CONFIG
-        if settings.celery_result_backend:
-            extra["AIRFLOW__CELERY__RESULT_BACKEND"] = settings.celery_result_backend
-        # (without one, Airflow uses the metadata database: db+postgresql...)
+        extra |= _celery_env(settings, db_url)
     users = ",".join(f"{u}:{r}" for u, r in settings.airflow_users)
     return {
         "AIRFLOW_HOME": str(settings.airflow_home),

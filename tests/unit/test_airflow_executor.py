@@ -66,3 +66,11 @@ def test_every_preloaded_module_is_installed() -> None:
     from dags.govml_airflow.executor import PRELOADED_MODULES
 
     assert [name for name in PRELOADED_MODULES if find_spec(name) is None] == []
+
+
+def test_the_celery_executor_on_sqlite_is_refused_in_one_line(tmp_path: Path) -> None:
+    from pipelines.errors import StackError
+
+    env = {"GOVML_VAR_DIR": str(tmp_path), "GOVML_AIRFLOW_EXECUTOR": "CeleryExecutor"}
+    with pytest.raises(StackError, match="^GOVML_AIRFLOW_EXECUTOR=CeleryExecutor needs a Postgre"):
+        _configured(env)
